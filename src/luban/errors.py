@@ -1,0 +1,17 @@
+"""User-facing errors. The CLI prints their message alone, never a traceback."""
+
+
+class LubanError(Exception):
+    """An error the user can fix: bad config, bad data, missing file."""
+
+
+class ConfigError(LubanError):
+    """The YAML config (or a --set override) is invalid."""
+
+
+class DataError(LubanError):
+    """An input file or row is unusable; the message names the file, row and field."""
+
+
+class RunError(LubanError):
+    """A run directory is missing, incomplete or corrupted."""

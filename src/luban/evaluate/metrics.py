@@ -1,0 +1,34 @@
+"""Metrics via scikit-learn: classification (accuracy, P/R/F1 macro/micro/weighted, per class, confusion matrix)
+and regression (MSE, RMSE, MAE, R²)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
+    """y_true / y_pred are class ids into `labels`. Returns flat scalar metrics plus per_class and confusion."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    ids = list(range(len(labels)))
+    out = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "micro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    out["per_class"] = {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                    "support": int(s[i])} for i in ids}
+    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=ids).tolist()
+    return out
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    mse = float(skm.mean_squared_error(y_true, y_pred))
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+            "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")}
+
+
+def scalars(m: dict) -> dict:
+    """Only the scalar entries (for history lines and tables)."""
+    return {k: v for k, v in m.items() if isinstance(v, (int, float))}

@@ -1,0 +1,94 @@
+"""Any HF encoder (AutoModel) + pooling + a classification head, with freezing and layer-wise learning rates.
+
+The run directory stores the backbone's config and the whole module's weights (safetensors), so a trained model
+reloads with `from_config` and no access to the original folder or hub.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from torch import nn
+
+from luban.errors import ConfigError
+from luban.models.pooling import masked_mean
+
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def _auto_model():
+    from transformers import AutoModel
+
+    return AutoModel
+
+
+class PretrainedClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling="mean", dropout=0.1,
+                 layerwise_lr_decay=1.0, head_lr_multiplier=1.0):
+        super().__init__()
+        self.backbone = backbone
+        self.layer_decay, self.head_mult = layerwise_lr_decay, head_lr_multiplier
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.config.hidden_size, num_classes)
+
+    @classmethod
+    def from_pretrained(cls, source: str, num_classes: int, allow_download=False, trust_remote_code=False, **kw):
+        if not allow_download:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            backbone = _auto_model().from_pretrained(source, local_files_only=not allow_download,
+                                                     trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model.path: cannot load a pretrained encoder from {source}: {e}") from None
+        return cls(backbone, num_classes, **kw)
+
+    @classmethod
+    def from_config_dir(cls, folder: str, num_classes: int, **kw):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        return cls(_auto_model().from_config(config), num_classes, **kw)
+
+    def forward(self, ids, mask):
+        out = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = out[:, 0] if self.pooling == "cls" else masked_mean(out, mask)
+        return self.head(self.dropout(pooled))
+
+    # ---------------------------------------------------------------- fine-tuning controls
+
+    def num_layers(self) -> int:
+        return int(getattr(self.backbone.config, "num_hidden_layers", 0) or 0)
+
+    def _depth(self, name: str) -> int:
+        """0 = embeddings, i+1 = transformer layer i, L+1 = everything above the last layer."""
+        m = _LAYER.search("." + name)
+        if m:
+            return int(m.group(1)) + 1
+        if "embed" in name:
+            return 0
+        return self.num_layers() + 1
+
+    def freeze(self, freeze: bool | int) -> None:
+        if freeze is False:
+            return
+        for name, p in self.backbone.named_parameters():
+            if freeze is True or self._depth(name) <= int(freeze):
+                p.requires_grad_(False)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Layer-wise learning rates: lr * decay^(layers above); the head gets lr * head multiplier."""
+        top, layer_decay, head_mult = self.num_layers() + 1, self.layer_decay, self.head_mult
+        groups: dict[tuple, dict] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("backbone."):
+                plr = lr * layer_decay ** (top - self._depth(name[len("backbone."):]))
+            else:
+                plr = lr * head_mult
+            wd = 0.0 if p.ndim < 2 else weight_decay
+            groups.setdefault((plr, wd), {"params": [], "lr": plr, "weight_decay": wd})["params"].append(p)
+        return list(groups.values())

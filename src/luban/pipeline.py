@@ -1,0 +1,144 @@
+"""`luban.train`: config -> data -> model -> evaluated run directory."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from luban.config import RunConfig, load_config, render, validate
+from luban.evaluate.report import write_report
+from luban.rundir import RunDir
+from luban.tasks import task_classes
+from luban.tasks.base import read_frames
+from luban.train.engine import fit
+from luban.train.hardware import resolve_precision, select_device, set_threads
+from luban.train.checkpoint import WEIGHTS
+from safetensors.torch import save_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _as_config(config, overrides) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        from luban.config import apply_overrides
+
+        cfg = validate(apply_overrides(dict(config), overrides), "(dict)")
+        if cfg.output.name is None:
+            cfg.output.name = f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return cfg
+    return load_config(config, overrides)
+
+
+def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False) -> Path:
+    """Train from a YAML path (or dict / RunConfig); returns the finished run directory."""
+    cfg = _as_config(config, overrides)
+    if resume:
+        from luban.config import read_yaml
+
+        saved = RunDir(cfg.output.dir, cfg.output.name).work / "config.yaml"
+        if saved.is_file():  # the interrupted run's resolved config wins, so the result matches
+            cfg = validate(read_yaml(saved), str(saved))
+    set_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+    TaskCls, _ = task_classes(cfg.task)
+    task = TaskCls(cfg)
+    t0 = time.perf_counter()
+    task.prepare(read_frames(cfg))  # every data error surfaces here, before a run dir exists
+    prep_seconds = time.perf_counter() - t0
+
+    run = RunDir(cfg.output.dir, cfg.output.name)
+    work = run.start(cfg.output.overwrite, resume)
+    keep_partial = False
+    try:
+        (work / "config.yaml").write_text(render(cfg), encoding="utf-8")
+        device = select_device(cfg.trainer.device)
+        precision = resolve_precision(cfg.trainer.precision, device, task.prefers_bf16_on_cpu())
+        task.device = device
+        seed_everything(cfg.seed)
+        model = task.build_model().to(device)
+        n_params = sum(p.numel() for p in model.parameters())
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if not quiet:
+            print(f"{cfg.task}: {cfg.model.type} model, {n_params:,} parameters ({n_trainable:,} trainable), "
+                  f"{device.type} {precision}, {torch.get_num_threads()} threads", flush=True)
+        keep_partial = True  # from here an interruption leaves checkpoints to resume from
+        t_fit = time.perf_counter()
+        result = fit(model, train_batches=task.train_batches, loss_fn=task.loss,
+                     evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
+                     metric=cfg.trainer.early_stopping.metric or task.main_metric,
+                     mode=_mode(cfg, task), device=device, precision=precision, workdir=work, resume=resume,
+                     tensorboard=cfg.output.tensorboard)
+        fit_seconds = time.perf_counter() - t_fit
+        keep_partial = False
+
+        from luban.train.hardware import autocast
+
+        with torch.no_grad(), autocast(device, precision):
+            final = {s: task.evaluate(model, s, detailed=True) for s in ("validation", "test")}
+        baseline = task.baseline() if cfg.evaluation.baseline else None
+
+        model_dir = work / "model"
+        model_dir.mkdir(exist_ok=True)
+        save_model(model, str(model_dir / WEIGHTS))
+        task.save(model_dir, model)
+        metrics = {
+            "task": cfg.task, "main_metric": task.main_metric,
+            "validation": final["validation"], "test": final["test"], "baseline": baseline,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+            "data": task.data_summary(),
+            "timings": {"prepare_seconds": round(prep_seconds, 3), "fit_seconds": round(fit_seconds, 3),
+                        "train_seconds": round(result.train_seconds, 3),
+                        "samples_per_second": round(result.samples_per_second, 1)},
+            "environment": {"device": device.type, "precision": precision, "threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version()},
+            "parameters": {"total": n_params, "trainable": n_trainable},
+        }
+        (work / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
+        write_report(work / "report.html", cfg, metrics, result.history)
+        out = run.finish()
+    except BaseException:
+        if not keep_partial:
+            run.discard()
+        raise
+    if not quiet:
+        print_summary(out, metrics)
+    return out
+
+
+def _mode(cfg: RunConfig, task) -> str:
+    es = cfg.trainer.early_stopping
+    if es.mode != "auto":
+        return es.mode
+    metric = es.metric or task.main_metric
+    return "min" if metric in ("loss", "mse", "rmse", "mae") else "max"
+
+
+def print_summary(run_dir: Path, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    main = metrics["main_metric"]
+    table = Table(title=f"{metrics['task']} — {run_dir}")
+    table.add_column("model")
+    keys = [main] + [k for k in ("f1_macro", "rmse", "mae", "r2") if k != main and k in metrics["test"]]
+    for k in keys:
+        table.add_column(f"test {k}", justify="right")
+    table.add_row("luban model", *[f"{metrics['test'][k]:.4f}" for k in keys])
+    if metrics.get("baseline"):
+        b = metrics["baseline"]
+        table.add_row(f"baseline: {b['name']}", *[f"{b['test'].get(k, float('nan')):.4f}" for k in keys])
+    Console().print(table)
+    t = metrics["timings"]
+    print(f"trained in {t['fit_seconds']:.1f}s (best epoch {metrics['best_epoch']}); report: {run_dir / 'report.html'}")

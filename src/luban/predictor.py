@@ -1,0 +1,38 @@
+"""`luban.load(RUN)`: a finished run directory back as a predictor, for the CLI, Python and (later) the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from luban.config import read_yaml, validate
+from luban.rundir import check_finished
+from luban.tasks import task_classes
+from luban.train.hardware import select_device, set_threads
+
+
+class Predictor:
+    """Facade over the task's predictor: predict(inputs) -> list of JSON-ready dicts; evaluate(path) -> metrics."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        self.run_dir = check_finished(run_dir)
+        self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
+        set_threads(self.config.trainer.num_threads)
+        _, PredictorCls = task_classes(self.config.task)
+        self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device))
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    def predict(self, inputs, **kw) -> list[dict]:
+        return self._impl.predict(inputs, **kw)
+
+    def predict_file(self, path: str | Path, **kw) -> list[dict]:
+        return self._impl.predict(self._impl.read_inputs(path), **kw)
+
+    def evaluate(self, path: str | Path) -> dict:
+        return self._impl.evaluate(path)
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+    return Predictor(run_dir, device)

@@ -1,0 +1,18 @@
+"""One file per task. The registry maps a config's `task` to its training and inference classes."""
+
+from __future__ import annotations
+
+import importlib
+
+_REGISTRY = {
+    "text_classification": ("luban.tasks.text_classification", "TextClassificationTask",
+                            "TextClassificationPredictor"),
+    "tabular_regression": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
+    "tabular_classification": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
+}
+
+
+def task_classes(name: str):
+    module, task, predictor = _REGISTRY[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, task), getattr(mod, predictor)

@@ -1,0 +1,151 @@
+"""What every task shares: reading the configured data, label maps, batching, running a model over a split.
+
+A task file subclasses `Task` (training side) and `Predictor` (inference side, built from a run directory). The
+pipeline, CLI and predictor never branch on task names; they ask the task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from luban.config import RunConfig
+from luban.data.builtin import get_builtin
+from luban.data.readers import LINE, read_table
+from luban.errors import DataError
+
+
+def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
+    d = cfg.data
+    return read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+
+
+def read_frames(cfg: RunConfig) -> dict[str, pd.DataFrame | None]:
+    """The raw train/validation/test frames the config names (validation/test may be None = split later)."""
+    d = cfg.data
+    if d.builtin is not None:
+        b = get_builtin(d.builtin)
+        for role, col in b.columns.items():
+            if getattr(d.columns, role) is None:
+                setattr(d.columns, role, col)
+        frames = {"train": b.load(), "validation": None, "test": None}
+    else:
+        frames = {split: (read_file(cfg, getattr(d, split)) if getattr(d, split) is not None else None)
+                  for split in ("train", "validation", "test")}
+    if d.train_limit is not None:
+        attrs = frames["train"].attrs
+        frames["train"] = frames["train"].iloc[: d.train_limit].reset_index(drop=True)
+        frames["train"].attrs = attrs
+    return frames
+
+
+def _label_key(v: str):
+    try:
+        return (0, float(v), v)
+    except ValueError:
+        return (1, 0.0, v)
+
+
+class LabelMap:
+    def __init__(self, labels: list[str]):
+        self.labels = list(labels)
+        self.index = {l: i for i, l in enumerate(self.labels)}
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, column: str) -> "LabelMap":
+        labels = sorted(set(train["label"]), key=_label_key)
+        if len(labels) < 2:
+            raise DataError(f"{train.attrs.get('source', 'train')}: field {column!r}: the training set has a "
+                            f"single class ({labels[0] if labels else 'none'}); classification needs at least two")
+        return cls(labels)
+
+    def encode(self, frame: pd.DataFrame, column: str) -> list[int]:
+        unknown = ~frame["label"].isin(self.index)
+        if unknown.any():
+            row = frame[unknown].iloc[0]
+            raise DataError(f"{frame.attrs.get('source', 'data')}: line {row[LINE]}: field {column!r}: label "
+                            f"{row['label']!r} was not seen in training (known: {', '.join(self.labels[:20])})")
+        return [self.index[v] for v in frame["label"]]
+
+    def save(self, folder: Path):
+        (folder / "labels.json").write_text(json.dumps(self.labels, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "LabelMap":
+        return cls(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
+
+
+class Batches:
+    """A sized, re-iterable list of batches, collated lazily."""
+
+    def __init__(self, index_batches: list[list[int]], collate: Callable[[list[int]], dict]):
+        self.index_batches, self.collate = index_batches, collate
+
+    def __len__(self):
+        return len(self.index_batches)
+
+    def __iter__(self):
+        for idx in self.index_batches:
+            yield self.collate(idx)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def run_model(model: nn.Module, batches: Batches, forward: Callable[[nn.Module, dict], torch.Tensor],
+              n: int) -> torch.Tensor:
+    """Outputs for every row, in the original row order (batches may be length-sorted)."""
+    model.eval()
+    out = None
+    for batch in batches:
+        y = forward(model, batch).float().cpu()
+        if out is None:
+            out = torch.empty((n,) + tuple(y.shape[1:]), dtype=torch.float32)
+        out[batch["index"]] = y
+    return out if out is not None else torch.empty((0,))
+
+
+class Task:
+    """Training side of a task. Subclasses set name/main_metric/mode and implement the hooks."""
+
+    name = ""
+    main_metric = "accuracy"
+    mode = "max"
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = torch.device("cpu")
+        self.cleaning: list[dict] = []
+
+    def prefers_bf16_on_cpu(self) -> bool:
+        return False
+
+    # hooks ---------------------------------------------------------------------------------------
+    def prepare(self, frames: dict[str, pd.DataFrame | None]) -> None: ...
+    def build_model(self) -> nn.Module: ...
+    def train_batches(self, epoch: int) -> Batches: ...
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor: ...
+    def evaluate(self, model: nn.Module, split: str, detailed: bool = False) -> dict: ...
+    def baseline(self) -> dict | None: ...
+    def save(self, folder: Path, model: nn.Module) -> None: ...
+    def data_summary(self) -> dict: ...
+
+
+class Predictor:
+    """Inference side: loaded from a run directory, returns JSON-ready dicts."""
+
+    task = ""
+
+    def __init__(self, cfg: RunConfig, folder: Path, device: torch.device):
+        self.cfg, self.folder, self.device = cfg, folder, device
+
+    def predict(self, inputs) -> list[dict]: ...
+    def evaluate(self, path: str | Path) -> dict: ...
+    def read_inputs(self, path: str | Path) -> list: ...

@@ -1,0 +1,302 @@
+"""Tabular regression and classification: numeric + categorical columns -> a value or a label (MLP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from luban.data.readers import LINE, resolve_column
+from luban.data.splits import make_splits
+from luban.errors import ConfigError, DataError
+from luban.evaluate.baselines import tabular_baselines
+from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
+from luban.models.mlp import TabularMLP
+from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
+from luban.train.checkpoint import load_weights
+
+
+class TabularPreprocessor:
+    """Numeric scaling (fit on train), mean imputation, categorical vocabularies (0 = unknown/missing)."""
+
+    def __init__(self, numeric: list[str], categorical: list[str], scaling: str):
+        self.numeric, self.categorical, self.scaling = numeric, categorical, scaling
+        self.center: dict[str, float] = {}
+        self.scale: dict[str, float] = {}
+        self.fill: dict[str, float] = {}
+        self.vocab: dict[str, list[str]] = {}
+
+    def _numbers(self, frame: pd.DataFrame, col: str) -> np.ndarray:
+        raw = frame[col]
+        vals = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        bad = np.isnan(vals) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {col!r}: "
+                            f"{raw.iloc[i]!r} is not a number (list the column in data.columns.categorical "
+                            "if it is a category)")
+        return vals
+
+    def fit(self, frame: pd.DataFrame) -> "TabularPreprocessor":
+        for col in self.numeric:
+            v = self._numbers(frame, col)
+            if np.isnan(v).all():
+                raise DataError(f"{frame.attrs.get('source', 'data')}: field {col!r}: no numeric values in training")
+            self.fill[col] = float(np.nanmean(v))
+            if self.scaling == "standard":
+                self.center[col], self.scale[col] = self.fill[col], float(np.nanstd(v)) or 1.0
+            elif self.scaling == "minmax":
+                lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+                self.center[col], self.scale[col] = lo, (hi - lo) or 1.0
+            else:
+                self.center[col], self.scale[col] = 0.0, 1.0
+        for col in self.categorical:
+            self.vocab[col] = sorted({str(x) for x in frame[col] if x is not None and str(x).strip() != ""})
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
+        for j, col in enumerate(self.numeric):
+            v = self._numbers(frame, col)
+            v = np.where(np.isnan(v), self.fill[col], v)
+            num[:, j] = (v - self.center[col]) / self.scale[col]
+        cat = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, col in enumerate(self.categorical):
+            index = {v: i + 1 for i, v in enumerate(self.vocab[col])}
+            cat[:, j] = [index.get(str(x), 0) if x is not None else 0 for x in frame[col]]
+        return torch.from_numpy(num), torch.from_numpy(cat)
+
+    def one_hot(self, numeric: torch.Tensor, categorical: torch.Tensor) -> np.ndarray:
+        """Features for the classical baselines."""
+        parts = [numeric.numpy()]
+        for j, col in enumerate(self.categorical):
+            parts.append(np.eye(len(self.vocab[col]) + 1, dtype=np.float32)[categorical[:, j].numpy()])
+        return np.concatenate(parts, axis=1)
+
+    def cardinalities(self) -> list[int]:
+        return [len(self.vocab[c]) + 1 for c in self.categorical]
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("numeric", "categorical", "scaling", "center", "scale", "fill", "vocab")}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TabularPreprocessor":
+        p = cls(d["numeric"], d["categorical"], d["scaling"])
+        for k in ("center", "scale", "fill", "vocab"):
+            setattr(p, k, d[k])
+        return p
+
+
+def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
+    cols = cfg.data.columns
+    if cols.label is None:
+        raise ConfigError("data.columns.label: required (the column to predict)")
+    label = resolve_column(frame, cols.label, "label")
+    cat = [resolve_column(frame, c, "categorical") for c in cols.categorical]
+    if cols.features is not None:
+        feats = [resolve_column(frame, c, "features") for c in cols.features]
+    else:
+        feats = [c for c in frame.columns if c not in (LINE, label)]
+    if label in feats:
+        raise ConfigError(f"data.columns.features: the label column {label!r} cannot also be a feature")
+    if not feats:
+        raise ConfigError("data.columns.features: no feature columns")
+    return [c for c in feats if c not in cat], [c for c in feats if c in cat], label
+
+
+def _drop_missing_labels(frame: pd.DataFrame, label: str, drop: bool) -> pd.DataFrame:
+    missing = frame[label].isna() | (frame[label].astype(str).str.strip() == "")
+    if missing.any():
+        if not drop:
+            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE][missing].iloc[0]}: "
+                            f"field {label!r}: missing label")
+        print(f"cleaning {frame.attrs.get('source', 'data')}: dropped {int(missing.sum())} rows with a missing "
+              f"{label!r}", flush=True)
+        attrs = frame.attrs
+        frame = frame[~missing].reset_index(drop=True)
+        frame.attrs = attrs
+    return frame
+
+
+class _TabularModelUser:
+    cfg = None
+    device = torch.device("cpu")
+    regression = True
+
+    def encode_target(self, frame: pd.DataFrame, label: str) -> torch.Tensor:
+        if self.regression:
+            y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=float)
+            if np.isnan(y).any():
+                i = int(np.flatnonzero(np.isnan(y))[0])
+                raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {label!r}: "
+                                f"{frame[label].iloc[i]!r} is not a number")
+            return torch.tensor(y, dtype=torch.float32)
+        labelled = frame.assign(label=[str(v).strip() for v in frame[label]])
+        return torch.tensor(self.label_map.encode(labelled, label))
+
+    def batches(self, x_num, x_cat, y, order: list[list[int]]) -> Batches:
+        def collate(idx):
+            t = torch.as_tensor(idx)
+            b = {"num": x_num[t], "cat": x_cat[t], "index": t, "size": len(idx)}
+            if y is not None:
+                b["y"] = y[t]
+            return b
+
+        return Batches(order, collate)
+
+    def outputs(self, model, x_num, x_cat) -> torch.Tensor:
+        n = len(x_num)
+        bs = 1024
+        order = [list(range(i, min(n, i + bs))) for i in range(0, n, bs)]
+
+        def forward(m, b):
+            b = to_device(b, self.device)
+            return m(b["num"], b["cat"])
+
+        out = run_model(model, self.batches(x_num, x_cat, None, order), forward, n)
+        if self.regression:
+            return out.squeeze(-1) * self.y_scale + self.y_center
+        return torch.softmax(out, dim=-1)
+
+    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict:
+        if self.regression:
+            return regression_metrics(y.numpy(), out.numpy())
+        return classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels)
+
+
+class TabularTask(Task, _TabularModelUser):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.regression = cfg.task == "tabular_regression"
+        self.name = cfg.task
+        self.main_metric, self.mode = ("rmse", "min") if self.regression else ("accuracy", "max")
+
+    def prepare(self, frames):
+        cfg = self.cfg
+        numeric, categorical, label = _columns(cfg, frames["train"])
+        self.label = label
+        for split, frame in frames.items():
+            if frame is not None:
+                for c in numeric + categorical + [label]:
+                    resolve_column(frame, c, "features")
+                frames[split] = _drop_missing_labels(frame, label, cfg.data.clean.drop_missing_label)
+        if not self.regression:
+            tr = frames["train"].assign(label=[str(v).strip() for v in frames["train"][label]])
+            self.label_map = LabelMap.fit(tr, label)
+        stratify = None if self.regression or not cfg.data.split.stratify else label
+        splits = make_splits(frames, cfg.data.split.validation, cfg.data.split.test,
+                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed, stratify)
+        self.pre = TabularPreprocessor(numeric, categorical, cfg.preprocessing.numeric).fit(splits["train"])
+        self.data = {}
+        for s, f in splits.items():
+            self.data[s] = (*self.pre.transform(f), self.encode_target(f, label))
+        y_train = self.data["train"][2]
+        self.y_center, self.y_scale = 0.0, 1.0
+        if self.regression:
+            self.y_center, self.y_scale = float(y_train.mean()), float(y_train.std()) or 1.0
+
+    def data_summary(self):
+        return {"splits": {s: len(d[0]) for s, d in self.data.items()}, "numeric": self.pre.numeric,
+                "categorical": self.pre.categorical, "label": self.label,
+                **({} if self.regression else {"labels": self.label_map.labels})}
+
+    def build_model(self):
+        m = self.cfg.model
+        out_dim = 1 if self.regression else len(self.label_map.labels)
+        return TabularMLP(len(self.pre.numeric), self.pre.cardinalities(), out_dim, hidden_sizes=m.hidden_sizes,
+                          activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm,
+                          embedding_dim=m.embedding_dim)
+
+    def train_batches(self, epoch):
+        x_num, x_cat, y = self.data["train"]
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(y), generator=g).tolist()
+        bs = self.cfg.trainer.batch_size
+        return self.batches(x_num, x_cat, y, [perm[i:i + bs] for i in range(0, len(perm), bs)])
+
+    def loss(self, model, batch):
+        b = to_device(batch, self.device)
+        out = model(b["num"], b["cat"])
+        if self.regression:
+            return F.mse_loss(out.squeeze(-1).float(), (b["y"] - self.y_center) / self.y_scale)
+        return F.cross_entropy(out, b["y"])
+
+    def evaluate(self, model, split, detailed=False):
+        x_num, x_cat, y = self.data[split]
+        m = self.metrics(self.outputs(model, x_num, x_cat), y)
+        return m if detailed else scalars(m)
+
+    def baseline(self):
+        x = {s: self.pre.one_hot(d[0], d[1]) for s, d in self.data.items()}
+        y = {s: d[2].numpy() for s, d in self.data.items()}
+        return tabular_baselines("regression" if self.regression else "classification", x["train"], y["train"],
+                                 {s: (x[s], y[s]) for s in ("validation", "test")},
+                                 None if self.regression else self.label_map.labels, self.cfg.seed)
+
+    def save(self, folder, model):
+        meta = {"preprocessor": self.pre.to_json(), "label": self.label, "y_center": self.y_center,
+                "y_scale": self.y_scale}
+        (folder / "preprocessing.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        if not self.regression:
+            self.label_map.save(folder)
+
+
+class TabularPredictor(Predictor, _TabularModelUser):
+    def __init__(self, cfg, folder, device):
+        super().__init__(cfg, folder, device)
+        self.task = cfg.task
+        self.regression = cfg.task == "tabular_regression"
+        meta = json.loads((folder / "preprocessing.json").read_text(encoding="utf-8"))
+        self.pre = TabularPreprocessor.from_json(meta["preprocessor"])
+        self.label, self.y_center, self.y_scale = meta["label"], meta["y_center"], meta["y_scale"]
+        if not self.regression:
+            self.label_map = LabelMap.load(folder)
+        m = cfg.model
+        out_dim = 1 if self.regression else len(self.label_map.labels)
+        self.model = TabularMLP(len(self.pre.numeric), self.pre.cardinalities(), out_dim,
+                                hidden_sizes=m.hidden_sizes, activation=m.activation, dropout=m.dropout,
+                                batch_norm=m.batch_norm, embedding_dim=m.embedding_dim)
+        load_weights(self.model, folder)
+        self.model.to(device).eval()
+
+    def _frame(self, inputs) -> pd.DataFrame:
+        if isinstance(inputs, pd.DataFrame):
+            frame = inputs.copy()
+        else:
+            if isinstance(inputs, dict):
+                inputs = [inputs]
+            bad = [i for i, r in enumerate(inputs) if not isinstance(r, dict)]
+            if bad:
+                raise DataError(f"input {bad[0] + 1}: expected a mapping of column -> value")
+            frame = pd.DataFrame.from_records(list(inputs))
+        if LINE not in frame.columns:
+            frame[LINE] = range(1, len(frame) + 1)
+        frame.attrs.setdefault("source", "input")
+        missing = [c for c in self.pre.numeric + self.pre.categorical if c not in frame.columns]
+        if missing:
+            raise DataError(f"{frame.attrs['source']}: missing feature column(s) {missing}")
+        return frame
+
+    def predict(self, inputs) -> list[dict]:
+        frame = self._frame(inputs)
+        out = self.outputs(self.model, *self.pre.transform(frame))
+        if self.regression:
+            return [{"value": round(float(v), 6)} for v in out.tolist()]
+        labels = self.label_map.labels
+        return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
+                 "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out.tolist()]
+
+    def read_inputs(self, path):
+        return self._frame(read_file(self.cfg, Path(path)))
+
+    def evaluate(self, path):
+        frame = self._frame(read_file(self.cfg, Path(path)))
+        if self.label not in frame.columns:
+            raise DataError(f"{path}: label column {self.label!r} not found")
+        frame = _drop_missing_labels(frame, self.label, self.cfg.data.clean.drop_missing_label)
+        y = self.encode_target(frame, self.label)
+        return self.metrics(self.outputs(self.model, *self.pre.transform(frame)), y)

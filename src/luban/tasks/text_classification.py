@@ -1,0 +1,262 @@
+"""Text classification and sentiment (Chinese and English): text -> label with probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luban.config import RunConfig
+from luban.data.batching import epoch_batches, pad_ids
+from luban.data.cleaning import clean_text_frame, normalize_text
+from luban.data.readers import LINE, resolve_column
+from luban.data.splits import make_splits
+from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
+from luban.errors import ConfigError, DataError
+from luban.evaluate.baselines import text_tfidf_lr
+from luban.evaluate.metrics import classification_metrics, scalars
+from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
+from luban.train.checkpoint import load_weights
+
+
+def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: int,
+                     backbone_dir: str | None = None) -> nn.Module:
+    """The module for cfg.model. `backbone_dir` rebuilds a pretrained model from a run dir (no weights load)."""
+    m = cfg.model
+    params = m.model_dump(exclude={"type"})
+    if m.type == "textcnn":
+        from luban.models.textcnn import TextCNN
+
+        return TextCNN(vocab_size, num_classes, pad_id=pad_id, **params)
+    if m.type == "rnn":
+        from luban.models.rnn import RNNClassifier
+
+        return RNNClassifier(vocab_size, num_classes, pad_id=pad_id, **params)
+    if m.type == "transformer":
+        from luban.models.transformer import TransformerClassifier
+
+        return TransformerClassifier(vocab_size, num_classes, cfg.preprocessing.tokenizer.max_length,
+                                     pad_id=pad_id, **params)
+    if m.type == "ngram_bag":
+        from luban.models.ngram_bag import NgramBag
+
+        return NgramBag(vocab_size, num_classes, pad_id=pad_id, **params)
+    from luban.models.pretrained import PretrainedClassifier
+
+    kw = dict(pooling=m.pooling, dropout=m.dropout, layerwise_lr_decay=m.layerwise_lr_decay,
+              head_lr_multiplier=m.head_lr_multiplier)
+    if backbone_dir is not None:
+        return PretrainedClassifier.from_config_dir(backbone_dir, num_classes, **kw)
+    model = PretrainedClassifier.from_pretrained(resolve_pretrained(m.path, m.allow_download, "model.path"),
+                                                 num_classes, allow_download=m.allow_download,
+                                                 trust_remote_code=m.trust_remote_code, **kw)
+    model.freeze(m.freeze)
+    return model
+
+
+class EncodedTexts:
+    """Token ids (+ label ids) for one split, with what the report needs to show examples."""
+
+    def __init__(self, frame: pd.DataFrame, ids: list[list[int]], labels: list[int] | None):
+        self.frame, self.ids, self.labels = frame, ids, labels
+        self.lengths = [len(s) for s in ids]
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def _collate(data: EncodedTexts, pad_id: int):
+    def collate(idx: list[int]) -> dict:
+        ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
+        batch = {"ids": ids, "mask": mask, "index": torch.as_tensor(idx), "size": len(idx)}
+        if data.labels is not None:
+            batch["labels"] = torch.as_tensor([data.labels[i] for i in idx])
+        return batch
+
+    return collate
+
+
+def _forward(device):
+    def forward(model, batch):
+        b = to_device(batch, device)
+        return model(b["ids"], b["mask"])
+
+    return forward
+
+
+class _TextModelUser:
+    """What training and inference share: batching a split and turning logits into probabilities."""
+
+    cfg: RunConfig
+    device: torch.device
+    pad_id: int
+
+    def eval_batches(self, data: EncodedTexts) -> Batches:
+        bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
+        return Batches(epoch_batches(data.lengths, bs, 0, 0, shuffle=False), _collate(data, self.pad_id))
+
+    def probabilities(self, model, data: EncodedTexts) -> torch.Tensor:
+        logits = run_model(model, self.eval_batches(data), _forward(self.device), len(data))
+        return torch.softmax(logits, dim=-1)
+
+
+def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list[str], worst: int) -> dict:
+    pred = probs.argmax(-1).numpy()
+    m = classification_metrics(data.labels, pred, labels)
+    y = np.asarray(data.labels)
+    wrong = np.flatnonzero(pred != y)
+    conf = probs[wrong, pred[wrong]].numpy() if len(wrong) else np.array([])
+    m["worst_examples"] = [
+        {"line": int(data.frame[LINE].iloc[i]), "text": data.frame["text"].iloc[i], "label": labels[y[i]],
+         "predicted": labels[pred[i]], "confidence": round(float(probs[i, pred[i]]), 4)}
+        for i in wrong[np.argsort(-conf)][:worst]]
+    return m
+
+
+class TextClassificationTask(Task, _TextModelUser):
+    name = "text_classification"
+    main_metric = "accuracy"
+
+    def prefers_bf16_on_cpu(self):
+        return self.cfg.model.type == "pretrained"
+
+    def prepare(self, frames):
+        cfg = self.cfg
+        cols = cfg.data.columns
+        if cols.text is None or cols.label is None:
+            raise ConfigError("data.columns: text classification needs data.columns.text and data.columns.label")
+        cleaned = {}
+        for split, frame in frames.items():
+            if frame is None:
+                cleaned[split] = None
+                continue
+            text_col = resolve_column(frame, cols.text, "text")
+            label_col = resolve_column(frame, cols.label, "label")
+            out, rep = clean_text_frame(frame, text_col, label_col, cfg.data.clean, dedupe=split == "train")
+            if len(out) == 0:
+                raise DataError(f"{rep.source}: no usable rows left after cleaning\n  {rep.summary()}")
+            self.cleaning.append(rep.to_dict() | {"split": split})
+            print("cleaning " + rep.summary(), flush=True)
+            cleaned[split] = out
+        self.label_col = str(cols.label)
+        self.label_map = LabelMap.fit(cleaned["train"], self.label_col)
+        splits = make_splits(cleaned, cfg.data.split.validation, cfg.data.split.test,
+                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
+                             "label" if cfg.data.split.stratify else None)
+        self.label_map.encode(splits["train"], self.label_col)
+        if len(set(splits["train"]["label"])) < 2:
+            raise DataError("the training split has a single class after splitting; add data or lower "
+                            "data.split fractions")
+        m = cfg.model
+        self.encoder = build_encoder(cfg.preprocessing.tokenizer,
+                                     m.path if m.type == "pretrained" else None,
+                                     getattr(m, "trust_remote_code", False))
+        self.encoder.fit(list(splits["train"]["text"]))
+        self.pad_id = self.encoder.pad_id
+        self.data = {s: EncodedTexts(f, self.encoder.encode(list(f["text"])), self.label_map.encode(f, self.label_col))
+                     for s, f in splits.items()}
+
+    def data_summary(self):
+        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.label_map.labels,
+                "vocab_size": self.encoder.vocab_size, "tokenizer": self.encoder.kind, "cleaning": self.cleaning}
+
+    def build_model(self):
+        return build_text_model(self.cfg, self.encoder.vocab_size, len(self.label_map.labels), self.pad_id)
+
+    def train_batches(self, epoch):
+        d = self.data["train"]
+        idx = epoch_batches(d.lengths, self.cfg.trainer.batch_size, self.cfg.seed, epoch,
+                            bucket=self.cfg.preprocessing.bucket_by_length)
+        return Batches(idx, _collate(d, self.pad_id))
+
+    def loss(self, model, batch):
+        b = to_device(batch, self.device)
+        return F.cross_entropy(model(b["ids"], b["mask"]), b["labels"])
+
+    def evaluate(self, model, split, detailed=False):
+        probs = self.probabilities(model, self.data[split])
+        m = _metrics_with_examples(probs, self.data[split], self.label_map.labels,
+                                   self.cfg.evaluation.worst_examples)
+        return m if detailed else scalars(m)
+
+    def baseline(self):
+        tr = self.data["train"]
+        evals = {s: (list(self.data[s].frame["text"]), self.data[s].labels) for s in ("validation", "test")}
+        return text_tfidf_lr(list(tr.frame["text"]), tr.labels, evals, self.label_map.labels, self.cfg.seed)
+
+    def save(self, folder, model):
+        self.encoder.save(folder / "tokenizer")
+        self.label_map.save(folder)
+        if self.cfg.model.type == "pretrained":
+            model.backbone.config.save_pretrained(str(folder / "backbone"))
+        (folder / "model_meta.json").write_text(
+            f'{{"vocab_size": {self.encoder.vocab_size}, "pad_id": {self.pad_id}}}', encoding="utf-8")
+
+
+class TextClassificationPredictor(Predictor, _TextModelUser):
+    task = "text_classification"
+
+    def __init__(self, cfg, folder, device):
+        super().__init__(cfg, folder, device)
+        import json
+
+        meta = json.loads((folder / "model_meta.json").read_text(encoding="utf-8"))
+        self.encoder = load_encoder(folder / "tokenizer")
+        self.labels = LabelMap.load(folder)
+        self.pad_id = meta["pad_id"]
+        backbone = str(folder / "backbone") if cfg.model.type == "pretrained" else None
+        self.model = build_text_model(cfg, meta["vocab_size"], len(self.labels.labels), self.pad_id, backbone)
+        load_weights(self.model, folder)
+        self.model.to(device).eval()
+
+    def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
+        return EncodedTexts(frame, self.encoder.encode(list(frame["text"])), labels)
+
+    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        texts = []
+        for i, t in enumerate(inputs):
+            if not isinstance(t, str):
+                raise DataError(f"input {i + 1}: expected text, found {type(t).__name__}")
+            norm = normalize_text(t, self.cfg.data.clean)
+            if not norm:
+                raise DataError(f"input {i + 1}: empty text")
+            texts.append(norm)
+        if not texts:
+            return []
+        frame = pd.DataFrame({"text": texts, LINE: range(1, len(texts) + 1)})
+        probs = self.probabilities(self.model, self._encode(frame, None))
+        out = []
+        for row in probs.tolist():
+            order = sorted(range(len(row)), key=lambda j: -row[j])
+            best = order[0]
+            res = {"label": self.labels.labels[best], "score": round(row[best], 6),
+                   "probabilities": {self.labels.labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
+            out.append(res)
+        return out
+
+    def _read(self, path, need_label: bool) -> pd.DataFrame:
+        frame = read_file(self.cfg, Path(path))
+        cols = self.cfg.data.columns
+        text_col = resolve_column(frame, cols.text, "text")
+        label_col = resolve_column(frame, cols.label, "label") if need_label else None
+        clean, rep = clean_text_frame(frame, text_col, label_col, self.cfg.data.clean, dedupe=False)
+        if rep.dropped:
+            print("cleaning " + rep.summary(), flush=True)
+        return clean
+
+    def read_inputs(self, path):
+        frame = read_file(self.cfg, Path(path))
+        text_col = resolve_column(frame, self.cfg.data.columns.text, "text")
+        return [t if t is not None else "" for t in frame[text_col]]
+
+    def evaluate(self, path):
+        frame = self._read(path, need_label=True)
+        data = self._encode(frame, self.labels.encode(frame, str(self.cfg.data.columns.label)))
+        probs = self.probabilities(self.model, data)
+        return _metrics_with_examples(probs, data, self.labels.labels, self.cfg.evaluation.worst_examples)

@@ -1,0 +1,171 @@
+"""The training loop, shared by every task.
+
+A task hands the engine three callables — `train_batches(epoch)`, `loss_fn(model, batch)`,
+`evaluate_fn(model) -> metrics` — and the engine does the rest: optimizer and schedule, precision, clipping and
+accumulation, L1, early stopping on a validation metric, best/last checkpoints with optimizer/scheduler/RNG state,
+exact --resume, history.jsonl, TensorBoard and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from luban.config import TrainerConfig
+from luban.train import checkpoint
+from luban.train.hardware import autocast
+from luban.train.optim import build_optimizer, build_scheduler
+from luban.train.progress import Progress
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_value: float
+    stopped_early: bool
+    train_seconds: float
+    epochs_run: int
+    samples_per_second: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _l1_penalty(model: nn.Module) -> torch.Tensor:
+    return sum(p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2)
+
+
+class _TensorBoard:
+    def __init__(self, folder: Path | None, purge_step: int | None):
+        self.writer = None
+        if folder is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def log(self, values: dict, step: int):
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                self.writer.add_scalar(k.replace("_", "/", 1), v, step)
+        self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Callable, evaluate_fn: Callable,
+        cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
+        resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None) -> FitResult:
+    """Train `model` in place; on return it holds the best weights by `metric` on validation."""
+    ckpt = workdir / "checkpoints"
+    n_batches = len(train_batches(0))
+    accum = cfg.grad_accumulation
+    total_steps = cfg.epochs * math.ceil(n_batches / accum)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+             "train_seconds": 0.0, "stopped_early": False}
+    if resume and (ckpt / "last").is_dir():
+        state = checkpoint.load_last(ckpt / "last", model, optimizer, scheduler, scaler)
+        print(f"resuming after epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
+    history_path = workdir / "history.jsonl"
+    history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
+    tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
+
+    patience = cfg.early_stopping.patience
+    samples_seen, t_start = 0, time.perf_counter()
+    progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches)
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            if state["stopped_early"]:
+                break
+            model.train()
+            batches = train_batches(epoch)
+            t_epoch, loss_sum, loss_n, epoch_samples = time.perf_counter(), 0.0, 0, 0
+            optimizer.zero_grad(set_to_none=True)
+            for i, batch in enumerate(batches):
+                with autocast(device, precision):
+                    loss = loss_fn(model, batch)
+                if cfg.l1 > 0:
+                    loss = loss + cfg.l1 * _l1_penalty(model)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
+                                             "lower trainer.lr or set trainer.grad_clip")
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                bs = batch["size"]
+                loss_sum += loss.item() * bs
+                loss_n += bs
+                epoch_samples += bs
+                if (i + 1) % accum == 0 or i + 1 == len(batches):
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                elapsed = time.perf_counter() - t_epoch
+                progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9))
+            train_time = time.perf_counter() - t_epoch
+            state["train_seconds"] += train_time
+            samples_seen += epoch_samples
+            model.eval()
+            with torch.no_grad(), autocast(device, precision):
+                val = evaluate_fn(model)
+            value = val.get(metric, float("nan"))
+            record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
+                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": epoch_samples / max(train_time, 1e-9),
+                      "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
+            state["history"].append(record)
+            with open(history_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            tb.log(record, state["step"])
+            improved = _better(value, state["best_value"], mode)
+            if improved:
+                state.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
+                checkpoint.save_weights(model, ckpt / "best")
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            if patience is not None and state["bad_epochs"] >= patience:
+                state["stopped_early"] = True
+            progress.epoch_line(record, metric, improved)
+            checkpoint.save_last(ckpt / "last", model, optimizer, scheduler, scaler, state)
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+    finally:
+        progress.close()
+        tb.close()
+    if (ckpt / "best").is_dir():
+        checkpoint.load_weights(model, ckpt / "best")
+    wall = time.perf_counter() - t_start
+    return FitResult(history=state["history"], best_epoch=state["best_epoch"],
+                     best_value=state["best_value"] if state["best_value"] is not None else float("nan"),
+                     stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],
+                     epochs_run=state["epoch"], samples_per_second=samples_seen / max(wall, 1e-9))
