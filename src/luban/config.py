@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -251,34 +251,55 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
+        model_type = None
         # drop the discriminator tag pydantic inserts for unions (model.textcnn.dropout -> model.dropout)
         if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_TYPES:
+            model_type = loc[1]
             loc = [loc[0]] + loc[2:]
         path = ".".join(loc) or "(top level)"
-        lines.append(f"{path}: {_message(e, loc)}")
-    return f"invalid config {source}:\n  " + "\n  ".join(dict.fromkeys(lines))
+        lines.append(f"{path}: {_message(e, loc, model_type)}")
+    where = f" {source}" if source else ""
+    return f"invalid config{where}:\n  " + "\n  ".join(dict.fromkeys(lines))
 
 
 _MODEL_TYPES = {"textcnn", "rnn", "transformer", "ngram_bag", "pretrained", "mlp"}
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
+def _section_class(ann: Any):
+    """The Section subclass inside an annotation (unwrapping Optional / Union / Annotated), or None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in get_args(ann):
+        found = _section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_class(model_type: str):
+    return next(c for c in (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig,
+                            MLPConfig) if c.model_fields["type"].default == model_type)
+
+
+def _allowed_keys(loc: list[str], model_type: str | None = None) -> list[str]:
     model: Any = RunConfig
-    for part in loc[:-1]:
-        if model is None or not hasattr(model, "model_fields"):
+    parts = loc[:-1]
+    if model_type is not None and parts[:1] == ["model"]:
+        model, parts = _model_class(model_type), parts[1:]
+    for part in parts:
+        if model is None:
             return []
         field = model.model_fields.get(part)
         if field is None:
             return []
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
-    return sorted(model.model_fields) if model is not None and hasattr(model, "model_fields") else []
+        model = _section_class(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
 
 
-def _message(e: dict, loc: list[str]) -> str:
+def _message(e: dict, loc: list[str], model_type: str | None = None) -> str:
     t, ctx = e["type"], e.get("ctx") or {}
     if t == "extra_forbidden":
-        allowed = _allowed_keys(loc)
+        allowed = _allowed_keys(loc, model_type)
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")

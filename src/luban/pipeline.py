@@ -16,9 +16,9 @@ from luban.evaluate.report import write_report
 from luban.rundir import RunDir
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
-from luban.train.engine import fit
-from luban.train.hardware import resolve_precision, select_device, set_threads
-from luban.train.checkpoint import WEIGHTS
+from luban.training.engine import fit
+from luban.training.hardware import resolve_precision, select_device, set_threads
+from luban.training.checkpoint import WEIGHTS
 from safetensors.torch import save_model
 
 
@@ -83,7 +83,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         fit_seconds = time.perf_counter() - t_fit
         keep_partial = False
 
-        from luban.train.hardware import autocast
+        from luban.training.hardware import autocast
 
         with torch.no_grad(), autocast(device, precision):
             final = {s: task.evaluate(model, s, detailed=True) for s in ("validation", "test")}

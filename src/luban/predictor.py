@@ -7,7 +7,7 @@ from pathlib import Path
 from luban.config import read_yaml, validate
 from luban.rundir import check_finished
 from luban.tasks import task_classes
-from luban.train.hardware import select_device, set_threads
+from luban.training.hardware import select_device, set_threads
 
 
 class Predictor:

@@ -17,7 +17,7 @@ from luban.evaluate.baselines import tabular_baselines
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
 from luban.models.mlp import TabularMLP
 from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
-from luban.train.checkpoint import load_weights
+from luban.training.checkpoint import load_weights
 
 
 class TabularPreprocessor:

@@ -20,7 +20,7 @@ from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_metrics, scalars
 from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
-from luban.train.checkpoint import load_weights
+from luban.training.checkpoint import load_weights
 
 
 def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: int,

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from luban.config import TrainerConfig
-from luban.train import checkpoint
-from luban.train.hardware import autocast
-from luban.train.optim import build_optimizer, build_scheduler
-from luban.train.progress import Progress
+from luban.training import checkpoint
+from luban.training.hardware import autocast
+from luban.training.optim import build_optimizer, build_scheduler
+from luban.training.progress import Progress
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""Text classification benchmark on a folder of train/dev/test TSVs (ChnSentiCorp, SST-2 layouts).
+
+    python benchmarks/text_classification.py --data ../shared/data/chnsenticorp
+    python benchmarks/text_classification.py --data ../shared/data/sst2 --train-limit 10000 --backbone starter-minilm
+
+Trains luban's shipped example config (examples/chnsenticorp.yaml from scratch, or examples/sst2_minilm.yaml with a
+pretrained backbone), evaluates on test, and prints test_accuracy, baseline_accuracy, train_seconds (time in training
+steps; fit_seconds adds the per-epoch validation passes) and peak_rss_mb as the last line (one JSON object).
+"""
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, peak_rss_mb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="folder with train.tsv, dev.tsv, test.tsv")
+    ap.add_argument("--backbone", default=None, help="pretrained backbone (e.g. starter-minilm or a folder)")
+    ap.add_argument("--train-limit", type=int, default=None)
+    ap.add_argument("--config", default=None, help="config to run (default: the shipped example for the mode)")
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    a = ap.parse_args()
+
+    import luban
+
+    data = Path(a.data)
+    with open(data / "train.tsv", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter="\t"))
+    text_col = next(c for c in ("text_a", "sentence", "text") if c in header)
+    config = a.config or str(ROOT / "examples" / ("sst2_minilm.yaml" if a.backbone else "chnsenticorp.yaml"))
+    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
+    overrides = [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
+                 f"data.test={data / 'test.tsv'}", f"data.columns.text={text_col}", "data.columns.label=label",
+                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    if a.backbone:
+        overrides.append(f"model.path={a.backbone}")
+    if a.train_limit:
+        overrides.append(f"data.train_limit={a.train_limit}")
+    t0 = time.perf_counter()
+    run = luban.train(config, overrides + a.set)
+    total = time.perf_counter() - t0
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    emit({"dataset": data.name, "config": Path(config).name, "parameters": m["parameters"]["total"],
+          "test_accuracy": round(m["test"]["accuracy"], 4),
+          "test_f1_macro": round(m["test"]["f1_macro"], 4),
+          "baseline_accuracy": round(m["baseline"]["test"]["accuracy"], 4) if m.get("baseline") else None,
+          "train_seconds": round(m["timings"]["train_seconds"], 1),
+          "fit_seconds": round(m["timings"]["fit_seconds"], 1),
+          "prepare_seconds": round(m["timings"]["prepare_seconds"], 1),
+          "total_seconds": round(total, 1), "peak_rss_mb": peak_rss_mb(),
+          "threads": m["environment"]["threads"], "precision": m["environment"]["precision"]})
+
+
+if __name__ == "__main__":
+    main()

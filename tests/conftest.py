@@ -1,0 +1,148 @@
+"""Shared fixtures: small synthetic datasets written into tmp_path, tiny configs, and one trained text run.
+
+Everything here is offline and small enough that the whole suite runs in a few minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+ZH_NOUNS = ["手机", "酒店", "服务", "电影", "餐厅", "衣服", "电脑", "房间", "质量", "价格", "快递", "屏幕"]
+ZH_ADVERBS = ["很", "非常", "真", "特别", "十分", "挺"]
+ZH_PREFIX = ["这个", "那个", "我的", "他们的", "今天的"]
+ZH_SUFFIX = ["", "啊", "呢", "了", "吧"]
+ZH_WORD = {"positive": "好", "negative": "差"}
+
+EN_NOUNS = ["phone", "hotel", "service", "movie", "restaurant", "shirt", "laptop", "room", "quality", "price",
+            "delivery", "screen"]
+EN_ADVERBS = ["very", "really", "quite", "truly", "so", "pretty"]
+EN_PREFIX = ["the", "this", "that", "my", "their"]
+EN_SUFFIX = ["", "today", "again", "overall", "indeed"]
+EN_WORD = {"positive": "good", "negative": "bad"}
+
+
+def zh_sentences(n_per_label: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Distinct Chinese sentences whose label is decided by 好 (positive) or 差 (negative) alone."""
+    rng = random.Random(seed)
+    rows = []
+    for label, word in ZH_WORD.items():
+        combos = [p + n + a + word + s for p in ZH_PREFIX for n in ZH_NOUNS for a in ZH_ADVERBS for s in ZH_SUFFIX]
+        rows += [(t, label) for t in rng.sample(combos, n_per_label)]
+    rng.shuffle(rows)
+    return rows
+
+
+def en_sentences(n_per_label: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Distinct English sentences whose label is decided by good / bad alone."""
+    rng = random.Random(seed)
+    rows = []
+    for label, word in EN_WORD.items():
+        combos = [f"{p} {n} was {a} {word} {s}".strip() for p in EN_PREFIX for n in EN_NOUNS for a in EN_ADVERBS
+                  for s in EN_SUFFIX]
+        rows += [(t, label) for t in rng.sample(combos, n_per_label)]
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def text_config(out_dir: Path, name: str, train: Path, **extra) -> dict:
+    """A tiny text-classification config: char tokens, small TextCNN, 3 epochs, no baseline."""
+    cfg = {
+        "task": "text_classification",
+        "seed": 7,
+        "data": {"train": str(train), "columns": {"text": "text", "label": "label"}},
+        "preprocessing": {"tokenizer": {"type": "char", "max_length": 64}},
+        "model": {"type": "textcnn", "embedding_dim": 16, "num_filters": 16, "kernel_sizes": [1, 2], "dropout": 0.1},
+        "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "num_threads": 2,
+                    "precision": "fp32", "device": "cpu", "log_every": 1000},
+        "evaluation": {"baseline": False, "worst_examples": 5},
+        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
+    }
+    return deep_update(cfg, extra)
+
+
+def tabular_config(out_dir: Path, name: str, task: str, data: dict, **extra) -> dict:
+    cfg = {
+        "task": task,
+        "seed": 3,
+        "data": data,
+        "model": {"type": "mlp", "hidden_sizes": [32], "dropout": 0.0},
+        "trainer": {"epochs": 20, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "num_threads": 2,
+                    "precision": "fp32", "device": "cpu", "scheduler": "constant"},
+        "evaluation": {"baseline": False},
+        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
+    }
+    return deep_update(cfg, extra)
+
+
+def assert_no_run(out_dir: Path, name: str) -> None:
+    """Neither a finished run nor a partial one was left behind."""
+    assert not (Path(out_dir) / name).exists(), f"a run dir {name}/ was left behind"
+    assert not (Path(out_dir) / (name + ".partial")).exists(), f"a partial run dir {name}.partial/ was left behind"
+
+
+@pytest.fixture
+def zh_data(tmp_path) -> dict:
+    """Chinese 好/差 sentiment: train.csv (200 rows) and a disjoint-seeded test.csv (60 rows)."""
+    rows = zh_sentences(130, seed=1)
+    train, test = rows[:200], rows[200:260]
+    return {"train": write_csv(tmp_path / "zh_train.csv", train),
+            "test": write_csv(tmp_path / "zh_test.csv", test), "rows": rows}
+
+
+@pytest.fixture
+def en_data(tmp_path) -> dict:
+    rows = en_sentences(120, seed=2)
+    return {"train": write_csv(tmp_path / "en_train.csv", rows[:200]),
+            "test": write_csv(tmp_path / "en_test.csv", rows[200:240]), "rows": rows}
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def trained_text_run(tmp_path_factory) -> dict:
+    """One trained Chinese sentiment run shared by the predict / evaluate / CLI tests (read-only: copy it
+    before modifying)."""
+    import luban
+
+    root = tmp_path_factory.mktemp("shared_run")
+    rows = zh_sentences(130, seed=11)
+    train = write_csv(root / "train.csv", rows[:200])
+    test = write_csv(root / "test.csv", rows[200:260])
+    cfg = text_config(root / "runs", "zh", train, data={"test": str(test)})
+    run = luban.train(cfg, quiet=True)
+    return {"run": run, "train": train, "test": test, "root": root,
+            "metrics": json.loads((run / "metrics.json").read_text(encoding="utf-8"))}

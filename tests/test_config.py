@@ -1,0 +1,246 @@
+"""Config loading: errors name the YAML path, --set overrides, render shows every default."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import luban
+from luban.config import RunConfig, apply_overrides, load_config, render, validate
+from luban.errors import ConfigError
+
+from conftest import assert_no_run, text_config
+
+
+def write_yaml(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+MINIMAL = {"task": "text_classification", "data": {"train": "train.csv"}}
+
+
+def cfg_with(**sections) -> dict:
+    tree = {"task": "text_classification", "data": {"train": "train.csv"}}
+    tree.update(sections)
+    return tree
+
+
+def test_unknown_key_names_yaml_path_and_suggests(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", cfg_with(trainer={"lrr": 0.1}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "trainer.lrr" in msg and "unknown key" in msg
+    assert "did you mean 'lr'" in msg
+    assert str(path) in msg
+
+
+def test_unknown_nested_key_names_full_path():
+    with pytest.raises(ConfigError, match=r"data\.clean\.drop_emtpy: unknown key"):
+        validate(cfg_with(data={"train": "t.csv", "clean": {"drop_emtpy": True}}))
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError, match=r"trainr: unknown key \(did you mean 'trainer'\?\)"):
+        validate(cfg_with(trainr={"epochs": 1}))
+
+
+def test_unknown_model_key_has_no_discriminator_in_path():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(model={"type": "textcnn", "embeding_dim": 8}))
+    assert "model.embeding_dim: unknown key" in str(e.value)
+    assert "did you mean 'embedding_dim'" in str(e.value)
+
+
+def test_wrong_type_names_path(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", cfg_with(trainer={"epochs": "abc"}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "trainer.epochs:" in str(e.value)
+    assert "'abc'" in str(e.value)
+
+
+def test_bad_value_names_path_and_bound():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(trainer={"lr": -1}))
+    assert "trainer.lr: must be > 0" in str(e.value)
+
+
+def test_bad_literal_lists_choices():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(trainer={"optimizer": "adamax"}))
+    assert "trainer.optimizer: must be one of" in str(e.value)
+    assert "adamw" in str(e.value)
+
+
+def test_unknown_model_type():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(model={"type": "lstm_magic"}))
+    msg = str(e.value)
+    assert "model" in msg and "unknown model type 'lstm_magic'" in msg
+    assert "textcnn" in msg
+
+
+def test_missing_task_and_data_are_required():
+    with pytest.raises(ConfigError) as e:
+        validate({})
+    assert "task: required" in str(e.value)
+    assert "data: required" in str(e.value)
+
+
+def test_model_must_fit_task():
+    with pytest.raises(ConfigError, match="does not fit task text_classification"):
+        validate(cfg_with(model={"type": "mlp"}))
+    with pytest.raises(ConfigError, match="does not fit task tabular_regression"):
+        validate({"task": "tabular_regression", "data": {"builtin": "diabetes"}, "model": {"type": "textcnn"}})
+
+
+def test_data_needs_exactly_one_source():
+    with pytest.raises(ConfigError, match="give either data.builtin or data.train"):
+        validate({"task": "text_classification", "data": {}})
+    with pytest.raises(ConfigError, match="not both"):
+        validate({"task": "text_classification", "data": {"builtin": "wine", "train": "x.csv"}})
+
+
+def test_transformer_heads_must_divide():
+    with pytest.raises(ConfigError, match="divisible"):
+        validate(cfg_with(model={"type": "transformer", "d_model": 30, "nhead": 4}))
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(lst)
+
+
+def test_set_override_works(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", cfg_with(trainer={"epochs": 10}))
+    cfg = load_config(path, ["trainer.epochs=3", "trainer.lr=0.5", "model.type=rnn", "data.clean.lowercase=true",
+                             ])
+    assert cfg.trainer.epochs == 3 and isinstance(cfg.trainer.epochs, int)
+    assert cfg.trainer.lr == 0.5
+    assert cfg.model.type == "rnn"
+    assert cfg.data.clean.lowercase is True
+    assert cfg.output.name == "c"  # default: the config file's stem
+
+
+def test_set_override_parses_yaml_values():
+    tree = apply_overrides({}, ["model.kernel_sizes=[1, 2]", "output.name=run one", "a.b=null"])
+    assert tree == {"model": {"kernel_sizes": [1, 2]}, "output": {"name": "run one"}, "a": {"b": None}}
+
+
+def test_set_override_errors():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["trainer.epochs"])
+    with pytest.raises(ConfigError, match="trainer is not a section"):
+        apply_overrides({"trainer": 3}, ["trainer.epochs=3"])
+
+
+def test_set_override_bad_value_names_path(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", MINIMAL)
+    with pytest.raises(ConfigError, match=r"trainer\.epochs: must be > 0"):
+        load_config(path, ["trainer.epochs=0"])
+
+
+def test_relative_data_paths_resolve_against_config_folder(tmp_path):
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    (sub / "train.csv").write_text("text,label\n", encoding="utf-8")
+    cfg = load_config(write_yaml(sub / "c.yaml", MINIMAL))
+    assert cfg.data.train == sub / "train.csv"
+
+
+def _all_keys(tree: dict, prefix=""):
+    for k, v in tree.items():
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from _all_keys(v, prefix + k + ".")
+
+
+def test_render_prints_every_default(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", MINIMAL)
+    out = yaml.safe_load(render(load_config(path)))
+    assert out["trainer"]["epochs"] == 10
+    assert out["trainer"]["lr"] == 0.001
+    assert out["trainer"]["optimizer"] == "adamw"
+    assert out["trainer"]["early_stopping"] == {"metric": None, "mode": "auto", "patience": None}
+    assert out["model"]["type"] == "textcnn" and out["model"]["embedding_dim"] == 128
+    assert out["preprocessing"]["tokenizer"]["type"] == "char"
+    assert out["data"]["clean"]["drop_empty"] is True
+    assert out["data"]["split"] == {"validation": 0.1, "test": 0.1, "stratify": True, "seed": None}
+    assert out["evaluation"] == {"baseline": True, "worst_examples": 20}
+    assert out["output"]["name"] == "c"
+    # every field of every section is present
+    expected = set()
+
+    def walk(model, prefix):
+        for name, field in model.model_fields.items():
+            expected.add(prefix + name)
+            ann = field.annotation
+            sub = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), None)
+            if sub is not None and name != "model":
+                walk(sub, prefix + name + ".")
+
+    walk(RunConfig, "")
+    assert expected <= set(_all_keys(out))
+    # and the rendered YAML validates back to the same config
+    assert validate(out).model_dump() == load_config(path).model_dump()
+
+
+def test_cli_config_render_prints_defaults_and_applies_set(tmp_path, capsys):
+    from luban.cli import main
+
+    path = write_yaml(tmp_path / "c.yaml", MINIMAL)
+    assert main(["config", "render", str(path), "--set", "trainer.epochs=3"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["trainer"]["epochs"] == 3
+    assert out["trainer"]["batch_size"] == 32
+    assert out["model"]["kernel_sizes"] == [2, 3, 4]
+    assert out["preprocessing"]["numeric"] == "standard"
+
+
+def test_cli_config_render_error(tmp_path, capsys):
+    from luban.cli import main
+
+    path = write_yaml(tmp_path / "c.yaml", cfg_with(trainer={"lrr": 1}))
+    assert main(["config", "render", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "trainer.lrr: unknown key" in err
+
+
+@pytest.mark.parametrize("bad, expect", [
+    ({"trainer": {"lrr": 0.1}}, "trainer.lrr: unknown key"),
+    ({"trainer": {"epochs": "abc"}}, "trainer.epochs:"),
+    ({"trainer": {"lr": -1}}, "trainer.lr: must be > 0"),
+    ({"model": {"type": "nope"}}, "unknown model type 'nope'"),
+])
+def test_train_with_bad_config_leaves_no_run(tmp_path, zh_data, bad, expect):
+    out = tmp_path / "runs"
+    cfg = text_config(out, "bad", zh_data["train"], **bad)
+    with pytest.raises(ConfigError) as e:
+        luban.train(cfg, quiet=True)
+    assert expect in str(e.value)
+    assert_no_run(out, "bad")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_train_set_override_applies(tmp_path, zh_data):
+    import json
+
+    out = tmp_path / "runs"
+    cfg_path = write_yaml(tmp_path / "ovr.yaml", text_config(out, "ovr", zh_data["train"],
+                                                              trainer={"epochs": 5}))
+    run = luban.train(cfg_path, ["trainer.epochs=1"], quiet=True)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["epochs_run"] == 1
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["trainer"]["epochs"] == 1
