@@ -8,10 +8,17 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# The test machine's cores are shared: more than one intra-op / OpenMP thread makes tiny models much slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ZH_NOUNS = ["手机", "酒店", "服务", "电影", "餐厅", "衣服", "电脑", "房间", "质量", "价格", "快递", "屏幕"]
 ZH_ADVERBS = ["很", "非常", "真", "特别", "十分", "挺"]
@@ -83,7 +90,7 @@ def text_config(out_dir: Path, name: str, train: Path, **extra) -> dict:
         "data": {"train": str(train), "columns": {"text": "text", "label": "label"}},
         "preprocessing": {"tokenizer": {"type": "char", "max_length": 64}},
         "model": {"type": "textcnn", "embedding_dim": 16, "num_filters": 16, "kernel_sizes": [1, 2], "dropout": 0.1},
-        "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "num_threads": 2,
+        "trainer": {"epochs": 3, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "num_threads": 1,
                     "precision": "fp32", "device": "cpu", "log_every": 1000},
         "evaluation": {"baseline": False, "worst_examples": 5},
         "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
@@ -97,7 +104,7 @@ def tabular_config(out_dir: Path, name: str, task: str, data: dict, **extra) -> 
         "seed": 3,
         "data": data,
         "model": {"type": "mlp", "hidden_sizes": [32], "dropout": 0.0},
-        "trainer": {"epochs": 20, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "num_threads": 2,
+        "trainer": {"epochs": 20, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "num_threads": 1,
                     "precision": "fp32", "device": "cpu", "scheduler": "constant"},
         "evaluation": {"baseline": False},
         "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
@@ -146,3 +153,28 @@ def trained_text_run(tmp_path_factory) -> dict:
     run = luban.train(cfg, quiet=True)
     return {"run": run, "train": train, "test": test, "root": root,
             "metrics": json.loads((run / "metrics.json").read_text(encoding="utf-8"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT + WordPiece tokenizer saved as a local HF folder (no download)."""
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    words = sorted({w for t, _ in en_sentences(120, seed=2) for w in t.split()})
+    chars = sorted({c for t, _ in zh_sentences(130, seed=1) for c in t})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + ["##s", "##ing"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # from_pretrained on a folder holding only vocab.txt works across transformers versions (the constructor's
+    # argument is vocab_file in 4.x and vocab in 5.x)
+    tok = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    assert tok.convert_ids_to_tokens(tok("good")["input_ids"]) == ["[CLS]", "good", "[SEP]"]
+    import torch
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder

@@ -244,3 +244,37 @@ def test_train_set_override_applies(tmp_path, zh_data):
     assert metrics["epochs_run"] == 1
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert saved["trainer"]["epochs"] == 1
+
+
+def test_train_overrides_do_not_mutate_callers_dict(tmp_path, zh_data):
+    import copy
+
+    cfg = text_config(tmp_path / "runs", "keep", zh_data["train"], trainer={"epochs": 2})
+    before = copy.deepcopy(cfg)
+    luban.train(cfg, ["trainer.epochs=1"], quiet=True)
+    assert cfg == before
+
+
+def test_unknown_early_stopping_metric_is_a_config_error(tmp_path, zh_data):
+    cfg = text_config(tmp_path / "runs", "es", zh_data["train"],
+                      trainer={"early_stopping": {"metric": "acuracy", "patience": 1}})
+    with pytest.raises(ConfigError) as e:
+        luban.train(cfg, quiet=True)
+    msg = str(e.value)
+    assert "trainer.early_stopping.metric: unknown validation metric 'acuracy'" in msg
+    assert "did you mean 'accuracy'" in msg and "(top level)" not in msg
+    assert_no_run(tmp_path / "runs", "es")
+    with pytest.raises(ConfigError, match="unknown validation metric 'accuracy' for task tabular_regression"):
+        validate({"task": "tabular_regression", "data": {"builtin": "diabetes"},
+                  "trainer": {"early_stopping": {"metric": "accuracy"}}})
+
+
+def test_early_stopping_on_another_metric(tmp_path, zh_data):
+    import json
+
+    cfg = text_config(tmp_path / "runs", "es2", zh_data["train"], model={"dropout": 0.0},
+                      trainer={"epochs": 6, "early_stopping": {"metric": "f1_macro", "patience": 1}})
+    m = json.loads((luban.train(cfg, quiet=True) / "metrics.json").read_text(encoding="utf-8"))
+    # validation reaches f1 1.0 within a few epochs; one epoch without improvement then stops the run
+    assert m["stopped_early"] is True
+    assert m["epochs_run"] == m["best_epoch"] + 1 < 6

@@ -62,3 +62,19 @@ def test_scalars_keeps_only_numbers():
     s = scalars(m)
     assert "per_class" not in s and "confusion_matrix" not in s
     assert s["accuracy"] == 1.0
+
+
+def test_macro_average_ignores_classes_absent_from_truth_and_predictions():
+    # an evaluation file holding only class 'pos', all predicted right: every average is 1, not 0.5
+    m = classification_metrics([1, 1, 1], [1, 1, 1], ["neg", "pos"])
+    assert m["accuracy"] == 1.0
+    assert m["f1_macro"] == 1.0 and m["precision_macro"] == 1.0 and m["recall_macro"] == 1.0
+    assert m["per_class"]["neg"]["support"] == 0
+    assert m["confusion_matrix"] == [[0, 0], [0, 3]]
+
+
+def test_macro_average_counts_a_class_that_is_only_predicted():
+    # 'c' never occurs in truth but is predicted once: it is a real false positive and stays in the macro average
+    m = classification_metrics([0, 0, 1, 1], [0, 2, 1, 1], ["a", "b", "c"])
+    f1_a = 2 * 1.0 * 0.5 / 1.5
+    assert m["f1_macro"] == pytest.approx((f1_a + 1.0 + 0.0) / 3)

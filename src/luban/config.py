@@ -6,6 +6,7 @@ Every section forbids unknown keys, so a typo is an error naming its YAML path, 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -241,7 +242,20 @@ class RunConfig(Section):
                                  "(type: pretrained, or leave it unset)")
         if self.task.startswith("tabular") and self.model.type != "mlp":
             raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} (use mlp)")
+        metric = self.trainer.early_stopping.metric
+        allowed = REGRESSION_METRICS if self.task == "tabular_regression" else CLASSIFICATION_METRICS
+        if metric is not None and metric not in allowed:
+            close = difflib.get_close_matches(metric, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"trainer.early_stopping.metric: unknown validation metric {metric!r} for task "
+                             f"{self.task}{hint}; choose one of {', '.join(allowed)}")
         return self
+
+
+# the validation metrics early stopping can watch (the scalar keys of evaluate.metrics)
+CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micro", "weighted")
+                                         for m in ("precision", "recall", "f1")]
+REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -256,8 +270,12 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_TYPES:
             model_type = loc[1]
             loc = [loc[0]] + loc[2:]
+        msg = _message(e, loc, model_type)
+        if not loc and re.match(r"[a-z_]+(\.[a-z_]+)+: ", msg):
+            lines.append(msg)  # a cross-section check that names its own path
+            continue
         path = ".".join(loc) or "(top level)"
-        lines.append(f"{path}: {_message(e, loc, model_type)}")
+        lines.append(f"{path}: {msg}")
     where = f" {source}" if source else ""
     return f"invalid config{where}:\n  " + "\n  ".join(dict.fromkeys(lines))
 

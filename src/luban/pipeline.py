@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import random
@@ -34,7 +35,7 @@ def _as_config(config, overrides) -> RunConfig:
     if isinstance(config, dict):
         from luban.config import apply_overrides
 
-        cfg = validate(apply_overrides(dict(config), overrides), "(dict)")
+        cfg = validate(apply_overrides(copy.deepcopy(config), overrides), "(dict)")
         if cfg.output.name is None:
             cfg.output.name = f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         return cfg
@@ -108,9 +109,12 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         (work / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
         write_report(work / "report.html", cfg, metrics, result.history)
         out = run.finish()
-    except BaseException:
-        if not keep_partial:
+    except (KeyboardInterrupt, SystemExit):
+        if not keep_partial:  # interrupted during training: keep checkpoints for --resume
             run.discard()
+        raise
+    except BaseException:
+        run.discard()
         raise
     if not quiet:
         print_summary(out, metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from luban.config import read_yaml, validate
+from luban.errors import RunError
 from luban.rundir import check_finished
 from luban.tasks import task_classes
 from luban.training.hardware import select_device, set_threads
@@ -18,7 +19,11 @@ class Predictor:
         self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
         set_threads(self.config.trainer.num_threads)
         _, PredictorCls = task_classes(self.config.task)
-        self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device))
+        try:
+            self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device))
+        except (OSError, ValueError, KeyError) as e:  # a damaged model/ folder: missing or unparsable files
+            raise RunError(f"{self.run_dir / 'model'}: missing or corrupted model files "
+                           f"({type(e).__name__}: {e})") from None
 
     @property
     def task(self) -> str:

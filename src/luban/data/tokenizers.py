@@ -243,6 +243,11 @@ def load_encoder(folder: Path) -> TextEncoder:
         raise RunError(f"{folder}: tokenizer files are missing or corrupted ({e})") from None
     kinds = {"char": CharEncoder, "whitespace": WhitespaceEncoder, "jieba": JiebaEncoder,
              "pretrained": PretrainedEncoder}
+    if meta["type"] not in kinds and meta["type"] not in ("bpe", "wordpiece"):
+        raise RunError(f"{folder}: unknown tokenizer type {meta['type']!r} in {META}")
     enc = SubwordEncoder(cfg, meta["type"]) if meta["type"] in ("bpe", "wordpiece") else kinds[meta["type"]](cfg)
-    enc.load_state(folder)
+    try:
+        enc.load_state(folder)
+    except Exception as e:  # json, HF tokenizers and transformers each raise their own types
+        raise RunError(f"{folder}: tokenizer files are missing or corrupted ({type(e).__name__}: {e})") from None
     return enc

@@ -28,7 +28,7 @@ def text_tfidf_lr(train_texts, train_y, eval_sets: dict, labels: list[str], seed
 def tabular_baselines(kind: str, x_train, y_train, eval_sets: dict, labels: list[str] | None, seed: int) -> dict:
     """Ridge (or logistic regression) and gradient boosting; the better one on validation is 'the baseline'."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import LogisticRegression, RidgeCV
 
     if kind == "regression":
         candidates = {"ridge": RidgeCV(alphas=np.logspace(-3, 3, 13)),
@@ -36,7 +36,7 @@ def tabular_baselines(kind: str, x_train, y_train, eval_sets: dict, labels: list
         score = lambda y, p: regression_metrics(y, p)  # noqa: E731
         key, better = "rmse", min
     else:
-        candidates = {"logistic_regression": LogisticRegressionCV(max_iter=2000, random_state=seed),
+        candidates = {"logistic_regression": LogisticRegression(max_iter=2000, random_state=seed),
                       "gradient_boosting": HistGradientBoostingClassifier(random_state=seed)}
         score = lambda y, p: scalars(classification_metrics(y, p, labels))  # noqa: E731
         key, better = "accuracy", max

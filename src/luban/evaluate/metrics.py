@@ -12,8 +12,12 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
     out = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    # averages run over the classes that occur (as truth or prediction): a class absent from an evaluation file
+    # would otherwise count as F1 0 and drag the macro average down even when every prediction is right
+    present = sorted({int(v) for v in np.concatenate([y_true.ravel(), y_pred.ravel()])}) or ids
     for avg in ("macro", "micro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg,
+                                                         zero_division=0)
         out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
     out["per_class"] = {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),

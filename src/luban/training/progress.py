@@ -24,7 +24,7 @@ class Progress:
             self.bar.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", loss=loss, speed=speed)
 
     def epoch_line(self, record: dict, metric: str, improved: bool):
-        val = record.get(f"val_{metric}")
+        val = record.get(f"val_{metric}", float("nan"))
         msg = (f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  "
                f"val_{metric} {val:.4f}{' *' if improved else ''}  "
                f"{record['samples_per_s']:.0f} samples/s  {record['epoch_seconds']:.1f}s")

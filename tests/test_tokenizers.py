@@ -1,0 +1,108 @@
+"""Tokenizers: fit / encode / save / load round trip for every kind, and a pretrained HF tokenizer."""
+
+import json
+
+import pytest
+
+from luban.config import TokenizerConfig
+from luban.data.tokenizers import PAD, UNK, build_encoder, load_encoder
+from luban.errors import ConfigError, RunError
+
+ZH = ["这个手机非常好", "那个酒店真差啊", "服务很好", "房间很差", "价格特别好呢"]
+EN = ["the phone was very good", "The hotel was really bad", "good service", "bad room", "the price was good"]
+
+
+def round_trip(kind, texts, tmp_path, **kw):
+    enc = build_encoder(TokenizerConfig(type=kind, **kw)).fit(texts)
+    ids = enc.encode(texts)
+    enc.save(tmp_path / kind)
+    meta = json.loads((tmp_path / kind / "encoder.json").read_text(encoding="utf-8"))
+    assert meta["type"] == kind
+    back = load_encoder(tmp_path / kind)
+    assert type(back) is type(enc)
+    assert back.vocab_size == enc.vocab_size
+    assert back.encode(texts) == ids
+    assert back.encode(["完全没见过的字 unseenword"]) == enc.encode(["完全没见过的字 unseenword"])
+    return enc, ids
+
+
+def test_char_tokenizer(tmp_path):
+    enc, ids = round_trip("char", ZH, tmp_path)
+    assert enc.itos[:2] == [PAD, UNK]
+    assert len(ids[0]) == len(ZH[0])  # one id per character
+    assert enc.itos[ids[2][0]] == "服"
+    assert enc.encode(["鑫"]) == [[1]]  # unknown -> [UNK]
+    assert enc.encode([""]) == [[1]]  # never an empty sequence
+    # the most frequent piece comes first after the specials
+    assert enc.itos[2] == "好"
+
+
+def test_char_tokenizer_truncates_and_limits_vocab(tmp_path):
+    enc = build_encoder(TokenizerConfig(type="char", max_length=3, vocab_size=5, min_freq=2)).fit(ZH)
+    assert all(len(s) <= 3 for s in enc.encode(ZH))
+    assert enc.vocab_size <= 5
+    counts = {c: sum(t.count(c) for t in ZH) for c in enc.itos[2:]}
+    assert all(n >= 2 for n in counts.values())
+
+
+def test_whitespace_tokenizer(tmp_path):
+    enc, ids = round_trip("whitespace", EN, tmp_path, lowercase=True)
+    assert len(ids[0]) == 5
+    assert ids[0][0] == ids[1][0]  # 'the' and 'The' with lowercase
+    assert enc.encode(["good bad"]) == [[enc.stoi["good"], enc.stoi["bad"]]]
+
+
+def test_jieba_tokenizer(tmp_path):
+    pytest.importorskip("jieba")
+    enc, ids = round_trip("jieba", ZH, tmp_path)
+    assert "手机" in enc.stoi and "酒店" in enc.stoi  # words, not characters
+    assert len(ids[0]) < len(ZH[0])
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_subword_tokenizers(kind, tmp_path):
+    pytest.importorskip("tokenizers")
+    texts = EN * 5 + ZH * 5
+    enc, ids = round_trip(kind, texts, tmp_path, vocab_size=120)
+    assert enc.vocab_size <= 120
+    assert enc.tok.token_to_id(PAD) == 0 and enc.tok.token_to_id(UNK) == 1
+    assert all(ids) and all(0 <= i < enc.vocab_size for s in ids for i in s)
+    assert (tmp_path / kind / "tokenizer.json").is_file()
+    short = build_encoder(TokenizerConfig(type=kind, vocab_size=120, max_length=2)).fit(texts)
+    assert all(len(s) <= 2 for s in short.encode(texts))
+
+
+def test_pretrained_tokenizer_round_trip(tiny_bert, tmp_path):
+    enc = build_encoder(TokenizerConfig(type="pretrained", path=str(tiny_bert), max_length=8))
+    ids = enc.encode(EN)
+    assert ids[0][0] == enc.tok.cls_token_id and ids[0][-1] == enc.tok.sep_token_id
+    assert max(len(s) for s in ids) <= 8
+    assert enc.pad_id == enc.tok.pad_token_id == 0
+    enc.save(tmp_path / "pre")
+    back = load_encoder(tmp_path / "pre")
+    assert back.encode(EN) == ids and back.vocab_size == enc.vocab_size
+
+
+def test_pretrained_tokenizer_errors(tmp_path):
+    with pytest.raises(ConfigError, match="preprocessing.tokenizer.path: required"):
+        build_encoder(TokenizerConfig(type="pretrained"))
+    with pytest.raises(ConfigError, match="not a local folder"):
+        build_encoder(TokenizerConfig(type="pretrained", path="some-org/some-model"))
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        build_encoder(TokenizerConfig(type="pretrained", path=str(f)))
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="cannot load a tokenizer"):
+        build_encoder(TokenizerConfig(type="pretrained", path=str(empty)))
+
+
+def test_load_encoder_missing_files(tmp_path):
+    with pytest.raises(RunError, match="tokenizer files are missing or corrupted"):
+        load_encoder(tmp_path / "nothing")
+    enc = build_encoder(TokenizerConfig(type="bpe", vocab_size=50)).fit(EN)
+    enc.save(tmp_path / "bpe")
+    (tmp_path / "bpe" / "tokenizer.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(RunError, match="tokenizer files are missing or corrupted"):
+        load_encoder(tmp_path / "bpe")
