@@ -131,13 +131,24 @@ class TransformerConfig(Section):
 
 
 class NgramBagConfig(Section):
-    """fastText-style bag of hashed token n-grams, optionally widened by a CNN over the same tokens."""
+    """Bag of weighted n-grams: linear (NBSVM-style, embedding_dim 0) or fastText-style (embedding_dim > 0)."""
 
     type: Literal["ngram_bag"] = "ngram_bag"
-    ngrams: list[Annotated[int, Field(gt=0, le=6)]] = Field(default_factory=lambda: [1, 2, 3])
-    buckets: int = Field(2_000_000, gt=0, description="hash buckets for n-grams longer than 1")
-    embedding_dim: int = Field(64, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    analyzer: Literal["char", "word", "jieba"] = Field("char", description="n-grams of characters, "
+                                                      "whitespace words or jieba words")
+    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] = (1, 4)
+    weighting: Literal["nb", "tfidf", "binary"] = Field("nb", description="nb: Naive-Bayes log-count ratio")
+    min_df: int = Field(1, ge=1, description="drop n-grams seen in fewer training texts")
+    lowercase: bool = True
+    nb_alpha: float = Field(1.0, gt=0, description="smoothing of the Naive-Bayes counts")
+    embedding_dim: int = Field(0, ge=0, description="0: a linear model over the n-grams; N: fastText-style")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _range_ordered(self):
+        if self.ngram_range[0] > self.ngram_range[1]:
+            raise ValueError(f"ngram_range {list(self.ngram_range)}: the first must be <= the second")
+        return self
 
 
 class PretrainedConfig(Section):

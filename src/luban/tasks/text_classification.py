@@ -44,7 +44,7 @@ def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: 
     if m.type == "ngram_bag":
         from luban.models.ngram_bag import NgramBag
 
-        return NgramBag(vocab_size, num_classes, pad_id=pad_id, **params)
+        return NgramBag(vocab_size, num_classes, embedding_dim=m.embedding_dim, dropout=m.dropout, pad_id=pad_id)
     from luban.models.pretrained import PretrainedClassifier
 
     kw = dict(pooling=m.pooling, dropout=m.dropout, layerwise_lr_decay=m.layerwise_lr_decay,
@@ -58,12 +58,34 @@ def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: 
     return model
 
 
-class EncodedTexts:
-    """Token ids (+ label ids) for one split, with what the report needs to show examples."""
+def build_featurizer(cfg: RunConfig):
+    """Token ids from a tokenizer, or weighted n-gram ids for the ngram_bag model."""
+    m = cfg.model
+    if m.type == "ngram_bag":
+        from luban.data.ngrams import NgramFeaturizer
 
-    def __init__(self, frame: pd.DataFrame, ids: list[list[int]], labels: list[int] | None):
-        self.frame, self.ids, self.labels = frame, ids, labels
-        self.lengths = [len(s) for s in ids]
+        return NgramFeaturizer(m.analyzer, m.ngram_range, m.weighting, m.min_df, m.lowercase, m.nb_alpha)
+    return build_encoder(cfg.preprocessing.tokenizer, m.path if m.type == "pretrained" else None,
+                         getattr(m, "trust_remote_code", False))
+
+
+def load_featurizer(folder: Path):
+    from luban.data.ngrams import META, NgramFeaturizer
+
+    return NgramFeaturizer.load(folder) if (folder / META).is_file() else load_encoder(folder)
+
+
+class EncodedTexts:
+    """Token ids (+ weights for n-gram bags, + label ids) for one split, with the rows for the report."""
+
+    def __init__(self, frame: pd.DataFrame, featurizer, labels: list[int] | None):
+        texts = list(frame["text"])
+        if hasattr(featurizer, "encode_weighted"):
+            self.ids, self.weights = featurizer.encode_weighted(texts)
+        else:
+            self.ids, self.weights = featurizer.encode(texts), None
+        self.frame, self.labels = frame, labels
+        self.lengths = [len(s) for s in self.ids]
 
     def __len__(self):
         return len(self.ids)
@@ -72,6 +94,10 @@ class EncodedTexts:
 def _collate(data: EncodedTexts, pad_id: int):
     def collate(idx: list[int]) -> dict:
         ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
+        if data.weights is not None:  # n-gram bags: the "mask" carries each n-gram's weight (0 on padding)
+            mask = torch.zeros(ids.shape, dtype=torch.float32)
+            for row, i in enumerate(idx):
+                mask[row, : len(data.weights[i])] = torch.from_numpy(data.weights[i])
         batch = {"ids": ids, "mask": mask, "index": torch.as_tensor(idx), "size": len(idx)}
         if data.labels is not None:
             batch["labels"] = torch.as_tensor([data.labels[i] for i in idx])
@@ -147,18 +173,17 @@ class TextClassificationTask(Task, _TextModelUser):
         splits = make_splits(cleaned, cfg.data.split.validation, cfg.data.split.test,
                              cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
                              "label" if cfg.data.split.stratify else None)
-        self.label_map.encode(splits["train"], self.label_col)
         if len(set(splits["train"]["label"])) < 2:
             raise DataError("the training split has a single class after splitting; add data or lower "
                             "data.split fractions")
-        m = cfg.model
-        self.encoder = build_encoder(cfg.preprocessing.tokenizer,
-                                     m.path if m.type == "pretrained" else None,
-                                     getattr(m, "trust_remote_code", False))
-        self.encoder.fit(list(splits["train"]["text"]))
+        label_ids = {s: self.label_map.encode(f, self.label_col) for s, f in splits.items()}
+        self.encoder = build_featurizer(cfg)
+        if cfg.model.type == "ngram_bag":
+            self.encoder.fit(list(splits["train"]["text"]), label_ids["train"])
+        else:
+            self.encoder.fit(list(splits["train"]["text"]))
         self.pad_id = self.encoder.pad_id
-        self.data = {s: EncodedTexts(f, self.encoder.encode(list(f["text"])), self.label_map.encode(f, self.label_col))
-                     for s, f in splits.items()}
+        self.data = {s: EncodedTexts(f, self.encoder, label_ids[s]) for s, f in splits.items()}
 
     def data_summary(self):
         return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.label_map.labels,
@@ -205,7 +230,7 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
         import json
 
         meta = json.loads((folder / "model_meta.json").read_text(encoding="utf-8"))
-        self.encoder = load_encoder(folder / "tokenizer")
+        self.encoder = load_featurizer(folder / "tokenizer")
         self.labels = LabelMap.load(folder)
         self.pad_id = meta["pad_id"]
         backbone = str(folder / "backbone") if cfg.model.type == "pretrained" else None
@@ -214,7 +239,7 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
         self.model.to(device).eval()
 
     def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
-        return EncodedTexts(frame, self.encoder.encode(list(frame["text"])), labels)
+        return EncodedTexts(frame, self.encoder, labels)
 
     def predict(self, inputs, top_k: int | None = None) -> list[dict]:
         if isinstance(inputs, str):
