@@ -70,6 +70,12 @@ def _cmd_predict(a):
             print(f"wrote {len(rows)} predictions to {a.output}", file=sys.stderr)
 
 
+def _cmd_serve(a):
+    from luban.serve.app import serve
+
+    serve(a.run, a.host, a.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="luban", description="luban: one YAML from data to an evaluated, "
                                 "reusable model. Run `luban VERB --help` for details.")
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", help="a file of inputs (same columns as training)")
     pr.add_argument("--output", help="write JSON lines here instead of stdout")
     pr.set_defaults(fn=_cmd_predict)
+    s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
+    s.add_argument("run")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(fn=_cmd_serve)
     return p
 
 

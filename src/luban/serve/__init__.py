@@ -1,0 +1,1 @@
+"""The application layer: serve a run directory over HTTP."""
