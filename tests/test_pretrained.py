@@ -100,3 +100,25 @@ def test_pretrained_rejects_other_tokenizer(out_dir, en_data, tiny_bert):
     with pytest.raises(ConfigError, match="preprocessing.tokenizer.type"):
         luban.train(cfg, quiet=True)
     assert_no_run(out_dir, "badtok")
+
+
+def test_layerwise_lr_decay_param_groups(tiny_bert):
+    """lr = base * decay^(layers above): top layer 0.5x... embeddings decay^(L+1); the head gets the multiplier."""
+    from luban.models.pretrained import PretrainedClassifier
+
+    model = PretrainedClassifier.from_pretrained(str(tiny_bert), 2, layerwise_lr_decay=0.5, head_lr_multiplier=3.0)
+    groups = model.param_groups(lr=1.0, weight_decay=0.01)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    L = model.num_layers()
+    assert L == 2
+    assert lr_of[id(named["head.weight"])] == 3.0
+    assert lr_of[id(named["backbone.encoder.layer.1.attention.self.query.weight"])] == 0.5 ** 1
+    assert lr_of[id(named["backbone.encoder.layer.0.attention.self.query.weight"])] == 0.5 ** 2
+    assert lr_of[id(named["backbone.embeddings.word_embeddings.weight"])] == 0.5 ** (L + 1)
+    # no weight decay on biases and LayerNorm weights
+    assert wd_of[id(named["backbone.encoder.layer.0.attention.self.query.bias"])] == 0.0
+    assert wd_of[id(named["backbone.encoder.layer.0.attention.self.query.weight"])] == 0.01
+    # every trainable parameter is in exactly one group
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
