@@ -123,3 +123,12 @@ def test_tabular_cli_predict_and_evaluate(out_dir, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     m = luban.load(run).evaluate(train)
     assert m["accuracy"] >= 0.85
+
+
+def test_predict_file_with_empty_text_names_file_and_line(trained_text_run, tmp_path):
+    from luban.errors import DataError
+
+    bad = tmp_path / "inputs.csv"
+    bad.write_text("text,label\n这个手机非常好,positive\n   ,negative\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"inputs.csv: line 3: field 'text': empty text"):
+        luban.load(trained_text_run["run"]).predict_file(bad)

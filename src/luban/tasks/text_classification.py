@@ -278,7 +278,11 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))
         text_col = resolve_column(frame, self.cfg.data.columns.text, "text")
-        return [t if t is not None else "" for t in frame[text_col]]
+        texts = [t if isinstance(t, str) else "" for t in frame[text_col]]
+        for t, line in zip(texts, frame[LINE]):
+            if not normalize_text(t, self.cfg.data.clean):
+                raise DataError(f"{path}: line {line}: field {text_col!r}: empty text")
+        return texts
 
     def evaluate(self, path):
         frame = self._read(path, need_label=True)
