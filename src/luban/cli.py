@@ -55,11 +55,12 @@ def _cmd_predict(a):
     if not a.text and not a.input:
         raise LubanError("predict: give --text \"...\" (repeatable) or --input FILE")
     p = load(a.run)
+    kw = {k: v for k, v in (("top_k", a.top_k), ("draw", a.draw)) if v is not None}
     rows = []
     if a.text:
-        rows += p.predict(a.text)
+        rows += p.predict(a.text, **kw)
     if a.input:
-        rows += p.predict_file(a.input)
+        rows += p.predict_file(a.input, **kw)
     out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
         for r in rows:
@@ -68,6 +69,13 @@ def _cmd_predict(a):
         if a.output:
             out.close()
             print(f"wrote {len(rows)} predictions to {a.output}", file=sys.stderr)
+
+
+def _cmd_generate_images(a):
+    from luban.predictor import load
+
+    out = load(a.run).generate(n=a.n, label=a.label, seed=a.seed, out=a.out)
+    print(json.dumps(out, ensure_ascii=False))
 
 
 def _cmd_serve(a):
@@ -114,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     pr.add_argument("--input", help="a file of inputs (same columns as training)")
     pr.add_argument("--output", help="write JSON lines here instead of stdout")
+    pr.add_argument("--top-k", type=int, default=None, help="classification: keep the k most likely labels")
+    pr.add_argument("--draw", default=None, metavar="DIR", help="object detection: write images with boxes here")
+
+    g = sub.add_parser("generate-images", help="sample images from a trained image-generation run")
+    g.add_argument("run")
+    g.add_argument("--n", type=int, default=64, help="how many images")
+    g.add_argument("--out", default="grid.png", help="PNG file for the grid")
+    g.add_argument("--label", default=None, help="class to generate (class-conditional models)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=_cmd_generate_images)
     pr.set_defaults(fn=_cmd_predict)
     s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
     s.add_argument("run")

@@ -30,6 +30,7 @@ class ColumnsConfig(Section):
     label: ColumnRef | None = Field(None, description="label / target column")
     features: list[ColumnRef] | None = Field(None, description="tabular feature columns; default: all but label")
     categorical: list[ColumnRef] = Field(default_factory=list, description="tabular columns to embed as categories")
+    image: ColumnRef | None = Field(None, description="image path column (vision tasks given a CSV/JSONL)")
 
 
 class CleanConfig(Section):
@@ -63,6 +64,11 @@ class DataConfig(Section):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     train_limit: int | None = Field(None, gt=0, description="keep only the first N training rows")
+    image_root: Path | None = Field(None, description="folder that relative image paths start from "
+                                    "(default: the listing file's folder)")
+    skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")
+    annotation_format: Literal["auto", "voc", "coco", "csv"] = Field(
+        "auto", description="object detection: Pascal VOC XML folder, COCO JSON, or CSV of boxes")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -86,8 +92,30 @@ class TokenizerConfig(Section):
     lowercase: bool = False
 
 
+class AugmentConfig(Section):
+    """Training-time image augmentation (never applied at evaluation or prediction)."""
+
+    random_resized_crop: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = \
+        Field((0.6, 1.0), description="scale range of the random crop; null: pad-free center crop only")
+    hflip: bool = True
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation jitter strength")
+    randaugment: int = Field(0, ge=0, le=4, description="RandAugment operations per image (0: off)")
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
+
+
+class ImageConfig(Section):
+    size: int = Field(32, gt=0, description="side of the square image the model sees")
+    resize: int | None = Field(None, gt=0, description="shorter side before the center crop; default size*256/224")
+    grayscale: bool = False
+    normalize: Literal["dataset", "backbone", "imagenet", "none"] = Field(
+        "dataset", description="mean/std from the training images, the pretrained backbone, or ImageNet")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
 class PreprocessingConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
     numeric: Literal["standard", "minmax", "none"] = Field("standard", description="tabular numeric scaling")
     bucket_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
 
@@ -174,8 +202,60 @@ class MLPConfig(Section):
     embedding_dim: int | None = Field(None, gt=0, description="categorical embedding size; default from cardinality")
 
 
+class ResNetConfig(Section):
+    """A small ResNet from scratch: a stem, then stages of basic residual blocks."""
+
+    type: Literal["resnet"] = "resnet"
+    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
+    blocks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 2, 2])
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _stages_match(self):
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(f"widths ({len(self.widths)} stages) and blocks ({len(self.blocks)}) must have "
+                             "the same length")
+        return self
+
+
+class PretrainedImageConfig(Section):
+    """Any HF image backbone (ViT, ResNet, ConvNeXt, ...) + a new classification head."""
+
+    type: Literal["pretrained_image"] = "pretrained_image"
+    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    freeze: bool = Field(False, description="true: train only the head (frozen backbone); false: full fine-tune")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class CenterNetConfig(Section):
+    """An anchor-free single-stage detector (CenterNet-style heatmap + size + offset heads)."""
+
+    type: Literal["centernet"] = "centernet"
+    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128, 256])
+    head_channels: int = Field(64, gt=0)
+    score_threshold: float = Field(0.05, ge=0, le=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    max_detections: int = Field(100, gt=0)
+
+
+class DCGANConfig(Section):
+    """A DCGAN-style generator + discriminator, optionally class-conditional."""
+
+    type: Literal["dcgan"] = "dcgan"
+    latent_dim: int = Field(64, gt=0)
+    base_channels: int = Field(64, gt=0)
+    conditional: bool = True
+    spectral_norm: bool = True
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real targets become 1 - this")
+    lr_discriminator: float | None = Field(None, gt=0, description="default: trainer.lr")
+    beta1: float = Field(0.5, ge=0, lt=1)
+
+
 ModelConfig = Annotated[
-    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig],
+    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig, ResNetConfig,
+          PretrainedImageConfig, CenterNetConfig, DCGANConfig],
     Field(discriminator="type"),
 ]
 
@@ -223,7 +303,18 @@ class OutputConfig(Section):
     tensorboard: bool = True
 
 
-TaskName = Literal["text_classification", "tabular_regression", "tabular_classification"]
+TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
+                   "object_detection", "image_generation"]
+
+# task -> (model types that fit it, the default model); the first model type is the default
+TASK_MODELS: dict[str, tuple[type, ...]] = {
+    "text_classification": (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig),
+    "tabular_regression": (MLPConfig,),
+    "tabular_classification": (MLPConfig,),
+    "image_classification": (ResNetConfig, PretrainedImageConfig),
+    "object_detection": (CenterNetConfig,),
+    "image_generation": (DCGANConfig,),
+}
 
 
 class RunConfig(Section):
@@ -238,12 +329,13 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _task_fits(self):
-        text_models = ("textcnn", "rnn", "transformer", "ngram_bag", "pretrained")
+        fitting = TASK_MODELS[self.task]
         if self.model is None:
-            self.model = TextCNNConfig() if self.task == "text_classification" else MLPConfig()
-        if self.task == "text_classification" and self.model.type not in text_models:
-            raise ValueError(f"model.type {self.model.type!r} does not fit task text_classification "
-                             f"(use one of {', '.join(text_models)})")
+            self.model = fitting[0]()
+        if not isinstance(self.model, fitting):
+            names = [m.model_fields["type"].default for m in fitting]
+            raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} "
+                             f"(use one of {', '.join(names)})")
         if self.model.type == "pretrained":
             tok = self.preprocessing.tokenizer
             if "type" not in tok.model_fields_set:
@@ -251,10 +343,8 @@ class RunConfig(Section):
             elif tok.type != "pretrained":
                 raise ValueError("preprocessing.tokenizer.type: a pretrained model needs its own tokenizer "
                                  "(type: pretrained, or leave it unset)")
-        if self.task.startswith("tabular") and self.model.type != "mlp":
-            raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} (use mlp)")
         metric = self.trainer.early_stopping.metric
-        allowed = REGRESSION_METRICS if self.task == "tabular_regression" else CLASSIFICATION_METRICS
+        allowed = TASK_METRICS.get(self.task, CLASSIFICATION_METRICS)
         if metric is not None and metric not in allowed:
             close = difflib.get_close_matches(metric, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -267,6 +357,9 @@ class RunConfig(Section):
 CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micro", "weighted")
                                          for m in ("precision", "recall", "f1")]
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
+TASK_METRICS = {"tabular_regression": REGRESSION_METRICS,
+                "object_detection": ["map50", "map", "map75"],
+                "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"]}
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -291,7 +384,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid config{where}:\n  " + "\n  ".join(dict.fromkeys(lines))
 
 
-_MODEL_TYPES = {"textcnn", "rnn", "transformer", "ngram_bag", "pretrained", "mlp"}
+_MODEL_TYPES = {m.model_fields["type"].default for models in TASK_MODELS.values() for m in models}
 
 
 def _section_class(ann: Any):

@@ -76,7 +76,8 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
                   f"{device.type} {precision}, {torch.get_num_threads()} threads", flush=True)
         keep_partial = True  # from here an interruption leaves checkpoints to resume from
         t_fit = time.perf_counter()
-        result = fit(model, train_batches=task.train_batches, loss_fn=task.loss,
+        fit_fn = getattr(task, "fit", None) or fit  # a task with its own loop (e.g. a GAN's two optimizers)
+        result = fit_fn(model, train_batches=task.train_batches, loss_fn=task.loss,
                      evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
                      metric=cfg.trainer.early_stopping.metric or task.main_metric,
                      mode=_mode(cfg, task), device=device, precision=precision, workdir=work, resume=resume,
@@ -107,7 +108,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
             "parameters": {"total": n_params, "trainable": n_trainable},
         }
         (work / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-        write_report(work / "report.html", cfg, metrics, result.history)
+        write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         out = run.finish()
     except (KeyboardInterrupt, SystemExit):
         if not keep_partial:  # interrupted during training: keep checkpoints for --resume
@@ -121,12 +122,15 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     return out
 
 
+LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
+
+
 def _mode(cfg: RunConfig, task) -> str:
     es = cfg.trainer.early_stopping
     if es.mode != "auto":
         return es.mode
     metric = es.metric or task.main_metric
-    return "min" if metric in ("loss", "mse", "rmse", "mae") else "max"
+    return "min" if metric in LOWER_IS_BETTER else "max"
 
 
 def print_summary(run_dir: Path, metrics: dict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from luban.config import read_yaml, validate
-from luban.errors import RunError
+from luban.errors import LubanError, RunError
 from luban.rundir import check_finished
 from luban.tasks import task_classes
 from luban.training.hardware import select_device, set_threads
@@ -37,6 +37,12 @@ class Predictor:
 
     def evaluate(self, path: str | Path) -> dict:
         return self._impl.evaluate(path)
+
+    def generate(self, **kw):
+        """Generative tasks (image generation): samples from the trained model."""
+        if not hasattr(self._impl, "generate"):
+            raise LubanError(f"{self.run_dir}: task {self.task} does not generate; use predict()")
+        return self._impl.generate(**kw)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:

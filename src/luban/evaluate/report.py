@@ -98,7 +98,22 @@ def _worst(examples: list[dict]) -> str:
     return "".join(rows) + "</table>"
 
 
-def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict]) -> None:
+def png_data_uri(image) -> str:
+    """An HxWxC uint8 array (or PIL image) as an inline PNG for the report."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
+                 extra_sections: list[str] | None = None) -> None:
     epochs = [h["epoch"] for h in history]
     main = metrics["main_metric"]
     charts = _line_chart("training loss", epochs, {"train loss": [h["train_loss"] for h in history]})
@@ -132,5 +147,6 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict])
         dropped = ", ".join(f"{n} {E(r)}" for r, n in c["dropped"].items()) or "nothing"
         parts.append(f"<p class=muted>{E(c['split'])}: {E(c['source'])}: {c['rows_in']} rows, "
                      f"dropped {dropped}</p>")
+    parts += list(extra_sections or [])
     parts.append("</body></html>")
     path.write_text("".join(parts), encoding="utf-8")

@@ -9,6 +9,10 @@ _REGISTRY = {
                             "TextClassificationPredictor"),
     "tabular_regression": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
     "tabular_classification": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
+    "image_classification": ("luban.tasks.image_classification", "ImageClassificationTask",
+                             "ImageClassificationPredictor"),
+    "object_detection": ("luban.tasks.object_detection", "ObjectDetectionTask", "ObjectDetectionPredictor"),
+    "image_generation": ("luban.tasks.image_generation", "ImageGenerationTask", "ImageGenerationPredictor"),
 }
 
 

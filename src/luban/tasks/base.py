@@ -137,6 +137,10 @@ class Task:
     def save(self, folder: Path, model: nn.Module) -> None: ...
     def data_summary(self) -> dict: ...
 
+    def report_sections(self, workdir: Path, final: dict) -> list[str]:
+        """Extra HTML sections for report.html (image grids, samples); none by default."""
+        return []
+
 
 class Predictor:
     """Inference side: loaded from a run directory, returns JSON-ready dicts."""
