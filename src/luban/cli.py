@@ -34,6 +34,10 @@ def _print_metrics(m: dict):
     if "per_class" in m:
         print("per class:")
         for c, v in m["per_class"].items():
+            if "precision" not in v:  # e.g. object detection: AP per class
+                print(f"  {c}: " + "  ".join(f"{k} {x:.4f}" if isinstance(x, float) else f"{k} {x}"
+                                             for k, x in v.items()))
+                continue
             print(f"  {c}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  f1 {v['f1']:.4f}  "
                   f"support {v['support']}")
 

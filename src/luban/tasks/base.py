@@ -22,6 +22,10 @@ from luban.errors import DataError
 
 def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
     d = cfg.data
+    if Path(path).is_dir():  # a folder of images, one sub-folder per class
+        from luban.data.images import list_image_folder
+
+        return list_image_folder(path)
     return read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
 
 

@@ -1,0 +1,55 @@
+"""Object detection benchmark on the raccoon dataset (Dat Tran's 200 images, one class).
+
+    python benchmarks/detection.py --data ../shared/data/raccoon
+
+Trains luban's shipped example config (examples/raccoon_centernet.yaml: a CenterNet-style detector from scratch)
+on data/train_labels.csv (10% of its images held out for validation), evaluates on data/test_labels.csv, and prints
+map50, map (mAP@[.5:.95]), map75, train_seconds (time in training steps; fit_seconds adds the per-epoch validation
+passes) and peak_rss_mb as the last line (one JSON object).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, peak_rss_mb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="raccoon folder with data/train_labels.csv, data/test_labels.csv "
+                    "and images/")
+    ap.add_argument("--config", default=str(ROOT / "examples" / "raccoon_centernet.yaml"))
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    a = ap.parse_args()
+
+    import luban
+
+    data = Path(a.data).resolve()
+    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
+    overrides = [f"data.train={data / 'data' / 'train_labels.csv'}", f"data.test={data / 'data' / 'test_labels.csv'}",
+                 f"data.image_root={data / 'images'}", f"output.dir={out_dir}", "output.name=bench",
+                 "output.tensorboard=false"]
+    t0 = time.perf_counter()
+    run = luban.train(a.config, overrides + a.set)
+    total = time.perf_counter() - t0
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    emit({"dataset": data.name, "config": Path(a.config).name, "parameters": m["parameters"]["total"],
+          "test_images": m["data"]["splits"]["test"], "map50": round(m["test"]["map50"], 4),
+          "map": round(m["test"]["map"], 4), "map75": round(m["test"]["map75"], 4),
+          "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+          "train_seconds": round(m["timings"]["train_seconds"], 1),
+          "fit_seconds": round(m["timings"]["fit_seconds"], 1),
+          "prepare_seconds": round(m["timings"]["prepare_seconds"], 1),
+          "total_seconds": round(total, 1), "peak_rss_mb": peak_rss_mb(),
+          "threads": m["environment"]["threads"], "precision": m["environment"]["precision"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Image classification benchmark on a folder with train/<class>/*.jpg and test/<class>/*.jpg (CIFAR-10 subset).
+
+    python benchmarks/image_classification.py --data ../shared/data/cifar10-small
+
+Trains luban's shipped example config (examples/cifar10_resnet.yaml, a small ResNet from scratch; validation is a
+seeded 10% split of train), evaluates on test, and prints test_accuracy, baseline_accuracy, train_seconds (time in
+training steps; fit_seconds adds the per-epoch validation passes), images_per_second (training) and peak_rss_mb as
+the last line (one JSON object).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, peak_rss_mb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="folder with train/<class>/ and test/<class>/ images")
+    ap.add_argument("--config", default=str(ROOT / "examples" / "cifar10_resnet.yaml"))
+    ap.add_argument("--train-limit", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    a = ap.parse_args()
+
+    import luban
+
+    data = Path(a.data)
+    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
+    overrides = [f"data.train={data / 'train'}", f"data.test={data / 'test'}", "data.validation=null",
+                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    if a.train_limit:
+        overrides.append(f"data.train_limit={a.train_limit}")
+    t0 = time.perf_counter()
+    run = luban.train(a.config, overrides + a.set)
+    total = time.perf_counter() - t0
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    n_train = m["data"]["splits"]["train"]
+    emit({"dataset": data.name, "config": Path(a.config).name, "parameters": m["parameters"]["total"],
+          "test_accuracy": round(m["test"]["accuracy"], 4),
+          "test_f1_macro": round(m["test"]["f1_macro"], 4),
+          "baseline_accuracy": round(m["baseline"]["test"]["accuracy"], 4) if m.get("baseline") else None,
+          "train_seconds": round(m["timings"]["train_seconds"], 1),
+          "fit_seconds": round(m["timings"]["fit_seconds"], 1),
+          "prepare_seconds": round(m["timings"]["prepare_seconds"], 1),
+          "total_seconds": round(total, 1),
+          "images_per_second": round(n_train * m["epochs_run"] / max(m["timings"]["train_seconds"], 1e-9), 1),
+          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "peak_rss_mb": peak_rss_mb(),
+          "threads": m["environment"]["threads"], "precision": m["environment"]["precision"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""Image generation: a DCGAN (optionally class-conditional) trained on an image folder or the built-in digits.
+
+Training runs the task's own loop (`fit`): alternating discriminator and generator steps with two Adam optimizers.
+Quality is measured, not eyeballed: before the GAN trains, a small CNN classifier is trained on the real training
+images (saved in the run as classifier/); every epoch the GAN's samples are scored with it — mean_confidence,
+class_entropy_ratio and kid (see luban.evaluate.generative) — and the best checkpoint is the lowest validation kid.
+Each epoch also writes a fixed-noise sample grid to samples/epoch_XX.png, shown in report.html.
+
+Inference: `luban.load(run).generate(n=64, label=None, seed=0, out="grid.png")`. `predict()` is not offered for
+this task: it raises a LubanError pointing at generate (samples' classifier labels come back from generate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from luban.config import RunConfig
+from luban.data.images import ImageStore, resolve_image_paths
+from luban.data.readers import LINE, resolve_column
+from luban.data.splits import make_splits
+from luban.errors import ConfigError, DataError, LubanError
+from luban.evaluate import generative as gm
+from luban.models.gan import GAN, ImageScorer
+from luban.tasks.base import Predictor, Task, _label_key
+from luban.training import checkpoint
+from luban.training.engine import FitResult, _better, _TensorBoard
+from luban.training.hardware import autocast
+from luban.training.optim import build_scheduler
+
+CLASSIFIER = "classifier"
+MIN_CLASSIFIER_STEPS = 150
+META = "model_meta.json"
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _to_chw(img: np.ndarray, size: int, resize: int | None, gray: bool) -> np.ndarray:
+    """HxWxC uint8 -> CxSxS float32 in [-1, 1]: resize the shorter side, center-crop, optional grayscale."""
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if gray and arr.shape[2] == 3:
+        arr = np.asarray(Image.fromarray(arr).convert("L"))[:, :, None]
+    h, w = arr.shape[:2]
+    if (h, w) != (size, size):
+        short = resize or size
+        im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        s = short / min(h, w)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        im = im.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        arr = np.asarray(im.crop((left, top, left + size, top + size)))
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+    return arr.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+
+
+def _frame_images(cfg: RunConfig, frame: pd.DataFrame) -> tuple[list, pd.DataFrame]:
+    """The raw images of a frame (uint8 arrays, decoded from paths when needed) and the rows kept."""
+    col = resolve_column(frame, cfg.data.columns.image if cfg.data.columns.image is not None else "image", "image")
+    values = list(frame[col])
+    if values and all(isinstance(v, np.ndarray) for v in values):
+        return values, frame
+    mode = "L" if cfg.preprocessing.image.grayscale else "RGB"
+    store = ImageStore(resolve_image_paths(frame, col, cfg.data.image_root), mode)
+    bad = set(store.decode_all(cfg.data.skip_bad_files))
+    if bad:
+        print(f"skipped {len(bad)} unreadable images in {frame.attrs.get('source', 'data')}", file=sys.stderr)
+    keep = [i for i in range(len(store)) if i not in bad]
+    out = frame.iloc[keep].reset_index(drop=True)
+    out.attrs = dict(frame.attrs)
+    return [store[i] for i in keep], out
+
+
+class ImageSet:
+    """One split: images (N, C, S, S) in [-1, 1] and label ids."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+class _Pair:
+    """Two optimizers (or schedulers) behind one state_dict / load_state_dict, for the shared checkpoint code."""
+
+    def __init__(self, g, d):
+        self.g, self.d = g, d
+
+    def state_dict(self):
+        return {"g": self.g.state_dict(), "d": self.d.state_dict()}
+
+    def load_state_dict(self, blob):
+        self.g.load_state_dict(blob["g"])
+        self.d.load_state_dict(blob["d"])
+
+
+def train_scorer(train: ImageSet, num_classes: int, epochs: int, seed: int, device: torch.device,
+                 batch_size: int = 64) -> ImageScorer:
+    """The quality classifier: a small CNN trained on the real training images (its own RNG, so it does not
+    disturb the GAN's)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ImageScorer(train.images.shape[1], num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    n = len(train)
+    per_epoch = math.ceil(n / batch_size)
+    epochs = max(epochs, math.ceil(MIN_CLASSIFIER_STEPS / per_epoch))  # tiny datasets still get enough steps
+    steps = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(1, steps))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2:
+                continue
+            x = train.images[idx]
+            # light augmentation: random shifts of up to 1/8 of the side
+            s = max(1, x.shape[-1] // 8)
+            dx, dy = (int(v) for v in torch.randint(-s, s + 1, (2,), generator=gen))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(x.to(device)), train.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def score(scorer: ImageScorer, images: torch.Tensor, device: torch.device, batch_size: int = 500):
+    """(softmax probabilities, penultimate features) as numpy arrays."""
+    scorer.eval()
+    probs, feats = [], []
+    for i in range(0, len(images), batch_size):
+        f = scorer.features(images[i:i + batch_size].to(device)).float()
+        probs.append(torch.softmax(scorer.head(f), dim=-1).cpu())
+        feats.append(f.cpu())
+    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+def build_gan(cfg: RunConfig, channels: int, num_classes: int) -> GAN:
+    m = cfg.model
+    return GAN(m.latent_dim, channels, cfg.preprocessing.image.size, m.base_channels,
+               num_classes if m.conditional else 0, m.spectral_norm)
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(n) % num_classes
+
+
+class _Sampling:
+    """What training and inference share: sample generation and scoring."""
+
+    cfg: RunConfig
+    device: torch.device
+    labels: list[str]
+    scorer: ImageScorer
+
+    def _conditional(self, model: GAN) -> bool:
+        return model.num_classes > 0
+
+    def generate_tensor(self, model: GAN, n: int, seed: int, label_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self._conditional(model) and label_ids is None:
+            label_ids = balanced_labels(n, model.num_classes)
+        if not self._conditional(model):
+            label_ids = None
+        return model.sample(n, label_ids, torch.Generator().manual_seed(seed), self.device)
+
+    def sample_metrics(self, model: GAN, real_features: np.ndarray, n: int, seed: int) -> dict:
+        fake = self.generate_tensor(model, n, seed)
+        probs, feats = score(self.scorer, fake, self.device)
+        return {"mean_confidence": gm.mean_confidence(probs),
+                "class_entropy_ratio": gm.class_entropy_ratio(probs, len(self.labels)),
+                "kid": gm.kid(real_features, feats, seed=seed)}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+class ImageGenerationTask(Task, _Sampling):
+    name = "image_generation"
+    main_metric = "kid"
+    mode = "min"
+
+    def prepare(self, frames):
+        cfg = self.cfg
+        size, img_cfg = cfg.preprocessing.image.size, cfg.preprocessing.image
+        cols = cfg.data.columns
+        rows = {}
+        for split, frame in frames.items():
+            if frame is None:
+                rows[split] = None
+                continue
+            images, frame = _frame_images(cfg, frame)
+            label_ref = cols.label if cols.label is not None else ("label" if "label" in frame.columns else None)
+            if label_ref is not None:  # a folder listing has a label column (its sub-folder names)
+                label_col = resolve_column(frame, label_ref, "label")
+                labels = [None if v is None else str(v).strip() for v in frame[label_col]]
+                missing = [i for i, v in enumerate(labels) if not v]
+                if missing:
+                    raise DataError(f"{frame.attrs.get('source', split)}: line {frame[LINE].iloc[missing[0]]}: "
+                                    f"field {label_col!r}: missing label")
+            else:
+                labels = ["0"] * len(frame)
+            out = pd.DataFrame({"image": range(len(images)), "label": labels, LINE: list(frame[LINE])})
+            out.attrs = dict(frame.attrs)
+            rows[split] = (out, images)
+        train_labels = sorted(set(rows["train"][0]["label"]), key=_label_key)
+        if len(train_labels) < 2:
+            raise DataError(f"{frames['train'].attrs.get('source', 'train')}: image generation needs at least two "
+                            "classes (one sub-folder per class): the quality classifier that scores samples is "
+                            f"trained on them (found {len(train_labels)})")
+        self.labels = train_labels
+        index = {l: i for i, l in enumerate(train_labels)}
+        # each split's frame carries the row's image position so make_splits can shuffle rows freely
+        tagged = {}
+        for split, item in rows.items():
+            if item is None:
+                tagged[split] = None
+                continue
+            f, images = item
+            f = f.copy()
+            f["image"] = [(split, i) for i in range(len(images))]
+            unknown = ~f["label"].isin(index)
+            if unknown.any():
+                r = f[unknown].iloc[0]
+                raise DataError(f"{f.attrs.get('source', split)}: line {r[LINE]}: label {r['label']!r} was not seen "
+                                f"in training (known: {', '.join(train_labels[:20])})")
+            tagged[split] = f
+        raw = {split: item[1] for split, item in rows.items() if item is not None}
+        splits = make_splits(tagged, cfg.data.split.validation, cfg.data.split.test,
+                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
+                             "label" if cfg.data.split.stratify else None)
+        self.data = {}
+        for split, f in splits.items():
+            arrs = [_to_chw(raw[s][i], size, img_cfg.resize, img_cfg.grayscale) for s, i in f["image"]]
+            shapes = {a.shape for a in arrs}
+            if len(shapes) > 1:
+                raise DataError(f"{f.attrs.get('source', split)}: images have different channel counts "
+                                f"{sorted(shapes)}; set preprocessing.image.grayscale: true or convert them")
+            self.data[split] = ImageSet(torch.from_numpy(np.stack(arrs)),
+                                        torch.as_tensor([index[l] for l in f["label"]], dtype=torch.long))
+        self.channels = int(self.data["train"].images.shape[1])
+        if cfg.model.eval_samples < 2:
+            raise ConfigError("model.eval_samples: at least 2 samples are needed to score the generator")
+
+    def data_summary(self):
+        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.labels,
+                "image_size": self.cfg.preprocessing.image.size, "channels": self.channels}
+
+    def build_model(self):
+        return build_gan(self.cfg, self.channels, len(self.labels))
+
+    # the shared engine's hooks are unused: this task trains in `fit`
+    def train_batches(self, epoch):
+        return list(range(math.ceil(len(self.data["train"]) / self.cfg.trainer.batch_size)))
+
+    def loss(self, model, batch):
+        raise NotImplementedError("image generation trains in ImageGenerationTask.fit")
+
+    # ------------------------------------------------------------------ quality classifier
+
+    def _prepare_scorer(self, workdir: Path):
+        folder = workdir / CLASSIFIER
+        m = self.cfg.model
+        if (folder / checkpoint.WEIGHTS).is_file():
+            self.scorer = ImageScorer(self.channels, len(self.labels)).to(self.device)
+            checkpoint.load_weights(self.scorer, folder)
+            self.scorer.eval()
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        else:
+            t0 = time.perf_counter()
+            self.scorer = train_scorer(self.data["train"], len(self.labels), m.classifier_epochs, self.cfg.seed,
+                                       self.device)
+            meta = {"epochs": m.classifier_epochs, "seconds": round(time.perf_counter() - t0, 2)}
+            for split in ("validation", "test"):
+                probs, _ = score(self.scorer, self.data[split].images, self.device)
+                meta[f"{split}_accuracy"] = float((probs.argmax(1) == self.data[split].labels.numpy()).mean())
+            checkpoint.save_weights(self.scorer, folder)
+            (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+            print(f"quality classifier: test accuracy {meta['test_accuracy']:.4f} ({meta['seconds']:.1f}s)",
+                  file=sys.stderr, flush=True)
+        self.scorer_meta = meta
+        self.real_features = {s: score(self.scorer, self.data[s].images, self.device)[1]
+                              for s in ("validation", "test")}
+
+    def evaluate(self, model, split, detailed=False):
+        m = self.cfg.model
+        out = self.sample_metrics(model, self.real_features[split], m.eval_samples,
+                                  self.cfg.seed + (1 if split == "validation" else 2))
+        out["classifier_accuracy"] = self.scorer_meta[f"{split}_accuracy"]
+        if detailed:
+            out["real_vs_real_kid"] = gm.kid(self.real_features["validation"], self.real_features["test"])
+            out["samples"] = m.eval_samples
+        return out
+
+    def baseline(self):
+        return None
+
+    # ------------------------------------------------------------------ the GAN loop
+
+    def _sample_grid(self, model: GAN) -> tuple[np.ndarray, int]:
+        k = len(self.labels)
+        if model.num_classes and k <= 16:
+            ncols, n = k, k * max(1, 64 // k)
+            label_ids = torch.arange(n) % k  # one class per column
+        else:
+            ncols, n, label_ids = 8, 64, None
+        imgs = self.generate_tensor(model, n, self.cfg.seed + 1000, label_ids)
+        scale = max(1, 64 // self.cfg.preprocessing.image.size)
+        return gm.image_grid(imgs.numpy(), ncols, scale=scale), ncols
+
+    def fit(self, model: GAN, *, cfg, metric, mode, device, precision, workdir, resume=False, tensorboard=True,
+            **_unused) -> FitResult:
+        m = self.cfg.model
+        self.model_ref = model
+        ckpt = workdir / "checkpoints"
+        self._prepare_scorer(workdir)
+        train = self.data["train"]
+        n, bs = len(train), cfg.batch_size
+        n_batches = max(1, n // bs) if n >= bs else 1
+        G, D = model.generator, model.discriminator
+        opt = _Pair(torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(m.beta1, 0.999)),
+                    torch.optim.Adam(D.parameters(), lr=m.lr_discriminator or cfg.lr, betas=(m.beta1, 0.999)))
+        total = cfg.epochs * n_batches
+        sched = _Pair(build_scheduler(opt.g, cfg, total), build_scheduler(opt.d, cfg, total))
+        state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+                 "train_seconds": 0.0, "stopped_early": False}
+        if resume and (ckpt / "last").is_dir():
+            state = checkpoint.load_last(ckpt / "last", model, opt, sched, None)
+            print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
+        history_path = workdir / "history.jsonl"
+        history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
+        samples_dir = workdir / "samples"
+        samples_dir.mkdir(exist_ok=True)
+        tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
+        real_target, smoothing = 1.0 - m.label_smoothing, m.label_smoothing
+        use_autocast = precision == "bf16"
+        conditional = model.num_classes > 0
+        samples_seen, t_start = 0, time.perf_counter()
+        try:
+            for epoch in range(state["epoch"], cfg.epochs):
+                if state["stopped_early"]:
+                    break
+                model.train()
+                t_epoch = time.perf_counter()
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
+                sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
+                for b in range(n_batches):
+                    idx = order[b * bs:(b + 1) * bs]
+                    x = train.images[idx].to(device)
+                    y = train.labels[idx].to(device) if conditional else None
+                    z = torch.randn(len(idx), model.latent_dim, device=device)
+                    with autocast(device, "bf16" if use_autocast else "fp32"):
+                        fake = G(z, y)
+                        real_logits = D(x, y).float()
+                        fake_logits = D(fake.detach(), y).float()
+                        d_loss = (F.binary_cross_entropy_with_logits(real_logits,
+                                                                     torch.full_like(real_logits, real_target))
+                                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+                    opt.d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    opt.d.step()
+                    with autocast(device, "bf16" if use_autocast else "fp32"):
+                        g_logits = D(fake, y).float()
+                        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+                    opt.g.zero_grad(set_to_none=True)
+                    g_loss.backward()
+                    opt.g.step()
+                    sched.g.step()
+                    sched.d.step()
+                    state["step"] += 1
+                    if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+                        raise FloatingPointError(f"GAN losses became non-finite at epoch {epoch + 1}, batch {b + 1} "
+                                                 "(d_loss {d_loss.item()}, g_loss {g_loss.item()}); lower trainer.lr")
+                    sums["d_loss"] += d_loss.item()
+                    sums["g_loss"] += g_loss.item()
+                    sums["d_real"] += torch.sigmoid(real_logits).mean().item()
+                    sums["d_fake"] += torch.sigmoid(fake_logits).mean().item()
+                    samples_seen += len(idx)
+                train_time = time.perf_counter() - t_epoch
+                state["train_seconds"] += train_time
+                avg = {k: v / n_batches for k, v in sums.items()}
+                with torch.no_grad(), autocast(device, precision if use_autocast else "fp32"):
+                    val = self.evaluate(model, "validation")
+                grid, _ = self._sample_grid(model)
+                gm.save_png(grid, samples_dir / f"epoch_{epoch + 1:02d}.png")
+                record = {"epoch": epoch + 1, "step": state["step"], "train_loss": avg["g_loss"] + avg["d_loss"],
+                          **avg, "lr": opt.g.param_groups[0]["lr"],
+                          "samples_per_s": n_batches * bs / max(train_time, 1e-9),
+                          "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
+                value = record.get(f"val_{metric}", record.get(metric, float("nan")))
+                state["history"].append(record)
+                with open(history_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                tb.log(record, state["step"])
+                improved = _better(value, state["best_value"], mode)
+                if improved:
+                    state.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
+                    checkpoint.save_weights(model, ckpt / "best")
+                else:
+                    state["bad_epochs"] += 1
+                state["epoch"] = epoch + 1
+                patience = cfg.early_stopping.patience
+                if patience is not None and state["bad_epochs"] >= patience:
+                    state["stopped_early"] = True
+                print(f"epoch {epoch + 1}: d_loss {avg['d_loss']:.3f}  g_loss {avg['g_loss']:.3f}  "
+                      f"D(x) {avg['d_real']:.2f}  D(G(z)) {avg['d_fake']:.2f}  "
+                      f"conf {val['mean_confidence']:.3f}  entropy {val['class_entropy_ratio']:.3f}  "
+                      f"kid {val['kid']:.4f}{' *' if improved else ''}  {train_time:.1f}s",
+                      file=sys.stderr, flush=True)
+                checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
+        finally:
+            tb.close()
+        if (ckpt / "best").is_dir():
+            checkpoint.load_weights(model, ckpt / "best")
+        wall = time.perf_counter() - t_start
+        return FitResult(history=state["history"], best_epoch=state["best_epoch"],
+                         best_value=state["best_value"] if state["best_value"] is not None else float("nan"),
+                         stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],
+                         epochs_run=state["epoch"], samples_per_second=samples_seen / max(wall, 1e-9))
+
+    # ------------------------------------------------------------------ outputs
+
+    def save(self, folder, model):
+        checkpoint.save_weights(self.scorer, folder / CLASSIFIER)
+        meta = {"labels": self.labels, "channels": self.channels, "size": self.cfg.preprocessing.image.size,
+                "num_classes": len(self.labels), "classifier": self.scorer_meta}
+        (folder / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+    def report_sections(self, workdir, final):
+        from luban.evaluate.report import E, _line_chart, png_data_uri
+
+        parts = ["<h2>Sample quality (test)</h2><table><tr><th class=l>metric</th><th>validation</th>"
+                 "<th>test</th></tr>"]
+        for k in ("kid", "mean_confidence", "class_entropy_ratio", "classifier_accuracy", "real_vs_real_kid"):
+            v, t = final["validation"].get(k), final["test"].get(k)
+            if t is not None:
+                parts.append(f"<tr><td class=l>{E(k)}</td><td>{v:.4f}</td><td>{t:.4f}</td></tr>")
+        parts.append("</table><p class=muted>scored on generated samples by a CNN trained on the real training "
+                     "images; kid is the polynomial-kernel MMD² between its features of real test images and of "
+                     "samples (lower is better); real_vs_real_kid is the validation-vs-test floor.</p>")
+        hist_path = workdir / "history.jsonl"
+        hist = [json.loads(l) for l in hist_path.read_text(encoding="utf-8").splitlines()] if hist_path.is_file() \
+            else []
+        if hist:
+            xs = [h["epoch"] for h in hist]
+            parts.append("<h2>GAN training</h2><div class=charts>"
+                         + _line_chart("losses", xs, {"d_loss": [h["d_loss"] for h in hist],
+                                                      "g_loss": [h["g_loss"] for h in hist]})
+                         + _line_chart("discriminator outputs", xs, {"D(x)": [h["d_real"] for h in hist],
+                                                                     "D(G(z))": [h["d_fake"] for h in hist]})
+                         + _line_chart("validation sample quality", xs,
+                                       {"mean_confidence": [h["val_mean_confidence"] for h in hist],
+                                        "class_entropy_ratio": [h["val_class_entropy_ratio"] for h in hist]})
+                         + "</div>")
+        model = getattr(self, "model_ref", None)
+        if model is not None:
+            grid, _ = self._sample_grid(model)
+            gm.save_png(grid, workdir / "samples" / "best.png")
+            parts.append("<h2>Samples from the best checkpoint</h2>"
+                         f"<p class=muted>fixed noise{'; one class per column: ' + E(', '.join(self.labels)) if model.num_classes and len(self.labels) <= 16 else ''}</p>"
+                         f'<img alt="samples" style="image-rendering:pixelated" src="{png_data_uri(grid)}">')
+        epochs = sorted((workdir / "samples").glob("epoch_*.png"))
+        if epochs:
+            from PIL import Image
+
+            parts.append("<h2>Samples per epoch (fixed noise)</h2><div class=charts>")
+            for p in epochs:
+                with Image.open(p) as im:
+                    parts.append(f'<figure style="margin:0"><img alt="{E(p.stem)}" width="200" '
+                                 f'style="image-rendering:pixelated" src="{png_data_uri(im.copy())}">'
+                                 f"<figcaption class=muted>{E(p.stem.replace('_', ' '))}</figcaption></figure>")
+            parts.append("</div>")
+        return parts
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+
+class ImageGenerationPredictor(Predictor, _Sampling):
+    task = "image_generation"
+
+    def __init__(self, cfg, folder, device):
+        super().__init__(cfg, folder, device)
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        self.labels = [str(l) for l in meta["labels"]]
+        self.model = build_gan(cfg, meta["channels"], len(self.labels))
+        checkpoint.load_weights(self.model, folder)
+        self.model.to(device).eval()
+        self.scorer = ImageScorer(meta["channels"], len(self.labels))
+        checkpoint.load_weights(self.scorer, folder / CLASSIFIER)
+        self.scorer.to(device).eval()
+
+    def _label_id(self, label) -> int | None:
+        if label is None:
+            return None
+        if not self.model.num_classes:
+            raise LubanError("generate: this model is unconditional (model.conditional: false); drop --label")
+        key = str(label).strip()
+        if key not in self.labels:
+            raise LubanError(f"generate: unknown label {label!r}; known: {', '.join(self.labels)}")
+        return self.labels.index(key)
+
+    def generate(self, n: int = 64, label=None, seed: int = 0, out: str | Path | None = None,
+                 ncols: int | None = None) -> dict:
+        """n samples; balanced over the classes unless `label` is given. Writes a PNG grid when `out` is set
+        (returns {"images", "out", "label", "classifier_labels"}); without `out` also returns the arrays:
+        "samples" (N, C, H, W float32 in [-1, 1]) and "arrays" (N, H, W, C uint8)."""
+        if not isinstance(n, int) or n < 1:
+            raise LubanError(f"generate: n must be a positive integer (got {n!r})")
+        lid = self._label_id(label)
+        label_ids = torch.full((n,), lid, dtype=torch.long) if lid is not None else None
+        imgs = self.generate_tensor(self.model, n, seed, label_ids)
+        probs, _ = score(self.scorer, imgs, self.device)
+        res = {"images": n, "out": None, "label": None if lid is None else self.labels[lid],
+               "classifier_labels": [self.labels[i] for i in probs.argmax(1)],
+               "mean_confidence": round(gm.mean_confidence(probs), 4)}
+        if out is not None:
+            out = Path(out)
+            if out.parent and not out.parent.exists():
+                out.parent.mkdir(parents=True, exist_ok=True)
+            cols = ncols or max(1, math.ceil(math.sqrt(n)))
+            gm.save_png(gm.image_grid(imgs.numpy(), cols, scale=max(1, 32 // self.model.size)), out)
+            res["out"] = str(out)
+        else:
+            res["samples"] = imgs.numpy()
+            res["arrays"] = gm.to_uint8(imgs.numpy())
+        return res
+
+    def predict(self, inputs, **kw):
+        raise LubanError("image_generation runs do not predict; sample with `luban generate-images RUN` or "
+                         "luban.load(RUN).generate(n=..., label=...)")
+
+    def read_inputs(self, path):
+        return self.predict(path)
+
+    def evaluate(self, path):
+        raise LubanError("image_generation runs are evaluated during training (see metrics.json); "
+                         "`luban evaluate` does not apply")
