@@ -63,7 +63,8 @@ class DataConfig(Section):
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    train_limit: int | None = Field(None, gt=0, description="keep only the first N training rows")
+    train_limit: int | None = Field(None, gt=0, description="keep only the first N training rows "
+                                    "(a seeded sample of N for an image folder)")
     image_root: Path | None = Field(None, description="folder that relative image paths start from "
                                     "(default: the listing file's folder)")
     skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")

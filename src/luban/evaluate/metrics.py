@@ -36,3 +36,19 @@ def regression_metrics(y_true, y_pred) -> dict:
 def scalars(m: dict) -> dict:
     """Only the scalar entries (for history lines and tables)."""
     return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def classification_with_worst(probs, y_true, labels: list[str], worst: int, describe) -> dict:
+    """classification_metrics from class probabilities, plus the `worst` most confidently wrong rows;
+    `describe(i)` gives the JSON-ready fields that identify row i (its line, text or image)."""
+    probs = np.asarray(probs)
+    pred = probs.argmax(-1)
+    y = np.asarray(y_true)
+    m = classification_metrics(y, pred, labels)
+    wrong = np.flatnonzero(pred != y)
+    conf = probs[wrong, pred[wrong]]
+    m["worst_examples"] = [
+        {**describe(int(i)), "label": labels[y[i]], "predicted": labels[pred[i]],
+         "confidence": round(float(probs[i, pred[i]]), 4)}
+        for i in wrong[np.argsort(-conf, kind="stable")][:worst]]
+    return m

@@ -41,9 +41,15 @@ def read_frames(cfg: RunConfig) -> dict[str, pd.DataFrame | None]:
     else:
         frames = {split: (read_file(cfg, getattr(d, split)) if getattr(d, split) is not None else None)
                   for split in ("train", "validation", "test")}
-    if d.train_limit is not None:
-        attrs = frames["train"].attrs
-        frames["train"] = frames["train"].iloc[: d.train_limit].reset_index(drop=True)
+    if d.train_limit is not None and d.train_limit < len(frames["train"]):
+        train = frames["train"]
+        attrs = train.attrs
+        if d.train is not None and Path(d.train).is_dir():
+            # a folder listing is ordered by class: take a seeded sample, not the first N (one class)
+            train = train.sample(n=d.train_limit, random_state=cfg.seed).sort_values(LINE)
+        else:
+            train = train.iloc[: d.train_limit]
+        frames["train"] = train.reset_index(drop=True)
         frames["train"].attrs = attrs
     return frames
 

@@ -23,7 +23,7 @@ from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, l
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
 from luban.errors import ConfigError, DataError
-from luban.evaluate.metrics import classification_metrics, scalars
+from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
 from luban.tasks.base import LabelMap, Predictor, Task, read_file, run_model
 from luban.training.checkpoint import load_weights
 
@@ -369,16 +369,9 @@ def dataset_mean_std(eval_u8: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def _metrics_with_examples(probs: torch.Tensor, data: ImageSet, labels: list[str], worst: int) -> dict:
-    pred = probs.argmax(-1).numpy()
-    m = classification_metrics(data.labels, pred, labels)
-    y = np.asarray(data.labels)
-    wrong = np.flatnonzero(pred != y)
-    conf = probs[wrong, pred[wrong]].numpy() if len(wrong) else np.array([])
-    m["worst_examples"] = [
-        {"line": int(data.frame[LINE].iloc[i]), "text": data.names[i], "index": int(i), "label": labels[y[i]],
-         "predicted": labels[pred[i]], "confidence": round(float(probs[i, pred[i]]), 4)}
-        for i in wrong[np.argsort(-conf, kind="stable")][:worst]]
-    return m
+    frame = data.frame
+    return classification_with_worst(probs.numpy(), data.labels, labels, worst, lambda i: {
+        "line": int(frame[LINE].iloc[i]), "text": data.names[i], "index": i})
 
 
 class _TrainBatches:

@@ -32,7 +32,7 @@ from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
 from luban.tasks.base import Predictor, Task, _label_key
 from luban.training import checkpoint
-from luban.training.engine import FitResult, _better, _TensorBoard
+from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit
 from luban.training.hardware import autocast
 from luban.training.optim import build_scheduler
 
@@ -410,21 +410,8 @@ class ImageGenerationTask(Task, _Sampling):
                           **avg, "lr": opt.g.param_groups[0]["lr"],
                           "samples_per_s": n_batches * bs / max(train_time, 1e-9),
                           "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-                value = record.get(f"val_{metric}", record.get(metric, float("nan")))
-                state["history"].append(record)
-                with open(history_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                tb.log(record, state["step"])
-                improved = _better(value, state["best_value"], mode)
-                if improved:
-                    state.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
-                    checkpoint.save_weights(model, ckpt / "best")
-                else:
-                    state["bad_epochs"] += 1
-                state["epoch"] = epoch + 1
-                patience = cfg.early_stopping.patience
-                if patience is not None and state["bad_epochs"] >= patience:
-                    state["stopped_early"] = True
+                improved = close_epoch(state, record, metric=metric, mode=mode, model=model, ckpt=ckpt,
+                                       history_path=history_path, tb=tb, patience=cfg.early_stopping.patience)
                 print(f"epoch {epoch + 1}: d_loss {avg['d_loss']:.3f}  g_loss {avg['g_loss']:.3f}  "
                       f"D(x) {avg['d_real']:.2f}  D(G(z)) {avg['d_fake']:.2f}  "
                       f"conf {val['mean_confidence']:.3f}  entropy {val['class_entropy_ratio']:.3f}  "
@@ -433,13 +420,7 @@ class ImageGenerationTask(Task, _Sampling):
                 checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
         finally:
             tb.close()
-        if (ckpt / "best").is_dir():
-            checkpoint.load_weights(model, ckpt / "best")
-        wall = time.perf_counter() - t_start
-        return FitResult(history=state["history"], best_epoch=state["best_epoch"],
-                         best_value=state["best_value"] if state["best_value"] is not None else float("nan"),
-                         stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],
-                         epochs_run=state["epoch"], samples_per_second=samples_seen / max(wall, 1e-9))
+        return finish_fit(model, state, ckpt, samples_seen, t_start)
 
     # ------------------------------------------------------------------ outputs
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from luban.data.splits import make_splits
 from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
-from luban.evaluate.metrics import classification_metrics, scalars
+from luban.evaluate.metrics import classification_with_worst, scalars
 from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
 from luban.training.checkpoint import load_weights
 
@@ -131,16 +130,9 @@ class _TextModelUser:
 
 
 def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list[str], worst: int) -> dict:
-    pred = probs.argmax(-1).numpy()
-    m = classification_metrics(data.labels, pred, labels)
-    y = np.asarray(data.labels)
-    wrong = np.flatnonzero(pred != y)
-    conf = probs[wrong, pred[wrong]].numpy() if len(wrong) else np.array([])
-    m["worst_examples"] = [
-        {"line": int(data.frame[LINE].iloc[i]), "text": data.frame["text"].iloc[i], "label": labels[y[i]],
-         "predicted": labels[pred[i]], "confidence": round(float(probs[i, pred[i]]), 4)}
-        for i in wrong[np.argsort(-conf)][:worst]]
-    return m
+    frame = data.frame
+    return classification_with_worst(probs.numpy(), data.labels, labels, worst, lambda i: {
+        "line": int(frame[LINE].iloc[i]), "text": frame["text"].iloc[i]})
 
 
 class TextClassificationTask(Task, _TextModelUser):

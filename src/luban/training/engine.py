@@ -72,6 +72,27 @@ class _TensorBoard:
             self.writer.close()
 
 
+def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.Module, ckpt: Path,
+                history_path: Path, tb: "_TensorBoard", patience: int | None) -> bool:
+    """End-of-epoch bookkeeping shared by every training loop: history (file + TensorBoard), the best checkpoint
+    by `metric`, early stopping. Returns whether this epoch is the new best."""
+    value = record.get(f"val_{metric}", record.get(metric, float("nan")))
+    state["history"].append(record)
+    with open(history_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    tb.log(record, state["step"])
+    improved = _better(value, state["best_value"], mode)
+    if improved:
+        state.update(best_value=value, best_epoch=record["epoch"], bad_epochs=0)
+        checkpoint.save_weights(model, ckpt / "best")
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = record["epoch"]
+    if patience is not None and state["bad_epochs"] >= patience:
+        state["stopped_early"] = True
+    return improved
+
+
 def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Callable, evaluate_fn: Callable,
         cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
         resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None) -> FitResult:
@@ -138,23 +159,11 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
             model.eval()
             with torch.no_grad(), autocast(device, precision):
                 val = evaluate_fn(model)
-            value = val.get(metric, float("nan"))
             record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
                       "lr": optimizer.param_groups[0]["lr"], "samples_per_s": epoch_samples / max(train_time, 1e-9),
                       "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-            state["history"].append(record)
-            with open(history_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            tb.log(record, state["step"])
-            improved = _better(value, state["best_value"], mode)
-            if improved:
-                state.update(best_value=value, best_epoch=epoch + 1, bad_epochs=0)
-                checkpoint.save_weights(model, ckpt / "best")
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            if patience is not None and state["bad_epochs"] >= patience:
-                state["stopped_early"] = True
+            improved = close_epoch(state, record, metric=metric, mode=mode, model=model, ckpt=ckpt,
+                                   history_path=history_path, tb=tb, patience=patience)
             progress.epoch_line(record, metric, improved)
             checkpoint.save_last(ckpt / "last", model, optimizer, scheduler, scaler, state)
             if on_epoch_end is not None:
@@ -162,6 +171,11 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     finally:
         progress.close()
         tb.close()
+    return finish_fit(model, state, ckpt, samples_seen, t_start)
+
+
+def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_start: float) -> FitResult:
+    """Restore the best weights and summarize the run (shared by every training loop)."""
     if (ckpt / "best").is_dir():
         checkpoint.load_weights(model, ckpt / "best")
     wall = time.perf_counter() - t_start
