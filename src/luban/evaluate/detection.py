@@ -34,8 +34,8 @@ def detection_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]],
         images.append({"id": i})
         for b, lab in zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels).reshape(-1)):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": int(lab), "bbox": [float(b[0]), float(b[1]), w, h],
-                        "area": w * h, "iscrowd": 0})
+            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": int(lab),
+                        "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
             support[int(lab)] += 1
     for i, (boxes, scores, labels) in enumerate(predictions):
         for b, s, lab in zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores).reshape(-1),
