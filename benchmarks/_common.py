@@ -14,3 +14,11 @@ def peak_rss_mb() -> float:
 def emit(result: dict) -> None:
     """The last printed line of every benchmark is one JSON object."""
     print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+def run_figures(metrics: dict, total_seconds: float) -> dict:
+    """The timing, memory and environment fields every benchmark reports from a run's metrics.json."""
+    t, env = metrics["timings"], metrics["environment"]
+    return {"train_seconds": round(t["train_seconds"], 1), "fit_seconds": round(t["fit_seconds"], 1),
+            "prepare_seconds": round(t["prepare_seconds"], 1), "total_seconds": round(total_seconds, 1),
+            "peak_rss_mb": peak_rss_mb(), "threads": env["threads"], "precision": env["precision"]}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, run_figures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,11 +44,7 @@ def main():
           "test_images": m["data"]["splits"]["test"], "map50": round(m["test"]["map50"], 4),
           "map": round(m["test"]["map"], 4), "map75": round(m["test"]["map75"], 4),
           "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-          "train_seconds": round(m["timings"]["train_seconds"], 1),
-          "fit_seconds": round(m["timings"]["fit_seconds"], 1),
-          "prepare_seconds": round(m["timings"]["prepare_seconds"], 1),
-          "total_seconds": round(total, 1), "peak_rss_mb": peak_rss_mb(),
-          "threads": m["environment"]["threads"], "precision": m["environment"]["precision"]})
+          **run_figures(m, total)})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, run_figures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,13 +46,9 @@ def main():
           "test_accuracy": round(m["test"]["accuracy"], 4),
           "test_f1_macro": round(m["test"]["f1_macro"], 4),
           "baseline_accuracy": round(m["baseline"]["test"]["accuracy"], 4) if m.get("baseline") else None,
-          "train_seconds": round(m["timings"]["train_seconds"], 1),
-          "fit_seconds": round(m["timings"]["fit_seconds"], 1),
-          "prepare_seconds": round(m["timings"]["prepare_seconds"], 1),
-          "total_seconds": round(total, 1),
           "images_per_second": round(n_train * m["epochs_run"] / max(m["timings"]["train_seconds"], 1e-9), 1),
-          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], "peak_rss_mb": peak_rss_mb(),
-          "threads": m["environment"]["threads"], "precision": m["environment"]["precision"]})
+          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"],
+          **run_figures(m, total)})
 
 
 if __name__ == "__main__":
