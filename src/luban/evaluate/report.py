@@ -70,9 +70,9 @@ def _per_class(pc: dict) -> str:
 
 def _comparison(metrics: dict) -> str:
     test, base = metrics["test"], metrics.get("baseline")
-    keys = [k for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse")
-            if k in test]
-    lower_better = {"rmse", "mae", "mse"}
+    keys = [k for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
+                        "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid") if k in test]
+    lower_better = {"rmse", "mae", "mse", "kid"}
     head = "<tr><th class=l>model</th>" + "".join(f"<th>test {k}</th>" for k in keys) + "</tr>"
     rows = [head, "<tr><td class=l>luban model</td>"]
     for k in keys:
@@ -132,7 +132,8 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
         f"{metrics['parameters']['total']:,} parameters · best epoch {metrics['best_epoch']} of "
         f"{metrics['epochs_run']}{' (early stop)' if metrics['stopped_early'] else ''} · "
         f"fit {t['fit_seconds']:.1f}s on {env['device']} {env['precision']} × {env['threads']} threads</p>",
-        "<h2>Test results beside the baseline</h2>", _comparison(metrics),
+        "<h2>Test results beside the baseline</h2>" if metrics.get("baseline") else "<h2>Test results</h2>",
+        _comparison(metrics),
         "<h2>Learning curves</h2>", f"<div class=charts>{charts}</div>",
     ]
     if "confusion_matrix" in test:
