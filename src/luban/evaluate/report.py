@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luban.config import RunConfig
 
-CSS = """body{font-family:system-ui,-apple-system,"Segoe UI","PingFang SC","Microsoft YaHei",sans-serif;margin:2rem;
+CSS = """body{font-family:system-ui,-apple-system,"Segoe UI","PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:2rem;
 color:#1d2330;max-width:1100px}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d5d9e0;padding:.3rem .6rem;text-align:right}
 th{background:#f3f5f8}td.l,th.l{text-align:left}.muted{color:#667}.charts{display:flex;gap:1.5rem;flex-wrap:wrap}
