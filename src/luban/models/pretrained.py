@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 
-import torch
 from torch import nn
 
 from luban.errors import ConfigError

@@ -54,6 +54,20 @@ def read_frames(cfg: RunConfig) -> dict[str, pd.DataFrame | None]:
     return frames
 
 
+def split_labelled(cfg: RunConfig, frames: dict) -> dict[str, pd.DataFrame]:
+    """Train/validation/test for a labelled (`label` column) classification task: given splits, or seeded and
+    stratified ones carved out of train; the training split must keep at least two classes."""
+    from luban.data.splits import make_splits
+
+    sp = cfg.data.split
+    splits = make_splits(frames, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed,
+                         "label" if sp.stratify else None)
+    if len(set(splits["train"]["label"])) < 2:
+        raise DataError("the training split has a single class after splitting; add data or lower "
+                        "data.split fractions")
+    return splits
+
+
 def _label_key(v: str):
     try:
         return (0, float(v), v)

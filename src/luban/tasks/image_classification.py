@@ -21,10 +21,9 @@ from torch import nn
 from luban.config import RunConfig
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, list_images, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
-from luban.data.splits import make_splits
 from luban.errors import ConfigError, DataError
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
-from luban.tasks.base import LabelMap, Predictor, Task, read_file, run_model
+from luban.tasks.base import LabelMap, Predictor, Task, read_file, run_model, split_labelled
 from luban.training.checkpoint import load_weights
 
 META = "image_meta.json"
@@ -466,12 +465,7 @@ class ImageClassificationTask(Task, _ImageModelUser):
             tables[split] = decoded
         self.label_col = tables["train"].attrs.get("label_column") or "label"
         self.label_map = LabelMap.fit(tables["train"], self.label_col)
-        splits = make_splits(tables, cfg.data.split.validation, cfg.data.split.test,
-                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
-                             "label" if cfg.data.split.stratify else None)
-        if len(set(splits["train"]["label"])) < 2:
-            raise DataError("the training split has a single class after splitting; add data or lower "
-                            "data.split fractions")
+        splits = split_labelled(cfg, tables)
         self.data = {s: ImageSet(f, _stack(f), im.size, self.label_map.encode(f, self.label_col))
                      for s, f in splits.items()}
         channels = 1 if im.grayscale else 3

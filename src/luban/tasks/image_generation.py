@@ -32,7 +32,7 @@ from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
 from luban.tasks.base import Predictor, Task, _label_key
 from luban.training import checkpoint
-from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit
+from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit, start_fit
 from luban.training.hardware import autocast
 from luban.training.optim import build_scheduler
 
@@ -345,17 +345,11 @@ class ImageGenerationTask(Task, _Sampling):
                     torch.optim.Adam(D.parameters(), lr=m.lr_discriminator or cfg.lr, betas=(m.beta1, 0.999)))
         total = cfg.epochs * n_batches
         sched = _Pair(build_scheduler(opt.g, cfg, total), build_scheduler(opt.d, cfg, total))
-        state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
-                 "train_seconds": 0.0, "stopped_early": False}
-        if resume and (ckpt / "last").is_dir():
-            state = checkpoint.load_last(ckpt / "last", model, opt, sched, None)
-            print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
-        history_path = workdir / "history.jsonl"
-        history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
+        state, history_path = start_fit(workdir, resume, model, opt, sched, None)
         samples_dir = workdir / "samples"
         samples_dir.mkdir(exist_ok=True)
         tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
-        real_target, smoothing = 1.0 - m.label_smoothing, m.label_smoothing
+        real_target = 1.0 - m.label_smoothing
         use_autocast = precision == "bf16"
         conditional = model.num_classes > 0
         samples_seen, t_start = 0, time.perf_counter()

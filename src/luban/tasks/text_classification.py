@@ -13,12 +13,12 @@ from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, normalize_text
 from luban.data.readers import LINE, resolve_column
-from luban.data.splits import make_splits
 from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
-from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
+from luban.tasks.base import (Batches, LabelMap, Predictor, Task, read_file, run_model, split_labelled,
+                              to_device)
 from luban.training.checkpoint import load_weights
 
 
@@ -162,12 +162,7 @@ class TextClassificationTask(Task, _TextModelUser):
             cleaned[split] = out
         self.label_col = str(cols.label)
         self.label_map = LabelMap.fit(cleaned["train"], self.label_col)
-        splits = make_splits(cleaned, cfg.data.split.validation, cfg.data.split.test,
-                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
-                             "label" if cfg.data.split.stratify else None)
-        if len(set(splits["train"]["label"])) < 2:
-            raise DataError("the training split has a single class after splitting; add data or lower "
-                            "data.split fractions")
+        splits = split_labelled(cfg, cleaned)
         label_ids = {s: self.label_map.encode(f, self.label_col) for s, f in splits.items()}
         self.encoder = build_featurizer(cfg)
         if cfg.model.type == "ngram_bag":

@@ -72,6 +72,19 @@ class _TensorBoard:
             self.writer.close()
 
 
+def start_fit(workdir: Path, resume: bool, model, optimizer, scheduler, scaler) -> tuple[dict, Path]:
+    """A fresh loop state, or the one saved in checkpoints/last when resuming; history.jsonl rewritten to match."""
+    ckpt = workdir / "checkpoints"
+    state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+             "train_seconds": 0.0, "stopped_early": False}
+    if resume and (ckpt / "last").is_dir():
+        state = checkpoint.load_last(ckpt / "last", model, optimizer, scheduler, scaler)
+        print(f"resuming after epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
+    history_path = workdir / "history.jsonl"
+    history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
+    return state, history_path
+
+
 def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.Module, ckpt: Path,
                 history_path: Path, tb: "_TensorBoard", patience: int | None) -> bool:
     """End-of-epoch bookkeeping shared by every training loop: history (file + TensorBoard), the best checkpoint
@@ -105,13 +118,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
-             "train_seconds": 0.0, "stopped_early": False}
-    if resume and (ckpt / "last").is_dir():
-        state = checkpoint.load_last(ckpt / "last", model, optimizer, scheduler, scaler)
-        print(f"resuming after epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
-    history_path = workdir / "history.jsonl"
-    history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
+    state, history_path = start_fit(workdir, resume, model, optimizer, scheduler, scaler)
     tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
 
     patience = cfg.early_stopping.patience
