@@ -1,0 +1,247 @@
+"""Decoding loops for causal language models, independent of any one model class.
+
+A model only has to offer::
+
+    next_token_logits(ids: LongTensor (1, t), cache) -> (logits (1, vocab), new_cache)
+
+feeding the new ids after whatever ``cache`` holds (``None`` = start from nothing), and optionally a
+``max_context`` attribute (the longest window it can attend over). ``luban.models.gpt.GPT`` does this natively;
+``HFCausalLM`` wraps any Hugging Face ``AutoModelForCausalLM``.
+
+One sequence at a time (batch size 1). Per step: repetition penalty -> greedy (temperature 0 or do_sample=False)
+or temperature -> top-k -> top-p -> sample with a seeded ``torch.Generator``. Stop strings are checked on the
+decoded text, so they work whatever the tokenization; streaming holds back text that could still turn into a stop
+string (or an incomplete multi-byte character) and yields the rest piece by piece.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 100
+    temperature: float = 1.0          # 0 means greedy
+    top_k: int | None = None          # keep the k most likely tokens (None or 0: off)
+    top_p: float | None = None        # keep the smallest set of tokens whose probability reaches p (None or 1: off)
+    repetition_penalty: float = 1.0   # > 1 discourages tokens already in the context (CTRL / HF convention)
+    do_sample: bool = True            # False: greedy whatever the temperature
+    stop: Sequence[str] = ()          # stop strings, matched on decoded text and cut from the output
+    eos_token_id: int | Sequence[int] | None = None
+    seed: int | None = None           # seeds the sampler's own torch.Generator; global RNG is untouched
+    use_cache: bool = True            # False recomputes the whole window every step (slow; for checking)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+
+@dataclass
+class GenerationResult:
+    text: str                   # generated text only (prompt excluded), cut before any stop string
+    token_ids: list[int]        # generated ids, including the one that completed a stop string or an eos id
+    finish_reason: str          # "length", "stop" (stop string) or "eos"
+    seconds: float = 0.0
+    tokens_per_second: float = field(default=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# logits processing (each works on (..., vocab) tensors and returns a new tensor)
+
+def apply_repetition_penalty(logits: torch.Tensor, seen_ids: Sequence[int], penalty: float) -> torch.Tensor:
+    """Make already-seen tokens less likely: positive logits are divided by penalty, negative multiplied."""
+    if penalty == 1.0 or not len(seen_ids):
+        return logits
+    logits = logits.clone()
+    idx = torch.as_tensor(sorted({int(i) for i in seen_ids}), device=logits.device)
+    picked = logits[..., idx]
+    logits[..., idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
+def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Set all but the k largest logits to -inf (ties with the k-th are kept)."""
+    if not k or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose total probability is >= p.
+
+    A token is dropped when the tokens ranked strictly above it already reach p; the top token is always kept.
+    """
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.float().softmax(dim=-1)
+    mass_above = probs.cumsum(dim=-1) - probs
+    drop_sorted = mass_above >= p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def choose_token(logits: torch.Tensor, cfg: GenerationConfig, context: Sequence[int],
+                 generator: torch.Generator | None) -> int:
+    """One decoding step on 1-D logits (vocab,) -> the next token id."""
+    logits = apply_repetition_penalty(logits.float(), context, cfg.repetition_penalty)
+    if cfg.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / cfg.temperature
+    logits = top_p_filter(top_k_filter(logits, cfg.top_k), cfg.top_p)
+    probs = torch.softmax(logits, dim=-1).cpu()  # sample on the CPU so a seed gives the same draw on any device
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loops
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig) -> Iterator[int]:
+    """Yield new token ids one at a time (no stop-string or eos handling; see ``stream``/``generate``)."""
+    context = [int(i) for i in prompt_ids]
+    if not context:
+        raise ValueError("the prompt must encode to at least one token")
+    generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    device = _model_device(model)
+    max_context = getattr(model, "max_context", None)
+    cache, cache_start, cache_end = None, 0, 0
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        for _ in range(cfg.max_new_tokens):
+            start = max(0, len(context) - max_context) if max_context else 0
+            if cfg.use_cache and cache is not None and start == cache_start:
+                new = context[cache_end:]  # the cache holds context[cache_start:cache_end]
+            else:  # first step, no caching, or the window slid: recompute the whole window
+                cache, cache_start, new = None, start, context[start:]
+            ids = torch.tensor([new], dtype=torch.long, device=device)
+            with torch.no_grad():
+                logits, new_cache = model.next_token_logits(ids, cache)
+            if cfg.use_cache:
+                cache, cache_end = new_cache, len(context)
+            token = choose_token(logits[0], cfg, context, generator)
+            context.append(token)
+            yield token
+    finally:
+        if was_training:
+            model.train()
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of text could still grow into a stop string (or finish a broken character)."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    broken = len(text) - len(text.rstrip("\ufffd"))  # byte-level tokenizers: a character split across tokens
+    return max(hold, broken)
+
+
+def _events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
+    """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason."""
+    eos = {cfg.eos_token_id} if isinstance(cfg.eos_token_id, int) else set(cfg.eos_token_id or ())
+    generated: list[int] = []
+    text, emitted = "", 0
+    for token in iter_token_ids(model, prompt_ids, cfg):
+        if token in eos:
+            yield token, text[emitted:], "eos"
+            return
+        generated.append(token)
+        text = decode(generated)
+        hits = [i for i in (text.find(s) for s in cfg.stop) if i >= 0]
+        if hits:
+            yield token, text[emitted:max(emitted, min(hits))], "stop"
+            return
+        safe = len(text) - _held_back(text, cfg.stop)
+        piece = text[emitted:safe] if safe > emitted else ""
+        emitted = max(emitted, safe)
+        yield token, piece, None
+    yield None, text[emitted:], "length"
+
+
+def stream(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
+           decode: Callable[[list[int]], str]) -> Iterator[str]:
+    """Yield the generated text piece by piece (empty pieces skipped); joined, they equal ``generate(...).text``."""
+    for _, piece, _ in _events(model, prompt_ids, cfg, decode):
+        if piece:
+            yield piece
+
+
+def generate(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
+             decode: Callable[[list[int]], str]) -> GenerationResult:
+    """Run decoding to the end and return the text, the token ids and why it stopped."""
+    began = time.perf_counter()
+    pieces, ids, reason = [], [], "length"
+    for token, piece, finish in _events(model, prompt_ids, cfg, decode):
+        if token is not None:
+            ids.append(token)
+        pieces.append(piece)
+        if finish:
+            reason = finish
+    seconds = time.perf_counter() - began
+    return GenerationResult("".join(pieces), ids, reason, seconds, len(ids) / seconds if seconds > 0 else 0.0)
+
+
+class HFCausalLM:
+    """Adapter giving a Hugging Face causal LM (``AutoModelForCausalLM``) the ``next_token_logits`` interface."""
+
+    def __init__(self, model):
+        self.model = model
+        conf = model.config
+        self.max_context = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    def next_token_logits(self, ids, cache=None):
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values

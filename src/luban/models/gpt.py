@@ -1,0 +1,183 @@
+"""A small decoder-only Transformer (GPT), written to be read top to bottom.
+
+Pre-norm blocks (LayerNorm -> causal self-attention -> residual, LayerNorm -> MLP -> residual), token embeddings
+tied to the output head by default, and either learned absolute positions or rotary position embeddings (RoPE).
+Attention uses ``torch.nn.functional.scaled_dot_product_attention``.
+
+For generation the model keeps a KV cache: ``forward(ids, past=..., use_cache=True)`` returns the logits and, per
+layer, the keys and values of every position seen so far, so each new token costs one position of work.
+``next_token_logits`` is the small interface that ``luban.generation.decoding`` drives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# One (keys, values) pair per layer, each shaped (batch, heads, seen_positions, head_dim).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class GPTSizes:
+    vocab_size: int
+    block_size: int = 128       # longest context the model is trained on (and attends over when generating)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True           # biases in Linear and LayerNorm layers
+    positions: str = "learned"  # "learned" absolute embeddings, or "rope"
+    tie_weights: bool = True    # share the token embedding matrix with the output head
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.positions not in ("learned", "rope"):
+            raise ValueError(f"positions must be 'learned' or 'rope', not {self.positions!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("RoPE needs an even head size (n_embd / n_head)")
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, (len(positions), head_dim // 2), for rotating pairs of channels."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (x[..., 2i], x[..., 2i+1]) of x (batch, heads, time, head_dim) by position angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTSizes):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.rope = cfg.positions == "rope"
+        self.rope_base = cfg.rope_base
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, positions, past=None):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        if self.rope:
+            cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:  # cached keys were rotated at their own positions already
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        present = (k, v)
+        seen = k.shape[2] - t
+        if seen == 0:
+            mask, causal = None, True
+        elif t == 1:
+            mask, causal = None, False  # one new query may look at everything before it
+        else:  # new query i sits at absolute position seen + i and sees keys 0..seen + i
+            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=seen)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        return self.resid_dropout(self.proj(y)), present
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTSizes):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTSizes):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, positions, past=None):
+        a, present = self.attn(self.ln_1(x), positions, past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTSizes):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.positions == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def max_context(self) -> int:
+        return self.cfg.block_size
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, past: KVCache | None = None, use_cache: bool = False):
+        """ids (batch, time) -> logits (batch, time, vocab); with use_cache also the updated KV cache."""
+        t = ids.shape[1]
+        seen = past[0][0].shape[2] if past else 0
+        if seen + t > self.cfg.block_size:
+            raise ValueError(f"sequence of {seen + t} positions is longer than block_size {self.cfg.block_size}")
+        positions = torch.arange(seen, seen + t, device=ids.device)
+        x = self.wte(ids)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, positions, past[i] if past else None)
+            presents.append(present)
+        logits = self.lm_head(self.ln_f(x))
+        return (logits, presents) if use_cache else logits
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy; targets are ids shifted left by one (ignore_index skips positions)."""
+        logits = self(ids)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+
+    @torch.no_grad()
+    def next_token_logits(self, ids: torch.Tensor, cache: KVCache | None = None):
+        """The decoding interface: feed new ids (1, t) after ``cache``; get last-position logits (1, vocab)."""
+        logits, cache = self(ids, past=cache, use_cache=True)
+        return logits[:, -1, :], cache
