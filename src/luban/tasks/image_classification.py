@@ -456,10 +456,7 @@ class ImageClassificationTask(Task, _ImageModelUser):
             if frame is None:
                 tables[split] = None
                 continue
-            t = _table_frame(frame, cfg, True, cfg.data.image_root)
-            if split == "train" and cfg.data.train_limit is not None and len(t) > cfg.data.train_limit:
-                t = t.iloc[: cfg.data.train_limit].reset_index(drop=True)
-                t.attrs = dict(frame.attrs)
+            t = _table_frame(frame, cfg, True, cfg.data.image_root)  # train_limit is applied by read_frames
             decoded, rep = _decode_frame(t, self.mode, self.side, cfg.data.skip_bad_files, split)
             self.cleaning.append(rep)
             tables[split] = decoded
