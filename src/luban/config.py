@@ -31,6 +31,12 @@ class ColumnsConfig(Section):
     features: list[ColumnRef] | None = Field(None, description="tabular feature columns; default: all but label")
     categorical: list[ColumnRef] = Field(default_factory=list, description="tabular columns to embed as categories")
     image: ColumnRef | None = Field(None, description="image path column (vision tasks given a CSV/JSONL)")
+    prompt: ColumnRef | None = Field(None, description="text generation SFT: the prompt column (loss masked)")
+    response: ColumnRef | None = Field(None, description="text generation SFT: the response column (trained on)")
+    messages: ColumnRef | None = Field(None, description="text generation SFT: a chat `messages` list column "
+                                       "([{role, content}, ...]; trained on the assistant turns)")
+    source: ColumnRef | None = Field(None, description="seq2seq: the source text column (document to summarize)")
+    target: ColumnRef | None = Field(None, description="seq2seq: the target text column (translation, summary)")
 
 
 class CleanConfig(Section):
@@ -55,7 +61,8 @@ class DataConfig(Section):
     train: Path | None = None
     validation: Path | None = None
     test: Path | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "text"] = Field(
+        "auto", description="text: a plain-text corpus (text generation); auto tells by the file suffix")
     header: bool = True
     delimiter: str | None = Field(None, description="default: ',' for csv, tab for tsv")
     quoting: Literal["auto", "minimal", "none"] = Field("auto", description="auto: csv quotes, tsv does not")
@@ -84,7 +91,8 @@ class DataConfig(Section):
 
 
 class TokenizerConfig(Section):
-    type: Literal["char", "jieba", "whitespace", "bpe", "wordpiece", "pretrained"] = "char"
+    type: Literal["char", "jieba", "whitespace", "bpe", "byte_bpe", "wordpiece", "pretrained"] = Field(
+        "char", description="byte_bpe: GPT-2-style byte-level BPE trained on the corpus (no unknown tokens)")
     path: str | None = Field(None, description="pretrained tokenizer: local folder or hub id")
     allow_download: bool = False
     vocab_size: int = Field(30000, gt=0)
@@ -266,9 +274,88 @@ class DCGANConfig(Section):
                                    "(at least 150 steps)")
 
 
+class GPTConfig(Section):
+    """A decoder-only Transformer (GPT) from scratch: luban.models.gpt."""
+
+    type: Literal["gpt"] = "gpt"
+    block_size: int = Field(128, gt=0, description="context length in tokens (training windows, generation)")
+    n_layer: int = Field(4, gt=0)
+    n_head: int = Field(4, gt=0)
+    n_embd: int = Field(128, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    bias: bool = True
+    positions: Literal["learned", "rope"] = "learned"
+    tie_weights: bool = Field(True, description="share the token embedding with the output head")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0, description="adapter rank")
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(
+        None, description="module names to adapt; default: PEFT's choice for the architecture, else all-linear")
+
+
+class PretrainedLMConfig(Section):
+    """Any Hugging Face causal LM (AutoModelForCausalLM): full fine-tuning or LoRA adapters (PEFT)."""
+
+    type: Literal["pretrained_lm"] = "pretrained_lm"
+    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    finetune: Literal["full", "lora", "none"] = Field("lora", description="none: evaluate/generate only")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    base_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the frozen base weights under LoRA (bfloat16: QLoRA-style half memory)")
+    merge_adapters: bool = Field(True, description="LoRA: merge the adapters into the saved model (plain HF "
+                                 "folder); false keeps base + adapter")
+    gradient_checkpointing: bool = False
+
+
+class Seq2SeqTransformerConfig(Section):
+    """An encoder-decoder Transformer from scratch (translation, summarization)."""
+
+    type: Literal["seq2seq_transformer"] = "seq2seq_transformer"
+    d_model: int = Field(256, gt=0)
+    nhead: int = Field(4, gt=0)
+    num_encoder_layers: int = Field(3, gt=0)
+    num_decoder_layers: int = Field(3, gt=0)
+    dim_feedforward: int = Field(1024, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    shared_vocabulary: bool = Field(False, description="one vocabulary (and tied embeddings) for source and "
+                                    "target")
+    max_source_length: int = Field(128, gt=0)
+    max_target_length: int = Field(128, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        return self
+
+
+class PretrainedSeq2SeqConfig(Section):
+    """Any Hugging Face encoder-decoder (T5, BART, Marian, mBART...) fine-tuned from a folder."""
+
+    type: Literal["pretrained_seq2seq"] = "pretrained_seq2seq"
+    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    source_prefix: str = Field("", description="prepended to every source, e.g. 'summarize: ' for T5")
+    max_source_length: int = Field(256, gt=0)
+    max_target_length: int = Field(128, gt=0)
+
+
 ModelConfig = Annotated[
     Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig, ResNetConfig,
-          PretrainedImageConfig, CenterNetConfig, DCGANConfig],
+          PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
+          Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig],
     Field(discriminator="type"),
 ]
 
@@ -293,6 +380,7 @@ class TrainerConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd / rmsprop momentum")
     scheduler: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="linear/cosine decay ends at lr * this")
     grad_clip: float | None = Field(1.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets "
                                    "(image classification)")
@@ -304,6 +392,31 @@ class TrainerConfig(Section):
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     log_every: int = Field(50, gt=0, description="steps between progress updates")
+    steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
+                                        "training windows) between evaluations; default: one pass over the tokens")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Adam/AdamW betas")
+
+
+class GenerationSettings(Section):
+    """Decoding defaults for generative text tasks (text generation, translation, summarization); the CLI and API
+    override them per call."""
+
+    max_new_tokens: int = Field(200, gt=0)
+    do_sample: bool | None = Field(None, description="sample (true) or search (false); default: sample for text "
+                                   "generation, beam/greedy search for seq2seq")
+    temperature: float = Field(0.8, ge=0, description="0: greedy")
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    num_beams: int = Field(1, gt=0, description="beam search width (1: no beam search)")
+    length_penalty: float = Field(1.0, description="beam search: scores are divided by length**length_penalty")
+    stop: list[str] = Field(default_factory=list, description="stop strings (cut from the output)")
+    seed: int | None = Field(None, description="sampling seed; default: unseeded")
+    sample_prompts: list[str] = Field(default_factory=list, description="text generation: prompts sampled at "
+                                      "every evaluation (history, report); default: a line from validation")
+    sample_tokens: int = Field(120, ge=0, description="tokens generated per sample at each evaluation")
+    lead_n: int = Field(1, ge=1, description="summarization: sentences in the lead-N baseline")
 
 
 class EvaluationConfig(Section):
@@ -319,7 +432,7 @@ class OutputConfig(Section):
 
 
 TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
-                   "object_detection", "image_generation"]
+                   "object_detection", "image_generation", "text_generation", "translation", "summarization"]
 
 # task -> (model types that fit it, the default model); the first model type is the default
 TASK_MODELS: dict[str, tuple[type, ...]] = {
@@ -329,6 +442,9 @@ TASK_MODELS: dict[str, tuple[type, ...]] = {
     "image_classification": (ResNetConfig, PretrainedImageConfig),
     "object_detection": (CenterNetConfig,),
     "image_generation": (DCGANConfig,),
+    "text_generation": (GPTConfig, PretrainedLMConfig),
+    "translation": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
+    "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
 }
 
 
@@ -340,6 +456,7 @@ class RunConfig(Section):
     model: ModelConfig | None = Field(None, description="default: the task's default model")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -351,7 +468,7 @@ class RunConfig(Section):
             names = [m.model_fields["type"].default for m in fitting]
             raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} "
                              f"(use one of {', '.join(names)})")
-        if self.model.type == "pretrained":
+        if self.model.type in ("pretrained", "pretrained_lm", "pretrained_seq2seq"):
             tok = self.preprocessing.tokenizer
             if "type" not in tok.model_fields_set:
                 tok.type = "pretrained"
@@ -374,7 +491,10 @@ CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micr
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
 TASK_METRICS = {"tabular_regression": REGRESSION_METRICS,
                 "object_detection": ["map50", "map", "map75"],
-                "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"]}
+                "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"],
+                "text_generation": ["loss", "perplexity"],
+                "translation": ["bleu", "chrf", "loss"],
+                "summarization": ["rouge_l", "rouge_1", "rouge_2", "loss"]}
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -414,8 +534,8 @@ def _section_class(ann: Any):
 
 
 def _model_class(model_type: str):
-    return next(c for c in (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig,
-                            MLPConfig) if c.model_fields["type"].default == model_type)
+    return next(c for models in TASK_MODELS.values() for c in models
+                if c.model_fields["type"].default == model_type)
 
 
 def _allowed_keys(loc: list[str], model_type: str | None = None) -> list[str]:

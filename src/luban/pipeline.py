@@ -123,7 +123,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     return out
 
 
-LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
+LOWER_IS_BETTER = {"loss", "perplexity", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
 
 
 def _mode(cfg: RunConfig, task) -> str:

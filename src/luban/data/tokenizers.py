@@ -1,8 +1,10 @@
-"""Text -> token ids. Character (default for Chinese), jieba words, whitespace words, BPE / WordPiece trained on the
-training split with HF `tokenizers`, or a pretrained HF tokenizer from a local folder (hub id with allow_download).
+"""Text -> token ids and back. Character (default for Chinese), jieba words, whitespace words, BPE / WordPiece /
+byte-level BPE trained on the training split with HF `tokenizers`, or a pretrained HF tokenizer from a local folder
+(hub id with allow_download).
 
-All encoders share one small interface: fit(texts), encode(texts) -> list of id lists, save(folder), and
-`load_encoder(folder)` brings any of them back from a run directory.
+All encoders share one small interface: fit(texts), encode(texts) -> list of id lists (truncated to max_length),
+encode_text(text) -> ids (whole text), decode(ids) -> text, save(folder), and `load_encoder(folder)` brings any of
+them back from a run directory. Generative tasks ask for extra special tokens (BOS, EOS) at build time.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from pathlib import Path
 from luban.config import TokenizerConfig
 from luban.errors import ConfigError, RunError
 
-PAD, UNK = "[PAD]", "[UNK]"
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 META = "encoder.json"
 
 
 class TextEncoder:
     kind = ""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: TokenizerConfig, specials: tuple[str, ...] = ()):
         self.cfg = cfg
         self.max_length = cfg.max_length
+        self.specials = tuple(specials)  # extra special tokens after PAD and UNK (e.g. BOS, EOS)
 
     pad_id = 0
 
@@ -38,18 +41,39 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
 
+    def encode_text(self, text: str) -> list[int]:
+        """The whole text as ids: no truncation, no special tokens added."""
+        raise NotImplementedError
+
+    def decode(self, ids, skip_special: bool = True) -> str:
+        raise NotImplementedError
+
+    def token_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_id(BOS)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_id(EOS)
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / META).write_text(json.dumps({"type": self.kind, "config": self.cfg.model_dump(mode="json")},
+        (folder / META).write_text(json.dumps({"type": self.kind, "config": self.cfg.model_dump(mode="json"),
+                                               "specials": list(self.specials)},
                                               ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 class VocabEncoder(TextEncoder):
     """A counted vocabulary over pieces produced by `split` (characters, jieba words, whitespace words)."""
 
-    def __init__(self, cfg: TokenizerConfig):
-        super().__init__(cfg)
-        self.itos: list[str] = [PAD, UNK]
+    joiner = ""  # how decode() puts pieces back together
+
+    def __init__(self, cfg: TokenizerConfig, specials: tuple[str, ...] = ()):
+        super().__init__(cfg, specials)
+        self.itos: list[str] = [PAD, UNK, *self.specials]
         self.stoi: dict[str, int] = {}
 
     def split(self, text: str) -> list[str]:
@@ -66,14 +90,29 @@ class VocabEncoder(TextEncoder):
         counts = Counter()
         for t in texts:
             counts.update(self._pieces(t))
-        kept = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= self.cfg.min_freq]
-        self.itos = [PAD, UNK] + kept[: max(0, self.cfg.vocab_size - 2)]
+        head = [PAD, UNK, *self.specials]
+        kept = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                if c >= self.cfg.min_freq and w not in head]
+        self.itos = head + kept[: max(0, self.cfg.vocab_size - len(head))]
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         return self
 
     def encode(self, texts):
         get, n = self.stoi.get, self.max_length
         return [[get(p, 1) for p in self._pieces(t)[:n]] or [1] for t in texts]
+
+    def encode_text(self, text):
+        get = self.stoi.get
+        return [get(p, 1) for p in self._pieces(text)]
+
+    def decode(self, ids, skip_special=True):
+        n_special = 2 + len(self.specials)
+        itos = self.itos
+        return self.joiner.join(itos[i] for i in (int(i) for i in ids)
+                                if 0 <= i < len(itos) and not (skip_special and i < n_special and i != 1))
+
+    def token_id(self, token):
+        return self.stoi.get(token) if token in (PAD, UNK, *self.specials) else None
 
     def save(self, folder):
         super().save(folder)
@@ -93,6 +132,7 @@ class CharEncoder(VocabEncoder):
 
 class WhitespaceEncoder(VocabEncoder):
     kind = "whitespace"
+    joiner = " "
 
     def split(self, text):
         return text.split()
@@ -101,8 +141,8 @@ class WhitespaceEncoder(VocabEncoder):
 class JiebaEncoder(VocabEncoder):
     kind = "jieba"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, specials=()):
+        super().__init__(cfg, specials)
         try:
             import jieba
         except ImportError:
@@ -115,10 +155,11 @@ class JiebaEncoder(VocabEncoder):
 
 
 class SubwordEncoder(TextEncoder):
-    """BPE or WordPiece trained on the training split with HF `tokenizers` (CJK characters split apart)."""
+    """Subwords trained on the training split with HF `tokenizers`: BPE or WordPiece over BERT-style words (CJK
+    characters split apart), or GPT-2-style byte-level BPE (every string encodes, spacing survives decoding)."""
 
-    def __init__(self, cfg, kind: str):
-        super().__init__(cfg)
+    def __init__(self, cfg, kind: str, specials: tuple[str, ...] = ()):
+        super().__init__(cfg, specials)
         self.kind = kind
         self.tok = None
 
@@ -127,19 +168,30 @@ class SubwordEncoder(TextEncoder):
         return self.tok.get_vocab_size()
 
     def fit(self, texts):
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-        if self.kind == "bpe":
-            tok = Tokenizer(models.BPE(unk_token=UNK))
-            trainer = trainers.BpeTrainer(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq,
-                                          special_tokens=[PAD, UNK], show_progress=False)
+        specials = [PAD, UNK, *self.specials]
+        common = dict(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq, special_tokens=specials,
+                      show_progress=False)
+        if self.kind == "byte_bpe":
+            tok = Tokenizer(models.BPE())
+            trainer = trainers.BpeTrainer(initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common)
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            if self.cfg.lowercase:
+                tok.normalizer = normalizers.Lowercase()
         else:
-            tok = Tokenizer(models.WordPiece(unk_token=UNK))
-            trainer = trainers.WordPieceTrainer(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq,
-                                                special_tokens=[PAD, UNK], show_progress=False)
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=False, lowercase=self.cfg.lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            if self.kind == "bpe":
+                tok = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
+                trainer = trainers.BpeTrainer(end_of_word_suffix="</w>", **common)
+                tok.decoder = decoders.BPEDecoder(suffix="</w>")
+            else:
+                tok = Tokenizer(models.WordPiece(unk_token=UNK))
+                trainer = trainers.WordPieceTrainer(**common)
+                tok.decoder = decoders.WordPiece()
+            tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                        strip_accents=False, lowercase=self.cfg.lowercase)
+            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.train_from_iterator(texts, trainer=trainer)
         self.tok = tok
         return self
@@ -147,6 +199,15 @@ class SubwordEncoder(TextEncoder):
     def encode(self, texts):
         n = self.max_length
         return [e.ids[:n] or [1] for e in self.tok.encode_batch(texts)]
+
+    def encode_text(self, text):
+        return self.tok.encode(text).ids
+
+    def decode(self, ids, skip_special=True):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def token_id(self, token):
+        return self.tok.token_to_id(token) if token in (PAD, UNK, *self.specials) else None
 
     def save(self, folder):
         super().save(folder)
@@ -208,6 +269,23 @@ class PretrainedEncoder(TextEncoder):
     def encode(self, texts):
         return self.tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
+    def encode_text(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids, skip_special=True):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def token_id(self, token):
+        return None
+
+    @property
+    def bos_id(self):
+        return self.tok.bos_token_id
+
+    @property
+    def eos_id(self):
+        return self.tok.eos_token_id
+
     def save(self, folder):
         super().save(folder)
         self.tok.save_pretrained(str(folder))
@@ -217,16 +295,17 @@ class PretrainedEncoder(TextEncoder):
 
 
 def build_encoder(cfg: TokenizerConfig, pretrained_source: str | None = None,
-                  trust_remote_code: bool = False) -> TextEncoder:
-    """`pretrained_source` is the model folder when the model is pretrained and the tokenizer names no path."""
+                  trust_remote_code: bool = False, specials: tuple[str, ...] = ()) -> TextEncoder:
+    """`pretrained_source` is the model folder when the model is pretrained and the tokenizer names no path;
+    `specials` are extra tokens a task needs in a trained vocabulary (a pretrained tokenizer brings its own)."""
     if cfg.type == "char":
-        return CharEncoder(cfg)
+        return CharEncoder(cfg, specials)
     if cfg.type == "whitespace":
-        return WhitespaceEncoder(cfg)
+        return WhitespaceEncoder(cfg, specials)
     if cfg.type == "jieba":
-        return JiebaEncoder(cfg)
-    if cfg.type in ("bpe", "wordpiece"):
-        return SubwordEncoder(cfg, cfg.type)
+        return JiebaEncoder(cfg, specials)
+    if cfg.type in ("bpe", "wordpiece", "byte_bpe"):
+        return SubwordEncoder(cfg, cfg.type, specials)
     source = cfg.path or pretrained_source
     if source is None:
         raise ConfigError("preprocessing.tokenizer.path: required for a pretrained tokenizer "
@@ -243,9 +322,16 @@ def load_encoder(folder: Path) -> TextEncoder:
         raise RunError(f"{folder}: tokenizer files are missing or corrupted ({e})") from None
     kinds = {"char": CharEncoder, "whitespace": WhitespaceEncoder, "jieba": JiebaEncoder,
              "pretrained": PretrainedEncoder}
-    if meta["type"] not in kinds and meta["type"] not in ("bpe", "wordpiece"):
+    subword = ("bpe", "wordpiece", "byte_bpe")
+    if meta["type"] not in kinds and meta["type"] not in subword:
         raise RunError(f"{folder}: unknown tokenizer type {meta['type']!r} in {META}")
-    enc = SubwordEncoder(cfg, meta["type"]) if meta["type"] in ("bpe", "wordpiece") else kinds[meta["type"]](cfg)
+    specials = tuple(meta.get("specials", ()))
+    if meta["type"] in subword:
+        enc = SubwordEncoder(cfg, meta["type"], specials)
+    elif meta["type"] == "pretrained":
+        enc = PretrainedEncoder(cfg)
+    else:
+        enc = kinds[meta["type"]](cfg, specials)
     try:
         enc.load_state(folder)
     except Exception as e:  # json, HF tokenizers and transformers each raise their own types

@@ -26,9 +26,9 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
         model, cfg.lr, cfg.weight_decay)
     # fused Adam kernels run on CPU and CUDA alike and are the fastest update (measured ~1.3x on a MiniLM step)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
     if cfg.optimizer == "adam":  # classic coupled L2
-        return torch.optim.Adam(groups, lr=cfg.lr, fused=True)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, foreach=True)
     if cfg.optimizer == "adagrad":
@@ -36,18 +36,19 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
     return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+def lr_factor(step: int, total: int, warmup: int, kind: str, floor: float = 0.0) -> float:
+    """Multiplier of the base lr at `step`: linear warmup, then constant / linear / cosine decay down to `floor`."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant" or total <= warmup:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * max(0.0, 1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer, cfg: TrainerConfig, total_steps: int):
     warmup = int(round(cfg.warmup_ratio * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.scheduler))
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.scheduler, cfg.min_lr_ratio))
