@@ -178,3 +178,57 @@ def tiny_bert(tmp_path_factory) -> Path:
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
+
+
+def _byte_bpe(texts: list[str], specials: list[str], vocab: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+CHAT_TEXTS = ["the cat sat on the mat", "hello world", "what is the colour of the sky? blue",
+              "name a fruit: apple", "translate cat: chat", "你好世界"] * 5
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 + byte-level BPE tokenizer (no chat template) saved as a local HF folder."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_byte_bpe(CHAT_TEXTS, ["<|endoftext|>"]),
+                                               eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    conf = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                   bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    transformers.GPT2LMHeadModel(conf).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_chat(tmp_path_factory) -> Path:
+    """A tiny random LLaMA whose tokenizer has a ChatML-style chat template."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=_byte_bpe(CHAT_TEXTS, ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]),
+        bos_token="<s>", eos_token="<|im_end|>")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(0)
+    conf = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                    initializer_range=0.5)  # a peaked output head, like a trained model's
+    transformers.LlamaForCausalLM(conf).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder

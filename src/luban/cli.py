@@ -82,6 +82,30 @@ def _cmd_generate_images(a):
     print(json.dumps(out, ensure_ascii=False))
 
 
+def _cmd_generate(a):
+    from luban.predictor import load
+
+    p = load(a.run)
+    knobs = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+             "repetition_penalty": a.repetition_penalty, "num_beams": a.num_beams,
+             "length_penalty": a.length_penalty, "seed": a.seed, "stop": a.stop or None}
+    if a.greedy:
+        knobs["do_sample"] = False
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    for prompt in a.prompt:
+        if a.stream:
+            for piece in p.stream_text(prompt, **knobs):
+                print(piece, end="", flush=True)
+            print(flush=True)
+        elif a.json:
+            print(json.dumps({"prompt": prompt, **p.generate_text(prompt, **knobs)}, ensure_ascii=False))
+        else:
+            r = p.generate_text(prompt, **knobs)
+            print(prompt + r["text"] if p.task == "text_generation" else r["text"])
+            print(f"[{r['tokens']} tokens, {r.get('tokens_per_second', 0):.0f} tokens/s, "
+                  f"{r.get('finish_reason', 'done')}]", file=sys.stderr)
+
+
 def _cmd_serve(a):
     from luban.serve.app import serve
 
@@ -137,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=_cmd_generate_images)
     pr.set_defaults(fn=_cmd_predict)
+    gt = sub.add_parser("generate", help="generate text with a text-generation (or translation/summarization) run")
+    gt.add_argument("run")
+    gt.add_argument("--prompt", action="append", required=True, help="the prompt (repeatable)")
+    gt.add_argument("--max-new-tokens", type=int)
+    gt.add_argument("--temperature", type=float, help="0: greedy")
+    gt.add_argument("--top-k", type=int)
+    gt.add_argument("--top-p", type=float)
+    gt.add_argument("--repetition-penalty", type=float)
+    gt.add_argument("--num-beams", type=int, help="beam search width")
+    gt.add_argument("--length-penalty", type=float, help="beam search: score / length**this")
+    gt.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gt.add_argument("--seed", type=int, help="seed the sampler (same seed, same text)")
+    gt.add_argument("--greedy", action="store_true", help="greedy decoding whatever the temperature")
+    gt.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gt.add_argument("--json", action="store_true", help="one JSON object per prompt (text, tokens, timing)")
+    gt.set_defaults(fn=_cmd_generate)
     s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
     s.add_argument("run")
     s.add_argument("--host", default="127.0.0.1")

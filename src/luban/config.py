@@ -330,13 +330,23 @@ class Seq2SeqTransformerConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     shared_vocabulary: bool = Field(False, description="one vocabulary (and tied embeddings) for source and "
                                     "target")
-    max_source_length: int = Field(128, gt=0)
-    max_target_length: int = Field(128, gt=0)
+    source_tokenizer: TokenizerConfig | None = Field(
+        None, description="separate vocabularies: the source side's tokenizer (e.g. bpe for English); default: "
+        "preprocessing.tokenizer, which always tokenizes the target")
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    copy_source: bool = Field(False, description="pointer-generator head: copy source tokens into the output "
+                              "(summarization); needs shared_vocabulary")
+    max_source_length: int = Field(128, gt=0, description="longer sources are truncated (tokens)")
+    max_target_length: int = Field(128, gt=0, description="longer targets are truncated in training (tokens)")
 
     @model_validator(mode="after")
     def _heads_divide(self):
         if self.d_model % self.nhead:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        if self.copy_source and not self.shared_vocabulary:
+            raise ValueError("copy_source: true needs shared_vocabulary: true (copied source tokens must be target tokens)")
+        if self.source_tokenizer is not None and self.shared_vocabulary:
+            raise ValueError("source_tokenizer: a shared vocabulary uses preprocessing.tokenizer for both sides")
         return self
 
 

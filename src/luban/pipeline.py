@@ -19,8 +19,6 @@ from luban.tasks import task_classes
 from luban.tasks.base import read_frames
 from luban.training.engine import fit
 from luban.training.hardware import resolve_precision, select_device, set_threads
-from luban.training.checkpoint import WEIGHTS
-from safetensors.torch import save_model
 
 
 def seed_everything(seed: int) -> None:
@@ -94,7 +92,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
 
         model_dir = work / "model"
         model_dir.mkdir(exist_ok=True)
-        save_model(model, str(model_dir / WEIGHTS))
+        task.save_weights(model_dir, model)
         task.save(model_dir, model)
         metrics = {
             "task": cfg.task, "main_metric": task.main_metric,

@@ -38,6 +38,28 @@ class Predictor:
     def evaluate(self, path: str | Path) -> dict:
         return self._impl.evaluate(path)
 
+    def _text_generator(self, what: str):
+        fn = getattr(self._impl, what, None)
+        if fn is None:
+            raise LubanError(f"{self.run_dir}: task {self.task} does not generate text; use predict()")
+        return fn
+
+    def generate_text(self, prompt: str, **knobs) -> dict:
+        """Text generation / translation / summarization: one output for `prompt`, with decoding knobs
+        (max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, stop, seed)."""
+        return self._text_generator("generate_text")(prompt, **knobs)
+
+    def stream_text(self, prompt: str, **knobs):
+        """Like generate_text, yielding the text piece by piece as tokens are decoded."""
+        return self._text_generator("stream_text")(prompt, **knobs)
+
+    def chat(self, messages: list[dict], **knobs) -> dict:
+        """Text generation: the assistant's reply to `messages` ([{role, content}, ...])."""
+        return self._text_generator("chat")(messages, **knobs)
+
+    def stream_chat(self, messages: list[dict], **knobs):
+        return self._text_generator("stream_chat")(messages, **knobs)
+
     def generate(self, **kw):
         """Generative tasks (image generation): samples from the trained model."""
         if not hasattr(self._impl, "generate"):

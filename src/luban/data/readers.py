@@ -35,7 +35,8 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
                     "(csv, tsv, jsonl or parquet)")
 
 
-def _decode(path: Path, encoding: str) -> str:
+def decode_file(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file as text; bad bytes are an error naming the line (a UTF-8 BOM is dropped)."""
     raw = path.read_bytes()
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
@@ -124,7 +125,7 @@ def read_table(path: str | Path, fmt: str = "auto", header: bool = True, delimit
     if fmt == "parquet":
         df = _read_parquet(path)
     else:
-        text = _decode(path, encoding)
+        text = decode_file(path, encoding)
         if fmt == "jsonl":
             df = _read_jsonl(path, text)
         else:

@@ -279,6 +279,14 @@ class PretrainedEncoder(TextEncoder):
         return None
 
     @property
+    def prefix_ids(self) -> list[int]:
+        """What the tokenizer puts before a text (e.g. LLaMA's BOS; nothing for GPT-2)."""
+        with_special = self.tok("a")["input_ids"]
+        plain = self.tok("a", add_special_tokens=False)["input_ids"]
+        n = len(with_special) - len(plain)
+        return with_special[:n] if n > 0 and with_special[n:n + len(plain)] == plain else []
+
+    @property
     def bos_id(self):
         return self.tok.bos_token_id
 

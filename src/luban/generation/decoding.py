@@ -245,3 +245,46 @@ class HFCausalLM:
     def next_token_logits(self, ids, cache=None):
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
+
+
+def _reorder_cache(cache, index: torch.Tensor):
+    """Select rows of a KV cache: luban's GPT (a list of (keys, values)) or a Hugging Face Cache object."""
+    if cache is None:
+        return None
+    if hasattr(cache, "reorder_cache"):
+        cache.reorder_cache(index.to(_cache_device(cache)))
+        return cache
+    return [(k.index_select(0, index.to(k.device)), v.index_select(0, index.to(v.device))) for k, v in cache]
+
+
+def _cache_device(cache) -> torch.device:
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[0], "keys", None) if layers else None
+    return keys.device if isinstance(keys, torch.Tensor) else torch.device("cpu")
+
+
+def causal_beam_search(model, prompt_ids: Sequence[int], num_beams: int, max_new_tokens: int,
+                       eos_ids: int | Sequence[int] | None, length_penalty: float = 1.0,
+                       repetition_penalty: float = 1.0) -> list[int]:
+    """Beam search for one prompt on any model with ``next_token_logits`` (batched over beams, KV cache kept).
+    The prompt is cut from the left so prompt + output fit the model's context."""
+    from luban.generation.beam import beam_search
+
+    eos = eos_ids[0] if isinstance(eos_ids, (list, tuple)) else eos_ids
+    max_context = getattr(model, "max_context", None)
+    prompt = [int(i) for i in prompt_ids]
+    if max_context:
+        max_new_tokens = min(max_new_tokens, max_context - 1)
+        prompt = prompt[-(max_context - max_new_tokens):]
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = beam_search(lambda ids, cache: model.next_token_logits(ids, cache),
+                              torch.tensor([prompt], device=_model_device(model)), num_beams, max_new_tokens, eos,
+                              length_penalty=length_penalty, reorder=_reorder_cache,
+                              repetition_penalty=repetition_penalty)
+    finally:
+        if was_training:
+            model.train()
+    return out[0]

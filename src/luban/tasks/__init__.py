@@ -13,6 +13,9 @@ _REGISTRY = {
                              "ImageClassificationPredictor"),
     "object_detection": ("luban.tasks.object_detection", "ObjectDetectionTask", "ObjectDetectionPredictor"),
     "image_generation": ("luban.tasks.image_generation", "ImageGenerationTask", "ImageGenerationPredictor"),
+    "translation": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
+    "summarization": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
+    "text_generation": ("luban.tasks.text_generation", "TextGenerationTask", "TextGenerationPredictor"),
 }
 
 

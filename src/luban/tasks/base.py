@@ -159,6 +159,15 @@ class Task:
     def evaluate(self, model: nn.Module, split: str, detailed: bool = False) -> dict: ...
     def baseline(self) -> dict | None: ...
     def save(self, folder: Path, model: nn.Module) -> None: ...
+
+    def save_weights(self, folder: Path, model: nn.Module) -> None:
+        """The trained weights into the run's model/ folder (safetensors); a task may export its own layout."""
+        from safetensors.torch import save_model
+
+        from luban.training.checkpoint import WEIGHTS
+
+        save_model(model, str(folder / WEIGHTS))
+
     def data_summary(self) -> dict: ...
 
     def report_sections(self, workdir: Path, final: dict) -> list[str]:

@@ -1,0 +1,115 @@
+"""Any Hugging Face causal LM (``AutoModelForCausalLM``) as a luban module: full fine-tuning or LoRA adapters
+(PEFT), the ``next_token_logits`` decoding interface, and export as a plain HF folder with adapters merged.
+
+Loading is offline unless ``allow_download`` is set, and never runs remote code unless ``trust_remote_code`` is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from luban.config import LoraConfig
+from luban.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_hf_causal_lm(source: str, allow_download: bool = False, trust_remote_code: bool = False,
+                      dtype: str = "float32"):
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, local_files_only=not allow_download,
+                                                    trust_remote_code=trust_remote_code, dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"model.path: cannot load a causal language model from {source}: {e}") from None
+
+
+def add_lora(model, lora: LoraConfig):
+    """Wrap `model` with LoRA adapters; only adapter weights stay trainable."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+    except ImportError:
+        raise ConfigError("model.finetune lora needs peft: pip install 'luban[text]'") from None
+
+    def wrap(targets):
+        conf = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                              task_type="CAUSAL_LM")
+        return get_peft_model(model, conf)
+
+    if lora.target_modules is not None:
+        try:
+            return wrap(lora.target_modules)
+        except ValueError as e:
+            raise ConfigError(f"model.lora.target_modules: {e}") from None
+    try:  # PEFT knows the attention projections of common architectures ...
+        return wrap(None)
+    except ValueError:  # ... and for the others every linear layer but the output head is adapted
+        return wrap("all-linear")
+
+
+class CausalLM(nn.Module):
+    """Holds the HF model (possibly PEFT-wrapped); forward(ids) -> logits like luban's own GPT."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.model = hf_model
+        conf = self.base_config
+        self.max_context = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
+
+    @property
+    def base_config(self):
+        return self.model.config
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "merge_and_unload")
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+
+    @torch.no_grad()
+    def next_token_logits(self, ids, cache=None):
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def merged(self):
+        """The plain HF model: adapters merged into the base weights (the trained model itself when full)."""
+        if not self.is_peft:
+            return self.model
+        import copy
+
+        return copy.deepcopy(self.model).merge_and_unload()
+
+    def export(self, folder: Path, merge: bool = True) -> None:
+        """Write a folder any HF tool loads: merged weights, or base/ + adapter/ when merge is false."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.is_peft and not merge:
+            import copy
+
+            copy.deepcopy(self.model).unload().to(torch.float32).save_pretrained(str(folder / "base"))
+            self.model.save_pretrained(str(folder / "adapter"))
+            return
+        self.merged().to(torch.float32).save_pretrained(str(folder))
+
+
+def load_exported(folder: Path, device: torch.device) -> CausalLM:
+    """Bring back what `CausalLM.export` wrote (offline)."""
+    if (folder / "adapter").is_dir():
+        from peft import PeftModel
+
+        base = load_hf_causal_lm(str(folder / "base"))
+        model = PeftModel.from_pretrained(base, str(folder / "adapter"), local_files_only=True)
+    else:
+        model = load_hf_causal_lm(str(folder))
+    return CausalLM(model).to(device).eval()

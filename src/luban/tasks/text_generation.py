@@ -1,0 +1,590 @@
+"""Text generation: pretrain a GPT on a plain-text corpus, or fine-tune any HF causal LM (full or LoRA) on a corpus
+or on prompt/response / chat data with the loss masked on the prompt; then generate with temperature, top-k,
+top-p, repetition penalty, beam search, stop strings and streaming.
+
+Two data modes, picked from the config:
+- corpus (language modelling): one text file, a folder of text files, or a table's text column. Training batches
+  are random windows of `block_size` tokens (an "epoch" is `trainer.steps_per_epoch` of them, default one pass);
+  evaluation covers every held-out token once.
+- supervised fine-tuning: `columns.prompt` + `columns.response`, or `columns.messages` (chat). Loss only on the
+  response / assistant tokens.
+
+Validation loss and perplexity are the metrics; each evaluation also samples text from fixed prompts (kept in
+history.jsonl and report.html) and measures generation speed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luban.config import GenerationSettings, RunConfig
+from luban.data.batching import epoch_batches
+from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
+from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
+from luban.data.readers import LINE, read_table, resolve_column
+from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
+from luban.errors import ConfigError, DataError, LubanError
+from luban.generation.decoding import GenerationConfig, generate, stream
+from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
+from luban.training.checkpoint import load_weights
+
+SPLITS = ("train", "validation", "test")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _sft_columns(cfg: RunConfig) -> bool:
+    c = cfg.data.columns
+    if c.messages is not None and (c.prompt is not None or c.response is not None):
+        raise ConfigError("data.columns: give either messages or prompt + response, not both")
+    if (c.prompt is None) != (c.response is None):
+        raise ConfigError("data.columns: supervised fine-tuning needs both prompt and response")
+    return c.messages is not None or c.prompt is not None
+
+
+def _read_docs(cfg: RunConfig, path: Path) -> list[Doc]:
+    d = cfg.data
+    if is_corpus_path(path, d.format, d.columns.text is not None):
+        return read_corpus(path, d.encoding)
+    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+    if d.columns.text is None:
+        raise ConfigError(f"data.columns.text: {path} is a table; name its text column (or use a .txt file / "
+                          "data.format: text for plain text)")
+    return docs_from_table(frame, resolve_column(frame, d.columns.text, "text"))
+
+
+def read_corpus_splits(cfg: RunConfig) -> dict[str, list[Doc]]:
+    d, sp = cfg.data, cfg.data.split
+    docs = {s: _read_docs(cfg, getattr(d, s)) if getattr(d, s) is not None else None for s in SPLITS}
+    if d.train_limit is not None:
+        docs["train"] = docs["train"][: d.train_limit]
+    missing = [s for s in ("validation", "test") if docs[s] is None]
+    if missing:
+        fracs = [sp.validation if s == "validation" else sp.test for s in missing]
+        train, first, second = split_corpus(docs["train"], fracs[0], fracs[1] if len(fracs) > 1 else None)
+        docs["train"], docs[missing[0]] = train, first
+        if len(missing) > 1:
+            docs[missing[1]] = second
+    return docs
+
+
+def token_stream(docs: list[Doc], encoder) -> torch.Tensor:
+    """All documents as one id stream; documents are separated by the end-of-sequence token."""
+    eos = encoder.eos_id
+    ids: list[int] = []
+    for i, d in enumerate(docs):
+        if i and eos is not None:
+            ids.append(eos)
+        ids += encoder.encode_text(d.text)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def windows(stream_ids: torch.Tensor, block: int) -> list[tuple[int, int]]:
+    """(start, length) of consecutive windows covering every next-token prediction once."""
+    n = len(stream_ids) - 1
+    return [(s, min(block, n - s)) for s in range(0, n, block)]
+
+
+def corpus_batches(stream_ids: torch.Tensor, block: int, starts: list[list[int]], length: int | None = None):
+    """Batches of (x, y) windows starting at the given offsets."""
+
+    def collate(offsets):
+        t = length or block
+        idx = torch.as_tensor(offsets)[:, None] + torch.arange(t + 1)[None, :]
+        chunk = stream_ids[idx]
+        return {"x": chunk[:, :-1], "y": chunk[:, 1:], "size": chunk.shape[0] * t}
+
+    return Batches(starts, collate)
+
+
+def eval_batches(stream_ids: torch.Tensor, block: int, batch_size: int) -> list[Batches]:
+    wins = windows(stream_ids, block)
+    full = [s for s, t in wins if t == block]
+    out = [corpus_batches(stream_ids, block, [full[i:i + batch_size] for i in range(0, len(full), batch_size)])]
+    out += [corpus_batches(stream_ids, block, [[s]], length=t) for s, t in wins if t < block]
+    return out
+
+
+def sft_batches(examples: list[Example], batch_size: int, pad_id: int, seed: int, epoch: int,
+                shuffle: bool = True) -> Batches:
+    lengths = [len(e.ids) for e in examples]
+
+    def collate(idx):
+        width = max(lengths[i] for i in idx) - 1
+        x = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        y = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(idx):
+            e = examples[i]
+            x[row, : len(e.ids) - 1] = torch.as_tensor(e.ids[:-1])
+            y[row, : len(e.labels) - 1] = torch.as_tensor(e.labels[1:])
+        return {"x": x, "y": y, "size": int((y != IGNORE).sum())}
+
+    return Batches(epoch_batches(lengths, batch_size, seed, epoch, shuffle=shuffle), collate)
+
+
+def token_loss_sum(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+    logits = model(batch["x"])
+    y = batch["y"]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+    return loss, int((y != IGNORE).sum())
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batch_sets: list[Batches], device: torch.device) -> dict:
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batches in batch_sets:
+        for batch in batches:
+            s, n = token_loss_sum(model, to_device(batch, device))
+            total, count = total + float(s), count + n
+    model.train(was)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def bigram_loss(train_pairs: np.ndarray, eval_pairs: np.ndarray, vocab: int, alpha: float = 1.0) -> float:
+    """Mean -log p(next | prev) of a bigram model smoothed toward the add-one unigram (Dirichlet prior alpha)."""
+    prev, nxt = train_pairs[:, 0].astype(np.int64), train_pairs[:, 1].astype(np.int64)
+    uni = (np.bincount(nxt, minlength=vocab) + 1.0) / (len(nxt) + vocab)
+    ctx = np.bincount(prev, minlength=vocab).astype(np.float64)
+    keys, counts = np.unique(prev * vocab + nxt, return_counts=True)
+    q = eval_pairs[:, 0].astype(np.int64) * vocab + eval_pairs[:, 1].astype(np.int64)
+    pos = np.clip(np.searchsorted(keys, q), 0, len(keys) - 1)
+    c = np.where(keys[pos] == q, counts[pos], 0)
+    p = (c + alpha * uni[eval_pairs[:, 1]]) / (ctx[eval_pairs[:, 0]] + alpha)
+    return float(-np.log(p).mean())
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def generation_config(settings: GenerationSettings, knobs: dict, eos) -> GenerationConfig:
+    allowed = set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}
+    unknown = sorted(set(knobs) - allowed)
+    if unknown:
+        raise LubanError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
+    s = settings.model_copy(update={k: v for k, v in knobs.items() if v is not None})
+    try:
+        return GenerationConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                                do_sample=True if s.do_sample is None else s.do_sample, stop=tuple(s.stop),
+                                eos_token_id=eos, seed=s.seed)
+    except ValueError as e:
+        raise LubanError(f"generation: {e}") from None
+
+
+def _eos_ids(model, encoder):
+    """End-of-sequence ids: the tokenizer's, plus the HF generation config's (chat models end turns with more)."""
+    ids = {encoder.eos_id} if encoder.eos_id is not None else set()
+    hf = getattr(model, "model", None)
+    extra = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    ids |= set(extra) if isinstance(extra, (list, tuple)) else ({extra} if extra is not None else set())
+    return sorted(ids) or None
+
+
+class Generator:
+    """Prompt -> text for one model + tokenizer, with every decoding knob; shared by training samples and the
+    predictor."""
+
+    def __init__(self, model, encoder, formatter: ChatFormatter, settings: GenerationSettings):
+        self.model, self.encoder, self.formatter, self.settings = model, encoder, formatter, settings
+
+    def _ids(self, prompt=None, messages=None) -> list[int]:
+        if messages is not None:
+            ids = self.formatter.chat_prompt(parse_messages(messages, "messages"))
+        else:
+            if not isinstance(prompt, str):
+                raise DataError(f"prompt: expected text, found {type(prompt).__name__}")
+            ids = self.formatter.prompt_ids(prompt)
+        if not ids:  # an empty prompt starts a new document
+            start = self.encoder.eos_id if self.encoder.eos_id is not None else self.encoder.bos_id
+            if start is None:
+                raise DataError("prompt: empty, and the tokenizer has no start token; give a prompt")
+            ids = [start]
+        return ids
+
+    def run(self, prompt=None, messages=None, **knobs) -> dict:
+        ids = self._ids(prompt, messages)
+        num_beams = knobs.pop("num_beams", None) or self.settings.num_beams
+        length_penalty = knobs.pop("length_penalty", None)
+        cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
+        if num_beams > 1:
+            return self._beam(ids, cfg, num_beams, self.settings.length_penalty if length_penalty is None
+                              else length_penalty)
+        res = generate(self.model, ids, cfg, self.encoder.decode)
+        return {"text": res.text, "tokens": len(res.token_ids), "finish_reason": res.finish_reason,
+                "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 1)}
+
+    def stream(self, prompt=None, messages=None, **knobs):
+        knobs.pop("num_beams", None)
+        knobs.pop("length_penalty", None)
+        ids = self._ids(prompt, messages)
+        return stream(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
+                      self.encoder.decode)
+
+    def _beam(self, ids, cfg: GenerationConfig, num_beams: int, length_penalty: float) -> dict:
+        from luban.generation.decoding import causal_beam_search
+
+        t0 = time.perf_counter()
+        out = causal_beam_search(self.model, ids, num_beams=num_beams, max_new_tokens=cfg.max_new_tokens,
+                                 eos_ids=cfg.eos_token_id, length_penalty=length_penalty)
+        text = self.encoder.decode(out)
+        reason = "length" if len(out) >= cfg.max_new_tokens else "eos"
+        for s in cfg.stop:
+            if s in text:
+                text, reason = text[: text.index(s)], "stop"
+        secs = time.perf_counter() - t0
+        return {"text": text, "tokens": len(out), "finish_reason": reason, "seconds": round(secs, 4),
+                "tokens_per_second": round(len(out) / secs, 1) if secs > 0 else 0.0}
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def _hf_source(cfg: RunConfig) -> str:
+    m = cfg.model
+    return resolve_pretrained(m.path, m.allow_download, "model.path")
+
+
+def build_gpt(cfg: RunConfig, vocab_size: int):
+    from luban.models.gpt import GPT, GPTSizes
+
+    m = cfg.model
+    return GPT(GPTSizes(vocab_size=vocab_size, block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head,
+                        n_embd=m.n_embd, dropout=m.dropout, bias=m.bias, positions=m.positions,
+                        tie_weights=m.tie_weights))
+
+
+def context_length(cfg: RunConfig, model=None) -> int:
+    if cfg.model.type == "gpt":
+        return cfg.model.block_size
+    limit = getattr(model, "max_context", None) or cfg.preprocessing.tokenizer.max_length
+    return min(cfg.preprocessing.tokenizer.max_length, limit)
+
+
+# ------------------------------------------------------------------------------------------------ task
+
+
+class TextGenerationTask(Task):
+    name = "text_generation"
+    main_metric = "loss"
+    mode = "min"
+
+    def prefers_bf16_on_cpu(self):
+        return True  # measured: bf16 autocast ~1.3-1.5x faster for small GPTs on AVX-512 BF16 CPUs
+
+    def read_frames(self):
+        self.sft = _sft_columns(self.cfg)
+        return read_frames(self.cfg) if self.sft else read_corpus_splits(self.cfg)
+
+    def prepare(self, frames):
+        cfg = self.cfg
+        m = cfg.model
+        if m.type == "pretrained_lm" and m.base_dtype == "bfloat16" and m.finetune == "full":
+            raise ConfigError("model.base_dtype: bfloat16 base weights are for finetune lora or none "
+                              "(full fine-tuning keeps float32 master weights)")
+        source = _hf_source(cfg) if m.type == "pretrained_lm" else None
+        self.source = source
+        self.encoder = build_encoder(cfg.preprocessing.tokenizer, source,
+                                     getattr(m, "trust_remote_code", False), specials=(BOS, EOS))
+        self.formatter = ChatFormatter(self.encoder)
+        self.block = context_length(cfg)
+        if self.sft:
+            self._prepare_sft(frames)
+        else:
+            self._prepare_corpus(frames)
+
+    def _prepare_corpus(self, docs):
+        self.encoder.fit([d.text for d in docs["train"]])
+        self.streams = {s: token_stream(docs[s], self.encoder) for s in SPLITS}
+        for s in SPLITS:
+            if len(self.streams[s]) < 2:
+                raise DataError(f"{docs[s][0].source}: the {s} text is shorter than two tokens")
+        if len(self.streams["train"]) <= self.block + 1:
+            raise DataError(f"{docs['train'][0].source}: the training text ({len(self.streams['train'])} tokens) "
+                            f"is not longer than one context window ({self.block} tokens); add text or lower "
+                            "model.block_size")
+        self.sources = {s: docs[s][0].source + (f" (+{len(docs[s]) - 1} more)" if len(docs[s]) > 1 else "")
+                        for s in SPLITS}
+        self.sizes = {s: len(self.streams[s]) for s in SPLITS}
+        lines = [ln for ln in docs["validation"][0].text.split("\n")[1:] if ln.strip()]  # skip a cut first line
+        self.default_prompts = [(lines[0] if lines else docs["validation"][0].text)[:40] + "\n"]
+
+    def _prepare_sft(self, frames):
+        from luban.data.splits import make_splits
+
+        cfg, c = self.cfg, self.cfg.data.columns
+        sp = cfg.data.split
+        splits = make_splits(frames, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
+        cols = {}
+        for role in ("prompt", "response", "messages"):
+            ref = getattr(c, role)
+            cols[role] = resolve_column(splits["train"], ref, role) if ref is not None else None
+        self.formatter.uses_chat = cols["messages"] is not None or self.formatter.template is not None
+        texts, src = [], splits["train"].attrs.get("source", "data")
+        for _, row in splits["train"].iterrows():  # trained vocabularies see every text they must encode
+            if cols["messages"] is not None:
+                where = f"{src}: line {row[LINE]}: field {cols['messages']!r}"
+                texts += [m["content"] for m in parse_messages(row[cols["messages"]], where)]
+            else:
+                texts += [t for t in (row[cols["prompt"]], row[cols["response"]]) if isinstance(t, str)]
+        self.encoder.fit(texts + ["system: user: assistant: \n"])
+        self.examples, dropped = {}, {}
+        for s in SPLITS:
+            self.examples[s], dropped[s] = self.formatter.examples(splits[s], cols["prompt"], cols["response"],
+                                                                   cols["messages"], self.block + 1)
+        self.sources = {s: splits[s].attrs.get("source", s) for s in SPLITS}
+        self.sizes = {s: len(self.examples[s]) for s in SPLITS}
+        self.dropped = dropped
+        first = splits["validation"].iloc[0]
+        if cols["messages"] is not None:
+            msgs = parse_messages(first[cols["messages"]], "messages")
+            self.default_prompts = [next((m["content"] for m in msgs if m["role"] == "user"), "")]
+        else:
+            self.default_prompts = [first[cols["prompt"]]]
+
+    # model -----------------------------------------------------------------------------------------------
+    def build_model(self):
+        cfg, m = self.cfg, self.cfg.model
+        self.base_metrics = None
+        if m.type == "gpt":
+            return build_gpt(cfg, self.encoder.vocab_size)
+        from luban.models.causal_lm import CausalLM, add_lora, load_hf_causal_lm
+
+        hf = load_hf_causal_lm(self.source, m.allow_download, m.trust_remote_code, m.base_dtype)
+        if len(self.encoder.tok) > hf.get_input_embeddings().num_embeddings:
+            hf.resize_token_embeddings(len(self.encoder.tok))
+        model = CausalLM(hf).to(self.device)
+        self.block = context_length(cfg, model)
+        if cfg.evaluation.baseline:  # the pretrained model as is: what fine-tuning has to beat
+            self.base_metrics = {s: self._loss(model, s) for s in ("validation", "test")}
+        if m.finetune == "lora":
+            model = CausalLM(add_lora(hf, m.lora))
+        elif m.finetune == "none":
+            model.requires_grad_(False)
+        if m.gradient_checkpointing:
+            hf.gradient_checkpointing_enable()
+            if m.finetune == "lora":
+                hf.enable_input_require_grads()
+        return model
+
+    @property
+    def fit(self):
+        """A pretrained model with finetune: none is evaluated as is (no training loop)."""
+        if self.cfg.model.type == "pretrained_lm" and self.cfg.model.finetune == "none":
+            return self._no_training
+        return None
+
+    def _no_training(self, model, *, workdir, **_):
+        from luban.training.engine import FitResult
+
+        (workdir / "history.jsonl").write_text("", encoding="utf-8")
+        return FitResult(history=[], best_epoch=0, best_value=float("nan"), stopped_early=False,
+                         train_seconds=0.0, epochs_run=0)
+
+    # batches ---------------------------------------------------------------------------------------------
+    def train_batches(self, epoch):
+        tr, bs = self.cfg.trainer, self.cfg.trainer.batch_size
+        if self.sft:
+            return sft_batches(self.examples["train"], bs, self.encoder.pad_id, self.cfg.seed, epoch,
+                               shuffle=True)
+        stream_ids = self.streams["train"]
+        steps = tr.steps_per_epoch or max(1, (len(stream_ids) - 1) // (bs * self.block))
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        starts = torch.randint(0, len(stream_ids) - self.block - 1 + 1, (steps, bs), generator=g).tolist()
+        return corpus_batches(stream_ids, self.block, starts)
+
+    def _eval_sets(self, split) -> list[Batches]:
+        bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size
+        if self.sft:
+            return [sft_batches(self.examples[split], bs, self.encoder.pad_id, 0, 0, shuffle=False)]
+        return eval_batches(self.streams[split], self.block, bs)
+
+    def loss(self, model, batch):
+        s, n = token_loss_sum(model, to_device(batch, self.device))
+        return s / max(n, 1)
+
+    def _loss(self, model, split) -> dict:
+        return mean_loss(model, self._eval_sets(split), self.device)
+
+    def generator(self, model) -> Generator:
+        return Generator(model, self.encoder, self.formatter, self.cfg.generation)
+
+    def samples(self, model) -> dict:
+        g = self.cfg.generation
+        if g.sample_tokens == 0:
+            return {}
+        gen = self.generator(model)
+        out, tokens, seconds = [], 0, 0.0
+        for p in g.sample_prompts or self.default_prompts:
+            r = gen.run(p, max_new_tokens=g.sample_tokens, seed=self.cfg.seed if g.seed is None else g.seed)
+            out.append({"prompt": p, "text": r["text"]})
+            tokens, seconds = tokens + r["tokens"], seconds + r["seconds"]
+        return {"samples": out, "generation_tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0}
+
+    def evaluate(self, model, split, detailed=False):
+        return {**self._loss(model, split), **self.samples(model)}
+
+    def baseline(self):
+        if self.base_metrics is not None:
+            return {"name": "the pretrained model before fine-tuning",
+                    **{s: {k: v for k, v in r.items() if k != "tokens"} for s, r in self.base_metrics.items()}}
+        if self.cfg.model.type != "gpt":
+            return None
+        train = self._pairs("train")
+        out = {}
+        for s in ("validation", "test"):
+            loss = bigram_loss(train, self._pairs(s), self.encoder.vocab_size)
+            out[s] = {"loss": loss, "perplexity": math.exp(loss)}
+        return {"name": "bigram counts (smoothed)", **out}
+
+    def _pairs(self, split) -> np.ndarray:
+        if not self.sft:
+            s = self.streams[split].numpy()
+            return np.stack([s[:-1], s[1:]], axis=1)
+        rows = [(a, b) for e in self.examples[split] for a, b, lab in zip(e.ids, e.ids[1:], e.labels[1:])
+                if split == "train" or lab != IGNORE]
+        return np.asarray(rows, dtype=np.int64)
+
+    # saving ----------------------------------------------------------------------------------------------
+    def save_weights(self, folder, model):
+        if self.cfg.model.type == "gpt":
+            return super().save_weights(folder, model)
+        model.export(folder / "hf", merge=self.cfg.model.merge_adapters)
+        self.encoder.tok.save_pretrained(str(folder / "hf"))
+
+    def save(self, folder, model):
+        self.encoder.save(folder / "tokenizer")
+        meta = {"mode": "sft" if self.sft else "corpus", "uses_chat": self.formatter.uses_chat,
+                "vocab_size": self.encoder.vocab_size, "block_size": self.block}
+        (folder / "lm_meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    def data_summary(self):
+        unit = "examples" if self.sft else "tokens"
+        out = {"splits": {s: self.sizes[s] for s in SPLITS}, "unit": unit, "sources": self.sources,
+               "vocab_size": self.encoder.vocab_size, "context_length": self.block,
+               "samples_per_second_counts": "tokens"}
+        if self.sft:
+            out["dropped_too_long"] = self.dropped
+        return out
+
+    def report_sections(self, workdir, final):
+        return [samples_section(self._history(workdir), final)]
+
+    @staticmethod
+    def _history(workdir: Path) -> list[dict]:
+        path = workdir / "history.jsonl"
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+
+
+def samples_section(history: list[dict], final: dict) -> str:
+    E = html.escape
+    rows = [(f"epoch {h['epoch']}", s) for h in history for s in h.get("val_samples", [])]
+    rows += [("final (best weights)", s) for s in final.get("test", {}).get("samples", [])]
+    if not rows:
+        return ""
+    tps = final.get("test", {}).get("generation_tokens_per_s")
+    body = "".join(f"<tr><td class=l>{E(w)}</td><td class=l><b>{E(s['prompt'])}</b>"
+                   f"<span style='white-space:pre-wrap'>{E(s['text'])}</span></td></tr>" for w, s in rows)
+    speed = f"<p class=muted>generation: {tps} tokens/s</p>" if tps else ""
+    return ("<h2>Samples at each evaluation</h2>" + speed +
+            "<table><tr><th class=l>when</th><th class=l>prompt + generated text</th></tr>" + body + "</table>")
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+
+
+class TextGenerationPredictor(Predictor):
+    task = "text_generation"
+
+    def __init__(self, cfg, folder, device):
+        super().__init__(cfg, folder, device)
+        meta = json.loads((folder / "lm_meta.json").read_text(encoding="utf-8"))
+        self.meta = meta
+        self.encoder = load_encoder(folder / "tokenizer")
+        if cfg.model.type == "gpt":
+            self.model = build_gpt(cfg, meta["vocab_size"])
+            load_weights(self.model, folder)
+            self.model.to(device).eval()
+        else:
+            from luban.models.causal_lm import load_exported
+
+            self.model = load_exported(folder / "hf", device)
+        self.formatter = ChatFormatter(self.encoder)
+        self.formatter.uses_chat = meta["uses_chat"]
+        self.generator = Generator(self.model, self.encoder, self.formatter, cfg.generation)
+
+    def generate_text(self, prompt: str, **knobs) -> dict:
+        return self.generator.run(prompt, **knobs)
+
+    def stream_text(self, prompt: str, **knobs):
+        return self.generator.stream(prompt, **knobs)
+
+    def chat(self, messages: list[dict], **knobs) -> dict:
+        return self.generator.run(messages=messages, **knobs)
+
+    def stream_chat(self, messages: list[dict], **knobs):
+        return self.generator.stream(messages=messages, **knobs)
+
+    def predict(self, inputs, **knobs) -> list[dict]:
+        """Each input: a prompt string, or {"messages": [...]} for a chat turn."""
+        if isinstance(inputs, (str, dict)):
+            inputs = [inputs]
+        out = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, dict) and "messages" in x:
+                out.append(self.chat(x["messages"], **knobs))
+            elif isinstance(x, str):
+                out.append(self.generate_text(x, **knobs))
+            else:
+                raise DataError(f"input {i + 1}: expected a prompt (text) or {{\"messages\": [...]}}")
+        return out
+
+    def read_inputs(self, path):
+        """Prompts: one per line of a .txt file, or a table's prompt (else text / messages) column."""
+        path = Path(path)
+        d = self.cfg.data
+        if is_corpus_path(path, "auto", False):
+            lines = [ln for ln in read_corpus(path, d.encoding)[0].text.splitlines() if ln.strip()]
+            return lines
+        frame = read_table(path, "auto", d.header, d.delimiter, d.quoting, d.encoding)
+        cols = d.columns
+        if cols.messages is not None and str(cols.messages) in frame.columns:
+            return [{"messages": v} for v in frame[resolve_column(frame, cols.messages, "messages")]]
+        for role in ("prompt", "text"):
+            ref = getattr(cols, role)
+            if ref is not None:
+                return [v if isinstance(v, str) else "" for v in frame[resolve_column(frame, ref, role)]]
+        raise DataError(f"{path}: name the prompt column (data.columns.prompt)")
+
+    def evaluate(self, path):
+        """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns)."""
+        task = TextGenerationTask(self.cfg)
+        task.device, task.encoder, task.formatter = self.device, self.encoder, self.formatter
+        task.block = self.meta["block_size"]
+        task.sft = self.meta["mode"] == "sft"
+        path = Path(path)
+        if task.sft:
+            frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
+                               self.cfg.data.quoting, self.cfg.data.encoding)
+            c = self.cfg.data.columns
+            cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
+                    for r in ("prompt", "response", "messages")}
+            task.examples = {"eval": self.formatter.examples(frame, cols["prompt"], cols["response"],
+                                                             cols["messages"], task.block + 1)[0]}
+        else:
+            task.streams = {"eval": token_stream(_read_docs(self.cfg, path), self.encoder)}
+        return task._loss(self.model, "eval")
