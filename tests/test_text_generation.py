@@ -212,10 +212,14 @@ def test_hf_full_finetune_corpus_and_unmerged_adapters(tiny_gpt2, tmp_path):
     m = json.loads((full / "metrics.json").read_text(encoding="utf-8"))
     assert m["parameters"]["trainable"] == m["parameters"]["total"]
     assert m["test"]["loss"] < m["baseline"]["test"]["loss"]
-    unmerged = luban.train(hf_config(tmp_path / "runs", "adapters", tiny_gpt2, corpus,
-                                     model={"merge_adapters": False}, trainer={"epochs": 1},
+    # QLoRA-style: frozen base weights held in bfloat16, adapters trained in float32, kept unmerged
+    unmerged = luban.train(hf_config(tmp_path / "runs", "adapters", tiny_gpt2, corpus, trainer={"epochs": 1},
+                                     model={"merge_adapters": False, "base_dtype": "bfloat16"},
                                      preprocessing={"tokenizer": {"max_length": 32}}), quiet=True)
     assert (unmerged / "model" / "hf" / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(ConfigError, match="bfloat16 base weights"):
+        luban.train(hf_config(tmp_path / "runs", "bad", tiny_gpt2, corpus,
+                              model={"finetune": "full", "base_dtype": "bfloat16"}), quiet=True)
     r = luban.load(unmerged).generate_text("hello", temperature=0, max_new_tokens=4)
     assert r["tokens"] == 4
     frozen = luban.train(hf_config(tmp_path / "runs", "none", tiny_gpt2, corpus, model={"finetune": "none"},

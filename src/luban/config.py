@@ -499,6 +499,7 @@ class RunConfig(Section):
 CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micro", "weighted")
                                          for m in ("precision", "recall", "f1")]
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
+LOWER_IS_BETTER = {"loss", "perplexity", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
 TASK_METRICS = {"tabular_regression": REGRESSION_METRICS,
                 "object_detection": ["map50", "map", "map75"],
                 "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"],

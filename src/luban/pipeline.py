@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luban.config import RunConfig, load_config, render, validate
+from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.evaluate.report import write_report
 from luban.rundir import RunDir
 from luban.tasks import task_classes
@@ -121,7 +121,6 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     return out
 
 
-LOWER_IS_BETTER = {"loss", "perplexity", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
 
 
 def _mode(cfg: RunConfig, task) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from luban.config import RunConfig
+from luban.config import LOWER_IS_BETTER, RunConfig
 
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI","PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:2rem;
 color:#1d2330;max-width:1100px}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
@@ -71,14 +71,14 @@ def _per_class(pc: dict) -> str:
 def _comparison(metrics: dict) -> str:
     test, base = metrics["test"], metrics.get("baseline")
     keys = [k for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
-                        "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid") if k in test]
-    lower_better = {"rmse", "mae", "mse", "kid"}
+                        "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid", "loss",
+                        "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l") if k in test]
     head = "<tr><th class=l>model</th>" + "".join(f"<th>test {k}</th>" for k in keys) + "</tr>"
     rows = [head, "<tr><td class=l>luban model</td>"]
     for k in keys:
         cls = ""
         if base and k in base["test"]:
-            better = test[k] < base["test"][k] if k in lower_better else test[k] > base["test"][k]
+            better = test[k] < base["test"][k] if k in LOWER_IS_BETTER else test[k] > base["test"][k]
             cls = ' class="win"' if better else ' class="lose"'
         rows.append(f"<td{cls}>{test[k]:.4f}</td>")
     rows.append("</tr>")
