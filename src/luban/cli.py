@@ -106,6 +106,22 @@ def _cmd_generate(a):
                   f"{r.get('finish_reason', 'done')}]", file=sys.stderr)
 
 
+def _cmd_transcribe(a):
+    from luban.predictor import load
+
+    p = load(a.run)
+    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    try:
+        for path in a.audio:
+            files = p._impl.read_inputs(path)
+            for f, r in zip(files, p.predict(files), strict=True):
+                out.write(json.dumps({"file": str(f), **r}, ensure_ascii=False) + "\n")
+                out.flush()
+    finally:
+        if a.output:
+            out.close()
+
+
 def _cmd_serve(a):
     from luban.serve.app import serve
 
@@ -177,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gt.add_argument("--json", action="store_true", help="one JSON object per prompt (text, tokens, timing)")
     gt.set_defaults(fn=_cmd_generate)
+    tr = sub.add_parser("transcribe", help="speech runs: transcribe (or classify) audio files or folders")
+    tr.add_argument("run")
+    tr.add_argument("audio", nargs="+", help="audio files, folders of them, or a manifest CSV/JSONL")
+    tr.add_argument("--output", help="write JSON lines here instead of stdout")
+    tr.set_defaults(fn=_cmd_transcribe)
     s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
     s.add_argument("run")
     s.add_argument("--host", default="127.0.0.1")

@@ -37,6 +37,7 @@ class ColumnsConfig(Section):
                                        "([{role, content}, ...]; trained on the assistant turns)")
     source: ColumnRef | None = Field(None, description="seq2seq: the source text column (document to summarize)")
     target: ColumnRef | None = Field(None, description="seq2seq: the target text column (translation, summary)")
+    audio: ColumnRef | None = Field(None, description="audio file path column (speech tasks given a CSV/JSONL)")
 
 
 class CleanConfig(Section):
@@ -75,6 +76,10 @@ class DataConfig(Section):
     image_root: Path | None = Field(None, description="folder that relative image paths start from "
                                     "(default: the listing file's folder)")
     skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")
+    label_pattern: str | None = Field(
+        None, description="audio folders: a regex on each file name (no suffix) whose `label` group is the "
+        "transcript or class, e.g. '^(?P<label>\\d+)_' for FSDD's {digit}_{speaker}_{index}.wav; default: the "
+        "sub-folder name")
     annotation_format: Literal["auto", "voc", "coco", "csv"] = Field(
         "auto", description="object detection: Pascal VOC XML folder, COCO JSON, or CSV of boxes")
 
@@ -122,9 +127,35 @@ class ImageConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class AudioAugmentConfig(Section):
+    """Training-time audio augmentation (never at evaluation or prediction)."""
+
+    freq_masks: int = Field(2, ge=0, description="SpecAugment: frequency masks per utterance")
+    freq_mask_width: int = Field(8, ge=0, description="SpecAugment: widest frequency mask (mel bins)")
+    time_masks: int = Field(2, ge=0, description="SpecAugment: time masks per utterance")
+    time_mask_fraction: float = Field(0.1, ge=0, lt=1, description="SpecAugment: widest time mask (fraction "
+                                      "of the utterance)")
+    speed: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        (0.9, 1.1), description="random speed factor range (resampling); null: off")
+    noise_snr_db: tuple[float, float] | None = Field(None, description="add white noise at a random SNR in "
+                                                     "this range (dB); null: off")
+
+
+class AudioConfig(Section):
+    sample_rate: int = Field(16000, gt=0, description="every clip is resampled to this rate (soxr)")
+    n_mels: int = Field(80, gt=0)
+    win_ms: float = Field(25.0, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    max_seconds: float = Field(30.0, gt=0, description="longer clips are an error (or skipped with "
+                               "data.skip_bad_files)")
+    normalize: bool = Field(True, description="per-utterance mean/variance normalization of the log-mels")
+    augment: AudioAugmentConfig = Field(default_factory=AudioAugmentConfig)
+
+
 class PreprocessingConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     numeric: Literal["standard", "minmax", "none"] = Field("standard", description="tabular numeric scaling")
     bucket_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
 
@@ -362,10 +393,51 @@ class PretrainedSeq2SeqConfig(Section):
     max_target_length: int = Field(128, gt=0)
 
 
+class SpeechCTCConfig(Section):
+    """Speech recognition from scratch: a convolutional front end (4x time subsampling) + a BiGRU or
+    Conformer-lite encoder, trained with CTC over characters or words."""
+
+    type: Literal["ctc"] = "ctc"
+    encoder: Literal["bigru", "conformer"] = "bigru"
+    conv_channels: int = Field(64, gt=0)
+    hidden_size: int = Field(192, gt=0, description="GRU hidden size per direction / conformer width")
+    num_layers: int = Field(2, gt=0)
+    nhead: int = Field(4, gt=0, description="conformer attention heads")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    units: Literal["char", "word"] = Field("char", description="output units of the CTC head")
+    beam_width: int = Field(1, gt=0, description="CTC decoding: 1 = greedy, more = prefix beam search")
+
+
+class AudioClassifierConfig(Section):
+    """Whole-utterance classification (keyword spotting, spoken commands): the same encoder + attention pooling."""
+
+    type: Literal["audio_classifier"] = "audio_classifier"
+    encoder: Literal["bigru", "conformer"] = "bigru"
+    conv_channels: int = Field(64, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(1, gt=0)
+    nhead: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PretrainedSpeechConfig(Section):
+    """A Hugging Face speech model from a folder: CTC (wav2vec2, HuBERT, ...) or Whisper-style seq2seq."""
+
+    type: Literal["pretrained_speech"] = "pretrained_speech"
+    path: str = Field(description="HF model folder (with its processor), or a hub id with allow_download: true")
+    allow_download: bool = False
+    trust_remote_code: bool = False
+    freeze_feature_encoder: bool = Field(True, description="CTC models: keep the convolutional feature encoder "
+                                         "frozen")
+    language: str | None = Field(None, description="Whisper: language of the transcripts (e.g. zh, en)")
+    max_new_tokens: int = Field(128, gt=0, description="Whisper: longest transcript generated")
+
+
 ModelConfig = Annotated[
     Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig, ResNetConfig,
           PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
-          Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig],
+          Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
+          PretrainedSpeechConfig],
     Field(discriminator="type"),
 ]
 
@@ -442,7 +514,8 @@ class OutputConfig(Section):
 
 
 TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
-                   "object_detection", "image_generation", "text_generation", "translation", "summarization"]
+                   "object_detection", "image_generation", "text_generation", "translation", "summarization",
+                   "speech_recognition", "audio_classification"]
 
 # task -> (model types that fit it, the default model); the first model type is the default
 TASK_MODELS: dict[str, tuple[type, ...]] = {
@@ -455,6 +528,8 @@ TASK_MODELS: dict[str, tuple[type, ...]] = {
     "text_generation": (GPTConfig, PretrainedLMConfig),
     "translation": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
     "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
+    "speech_recognition": (SpeechCTCConfig, PretrainedSpeechConfig),
+    "audio_classification": (AudioClassifierConfig,),
 }
 
 
@@ -499,8 +574,9 @@ class RunConfig(Section):
 CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micro", "weighted")
                                          for m in ("precision", "recall", "f1")]
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
-LOWER_IS_BETTER = {"loss", "perplexity", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
-TASK_METRICS = {"tabular_regression": REGRESSION_METRICS,
+LOWER_IS_BETTER = {"loss", "perplexity", "cer", "wer", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
+TASK_METRICS = {"speech_recognition": ["cer", "wer", "exact_match", "loss"],
+                "tabular_regression": REGRESSION_METRICS,
                 "object_detection": ["map50", "map", "map75"],
                 "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"],
                 "text_generation": ["loss", "perplexity"],

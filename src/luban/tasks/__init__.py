@@ -16,6 +16,8 @@ _REGISTRY = {
     "translation": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
     "summarization": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
     "text_generation": ("luban.tasks.text_generation", "TextGenerationTask", "TextGenerationPredictor"),
+    "speech_recognition": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
+    "audio_classification": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
 }
 
 

@@ -1,0 +1,112 @@
+"""Speech recognition benchmark on the Free Spoken Digit Dataset (FSDD).
+
+    python benchmarks/speech.py --data ../shared/data/fsdd
+
+The conventional split: recordings 0-4 of each speaker/digit are the test set, the rest train. Two runs of the
+shipped example config (examples/fsdd_digits_ctc.yaml, a CTC model from scratch):
+- isolated digits: one recording per utterance, transcript = its digit -> digit_accuracy (exact transcript match);
+- connected digits: 3-6 recordings of one speaker concatenated with 50-300 ms pauses (training utterances only from
+  training recordings, test only from test recordings), transcript = the digit string -> cer.
+Last line: one JSON object.
+"""
+
+import argparse
+import csv
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, run_figures  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def split_recordings(folder: Path) -> dict[str, list[Path]]:
+    out = {"train": [], "test": []}
+    for p in sorted(folder.glob("*.wav")):
+        _, _, index = p.stem.split("_")
+        out["test" if int(index) < 5 else "train"].append(p)
+    return out
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["audio", "text"])
+        w.writerows(rows)
+    return path
+
+
+def connected(files: list[Path], n: int, out_dir: Path, seed: int) -> list[tuple[str, str]]:
+    """n utterances of 3-6 digits, each from one speaker's recordings in `files`, joined by short pauses."""
+    import soundfile as sf
+
+    rng = random.Random(seed)
+    by_speaker: dict[str, list[Path]] = {}
+    for p in files:
+        by_speaker.setdefault(p.stem.split("_")[1], []).append(p)
+    speakers = sorted(by_speaker)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        pool = by_speaker[rng.choice(speakers)]
+        picks = [rng.choice(pool) for _ in range(rng.randint(3, 6))]
+        parts = []
+        for j, p in enumerate(picks):
+            wave, rate = sf.read(str(p), dtype="float32")
+            if j:
+                parts.append(np.zeros(int(rate * rng.uniform(0.05, 0.3)), dtype=np.float32))
+            parts.append(wave)
+        path = out_dir / f"utt{k:05d}.wav"
+        sf.write(str(path), np.concatenate(parts), rate)
+        rows.append((str(path), "".join(p.stem.split("_")[0] for p in picks)))
+    return rows
+
+
+def train(config: str, work: Path, name: str, train_rows, test_rows, extra: list[str]):
+    import luban
+
+    overrides = [f"data.train={write_manifest(work / f'{name}_train.csv', train_rows)}",
+                 f"data.test={write_manifest(work / f'{name}_test.csv', test_rows)}",
+                 "data.columns.audio=audio", "data.columns.text=text", "data.label_pattern=null",
+                 f"output.dir={work / 'runs'}", f"output.name={name}", "output.tensorboard=false"] + extra
+    t0 = time.perf_counter()
+    run = luban.train(config, overrides)
+    total = time.perf_counter() - t0
+    return json.loads((run / "metrics.json").read_text(encoding="utf-8")), total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="the fsdd folder (with recordings/)")
+    ap.add_argument("--config", default=str(ROOT / "examples" / "fsdd_digits_ctc.yaml"))
+    ap.add_argument("--connected-train", type=int, default=3000, help="connected-digit training utterances")
+    ap.add_argument("--connected-test", type=int, default=500)
+    ap.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
+    ap.add_argument("--connected-set", action="append", default=[], help="extra overrides for the connected run")
+    a = ap.parse_args()
+
+    folder = Path(a.data).resolve()
+    rec = split_recordings(folder / "recordings" if (folder / "recordings").is_dir() else folder)
+    work = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    iso = {s: [(str(p), p.stem.split("_")[0]) for p in files] for s, files in rec.items()}
+    m_iso, t_iso = train(a.config, work, "isolated", iso["train"], iso["test"], a.set)
+    con_train = connected(rec["train"], a.connected_train, work / "connected_train", seed=0)
+    con_test = connected(rec["test"], a.connected_test, work / "connected_test", seed=1)
+    m_con, t_con = train(a.config, work, "connected", con_train, con_test, a.set + a.connected_set)
+    emit({"dataset": "fsdd", "config": Path(a.config).name,
+          "digit_accuracy": round(m_iso["test"]["exact_match"], 4), "isolated_cer": round(m_iso["test"]["cer"], 4),
+          "cer": round(m_con["test"]["cer"], 4), "connected_wer_utterance": round(1 - m_con["test"]["exact_match"], 4),
+          "train_seconds": round(m_iso["timings"]["train_seconds"] + m_con["timings"]["train_seconds"], 1),
+          "isolated": run_figures(m_iso, t_iso), "connected": run_figures(m_con, t_con),
+          "test_utterances": {"isolated": len(iso["test"]), "connected": len(con_test)}})
+
+
+if __name__ == "__main__":
+    main()

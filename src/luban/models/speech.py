@@ -1,0 +1,120 @@
+"""Speech models from scratch over log-mel features (batch, frames, n_mels) with per-utterance lengths.
+
+The encoder is a convolutional front end (two stride-2 3x3 convolutions: 4x fewer frames) followed by either a
+bidirectional GRU stack or Conformer-lite blocks (feed-forward / self-attention / depthwise convolution, each
+residual). `CTCModel` puts a linear CTC head on it (index 0 = blank); `AudioClassifier` pools it with masked
+attention for whole-utterance labels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def subsampled(lengths: torch.Tensor) -> torch.Tensor:
+    for _ in range(2):
+        lengths = (lengths - 1) // 2 + 1
+    return lengths
+
+
+class ConvFrontEnd(nn.Module):
+    def __init__(self, n_mels: int, channels: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU())
+        freq = (((n_mels - 1) // 2 + 1) - 1) // 2 + 1
+        self.proj = nn.Linear(channels * freq, out_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.conv(feats.unsqueeze(1))                    # (B, C, T/4, F/4)
+        b, c, t, f = x.shape
+        return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, dim: int, nhead: int, dropout: float, kernel: int = 15):
+        super().__init__()
+        self.ff1 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, nhead, dropout=dropout, batch_first=True)
+        self.conv_norm = nn.LayerNorm(dim)
+        self.pointwise = nn.Conv1d(dim, 2 * dim, 1)
+        self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.conv_bn = nn.BatchNorm1d(dim)
+        self.conv_out = nn.Conv1d(dim, dim, 1)
+        self.ff2 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.out_norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = x + 0.5 * self.ff1(x)
+        h = self.attn_norm(x)
+        x = x + self.drop(self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0])
+        h = self.conv_norm(x).masked_fill(pad[..., None], 0.0).transpose(1, 2)
+        h = F.glu(self.pointwise(h), dim=1)
+        h = self.conv_out(F.silu(self.conv_bn(self.depthwise(h))))
+        x = x + self.drop(h.transpose(1, 2))
+        x = x + 0.5 * self.ff2(x)
+        return self.out_norm(x)
+
+
+class SpeechEncoder(nn.Module):
+    def __init__(self, n_mels: int, encoder: str = "bigru", conv_channels: int = 64, hidden_size: int = 192,
+                 num_layers: int = 2, nhead: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.kind = encoder
+        self.front = ConvFrontEnd(n_mels, conv_channels, hidden_size)
+        self.drop = nn.Dropout(dropout)
+        if encoder == "bigru":
+            self.rnn = nn.GRU(hidden_size, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=True,
+                              dropout=dropout if num_layers > 1 else 0.0)
+            self.out_dim = 2 * hidden_size
+        else:
+            if hidden_size % nhead:
+                raise ValueError(f"hidden_size ({hidden_size}) must be divisible by nhead ({nhead})")
+            self.blocks = nn.ModuleList(ConformerBlock(hidden_size, nhead, dropout) for _ in range(num_layers))
+            self.out_dim = hidden_size
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.drop(self.front(feats))
+        out_len = subsampled(lengths).clamp(min=1, max=x.shape[1])
+        if self.kind == "bigru":
+            packed = nn.utils.rnn.pack_padded_sequence(x, out_len.cpu(), batch_first=True, enforce_sorted=False)
+            y, _ = self.rnn(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        else:
+            pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_len[:, None]
+            for block in self.blocks:
+                x = block(x, pad)
+        return self.drop(x), out_len
+
+
+class CTCModel(nn.Module):
+    """Log-probabilities over (blank + units) per subsampled frame."""
+
+    def __init__(self, n_mels: int, vocab_size: int, **encoder_kw):
+        super().__init__()
+        self.encoder = SpeechEncoder(n_mels, **encoder_kw)
+        self.head = nn.Linear(self.encoder.out_dim, vocab_size)
+
+    def forward(self, feats, lengths):
+        x, out_len = self.encoder(feats, lengths)
+        return self.head(x).float().log_softmax(dim=-1), out_len
+
+
+class AudioClassifier(nn.Module):
+    def __init__(self, n_mels: int, num_classes: int, **encoder_kw):
+        super().__init__()
+        self.encoder = SpeechEncoder(n_mels, **encoder_kw)
+        self.score = nn.Linear(self.encoder.out_dim, 1)
+        self.head = nn.Linear(self.encoder.out_dim, num_classes)
+
+    def forward(self, feats, lengths):
+        x, out_len = self.encoder(feats, lengths)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_len[:, None]
+        w = self.score(x).squeeze(-1).float().masked_fill(pad, float("-inf")).softmax(dim=1)
+        return self.head((w.unsqueeze(-1) * x.float()).sum(dim=1))
