@@ -233,3 +233,49 @@ def test_pretrained_ctc_fine_tunes_and_reloads(tiny_wav2vec2, spoken, tmp_path):
                                                                                 "preprocessor_config.json"))
     out = luban.load(run).predict([str(spoken["root"] / spoken["rows"][0][0])])
     assert isinstance(out[0]["text"], str)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A tiny random Whisper (1+1 layers) with a byte-level BPE Whisper tokenizer and the 16 kHz feature extractor."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import _byte_bpe
+
+    folder = tmp_path_factory.mktemp("whisper")
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    _byte_bpe(["abc cab bca a b c"] * 20, specials).model.save(str(folder))
+    tok = transformers.WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), language="en",
+                                        task="transcribe", predict_timestamps=False)
+    fe = transformers.WhisperFeatureExtractor(feature_size=80, sampling_rate=16000)
+    transformers.WhisperProcessor(feature_extractor=fe, tokenizer=tok).save_pretrained(str(folder))
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    torch.manual_seed(0)
+    conf = transformers.WhisperConfig(vocab_size=len(tok), num_mel_bins=80, encoder_layers=1, decoder_layers=1,
+                                      encoder_attention_heads=2, decoder_attention_heads=2, d_model=32,
+                                      encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
+                                      max_target_positions=64, pad_token_id=end, bos_token_id=end, eos_token_id=end,
+                                      decoder_start_token_id=start)
+    model = transformers.WhisperForConditionalGeneration(conf)
+    gc = model.generation_config
+    gc.decoder_start_token_id, gc.eos_token_id, gc.pad_token_id = start, end, end
+    gc.no_timestamps_token_id = ids["<|notimestamps|>"]
+    gc.forced_decoder_ids = gc.begin_suppress_tokens = gc.suppress_tokens = None
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def test_whisper_fine_tunes_and_transcribes(tiny_whisper, spoken, tmp_path):
+    small = tmp_path / "small.csv"  # Whisper pads every clip to 30 s: keep the sets tiny
+    with open(small, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("audio", "text")] + [(str(spoken["root"] / n), t) for n, t in spoken["rows"][:8]])
+    cfg = speech_config(tmp_path / "runs", "whisper", small, trainer={"epochs": 2, "lr": 1e-3, "batch_size": 4})
+    cfg["model"] = {"type": "pretrained_speech", "path": str(tiny_whisper), "max_new_tokens": 6}
+    run = luban.train(cfg, quiet=True)
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    cfgs = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
+    assert cfgs["preprocessing"]["audio"]["sample_rate"] == 16000  # the model's processor decides the rate
+    out = luban.load(run).predict([str(spoken["root"] / spoken["rows"][0][0])])
+    assert isinstance(out[0]["text"], str) and out[0]["audio_seconds"] > 0

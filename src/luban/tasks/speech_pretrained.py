@@ -48,6 +48,8 @@ class PretrainedSpeech:
                 from None
         self.seq2seq = bool(getattr(self.hf_config, "is_encoder_decoder", False))
         self.tokenizer = self.processor.tokenizer
+        if self.tokenizer.pad_token is None:  # padded label batches need one; Whisper pads with end-of-text
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
 
     def prepare(self, sets: dict) -> None:
