@@ -279,3 +279,18 @@ def test_whisper_fine_tunes_and_transcribes(tiny_whisper, spoken, tmp_path):
     assert cfgs["preprocessing"]["audio"]["sample_rate"] == 16000  # the model's processor decides the rate
     out = luban.load(run).predict([str(spoken["root"] / spoken["rows"][0][0])])
     assert isinstance(out[0]["text"], str) and out[0]["audio_seconds"] > 0
+
+
+@pytest.mark.parametrize("encoder", ["bigru", "conformer"])
+def test_encoders_ignore_padding(encoder):
+    from luban.models.speech import CTCModel
+
+    torch.manual_seed(0)
+    model = CTCModel(24, 5, encoder=encoder, conv_channels=4, hidden_size=16, num_layers=2, nhead=2).eval()
+    x = torch.randn(1, 37, 24)
+    padded = torch.cat([x, torch.zeros(1, 20, 24)], dim=1)
+    with torch.no_grad():
+        alone, n = model(x, torch.tensor([37]))
+        batch, m = model(torch.cat([padded, torch.randn(1, 57, 24)]), torch.tensor([37, 57]))
+    assert int(n[0]) == int(m[0]) == 10  # 37 frames -> 19 -> 10 after two stride-2 convolutions
+    assert torch.allclose(alone[0, :10], batch[0, :10], atol=1e-5)

@@ -22,13 +22,16 @@ def subsampled(lengths: torch.Tensor) -> torch.Tensor:
 class ConvFrontEnd(nn.Module):
     def __init__(self, n_mels: int, channels: int, out_dim: int):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.GELU(),
-                                  nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU())
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         freq = (((n_mels - 1) // 2 + 1) - 1) // 2 + 1
         self.proj = nn.Linear(channels * freq, out_dim)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.conv(feats.unsqueeze(1))                    # (B, C, T/4, F/4)
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv1(feats.unsqueeze(1)))           # (B, C, T/2, F/2)
+        valid = torch.arange(x.shape[2], device=x.device)[None, :] < ((lengths - 1) // 2 + 1)[:, None]
+        x = x * valid[:, None, :, None]                       # padding stays zero, so it cannot leak into frames
+        x = F.gelu(self.conv2(x))                             # (B, C, T/4, F/4)
         b, c, t, f = x.shape
         return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
 
@@ -54,8 +57,8 @@ class ConformerBlock(nn.Module):
         x = x + 0.5 * self.ff1(x)
         h = self.attn_norm(x)
         x = x + self.drop(self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0])
-        h = self.conv_norm(x).masked_fill(pad[..., None], 0.0).transpose(1, 2)
-        h = F.glu(self.pointwise(h), dim=1)
+        h = F.glu(self.pointwise(self.conv_norm(x).transpose(1, 2)), dim=1)
+        h = h.masked_fill(pad[:, None, :], 0.0)  # the depthwise convolution must see zeros past the end
         h = self.conv_out(F.silu(self.conv_bn(self.depthwise(h))))
         x = x + self.drop(h.transpose(1, 2))
         x = x + 0.5 * self.ff2(x)
@@ -80,7 +83,7 @@ class SpeechEncoder(nn.Module):
             self.out_dim = hidden_size
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.drop(self.front(feats))
+        x = self.drop(self.front(feats, lengths))
         out_len = subsampled(lengths).clamp(min=1, max=x.shape[1])
         if self.kind == "bigru":
             packed = nn.utils.rnn.pack_padded_sequence(x, out_len.cpu(), batch_first=True, enforce_sorted=False)
