@@ -58,7 +58,15 @@ def _cmd_predict(a):
 
     if not a.text and not a.input:
         raise LubanError("predict: give --text \"...\" (repeatable) or --input FILE")
-    p = load(a.run)
+    if a.backend == "ray":
+        from luban.lifecycle.batch_predict import ray_predict
+
+        if not a.input or not a.output:
+            raise LubanError("predict --backend ray: give --input FILE and --output FILE")
+        n = ray_predict(a.run, a.input, a.output, workers=a.workers)
+        print(f"wrote {n} predictions to {a.output}", file=sys.stderr)
+        return
+    p = load(a.run, backend=a.backend)
     kw = {k: v for k, v in (("top_k", a.top_k), ("draw", a.draw)) if v is not None}
     rows = []
     if a.text:
@@ -122,6 +130,98 @@ def _cmd_transcribe(a):
             out.close()
 
 
+def _cmd_tune(a):
+    from luban.lifecycle.tune import tune
+
+    tune(a.config, a.trials, jobs=a.jobs, timeout=a.timeout, resume=a.resume, storage=a.storage,
+         backend=a.backend, overrides=a.set)
+
+
+def _cmd_cv(a):
+    from luban.lifecycle.cv import cross_validate
+
+    cross_validate(a.config, a.folds, stratified=a.stratified, overrides=a.set)
+
+
+def _cmd_ensemble(a):
+    from luban.lifecycle.ensemble import create_ensemble
+
+    out = create_ensemble(a.runs, a.out, weighting=a.weighting, evaluate_on=a.data, overwrite=a.overwrite)
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    if "test" in m:
+        _print_metrics({k: v for k, v in m["test"].items() if k != "per_class"})
+    print(f"ensemble of {len(a.runs)} runs: {out}")
+
+
+def _cmd_recommend(a):
+    from luban.errors import LubanError
+    from luban.predictor import load
+
+    if not a.user and not a.all_users:
+        raise LubanError("recommend: give --user ID (repeatable) or --all-users")
+    p = load(a.run)
+    if a.all_users and a.output:
+        n = p.recommend_all(a.output, k=a.k, exclude_seen=a.exclude_seen)
+        print(f"wrote recommendations for {n} users to {a.output}", file=sys.stderr)
+        return
+    if a.all_users:
+        for r in p.recommend_all(k=a.k, exclude_seen=a.exclude_seen):
+            print(json.dumps(r, ensure_ascii=False))
+        return
+    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    try:
+        for user in a.user:
+            r = p.recommend(user, k=a.k, history=a.history, exclude_seen=a.exclude_seen)
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    finally:
+        if a.output:
+            out.close()
+
+
+def _cmd_similar_items(a):
+    from luban.predictor import load
+
+    p = load(a.run)
+    for item in a.item:
+        print(json.dumps(p.similar_items(item, k=a.k), ensure_ascii=False))
+
+
+def _cmd_export(a):
+    from luban.compress.export import export_run
+
+    export_run(a.run, a.format, opset=a.opset, dynamic_axes=a.dynamic_axes, samples=a.samples)
+
+
+def _cmd_compress(a):
+    from luban.errors import LubanError
+
+    chosen = [x for x in (a.quantize, a.prune, a.distill_from) if x is not None]
+    if len(chosen) != 1:
+        raise LubanError("compress: give exactly one of --quantize METHOD, --prune AMOUNT, --distill-from TEACHER_RUN")
+    if a.quantize:
+        from luban.compress.quantize import quantize_run
+
+        quantize_run(a.run, a.quantize, name=a.name, exclude_nodes=a.exclude_nodes,
+                     exclude_op_types=a.exclude_op_types, calibration_size=a.calibration_size,
+                     calibration_method=a.calibration_method, per_channel=a.per_channel, overwrite=a.overwrite)
+    elif a.prune is not None:
+        from luban.compress.prune import prune_run
+
+        prune_run(a.run, a.prune, structured=a.structured, finetune_epochs=a.finetune_epochs, lr=a.finetune_lr,
+                  name=a.name, overwrite=a.overwrite)
+    else:
+        from luban.compress.distill import distill_run
+
+        distill_run(a.run, a.distill_from, temperature=a.temperature, alpha=a.alpha, name=a.name, overrides=a.set,
+                    overwrite=a.overwrite)
+
+
+def _cmd_benchmark(a):
+    from luban.compress.bench import benchmark
+
+    benchmark(a.runs, a.data, batch_size=a.batch_size, latency_rows=a.latency_rows)
+
+
 def _cmd_serve(a):
     from luban.serve.app import serve
 
@@ -168,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--top-k", type=int, default=None, help="classification: keep the k most likely labels")
     pr.add_argument("--draw", default=None, metavar="DIR", help="object detection: write images with boxes here")
+    pr.add_argument("--backend", choices=["auto", "torch", "onnx", "ray"], default="auto",
+                    help="auto: the ONNX export when the run has one; ray: shard --input over Ray Data workers")
+    pr.add_argument("--workers", type=int, default=2, help="--backend ray: prediction workers")
 
     g = sub.add_parser("generate-images", help="sample images from a trained image-generation run")
     g.add_argument("run")
@@ -198,6 +301,81 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("audio", nargs="+", help="audio files, folders of them, or a manifest CSV/JSONL")
     tr.add_argument("--output", help="write JSON lines here instead of stdout")
     tr.set_defaults(fn=_cmd_transcribe)
+    tu = sub.add_parser("tune", help="hyperparameter search over the config's search: space (Optuna)")
+    tu.add_argument("config")
+    tu.add_argument("--trials", type=int, default=20, help="total trials (a resumed study counts finished ones)")
+    tu.add_argument("--jobs", type=int, default=1, help="trials at a time")
+    tu.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    tu.add_argument("--resume", action="store_true", help="continue the study stored for this config")
+    tu.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in runs/NAME-tune/)")
+    tu.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: trials as Ray Tune trials")
+    with_set(tu)
+    tu.set_defaults(fn=_cmd_tune)
+    cv = sub.add_parser("cv", help="k-fold cross-validation of a config")
+    cv.add_argument("config")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--stratified", action="store_true", help="keep label proportions in every fold")
+    with_set(cv)
+    cv.set_defaults(fn=_cmd_cv)
+    en = sub.add_parser("ensemble", help="combine finished runs of one task into an ensemble run")
+    en.add_argument("runs", nargs="+")
+    en.add_argument("--out", required=True, help="the ensemble's run directory")
+    en.add_argument("--weighting", choices=["mean", "validation"], default="mean",
+                    help="mean: equal weights; validation: weighted by each run's validation score")
+    en.add_argument("--data", default=None, help="labelled file to evaluate on (default: the members' test file)")
+    en.add_argument("--overwrite", action="store_true")
+    en.set_defaults(fn=_cmd_ensemble)
+    rc = sub.add_parser("recommend", help="recommendation: top-k items for users of a trained run")
+    rc.add_argument("run")
+    rc.add_argument("--user", action="append", default=[], help="user id (repeatable); unknown users get the "
+                    "fallback: --history, then features, then popularity")
+    rc.add_argument("--k", type=int, default=None, help="how many items (default: the run's recommendation.k)")
+    rc.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                    help="leave out items the user already has (default: the run's recommendation.exclude_seen)")
+    rc.add_argument("--history", default=None, metavar="ITEM,ITEM,...",
+                    help="items the user just interacted with, oldest first")
+    rc.add_argument("--all-users", action="store_true", help="every user of the run (batch, JSON lines)")
+    rc.add_argument("--output", default=None, help="write JSON lines here instead of stdout")
+    rc.set_defaults(fn=_cmd_recommend)
+    si = sub.add_parser("similar-items", help="recommendation: the items most similar to an item")
+    si.add_argument("run")
+    si.add_argument("item", nargs="+", help="item id(s)")
+    si.add_argument("--k", type=int, default=None)
+    si.set_defaults(fn=_cmd_similar_items)
+    ex = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (with a parity check)")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    ex.add_argument("--dynamic-axes", action=argparse.BooleanOptionalAction, default=True,
+                    help="dynamic batch (and sequence) axes; luban's ONNX predictor needs them (default: on)")
+    ex.add_argument("--samples", type=int, default=128, help="validation rows for the parity check")
+    ex.set_defaults(fn=_cmd_export)
+    cp = sub.add_parser("compress", help="quantize, prune or distill a run into a new run (metrics re-measured)")
+    cp.add_argument("run", help="the run to compress; with --distill-from: the student (a run or a YAML config)")
+    cp.add_argument("--quantize", choices=["int8-dynamic", "int8-static", "bf16"])
+    cp.add_argument("--prune", type=float, metavar="AMOUNT", help="fraction of Linear/Conv weights to zero")
+    cp.add_argument("--distill-from", metavar="TEACHER_RUN", help="train the student on this run's soft targets")
+    cp.add_argument("--name", help="the new run's name (default: RUN-METHOD, STUDENT-distilled)")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
+    cp.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NODE",
+                    help="int8: ONNX node names or glob patterns to keep in float (e.g. '/head/*')")
+    cp.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="int8: op types kept in float")
+    cp.add_argument("--per-channel", action="store_true", help="int8: per-channel weight scales")
+    cp.add_argument("--calibration-size", type=int, default=256, help="int8-static: training rows to calibrate on")
+    cp.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    cp.add_argument("--structured", action="store_true", help="prune whole output rows / filters (L2 norm)")
+    cp.add_argument("--finetune-epochs", type=int, default=1, help="prune: fine-tune epochs after pruning (0: none)")
+    cp.add_argument("--finetune-lr", type=float, default=None, help="prune: fine-tune lr (default: the run's lr)")
+    cp.add_argument("--temperature", type=float, default=2.0, help="distill: softmax temperature")
+    cp.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the soft-target loss")
+    with_set(cp)
+    cp.set_defaults(fn=_cmd_compress)
+    bm = sub.add_parser("benchmark", help="size, latency, throughput and accuracy of runs on a labelled file")
+    bm.add_argument("runs", nargs="+")
+    bm.add_argument("--data", required=True, help="labelled file with the training columns")
+    bm.add_argument("--batch-size", type=int, default=32, help="batch size for the throughput column")
+    bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
+    bm.set_defaults(fn=_cmd_benchmark)
     s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
     s.add_argument("run")
     s.add_argument("--host", default="127.0.0.1")

@@ -38,6 +38,14 @@ class ColumnsConfig(Section):
     source: ColumnRef | None = Field(None, description="seq2seq: the source text column (document to summarize)")
     target: ColumnRef | None = Field(None, description="seq2seq: the target text column (translation, summary)")
     audio: ColumnRef | None = Field(None, description="audio file path column (speech tasks given a CSV/JSONL)")
+    user: ColumnRef | None = Field(None, description="recommendation: the user id column (default: user, user_id, "
+                                   "userId, ... or column 0 without a header)")
+    item: ColumnRef | None = Field(None, description="recommendation: the item id column (default: item, item_id, "
+                                   "movieId, ... or column 1 without a header)")
+    rating: ColumnRef | None = Field(None, description="recommendation: the rating column (explicit feedback, or "
+                                     "binarized with recommendation.rating_threshold)")
+    timestamp: ColumnRef | None = Field(None, description="recommendation: the time column (unix seconds or a "
+                                        "date); orders each user's history")
 
 
 class CleanConfig(Section):
@@ -433,11 +441,144 @@ class PretrainedSpeechConfig(Section):
     max_new_tokens: int = Field(128, gt=0, description="Whisper: longest transcript generated")
 
 
+# ----------------------------------------------------------------------------------------------- recommendation
+
+
+class PopularityConfig(Section):
+    """Recommend the items with the most training interactions (the same list for everyone)."""
+
+    type: Literal["popularity"] = "popularity"
+
+
+class ItemKNNConfig(Section):
+    """Item-based collaborative filtering: cosine similarity between items' user vectors, top neighbours kept."""
+
+    type: Literal["itemknn"] = "itemknn"
+    neighbors: int = Field(100, gt=0, description="most similar items kept per item")
+    shrink: float = Field(0.0, ge=0, description="added to the cosine denominator (damps rare co-occurrences)")
+
+
+class BPRConfig(Section):
+    """BPR matrix factorization: user/item factors trained to rank each positive above sampled negatives."""
+
+    type: Literal["bpr"] = "bpr"
+    factors: int = Field(64, gt=0)
+    item_bias: bool = Field(True, description="a learned popularity term per item")
+    init_std: float = Field(0.1, gt=0, description="standard deviation of the initial factors")
+
+
+class NCFConfig(Section):
+    """Neural collaborative filtering (NeuMF): a GMF branch and an MLP branch over user/item embeddings,
+    trained with binary cross-entropy against sampled negatives."""
+
+    type: Literal["ncf"] = "ncf"
+    gmf_dim: int = Field(32, gt=0)
+    mlp_dims: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 32, 16],
+                                                        description="MLP layer widths; the first is 2x the MLP "
+                                                        "embedding size")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TwoTowerConfig(Section):
+    """A user tower and an item tower (id embedding + feature embeddings -> MLP), scored by cosine / temperature
+    against the positive and sampled negatives. Ids are dropped at random in training so the feature path alone
+    scores new users and items."""
+
+    type: Literal["two_tower"] = "two_tower"
+    dim: int = Field(64, gt=0, description="output vector size of both towers")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128])
+    feature_dim: int = Field(16, gt=0, description="embedding size of each feature column")
+    id_embeddings: bool = Field(True, description="false: features only (a pure content model)")
+    id_dropout: float = Field(0.2, ge=0, lt=1, description="training: chance an id is replaced by 'unknown'")
+    temperature: float = Field(0.1, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class SASRecConfig(Section):
+    """SASRec: a causal self-attention encoder over each user's recent items predicts the next item."""
+
+    type: Literal["sasrec"] = "sasrec"
+    max_length: int = Field(50, gt=1, description="most recent items the model reads")
+    hidden: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(1, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
+                                       "bce: the next item against sampled negatives (recommendation.negatives)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class ExplicitMFConfig(Section):
+    """Rating prediction: global mean + user bias + item bias + user . item factors, trained on squared error."""
+
+    type: Literal["mf_explicit"] = "mf_explicit"
+    factors: int = Field(32, gt=0)
+    init_std: float = Field(0.05, gt=0)
+
+
+class NegativesConfig(Section):
+    sampler: Literal["uniform", "popularity"] = Field(
+        "uniform", description="popularity: items drawn in proportion to count**popularity_exponent")
+    per_positive: int = Field(1, gt=0, description="negatives drawn per training interaction")
+    popularity_exponent: float = Field(0.75, ge=0)
+
+
+class FeatureTableConfig(Section):
+    """A user or item feature table, one row per id (used by the two_tower model). MovieLens u.user / u.item /
+    users.dat / movies.dat are read directly, with their columns typed already."""
+
+    path: Path | None = Field(None, description="CSV/TSV/JSONL/Parquet or a MovieLens table; null: none")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: bool = True
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    id: ColumnRef | None = Field(None, description="the id column; default: user/item (or user_id, ...), else "
+                                 "the first column")
+    categorical: list[ColumnRef] = Field(default_factory=list, description="one value per row, e.g. gender")
+    numeric: list[ColumnRef] = Field(default_factory=list, description="standardized numbers, e.g. age")
+    multi_valued: dict[str, str] = Field(default_factory=dict, description="column -> separator, e.g. "
+                                         "{genres: '|'}")
+    text: list[ColumnRef] = Field(default_factory=list, description="bags of lowercased words, e.g. a title")
+
+
+class RecommendationConfig(Section):
+    """Interactions -> ranked items: feedback, splitting, negatives, evaluation cutoffs, side features."""
+
+    feedback: Literal["auto", "implicit", "explicit"] = Field(
+        "auto", description="explicit: ratings are predicted (mf_explicit); implicit: every row is an "
+        "interaction; auto: explicit for mf_explicit")
+    rating_threshold: float | None = Field(None, description="implicit: keep only rows with rating >= this")
+    id_type: Literal["auto", "int", "str"] = Field(
+        "auto", description="int: ids must be integers (007 == 7); auto: int for MovieLens files, else str")
+    drop_duplicates: bool = Field(True, description="keep only the latest row of a repeated user-item pair")
+    min_user_interactions: int = Field(1, ge=1, description="drop users with fewer interactions (k-core)")
+    min_item_interactions: int = Field(1, ge=1, description="drop items with fewer interactions (k-core)")
+    split: Literal["leave_last_out", "temporal_ratio", "random_ratio"] = Field(
+        "leave_last_out", description="leave_last_out: each user's latest interaction is test and the one before "
+        "validation; temporal_ratio: the latest data.split.test / .validation fractions of all interactions; "
+        "random_ratio: seeded random fractions (data.split.seed)")
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    k: int = Field(10, gt=0, description="cutoff of hr, recall, ndcg and coverage")
+    ks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [5, 10, 20],
+                                                  description="more cutoffs in the detailed results")
+    exclude_seen: bool = Field(True, description="recommend/serve: leave out items the user already has "
+                               "(evaluation always does)")
+    user_features: FeatureTableConfig = Field(default_factory=FeatureTableConfig)
+    item_features: FeatureTableConfig = Field(default_factory=FeatureTableConfig)
+
+
 ModelConfig = Annotated[
     Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig, ResNetConfig,
           PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
           Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
-          PretrainedSpeechConfig],
+          PretrainedSpeechConfig,
+          PopularityConfig, ItemKNNConfig, BPRConfig, NCFConfig, TwoTowerConfig, SASRecConfig,
+          ExplicitMFConfig],
     Field(discriminator="type"),
 ]
 
@@ -449,6 +590,17 @@ class EarlyStoppingConfig(Section):
     metric: str | None = Field(None, description="validation metric to watch; default: the task's main metric")
     mode: Literal["auto", "max", "min"] = "auto"
     patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping; None: never")
+
+
+class DistributedConfig(Section):
+    """Data-parallel training over Ray Train workers (PyTorch DDP; gloo on CPU, nccl on GPUs)."""
+
+    backend: Literal["none", "ray"] = "none"
+    workers: int = Field(2, gt=0, description="training processes; trainer.batch_size stays the global batch")
+    address: str = Field("local", description="local: start Ray on this machine; auto: join the running "
+                         "cluster (ray start --head ...); or ray://host:10001")
+    cpus_per_worker: int = Field(1, gt=0)
+    use_gpu: bool | None = Field(None, description="default: when CUDA is present")
 
 
 class TrainerConfig(Section):
@@ -478,6 +630,7 @@ class TrainerConfig(Section):
                                         "training windows) between evaluations; default: one pass over the tokens")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.999), description="Adam/AdamW betas")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 class GenerationSettings(Section):
@@ -501,6 +654,50 @@ class GenerationSettings(Section):
     lead_n: int = Field(1, ge=1, description="summarization: sentences in the lead-N baseline")
 
 
+class SearchParam(Section):
+    """One hyperparameter of `luban tune`: a dotted config path -> its distribution."""
+
+    type: Literal["choice", "uniform", "loguniform", "int"]
+    values: list[Any] | None = Field(None, description="choice: the candidates")
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0, description="uniform / int: grid step")
+    log: bool = Field(False, description="int: sample on a log scale")
+    when: dict[str, Any] | None = Field(None, description="conditional: only sampled when these (earlier) "
+                                        "parameters have these values, e.g. {model.type: textcnn}")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs values: [...]")
+        elif self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        elif self.low > self.high or (self.type == "loguniform" and self.low <= 0):
+            raise ValueError(f"low/high out of order or not positive for {self.type}: {self.low}, {self.high}")
+        return self
+
+
+class SearchConfig(Section):
+    """The search space and strategy for `luban tune` (ignored by `luban train`)."""
+
+    space: dict[str, SearchParam] = Field(description="dotted config path -> distribution, e.g. trainer.lr: "
+                                          "{type: loguniform, low: 1e-4, high: 1e-1}")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "none"] = Field("median", description="stop trials whose intermediate validation "
+                                              "metric is worse than the median of earlier trials")
+    metric: str | None = Field(None, description="validation metric to optimize; default: the task's main metric")
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    seed: int | None = Field(None, description="sampler seed; default: the run's seed")
+    retrain: bool = Field(False, description="also retrain the best config on train + validation")
+
+
+class TrackingConfig(Section):
+    mlflow: str | None = Field(None, description="MLflow tracking URI, e.g. sqlite:///mlruns.db or "
+                               "http://mlflow:5000: params, per-epoch metrics, report and model as artifacts")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the task name")
+
+
 class EvaluationConfig(Section):
     baseline: bool = Field(True, description="also train a classical baseline on the same split")
     worst_examples: int = Field(20, ge=0, description="most confidently wrong examples kept for the report")
@@ -515,7 +712,8 @@ class OutputConfig(Section):
 
 TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
                    "object_detection", "image_generation", "text_generation", "translation", "summarization",
-                   "speech_recognition", "audio_classification"]
+                   "speech_recognition", "audio_classification",
+                   "recommendation"]
 
 # task -> (model types that fit it, the default model); the first model type is the default
 TASK_MODELS: dict[str, tuple[type, ...]] = {
@@ -530,6 +728,8 @@ TASK_MODELS: dict[str, tuple[type, ...]] = {
     "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
     "speech_recognition": (SpeechCTCConfig, PretrainedSpeechConfig),
     "audio_classification": (AudioClassifierConfig,),
+    "recommendation": (SASRecConfig, BPRConfig, ItemKNNConfig, PopularityConfig, NCFConfig, TwoTowerConfig,
+                       ExplicitMFConfig),
 }
 
 
@@ -542,6 +742,9 @@ class RunConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    recommendation: RecommendationConfig = Field(default_factory=RecommendationConfig)
+    search: SearchConfig | None = Field(None, description="hyperparameter search space (luban tune)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -576,6 +779,7 @@ CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micr
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
 LOWER_IS_BETTER = {"loss", "perplexity", "cer", "wer", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
 TASK_METRICS = {"speech_recognition": ["cer", "wer", "exact_match", "loss"],
+                "recommendation": ["ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"],
                 "tabular_regression": REGRESSION_METRICS,
                 "object_detection": ["map50", "map", "map75"],
                 "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"],
@@ -725,6 +929,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         p = getattr(cfg.data, split)
         if p is not None and not p.is_absolute() and not p.exists() and (path.parent / p).exists():
             setattr(cfg.data, split, path.parent / p)
+    for table in (cfg.recommendation.user_features, cfg.recommendation.item_features):
+        p = table.path
+        if p is not None and not p.is_absolute() and not p.exists() and (path.parent / p).exists():
+            table.path = path.parent / p
     if cfg.output.name is None:
         cfg.output.name = path.stem
     return cfg

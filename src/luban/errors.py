@@ -15,3 +15,7 @@ class DataError(LubanError):
 
 class RunError(LubanError):
     """A run directory is missing, incomplete or corrupted."""
+
+
+class ExportError(LubanError):
+    """A model cannot be exported or compressed the way that was asked (task, model type or format)."""

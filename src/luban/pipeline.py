@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
+from luban.errors import ConfigError
 from luban.evaluate.report import write_report
 from luban.rundir import RunDir
 from luban.tasks import task_classes
@@ -40,8 +41,13 @@ def _as_config(config, overrides) -> RunConfig:
     return load_config(config, overrides)
 
 
-def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False) -> Path:
-    """Train from a YAML path (or dict / RunConfig); returns the finished run directory."""
+def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False,
+          on_epoch_end=None, task_hook=None) -> Path:
+    """Train from a YAML path (or dict / RunConfig); returns the finished run directory.
+
+    `on_epoch_end(record)` is called with each epoch's history record (e.g. to prune a hyperparameter trial:
+    an exception raised there stops the run and discards its directory). `task_hook(task)` runs after the data
+    is prepared, before the run directory exists (it may replace task.loss)."""
     cfg = _as_config(config, overrides)
     if resume:
         from luban.config import read_yaml
@@ -56,12 +62,20 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     t0 = time.perf_counter()
     # every data error surfaces here, before a run dir exists; a task may read its own inputs (e.g. annotations)
     task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
+    if task_hook is not None:  # e.g. distillation: teacher soft targets + its loss (luban.compress.distill)
+        task_hook(task)
     prep_seconds = time.perf_counter() - t0
 
     run = RunDir(cfg.output.dir, cfg.output.name)
     work = run.start(cfg.output.overwrite, resume)
     keep_partial = False
+    tracker = None
     try:
+        if cfg.tracking.mlflow:
+            from luban.lifecycle.tracking import MlflowTracker
+
+            tracker = MlflowTracker(cfg)
+        callbacks = [c for c in (on_epoch_end, tracker.log_epoch if tracker else None) if c is not None]
         (work / "config.yaml").write_text(render(cfg), encoding="utf-8")
         device = select_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device, task.prefers_bf16_on_cpu())
@@ -75,12 +89,22 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
                   f"{device.type} {precision}, {torch.get_num_threads()} threads", flush=True)
         keep_partial = True  # from here an interruption leaves checkpoints to resume from
         t_fit = time.perf_counter()
-        fit_fn = getattr(task, "fit", None) or fit  # a task with its own loop (e.g. a GAN's two optimizers)
-        result = fit_fn(model, train_batches=task.train_batches, loss_fn=task.loss,
-                     evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
-                     metric=cfg.trainer.early_stopping.metric or task.main_metric,
-                     mode=_mode(cfg, task), device=device, precision=precision, workdir=work, resume=resume,
-                     tensorboard=cfg.output.tensorboard)
+        metric = cfg.trainer.early_stopping.metric or task.main_metric
+        own_loop = getattr(task, "fit", None)  # a task with its own loop (e.g. a GAN's two optimizers)
+        if cfg.trainer.distributed.backend == "ray":
+            from luban.training.distributed import ray_fit
+
+            if own_loop is not None:
+                raise ConfigError(f"trainer.distributed: task {cfg.task} with model {cfg.model.type} trains with "
+                                  "its own loop; distributed training is for the shared engine's models")
+            result = ray_fit(cfg, model, work=work, resume=resume, metric=metric, mode=_mode(cfg, task),
+                             precision=precision)
+        else:
+            kw = {"on_epoch_end": lambda state: [c(state["history"][-1]) for c in callbacks]} if callbacks else {}
+            result = (own_loop or fit)(model, train_batches=task.train_batches, loss_fn=task.loss,
+                                       evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
+                                       metric=metric, mode=_mode(cfg, task), device=device, precision=precision,
+                                       workdir=work, resume=resume, tensorboard=cfg.output.tensorboard, **kw)
         fit_seconds = time.perf_counter() - t_fit
         keep_partial = False
 
@@ -110,12 +134,18 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         out = run.finish()
     except (KeyboardInterrupt, SystemExit):
+        if tracker:
+            tracker.close("KILLED")
         if not keep_partial:  # interrupted during training: keep checkpoints for --resume
             run.discard()
         raise
     except BaseException:
+        if tracker:
+            tracker.close("FAILED")
         run.discard()
         raise
+    if tracker:
+        tracker.finish(out, metrics, result.history)
     if not quiet:
         print_summary(out, metrics)
     return out

@@ -14,13 +14,23 @@ from luban.training.hardware import select_device, set_threads
 class Predictor:
     """Facade over the task's predictor: predict(inputs) -> list of JSON-ready dicts; evaluate(path) -> metrics."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "auto"):
+        from luban.compress.backends import choose_backend
+
         self.run_dir = check_finished(run_dir)
         self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
         set_threads(self.config.trainer.num_threads)
         _, PredictorCls = task_classes(self.config.task)
+        if (self.run_dir / "model" / "ensemble.json").is_file():  # luban ensemble: combines its member runs
+            from luban.lifecycle.ensemble import EnsemblePredictor
+
+            self.backend, self._impl = "ensemble", EnsemblePredictor(self.run_dir, device)
+            return
+        # "onnx" when the run has an ONNX export (luban export / compress) and onnxruntime is installed
+        self.backend = choose_backend(self.run_dir, PredictorCls, backend)
+        kw = {"backend": self.backend} if getattr(PredictorCls, "exportable", False) else {}
         try:
-            self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device))
+            self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device), **kw)
         except (OSError, ValueError, KeyError) as e:  # a damaged model/ folder: missing or unparsable files
             raise RunError(f"{self.run_dir / 'model'}: missing or corrupted model files "
                            f"({type(e).__name__}: {e})") from None
@@ -66,6 +76,42 @@ class Predictor:
             raise LubanError(f"{self.run_dir}: task {self.task} does not generate; use predict()")
         return self._impl.generate(**kw)
 
+    def _recommender(self, what: str):
+        fn = getattr(self._impl, what, None)
+        if fn is None:
+            raise LubanError(f"{self.run_dir}: task {self.task} does not recommend; use predict()")
+        return fn
 
-def load(run_dir: str | Path, device: str = "auto") -> Predictor:
-    return Predictor(run_dir, device)
+    def recommend(self, user, k: int | None = None, history=None, exclude_seen: bool | None = None,
+                  features: dict | None = None) -> dict:
+        """Recommendation: the top-k items for `user` ({user, strategy, items: [{item, score}]}). `history`: items
+        just interacted with (a list or "a,b,c"); an unknown user falls back to the history, then `features`
+        (two-tower), then popularity; `strategy` says which served the answer."""
+        return self._recommender("recommend")(user, k=k, history=history, exclude_seen=exclude_seen,
+                                              features=features)
+
+    def recommend_all(self, output: str | Path | None = None, k: int | None = None,
+                      exclude_seen: bool | None = None):
+        """Recommendation: top-k for every user of the run; written as JSON lines to `output` (returns the count)
+        or returned as a list."""
+        rows = self._recommender("recommend_all")(k=k, exclude_seen=exclude_seen)
+        if output is None:
+            return list(rows)
+        import json
+
+        n = 0
+        with open(output, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+        return n
+
+    def similar_items(self, item, k: int | None = None) -> dict:
+        """Recommendation: the k items most similar to `item` ({item, strategy, items: [{item, score}]})."""
+        return self._recommender("similar_items")(item, k=k)
+
+
+def load(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Predictor:
+    """A run's predictor. backend: "auto" (the ONNX export when the run has one, else PyTorch), "torch" (force
+    PyTorch), "onnx" (insist on the export)."""
+    return Predictor(run_dir, device, backend)

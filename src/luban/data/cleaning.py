@@ -92,3 +92,42 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
     out.attrs["source"] = src
     rep.rows_out = len(out)
     return out, rep
+
+
+def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: CleanConfig, dedupe: bool = True,
+                     names: tuple[str, str] = ("source", "target")) -> tuple[pd.DataFrame, CleaningReport]:
+    """Text pairs (seq2seq source/target, prompt/response): a frame with columns `names` and _line, and the account
+    of dropped rows. The first text is normalized by `cfg` (NFKC, whitespace, lowercase); the second is an output
+    to learn and score as written, so only its whitespace is tidied. An empty first text follows
+    cfg.drop_empty, an empty second one cfg.drop_missing_label (drop with a count, or an error naming the row);
+    `dedupe` drops exact duplicate pairs (training data only)."""
+    src = df.attrs.get("source", "data")
+    rep = CleaningReport(source=src, rows_in=len(df))
+    cols = {}
+    for name, col in zip(names, (first_col, second_col)):
+        values = df[col]
+        bad = [i for i, t in enumerate(values) if t is not None and not isinstance(t, str)]
+        if bad:
+            i = bad[0]
+            raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {col!r}: expected text, "
+                            f"found {type(values.iloc[i]).__name__} {values.iloc[i]!r}")
+        cols[name] = [("" if t is None else normalize_text(t, cfg) if name == names[0]
+                       else " ".join(t.split())) for t in values]
+    out = pd.DataFrame({**cols, LINE: df[LINE].to_numpy()})
+    for name, col, drop in ((names[0], first_col, cfg.drop_empty), (names[1], second_col, cfg.drop_missing_label)):
+        empty = out[name] == ""
+        if empty.any():
+            if not drop:
+                option = "drop_empty" if name == names[0] else "drop_missing_label"
+                raise DataError(f"{src}: line {out[LINE][empty].iloc[0]}: field {col!r}: empty {name} "
+                                f"(set data.clean.{option}: true to drop such rows)")
+            rep.drop(f"empty {name}", out[LINE][empty])
+            out = out[~empty]
+    if dedupe and cfg.drop_duplicates:
+        dup = out.duplicated(subset=list(names), keep="first")
+        rep.drop("exact duplicates", out[LINE][dup])
+        out = out[~dup]
+    out = out.reset_index(drop=True)
+    out.attrs["source"] = src
+    rep.rows_out = len(out)
+    return out, rep

@@ -72,7 +72,8 @@ def _comparison(metrics: dict) -> str:
     test, base = metrics["test"], metrics.get("baseline")
     keys = [k for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
                         "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid", "loss",
-                        "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l") if k in test]
+                        "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l",
+                        "ndcg", "hr", "recall", "mrr", "coverage") if k in test]
     head = "<tr><th class=l>model</th>" + "".join(f"<th>test {k}</th>" for k in keys) + "</tr>"
     rows = [head, "<tr><td class=l>luban model</td>"]
     for k in keys:

@@ -18,6 +18,7 @@ _REGISTRY = {
     "text_generation": ("luban.tasks.text_generation", "TextGenerationTask", "TextGenerationPredictor"),
     "speech_recognition": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
     "audio_classification": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
+    "recommendation": ("luban.tasks.recommendation", "RecommendationTask", "RecommendationPredictor"),
 }
 
 

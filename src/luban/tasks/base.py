@@ -7,6 +7,7 @@ pipeline, CLI and predictor never branch on task names; they ask the task.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,7 @@ from torch import nn
 from luban.config import RunConfig
 from luban.data.builtin import get_builtin
 from luban.data.readers import LINE, read_table
-from luban.errors import DataError
+from luban.errors import DataError, ExportError
 
 
 def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
@@ -136,6 +137,23 @@ def run_model(model: nn.Module, batches: Batches, forward: Callable[[nn.Module, 
     return out if out is not None else torch.empty((0,))
 
 
+def sample_rows(n: int, limit: int | None, seed: int = 0) -> list[int]:
+    """Up to `limit` row indexes of a split of n rows: a seeded random sample (all rows when limit is None)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+@dataclass
+class ExportSpec:
+    """How a task's model looks from outside: the tensors forward() takes (in order) and returns, and which of
+    their axes vary (batch, sequence length). Exporters and the ONNX runtime backend rely on it."""
+
+    input_names: list[str]
+    output_names: list[str] = field(default_factory=lambda: ["output"])
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
 class Task:
     """Training side of a task. Subclasses set name/main_metric/mode and implement the hooks."""
 
@@ -174,14 +192,46 @@ class Task:
         """Extra HTML sections for report.html (image grids, samples); none by default."""
         return []
 
+    # compression hooks (luban.compress): export parity, calibration, pruning fine-tune, distillation. A task whose
+    # predictor is `exportable` implements them, plus export_spec() and batch_logits(model, batch) (the model's raw
+    # outputs for one training batch), usually on the mixin its Task and Predictor share.
+    def split_inputs(self, split: str, limit: int | None = None, batch_size: int = 32) -> list[tuple]:
+        """Batches of model inputs (tuples of tensors, forward()'s arguments) for a sample of a split's rows,
+        preprocessed exactly as evaluate() does."""
+        raise ExportError(f"export and compression are not supported for task {self.cfg.task}")
+
+    def split_logits(self, model: nn.Module, split: str) -> torch.Tensor:
+        """The model's raw outputs (before softmax) for every row of a split, in row order."""
+        raise ExportError(f"export and compression are not supported for task {self.cfg.task}")
+
+    def batch_labels(self, batch: dict) -> torch.Tensor:
+        """The label ids of one training batch (distillation)."""
+        raise ExportError(f"distillation is not supported for task {self.cfg.task}")
+
 
 class Predictor:
-    """Inference side: loaded from a run directory, returns JSON-ready dicts."""
+    """Inference side: loaded from a run directory, returns JSON-ready dicts.
+
+    A task whose predictor sets `exportable = True` implements `export_spec() -> ExportSpec` and builds its model
+    through `load_model(build)`: that is what lets `luban export` / `luban compress` work on it and `luban.load` run it on
+    the ONNX runtime (backend "onnx") or in bf16 with the same preprocessing and postprocessing."""
 
     task = ""
+    exportable = False
 
-    def __init__(self, cfg: RunConfig, folder: Path, device: torch.device):
-        self.cfg, self.folder, self.device = cfg, folder, device
+    def __init__(self, cfg: RunConfig, folder: Path, device: torch.device, backend: str = "torch"):
+        self.cfg, self.folder, self.device, self.backend = cfg, folder, device, backend
+
+    def load_model(self, build: Callable[[], nn.Module]) -> nn.Module:
+        """The run's model for inference: `build()` + the saved weights on self.device (in bf16 for a bf16-compressed
+        run), or the ONNX export wrapped as a module (backend "onnx"); either is called like the torch model."""
+        from luban.compress.backends import runtime_model
+
+        return runtime_model(self, build)
+
+    def export_hf(self, folder: Path) -> bool:
+        """Write the model in Hugging Face `save_pretrained` layout; False when it has no HF backbone."""
+        return False
 
     def predict(self, inputs) -> list[dict]: ...
     def evaluate(self, path: str | Path) -> dict: ...

@@ -23,8 +23,8 @@ from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, l
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
-from luban.tasks.base import LabelMap, Predictor, Task, read_file, run_model, split_labelled
-from luban.training.checkpoint import load_weights
+from luban.tasks.base import (ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
+                              split_labelled)
 
 META = "image_meta.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -420,16 +420,25 @@ class _ImageModelUser:
             x = x.expand(-1, mean.shape[1], -1, -1)
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def probabilities(self, model: nn.Module, eval_u8: torch.Tensor) -> torch.Tensor:
+    def logits(self, model: nn.Module, eval_u8: torch.Tensor) -> torch.Tensor:
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
         n = eval_u8.shape[0]
         batches = [{"index": torch.arange(i, min(n, i + bs))} for i in range(0, n, bs)]
 
         def forward(m, batch):
-            x = eval_u8[batch["index"]].to(self.device).float().div_(255)
-            return m(self.normalize(x))
+            return m(self.pixels(eval_u8[batch["index"]]))
 
-        return torch.softmax(run_model(model, batches, forward, n), dim=-1)
+        return run_model(model, batches, forward, n)
+
+    def pixels(self, u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) eval crops -> the model's normalized input."""
+        return self.normalize(u8.to(self.device).float().div_(255))
+
+    def probabilities(self, model: nn.Module, eval_u8: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(model, eval_u8), dim=-1)
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(["pixels"], ["logits"], {"pixels": {0: "batch"}, "logits": {0: "batch"}})
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -515,8 +524,22 @@ class ImageClassificationTask(Task, _ImageModelUser):
             batch.update(labels_b=y_b, lam=lam)
         return batch
 
+    def batch_logits(self, model, batch):
+        return model(self.normalize(batch["x"]))
+
+    def batch_labels(self, batch):
+        return batch["labels"].to(self.device)
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        rows = sample_rows(len(self.data[split]), limit, self.cfg.seed)
+        ev = self.data[split].eval
+        return [(self.pixels(ev[rows[i:i + batch_size]]).contiguous(),) for i in range(0, len(rows), batch_size)]
+
+    def split_logits(self, model, split):
+        return self.logits(model, self.data[split].eval)
+
     def loss(self, model, batch):
-        logits = model(self.normalize(batch["x"]))
+        logits = self.batch_logits(model, batch)
         ls = self.cfg.trainer.label_smoothing
         y = batch["labels"].to(self.device)
         loss = F.cross_entropy(logits, y, label_smoothing=ls)
@@ -595,15 +618,24 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 
 class ImageClassificationPredictor(Predictor, _ImageModelUser):
     task = "image_classification"
+    exportable = True
 
-    def __init__(self, cfg, folder, device):
-        super().__init__(cfg, folder, device)
+    def __init__(self, cfg, folder, device, backend="torch"):
+        super().__init__(cfg, folder, device, backend)
         self.meta = json.loads((folder / META).read_text(encoding="utf-8"))
         self.labels = LabelMap.load(folder)
         backbone = str(folder / "backbone") if cfg.model.type == "pretrained_image" else None
-        self.model = build_image_model(cfg, len(self.labels.labels), self.meta["channels"], backbone)
-        load_weights(self.model, folder)
-        self.model.to(device).to(memory_format=torch.channels_last).eval()
+        self.model = self.load_model(lambda: build_image_model(cfg, len(self.labels.labels), self.meta["channels"],
+                                                               backbone))
+        self.model.to(memory_format=torch.channels_last)
+
+    def export_hf(self, folder):
+        if self.cfg.model.type != "pretrained_image":
+            return False
+        from luban.models.hf_classifier import save_image_classifier
+
+        save_image_classifier(self.model, self.labels.labels, self.meta, folder)
+        return True
 
     def _working(self, items: list, names: list[str]) -> torch.Tensor:
         arrs = [load_one(v, self.meta["mode"], self.meta["resize"], n) for v, n in zip(items, names)]

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
-from luban.errors import ConfigError, DataError
+from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.baselines import tabular_baselines
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
 from luban.models.mlp import TabularMLP
-from luban.tasks.base import Batches, LabelMap, Predictor, Task, read_file, run_model, to_device
-from luban.training.checkpoint import load_weights
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
+                              to_device)
 
 
 class TabularPreprocessor:
@@ -148,16 +148,22 @@ class _TabularModelUser:
 
         return Batches(order, collate)
 
-    def outputs(self, model, x_num, x_cat) -> torch.Tensor:
+    def raw_outputs(self, model, x_num, x_cat) -> torch.Tensor:
         n = len(x_num)
         bs = 1024
         order = [list(range(i, min(n, i + bs))) for i in range(0, n, bs)]
+        return run_model(model, self.batches(x_num, x_cat, None, order), self.batch_logits, n)
 
-        def forward(m, b):
-            b = to_device(b, self.device)
-            return m(b["num"], b["cat"])
+    def batch_logits(self, model, batch):
+        b = to_device(batch, self.device)
+        return model(b["num"], b["cat"])
 
-        out = run_model(model, self.batches(x_num, x_cat, None, order), forward, n)
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(["numeric", "categorical"], ["output"],
+                          {"numeric": {0: "batch"}, "categorical": {0: "batch"}, "output": {0: "batch"}})
+
+    def outputs(self, model, x_num, x_cat) -> torch.Tensor:
+        out = self.raw_outputs(model, x_num, x_cat)
         if self.regression:
             return out.squeeze(-1) * self.y_scale + self.y_center
         return torch.softmax(out, dim=-1)
@@ -219,11 +225,26 @@ class TabularTask(Task, _TabularModelUser):
         return self.batches(x_num, x_cat, y, [perm[i:i + bs] for i in range(0, len(perm), bs)])
 
     def loss(self, model, batch):
-        b = to_device(batch, self.device)
-        out = model(b["num"], b["cat"])
+        out = self.batch_logits(model, batch)
+        y = batch["y"].to(self.device)
         if self.regression:
-            return F.mse_loss(out.squeeze(-1).float(), (b["y"] - self.y_center) / self.y_scale)
-        return F.cross_entropy(out, b["y"])
+            return F.mse_loss(out.squeeze(-1).float(), (y - self.y_center) / self.y_scale)
+        return F.cross_entropy(out, y)
+
+    def batch_labels(self, batch):
+        if self.regression:
+            raise ExportError("distillation is for classification tasks; tabular_regression has no soft targets")
+        return batch["y"].to(self.device)
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        x_num, x_cat, _ = self.data[split]
+        rows = sample_rows(len(x_num), limit, self.cfg.seed)
+        return [(x_num[rows[i:i + batch_size]], x_cat[rows[i:i + batch_size]])
+                for i in range(0, len(rows), batch_size)]
+
+    def split_logits(self, model, split):
+        x_num, x_cat, _ = self.data[split]
+        return self.raw_outputs(model, x_num, x_cat)
 
     def evaluate(self, model, split, detailed=False):
         x_num, x_cat, y = self.data[split]
@@ -246,8 +267,10 @@ class TabularTask(Task, _TabularModelUser):
 
 
 class TabularPredictor(Predictor, _TabularModelUser):
-    def __init__(self, cfg, folder, device):
-        super().__init__(cfg, folder, device)
+    exportable = True
+
+    def __init__(self, cfg, folder, device, backend="torch"):
+        super().__init__(cfg, folder, device, backend)
         self.task = cfg.task
         self.regression = cfg.task == "tabular_regression"
         meta = json.loads((folder / "preprocessing.json").read_text(encoding="utf-8"))
@@ -257,11 +280,9 @@ class TabularPredictor(Predictor, _TabularModelUser):
             self.label_map = LabelMap.load(folder)
         m = cfg.model
         out_dim = 1 if self.regression else len(self.label_map.labels)
-        self.model = TabularMLP(len(self.pre.numeric), self.pre.cardinalities(), out_dim,
-                                hidden_sizes=m.hidden_sizes, activation=m.activation, dropout=m.dropout,
-                                batch_norm=m.batch_norm, embedding_dim=m.embedding_dim)
-        load_weights(self.model, folder)
-        self.model.to(device).eval()
+        self.model = self.load_model(lambda: TabularMLP(
+            len(self.pre.numeric), self.pre.cardinalities(), out_dim, hidden_sizes=m.hidden_sizes,
+            activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm, embedding_dim=m.embedding_dim))
 
     def _frame(self, inputs) -> pd.DataFrame:
         if isinstance(inputs, pd.DataFrame):

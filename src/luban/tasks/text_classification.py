@@ -17,9 +17,8 @@ from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretraine
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
-from luban.tasks.base import (Batches, LabelMap, Predictor, Task, read_file, run_model, split_labelled,
-                              to_device)
-from luban.training.checkpoint import load_weights
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
+                              sample_rows, split_labelled, to_device)
 
 
 def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: int,
@@ -124,9 +123,15 @@ class _TextModelUser:
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
         return Batches(epoch_batches(data.lengths, bs, 0, 0, shuffle=False), _collate(data, self.pad_id))
 
+    def logits(self, model, data: EncodedTexts) -> torch.Tensor:
+        return run_model(model, self.eval_batches(data), _forward(self.device), len(data))
+
     def probabilities(self, model, data: EncodedTexts) -> torch.Tensor:
-        logits = run_model(model, self.eval_batches(data), _forward(self.device), len(data))
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(self.logits(model, data), dim=-1)
+
+    def export_spec(self) -> ExportSpec:
+        seq = {0: "batch", 1: "length"}
+        return ExportSpec(["ids", "mask"], ["logits"], {"ids": seq, "mask": seq, "logits": {0: "batch"}})
 
 
 def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list[str], worst: int) -> dict:
@@ -186,8 +191,23 @@ class TextClassificationTask(Task, _TextModelUser):
         return Batches(idx, _collate(d, self.pad_id))
 
     def loss(self, model, batch):
-        b = to_device(batch, self.device)
-        return F.cross_entropy(model(b["ids"], b["mask"]), b["labels"])
+        return F.cross_entropy(self.batch_logits(model, batch), self.batch_labels(batch))
+
+    def batch_logits(self, model, batch):
+        return _forward(self.device)(model, batch)
+
+    def batch_labels(self, batch):
+        return batch["labels"].to(self.device)
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        d = self.data[split]
+        rows = sample_rows(len(d), limit, self.cfg.seed)  # mixed lengths: batches with padding
+        collate = _collate(d, self.pad_id)
+        return [(b["ids"], b["mask"]) for b in (collate(rows[i:i + batch_size])
+                                                for i in range(0, len(rows), batch_size))]
+
+    def split_logits(self, model, split):
+        return self.logits(model, self.data[split])
 
     def evaluate(self, model, split, detailed=False):
         probs = self.probabilities(model, self.data[split])
@@ -211,9 +231,10 @@ class TextClassificationTask(Task, _TextModelUser):
 
 class TextClassificationPredictor(Predictor, _TextModelUser):
     task = "text_classification"
+    exportable = True
 
-    def __init__(self, cfg, folder, device):
-        super().__init__(cfg, folder, device)
+    def __init__(self, cfg, folder, device, backend="torch"):
+        super().__init__(cfg, folder, device, backend)
         import json
 
         meta = json.loads((folder / "model_meta.json").read_text(encoding="utf-8"))
@@ -221,9 +242,16 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
         self.labels = LabelMap.load(folder)
         self.pad_id = meta["pad_id"]
         backbone = str(folder / "backbone") if cfg.model.type == "pretrained" else None
-        self.model = build_text_model(cfg, meta["vocab_size"], len(self.labels.labels), self.pad_id, backbone)
-        load_weights(self.model, folder)
-        self.model.to(device).eval()
+        self.model = self.load_model(lambda: build_text_model(cfg, meta["vocab_size"], len(self.labels.labels),
+                                                              self.pad_id, backbone))
+
+    def export_hf(self, folder):
+        if self.cfg.model.type != "pretrained":
+            return False
+        from luban.models.hf_classifier import save_text_classifier
+
+        save_text_classifier(self.model, self.encoder.tok, self.labels.labels, self.cfg.model.pooling, folder)
+        return True
 
     def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(frame, self.encoder, labels)

@@ -106,19 +106,37 @@ def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.
     return improved
 
 
+def shard_batches(batches, rank: int, world_size: int):
+    """This worker's part of every batch (rows rank, rank + world, ...), so the global batch and the number of
+    steps match a single-process run; batches too small to give every worker a row are skipped by all."""
+    if world_size == 1:
+        return batches
+    if not hasattr(batches, "index_batches"):
+        raise ValueError("distributed training needs batches with index_batches (tasks.base.Batches)")
+    return type(batches)([b[rank::world_size] for b in batches.index_batches if len(b) >= world_size],
+                         batches.collate)
+
+
 def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Callable, evaluate_fn: Callable,
         cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
-        resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None) -> FitResult:
-    """Train `model` in place; on return it holds the best weights by `metric` on validation."""
+        resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None,
+        rank: int = 0, world_size: int = 1) -> FitResult:
+    """Train `model` in place; on return it holds the best weights by `metric` on validation.
+
+    With world_size > 1 (Ray Train workers), `model` is the DDP-wrapped module, each worker trains on its shard of
+    every batch, and `workdir` is where this worker writes (only rank 0's is the run directory)."""
     ckpt = workdir / "checkpoints"
+    core = getattr(model, "module", model)  # the plain module under a DDP wrapper: optimizer groups, checkpoints
+    if world_size > 1:
+        train_batches = (lambda fn: lambda epoch: shard_batches(fn(epoch), rank, world_size))(train_batches)
     n_batches = len(train_batches(0))
     accum = cfg.grad_accumulation
     total_steps = cfg.epochs * math.ceil(n_batches / accum)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(core, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    state, history_path = start_fit(workdir, resume, model, optimizer, scheduler, scaler)
+    state, history_path = start_fit(workdir, resume, core, optimizer, scheduler, scaler)
     tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
 
     patience = cfg.early_stopping.patience
@@ -169,16 +187,17 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
             record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
                       "lr": optimizer.param_groups[0]["lr"], "samples_per_s": epoch_samples / max(train_time, 1e-9),
                       "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-            improved = close_epoch(state, record, metric=metric, mode=mode, model=model, ckpt=ckpt,
+            improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
                                    history_path=history_path, tb=tb, patience=patience)
-            progress.epoch_line(record, metric, improved)
-            checkpoint.save_last(ckpt / "last", model, optimizer, scheduler, scaler, state)
+            if rank == 0:
+                progress.epoch_line(record, metric, improved)
+            checkpoint.save_last(ckpt / "last", core, optimizer, scheduler, scaler, state)
             if on_epoch_end is not None:
                 on_epoch_end(state)
     finally:
         progress.close()
         tb.close()
-    return finish_fit(model, state, ckpt, samples_seen, t_start)
+    return finish_fit(core, state, ckpt, samples_seen * world_size, t_start)
 
 
 def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_start: float) -> FitResult:

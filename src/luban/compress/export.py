@@ -1,0 +1,209 @@
+"""`luban export RUN --format onnx|torchscript`: the run's model as a standalone graph, checked against PyTorch.
+
+ONNX uses PyTorch's TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`): in torch 2.13 it exports
+every luban model tried in a second or two as one self-contained file that onnxruntime's quantizer accepts. The
+dynamo exporter (the default of `torch.onnx.export` since torch 2.9, needs onnxscript) is the fallback when the
+TorchScript-based one fails; its graphs carry shape annotations the int8 quantizer rejects, so they are cleaned.
+TorchScript uses `torch.jit.trace`. Both are traced, so the example batch has padding (rows of mixed length) and
+the parity check runs several real validation batches of other shapes: max |Δ| of the outputs is printed and
+stored in export.json. HF-backbone runs also get model/hf/ in `save_pretrained` layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from luban.compress import EXPORT_META, HF_DIR, ONNX_DIR, ONNX_FILE, TORCHSCRIPT_DIR
+from luban.errors import ExportError
+from luban.rundir import check_finished
+
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-3  # max |Δ| allowed between an fp32 export and PyTorch (relative to the output scale)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+@contextlib.contextmanager
+def _quiet():
+    out = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def example_batch(batches: list[tuple]) -> tuple:
+    """The batch to trace with: the widest (most columns), so sequence padding is inside the traced graph."""
+    return max(batches, key=lambda b: (b[0].shape[-1] if b[0].ndim > 1 else 0, b[0].shape[0]))
+
+
+def export_onnx(module: nn.Module, spec, example: tuple, path: Path, opset: int = DEFAULT_OPSET,
+                dynamic: bool = True) -> str:
+    """Write `module` as a single-file ONNX model; returns which exporter made it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    axes = {k: v for k, v in spec.dynamic_axes.items()} if dynamic else None
+    names = dict(input_names=spec.input_names, output_names=spec.output_names)
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(module, example, str(path), opset_version=opset, dynamic_axes=axes, dynamo=False,
+                              do_constant_folding=True, **names)
+        return "torchscript"
+    except Exception as first:  # noqa: BLE001 — any exporter failure: try the other exporter, then explain
+        try:
+            _export_dynamo(module, spec, example, path, opset, dynamic)
+            return "dynamo"
+        except Exception:  # noqa: BLE001
+            raise ExportError(f"this {type(module).__name__} model cannot be exported to ONNX "
+                              f"({_first_line(first)})") from None
+
+
+def _export_dynamo(module, spec, example, path, opset, dynamic):
+    import onnx
+
+    shapes = None
+    if dynamic:
+        dims: dict[str, object] = {}
+        shapes = {name: {ax: dims.setdefault(n, torch.export.Dim.DYNAMIC) for ax, n in
+                         spec.dynamic_axes.get(name, {}).items()} for name in spec.input_names}
+    with _quiet(), torch.no_grad():
+        prog = torch.onnx.export(module, example, input_names=spec.input_names, output_names=spec.output_names,
+                                 opset_version=max(opset, 18), dynamo=True, dynamic_shapes=shapes,
+                                 external_data=False)
+    model = prog.model_proto
+    del model.graph.value_info[:]  # stale shape annotations break onnxruntime's quantizer
+    onnx.save(model, str(path))
+
+
+def export_torchscript(module: nn.Module, example: tuple, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet(), torch.no_grad():
+            traced = torch.jit.trace(module.eval(), example, check_trace=False, strict=False)
+            traced.save(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"this {type(module).__name__} model cannot be exported to TorchScript "
+                          f"({_first_line(e)})") from None
+
+
+@torch.no_grad()
+def parity(reference: nn.Module, candidate, batches: list[tuple]) -> dict:
+    """max |Δ| between the two models' outputs over `batches`, and how often their argmax agrees."""
+    worst, scale, agree, rows, classes = 0.0, 0.0, 0, 0, False
+    for b in batches:
+        ref = reference(*b).float()
+        out = candidate(*b).float()
+        worst = max(worst, float((ref - out).abs().max()))
+        scale = max(scale, float(ref.abs().max()))
+        classes = ref.ndim == 2 and ref.shape[1] > 1
+        agree += int((ref.argmax(-1) == out.argmax(-1)).sum()) if classes else 0
+        rows += ref.shape[0]
+    res = {"max_abs_diff": worst, "output_scale": scale, "rows": rows, "batches": len(batches)}
+    if classes:
+        res["argmax_agreement"] = round(agree / max(rows, 1), 6)
+    return res
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axes: bool = True,
+               samples: int = 128, quiet: bool = False) -> dict:
+    """Export a finished run's model into its model/ folder (onnx/ or torchscript/, plus hf/ for HF backbones)
+    with a parity check on `samples` validation rows; returns what export.json stores."""
+    from luban.compress.onnx_predictor import OrtModule, require_onnxruntime
+    from luban.compress.runs import file_bytes, prepared_task, run_config, torch_model
+
+    if fmt not in ("onnx", "torchscript"):
+        raise ExportError(f"--format must be onnx or torchscript (got {fmt!r})")
+    if fmt == "onnx":
+        require_onnxruntime()
+    run = check_finished(run_dir)
+    cfg = run_config(run)
+    t0 = time.perf_counter()
+    task = prepared_task(cfg)
+    model = torch_model(task, run)
+    spec = task.export_spec()
+    batches = task.split_inputs("validation", samples, batch_size=16)
+    if not batches:
+        raise ExportError(f"{run}: no validation rows to check the export against")
+    example = example_batch(batches)
+    model_dir = run / "model"
+    sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
+    tmp = model_dir / f".{sub}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        if fmt == "onnx":
+            path = tmp / ONNX_FILE
+            exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
+            check = batches if dynamic_axes else [example]
+            candidate = OrtModule(path, spec.input_names)
+        else:
+            path = tmp / "model.pt"
+            export_torchscript(model, example, path)
+            exporter, check = "torch.jit.trace", batches
+            candidate = torch.jit.load(str(path))
+        par = parity(model, candidate, check)
+        tol = PARITY_TOLERANCE * max(1.0, par["output_scale"])
+        if par["max_abs_diff"] > tol:
+            raise ExportError(f"the {fmt} export does not match PyTorch on validation inputs: max |Δ| "
+                              f"{par['max_abs_diff']:.3g} > {tol:.3g} (the model likely has data-dependent control "
+                              "flow that tracing cannot capture)")
+        meta = {"format": fmt, "file": f"{sub}/{path.name}", "exporter": exporter,
+                "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None, "dynamic_axes": dynamic_axes,
+                "input_names": spec.input_names, "output_names": spec.output_names,
+                "parity": {**par, "split": "validation", "tolerance": tol}, "size_bytes": file_bytes(path),
+                "torch": torch.__version__}
+        if fmt == "onnx":
+            meta["onnxruntime"] = require_onnxruntime().__version__
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        del candidate
+        _replace_dir(tmp, model_dir / sub)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    hf = _export_hf(run, cfg)
+    meta["hf"] = f"model/{HF_DIR}" if hf else None
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
+    if not quiet:
+        p = meta["parity"]
+        print(f"exported {run} -> {model_dir / sub / path.name} ({meta['size_bytes'] / 2**20:.2f} MB, {exporter} "
+              f"exporter)\nparity on {p['rows']} validation rows: max |Δ| {p['max_abs_diff']:.3g}"
+              + (f", argmax agreement {p['argmax_agreement']:.4f}" if "argmax_agreement" in p else ""))
+        if hf:
+            print(f"Hugging Face layout: {run / 'model' / HF_DIR}")
+    return meta
+
+
+def _export_hf(run: Path, cfg) -> bool:
+    """model/hf/ for runs with a Hugging Face backbone (the task predictor decides); False for the others."""
+    from luban.predictor import load
+
+    pred = load(run, device="cpu", backend="torch")
+    tmp = run / "model" / f".{HF_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        with _quiet():
+            done = pred._impl.export_hf(tmp)
+        if done:
+            _replace_dir(tmp, run / "model" / HF_DIR)
+        return bool(done)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

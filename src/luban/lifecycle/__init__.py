@@ -1,0 +1,1 @@
+"""Model lifecycle around `luban train`: hyperparameter search, cross-validation, ensembles, experiment tracking."""

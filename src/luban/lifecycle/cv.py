@@ -1,0 +1,96 @@
+"""`luban cv`: k-fold cross-validation of a config. The configured training data is split into K folds (stratified
+by label when asked); each fold is the test set of one run trained on the rest (its validation carved from those
+as the config says). Per-fold and mean ± std of every test metric go to cv.json and report.html."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from luban.config import load_config, validate
+from luban.data.readers import LINE, resolve_column
+from luban.errors import ConfigError, DataError
+
+
+def fold_indices(n: int, folds: int, seed: int, labels=None) -> list[np.ndarray]:
+    """Test indices of each fold: disjoint, covering 0..n-1; stratified when labels are given."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if folds < 2 or folds > n:
+        raise ConfigError(f"--folds {folds}: need 2 <= folds <= {n} rows")
+    if labels is not None:
+        counts = np.unique(np.asarray(labels), return_counts=True)[1]
+        if counts.min() < folds:
+            raise DataError(f"--stratified: a label has only {counts.min()} rows, fewer than {folds} folds")
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), labels)
+    else:
+        split = KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n))
+    return [test for _, test in split]
+
+
+def cross_validate(config: str | Path, folds: int, stratified: bool = False, overrides: list[str] | None = None,
+                   quiet: bool = False) -> Path:
+    from luban.pipeline import train
+    from luban.tasks.base import read_frames
+
+    cfg = load_config(config, overrides)
+    frame = read_frames(cfg)["train"]  # a built-in dataset fills data.columns here
+    if frame is None or not hasattr(frame, "columns"):
+        raise ConfigError(f"task {cfg.task}: luban cv works on tabular data (CSV/TSV/JSONL/Parquet or built-in)")
+    labels = None
+    if stratified:
+        if cfg.data.columns.label is None:
+            raise ConfigError("--stratified needs data.columns.label")
+        labels = frame[resolve_column(frame, cfg.data.columns.label, "label")].astype(str).to_numpy()
+    out = Path(cfg.output.dir) / f"{cfg.output.name}-cv"
+    out.mkdir(parents=True, exist_ok=True)
+    plain = frame.drop(columns=[LINE])
+    base = cfg.model_dump(mode="json")
+    results, t0 = [], time.perf_counter()
+    for k, test_idx in enumerate(fold_indices(len(frame), folds, cfg.seed, labels)):
+        train_mask = np.ones(len(frame), bool)
+        train_mask[test_idx] = False
+        files = {}
+        for split, part in (("train", plain[train_mask]), ("test", plain.iloc[test_idx])):
+            files[split] = out / f"fold{k}_{split}.jsonl"
+            part.to_json(files[split], orient="records", lines=True, force_ascii=False)
+        tree = json.loads(json.dumps(base))
+        tree["data"].update(builtin=None, train=str(files["train"]), test=str(files["test"]), validation=None,
+                            format="jsonl", train_limit=None)
+        tree["output"].update(dir=str(out / "folds"), name=f"fold{k}", overwrite=True)
+        if not quiet:
+            print(f"fold {k + 1}/{folds}: {int(train_mask.sum())} train rows, {len(test_idx)} test rows", flush=True)
+        run = train(validate(tree, f"fold {k}"), quiet=True)
+        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        results.append({"fold": k, "run": str(run), "test_rows": len(test_idx),
+                         **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})
+    keys = [k for k in results[0] if k not in ("fold", "run", "test_rows")]
+    summary = {"folds": folds, "stratified": stratified, "seconds": round(time.perf_counter() - t0, 1),
+               "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},
+               "std": {k: float(np.std([r[k] for r in results], ddof=1)) for k in keys}, "per_fold": results}
+    (out / "cv.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (out / "report.html").write_text(_report(cfg.output.name, summary, keys), encoding="utf-8")
+    if not quiet:
+        for k in keys[:6]:
+            print(f"{k:>18}: {summary['mean'][k]:.4f} ± {summary['std'][k]:.4f}")
+        print(f"per-fold results: {out / 'cv.json'}; report: {out / 'report.html'}")
+    return out
+
+
+def _report(name: str, summary: dict, keys: list[str]) -> str:
+    from luban.evaluate.report import CSS
+
+    E = html.escape
+    head = "".join(f"<th>{E(k)}</th>" for k in keys)
+    rows = "".join(f"<tr><td>{r['fold']}</td><td>{r['test_rows']}</td>" +
+                   "".join(f"<td>{r[k]:.4f}</td>" for k in keys) + "</tr>" for r in summary["per_fold"])
+    mean = "".join(f"<td><b>{summary['mean'][k]:.4f}</b> ± {summary['std'][k]:.4f}</td>" for k in keys)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>luban cv — {E(name)}</title><style>{CSS}"
+            f"</style></head><body><h1>{summary['folds']}-fold cross-validation <code>{E(name)}</code></h1>"
+            f"<p class=muted>{'stratified, ' if summary['stratified'] else ''}{summary['seconds']} s</p>"
+            f"<table><tr><th>fold</th><th>test rows</th>{head}</tr>{rows}<tr><td>mean ± std</td><td></td>{mean}"
+            "</tr></table></body></html>")

@@ -1,0 +1,277 @@
+"""`luban tune`: hyperparameter search with Optuna (TPE, random or grid; median pruning on per-epoch validation
+metrics), in-process or as Ray Tune trials.
+
+The study lives in SQLite next to the trials (runs/NAME-tune/study.db) or in any SQLAlchemy URL, so an interrupted
+search continues with --resume (finished trials are kept; one cut off mid-way is re-queued with its parameters) and
+optuna-dashboard can open it. Outputs: trials.csv, best.yaml (a plain config `luban train` accepts), report.html
+(trials, parameter importances, optimization history) and optionally the best config retrained on
+train + validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from luban.config import CLASSIFICATION_METRICS, LOWER_IS_BETTER, TASK_METRICS, RunConfig, load_config, validate
+from luban.errors import ConfigError
+from luban.lifecycle.search_space import apply_params, check_space, grid, suggest
+
+
+def _sampler(cfg: RunConfig):
+    import optuna
+
+    s = cfg.search
+    seed = s.seed if s.seed is not None else cfg.seed
+    if s.sampler == "grid":
+        return optuna.samplers.GridSampler(grid(s.space), seed=seed)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(2, len(s.space) + 1)))
+
+
+def _pruner(cfg: RunConfig):
+    import optuna
+
+    if cfg.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def _metric(cfg: RunConfig) -> tuple[str, str]:
+    from luban.tasks import task_classes
+
+    metric = cfg.search.metric or task_classes(cfg.task)[0](cfg).main_metric
+    allowed = TASK_METRICS.get(cfg.task, CLASSIFICATION_METRICS)
+    if metric not in allowed:
+        raise ConfigError(f"search.metric: unknown validation metric {metric!r} for task {cfg.task}; "
+                          f"choose one of {', '.join(allowed)}")
+    d = cfg.search.direction
+    if d == "auto":
+        d = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+    return metric, d
+
+
+def _trial_tree(base: dict, params: dict, out: Path, number: int, threads: int | None) -> dict:
+    tree = apply_params(base, params)
+    tree["output"] = {**tree.get("output", {}), "dir": str(out / "trials"), "name": f"trial-{number:03d}",
+                      "overwrite": True, "tensorboard": False}
+    tree.setdefault("evaluation", {})["baseline"] = False
+    tree["tracking"] = {"mlflow": None}
+    if threads and not tree.get("trainer", {}).get("num_threads"):
+        tree.setdefault("trainer", {})["num_threads"] = threads
+    return tree
+
+
+def _requeue_interrupted(study) -> int:
+    """Trials left RUNNING by a killed process are marked failed and queued again with the same parameters."""
+    import optuna
+    from optuna.trial import TrialState
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:  # killed before it sampled anything: nothing to redo
+            study.enqueue_trial(t.params, skip_if_exists=False)
+    if stale:
+        optuna.logging.get_logger("optuna").warning(f"re-queued {len(stale)} interrupted trial(s)")
+    return len(stale)
+
+
+def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None = None, resume: bool = False,
+         storage: str | None = None, backend: str = "local", overrides: list[str] | None = None,
+         quiet: bool = False) -> Path:
+    """Run (or continue) a search; returns the folder with study.db, trials.csv, best.yaml and report.html."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("luban tune needs optuna: pip install 'luban[tune]'") from None
+    cfg = load_config(config, overrides)
+    if cfg.search is None:
+        raise ConfigError(f"{config}: luban tune needs a search: section (search.space: {{path: distribution}})")
+    base = cfg.model_dump(mode="json")
+    check_space(base, cfg.search, str(config))
+    metric, direction = _metric(cfg)
+    name = cfg.output.name
+    out = Path(cfg.output.dir) / f"{name}-tune"
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        existing = optuna.study.get_all_study_names(storage)
+    except Exception as e:  # a bad URL, an unreachable server
+        raise ConfigError(f"--storage {storage}: cannot open the study storage ({e})") from None
+    if name in existing and not resume:
+        raise ConfigError(f"a study named {name!r} already exists in {storage}; continue it with --resume, or set "
+                          "output.name to start a new one")
+    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg),
+                                direction=direction, load_if_exists=True)
+    study.set_user_attr("metric", metric)
+    requeued = _requeue_interrupted(study) if resume else 0
+    from optuna.trial import TrialState
+
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    remaining = max(0, trials - len(finished))
+    if not quiet:
+        print(f"tune {name}: {metric} ({direction}), {len(finished)} trial(s) done, {remaining} to run"
+              f"{f', {requeued} re-queued' if requeued else ''}; study: {storage}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    t0 = time.perf_counter()
+    if remaining:
+        if backend == "ray":
+            from luban.lifecycle.ray_tune import run_ray_trials
+
+            run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads)
+        else:
+            study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads),
+                           n_trials=remaining, n_jobs=jobs, timeout=timeout, catch=(FloatingPointError,),
+                           gc_after_trial=True)
+    write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
+    if cfg.search.retrain:
+        retrain_best(cfg, out)
+    if not quiet:
+        print_trials(study, metric, out)
+    return out
+
+
+def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, threads: int | None) -> float:
+    import optuna
+
+    from luban.pipeline import train
+
+    params = suggest(trial, cfg.search.space)
+    tree = _trial_tree(base, params, out, trial.number, threads)
+
+    def report(record: dict) -> None:
+        value = record.get(f"val_{metric}")
+        if isinstance(value, (int, float)):
+            trial.report(float(value), int(record["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_{metric} {value:.4f} at epoch {record['epoch']}")
+
+    run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    trial.set_user_attr("run_dir", str(run))
+    trial.set_user_attr("best_epoch", m["best_epoch"])
+    if metric in m["test"]:
+        trial.set_user_attr(f"test_{metric}", m["test"][metric])
+    return float(m["validation"][metric])
+
+
+def best_tree(study, cfg: RunConfig, base: dict) -> dict:
+    import optuna
+
+    params = suggest(optuna.trial.FixedTrial(study.best_trial.params), cfg.search.space)
+    tree = apply_params(base, params)
+    tree["output"] = {**tree["output"], "name": f"{cfg.output.name}-best"}
+    return tree
+
+
+def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, seconds: float) -> None:
+    from optuna.trial import TrialState
+
+    df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    df.to_csv(out / "trials.csv", index=False)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise ConfigError(f"no trial of study {cfg.output.name!r} completed; see {out / 'trials.csv'}")
+    tree = best_tree(study, cfg, base)
+    (out / "best.yaml").write_text(f"# best of {len(complete)} trials: val {metric} {study.best_value:.6g} "
+                                   f"(trial {study.best_trial.number})\n" +
+                                   yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    summary = {"metric": metric, "direction": study.direction.name.lower(), "best_value": study.best_value,
+               "best_trial": study.best_trial.number, "best_params": study.best_trial.params,
+               "best_user_attrs": study.best_trial.user_attrs, "trials": len(study.trials),
+               "complete": len(complete), "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+               "seconds": round(seconds, 1), "importances": _importances(study)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    (out / "report.html").write_text(_report(study, summary, cfg), encoding="utf-8")
+
+
+def _importances(study) -> dict:
+    import optuna
+
+    try:
+        return {k: round(v, 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):  # too few or identical trials
+        return {}
+
+
+def _report(study, summary: dict, cfg: RunConfig) -> str:
+    from luban.evaluate.report import CSS, _line_chart
+
+    E = html.escape
+    from optuna.trial import TrialState
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best_so_far, best = [], None
+    for t in done:
+        better = best is None or (t.value > best if summary["direction"] == "maximize" else t.value < best)
+        best = t.value if better else best
+        best_so_far.append(best)
+    chart = _line_chart(f"validation {summary['metric']} by trial", [t.number for t in done],
+                        {"trial": [t.value for t in done], "best so far": best_so_far})
+    imp = summary["importances"]
+    bars = "".join(f"<tr><td class=l>{E(k)}</td><td class=l><div style='background:#2f6fde;height:12px;"
+                   f"width:{300 * v:.0f}px'></div></td><td>{v:.3f}</td></tr>" for k, v in imp.items())
+    rows = "".join(
+        f"<tr><td>{t.number}</td><td class=l>{t.state.name.lower()}</td>"
+        f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td>"
+        f"<td class=l>{E(', '.join(f'{k}={v}' for k, v in t.params.items()))}</td>"
+        f"<td>{(t.duration.total_seconds() if t.duration else 0):.1f}</td></tr>" for t in study.trials)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>luban tune — {E(cfg.output.name)}</title>"
+            f"<style>{CSS}</style></head><body><h1>luban tune <code>{E(cfg.output.name)}</code></h1>"
+            f"<p class=muted>{summary['trials']} trials ({summary['complete']} complete, {summary['pruned']} "
+            f"pruned) · best val {E(summary['metric'])} {summary['best_value']:.4f} (trial {summary['best_trial']})"
+            f" · best config: best.yaml</p><div class=charts>{chart}</div>"
+            + (f"<h2>Parameter importances (fANOVA)</h2><table>{bars}</table>" if imp else "")
+            + "<h2>Trials</h2><table><tr><th>#</th><th class=l>state</th><th>value</th><th class=l>parameters</th>"
+            f"<th>seconds</th></tr>{rows}</table></body></html>")
+
+
+def print_trials(study, metric: str, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"luban tune — {out}")
+    for col in ("#", "state", f"val {metric}", "parameters"):
+        table.add_column(col)
+    for t in study.trials:
+        table.add_row(str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4f}",
+                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+    Console().print(table)
+    print(f"best: trial {study.best_trial.number}, val {metric} {study.best_value:.4f}; config: {out / 'best.yaml'}")
+
+
+def retrain_best(cfg: RunConfig, out: Path) -> Path:
+    """Train best.yaml on train + validation for the best trial's number of epochs."""
+    import pandas as pd
+
+    from luban.data.readers import LINE, read_table
+    from luban.pipeline import train
+
+    tree = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    tree = copy.deepcopy(tree)
+    data = tree["data"]
+    if data.get("validation") and Path(data["validation"]).is_file():
+        frames = [read_table(data[k], data["format"], data["header"], data["delimiter"], data["quoting"],
+                             data["encoding"]).drop(columns=[LINE]) for k in ("train", "validation")]
+        combined = out / "train+validation.jsonl"
+        pd.concat(frames, ignore_index=True).to_json(combined, orient="records", lines=True, force_ascii=False)
+        data.update(train=str(combined), validation=None, format="jsonl")
+        data["split"]["validation"] = 0.02  # a sliver stays out only so the pipeline has a validation split
+    else:
+        logging.getLogger(__name__).warning("validation is carved from train: retraining on the same split")
+    tree["trainer"]["epochs"] = max(1, int(summary["best_user_attrs"].get("best_epoch") or tree["trainer"]["epochs"]))
+    tree["trainer"]["early_stopping"] = {"metric": None, "mode": "auto", "patience": None}
+    tree["output"]["name"] = f"{cfg.output.name}-best"
+    tree["output"]["overwrite"] = True
+    return train(validate(tree, str(out / "best.yaml")), quiet=True)

@@ -1,0 +1,171 @@
+"""Lifecycle: hyperparameter search (grid finds the planted best, resume keeps finished trials), k-fold splits,
+ensembles, MLflow tracking, and (marked slow) a 2-worker Ray run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import tabular_config, text_config, write_csv
+
+import luban
+from luban.errors import ConfigError
+
+pytest.importorskip("optuna")
+
+
+@pytest.fixture
+def linear_data(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 2))
+    y = 3 * x[:, 0] - 2 * x[:, 1] + 1 + rng.normal(scale=0.1, size=240)
+    rows = [[f"{a:.5f}", f"{b:.5f}", f"{t:.5f}"] for (a, b), t in zip(x, y, strict=True)]
+    return write_csv(tmp_path / "lin.csv", rows, header=("x1", "x2", "y"))
+
+
+def tune_config(tmp_path: Path, data: Path, space: dict, **search) -> Path:
+    cfg = tabular_config(tmp_path / "runs", "lin", "tabular_regression",
+                         {"train": str(data), "columns": {"label": "y"}},
+                         trainer={"epochs": 6, "scheduler": "constant"})
+    cfg["search"] = {"space": space, "sampler": "grid", "pruner": "none", **search}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+LR_GRID = {"trainer.lr": {"type": "choice", "values": [1e-6, 1e-5, 1e-4, 0.03]}}
+
+
+def test_grid_search_finds_the_planted_best_and_writes_a_trainable_config(tmp_path, linear_data):
+    from luban.lifecycle.tune import tune
+
+    out = tune(tune_config(tmp_path, linear_data, LR_GRID), trials=4, quiet=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] == 4 and summary["direction"] == "minimize" and summary["metric"] == "rmse"
+    assert summary["best_params"] == {"trainer.lr": 0.03}  # the only rate that learns in 6 epochs
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["trainer"]["lr"] == 0.03 and "search" not in best
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 5
+    assert "Trials" in (out / "report.html").read_text()
+    run = luban.train(out / "best.yaml", quiet=True)
+    assert json.loads((run / "metrics.json").read_text())["validation"]["rmse"] == pytest.approx(
+        summary["best_value"], rel=1e-6)  # same config, same seed -> the trial's result
+
+
+def test_interrupted_study_resumes_without_redoing_trials(tmp_path, linear_data):
+    import optuna
+
+    from luban.lifecycle.tune import tune
+
+    cfg = tune_config(tmp_path, linear_data, LR_GRID)
+    out = tune(cfg, trials=2, quiet=True)
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir()}
+    assert len(first) == 2
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    killed = study.ask()  # a trial left RUNNING with its parameters, as a killed process leaves it
+    killed.suggest_categorical("trainer.lr", LR_GRID["trainer.lr"]["values"])
+    with pytest.raises(ConfigError, match="already exists"):
+        tune(cfg, trials=4, quiet=True)
+    tune(cfg, trials=4, resume=True, quiet=True)
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1  # the stale one was re-queued
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir() if p.name in first} == first
+
+
+def test_conditional_space_and_bad_paths(tmp_path, linear_data):
+    from luban.lifecycle.tune import tune
+
+    bad = tune_config(tmp_path, linear_data, {"trainer.lrr": {"type": "uniform", "low": 0.1, "high": 0.2}},
+                      sampler="random")
+    with pytest.raises(ConfigError, match=r"(?s)search.space.trainer.lrr = 0.1 .*unknown key .did you mean .lr"):
+        tune(bad, trials=1, quiet=True)
+    space = {"model.batch_norm": {"type": "choice", "values": [True, False]},
+             "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.3, "when": {"model.batch_norm": True}}}
+    out = tune(tune_config(tmp_path, linear_data, space, sampler="random", seed=3), trials=3, quiet=True)
+    import optuna
+
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:
+        assert ("model.dropout" in t.params) == t.params["model.batch_norm"]
+
+
+def test_kfold_splits_are_disjoint_cover_and_stratify():
+    from luban.lifecycle.cv import fold_indices
+
+    labels = np.array(["a"] * 30 + ["b"] * 10)
+    folds = fold_indices(40, 5, seed=0, labels=labels)
+    joined = np.concatenate(folds)
+    assert sorted(joined.tolist()) == list(range(40))  # disjoint and covering
+    assert all((labels[f] == "b").sum() == 2 for f in folds)  # 10 b's spread 2 per fold
+    plain = fold_indices(10, 3, seed=1)
+    assert sorted(np.concatenate(plain).tolist()) == list(range(10)) and [len(f) for f in plain] == [4, 3, 3]
+
+
+def test_cross_validation_runs_every_fold(tmp_path, linear_data):
+    from luban.lifecycle.cv import cross_validate
+
+    cfg = tabular_config(tmp_path / "runs", "cvlin", "tabular_regression",
+                         {"train": str(linear_data), "columns": {"label": "y"}}, trainer={"epochs": 5})
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = cross_validate(path, folds=3, quiet=True)
+    cv = json.loads((out / "cv.json").read_text())
+    assert [r["test_rows"] for r in cv["per_fold"]] == [80, 80, 80]
+    assert cv["mean"]["rmse"] == pytest.approx(np.mean([r["rmse"] for r in cv["per_fold"]]))
+    assert cv["std"]["rmse"] >= 0 and "mean ± std" in (out / "report.html").read_text()
+
+
+def test_ensemble_averages_member_probabilities(zh_data, out_dir):
+    runs = [luban.train(text_config(out_dir, f"m{s}", zh_data["train"], seed=s,
+                                    data={"test": str(zh_data["test"])}), quiet=True) for s in (1, 2)]
+    from luban.lifecycle.ensemble import create_ensemble
+
+    ens = create_ensemble(runs, out_dir / "ens")
+    texts = ["这个手机很好", "服务太差了"]
+    members = [luban.load(r).predict(texts) for r in runs]
+    combined = luban.load(ens).predict(texts)
+    for i, row in enumerate(combined):
+        for label, p in row["probabilities"].items():
+            expected = (members[0][i]["probabilities"][label] + members[1][i]["probabilities"][label]) / 2
+            assert p == pytest.approx(expected, abs=2e-6)
+    m = json.loads((ens / "metrics.json").read_text())
+    assert 0 <= m["test"]["accuracy"] <= 1 and len(m["members"]) == 2
+    assert luban.load(ens).evaluate(zh_data["test"])["accuracy"] == pytest.approx(m["test"]["accuracy"])
+
+
+def test_mlflow_tracking_logs_params_metrics_and_artifacts(tmp_path, linear_data):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = tabular_config(tmp_path / "runs", "tracked", "tabular_regression",
+                         {"train": str(linear_data), "columns": {"label": "y"}}, trainer={"epochs": 3})
+    cfg["tracking"] = {"mlflow": uri, "experiment": "luban-test"}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    run = luban.train(cfg, quiet=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.search_runs(experiment_names=["luban-test"], output_format="list")
+    assert len(found) == 1
+    data = found[0].data
+    m = json.loads((run / "metrics.json").read_text())
+    assert data.metrics["final_test_rmse"] == pytest.approx(m["test"]["rmse"])
+    history = mlflow.MlflowClient().get_metric_history(found[0].info.run_id, "val_rmse")
+    assert [h.step for h in history] == [1, 2, 3]
+    assert data.params["trainer.epochs"] == "3"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(found[0].info.run_id)}
+    assert {"report.html", "metrics.json", "model"} <= artifacts
+
+
+@pytest.mark.slow
+def test_two_ray_workers_train_a_tiny_model(zh_data, out_dir):
+    pytest.importorskip("ray")
+    cfg = text_config(out_dir, "ray2", zh_data["train"], trainer={"distributed": {"backend": "ray", "workers": 2}})
+    run = luban.train(cfg, quiet=True)
+    single = luban.train(text_config(out_dir, "single", zh_data["train"]), quiet=True)
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
+    assert a["epochs_run"] == b["epochs_run"] and abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.05
+    assert luban.load(run).predict(["这个手机很好"])[0]["label"] in ("positive", "negative")
+    assert not list(run.glob(".rank*"))
