@@ -1,0 +1,55 @@
+"""Hyperparameter search benchmark on ChnSentiCorp (luban tune with Optuna TPE + median pruning).
+
+    python benchmarks/tune.py --data ../shared/data/chnsenticorp --trials 12
+
+Trains the default config (examples/chnsenticorp.yaml), then searches examples/chnsenticorp_tune.yaml's space,
+and prints default/best validation accuracy, the best trial's test accuracy and the wall time (one JSON line).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, peak_rss_mb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True, help="folder with train.tsv, dev.tsv, test.tsv")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--jobs", type=int, default=1)
+    a = ap.parse_args()
+
+    import luban
+    from luban.lifecycle.tune import tune
+
+    data = Path(a.data).resolve()
+    out = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    paths = [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
+             f"data.test={data / 'test.tsv'}", f"output.dir={out}", "output.tensorboard=false"]
+    t0 = time.perf_counter()
+    default = luban.train(str(ROOT / "examples" / "chnsenticorp.yaml"), paths + ["output.name=default"], quiet=True)
+    default_seconds = time.perf_counter() - t0
+    d = json.loads((default / "metrics.json").read_text(encoding="utf-8"))
+    t1 = time.perf_counter()
+    folder = tune(str(ROOT / "examples" / "chnsenticorp_tune.yaml"), a.trials, jobs=a.jobs, overrides=paths,
+                  quiet=True)
+    seconds = time.perf_counter() - t1
+    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    emit({"dataset": data.name, "trials": s["trials"], "complete": s["complete"], "pruned": s["pruned"],
+          "default_val_accuracy": round(d["validation"]["accuracy"], 4),
+          "default_test_accuracy": round(d["test"]["accuracy"], 4),
+          "best_val_accuracy": round(s["best_value"], 4),
+          "best_test_accuracy": round(s["best_user_attrs"]["test_accuracy"], 4),
+          "best_params": s["best_params"], "importances": s["importances"],
+          "default_seconds": round(default_seconds, 1), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb()})
+
+
+if __name__ == "__main__":
+    main()
