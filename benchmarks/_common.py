@@ -1,5 +1,6 @@
-"""Shared helpers for benchmark scripts: peak memory and the final JSON line."""
+"""Shared helpers for benchmark scripts: peak memory, the final JSON line, TSV dataset folders."""
 
+import csv
 import json
 import resource
 import sys
@@ -22,3 +23,16 @@ def run_figures(metrics: dict, total_seconds: float) -> dict:
     return {"train_seconds": round(t["train_seconds"], 1), "fit_seconds": round(t["fit_seconds"], 1),
             "prepare_seconds": round(t["prepare_seconds"], 1), "total_seconds": round(total_seconds, 1),
             "peak_rss_mb": peak_rss_mb(), "threads": env["threads"], "precision": env["precision"]}
+
+
+def tsv_folder_overrides(data) -> list[str]:
+    """--set overrides pointing a text-classification config at a folder of train.tsv / dev.tsv / test.tsv (the
+    ChnSentiCorp and SST-2 layouts: a label column and a text_a / sentence / text column)."""
+    from pathlib import Path
+
+    data = Path(data)
+    with open(data / "train.tsv", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter="\t"))
+    text_col = next(c for c in ("text_a", "sentence", "text") if c in header)
+    return [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
+            f"data.test={data / 'test.tsv'}", f"data.columns.text={text_col}", "data.columns.label=label"]

@@ -8,11 +8,13 @@ rating (by timestamp, ties by file order) is the test item, the one before it va
 train. Every test user's ranking covers all 1,682 movies with the movies the user rated before excluded. Prints
 ndcg10, hr10, recall10, mrr and coverage10 beside the popularity ranking's on exactly the same users
 (popularity_ndcg10, popularity_hr10), train_seconds (time in training steps; fit_seconds adds the per-epoch
-validation rankings) and peak_rss_mb as the last line (one JSON object).
+validation rankings), cpu_seconds (user + system CPU time of the whole process: what the machine really spent
+when other jobs share its cores) and peak_rss_mb as the last line (one JSON object).
 """
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -49,14 +51,16 @@ def main():
     total = time.perf_counter() - t0
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     test, pop = m["test"], m["test"]["popularity"]
+    model = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]["type"]
     emit({"dataset": "ml-100k leave-last-out, full ranking, seen excluded", "config": Path(a.config).name,
-          "model": m.get("model", tree.get("model", {}).get("type")), "parameters": m["parameters"]["total"],
+          "model": model, "parameters": m["parameters"]["total"],
           "users": test["evaluated"]["users"], "items": m["data"]["items"],
           "ndcg10": round(test["ndcg"], 4), "hr10": round(test["hr"], 4), "recall10": round(test["recall"], 4),
           "mrr": round(test["mrr"], 4), "coverage10": round(test["coverage"], 4),
           "popularity_ndcg10": round(pop["ndcg"], 4), "popularity_hr10": round(pop["hr"], 4),
           "validation_ndcg10": round(m["validation"]["ndcg"], 4),
-          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], **run_figures(m, total)})
+          "epochs": m["epochs_run"], "best_epoch": m["best_epoch"], **run_figures(m, total),
+          "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1)})
 
 
 if __name__ == "__main__":

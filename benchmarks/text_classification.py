@@ -9,7 +9,6 @@ steps; fit_seconds adds the per-epoch validation passes) and peak_rss_mb as the 
 """
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, tsv_folder_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,14 +33,9 @@ def main():
     import luban
 
     data = Path(a.data)
-    with open(data / "train.tsv", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f, delimiter="\t"))
-    text_col = next(c for c in ("text_a", "sentence", "text") if c in header)
     config = a.config or str(ROOT / "examples" / ("sst2_minilm.yaml" if a.backbone else "chnsenticorp.yaml"))
     out_dir = tempfile.mkdtemp(prefix="luban-bench-")
-    overrides = [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
-                 f"data.test={data / 'test.tsv'}", f"data.columns.text={text_col}", "data.columns.label=label",
-                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    overrides = tsv_folder_overrides(data) + [f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
     if a.backbone:
         overrides.append(f"model.path={a.backbone}")
     if a.train_limit:

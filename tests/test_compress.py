@@ -160,16 +160,18 @@ def test_pruning_reaches_the_asked_sparsity(text_run):
     model = TransformerClassifier(50, 3, 16, d_model=16, nhead=2, num_layers=1, dim_feedforward=32)
     make_permanent(apply_pruning(model, 0.3))
     assert sparsity(model)["prunable_sparsity"] == pytest.approx(0.3, abs=0.002)
-    for m in (model.head, model.encoder.layers[0].linear1):
-        assert float((m.weight == 0).float().mean()) == pytest.approx(0.3, abs=0.02)
+    layers = [model.head, model.encoder.layers[0].linear1, model.encoder.layers[0].linear2,
+              model.encoder.layers[0].self_attn.out_proj]
+    zeros = sum(int((m.weight == 0).sum()) for m in layers)
+    assert zeros / sum(m.weight.numel() for m in layers) == pytest.approx(0.3, abs=0.002)  # global, over layers
 
     assert main(["compress", str(text_run), "--prune", "0.5", "--finetune-epochs", "1"]) == 0
     pruned = text_run.parent / "zh-pruned50"
     c = json.loads((pruned / "metrics.json").read_text())["compression"]
     assert c["sparsity"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.002)
     assert len((pruned / "history.jsonl").read_text().splitlines()) == 1  # the fine-tune epoch
-    weights = luban.load(pruned, backend="torch")._impl.model.head.weight
-    assert float((weights == 0).float().mean()) == pytest.approx(0.5, abs=0.02)  # zeros survive the fine-tune
+    reloaded = luban.load(pruned, backend="torch")._impl.model
+    assert sparsity(reloaded)["prunable_sparsity"] == pytest.approx(0.5, abs=0.002)  # zeros survive the fine-tune
 
     from luban.compress.prune import prune_run
 
@@ -203,6 +205,8 @@ def test_distillation_loss_by_hand():
     expected = alpha * T * T * kl + (1 - alpha) * ce
     assert float(distillation_loss(s, t, y, T, alpha)) == pytest.approx(expected, rel=1e-6)
     assert float(distillation_loss(t, t, y, T, 1.0)) == pytest.approx(0.0, abs=1e-7)  # student == teacher
+    # transfer-set rows (label -100) only get the soft loss
+    assert float(distillation_loss(s, t, torch.tensor([-100, -100]), T, alpha)) == pytest.approx(alpha * T * T * kl)
 
 
 def test_distill_student_from_teacher(text_run, tmp_path):
@@ -221,6 +225,10 @@ def test_distill_student_from_teacher(text_run, tmp_path):
     assert m["data"]["splits"] == json.loads((text_run / "metrics.json").read_text())["data"]["splits"]
     assert "Distillation" in (out / "report.html").read_text()
     assert luban.load(out).predict(["这个手机非常好"])[0]["label"] in ("positive", "negative")
+    extra = write_csv(tmp_path / "transfer.csv", [[t] for t, _ in zh_sentences(20, seed=5)], header=("text",))
+    out2 = distill_run(path, text_run, name="with-transfer", transfer_data=extra, quiet=True)
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["compression"]["transfer_rows"] == 40 and m2["data"]["splits"]["train"] == m["data"]["splits"]["train"] + 40
     tab = tmp_path / "tab.yaml"
     tab.write_text(yaml.safe_dump({"task": "tabular_classification", "data": {"builtin": "wine"}}))
     with pytest.raises(ExportError, match="differs from the teacher"):

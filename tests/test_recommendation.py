@@ -417,3 +417,19 @@ def test_cli_recommend_and_similar_items(bpr_run, tmp_path, capsys):
     assert main(["similar-items", str(bpr_run), "zzz"]) == 2
     assert "unknown item 'zzz'" in capsys.readouterr().err
     assert main(["recommend", str(bpr_run)]) == 2
+
+
+def test_serve_recommends(bpr_run):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from luban.serve.app import create_app
+
+    client = TestClient(create_app(bpr_run))
+    r = client.post("/predict", json={"inputs": ["u1", {"user": "new", "history": ["i2"], "k": 3}]})
+    assert r.status_code == 200
+    first, second = r.json()["predictions"]
+    assert first == luban.load(bpr_run).recommend("u1") and second["strategy"] == "history"
+    bad = client.post("/predict", json={"inputs": [{"history": ["i2"]}]})
+    assert bad.status_code == 422 and "needs a 'user'" in bad.json()["detail"]
+    assert client.get("/info").json()["test_metrics"]["ndcg"] >= 0

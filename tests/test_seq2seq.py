@@ -301,8 +301,13 @@ def tiny_hf(request, tmp_path_factory) -> Path:
     """A tiny random BART or T5 with a word-level tokenizer, saved as a local HF folder (nothing downloaded)."""
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast, T5Config,
-                              T5ForConditionalGeneration)
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        PreTrainedTokenizerFast,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     folder = tmp_path_factory.mktemp(f"tiny_{request.param}")
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{str(d): 4 + d for d in range(10)}}

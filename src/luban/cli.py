@@ -168,10 +168,16 @@ def _cmd_recommend(a):
         for r in p.recommend_all(k=a.k, exclude_seen=a.exclude_seen):
             print(json.dumps(r, ensure_ascii=False))
         return
+    try:
+        features = json.loads(a.features) if a.features else None
+    except json.JSONDecodeError as e:
+        raise LubanError(f"--features: not valid JSON ({e.msg})") from None
+    if features is not None and not isinstance(features, dict):
+        raise LubanError("--features: expected a JSON object of column: value")
     out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
         for user in a.user:
-            r = p.recommend(user, k=a.k, history=a.history, exclude_seen=a.exclude_seen)
+            r = p.recommend(user, k=a.k, history=a.history, exclude_seen=a.exclude_seen, features=features)
             out.write(json.dumps(r, ensure_ascii=False) + "\n")
     finally:
         if a.output:
@@ -213,7 +219,7 @@ def _cmd_compress(a):
         from luban.compress.distill import distill_run
 
         distill_run(a.run, a.distill_from, temperature=a.temperature, alpha=a.alpha, name=a.name, overrides=a.set,
-                    overwrite=a.overwrite)
+                    overwrite=a.overwrite, transfer_data=a.transfer_data)
 
 
 def _cmd_benchmark(a):
@@ -224,8 +230,17 @@ def _cmd_benchmark(a):
 
 def _cmd_serve(a):
     from luban.serve.app import serve
+    from luban.serve.settings import ServeSettings, read_api_keys
 
-    serve(a.run, a.host, a.port)
+    keys = list(a.api_key) + (read_api_keys(a.api_keys_file) if a.api_keys_file else [])
+    settings = ServeSettings(
+        backend=a.backend, device=a.device, threads=a.threads, replicas=a.replicas,
+        max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms, sub_batch_size=a.sub_batch_size,
+        max_queue=a.max_queue, max_active_generations=a.max_active_generations,
+        max_body_bytes=int(a.max_body_mb * 2**20), max_inputs=a.max_inputs, max_text_chars=a.max_text_chars,
+        max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
+        request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin))
+    serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave out items the user already has (default: the run's recommendation.exclude_seen)")
     rc.add_argument("--history", default=None, metavar="ITEM,ITEM,...",
                     help="items the user just interacted with, oldest first")
+    rc.add_argument("--features", default=None, metavar="JSON",
+                    help='a new user\'s features for the two-tower model, e.g. \'{"age": 30, "gender": "F"}\'')
     rc.add_argument("--all-users", action="store_true", help="every user of the run (batch, JSON lines)")
     rc.add_argument("--output", default=None, help="write JSON lines here instead of stdout")
     rc.set_defaults(fn=_cmd_recommend)
@@ -360,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NODE",
                     help="int8: ONNX node names or glob patterns to keep in float (e.g. '/head/*')")
     cp.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="int8: op types kept in float")
-    cp.add_argument("--per-channel", action="store_true", help="int8: per-channel weight scales")
+    cp.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                    help="int8: per-channel weight scales (default: on)")
     cp.add_argument("--calibration-size", type=int, default=256, help="int8-static: training rows to calibrate on")
     cp.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax")
     cp.add_argument("--structured", action="store_true", help="prune whole output rows / filters (L2 norm)")
@@ -368,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--finetune-lr", type=float, default=None, help="prune: fine-tune lr (default: the run's lr)")
     cp.add_argument("--temperature", type=float, default=2.0, help="distill: softmax temperature")
     cp.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the soft-target loss")
+    cp.add_argument("--transfer-data", metavar="FILE", help="distill (text): unlabeled texts the teacher scores, "
+                    "added to the student's training rows (soft targets only)")
     with_set(cp)
     cp.set_defaults(fn=_cmd_compress)
     bm = sub.add_parser("benchmark", help="size, latency, throughput and accuracy of runs on a labelled file")
@@ -376,10 +396,38 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--batch-size", type=int, default=32, help="batch size for the throughput column")
     bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
     bm.set_defaults(fn=_cmd_benchmark)
-    s = sub.add_parser("serve", help="serve a trained run: REST API + web playground")
-    s.add_argument("run")
+    s = sub.add_parser("serve", help="serve trained runs: REST + OpenAI-compatible API, web playground")
+    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
+    s.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on the API (repeatable)")
+    s.add_argument("--api-keys-file", metavar="FILE", help="API keys, one per line")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser calls from this origin (repeatable; default: CORS off)")
+    s.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: the ONNX export when a run has one")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per forward pass (default: the run's trainer.num_threads)")
+    s.add_argument("--replicas", type=int, default=1,
+                   help="copies of each model taking predict batches in parallel (e.g. one per core, --threads 1)")
+    s.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (micro-batching)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch to fill")
+    s.add_argument("--sub-batch-size", type=int, default=8,
+                   help="texts of a batch run sorted by length in sub-batches of this size (less padding; 0: off)")
+    s.add_argument("--max-queue", type=int, default=1024, help="inputs waiting per model before 503 + Retry-After")
+    s.add_argument("--max-active-generations", type=int, default=8, help="sequences decoded round-robin")
+    s.add_argument("--max-inputs", type=int, default=256, help="inputs per predict request")
+    s.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit")
+    s.add_argument("--max-text-chars", type=int, default=20000, help="characters per text, prompt or conversation")
+    s.add_argument("--max-image-pixels", type=int, default=40_000_000)
+    s.add_argument("--max-audio-seconds", type=float, default=120.0)
+    s.add_argument("--max-tokens", type=int, default=2048, help="max_tokens limit of a completion")
+    s.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    s.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
     s.set_defaults(fn=_cmd_serve)
     return p
 

@@ -519,6 +519,7 @@ class ExplicitMFConfig(Section):
     type: Literal["mf_explicit"] = "mf_explicit"
     factors: int = Field(32, gt=0)
     init_std: float = Field(0.05, gt=0)
+    reg: float = Field(0.05, ge=0, description="L2 penalty on each rating's user/item factors and biases")
 
 
 class NegativesConfig(Section):
@@ -533,10 +534,10 @@ class FeatureTableConfig(Section):
     users.dat / movies.dat are read directly, with their columns typed already."""
 
     path: Path | None = Field(None, description="CSV/TSV/JSONL/Parquet or a MovieLens table; null: none")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
-    header: bool = True
-    delimiter: str | None = None
-    encoding: str = "utf-8"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field("auto", description="auto: by the suffix")
+    header: bool = Field(True, description="the first line names the columns")
+    delimiter: str | None = Field(None, description="default: ',' for csv, tab for tsv")
+    encoding: str = Field("utf-8", description="text encoding of the table")
     id: ColumnRef | None = Field(None, description="the id column; default: user/item (or user_id, ...), else "
                                  "the first column")
     categorical: list[ColumnRef] = Field(default_factory=list, description="one value per row, e.g. gender")

@@ -70,6 +70,55 @@ class Predictor:
     def stream_chat(self, messages: list[dict], **knobs):
         return self._text_generator("stream_chat")(messages, **knobs)
 
+    def stream_events(self, prompt: str | None = None, messages: list[dict] | None = None, **knobs):
+        """Text generation, step by step: dicts {"text", "token" (id or None), "finish_reason" (None until the
+        last: "eos", "stop" or "length")}. Tasks without step events stream text pieces, then one last event
+        whose finish_reason is None (unknown)."""
+        events = getattr(self._impl, "stream_events", None)
+        if events is not None:
+            yield from events(prompt, messages, **knobs)
+            return
+        if messages is not None:
+            pieces = self.stream_chat(messages, **knobs)
+        else:
+            pieces = self.stream_text(prompt, **knobs)
+        for piece in pieces:
+            yield {"text": piece, "token": None, "finish_reason": None}
+        yield {"text": "", "token": None, "finish_reason": None}
+
+    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int | None:
+        """Tokens the model reads for a prompt or conversation (None when the task cannot say)."""
+        fn = getattr(self._impl, "prompt_tokens", None)
+        return fn(prompt, messages) if fn is not None else None
+
+    def capabilities(self) -> dict:
+        """What this run can do, for servers and UIs that must not branch on task names.
+
+        `inputs` is what predict() takes, as the task predictor declares it (`input_kind`): "text" (strings),
+        "image" (images: arrays / PIL images), "audio" ((waveform, rate) pairs), "json" (JSON values such as
+        records or ids), None (no predict, e.g. image generation); "unknown" when a task declares nothing. The
+        booleans say which of the facade's other methods apply; `predict_options` are the keyword arguments
+        predict() accepts (e.g. top_k); `labels` the classes when the run has them."""
+        import inspect
+
+        impl = self._impl
+        kind = getattr(impl, "input_kind", "unknown")
+        if self.backend == "ensemble":  # an ensemble predicts what its members predict
+            kind = impl.members[0].capabilities()["inputs"]
+        has = lambda name: callable(getattr(impl, name, None))  # noqa: E731
+        options = []
+        if kind is not None:
+            params = inspect.signature(impl.predict).parameters
+            options = [n for n, p in params.items() if n in ("top_k", "k") and p.kind is not p.VAR_KEYWORD]
+        labels = getattr(impl, "labels", None)
+        labels = getattr(labels, "labels", labels)  # a LabelMap or a plain list
+        return {"task": self.task, "backend": self.backend, "predict": kind is not None, "inputs": kind,
+                "predict_options": options,
+                "generate_text": has("generate_text"), "stream_text": has("stream_text"), "chat": has("chat"),
+                "stream_events": has("stream_events"), "generate_images": has("generate"),
+                "recommend": has("recommend"), "similar_items": has("similar_items"),
+                "labels": [str(x) for x in labels] if isinstance(labels, (list, tuple)) else None}
+
     def generate(self, **kw):
         """Generative tasks (image generation): samples from the trained model."""
         if not hasattr(self._impl, "generate"):

@@ -8,6 +8,9 @@ ONNX export when it has one); the student's loss is
 
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross_entropy(student, label)
 
+With `transfer_data` (text classification), unlabeled texts from a file are scored by the teacher and added to the
+student's training split with the soft-target loss only (Tang et al. 2019, "Distilling task-specific knowledge from
+BERT into simple neural networks"): the student sees more of the language than the labelled rows hold.
 Everything else (epochs, optimizer, early stopping, report) is `luban train`'s.
 """
 
@@ -22,6 +25,8 @@ import torch.nn.functional as F
 
 from luban.errors import ExportError, RunError
 
+UNLABELED = -100  # the label id of transfer-set rows
+
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                       temperature: float = 2.0, alpha: float = 0.5) -> torch.Tensor:
@@ -30,7 +35,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     student = student.float()
     soft = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1),
                     reduction="batchmean", log_target=True) * (t * t)
-    hard = F.cross_entropy(student, labels)
+    labelled = labels != UNLABELED  # transfer-set rows have no label: soft targets only
+    hard = F.cross_entropy(student[labelled], labels[labelled]) if bool(labelled.any()) else student.sum() * 0
     return alpha * soft + (1 - alpha) * hard
 
 
@@ -60,7 +66,8 @@ def student_config(student, teacher_cfg, teacher_run: Path, name: str | None, ov
 
 
 def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0.5, name: str | None = None,
-                overrides: list[str] | None = None, overwrite: bool = False, quiet: bool = False) -> Path:
+                overrides: list[str] | None = None, overwrite: bool = False, transfer_data=None,
+                quiet: bool = False) -> Path:
     from luban.compress import COMPRESSION
     from luban.compress.runs import prepared_task, run_config, run_metrics, scalars
     from luban.pipeline import train
@@ -81,18 +88,29 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
         raise RunError(f"{Path(scfg.output.dir) / scfg.output.name} already exists; pass --name or --overwrite")
     teacher_task = prepared_task(tcfg)
     tpred = load(teacher)
+    tsplits = teacher_task.data_summary()
+    transfer = []
+    if transfer_data is not None:
+        if not hasattr(teacher_task, "add_unlabeled"):
+            raise ExportError(f"--transfer-data is supported for text classification (not task {tcfg.task})")
+        transfer = list(tpred._impl.read_inputs(transfer_data))
+        teacher_task.add_unlabeled(transfer)
+        scfg.evaluation.baseline = False  # the classical baseline cannot train on unlabeled rows
     with torch.no_grad():
         soft = teacher_task.split_logits(tpred._impl.model, "train")
-    tsplits = teacher_task.data_summary()
     info = {"method": "distill", "teacher_run": str(teacher), "teacher_backend": tpred.backend,
             "temperature": temperature, "alpha": alpha, "teacher_model": tcfg.model.type,
-            "teacher_test": scalars(tmetrics["test"])}
+            "teacher_test": scalars(tmetrics["test"]),
+            "transfer_data": str(transfer_data) if transfer_data is not None else None,
+            "transfer_rows": len(soft) - tsplits["splits"]["train"]}
 
     def hook(task):
         mine = task.data_summary()
         if mine.get("splits") != tsplits.get("splits") or mine.get("labels") != tsplits.get("labels"):
             raise ExportError(f"student and teacher data differ (splits {mine.get('splits')} vs "
                               f"{tsplits.get('splits')}); the student must read the teacher's data")
+        if transfer:
+            task.add_unlabeled(transfer)
 
         def loss(model, batch):
             s = task.batch_logits(model, batch)

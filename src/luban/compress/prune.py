@@ -1,8 +1,9 @@
 """`luban compress RUN --prune AMOUNT [--structured]` -> a new run directory.
 
 Magnitude pruning with `torch.nn.utils.prune` of every Linear / Conv weight (embeddings, norms and biases are
-kept): unstructured (`l1_unstructured`: the smallest |w| of each layer set to zero) or structured
-(`ln_structured`, L2 norm over whole output rows / filters). Then an optional short fine-tune on the training
+kept): unstructured (`global_unstructured`: the smallest |w| over all those layers together set to zero, so
+AMOUNT of them are zero overall; measured on MiniLM/SST-2 it keeps more accuracy than pruning each layer by the same
+fraction) or structured (`ln_structured` per layer, L2 norm over whole output rows / filters). Then an optional short fine-tune on the training
 split with the masks held fixed (the pruned weights stay zero), best epoch by the validation metric, masks made
 permanent. The real sparsity is measured on the saved weights and reported.
 
@@ -20,7 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.nn.utils import prune
 
@@ -41,11 +41,12 @@ def apply_pruning(model: nn.Module, amount: float, structured: bool = False) -> 
     modules = [m for _, m in prunable(model)]
     if not modules:
         raise ExportError(f"{type(model).__name__} has no Linear or Conv layers to prune")
-    for m in modules:
-        if structured:
+    if structured:
+        for m in modules:
             prune.ln_structured(m, "weight", amount=amount, n=2, dim=0)
-        else:
-            prune.l1_unstructured(m, "weight", amount=amount)
+    else:  # global: the smallest |w| across all these layers, so robust layers give up more than sensitive ones
+        prune.global_unstructured([(m, "weight") for m in modules], pruning_method=prune.L1Unstructured,
+                                  amount=amount)
     return modules
 
 

@@ -169,7 +169,12 @@ class FeatureTable:
 
     def encode_records(self, records: list[dict], source: str = "input") -> dict[str, np.ndarray]:
         """Features of rows given as {column: value} dicts (new users / items); missing columns count as unknown."""
-        frame = pd.DataFrame.from_records([{k: v for k, v in r.items()} for r in records])
+        for r in records:
+            unknown = sorted(set(r) - set(self.columns()) - {self.spec["id"]})
+            if unknown:
+                raise DataError(f"{source}: unknown {self.role} feature(s) {', '.join(map(repr, unknown))}; "
+                                f"this run knows {', '.join(self.columns()) or 'none'}")
+        frame = pd.DataFrame.from_records([dict(r) for r in records])
         for c in self.columns():
             if c not in frame.columns:
                 frame[c] = None

@@ -212,8 +212,9 @@ class ExplicitMF(Recommender):
     batches = "ratings"
     predicts_ratings = True
 
-    def __init__(self, n_users: int, n_items: int, factors: int, init_std: float = 0.05):
+    def __init__(self, n_users: int, n_items: int, factors: int, init_std: float = 0.05, reg: float = 0.0):
         super().__init__()
+        self.reg = reg
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("range", torch.tensor([-math.inf, math.inf]))
         self.user_bias, self.item_bias = nn.Parameter(torch.zeros(n_users)), nn.Parameter(torch.zeros(n_items))
@@ -232,7 +233,13 @@ class ExplicitMF(Recommender):
         return r
 
     def loss(self, batch: dict) -> torch.Tensor:
-        return F.mse_loss(self.predict(batch["user"], batch["item"]), batch["rating"])
+        u, i = batch["user"], batch["item"]
+        loss = F.mse_loss(self.predict(u, i), batch["rating"])
+        if self.reg:
+            norms = (self.user[u].square().sum(-1) + self.item[i].square().sum(-1) + self.user_bias[u].square()
+                     + self.item_bias[i].square())
+            loss = loss + self.reg * norms.mean()
+        return loss
 
     def score(self, q: Query) -> torch.Tensor:
         known = (q.users >= 0)[:, None]

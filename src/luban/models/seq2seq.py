@@ -46,11 +46,18 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
     return table
 
 
+LONG_ATTENTION = 128 * 128  # queries x keys from which the fp32 fused kernel beats plain bf16 ops on a CPU
+
+
 def attend(q, k, v, mask=None, causal=False):
     """Scaled dot-product attention; `mask` is True where attention is allowed. On a CPU in bf16/fp16 the fused
-    kernels are slow (the flash backward measured ~10x slower than this plain version), so those use plain ops."""
+    kernels are slow (the flash backward measured ~6x slower than plain ops on short sequences), so short ones use
+    plain ops, and long ones (document-length self-attention) the fused kernel in fp32, ~2x faster than either."""
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    if q.shape[-2] * k.shape[-2] >= LONG_ATTENTION:
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal)
+        return y.to(q.dtype)
     t, s = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if causal:
@@ -142,27 +149,42 @@ class DecoderLayer(nn.Module):
 
 
 class CopyHead(nn.Module):
-    """Pointer-generator: p(w) = p_gen * p_vocab(w) + (1 - p_gen) * sum of copy attention on source tokens == w."""
+    """Pointer-generator (See et al. 2017) that can follow a copied span.
+
+    p(w) = p_gen * p_vocab(w) + (1 - p_gen) * copy mass on the source positions holding w, where the copy
+    distribution mixes a fresh attention over the source with `follow`: the previous step's attention on the
+    occurrences of the previous token, moved one position on (so "Navier-Stokes" is copied character after
+    character instead of re-found at every step). A learned gate weighs the two; it is closed when the previous
+    token does not occur in the source. Everything is computed for all steps at once in training.
+    """
 
     def __init__(self, d_model: int):
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
         self.key = nn.Linear(d_model, d_model)
-        self.gate = nn.Linear(2 * d_model, 1)
+        self.gate = nn.Linear(2 * d_model, 2)  # p_gen and the follow gate
 
     def project(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key(memory)
 
-    def forward(self, h, logits, keys, memory, src_ids, key_mask):
-        """h (B, T, d), logits (B, T, V), keys/memory (B, S, d), src_ids (B, S), key_mask (B, S) bool."""
-        scores = torch.einsum("btd,bsd->bts", self.query(h), keys) / math.sqrt(h.shape[-1])
-        attn = scores.float().masked_fill(~key_mask[:, None, :], float("-inf")).softmax(-1)
+    def forward(self, h, logits, keys, memory, src_ids, key_mask, inputs, prev_attn):
+        """h (B, T, d), logits (B, T, V), keys/memory (B, S, d), src_ids (B, S), key_mask (B, S) bool,
+        inputs (B, T) the decoder's input ids (the previous tokens), prev_attn (B, S) the copy attention of the
+        step before the first input (zeros at the start). Returns log-probabilities and the last attention."""
+        scores = torch.einsum("btd,bsd->bts", self.query(h), keys).float() / math.sqrt(h.shape[-1])
+        attn = scores.masked_fill(~key_mask[:, None, :], float("-inf")).softmax(-1)
         context = torch.einsum("bts,bsd->btd", attn.to(memory.dtype), memory)
-        p_gen = torch.sigmoid(self.gate(torch.cat([h, context], dim=-1)).float())
+        gates = torch.sigmoid(self.gate(torch.cat([h, context], dim=-1)).float())
+        p_gen, follow_gate = gates[..., :1], gates[..., 1:]
+        before = torch.cat([prev_attn[:, None, :], attn[:, :-1]], dim=1)
+        on_prev = before * (src_ids[:, None, :] == inputs[:, :, None])
+        follow = F.pad(on_prev[..., :-1], (1, 0)) * key_mask[:, None, :]
+        mass = follow.sum(-1, keepdim=True)
+        follow_gate = follow_gate * (mass > 1e-6)
+        copy = (1 - follow_gate) * attn + follow_gate * follow / mass.clamp_min(1e-6)
         probs = p_gen * logits.float().softmax(-1)
-        copy = (1 - p_gen) * attn
-        probs = probs.scatter_add(2, src_ids[:, None, :].expand(-1, h.shape[1], -1), copy)
-        return probs.clamp_min(1e-12).log()
+        probs = probs.scatter_add(2, src_ids[:, None, :].expand(-1, h.shape[1], -1), (1 - p_gen) * copy)
+        return probs.clamp_min(1e-12).log(), attn[:, -1]
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -225,18 +247,22 @@ class Seq2SeqTransformer(nn.Module):
             x = layer(x, mask)
         return self.enc_norm(x)
 
-    def _output(self, h, state):
+    def _output(self, h, state, inputs):
+        """Scores for every position of h; with the copy head also the state's last copy attention."""
         logits = F.linear(h, self.tgt_emb.weight, self.out_bias)
         if self.copy_head is None:
-            return logits
-        return self.copy_head(h, logits, state["copy_keys"], state["memory"], state["src"], state["key_mask"])
+            return logits, state
+        out, last = self.copy_head(h, logits, state["copy_keys"], state["memory"], state["src"], state["key_mask"],
+                                   inputs, state["prev_copy"])
+        return out, {**state, "prev_copy": last}
 
     def _memory_state(self, src, src_mask, memory) -> dict:
         state = {"mask": src_mask.bool()[:, None, None, :],
                  "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
                  "self": [None] * len(self.decoder), "pos": 0}
         if self.copy_head is not None:
-            state.update(memory=memory, src=src, key_mask=src_mask.bool(), copy_keys=self.copy_head.project(memory))
+            state.update(memory=memory, src=src, key_mask=src_mask.bool(), copy_keys=self.copy_head.project(memory),
+                         prev_copy=memory.new_zeros(src.shape, dtype=torch.float32))
         return state
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
@@ -245,7 +271,7 @@ class Seq2SeqTransformer(nn.Module):
         x = self._embed(self.tgt_emb, tgt_in)
         for layer, kv in zip(self.decoder, state["cross"]):
             x, _ = layer(x, kv, state["mask"])
-        return self._output(self.dec_norm(x), state)
+        return self._output(self.dec_norm(x), state, tgt_in)[0]
 
     # ------------------------------------------------------------------------------------------ decoding
     def start_state(self, src: torch.Tensor, src_mask: torch.Tensor) -> dict:
@@ -258,7 +284,9 @@ class Seq2SeqTransformer(nn.Module):
             x, present = layer(x, kv, state["mask"], past)
             presents.append(present)
         state = {**state, "self": presents, "pos": state["pos"] + new_ids.shape[1]}
-        return self._output(self.dec_norm(x[:, -1:]), state)[:, -1], state
+        h = self.dec_norm(x if self.copy_head is not None else x[:, -1:])  # the copy head follows every new step
+        scores, state = self._output(h, state, new_ids)
+        return scores[:, -1], state
 
     @staticmethod
     def reorder_state(state: dict, index: torch.Tensor) -> dict:

@@ -1,89 +1,158 @@
-"""A FastAPI app for one run directory: REST prediction, run info, and a minimal web playground.
+"""`luban serve RUN [RUN...]`: one FastAPI app for every task — REST, an OpenAI-compatible API, a web playground.
 
-    luban serve runs/NAME --port 8000
-    curl -s localhost:8000/predict -H 'content-type: application/json' -d '{"inputs": ["服务很好"]}'
+    luban serve runs/sst2 runs/char_lm --port 8000 --api-key s3cret
+    curl -s localhost:8000/v1/predict -H 'authorization: Bearer s3cret' -H 'content-type: application/json' \\
+         -d '{"model": "sst2", "inputs": ["a gripping, funny film"]}'
 
-The app never branches on the task: it hands inputs to the run's predictor and returns its JSON-ready output.
+Each run is loaded once (`luban.load`, so the ONNX export when the run has one) and warmed before /readyz says
+ready. The app never branches on the task: it asks each model what it can do (`Predictor.capabilities()`) and
+routes follow — predict (micro-batched), text generation (OpenAI-compatible, fairly scheduled), recommendation,
+image generation. Modules: routes (REST), openai_api, batching, generation (scheduling), limits, auth, errors,
+metrics, models (loading), settings; static/ holds the playground (HTML/CSS/JS, no external requests).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import signal
+import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel
+from luban.serve.settings import ServeSettings
 
-
-class PredictRequest(BaseModel):
-    inputs: list[Any]
+STATIC = Path(__file__).parent / "static"
+VERSION = "0.2.0"
 
 
-PLAYGROUND = """<!doctype html><html lang=en><head><meta charset=utf-8><title>luban — {name}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:760px}}textarea{{width:100%;height:8rem}}
-pre{{background:#f3f5f8;padding:1rem;white-space:pre-wrap}}</style></head><body>
-<h1>luban playground: <code>{name}</code></h1><p>task <b>{task}</b>. {hint}</p>
-<textarea id=inp>{example}</textarea><p><button id=go>Predict</button></p><pre id=out></pre>
-<script>
-document.getElementById('go').onclick = async () => {{
-  const raw = document.getElementById('inp').value;
-  let inputs;
-  try {{ inputs = {parse}; }} catch (e) {{ document.getElementById('out').textContent = 'bad input: ' + e; return; }}
-  const r = await fetch('predict', {{method: 'POST', headers: {{'content-type': 'application/json'}},
-                                     body: JSON.stringify({{inputs}})}});
-  document.getElementById('out').textContent = JSON.stringify(await r.json(), null, 2);
-}};
-</script></body></html>"""
+def create_app(runs=None, settings: ServeSettings | None = None, predictors: dict | None = None,
+               background: bool = False):
+    """The app for `runs` (a run directory or a list of them; or settings.runs). Models load here (or, with
+    background=True, in a thread started by the app's lifespan: /readyz answers 503 until they are warm).
+    `predictors` maps a run path to an already loaded `luban.load` predictor (tests, notebooks)."""
+    from fastapi import Depends, FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
 
+    from luban.serve import errors
+    from luban.serve.auth import KeyChecker, dependency
+    from luban.serve.limits import BodyLimit
+    from luban.serve.metrics import Metrics, MetricsMiddleware
+    from luban.serve.models import Registry
+    from luban.serve.openai_api import build_openai_router
+    from luban.serve.routes import build_router, model_for
 
-def create_app(run_dir: str | Path):
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse
+    if settings is None:
+        if runs is None:
+            raise ValueError("create_app: give runs or settings")
+        settings = ServeSettings(runs=[str(r) for r in ([runs] if isinstance(runs, (str, Path)) else runs)])
+    settings.check()
+    metrics = Metrics()
+    registry = Registry(settings, metrics)
+    auth = dependency(KeyChecker(settings.api_keys))
 
-    from luban.errors import LubanError
-    from luban.predictor import load
+    @asynccontextmanager
+    async def lifespan(app):
+        if background:
+            registry.load_in_background(on_error=_load_failed, on_ready=_ready)
+        yield
+        await registry.close(settings.request_timeout)  # drain: queued requests are answered before exit
 
-    predictor = load(run_dir)
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    app = FastAPI(title=f"luban: {run_dir.name}", version="0.1.0")
+    app = FastAPI(title="luban", version=VERSION, lifespan=lifespan,
+                  description="Serve luban runs: predict, OpenAI-compatible text generation, recommendation, image "
+                  "generation. Send `Authorization: Bearer KEY` when the server has API keys.")
+    app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
+    errors.install(app)
 
-    @app.get("/health")
-    def health():
+    open_routes, api_routes = build_router(registry, auth)
+    app.include_router(open_routes)
+    app.include_router(api_routes)
+    app.include_router(build_openai_router(registry, auth))
+
+    # the first version's routes, kept for the README and `make demo`
+    @app.get("/health", tags=["operations"], deprecated=True, summary="use /healthz")
+    async def health():
         return {"status": "ok"}
 
-    @app.get("/info")
-    def info():
-        return {"run": run_dir.name, "task": predictor.task, "model": predictor.config.model.type,
-                "labels": metrics.get("data", {}).get("labels"),
-                "test_metrics": {k: v for k, v in metrics["test"].items() if isinstance(v, (int, float))}}
+    @app.get("/info", tags=["models"], deprecated=True, summary="the first model's task, labels and test metrics "
+             "(see /v1/models)", dependencies=[Depends(auth)])
+    async def info(model: str | None = None):
+        m = model_for(registry, model, "predict") if model else _first(registry)
+        return {"run": m.name, "task": m.caps["task"], "model": m.model_type, "labels": m.caps.get("labels"),
+                "test_metrics": m.test_metrics}
 
-    @app.post("/predict")
-    def predict(req: PredictRequest):
-        try:
-            return {"predictions": predictor.predict(req.inputs)}
-        except LubanError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/", response_class=HTMLResponse)
-    def playground():
-        text = predictor.task == "text_classification"
-        return PLAYGROUND.format(
-            name=run_dir.name, task=predictor.task,
-            hint="One text per line." if text else "A JSON list of rows (column: value).",
-            example="房间很干净，服务也很周到\n质量太差了，非常失望" if text else "[{}]",
-            parse="raw.split('\\n').filter(s => s.trim())" if text else "JSON.parse(raw)")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    # middleware: the last added runs first
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    if not background:
+        registry.load_all(predictors)
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def _first(registry):
+    from luban.serve.routes import model_for
+
+    if not registry.ready:
+        model_for(registry, None, "predict")  # 503: still loading (or failed)
+    return next(iter(registry.models.values()))
+
+
+def _ready(registry) -> None:
+    print(f"ready: {len(registry.models)} model(s) loaded and warm: {', '.join(registry.models)}", flush=True)
+
+
+def _load_failed(error: str) -> None:
+    print(f"error: loading the models failed: {error}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def app_from_env():
+    """uvicorn's factory in each `--workers` process: the settings come from the parent's environment."""
+    return create_app(settings=ServeSettings.from_env(), background=True)
+
+
+def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
+          workers: int = 1, graceful_timeout: float = 30.0) -> None:
     try:
         import uvicorn
     except ImportError:
         from luban.errors import LubanError
 
         raise LubanError("serving needs fastapi and uvicorn: pip install 'luban[serve]'") from None
-    app = create_app(run_dir)
-    print(f"serving {run_dir} on http://{host}:{port}  (playground: /, API: POST /predict, docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from luban.rundir import check_finished
+
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    for r in runs:
+        check_finished(r)  # a typo fails here, before the server starts
+    settings = settings or ServeSettings()
+    settings.runs = [str(r) for r in runs]
+    settings.check()
+    auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
+    print(f"serving {', '.join(runs)} on http://{host}:{port}  ({auth}; playground /, API /v1/..., docs /docs; "
+          f"/readyz once the models are warm)", flush=True)
+    kw = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
+              server_header=False)
+    if workers > 1:
+        from luban.serve.settings import ENV
+
+        os.environ[ENV] = settings.to_env()
+        uvicorn.run("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
+        return
+    app = create_app(settings=settings, background=True)
+    uvicorn.run(app, **kw)
+    registry = app.state.registry
+    if registry.error:
+        from luban.errors import LubanError
+
+        raise LubanError(f"loading the models failed: {registry.error}")

@@ -617,6 +617,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 
 
 class ImageClassificationPredictor(Predictor, _ImageModelUser):
+    input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_classification"
     exportable = True
 

@@ -475,6 +475,7 @@ class ImageGenerationTask(Task, _Sampling):
 
 
 class ImageGenerationPredictor(Predictor, _Sampling):
+    input_kind = None  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_generation"
 
     def __init__(self, cfg, folder, device):

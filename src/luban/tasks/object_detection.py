@@ -303,6 +303,7 @@ def _f(v):
 
 
 class ObjectDetectionPredictor(Predictor, _DetectorUser):
+    input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "object_detection"
 
     def __init__(self, cfg, folder, device):

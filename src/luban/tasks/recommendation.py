@@ -60,7 +60,7 @@ def build_recommender(cfg: RunConfig, users: IdMap, items: IdMap, tables: dict) 
     if m.type == "ncf":
         return recsys.NCF(nu, ni, m.gmf_dim, m.mlp_dims, m.dropout)
     if m.type == "mf_explicit":
-        return recsys.ExplicitMF(nu, ni, m.factors, m.init_std)
+        return recsys.ExplicitMF(nu, ni, m.factors, m.init_std, m.reg)
     if m.type == "sasrec":
         return recsys.SASRec(ni, m.max_length, m.hidden, m.layers, m.heads, m.dropout, m.loss)
     ut, it = tables.get("user"), tables.get("item")
@@ -188,6 +188,7 @@ class RecommendationTask(Task, _Serving):
         self.explicit = is_explicit(cfg)
         self.main_metric, self.mode = ("rmse", "min") if cfg.model.type == "mf_explicit" else ("ndcg", "max")
         self._popularity_results: dict = {}
+        self._popularity_at_k: dict = {}
 
     # data --------------------------------------------------------------------------------------------------
     def read_frames(self):
@@ -401,6 +402,7 @@ class RecommendationTask(Task, _Serving):
             res.update(self._rating_errors(model, split))
         if not detailed:
             return {k: v for k, v in res.items() if isinstance(v, float)}
+        self._popularity_at_k[split] = pop["at_k"]
         pop = {k: v for k, v in pop.items() if isinstance(v, float)}
         if self.explicit:
             pop.update(self._rating_errors(None, split))
@@ -456,7 +458,8 @@ class RecommendationTask(Task, _Serving):
                 t.save(folder)
 
     def report_sections(self, workdir, final):
-        return [recommendation_report(final, self.data_summary(), self._examples(final))]
+        return [recommendation_report(final, self._popularity_at_k.get("test", {}), self.data_summary(),
+                                      self._examples(final))]
 
     def _examples(self, final, n: int = 3) -> list[dict]:
         """A few test users: their latest items, the top recommendations and the held-out item(s)."""
@@ -476,17 +479,18 @@ class RecommendationTask(Task, _Serving):
         return out
 
 
-def recommendation_report(final: dict, data: dict, examples: list[dict]) -> str:
+def recommendation_report(final: dict, pop_at_k: dict, data: dict, examples: list[dict]) -> str:
     E = html.escape
     test = final.get("test", {})
     pop = test.get("popularity", {})
     rows = []
     for k, m in test.get("at_k", {}).items():
-        rows.append(f"<tr><td>{E(k)}</td><td>{m['hr']:.4f}</td><td>{m['recall']:.4f}</td><td>{m['ndcg']:.4f}</td>"
-                    f"<td>{m['coverage']:.4f}</td></tr>")
+        p = pop_at_k.get(k, {})
+        rows.append(f"<tr><td>{E(k)}</td>" + "".join(f"<td>{m[x]:.4f}</td><td class=muted>{p.get(x, float('nan')):.4f}"
+                                                     "</td>" for x in ("hr", "recall", "ndcg", "coverage")) + "</tr>")
+    head = "".join(f"<th>{x}</th><th class=muted>popularity</th>" for x in ("HR", "Recall", "NDCG", "coverage"))
     parts = ["<h2>Ranking at each cutoff (test, full catalogue, seen items excluded)</h2>",
-             "<table><tr><th>K</th><th>HR</th><th>Recall</th><th>NDCG</th><th>coverage</th></tr>" + "".join(rows)
-             + "</table>",
+             f"<table><tr><th>K</th>{head}</tr>" + "".join(rows) + "</table>",
              f"<p>MRR {test.get('mrr', 0):.4f} (popularity {pop.get('mrr', 0):.4f}) · "
              f"{test.get('evaluated', {}).get('users', 0)} test users ranked against {data['items']} items · "
              "served by: " + ", ".join(f"{k} {v}" for k, v in test.get("strategies", {}).items() if v) + "</p>",
@@ -509,6 +513,7 @@ def recommendation_report(final: dict, data: dict, examples: list[dict]) -> str:
 
 
 class RecommendationPredictor(Predictor, _Serving):
+    input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "recommendation"
 
     def __init__(self, cfg, folder, device):

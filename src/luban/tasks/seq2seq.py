@@ -532,6 +532,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 
 
 class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
+    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "translation"
 
     def __init__(self, cfg, folder, device):
@@ -576,6 +577,10 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
 
     def generate_text(self, prompt: str, **knobs) -> dict:
         return self.predict([prompt], **knobs)[0]
+
+    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+        """How many tokens the encoder reads for a source text (usage counts in `luban serve`)."""
+        return len(self.sides.encode_sources(self._sources([prompt]))[0])
 
     def stream_text(self, prompt: str, **knobs):
         """The output for one source, piece by piece as tokens are decoded (beam search yields it whole)."""

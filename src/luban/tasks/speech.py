@@ -382,6 +382,8 @@ def worst_utterances(data: AudioSet, refs: list[str], hyps: list[str], k: int, d
 
 
 class SpeechPredictor(Predictor):
+    input_kind = "audio"  # what the server sends predict(): see luban.Predictor.capabilities
+
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
         self.task = cfg.task

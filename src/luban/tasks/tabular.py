@@ -267,6 +267,7 @@ class TabularTask(Task, _TabularModelUser):
 
 
 class TabularPredictor(Predictor, _TabularModelUser):
+    input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):

@@ -209,6 +209,17 @@ class TextClassificationTask(Task, _TextModelUser):
     def split_logits(self, model, split):
         return self.logits(model, self.data[split])
 
+    def add_unlabeled(self, texts: list[str]) -> int:
+        """Append unlabeled texts to the training split (label -100: no hard-label loss), e.g. a distillation
+        transfer set the teacher scores; returns how many were added (empty ones are skipped)."""
+        texts = [t for t in (normalize_text(t, self.cfg.data.clean) for t in texts) if t]
+        train = self.data["train"]
+        extra = pd.DataFrame({"text": texts, LINE: range(1, len(texts) + 1)})
+        frame = pd.concat([train.frame[["text", LINE]], extra], ignore_index=True)
+        frame.attrs = train.frame.attrs
+        self.data["train"] = EncodedTexts(frame, self.encoder, list(train.labels) + [-100] * len(texts))
+        return len(texts)
+
     def evaluate(self, model, split, detailed=False):
         probs = self.probabilities(model, self.data[split])
         m = _metrics_with_examples(probs, self.data[split], self.label_map.labels,
@@ -230,6 +241,7 @@ class TextClassificationTask(Task, _TextModelUser):
 
 
 class TextClassificationPredictor(Predictor, _TextModelUser):
+    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True
 

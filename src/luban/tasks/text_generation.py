@@ -234,6 +234,17 @@ class Generator:
         return stream(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
                       self.encoder.decode)
 
+    def events(self, prompt=None, messages=None, **knobs):
+        """Like stream, yielding (token_id | None, text_piece, finish_reason | None) per decoding step; the last
+        event carries the finish reason (serving: usage counts, OpenAI finish_reason)."""
+        from luban.generation.decoding import _events
+
+        knobs.pop("num_beams", None)
+        knobs.pop("length_penalty", None)
+        ids = self._ids(prompt, messages)
+        return _events(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
+                       self.encoder.decode)
+
     def _beam(self, ids, cfg: GenerationConfig, num_beams: int, length_penalty: float) -> dict:
         from luban.generation.decoding import causal_beam_search
 
@@ -508,6 +519,7 @@ def samples_section(history: list[dict], final: dict) -> str:
 
 
 class TextGenerationPredictor(Predictor):
+    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_generation"
 
     def __init__(self, cfg, folder, device):
@@ -538,6 +550,16 @@ class TextGenerationPredictor(Predictor):
 
     def stream_chat(self, messages: list[dict], **knobs):
         return self.generator.stream(messages=messages, **knobs)
+
+    def stream_events(self, prompt: str | None = None, messages: list[dict] | None = None, **knobs):
+        """One dict per decoding step, {"text", "token", "finish_reason"}: the pieces join to stream_text's /
+        stream_chat's text; the last carries finish_reason (eos, stop or length). Used by `luban serve`."""
+        for token, piece, finish in self.generator.events(prompt, messages, **knobs):
+            yield {"text": piece, "token": token, "finish_reason": finish}
+
+    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+        """How many tokens the model reads for a prompt or a conversation (usage counts)."""
+        return len(self.generator._ids(prompt, messages))
 
     def predict(self, inputs, **knobs) -> list[dict]:
         """Each input: a prompt string, or {"messages": [...]} for a chat turn."""

@@ -1,0 +1,199 @@
+"""The served models: each run directory loaded once (`luban.load`, so the ONNX export when the run has one), warmed,
+and given its own thread, micro-batcher and generation scheduler.
+
+The server never looks at task names: what a model offers comes from `Predictor.capabilities()` (what predict()
+takes, whether it generates text, chats, recommends, generates images) and the routes follow that.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from luban.serve.batching import MicroBatcher
+from luban.serve.generation import GenerationScheduler
+from luban.serve.metrics import Metrics
+from luban.serve.settings import ServeSettings
+
+
+class ServedModel:
+    def __init__(self, name: str, run_dir: Path, predictor, settings: ServeSettings, metrics: Metrics,
+                 replicas: list | None = None):
+        """`predictor` serves everything; `replicas` (more loaded copies of the same run) take predict batches
+        beside it, each on its own thread."""
+        self.name, self.run_dir, self.predictor = name, Path(run_dir), predictor
+        self.caps = predictor.capabilities()
+        self.created = int((self.run_dir / "metrics.json").stat().st_mtime)
+        try:
+            m = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            m = {}
+        self.test_metrics = {k: v for k, v in (m.get("test") or {}).items() if isinstance(v, (int, float))}
+        if not self.caps.get("labels") and isinstance((m.get("data") or {}).get("labels"), list):
+            self.caps["labels"] = [str(x) for x in m["data"]["labels"]]
+        self.model_type = getattr(getattr(predictor.config, "model", None), "type", None)
+        self.predictors = [predictor] + list(replicas or [])
+        self.executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"luban-{name}-{i}")
+                          for i in range(len(self.predictors))]
+        self.executor = self.executors[0]  # generation and direct calls (recommend, images) run here
+        self.calls = 0  # direct calls queued or running on that thread
+        self.sub_batch_size = settings.sub_batch_size
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+            for ex in self.executors:
+                ex.submit(torch.set_num_threads, settings.threads).result()
+        self.batcher = MicroBatcher(max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                                    max_queue=settings.max_queue,
+                                    replicas=[(self._predictor_fn(p), ex)
+                                              for p, ex in zip(self.predictors, self.executors, strict=True)],
+                                    on_batch=lambda n, r, s: (metrics.batch_size.labels(name).observe(n),
+                                                              metrics.batch_requests.labels(name).observe(r),
+                                                              metrics.batch_seconds.labels(name).observe(s)),
+                                    on_depth=lambda d: metrics.queue_depth.labels(name).set(d))
+        self.generation = GenerationScheduler(
+            self.executor, settings.max_active_generations, settings.max_queued_generations,
+            on_change=lambda a, q: (metrics.gen_active.labels(name).set(a), metrics.gen_queued.labels(name).set(q)),
+            on_tokens=lambda n: metrics.tokens.labels(name).inc(n))
+
+    # what /v1/models says about it
+    def describe(self) -> dict:
+        c = self.caps
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "luban",
+                "task": c["task"], "model_type": self.model_type, "backend": c["backend"],
+                "capabilities": {k: c[k] for k in ("predict", "inputs", "predict_options", "generate_text",
+                                                   "stream_text", "chat", "generate_images", "recommend",
+                                                   "similar_items")},
+                "labels": c.get("labels"), "test_metrics": self.test_metrics}
+
+    @property
+    def generates_text(self) -> bool:
+        return bool(self.caps["generate_text"] or self.caps["stream_events"])
+
+    def _predictor_fn(self, predictor):
+        def predict_batch(inputs: list, options: dict) -> list:
+            """One micro-batch. Texts of very different lengths padded together waste most of a forward pass,
+            so a batch of strings is ordered by length and run in sub-batches of `sub_batch_size` (each padded
+            only to its own longest); any other batch goes to predict() whole."""
+            n = self.sub_batch_size
+            if not n or len(inputs) <= n or not all(isinstance(x, str) for x in inputs):
+                return predictor.predict(inputs, **options)
+            order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+            out: list = [None] * len(inputs)
+            try:
+                for s in range(0, len(order), n):
+                    idx = order[s:s + n]
+                    for i, r in zip(idx, predictor.predict([inputs[i] for i in idx], **options), strict=True):
+                        out[i] = r
+            except Exception:  # noqa: BLE001 - rerun whole, so an error names the input by its own position
+                return predictor.predict(inputs, **options)
+            return out
+
+        return predict_batch
+
+    def warm(self) -> None:
+        """One small request through each capability, on the model's thread, so the first client is not slow
+        (lazy initialisation, onnxruntime's first run, allocator warm-up)."""
+        import numpy as np
+
+        from luban.errors import LubanError
+
+        c = self.caps
+        example = {"text": ["warm up"], "image": [np.full((32, 32, 3), 128, np.uint8)],
+                   "audio": [(np.zeros(8000, np.float32), 16000)]}.get(c["inputs"])
+
+        def run(p):
+            try:
+                if c["predict"] and example is not None and not self.generates_text:
+                    p.predict(example)
+                if self.generates_text and p is self.predictor:
+                    for _ in p.stream_events("warm up", max_new_tokens=2):
+                        pass
+            except (LubanError, ValueError, TypeError, KeyError, RuntimeError):
+                pass  # warming is best effort: the model loaded, and real requests report their own errors
+
+        for p, ex in zip(self.predictors, self.executors, strict=True):
+            ex.submit(run, p).result()
+
+    async def close(self, timeout: float) -> None:
+        await self.batcher.close(timeout)
+        await self.generation.close(timeout)
+        for ex in self.executors:
+            ex.shutdown(wait=False)
+
+
+class Registry:
+    """The models of one server, by name; loaded in the foreground (tests) or a background thread (the CLI, so
+    /healthz answers while large models load and /readyz turns 200 only once every model is warm)."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self.error: str | None = None
+        self.started = time.time()
+        self._thread: threading.Thread | None = None
+
+    def names_for(self, runs: list[str]) -> list[str]:
+        names, seen = [], {}
+        for r in runs:
+            base = Path(r).resolve().name
+            seen[base] = seen.get(base, 0) + 1
+            names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+        return names
+
+    def add(self, name: str, run_dir, predictor, replicas: list | None = None) -> ServedModel:
+        m = ServedModel(name, Path(run_dir), predictor, self.settings, self.metrics, replicas)
+        self.models[name] = m
+        return m
+
+    def load_all(self, predictors: dict | None = None) -> None:
+        from luban.predictor import load
+
+        if self.settings.threads:  # before loading: onnxruntime sessions take their thread count at creation
+            from luban.training.hardware import set_threads
+
+            set_threads(self.settings.threads)
+        try:
+            for name, run in zip(self.names_for(self.settings.runs), self.settings.runs, strict=True):
+                given = (predictors or {}).get(run)
+                p = given or load(run, device=self.settings.device, backend=self.settings.backend)
+                extra = []
+                if given is None and p.capabilities()["predict"]:  # more copies for predict batches
+                    extra = [load(run, device=self.settings.device, backend=self.settings.backend)
+                             for _ in range(self.settings.replicas - 1)]
+                m = self.add(name, run, p, extra)
+                if self.settings.warmup:
+                    m.warm()
+            # everything loaded so far lives as long as the server: keep it out of the garbage collector's scans
+            # (a full collection over torch/transformers' objects otherwise stalls requests for 100s of ms)
+            gc.collect()
+            gc.freeze()
+            self.ready = True
+            self.metrics.ready.set(1)
+        except Exception as e:  # noqa: BLE001 - reported by /readyz and the CLI
+            self.error = f"{type(e).__name__}: {e}" if not hasattr(e, "args") or not str(e) else str(e)
+            raise
+
+    def load_in_background(self, on_error=None, on_ready=None) -> None:
+        def target():
+            try:
+                self.load_all()
+            except Exception:  # noqa: BLE001
+                if on_error:
+                    on_error(self.error)
+                return
+            if on_ready:
+                on_ready(self)
+
+        self._thread = threading.Thread(target=target, name="luban-loader", daemon=True)
+        self._thread.start()
+
+    async def close(self, timeout: float) -> None:
+        for m in list(self.models.values()):
+            await m.close(timeout)

@@ -1,0 +1,394 @@
+"""The REST routes: models, predict (JSON or multipart uploads), recommend, image generation, health, metrics.
+
+Every route asks the model what it can do (`ServedModel.caps`, from `Predictor.capabilities()`); none looks at
+task names. Client mistakes are 4xx with `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.formparsers import MultiPartException
+
+from luban.errors import LubanError
+from luban.serve import limits
+from luban.serve.batching import QueueFull
+from luban.serve.errors import ApiError, bad_request, overloaded
+from luban.serve.models import Registry, ServedModel
+
+# exceptions a predictor raises on inputs it cannot use (besides LubanError): answered 422, never 500
+INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError, AttributeError)
+
+
+# ------------------------------------------------------------------------------------------------ shared helpers
+
+
+def model_for(registry: Registry, name: str | None, need: str, param: str = "model") -> ServedModel:
+    """The model a request names (or the only one that can do `need`); 404 for an unknown name."""
+    if not registry.ready:
+        if registry.error:
+            raise ApiError(503, f"the server failed to load its models: {registry.error}", "server_error", None,
+                           "load_failed")
+        raise ApiError(503, "models are still loading; retry shortly", "overloaded", None, "loading",
+                       {"Retry-After": "2"})
+    able = [m for m in registry.models.values() if can(m, need)]
+    if name is None:
+        if len(able) == 1:
+            return able[0]
+        if not able:
+            raise bad_request(f"no served model can {WHAT[need]}", param, "model_not_supported")
+        raise bad_request(f"several models can {WHAT[need]}; name one with \"model\": "
+                          f"{', '.join(m.name for m in able)}", param, "model_required")
+    if not isinstance(name, str) or name not in registry.models:
+        raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(registry.models)}",
+                       "invalid_request_error", param, "model_not_found")
+    m = registry.models[name]
+    if not can(m, need):
+        hint = HINT.get(need, "")
+        raise bad_request(f"model {name!r} (task {m.caps['task']}) cannot {WHAT[need]}{hint}", param,
+                          "model_not_supported")
+    return m
+
+
+WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
+        "generate_images": "generate images"}
+HINT = {"predict": "; see GET /v1/models for what each model offers"}
+
+
+def can(m: ServedModel, need: str) -> bool:
+    if need == "generate_text":
+        return m.generates_text
+    if need == "recommend":
+        return bool(m.caps["recommend"] or m.caps["similar_items"])
+    return bool(m.caps.get(need))
+
+
+async def on_model_thread(m: ServedModel, timeout: float, fn, *args, **kw):
+    """Run fn on the model's thread (after its queued forward passes), with the request timeout."""
+    loop = asyncio.get_running_loop()
+    if m.calls >= m.batcher.max_queue:
+        raise overloaded(f"model {m.name!r} is busy ({m.calls} requests waiting); retry shortly")
+    m.calls += 1
+    fut = loop.run_in_executor(m.executor, lambda: fn(*args, **kw))
+    fut.add_done_callback(lambda _: setattr(m, "calls", m.calls - 1))
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"the request took longer than {timeout:g} s", "timeout", None, "timeout") from None
+
+
+def client_error(e: BaseException, param: str | None = None) -> ApiError:
+    if isinstance(e, LubanError):
+        return ApiError(422, str(e), "invalid_request_error", param, "invalid_input")
+    return ApiError(422, f"the model could not use this input ({type(e).__name__}: {e})", "invalid_request_error",
+                    param, "invalid_input")
+
+
+# ------------------------------------------------------------------------------------------------ schemas (docs)
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="a served model's id (GET /v1/models); optional with one model")
+    inputs: list[Any] = Field(..., description="texts, JSON records or ids, or base64-encoded image / audio "
+                              "files (data: URLs welcome), as the model's capabilities.inputs says",
+                              examples=[["this movie was great", "a waste of time"]])
+    top_k: int | None = Field(None, ge=1, le=1000, description="classes (or items) per result")
+
+
+PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["inputs"],
+                "properties": {
+                    "model": {"type": "string", "description": "a served model's id (optional with one model)"},
+                    "inputs": {"type": "array", "items": {},
+                               "description": "texts, JSON records or ids, or base64 image/audio files"},
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000}}}},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {
+                    "model": {"type": "string"},
+                    "top_k": {"type": "integer", "minimum": 1},
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                              "description": "image or audio files, one result each"},
+                    "inputs": {"type": "array", "items": {"type": "string"},
+                               "description": "text inputs (for text models)"}}}},
+        },
+    },
+    "responses": {"200": {"description": "one prediction per input, in order",
+                          "content": {"application/json": {"schema": {
+                              "type": "object", "properties": {
+                                  "model": {"type": "string"},
+                                  "predictions": {"type": "array", "items": {"type": "object"}}}}}}}},
+}
+
+
+class RecommendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    user: str | int | None = Field(None, description="a user id (unknown users get the fallback strategy)")
+    item: str | int | None = Field(None, description="instead of user: items similar to this one")
+    history: list[str | int] | str | None = Field(None, description="items the user just interacted with")
+    k: int | None = Field(None, ge=1, description="how many items (default: the run's recommendation.k)")
+    exclude_seen: bool | None = None
+    features: dict[str, Any] | None = Field(None, description="user features for a new user (two-tower)")
+
+
+class ImagesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    n: int = Field(16, ge=1, description="how many images")
+    label: str | int | None = Field(None, description="the class to draw (conditional models); default: all")
+    prompt: str | None = Field(None, description="alias of label (OpenAI's field name)")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="default: a random seed (returned)")
+    response_format: str = Field("b64_json", pattern="^b64_json$")
+
+
+# ------------------------------------------------------------------------------------------------ the router
+
+
+def build_router(registry: Registry, auth) -> APIRouter:
+    s = registry.settings
+    metrics = registry.metrics
+    api = APIRouter(dependencies=[Depends(auth)])
+    open_ = APIRouter()
+
+    @open_.get("/healthz", tags=["operations"], summary="liveness: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @open_.get("/readyz", tags=["operations"], summary="readiness: every model loaded and warm",
+               responses={503: {"description": "still loading, or loading failed"}})
+    async def readyz():
+        if registry.ready:
+            return {"status": "ready", "models": list(registry.models)}
+        status = "failed" if registry.error else "loading"
+        return JSONResponse({"status": status, "error": registry.error, "models": list(registry.models)},
+                            status_code=503, headers={"Retry-After": "2"})
+
+    @api.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @api.get("/v1/models", tags=["models"], summary="the served models and what each can do")
+    async def list_models():
+        return {"object": "list", "data": [m.describe() for m in registry.models.values()]}
+
+    @api.get("/v1/models/{model_id}", tags=["models"], summary="one served model")
+    async def get_model(model_id: str):
+        if model_id not in registry.models:
+            raise ApiError(404, f"the model {model_id!r} does not exist", "invalid_request_error", "model_id",
+                           "model_not_found")
+        return registry.models[model_id].describe()
+
+    @api.post("/v1/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
+              summary="predictions for a batch of inputs (JSON), or for uploaded image / audio files (multipart)")
+    async def predict(request: Request):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            name, raw, names, options = await _read_multipart(request)
+        elif ctype in ("application/json", "") or ctype.endswith("+json"):
+            name, raw, options = await _read_json(request)
+            names = None
+        else:
+            raise ApiError(415, f"unsupported content type {ctype!r}: send application/json or "
+                           "multipart/form-data", "invalid_request_error", None, "unsupported_media_type")
+        m = model_for(registry, name, "predict")
+        return await run_predict(m, raw, names, options)
+
+    @api.post("/predict", tags=["predict"], deprecated=True,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": PREDICT_OPENAPI["requestBody"]["content"]["application/json"]}}},
+              summary="the first version's predict route: like /v1/predict (JSON), errors as {\"detail\": ...}")
+    async def legacy_predict(request: Request):
+        name, raw, options = await _read_json(request)
+        return await run_predict(model_for(registry, name, "predict"), raw, None, options)
+
+    async def run_predict(m: ServedModel, raw: list, names: list[str] | None, options: dict):
+        if len(raw) > s.max_inputs:
+            raise ApiError(422, f"{len(raw)} inputs in one request is over the limit of {s.max_inputs}",
+                           "invalid_request_error", "inputs", "batch_too_large")
+        bad_opts = [k for k in options if k not in m.caps["predict_options"]]
+        if bad_opts:
+            raise bad_request(f"model {m.name!r} does not take {bad_opts[0]}", bad_opts[0], "unsupported_option",
+                              422)
+        inputs = prepare_inputs(m.caps["inputs"], raw, names)
+        if not inputs:
+            return {"model": m.name, "predictions": []}
+        try:
+            results, batch = await asyncio.wait_for(m.batcher.submit(inputs, options), s.request_timeout)
+        except QueueFull as e:
+            metrics.rejected.labels(m.name).inc()
+            raise overloaded(f"model {m.name!r} is busy ({e.depth} inputs waiting); retry shortly",
+                             int(e.retry_after + 0.999)) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
+                           "timeout") from None
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise client_error(e, "inputs") from None
+        if names:
+            results = [_named(r, f"input {i + 1}", names[i]) for i, r in enumerate(results)]
+        return JSONResponse({"model": m.name, "predictions": results}, headers={"x-batch-size": str(batch)})
+
+    def prepare_inputs(kind, raw: list, names: list[str] | None) -> list:
+        out = []
+        for i, v in enumerate(raw):
+            if kind == "text":
+                limits.check_text(v, i, s.max_text_chars)
+                out.append(v)
+            elif kind == "image":
+                data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
+                out.append(limits.decode_image(data, i, s.max_image_pixels, names[i] if names else None))
+            elif kind == "audio":
+                data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
+                out.append(limits.decode_audio(data, i, s.max_audio_seconds, names[i] if names else None))
+            elif kind == "json":
+                out.append(v)
+            else:  # a task that does not say what it takes: JSON values, but never a path to a file here
+                limits.reject_paths(v, i)
+                out.append(v)
+        return out
+
+    async def _read_json(request: Request):
+        body = await request.body()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            raise bad_request("the request body is not valid JSON", None, "json_invalid", 422) from None
+        if not isinstance(data, dict):
+            raise bad_request('expected a JSON object: {"inputs": [...], "model": "...", "top_k": 3}', None,
+                              "invalid_body", 422)
+        unknown = sorted(set(data) - {"model", "inputs", "top_k"})
+        if unknown:
+            raise bad_request(f"unknown field {unknown[0]!r}; use inputs, model, top_k", unknown[0],
+                              "unknown_field", 422)
+        if "inputs" not in data:
+            raise bad_request("inputs: required (a list of inputs)", "inputs", "missing", 422)
+        inputs = data["inputs"]
+        if isinstance(inputs, (str, dict)):  # one input
+            inputs = [inputs]
+        if not isinstance(inputs, list):
+            raise bad_request("inputs: expected a list of inputs", "inputs", "invalid_type", 422)
+        name = data.get("model")
+        if name is not None and not isinstance(name, str):
+            raise bad_request("model: expected a string", "model", "invalid_type", 422)
+        return name, inputs, _options(data)
+
+    async def _read_multipart(request: Request):
+        try:
+            form = await request.form(max_files=s.max_inputs, max_fields=s.max_inputs + 8)
+        except MultiPartException as e:
+            raise bad_request(f"bad multipart body: {e.message}", None, "bad_multipart", 422) from None
+        except (ValueError, KeyError, AssertionError) as e:
+            raise bad_request(f"bad multipart body: {e}", None, "bad_multipart", 422) from None
+        raw, names, data = [], [], {}
+        for key, value in form.multi_items():
+            if hasattr(value, "read") and hasattr(value, "filename"):  # an upload
+                raw.append(await value.read())
+                names.append(value.filename or f"upload {len(raw)}")
+            elif key == "inputs":
+                raw.append(value)
+                names.append(f"input {len(raw)}")
+            elif key in ("model", "top_k"):
+                data[key] = value
+            else:
+                raise bad_request(f"unknown form field {key!r}; use files, inputs, model, top_k", key,
+                                  "unknown_field", 422)
+        await form.close()
+        if "top_k" in data:
+            try:
+                data["top_k"] = int(data["top_k"])
+            except ValueError:
+                raise bad_request("top_k: expected an integer", "top_k", "invalid_type", 422) from None
+        return data.get("model"), raw, names, _options(data)
+
+    def _options(data: dict) -> dict:
+        top_k = data.get("top_k")
+        if top_k is None:
+            return {}
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
+            raise bad_request("top_k: expected an integer from 1 to 1000", "top_k", "invalid_value", 422)
+        return {"top_k": top_k}
+
+    @api.post("/v1/recommend", tags=["recommend"],
+              summary="top-k items for a user (with recent history or features), or items similar to an item")
+    async def recommend(body: RecommendBody):
+        m = model_for(registry, body.model, "recommend")
+        if (body.user is None) == (body.item is None):
+            raise bad_request("give exactly one of user (recommendations) or item (similar items)", "user",
+                              "invalid_value", 422)
+        if body.k is not None and body.k > s.max_k:
+            raise bad_request(f"k = {body.k} is over the limit of {s.max_k}", "k", "k_too_large", 422)
+        p = m.predictor
+        try:
+            if body.item is not None:
+                if not m.caps["similar_items"]:
+                    raise bad_request(f"model {m.name!r} cannot find similar items", "item", "model_not_supported",
+                                      422)
+                res = await on_model_thread(m, s.request_timeout, p.similar_items, body.item, k=body.k)
+            else:
+                if not m.caps["recommend"]:
+                    raise bad_request(f"model {m.name!r} cannot recommend for users", "user", "model_not_supported",
+                                      422)
+                res = await on_model_thread(m, s.request_timeout, p.recommend, body.user, k=body.k,
+                                            history=body.history, exclude_seen=body.exclude_seen,
+                                            features=body.features)
+        except ApiError:
+            raise
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise client_error(e, "user" if body.user is not None else "item") from None
+        return {"model": m.name, **res}
+
+    @api.post("/v1/images/generations", tags=["generate"], summary="images from a generative image model "
+              "(PNG, base64)")
+    async def generate_images(body: ImagesBody):
+        m = model_for(registry, body.model, "generate_images")
+        if body.n > s.max_images:
+            raise bad_request(f"n = {body.n} is over the limit of {s.max_images}", "n", "n_too_large", 422)
+        label = body.label if body.label is not None else (body.prompt or None)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        try:
+            res = await on_model_thread(m, s.request_timeout, m.predictor.generate, n=body.n, label=label, seed=seed)
+        except ApiError:
+            raise
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise client_error(e, "label") from None
+        arrays = res.get("arrays")
+        pngs = [png_b64(a) for a in arrays] if arrays is not None else []
+        labels = res.get("classifier_labels") or [None] * len(pngs)
+        return {"created": int(time.time()), "model": m.name, "seed": seed, "label": res.get("label"),
+                "mean_confidence": res.get("mean_confidence"),
+                "data": [{"b64_json": p, "classifier_label": lab} for p, lab in zip(pngs, labels, strict=False)]}
+
+    return open_, api
+
+
+def _named(result, placeholder: str, name: str):
+    """Uploads: the predictor calls in-memory inputs "input N"; give the caller's file name instead."""
+    if isinstance(result, dict) and placeholder != name:
+        return {k: (name if v == placeholder else v) for k, v in result.items()}
+    return result
+
+
+def png_b64(arr) -> str:
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

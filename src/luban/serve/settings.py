@@ -1,0 +1,87 @@
+"""What `luban serve` is configured with: batching, queue and request limits, API keys, CORS, timeouts.
+
+One dataclass, filled from the command line (or from the environment in each `--workers` process) and read by
+every other module of the server. The defaults suit a CPU box; every limit is a client-facing 4xx when exceeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from luban.errors import LubanError
+
+ENV = "LUBAN_SERVE_SETTINGS"  # how the parent process hands the settings to uvicorn's worker processes
+
+
+@dataclass
+class ServeSettings:
+    runs: list[str] = field(default_factory=list)
+    backend: str = "auto"                 # luban.load backend: auto (ONNX export when there is one), torch, onnx
+    device: str = "auto"
+    threads: int | None = None            # intra-op threads per forward pass (default: the run's trainer.num_threads)
+    replicas: int = 1                     # copies of each model taking predict batches in parallel, one thread each
+    # dynamic micro-batching (per model)
+    max_batch_size: int = 32              # inputs in one forward pass
+    max_wait_ms: float = 5.0              # how long the first request of a batch waits for company
+    sub_batch_size: int = 8               # texts of a batch run length-sorted in sub-batches of this size (0: off)
+    max_queue: int = 1024                 # inputs waiting per model; more -> 503 + Retry-After
+    # generation scheduling (per model): active sequences decode round-robin, one token each per turn
+    max_active_generations: int = 8
+    max_queued_generations: int = 64
+    # request limits (each a 4xx with a JSON error body)
+    max_body_bytes: int = 16 * 2**20
+    max_inputs: int = 256                 # inputs in one /v1/predict request
+    max_text_chars: int = 20_000          # one text input, a prompt, or a whole conversation
+    max_image_pixels: int = 40_000_000    # width x height of one image
+    max_audio_seconds: float = 120.0
+    max_tokens: int = 2048                # max_tokens of one completion
+    max_n: int = 8                        # completions (or choices) per request
+    max_images: int = 64                  # images per generation request
+    max_k: int = 1000                     # recommendations per request
+    request_timeout: float = 60.0         # seconds; a request still waiting or running then gets 504
+    # security
+    api_keys: list[str] = field(default_factory=list, repr=False)   # bearer keys; none: no auth
+    cors_origins: list[str] = field(default_factory=list)           # none: CORS off
+    # what this process reports
+    warmup: bool = True
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "ServeSettings":
+        raw = os.environ.get(ENV)
+        if not raw:
+            raise LubanError(f"{ENV} is not set: start the server with `luban serve RUN`")
+        return cls(**json.loads(raw))
+
+    def check(self) -> "ServeSettings":
+        positive = ["replicas", "max_batch_size", "max_queue", "max_active_generations", "max_queued_generations",
+                    "max_body_bytes", "max_inputs", "max_text_chars", "max_image_pixels", "max_audio_seconds",
+                    "max_tokens", "max_n", "max_images", "max_k", "request_timeout"]
+        bad = [f"--{n.replace('_', '-')} must be > 0 (got {getattr(self, n)})" for n in positive
+               if not getattr(self, n) > 0]
+        if self.threads is not None and self.threads < 1:
+            bad.append(f"--threads must be >= 1 (got {self.threads})")
+        if self.sub_batch_size < 0:
+            bad.append(f"--sub-batch-size must be >= 0 (got {self.sub_batch_size})")
+        if self.max_wait_ms < 0:
+            bad.append(f"--max-wait-ms must be >= 0 (got {self.max_wait_ms})")
+        if bad:
+            raise LubanError("; ".join(bad))
+        return self
+
+
+def read_api_keys(path: str | Path) -> list[str]:
+    """One key per line; blank lines and lines starting with # are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise LubanError(f"--api-keys-file {path}: {e.strerror or e}") from None
+    keys = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise LubanError(f"--api-keys-file {path}: no keys in the file")
+    return keys
