@@ -23,7 +23,7 @@ demo: install
 	@echo "      predict a file:        .venv/bin/luban predict runs/demo_zh_sentiment --input your.tsv --output preds.jsonl"
 	@echo "      serve it:              .venv/bin/luban serve runs/demo_zh_sentiment --port 8000"
 	@echo "                             then open http://127.0.0.1:8000/ (playground) or"
-	@echo "                             curl -s localhost:8000/predict -H 'content-type: application/json' -d '{\"inputs\": [\"服务很好\"]}'"
+	@echo "                             curl -s localhost:8000/v1/predict -H 'content-type: application/json' -d '{\"inputs\": [\"服务很好\"]}'"
 
 test: install browser
 	$(PY) -m pytest

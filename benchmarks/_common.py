@@ -4,6 +4,9 @@ import csv
 import json
 import resource
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
@@ -17,6 +20,24 @@ def emit(result: dict) -> None:
     print(json.dumps(result, ensure_ascii=False), flush=True)
 
 
+def work_dir() -> Path:
+    """A fresh folder under $TMPDIR for one benchmark's data splits and runs."""
+    return Path(tempfile.mkdtemp(prefix="luban-bench-"))
+
+
+def train_run(config, overrides: list[str], out=None, name: str = "bench", quiet: bool = False):
+    """Train `config` into `out` (default: a fresh work_dir()) as run `name`, no TensorBoard; `overrides` come last so
+    a benchmark's --set wins. Returns the run folder, its metrics.json and the wall seconds of the whole call."""
+    import luban
+
+    out = out or work_dir()
+    t0 = time.perf_counter()
+    run = luban.train(str(config), [f"output.dir={out}", f"output.name={name}", "output.tensorboard=false"]
+                      + list(overrides), quiet=quiet)
+    total = time.perf_counter() - t0
+    return run, json.loads((run / "metrics.json").read_text(encoding="utf-8")), total
+
+
 def run_figures(metrics: dict, total_seconds: float) -> dict:
     """The timing, memory and environment fields every benchmark reports from a run's metrics.json."""
     t, env = metrics["timings"], metrics["environment"]
@@ -28,8 +49,6 @@ def run_figures(metrics: dict, total_seconds: float) -> dict:
 def tsv_folder_overrides(data) -> list[str]:
     """--set overrides pointing a text-classification config at a folder of train.tsv / dev.tsv / test.tsv (the
     ChnSentiCorp and SST-2 layouts: a label column and a text_a / sentence / text column)."""
-    from pathlib import Path
-
     data = Path(data)
     with open(data / "train.tsv", encoding="utf-8-sig") as f:
         header = next(csv.reader(f, delimiter="\t"))

@@ -10,12 +10,10 @@ Splits the text like nanoGPT's prepare.py (first 90% train, last 10% validation)
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,20 +26,14 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     text = Path(a.data).read_text(encoding="utf-8")
-    work = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    work = work_dir()
     cut = int(len(text) * 0.9)
     (work / "train.txt").write_text(text[:cut], encoding="utf-8")
     (work / "val.txt").write_text(text[cut:], encoding="utf-8")
     overrides = [f"data.train={work / 'train.txt'}", f"data.validation={work / 'val.txt'}",
-                 f"data.test={work / 'val.txt'}", f"output.dir={work / 'runs'}", "output.name=bench",
-                 "output.tensorboard=false"] + ([f"seed={a.seed}"] if a.seed is not None else []) + a.set
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+                 f"data.test={work / 'val.txt'}"] + ([f"seed={a.seed}"] if a.seed is not None else []) + a.set
+    run, m, total = train_run(a.config, overrides, out=work / "runs")
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text(encoding="utf-8"))))
     tr = cfg["trainer"]
     steps = tr["epochs"] * tr["steps_per_epoch"]

@@ -9,12 +9,11 @@ prints mean_accuracy and std_accuracy (one JSON line).
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, peak_rss_mb, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +27,7 @@ def main():
     from luban.lifecycle.cv import cross_validate
 
     data = Path(a.data).resolve()
-    out = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    out = work_dir()
     t0 = time.perf_counter()
     folder = cross_validate(str(ROOT / "examples" / "chnsenticorp.yaml"), a.folds, stratified=True,
                             overrides=[f"data.train={data / 'train.tsv'}", "data.validation=null", "data.test=null",

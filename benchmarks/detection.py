@@ -9,14 +9,11 @@ passes) and peak_rss_mb as the last line (one JSON object).
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,17 +26,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     data = Path(a.data).resolve()
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
     overrides = [f"data.train={data / 'data' / 'train_labels.csv'}", f"data.test={data / 'data' / 'test_labels.csv'}",
-                 f"data.image_root={data / 'images'}", f"output.dir={out_dir}", "output.name=bench",
-                 "output.tensorboard=false"]
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+                 f"data.image_root={data / 'images'}"]
+    run, m, total = train_run(a.config, overrides + a.set)
     emit({"dataset": data.name, "config": Path(a.config).name, "parameters": m["parameters"]["total"],
           "test_images": m["data"]["splits"]["test"], "map50": round(m["test"]["map50"], 4),
           "map": round(m["test"]["map"], 4), "map75": round(m["test"]["map75"], 4),

@@ -8,14 +8,11 @@ faster (Ray start-up and gradient all-reduce cost more than they save); the poin
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, peak_rss_mb, train_run, tsv_folder_overrides, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,22 +23,16 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
 
-    import luban
-
-    data = Path(a.data).resolve()
-    out = Path(tempfile.mkdtemp(prefix="luban-bench-"))
-    base = [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
-            f"data.test={data / 'test.tsv'}", f"output.dir={out}", "output.tensorboard=false"]
-    config = str(ROOT / "examples" / "chnsenticorp.yaml")
-    result = {"dataset": data.name, "workers": a.workers}
+    out = work_dir()
+    base = tsv_folder_overrides(a.data)
+    config = ROOT / "examples" / "chnsenticorp.yaml"
+    result = {"dataset": Path(a.data).name, "workers": a.workers}
     for name, extra in (("single", []), ("ray", ["trainer.distributed.backend=ray",
                                                  f"trainer.distributed.workers={a.workers}"])):
-        t0 = time.perf_counter()
-        run = luban.train(config, base + extra + [f"output.name={name}"], quiet=True)
-        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        _, m, seconds = train_run(config, base + extra, out=out, name=name, quiet=True)
         result.update({f"{name}_test_accuracy": round(m["test"]["accuracy"], 4),
                        f"{name}_val_accuracy": round(m["validation"]["accuracy"], 4),
-                       f"{name}_best_epoch": m["best_epoch"], f"{name}_seconds": round(time.perf_counter() - t0, 1),
+                       f"{name}_best_epoch": m["best_epoch"], f"{name}_seconds": round(seconds, 1),
                        f"{name}_train_seconds": round(m["timings"]["train_seconds"], 1)})
     result["abs_difference"] = round(abs(result["ray_test_accuracy"] - result["single_test_accuracy"]), 4)
     result["peak_rss_mb"] = peak_rss_mb()

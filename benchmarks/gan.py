@@ -10,14 +10,11 @@ per-epoch scoring) and peak_rss_mb as the last line (one JSON object).
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,16 +26,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
-    overrides = [f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
-    if a.threads:
-        overrides.append(f"trainer.num_threads={a.threads}")
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    overrides = [f"trainer.num_threads={a.threads}"] if a.threads else []
+    run, m, total = train_run(a.config, overrides + a.set)
     t = m["test"]
     emit({"dataset": "digits", "config": Path(a.config).name, "parameters": m["parameters"]["total"],
           "mean_confidence": round(t["mean_confidence"], 4),

@@ -9,14 +9,11 @@ the last line (one JSON object).
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,18 +26,11 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     data = Path(a.data)
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
-    overrides = [f"data.train={data / 'train'}", f"data.test={data / 'test'}", "data.validation=null",
-                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    overrides = [f"data.train={data / 'train'}", f"data.test={data / 'test'}", "data.validation=null"]
     if a.train_limit:
         overrides.append(f"data.train_limit={a.train_limit}")
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    run, m, total = train_run(a.config, overrides + a.set)
     n_train = m["data"]["splits"]["train"]
     emit({"dataset": data.name, "config": Path(a.config).name, "parameters": m["parameters"]["total"],
           "test_accuracy": round(m["test"]["accuracy"], 4),

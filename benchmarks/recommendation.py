@@ -13,17 +13,14 @@ when other jobs share its cores) and peak_rss_mb as the last line (one JSON obje
 """
 
 import argparse
-import json
 import resource
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,21 +32,14 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     data = Path(a.data)
     tree = yaml.safe_load(Path(a.config).read_text(encoding="utf-8"))
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
-    overrides = [f"data.train={data / 'u.data'}", "recommendation.split=leave_last_out", "recommendation.k=10",
-                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    overrides = [f"data.train={data / 'u.data'}", "recommendation.split=leave_last_out", "recommendation.k=10"]
     for role in ("user", "item"):  # feature tables the config names are taken from the same folder
         path = (tree.get("recommendation") or {}).get(f"{role}_features", {}).get("path")
         if path:
             overrides.append(f"recommendation.{role}_features.path={data / Path(path).name}")
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    run, m, total = train_run(a.config, overrides + a.set)
     test, pop = m["test"], m["test"]["popularity"]
     model = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]["type"]
     emit({"dataset": "ml-100k leave-last-out, full ranking, seen excluded", "config": Path(a.config).name,

@@ -13,17 +13,14 @@ Last line: one JSON object.
 
 import argparse
 import csv
-import json
 import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures  # noqa: E402
+from _common import emit, run_figures, train_run, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,16 +68,11 @@ def connected(files: list[Path], n: int, out_dir: Path, seed: int) -> list[tuple
 
 
 def train(config: str, work: Path, name: str, train_rows, test_rows, extra: list[str]):
-    import luban
-
     overrides = [f"data.train={write_manifest(work / f'{name}_train.csv', train_rows)}",
                  f"data.test={write_manifest(work / f'{name}_test.csv', test_rows)}",
-                 "data.columns.audio=audio", "data.columns.text=text", "data.label_pattern=null",
-                 f"output.dir={work / 'runs'}", f"output.name={name}", "output.tensorboard=false"] + extra
-    t0 = time.perf_counter()
-    run = luban.train(config, overrides)
-    total = time.perf_counter() - t0
-    return json.loads((run / "metrics.json").read_text(encoding="utf-8")), total
+                 "data.columns.audio=audio", "data.columns.text=text", "data.label_pattern=null"] + extra
+    _, m, total = train_run(config, overrides, out=work / "runs", name=name)
+    return m, total
 
 
 def main():
@@ -96,7 +88,7 @@ def main():
 
     folder = Path(a.data).resolve()
     rec = split_recordings(folder / "recordings" if (folder / "recordings").is_dir() else folder)
-    work = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    work = work_dir()
     iso = {s: [(str(p), p.stem.split("_")[0]) for p in files] for s, files in rec.items()}
     result = {"dataset": "fsdd", "config": Path(a.config).name, "train_seconds": 0.0}
     if a.only != "connected":

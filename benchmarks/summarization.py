@@ -10,15 +10,11 @@ lead-N baseline (the abstract's first sentence) and train_seconds as the last li
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures
-
+from _common import emit, run_figures, train_run  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,17 +25,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     data = Path(a.data)
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
     overrides = [f"data.train={data / 'dev.tsv'}", f"data.test={data / 'test.tsv'}", "data.validation=null",
-                 "data.header=false", "data.columns.source=1", "data.columns.target=2",
-                 f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+                 "data.header=false", "data.columns.source=1", "data.columns.target=2"]
+    run, m, total = train_run(a.config, overrides + a.set)
     test, lead = m["test"], m["baseline"]["test"] if m.get("baseline") else {}
     emit({"dataset": "csl-summ abstract->title", "config": Path(a.config).name, "parameters": m["parameters"]["total"],
           "train_pairs": m["data"]["splits"]["train"], "test_pairs": m["data"]["splits"]["test"],

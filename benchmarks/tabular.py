@@ -7,13 +7,11 @@ over seeds (each seed re-splits the data), as the last line (one JSON object).
 """
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, peak_rss_mb, train_run, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,14 +22,10 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     a = ap.parse_args()
 
-    import luban
-
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
+    out_dir = work_dir()
     rows = []
     for seed in a.seeds:
-        run = luban.train(a.config, [f"seed={seed}", f"output.dir={out_dir}", f"output.name=seed{seed}",
-                                     "output.tensorboard=false"], quiet=True)
-        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        _, m, _ = train_run(a.config, [f"seed={seed}"], out=out_dir, name=f"seed{seed}", quiet=True)
         rows.append((m["test"]["rmse"], m["baseline"]["test"]["rmse"], m["baseline"]["name"],
                      m["timings"]["fit_seconds"]))
         print(f"seed {seed}: mlp test_rmse {rows[-1][0]:.3f}  baseline ({rows[-1][2]}) {rows[-1][1]:.3f}")

@@ -9,14 +9,11 @@ steps; fit_seconds adds the per-epoch validation passes) and peak_rss_mb as the 
 """
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures, tsv_folder_overrides  # noqa: E402
+from _common import emit, run_figures, train_run, tsv_folder_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,20 +27,14 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
     data = Path(a.data)
     config = a.config or str(ROOT / "examples" / ("sst2_minilm.yaml" if a.backbone else "chnsenticorp.yaml"))
-    out_dir = tempfile.mkdtemp(prefix="luban-bench-")
-    overrides = tsv_folder_overrides(data) + [f"output.dir={out_dir}", "output.name=bench", "output.tensorboard=false"]
+    overrides = tsv_folder_overrides(data)
     if a.backbone:
         overrides.append(f"model.path={a.backbone}")
     if a.train_limit:
         overrides.append(f"data.train_limit={a.train_limit}")
-    t0 = time.perf_counter()
-    run = luban.train(config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    run, m, total = train_run(config, overrides + a.set)
     emit({"dataset": data.name, "config": Path(config).name, "parameters": m["parameters"]["total"],
           "test_accuracy": round(m["test"]["accuracy"], 4),
           "test_f1_macro": round(m["test"]["f1_macro"], 4),

@@ -11,16 +11,12 @@ per-epoch validation passes), decoding speed and peak_rss_mb as the last line (o
 """
 
 import argparse
-import json
 import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures
-
+from _common import emit, run_figures, train_run, work_dir  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,17 +41,11 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
 
-    import luban
-
-    out_dir = Path(tempfile.mkdtemp(prefix="luban-bench-"))
+    out_dir = work_dir()
     files = split_pairs(Path(a.data), out_dir, a.split_seed, a.test_size, a.validation_size)
     overrides = [f"data.{k}={v}" for k, v in files.items()] + [
-        "data.header=false", "data.columns.source=0", "data.columns.target=1",
-        f"output.dir={out_dir / 'runs'}", "output.name=bench", "output.tensorboard=false"]
-    t0 = time.perf_counter()
-    run = luban.train(a.config, overrides + a.set)
-    total = time.perf_counter() - t0
-    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        "data.header=false", "data.columns.source=0", "data.columns.target=1"]
+    run, m, total = train_run(a.config, overrides + a.set, out=out_dir / "runs")
     test = m["test"]
     emit({"dataset": "cmn-eng en->zh", "config": Path(a.config).name, "parameters": m["parameters"]["total"],
           "train_pairs": m["data"]["splits"]["train"], "test_pairs": m["data"]["splits"]["test"],

@@ -9,12 +9,11 @@ and prints default/best validation accuracy, the best trial's test accuracy and 
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mb  # noqa: E402
+from _common import emit, peak_rss_mb, train_run, tsv_folder_overrides, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,20 +25,16 @@ def main():
     ap.add_argument("--jobs", type=int, default=1)
     a = ap.parse_args()
 
-    import luban
     from luban.lifecycle.tune import tune
 
     data = Path(a.data).resolve()
-    out = Path(tempfile.mkdtemp(prefix="luban-bench-"))
-    paths = [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
-             f"data.test={data / 'test.tsv'}", f"output.dir={out}", "output.tensorboard=false"]
-    t0 = time.perf_counter()
-    default = luban.train(str(ROOT / "examples" / "chnsenticorp.yaml"), paths + ["output.name=default"], quiet=True)
-    default_seconds = time.perf_counter() - t0
-    d = json.loads((default / "metrics.json").read_text(encoding="utf-8"))
+    out = work_dir()
+    paths = tsv_folder_overrides(data)
+    _, d, default_seconds = train_run(ROOT / "examples" / "chnsenticorp.yaml", paths, out=out, name="default",
+                                      quiet=True)
     t1 = time.perf_counter()
-    folder = tune(str(ROOT / "examples" / "chnsenticorp_tune.yaml"), a.trials, jobs=a.jobs, overrides=paths,
-                  quiet=True)
+    folder = tune(str(ROOT / "examples" / "chnsenticorp_tune.yaml"), a.trials, jobs=a.jobs,
+                  overrides=paths + [f"output.dir={out}", "output.tensorboard=false"], quiet=True)
     seconds = time.perf_counter() - t1
     s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     emit({"dataset": data.name, "trials": s["trials"], "complete": s["complete"], "pruned": s["pruned"],

@@ -112,10 +112,38 @@ def tabular_config(out_dir: Path, name: str, task: str, data: dict, **extra) -> 
     return deep_update(cfg, extra)
 
 
+def speech_config(out_dir: Path, name: str, train: Path, **extra) -> dict:
+    """A small CTC speech-recognition config on an 8 kHz manifest (`train` also validates and tests)."""
+    cfg = {
+        "task": "speech_recognition", "seed": 0,
+        "data": {"train": str(train), "validation": str(train), "test": str(train),
+                 "columns": {"audio": "audio", "text": "text"}},
+        "preprocessing": {"audio": {"sample_rate": 8000, "n_mels": 24,
+                                    "augment": {"speed": None, "freq_masks": 0, "time_masks": 0}}},
+        "model": {"type": "ctc", "conv_channels": 8, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "trainer": {"epochs": 25, "batch_size": 8, "lr": 1e-2, "num_threads": 1, "precision": "fp32",
+                    "scheduler": "constant", "weight_decay": 0.0},
+        "evaluation": {"baseline": True},
+        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
+    }
+    return deep_update(cfg, extra)
+
+
 def assert_no_run(out_dir: Path, name: str) -> None:
     """Neither a finished run nor a partial one was left behind."""
     assert not (Path(out_dir) / name).exists(), f"a run dir {name}/ was left behind"
     assert not (Path(out_dir) / (name + ".partial")).exists(), f"a partial run dir {name}.partial/ was left behind"
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small models decode faster and deterministically so), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ from luban.models.gpt import GPT, GPTSizes
 TEXT = "the quick brown fox jumps over the lazy dog. "
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Chars:

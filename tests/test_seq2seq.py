@@ -21,12 +21,7 @@ from luban.generation.beam import beam_search, iter_sample, sample
 from luban.models.seq2seq import Seq2SeqTransformer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- beam search

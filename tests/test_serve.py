@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
-from conftest import deep_update, tabular_config, write_csv  # noqa: E402
+from conftest import deep_update, speech_config, tabular_config, write_csv  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import luban  # noqa: E402
@@ -89,14 +89,8 @@ def runs(tmp_path_factory, trained_text_run) -> dict:
         sf.write(str(root / f"u{i}.wav"), wave.astype(np.float32), rate)
         rows.append((f"u{i}.wav", word))
     manifest = write_csv(root / "audio.csv", rows, header=("audio", "text"))
-    found["audio"] = luban.train(deep_update(_common(out, "speech"), {
-        "task": "speech_recognition", "seed": 0,
-        "data": {"train": str(manifest), "validation": str(manifest), "test": str(manifest),
-                 "columns": {"audio": "audio", "text": "text"}},
-        "preprocessing": {"audio": {"sample_rate": rate, "n_mels": 16,
-                                    "augment": {"speed": None, "freq_masks": 0, "time_masks": 0}}},
-        "model": {"type": "ctc", "conv_channels": 4, "hidden_size": 16, "num_layers": 1, "dropout": 0.0},
-        "trainer": {"epochs": 2, "batch_size": 8, "lr": 1e-2, **quick}}), quiet=True)
+    found["audio"] = luban.train(speech_config(out, "speech", manifest, evaluation={"baseline": False},
+                                               trainer={"epochs": 2, **quick}), quiet=True)
 
     found["tabular"] = luban.train(tabular_config(out, "wine", "tabular_classification", {"builtin": "wine"},
                                                   trainer={"epochs": 2}), quiet=True)

@@ -16,6 +16,7 @@ pytest.importorskip("soxr")
 pytest.importorskip("jiwer")
 
 import luban  # noqa: E402
+from conftest import speech_config  # noqa: E402
 from luban.cli import main  # noqa: E402
 from luban.config import AudioConfig  # noqa: E402
 from luban.data.audio import LogMel, read_audio  # noqa: E402
@@ -52,24 +53,6 @@ def spoken(tmp_path_factory) -> dict:
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("audio", "text"), *rows])
     return {"root": root, "manifest": manifest, "rows": rows}
-
-
-def speech_config(out_dir: Path, name: str, train: Path, **extra) -> dict:
-    from conftest import deep_update
-
-    cfg = {
-        "task": "speech_recognition", "seed": 0,
-        "data": {"train": str(train), "validation": str(train), "test": str(train),
-                 "columns": {"audio": "audio", "text": "text"}},
-        "preprocessing": {"audio": {"sample_rate": RATE, "n_mels": 24,
-                                    "augment": {"speed": None, "freq_masks": 0, "time_masks": 0}}},
-        "model": {"type": "ctc", "conv_channels": 8, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
-        "trainer": {"epochs": 25, "batch_size": 8, "lr": 1e-2, "num_threads": 1, "precision": "fp32",
-                    "scheduler": "constant", "weight_decay": 0.0},
-        "evaluation": {"baseline": True},
-        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
-    }
-    return deep_update(cfg, extra)
 
 
 def test_log_mel_shapes_and_normalization():

@@ -18,6 +18,13 @@ from luban.errors import ConfigError
 ColumnRef = Union[str, int]  # a column name, or a 0-based index when the file has no header
 
 
+def divisible(obj, width: str, heads: str) -> None:
+    """Attention widths split evenly into heads: raise the config error naming both fields otherwise."""
+    w, h = getattr(obj, width), getattr(obj, heads)
+    if w % h:
+        raise ValueError(f"{width} ({w}) must be divisible by {heads} ({h})")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -201,8 +208,7 @@ class TransformerConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.d_model % self.nhead:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        divisible(self, "d_model", "nhead")
         return self
 
 
@@ -328,8 +334,7 @@ class GPTConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        divisible(self, "n_embd", "n_head")
         return self
 
 
@@ -380,8 +385,7 @@ class Seq2SeqTransformerConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.d_model % self.nhead:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        divisible(self, "d_model", "nhead")
         if self.copy_source and not self.shared_vocabulary:
             raise ValueError("copy_source: true needs shared_vocabulary: true (copied source tokens must be target tokens)")
         if self.source_tokenizer is not None and self.shared_vocabulary:
@@ -508,8 +512,7 @@ class SASRecConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self):
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        divisible(self, "hidden", "heads")
         return self
 
 

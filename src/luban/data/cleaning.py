@@ -46,18 +46,51 @@ class CleaningReport:
                 "dropped": {k: len(v) for k, v in self.dropped.items()}}
 
 
+def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
+    """Texts handed to a predictor (one string or a list), normalized as training data was; a non-string or an
+    input left empty by cleaning is a DataError naming its position."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    texts = []
+    for i, t in enumerate(inputs):
+        if not isinstance(t, str):
+            raise DataError(f"input {i + 1}: expected text, found {type(t).__name__}")
+        norm = normalize_text(t, cfg)
+        if not norm:
+            raise DataError(f"input {i + 1}: empty text")
+        texts.append(norm)
+    return texts
+
+
+def column_texts(frame: pd.DataFrame, col: str, path, cfg: CleanConfig) -> list[str]:
+    """A column of an input file to predict on, normalized; a row left empty is a DataError naming file, line, field."""
+    texts = []
+    for t, line in zip(frame[col], frame[LINE]):
+        norm = normalize_text(t, cfg) if isinstance(t, str) else ""
+        if not norm:
+            raise DataError(f"{path}: line {line}: field {col!r}: empty text")
+        texts.append(norm)
+    return texts
+
+
+def _texts_only(df: pd.DataFrame, col: str, src: str) -> pd.Series:
+    """The column, after checking every non-missing value is a string (DataError naming the line otherwise)."""
+    values = df[col]
+    bad = [i for i, t in enumerate(values) if t is not None and not isinstance(t, str)]
+    if bad:
+        i = bad[0]
+        raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {col!r}: expected text, "
+                        f"found {type(values.iloc[i]).__name__} {values.iloc[i]!r}")
+    return values
+
+
 def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg: CleanConfig,
                      dedupe: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
     """Return a frame with columns text, label (str or None), _line; and the account of dropped rows.
     `dedupe` is off for evaluation data (duplicates there are legitimate test cases)."""
     src = df.attrs.get("source", "data")
     rep = CleaningReport(source=src, rows_in=len(df))
-    texts = df[text_col]
-    bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
-    if bad:
-        i = bad[0]
-        raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {text_col!r}: expected text, "
-                        f"found {type(texts.iloc[i]).__name__} {texts.iloc[i]!r}")
+    texts = _texts_only(df, text_col, src)
     out = pd.DataFrame({
         "text": [normalize_text(t, cfg) if t is not None else "" for t in texts],
         "label": [None if v is None or str(v).strip() == "" else str(v).strip() for v in df[label_col]]
@@ -105,12 +138,7 @@ def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: Cle
     rep = CleaningReport(source=src, rows_in=len(df))
     cols = {}
     for name, col in zip(names, (first_col, second_col)):
-        values = df[col]
-        bad = [i for i, t in enumerate(values) if t is not None and not isinstance(t, str)]
-        if bad:
-            i = bad[0]
-            raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {col!r}: expected text, "
-                            f"found {type(values.iloc[i]).__name__} {values.iloc[i]!r}")
+        values = _texts_only(df, col, src)
         cols[name] = [("" if t is None else normalize_text(t, cfg) if name == names[0]
                        else " ".join(t.split())) for t in values]
     out = pd.DataFrame({**cols, LINE: df[LINE].to_numpy()})

@@ -26,6 +26,20 @@ from typing import Any, Callable
 BatchFn = Callable[[list, dict], list]
 
 
+
+async def drain_worker(task, wake, timeout: float, running=()) -> None:
+    """Let a queue's worker task finish what is queued (and the batches still `running`), then stop; cancel it
+    when that takes longer than `timeout` seconds. The queue has already stopped taking new work."""
+    if task is None or task.done() or wake is None:
+        return
+    wake.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+        if running:
+            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), timeout)
+    except (asyncio.TimeoutError, RuntimeError):
+        task.cancel()
+
 class QueueFull(Exception):
     def __init__(self, depth: int, retry_after: float):
         super().__init__(f"queue full ({depth} inputs waiting)")
@@ -121,14 +135,7 @@ class MicroBatcher:
     async def close(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: refuse new work, finish what is queued and running."""
         self._closing = True
-        if self._task is not None and not self._task.done() and self._wake is not None:
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-                if self._running:
-                    await asyncio.wait_for(asyncio.gather(*self._running, return_exceptions=True), timeout)
-            except (asyncio.TimeoutError, RuntimeError):
-                self._task.cancel()
+        await drain_worker(self._task, self._wake, timeout, self._running)
 
     # ---------------------------------------------------------------------------------------------- worker
     def _set_depth(self, d: int) -> None:

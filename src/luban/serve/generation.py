@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import Callable, Iterator
 
-from luban.serve.batching import QueueFull
+from luban.serve.batching import QueueFull, drain_worker
 
 END = object()
 
@@ -106,12 +106,7 @@ class GenerationScheduler:
 
     async def close(self, timeout: float = 30.0) -> None:
         self._closing = True
-        if self._task is not None and not self._task.done() and self._wake is not None:
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except (asyncio.TimeoutError, RuntimeError):
-                self._task.cancel()
+        await drain_worker(self._task, self._wake, timeout)
 
     @staticmethod
     def _step_all(jobs: list[Job]) -> list:

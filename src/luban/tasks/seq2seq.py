@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches, pad_ids
-from luban.data.cleaning import clean_text_pairs, normalize_text
+from luban.data.cleaning import clean_text_pairs, column_texts, normalize_inputs
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
 from luban.data.tokenizers import (
@@ -548,17 +548,7 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
         self.model.to(device).eval()
 
     def _sources(self, inputs) -> list[str]:
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        texts = []
-        for i, t in enumerate(inputs):
-            if not isinstance(t, str):
-                raise DataError(f"input {i + 1}: expected text, found {type(t).__name__}")
-            norm = normalize_text(t, self.cfg.data.clean)
-            if not norm:
-                raise DataError(f"input {i + 1}: empty text")
-            texts.append(norm)
-        return texts
+        return normalize_inputs(inputs, self.cfg.data.clean)
 
     def predict(self, inputs, **knobs) -> list[dict]:
         """One output per source text: {"text", "tokens" (generated), "finish_reason" (eos, length or stop),
@@ -613,13 +603,7 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))
         col = resolve_column(frame, self.cfg.data.columns.source, "source")
-        texts = []
-        for t, line in zip(frame[col], frame[LINE]):
-            norm = normalize_text(t, self.cfg.data.clean) if isinstance(t, str) else ""
-            if not norm:
-                raise DataError(f"{path}: line {line}: field {col!r}: empty text")
-            texts.append(norm)
-        return texts
+        return column_texts(frame, col, path, self.cfg.data.clean)
 
     def evaluate(self, path):
         frame, rep = read_pairs(self.cfg, read_file(self.cfg, Path(path)), dedupe=False)

@@ -11,7 +11,7 @@ from torch import nn
 
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
-from luban.data.cleaning import clean_text_frame, normalize_text
+from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
 from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError
@@ -269,16 +269,7 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
         return EncodedTexts(frame, self.encoder, labels)
 
     def predict(self, inputs, top_k: int | None = None) -> list[dict]:
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        texts = []
-        for i, t in enumerate(inputs):
-            if not isinstance(t, str):
-                raise DataError(f"input {i + 1}: expected text, found {type(t).__name__}")
-            norm = normalize_text(t, self.cfg.data.clean)
-            if not norm:
-                raise DataError(f"input {i + 1}: empty text")
-            texts.append(norm)
+        texts = normalize_inputs(inputs, self.cfg.data.clean)
         if not texts:
             return []
         frame = pd.DataFrame({"text": texts, LINE: range(1, len(texts) + 1)})
@@ -305,11 +296,7 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))
         text_col = resolve_column(frame, self.cfg.data.columns.text, "text")
-        texts = [t if isinstance(t, str) else "" for t in frame[text_col]]
-        for t, line in zip(texts, frame[LINE]):
-            if not normalize_text(t, self.cfg.data.clean):
-                raise DataError(f"{path}: line {line}: field {text_col!r}: empty text")
-        return texts
+        return column_texts(frame, text_col, path, self.cfg.data.clean)
 
     def evaluate(self, path):
         frame = self._read(path, need_label=True)
