@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from luban.config import CleanConfig
-from luban.data.batching import epoch_batches, pad_ids
+from luban.data.batching import epoch_batches, inference_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, normalize_text
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.splits import make_splits
@@ -151,6 +151,16 @@ def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
     fixed = epoch_batches(lengths, 8, seed=0, epoch=0, shuffle=False)
     flat = [lengths[i] for b in fixed for i in b]
     assert flat == sorted(flat)
+
+
+def test_inference_batches_cut_where_padding_would_exceed_a_fifth():
+    lengths = [10, 10, 10, 10, 10, 50, 50, 50, 50, 12]
+    # six short rows pad to 12 (72 <= 1.2 * 62 tokens); a 50-token row would pad them to 350
+    assert inference_batches(lengths, 32) == [[0, 1, 2, 3, 4, 9], [5, 6, 7, 8]]
+    assert inference_batches(lengths, 3) == [[0, 1, 2], [3, 4, 9], [5, 6, 7], [8]]
+    # below min_rows a batch takes the next row whatever the padding
+    assert inference_batches([1, 100], 32) == [[0, 1]]
+    assert epoch_batches(lengths, 32, 0, 0, shuffle=False) == inference_batches(lengths, 32)
 
 
 def test_pad_ids():
