@@ -116,15 +116,8 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
             conflicted = out["text"].isin(n_labels.index[n_labels > 1])
             rep.drop("texts seen with conflicting labels", out[LINE][conflicted])
             out = out[~conflicted]
-    if dedupe and cfg.drop_duplicates:
-        keys = ["text", "label"] if label_col is not None else ["text"]
-        dup = out.duplicated(subset=keys, keep="first")
-        rep.drop("exact duplicates", out[LINE][dup])
-        out = out[~dup]
-    out = out.reset_index(drop=True)
-    out.attrs["source"] = src
-    rep.rows_out = len(out)
-    return out, rep
+    return _dedupe_and_close(out, rep, ["text", "label"] if label_col is not None else ["text"],
+                             dedupe and cfg.drop_duplicates)
 
 
 def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: CleanConfig, dedupe: bool = True,
@@ -151,11 +144,16 @@ def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: Cle
                                 f"(set data.clean.{option}: true to drop such rows)")
             rep.drop(f"empty {name}", out[LINE][empty])
             out = out[~empty]
-    if dedupe and cfg.drop_duplicates:
-        dup = out.duplicated(subset=list(names), keep="first")
+    return _dedupe_and_close(out, rep, list(names), dedupe and cfg.drop_duplicates)
+
+
+def _dedupe_and_close(out: pd.DataFrame, rep: CleaningReport, keys: list[str], dedupe: bool):
+    """Drop exact duplicates over `keys` when asked (counted in the report), renumber, note the row count."""
+    if dedupe:
+        dup = out.duplicated(subset=keys, keep="first")
         rep.drop("exact duplicates", out[LINE][dup])
         out = out[~dup]
     out = out.reset_index(drop=True)
-    out.attrs["source"] = src
+    out.attrs["source"] = rep.source
     rep.rows_out = len(out)
     return out, rep
