@@ -38,6 +38,8 @@ def hf_pipeline_throughput(hf_dir: Path, texts: list[str], labels: list[str], ba
 
     from luban.compress.bench import throughput
 
+    # model/hf/ is luban's own export: its head (mean pooling) ships as modeling_luban.py, which transformers
+    # runs only with trust_remote_code; the code is ours, written by the export a few lines above
     pipe = pipeline("text-classification", model=str(hf_dir), trust_remote_code=True, device=-1,
                     dtype=torch.float32)
 
