@@ -9,7 +9,7 @@ process and warmed up first; the load goes to one at a time, in alternating roun
 a shared machine's load falls on both alike:
 
 - luban: `luban serve RUN --replicas CORES --threads 1` (the run exported to ONNX first, fp32 and checked against
-  PyTorch, so it runs on onnxruntime; dynamic micro-batching, texts length-sorted into sub-batches);
+  PyTorch, so it runs on onnxruntime; dynamic micro-batching, texts length-sorted into batches that pad little);
 - baseline: this script's own naive server — FastAPI + `transformers.pipeline("text-classification")` over the
   same fine-tuned model in Hugging Face layout (`export_hf`), one request = one forward pass.
 
@@ -240,7 +240,6 @@ def main():
     ap.add_argument("--replicas", type=int, default=os.cpu_count() or 1,
                     help="luban: model copies taking batches in parallel (default: one per core)")
     ap.add_argument("--threads", type=int, default=1, help="luban: threads per forward pass (per replica)")
-    ap.add_argument("--sub-batch-size", type=int, default=8)
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--rounds", type=int, default=4, help="measurement rounds, alternating between the servers")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per load run")
@@ -277,8 +276,7 @@ def main():
         procs.append(start([sys.executable, "-m", "luban", "serve", str(run), "--port", str(port),
                             "--backend", a.backend, "--max-batch-size", str(a.max_batch_size),
                             "--max-wait-ms", str(a.max_wait_ms), "--threads", str(a.threads),
-                            "--replicas", str(a.replicas),
-                            "--sub-batch-size", str(a.sub_batch_size)], port, work / "luban.log"))
+                            "--replicas", str(a.replicas)], port, work / "luban.log"))
         servers["luban"] = port
         if not a.skip_baseline:
             hf = run / "model" / "hf"

@@ -235,7 +235,7 @@ def _cmd_serve(a):
     keys = list(a.api_key) + (read_api_keys(a.api_keys_file) if a.api_keys_file else [])
     settings = ServeSettings(
         backend=a.backend, device=a.device, threads=a.threads, replicas=a.replicas,
-        max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms, sub_batch_size=a.sub_batch_size,
+        max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
         max_queue=a.max_queue, max_active_generations=a.max_active_generations,
         max_body_bytes=int(a.max_body_mb * 2**20), max_inputs=a.max_inputs, max_text_chars=a.max_text_chars,
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
@@ -415,8 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copies of each model taking predict batches in parallel (e.g. one per core, --threads 1)")
     s.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (micro-batching)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch to fill")
-    s.add_argument("--sub-batch-size", type=int, default=8,
-                   help="texts of a batch run sorted by length in sub-batches of this size (less padding; 0: off)")
     s.add_argument("--max-queue", type=int, default=1024, help="inputs waiting per model before 503 + Retry-After")
     s.add_argument("--max-active-generations", type=int, default=8, help="sequences decoded round-robin")
     s.add_argument("--max-inputs", type=int, default=256, help="inputs per predict request")

@@ -41,7 +41,6 @@ class ServedModel:
                           for i in range(len(self.predictors))]
         self.executor = self.executors[0]  # generation and direct calls (recommend, images) run here
         self.calls = 0  # direct calls queued or running on that thread
-        self.sub_batch_size = settings.sub_batch_size
         if settings.threads:
             import torch
 
@@ -75,24 +74,12 @@ class ServedModel:
     def generates_text(self) -> bool:
         return bool(self.caps["generate_text"] or self.caps["stream_events"])
 
-    def _predictor_fn(self, predictor):
+    @staticmethod
+    def _predictor_fn(predictor):
         def predict_batch(inputs: list, options: dict) -> list:
-            """One micro-batch. Texts of very different lengths padded together waste most of a forward pass,
-            so a batch of strings is ordered by length and run in sub-batches of `sub_batch_size` (each padded
-            only to its own longest); any other batch goes to predict() whole."""
-            n = self.sub_batch_size
-            if not n or len(inputs) <= n or not all(isinstance(x, str) for x in inputs):
-                return predictor.predict(inputs, **options)
-            order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-            out: list = [None] * len(inputs)
-            try:
-                for s in range(0, len(order), n):
-                    idx = order[s:s + n]
-                    for i, r in zip(idx, predictor.predict([inputs[i] for i in idx], **options), strict=True):
-                        out[i] = r
-            except Exception:  # noqa: BLE001 - rerun whole, so an error names the input by its own position
-                return predictor.predict(inputs, **options)
-            return out
+            """One micro-batch, in one predict() call: the task batches it for its model itself (texts in
+            length-sorted batches that pad little: luban.data.batching.inference_batches)."""
+            return predictor.predict(inputs, **options)
 
         return predict_batch
 

@@ -26,7 +26,6 @@ class ServeSettings:
     # dynamic micro-batching (per model)
     max_batch_size: int = 32              # inputs in one forward pass
     max_wait_ms: float = 5.0              # how long the first request of a batch waits for company
-    sub_batch_size: int = 8               # texts of a batch run length-sorted in sub-batches of this size (0: off)
     max_queue: int = 1024                 # inputs waiting per model; more -> 503 + Retry-After
     # generation scheduling (per model): active sequences decode round-robin, one token each per turn
     max_active_generations: int = 8
@@ -66,8 +65,6 @@ class ServeSettings:
                if not getattr(self, n) > 0]
         if self.threads is not None and self.threads < 1:
             bad.append(f"--threads must be >= 1 (got {self.threads})")
-        if self.sub_batch_size < 0:
-            bad.append(f"--sub-batch-size must be >= 0 (got {self.sub_batch_size})")
         if self.max_wait_ms < 0:
             bad.append(f"--max-wait-ms must be >= 0 (got {self.max_wait_ms})")
         if bad:
