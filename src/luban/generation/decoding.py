@@ -173,7 +173,7 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return max(hold, broken)
 
 
-def _events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
+def step_events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
     """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason."""
     eos = {cfg.eos_token_id} if isinstance(cfg.eos_token_id, int) else set(cfg.eos_token_id or ())
     generated: list[int] = []
@@ -198,7 +198,7 @@ def _events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int
 def stream(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
            decode: Callable[[list[int]], str]) -> Iterator[str]:
     """Yield the generated text piece by piece (empty pieces skipped); joined, they equal ``generate(...).text``."""
-    for _, piece, _ in _events(model, prompt_ids, cfg, decode):
+    for _, piece, _ in step_events(model, prompt_ids, cfg, decode):
         if piece:
             yield piece
 
@@ -208,7 +208,7 @@ def generate(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
     """Run decoding to the end and return the text, the token ids and why it stopped."""
     began = time.perf_counter()
     pieces, ids, reason = [], [], "length"
-    for token, piece, finish in _events(model, prompt_ids, cfg, decode):
+    for token, piece, finish in step_events(model, prompt_ids, cfg, decode):
         if token is not None:
             ids.append(token)
         pieces.append(piece)

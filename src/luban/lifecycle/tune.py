@@ -165,11 +165,15 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
     return float(m["validation"][metric])
 
 
-def best_tree(study, cfg: RunConfig, base: dict) -> dict:
+def best_params(study, cfg: RunConfig) -> dict:
+    """The best trial's configuration values (list choices as the lists, not their stored index)."""
     import optuna
 
-    params = suggest(optuna.trial.FixedTrial(study.best_trial.params), cfg.search.space)
-    tree = apply_params(base, params)
+    return suggest(optuna.trial.FixedTrial(study.best_trial.params), cfg.search.space)
+
+
+def best_tree(study, cfg: RunConfig, base: dict) -> dict:
+    tree = apply_params(base, best_params(study, cfg))
     tree["output"] = {**tree["output"], "name": f"{cfg.output.name}-best"}
     return tree
 
@@ -186,11 +190,8 @@ def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, sec
     (out / "best.yaml").write_text(f"# best of {len(complete)} trials: val {metric} {study.best_value:.6g} "
                                    f"(trial {study.best_trial.number})\n" +
                                    yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    import optuna
-
-    best_params = suggest(optuna.trial.FixedTrial(study.best_trial.params), cfg.search.space)  # list choices as values
     summary = {"metric": metric, "direction": study.direction.name.lower(), "best_value": study.best_value,
-               "best_trial": study.best_trial.number, "best_params": best_params,
+               "best_trial": study.best_trial.number, "best_params": best_params(study, cfg),
                "best_user_attrs": study.best_trial.user_attrs, "trials": len(study.trials),
                "complete": len(complete), "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
                "seconds": round(seconds, 1), "importances": _importances(study)}

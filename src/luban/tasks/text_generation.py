@@ -33,7 +33,7 @@ from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus,
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError, LubanError
-from luban.generation.decoding import GenerationConfig, generate, stream
+from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
 from luban.training.checkpoint import load_weights
 
@@ -228,22 +228,17 @@ class Generator:
                 "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 1)}
 
     def stream(self, prompt=None, messages=None, **knobs):
-        knobs.pop("num_beams", None)
-        knobs.pop("length_penalty", None)
-        ids = self._ids(prompt, messages)
-        return stream(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
-                      self.encoder.decode)
+        """The generated text piece by piece (sampling or greedy; beam settings do not apply to streaming)."""
+        return (piece for _, piece, _ in self.events(prompt, messages, **knobs) if piece)
 
     def events(self, prompt=None, messages=None, **knobs):
         """Like stream, yielding (token_id | None, text_piece, finish_reason | None) per decoding step; the last
         event carries the finish reason (serving: usage counts, OpenAI finish_reason)."""
-        from luban.generation.decoding import _events
-
         knobs.pop("num_beams", None)
         knobs.pop("length_penalty", None)
         ids = self._ids(prompt, messages)
-        return _events(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
-                       self.encoder.decode)
+        return step_events(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
+                           self.encoder.decode)
 
     def _beam(self, ids, cfg: GenerationConfig, num_beams: int, length_penalty: float) -> dict:
         from luban.generation.decoding import causal_beam_search
