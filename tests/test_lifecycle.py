@@ -94,6 +94,70 @@ def test_conditional_space_and_bad_paths(tmp_path, linear_data):
         assert ("model.dropout" in t.params) == t.params["model.batch_norm"]
 
 
+def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
+    import optuna
+
+    from luban.lifecycle.search_space import config_point
+    from luban.lifecycle.tune import tune
+
+    space = {"trainer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1},
+             "model.hidden_sizes": {"type": "choice", "values": [[8], [32], [16, 16]]},
+             "trainer.batch_size": {"type": "int", "low": 64, "high": 128},  # the config's 32 is outside
+             "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.3, "when": {"model.batch_norm": True}}}
+    out = tune(tune_config(tmp_path, linear_data, space, sampler="tpe"), trials=2, quiet=True)
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    first = study.trials[0].params
+    assert first["trainer.lr"] == 0.01 and first["model.hidden_sizes"] == 1  # the list choice by its index
+    assert 64 <= first["trainer.batch_size"] <= 128 and "model.dropout" not in first  # sampled; condition unmet
+    runs = sorted((out / "trials").iterdir())
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["model"]["hidden_sizes"] == [32]
+    assert study.trials[1].params["trainer.lr"] != 0.01  # then the sampler takes over
+    from luban.config import SearchConfig
+
+    point, outside = config_point({"trainer": {"lr": 0.5}}, SearchConfig(space=space).space)
+    assert point == {} and outside == ["trainer.lr", "model.hidden_sizes", "trainer.batch_size"]
+
+
+def test_keep_last_ends_with_the_last_epochs_weights(tmp_path, linear_data):
+    from luban.training import checkpoint
+
+    cfg = tabular_config(tmp_path / "runs", "last", "tabular_regression",
+                         {"train": str(linear_data), "columns": {"label": "y"}},
+                         trainer={"epochs": 4, "lr": 1.0, "scheduler": "constant", "keep": "last"})
+    run = luban.train(cfg, quiet=True)
+    m = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert m["best_epoch"] == 4 and m["validation"]["rmse"] == pytest.approx(history[-1]["val_rmse"], rel=1e-5)
+    assert min(r["val_rmse"] for r in history) < history[-1]["val_rmse"]  # lr 1.0 overshoots: "best" keeps another
+
+
+def test_retrain_fits_the_best_config_on_train_plus_validation(tmp_path, linear_data):
+    from luban.lifecycle.tune import tune
+
+    rows = linear_data.read_text().splitlines()
+    train = tmp_path / "train.csv"
+    val = tmp_path / "val.csv"
+    train.write_text("\n".join(rows[:181]) + "\n")  # header + 180 rows
+    val.write_text("\n".join([rows[0]] + rows[181:]) + "\n")  # header + 60 rows
+    cfg = tabular_config(tmp_path / "runs", "lin", "tabular_regression",
+                         {"train": str(train), "validation": str(val), "test": str(val), "columns": {"label": "y"}},
+                         trainer={"epochs": 6, "scheduler": "constant"})
+    cfg["search"] = {"space": LR_GRID, "sampler": "grid", "pruner": "none", "retrain": True}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = tune(path, trials=4, quiet=True)
+    summary = json.loads((out / "summary.json").read_text())
+    final = out.parent / "lin-best"
+    used = yaml.safe_load((final / "config.yaml").read_text())
+    assert used["trainer"]["lr"] == 0.03 and used["trainer"]["keep"] == "last"
+    assert used["trainer"]["epochs"] == summary["best_user_attrs"]["best_epoch"]
+    combined = Path(used["data"]["train"]).read_text().splitlines()
+    assert combined[0] == rows[0] and combined[1:] == rows[1:]  # one header, then train and validation rows
+    m = json.loads((final / "metrics.json").read_text())
+    assert m["best_epoch"] == m["epochs_run"] == used["trainer"]["epochs"]
+    assert m["test"]["rmse"] < 1.0  # the retrained model learned the planted relation (target std ~3.6)
+
+
 def test_kfold_splits_are_disjoint_cover_and_stratify():
     from luban.lifecycle.cv import fold_indices
 

@@ -217,7 +217,9 @@ def test_models_health_ready_metrics_docs(client, runs):
                  "luban_queue_depth", "luban_inflight_requests", "luban_ready 1.0"):
         assert name in metrics.text, name
     assert 'route="/v1/predict"' in metrics.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
     spec = client.get("/openapi.json").json()
     for path in ("/v1/models", "/v1/predict", "/v1/completions", "/v1/chat/completions", "/v1/recommend",
                  "/v1/images/generations", "/healthz", "/readyz", "/metrics"):
@@ -692,6 +694,9 @@ def test_playground_in_headless_chromium(runs):
             chat.locator("button", has_text="Send").click()
             page.wait_for_selector("#model-lm .usage:has-text('tokens')", timeout=30000)
             assert chat.locator(".msg.assistant .reply").inner_text().strip()
+            page.goto(base + "/docs")  # Swagger UI renders from the app's own files (no CDN)
+            page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/v1/predict']", timeout=30000)
+            assert "luban" in page.locator(".swagger-ui .info .title").inner_text()
             browser.close()
     finally:
         server.should_exit = True

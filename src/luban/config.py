@@ -629,6 +629,8 @@ class TrainerConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    keep: Literal["best", "last"] = Field("best", description="the weights a run ends with: the epoch best by the "
+                                          "validation metric, or the last epoch's (a fixed-length retrain)")
     log_every: int = Field(50, gt=0, description="steps between progress updates")
     steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
                                         "training windows) between evaluations; default: one pass over the tokens")
@@ -694,6 +696,8 @@ class SearchConfig(Section):
     direction: Literal["auto", "maximize", "minimize"] = "auto"
     seed: int | None = Field(None, description="sampler seed; default: the run's seed")
     retrain: bool = Field(False, description="also retrain the best config on train + validation")
+    start_from_config: bool = Field(True, description="the first trial runs the config's own values of the "
+                                    "searched parameters (tpe/random), so the search starts from what you have")
 
 
 class TrackingConfig(Section):

@@ -45,7 +45,7 @@ def suggest(trial, space: dict[str, SearchParam]) -> dict:
             continue
         if p.type == "choice":
             # Optuna stores categorical choices as JSON-like scalars; lists are chosen by index
-            if all(isinstance(v, (str, int, float, bool)) or v is None for v in p.values):
+            if _plain(p.values):
                 chosen[path] = trial.suggest_categorical(path, p.values)
             else:
                 chosen[path] = p.values[trial.suggest_categorical(path, list(range(len(p.values))))]
@@ -60,6 +60,44 @@ def suggest(trial, space: dict[str, SearchParam]) -> dict:
 _MISSING = object()
 
 
+def _plain(values: list) -> bool:
+    return all(isinstance(v, (str, int, float, bool)) or v is None for v in values)
+
+
+def _get(tree: dict, path: str):
+    node = tree
+    for p in path.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def config_point(tree: dict, space: dict[str, SearchParam]) -> tuple[dict, list[str]]:
+    """The config's own values for the searched parameters, as Optuna stores them (a choice of lists by its
+    index), so the search can start from the configuration the user already has. Returns the point and the paths
+    whose config value lies outside their distribution (those are left to the sampler)."""
+    point: dict = {}
+    outside: list[str] = []
+    chosen: dict = {}
+    for path, p in space.items():
+        if p.when and any(chosen.get(k, _MISSING) != v for k, v in p.when.items()):
+            continue
+        value = _get(tree, path)
+        if p.type == "choice":
+            if value in p.values:
+                chosen[path] = value
+                point[path] = value if _plain(p.values) else p.values.index(value)
+                continue
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high:
+            if p.type != "int" or float(value).is_integer():
+                chosen[path] = value
+                point[path] = int(value) if p.type == "int" else float(value)
+                continue
+        outside.append(path)
+    return point, outside
+
+
 def grid(space: dict[str, SearchParam]) -> dict[str, list]:
     """The grid sampler's search space: every parameter must be a choice or a stepped uniform/int."""
     out = {}
@@ -67,8 +105,7 @@ def grid(space: dict[str, SearchParam]) -> dict[str, list]:
         if p.when:
             raise ConfigError(f"search.space.{path}: the grid sampler does not take conditional parameters")
         if p.type == "choice":
-            plain = all(isinstance(v, (str, int, float, bool)) or v is None for v in p.values)
-            out[path] = list(p.values) if plain else list(range(len(p.values)))
+            out[path] = list(p.values) if _plain(p.values) else list(range(len(p.values)))
         elif p.step is not None or p.type == "int":
             step = p.step or 1
             n = int(round((p.high - p.low) / step)) + 1

@@ -22,7 +22,7 @@ import yaml
 
 from luban.config import CLASSIFICATION_METRICS, LOWER_IS_BETTER, TASK_METRICS, RunConfig, load_config, validate
 from luban.errors import ConfigError
-from luban.lifecycle.search_space import apply_params, check_space, grid, suggest
+from luban.lifecycle.search_space import apply_params, check_space, config_point, grid, suggest
 
 
 def _sampler(cfg: RunConfig):
@@ -42,7 +42,9 @@ def _pruner(cfg: RunConfig):
 
     if cfg.search.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # no pruning in the first third of the epochs: under a decaying schedule a slower learning rate trails early
+    # and catches up later, so comparing at epoch 2 would prune for speed, not for the final metric
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, cfg.trainer.epochs // 3))
 
 
 def _metric(cfg: RunConfig) -> tuple[str, str]:
@@ -85,6 +87,18 @@ def _requeue_interrupted(study) -> int:
     return len(stale)
 
 
+def _start_from_config(study, cfg: RunConfig, base: dict, quiet: bool) -> None:
+    """Queue the config's own values as trial 0 (what Ray Tune calls points_to_evaluate): the search starts from
+    the configuration the user already trusts, and TPE models the space around it."""
+    if not cfg.search.start_from_config or cfg.search.sampler == "grid":  # a grid is walked exhaustively anyway
+        return
+    point, outside = config_point(base, cfg.search.space)
+    if point:
+        study.enqueue_trial(point)
+    if outside and not quiet:
+        print(f"search starts from the config; outside the space, sampled instead: {', '.join(outside)}")
+
+
 def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None = None, resume: bool = False,
          storage: str | None = None, backend: str = "local", overrides: list[str] | None = None,
          quiet: bool = False) -> Path:
@@ -115,6 +129,8 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
                                 direction=direction, load_if_exists=True)
     study.set_user_attr("metric", metric)
     requeued = _requeue_interrupted(study) if resume else 0
+    if not study.trials:
+        _start_from_config(study, cfg, base, quiet)
     from optuna.trial import TrialState
 
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -256,26 +272,53 @@ def print_trials(study, metric: str, out: Path) -> None:
 
 def retrain_best(cfg: RunConfig, out: Path) -> Path:
     """Train best.yaml on train + validation for the best trial's number of epochs."""
-    import pandas as pd
-
-    from luban.data.readers import LINE, read_table
-    from luban.pipeline import train
-
     tree = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    epochs = summary["best_user_attrs"].get("best_epoch") or tree["trainer"]["epochs"]
+    return retrain_on_all(tree, int(epochs), f"{cfg.output.name}-best", out, str(out / "best.yaml"))
+
+
+def concat_tables(first: Path, second: Path, data: dict, dest: Path) -> None:
+    """`second`'s rows appended to `first`'s, in their own format (so column indexes, quoting and data.format
+    still apply): the text itself for delimited/JSON-lines/text files (a header is kept once), pandas for
+    parquet."""
+    from luban.data.readers import decode_file, detect_format
+    from luban.errors import DataError
+
+    fmt = detect_format(first, data["format"])
+    if fmt == "parquet":
+        import pandas as pd
+
+        pd.concat([pd.read_parquet(first), pd.read_parquet(second)], ignore_index=True).to_parquet(dest)
+        return
+    a, b = decode_file(first, data["encoding"]), decode_file(second, data["encoding"])
+    if fmt in ("csv", "tsv") and data["header"]:
+        head_a, head_b = a.split("\n", 1)[0].strip(), b.split("\n", 1)[0].strip()
+        if head_a != head_b:
+            raise DataError(f"{second}: line 1: its header ({head_b!r}) differs from {first}'s ({head_a!r}); "
+                            "retraining on both needs the same columns in the same order")
+        b = b.split("\n", 1)[1] if "\n" in b else ""
+    dest.write_text(a + ("" if a.endswith("\n") or not a else "\n") + b, encoding=data["encoding"])
+
+
+def retrain_on_all(tree: dict, epochs: int, name: str, scratch: Path, source: str) -> Path:
+    """The final model of a config: trained on train + validation for `epochs` (the epoch count validation chose),
+    without early stopping; the combined table is written to `scratch`. Returns the run directory."""
+    from luban.pipeline import train
+
     tree = copy.deepcopy(tree)
     data = tree["data"]
     if data.get("validation") and Path(data["validation"]).is_file():
-        frames = [read_table(data[k], data["format"], data["header"], data["delimiter"], data["quoting"],
-                             data["encoding"]).drop(columns=[LINE]) for k in ("train", "validation")]
-        combined = out / "train+validation.jsonl"
-        pd.concat(frames, ignore_index=True).to_json(combined, orient="records", lines=True, force_ascii=False)
-        data.update(train=str(combined), validation=None, format="jsonl")
+        train_path = Path(data["train"])
+        combined = Path(scratch) / f"{name}-train+validation{''.join(train_path.suffixes)}"
+        concat_tables(train_path, Path(data["validation"]), data, combined)
+        data.update(train=str(combined), validation=None)
         data["split"]["validation"] = 0.02  # a sliver stays out only so the pipeline has a validation split
     else:
         logging.getLogger(__name__).warning("validation is carved from train: retraining on the same split")
-    tree["trainer"]["epochs"] = max(1, int(summary["best_user_attrs"].get("best_epoch") or tree["trainer"]["epochs"]))
+    tree["trainer"]["epochs"] = max(1, epochs)
+    tree["trainer"]["keep"] = "last"  # the epoch count is validation's choice; the 2% sliver does not choose again
     tree["trainer"]["early_stopping"] = {"metric": None, "mode": "auto", "patience": None}
-    tree["output"]["name"] = f"{cfg.output.name}-best"
+    tree["output"]["name"] = name
     tree["output"]["overwrite"] = True
-    return train(validate(tree, str(out / "best.yaml")), quiet=True)
+    return train(validate(tree, source), quiet=True)

@@ -8,7 +8,7 @@ Each run is loaded once (`luban.load`, so the ONNX export when the run has one) 
 ready. The app never branches on the task: it asks each model what it can do (`Predictor.capabilities()`) and
 routes follow — predict (micro-batched), text generation (OpenAI-compatible, fairly scheduled), recommendation,
 image generation. Modules: routes (REST), openai_api, batching, generation (scheduling), limits, auth, errors,
-metrics, models (loading), settings; static/ holds the playground (HTML/CSS/JS, no external requests).
+metrics, models (loading), settings, docs (Swagger UI from local files); static/ holds the playground (HTML/CSS/JS, no external requests).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
-    from luban.serve import errors
+    from luban.serve import docs, errors
     from luban.serve.auth import KeyChecker, dependency
     from luban.serve.limits import BodyLimit
     from luban.serve.metrics import Metrics, MetricsMiddleware
@@ -59,11 +59,12 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
         yield
         await registry.close(settings.request_timeout)  # drain: queued requests are answered before exit
 
-    app = FastAPI(title="luban", version=VERSION, lifespan=lifespan,
+    app = FastAPI(title="luban", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Serve luban runs: predict, OpenAI-compatible text generation, recommendation, image "
                   "generation. Send `Authorization: Bearer KEY` when the server has API keys.")
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     errors.install(app)
+    docs.install(app, "luban")
 
     open_routes, api_routes = build_router(registry, auth)
     app.include_router(open_routes)

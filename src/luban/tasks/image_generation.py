@@ -414,7 +414,7 @@ class ImageGenerationTask(Task, _Sampling):
                 checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
         finally:
             tb.close()
-        return finish_fit(model, state, ckpt, samples_seen, t_start)
+        return finish_fit(model, state, ckpt, samples_seen, t_start, keep=cfg.keep)
 
     # ------------------------------------------------------------------ outputs
 

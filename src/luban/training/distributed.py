@@ -109,8 +109,9 @@ def ray_fit(cfg: RunConfig, model: torch.nn.Module, *, work: Path, resume: bool,
     result_path = Path(work) / "fit_result.json"
     m = json.loads(result_path.read_text(encoding="utf-8"))
     result_path.unlink()
-    if (Path(work) / "checkpoints" / "best").is_dir():
-        checkpoint.load_weights(model, Path(work) / "checkpoints" / "best")
+    kept = Path(work) / "checkpoints" / cfg.trainer.keep  # the weights rank 0 ended with: best or last epoch
+    if kept.is_dir():
+        checkpoint.load_weights(model, kept)
     history_path = Path(work) / "history.jsonl"
     history = [json.loads(x) for x in history_path.read_text(encoding="utf-8").splitlines() if x.strip()]
     shutil.rmtree(Path(work) / "ray", ignore_errors=True)

@@ -94,6 +94,7 @@ def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.
     with open(history_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     tb.log(record, state["step"])
+    state["last_value"] = value
     improved = _better(value, state["best_value"], mode)
     if improved:
         state.update(best_value=value, best_epoch=record["epoch"], bad_epochs=0)
@@ -197,15 +198,20 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     finally:
         progress.close()
         tb.close()
-    return finish_fit(core, state, ckpt, samples_seen * world_size, t_start)
+    return finish_fit(core, state, ckpt, samples_seen * world_size, t_start, keep=cfg.keep)
 
 
-def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_start: float) -> FitResult:
-    """Restore the best weights and summarize the run (shared by every training loop)."""
-    if (ckpt / "best").is_dir():
+def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_start: float,
+               keep: str = "best") -> FitResult:
+    """Restore the best weights (keep="best"; "last" keeps the model as the last epoch left it) and summarize the
+    run (shared by every training loop). best_epoch/best_value describe the weights kept."""
+    best_epoch, best_value = state["best_epoch"], state["best_value"]
+    if keep == "last" and state["history"]:
+        best_epoch, best_value = state["epoch"], state.get("last_value")
+    elif (ckpt / "best").is_dir():
         checkpoint.load_weights(model, ckpt / "best")
     wall = time.perf_counter() - t_start
-    return FitResult(history=state["history"], best_epoch=state["best_epoch"],
-                     best_value=state["best_value"] if state["best_value"] is not None else float("nan"),
+    return FitResult(history=state["history"], best_epoch=best_epoch,
+                     best_value=best_value if best_value is not None else float("nan"),
                      stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],
                      epochs_run=state["epoch"], samples_per_second=samples_seen / max(wall, 1e-9))
