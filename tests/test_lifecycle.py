@@ -40,10 +40,13 @@ def tune_config(tmp_path: Path, data: Path, space: dict, **search) -> Path:
 LR_GRID = {"trainer.lr": {"type": "choice", "values": [1e-6, 1e-5, 1e-4, 0.03]}}
 
 
-def test_grid_search_finds_the_planted_best_and_writes_a_trainable_config(tmp_path, linear_data):
+def test_grid_search_finds_the_planted_best_and_writes_a_trainable_config(tmp_path, linear_data, capsys):
     from luban.lifecycle.tune import tune
 
-    out = tune(tune_config(tmp_path, linear_data, LR_GRID), trials=4, quiet=True)
+    out = tune(tune_config(tmp_path, linear_data, LR_GRID), trials=4)
+    printed = capsys.readouterr()
+    assert "epoch 1:" not in printed.err + printed.out  # trials train silently ...
+    assert sum(line.startswith("trial ") for line in printed.out.splitlines()) == 4  # ... one line each
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] == 4 and summary["direction"] == "minimize" and summary["metric"] == "rmse"
     assert summary["best_params"] == {"trainer.lr": 0.03}  # the only rate that learns in 6 epochs
@@ -119,8 +122,6 @@ def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
 
 
 def test_keep_last_ends_with_the_last_epochs_weights(tmp_path, linear_data):
-    from luban.training import checkpoint
-
     cfg = tabular_config(tmp_path / "runs", "last", "tabular_regression",
                          {"train": str(linear_data), "columns": {"label": "y"}},
                          trainer={"epochs": 4, "lr": 1.0, "scheduler": "constant", "keep": "last"})

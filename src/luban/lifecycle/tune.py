@@ -23,6 +23,7 @@ import yaml
 from luban.config import CLASSIFICATION_METRICS, LOWER_IS_BETTER, TASK_METRICS, RunConfig, load_config, validate
 from luban.errors import ConfigError
 from luban.lifecycle.search_space import apply_params, check_space, config_point, grid, suggest
+from luban.training.progress import silent
 
 
 def _sampler(cfg: RunConfig):
@@ -148,7 +149,7 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
         else:
             study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads),
                            n_trials=remaining, n_jobs=jobs, timeout=timeout, catch=(FloatingPointError,),
-                           gc_after_trial=True)
+                           gc_after_trial=True, callbacks=[] if quiet else [_trial_line(metric, t0)])
     write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
     if cfg.search.retrain:
         retrain_best(cfg, out)
@@ -172,13 +173,33 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val_{metric} {value:.4f} at epoch {record['epoch']}")
 
-    run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
+    with silent():  # one line per trial (see _trial_line), not one per epoch of every trial
+        run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     trial.set_user_attr("run_dir", str(run))
     trial.set_user_attr("best_epoch", m["best_epoch"])
     if metric in m["test"]:
         trial.set_user_attr(f"test_{metric}", m["test"][metric])
     return float(m["validation"][metric])
+
+
+def _trial_line(metric: str, t0: float):
+    """An Optuna callback printing one line per finished trial: its state, value, parameters and the best so far."""
+    def line(study, trial) -> None:
+        from optuna.trial import TrialState
+
+        value = "" if trial.value is None else f" val_{metric} {trial.value:.4f}"
+        where = f" at epoch {max(trial.intermediate_values)}" if trial.state == TrialState.PRUNED and \
+            trial.intermediate_values else ""
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        try:
+            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:  # nothing complete yet
+            best = ""
+        print(f"trial {trial.number}: {trial.state.name.lower()}{where}{value}  [{params}]{best}  "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
+
+    return line
 
 
 def best_params(study, cfg: RunConfig) -> dict:

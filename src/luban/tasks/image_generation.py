@@ -34,6 +34,7 @@ from luban.tasks.base import Predictor, Task, _label_key
 from luban.training import checkpoint
 from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit, start_fit
 from luban.training.hardware import autocast
+from luban.training.progress import say
 from luban.training.optim import build_scheduler
 
 CLASSIFIER = "classifier"
@@ -406,11 +407,10 @@ class ImageGenerationTask(Task, _Sampling):
                           "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
                 improved = close_epoch(state, record, metric=metric, mode=mode, model=model, ckpt=ckpt,
                                        history_path=history_path, tb=tb, patience=cfg.early_stopping.patience)
-                print(f"epoch {epoch + 1}: d_loss {avg['d_loss']:.3f}  g_loss {avg['g_loss']:.3f}  "
-                      f"D(x) {avg['d_real']:.2f}  D(G(z)) {avg['d_fake']:.2f}  "
-                      f"conf {val['mean_confidence']:.3f}  entropy {val['class_entropy_ratio']:.3f}  "
-                      f"kid {val['kid']:.4f}{' *' if improved else ''}  {train_time:.1f}s",
-                      file=sys.stderr, flush=True)
+                say(f"epoch {epoch + 1}: d_loss {avg['d_loss']:.3f}  g_loss {avg['g_loss']:.3f}  "
+                    f"D(x) {avg['d_real']:.2f}  D(G(z)) {avg['d_fake']:.2f}  "
+                    f"conf {val['mean_confidence']:.3f}  entropy {val['class_entropy_ratio']:.3f}  "
+                    f"kid {val['kid']:.4f}{' *' if improved else ''}  {train_time:.1f}s")
                 checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
         finally:
             tb.close()

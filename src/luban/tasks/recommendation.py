@@ -35,6 +35,7 @@ from luban.evaluate.ranking import RankingMetrics, full_ranking, rating_errors
 from luban.models import recsys
 from luban.tasks.base import Batches, Predictor, Task, to_device
 from luban.training.checkpoint import load_weights
+from luban.training.progress import say
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("model", "history", "features", "popularity")
@@ -245,8 +246,8 @@ class RecommendationTask(Task, _Serving):
             self.cleaning.append({"split": split, "source": frame.attrs["source"], "rows_in": rows_in,
                                   "dropped": dropped})
             if dropped:
-                print(f"cleaning {frame.attrs['source']}: {rows_in} rows, dropped "
-                      + ", ".join(f"{n} {why}" for why, n in dropped.items()), flush=True)
+                say(f"cleaning {frame.attrs['source']}: {rows_in} rows, dropped "
+                    + ", ".join(f"{n} {why}" for why, n in dropped.items()))
         sp = cfg.data.split
         splits = split_interactions(frames, r.split, sp.validation, sp.test, sp.seed if sp.seed is not None
                                     else cfg.seed)

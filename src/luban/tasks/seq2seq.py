@@ -49,6 +49,7 @@ from luban.generation.beam import beam_search, iter_sample, sample
 from luban.generation.decoding import _held_back
 from luban.tasks.base import Batches, Predictor, Task, read_file, to_device
 from luban.training.checkpoint import load_weights
+from luban.training.progress import say
 
 META = "model_meta.json"
 KNOBS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
@@ -441,7 +442,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
                 continue
             out, rep = read_pairs(cfg, frame, dedupe=split == "train")
             self.cleaning.append(rep.to_dict() | {"split": split})
-            print("cleaning " + rep.summary(), flush=True)
+            say("cleaning " + rep.summary())
             cleaned[split] = out
         sp = cfg.data.split
         splits = make_splits(cleaned, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
@@ -608,7 +609,7 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
     def evaluate(self, path):
         frame, rep = read_pairs(self.cfg, read_file(self.cfg, Path(path)), dedupe=False)
         if rep.dropped:
-            print("cleaning " + rep.summary(), flush=True)
+            say("cleaning " + rep.summary())
         data = PairData(frame, self.sides)
         s = self.settings({})
         if s.do_sample and s.seed is None:

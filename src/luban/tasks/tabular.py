@@ -18,6 +18,7 @@ from luban.evaluate.metrics import classification_metrics, regression_metrics, s
 from luban.models.mlp import TabularMLP
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
                               to_device)
+from luban.training.progress import say
 
 
 class TabularPreprocessor:
@@ -114,8 +115,8 @@ def _drop_missing_labels(frame: pd.DataFrame, label: str, drop: bool) -> pd.Data
         if not drop:
             raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE][missing].iloc[0]}: "
                             f"field {label!r}: missing label")
-        print(f"cleaning {frame.attrs.get('source', 'data')}: dropped {int(missing.sum())} rows with a missing "
-              f"{label!r}", flush=True)
+        say(f"cleaning {frame.attrs.get('source', 'data')}: dropped {int(missing.sum())} rows with a missing "
+            f"{label!r}")
         attrs = frame.attrs
         frame = frame[~missing].reset_index(drop=True)
         frame.attrs = attrs

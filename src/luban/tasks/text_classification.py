@@ -19,6 +19,7 @@ from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
                               sample_rows, split_labelled, to_device)
+from luban.training.progress import say
 
 
 def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: int,
@@ -163,7 +164,7 @@ class TextClassificationTask(Task, _TextModelUser):
             if len(out) == 0:
                 raise DataError(f"{rep.source}: no usable rows left after cleaning\n  {rep.summary()}")
             self.cleaning.append(rep.to_dict() | {"split": split})
-            print("cleaning " + rep.summary(), flush=True)
+            say("cleaning " + rep.summary())
             cleaned[split] = out
         self.label_col = str(cols.label)
         self.label_map = LabelMap.fit(cleaned["train"], self.label_col)
@@ -290,7 +291,7 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
         label_col = resolve_column(frame, cols.label, "label") if need_label else None
         clean, rep = clean_text_frame(frame, text_col, label_col, self.cfg.data.clean, dedupe=False)
         if rep.dropped:
-            print("cleaning " + rep.summary(), flush=True)
+            say("cleaning " + rep.summary())
         return clean
 
     def read_inputs(self, path):

@@ -1,14 +1,36 @@
-"""A rich progress bar (loss, samples/s, ETA) on a terminal; one plain line per epoch everywhere."""
+"""A rich progress bar (loss, samples/s, ETA) on a terminal; one plain line per epoch everywhere — except inside
+`silent()` (the trials of `luban tune`, which report one line per trial instead)."""
 
 from __future__ import annotations
 
+import contextvars
 import sys
+from contextlib import contextmanager
+
+_SILENT = contextvars.ContextVar("luban_silent_progress", default=False)
+
+
+@contextmanager
+def silent():
+    """No progress bar or epoch lines from training loops run in this context (this thread)."""
+    token = _SILENT.set(True)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
+
+
+def say(msg: str) -> None:
+    """An epoch line of a training loop with its own format (stderr), unless silenced."""
+    if not _SILENT.get():
+        print(msg, file=sys.stderr, flush=True)
 
 
 class Progress:
     def __init__(self, total: int):
         self.bar = None
-        if sys.stderr.isatty() and total > 0:
+        self.silent = _SILENT.get()
+        if sys.stderr.isatty() and total > 0 and not self.silent:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
@@ -24,6 +46,8 @@ class Progress:
             self.bar.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", loss=loss, speed=speed)
 
     def epoch_line(self, record: dict, metric: str, improved: bool):
+        if self.silent:
+            return
         val = record.get(f"val_{metric}", float("nan"))
         msg = (f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  "
                f"val_{metric} {val:.4f}{' *' if improved else ''}  "
@@ -31,7 +55,7 @@ class Progress:
         if self.bar is not None:
             self.bar.console.print(msg)
         else:
-            print(msg, file=sys.stderr, flush=True)
+            say(msg)
 
     def close(self):
         if self.bar is not None:
