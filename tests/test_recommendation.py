@@ -290,7 +290,8 @@ def test_other_models_recover_clusters(clustered, model):
     assert _cluster_precision(run) >= 0.9
 
 
-def test_sasrec_learns_what_comes_next(tmp_path):
+@pytest.mark.parametrize("model", [{"type": "sasrec", "heads": 1}, {"type": "gru4rec"}], ids=["sasrec", "gru4rec"])
+def test_sequential_models_learn_what_comes_next(tmp_path, model):
     # every user walks the item cycle 0 -> 1 -> ... -> 11 -> 0 from a random start
     rng = random.Random(0)
     rows = []
@@ -298,7 +299,7 @@ def test_sasrec_learns_what_comes_next(tmp_path):
         start = rng.randrange(12)
         rows += [(f"u{u}", f"i{(start + t) % 12}", None, t) for t in range(8)]
     path = write_interactions(tmp_path / "seq.csv", rows)
-    cfg = rec_config(tmp_path / "runs", "sas", path, {"type": "sasrec", "max_length": 6, "hidden": 16, "layers": 1,
+    cfg = rec_config(tmp_path / "runs", "seq", path, {**model, "max_length": 6, "hidden": 16, "layers": 1,
                                                       "dropout": 0.0},
                      trainer={"epochs": 40, "batch_size": 32, "lr": 0.01}, recommendation={"drop_duplicates": False})
     run = luban.train(cfg, quiet=True)
@@ -307,6 +308,19 @@ def test_sasrec_learns_what_comes_next(tmp_path):
     p = luban.load(run)
     nxt = p.recommend("someone-new", k=1, history="i3,i4,i5")           # unknown user: the model reads history
     assert nxt["strategy"] == "history" and nxt["items"][0]["item"] == "i6"
+
+
+def test_gru4rec_state_ignores_left_padding():
+    from luban.models.recsys import GRU4Rec
+
+    torch.manual_seed(0)
+    m = GRU4Rec(n_items=9, max_length=6, hidden=8, layers=2, dropout=0.0).eval()
+    with torch.no_grad():
+        short = m.encode(torch.tensor([[3, 4, 5]]))
+        padded = m.encode(torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6]]))  # batched with a full row
+        alone = m.encode(torch.tensor([[1, 2, 3, 4, 5, 6]]))
+    assert torch.allclose(padded[0, 3:], short[0], atol=1e-6) and padded[0, :3].abs().max() == 0
+    assert torch.allclose(padded[1], alone[0], atol=1e-6)
 
 
 def test_explicit_mf_reports_rmse_beside_item_means(tmp_path):

@@ -516,6 +516,18 @@ class SASRecConfig(Section):
         return self
 
 
+class GRU4RecConfig(Section):
+    """GRU4Rec: a GRU over each user's recent items predicts the next item (same windows and losses as SASRec)."""
+
+    type: Literal["gru4rec"] = "gru4rec"
+    max_length: int = Field(50, gt=1, description="most recent items the model reads")
+    hidden: int = Field(64, gt=0)
+    layers: int = Field(1, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
+                                       "bce: the next item against sampled negatives (recommendation.negatives)")
+
+
 class ExplicitMFConfig(Section):
     """Rating prediction: global mean + user bias + item bias + user . item factors, trained on squared error."""
 
@@ -582,7 +594,7 @@ ModelConfig = Annotated[
           Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
           PretrainedSpeechConfig,
           PopularityConfig, ItemKNNConfig, BPRConfig, NCFConfig, TwoTowerConfig, SASRecConfig,
-          ExplicitMFConfig],
+          GRU4RecConfig, ExplicitMFConfig],
     Field(discriminator="type"),
 ]
 
@@ -736,8 +748,8 @@ TASK_MODELS: dict[str, tuple[type, ...]] = {
     "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
     "speech_recognition": (SpeechCTCConfig, PretrainedSpeechConfig),
     "audio_classification": (AudioClassifierConfig,),
-    "recommendation": (SASRecConfig, BPRConfig, ItemKNNConfig, PopularityConfig, NCFConfig, TwoTowerConfig,
-                       ExplicitMFConfig),
+    "recommendation": (SASRecConfig, GRU4RecConfig, BPRConfig, ItemKNNConfig, PopularityConfig, NCFConfig,
+                       TwoTowerConfig, ExplicitMFConfig),
 }
 
 

@@ -8,6 +8,7 @@ learns by gradient, computes its own training loss on the batches the recommenda
 - TwoTower: user and item towers over id + feature embeddings; ids dropped at random in training so the feature
   path alone scores new users and items.
 - SASRec: causal self-attention over the user's recent items predicts the next one.
+- GRU4Rec: a GRU over the same windows predicts the next one (SASRec's losses and scoring).
 - ExplicitMF: rating = mean + user bias + item bias + factors, squared error.
 """
 
@@ -405,3 +406,34 @@ class SASRec(Recommender):
 
     def item_vectors(self):
         return self.item.weight[1:]
+
+
+class GRU4Rec(SASRec):
+    """GRU4Rec (Hidasi et al. 2016; cross-entropy over the catalogue as in Hidasi & Karatzoglou 2018): a GRU reads
+    the user's recent items and its state at each position predicts the next item. Windows, losses and scoring are
+    SASRec's; only the encoder differs. Left-padded windows are run packed, so padding never enters the state."""
+
+    def __init__(self, n_items: int, max_length: int, hidden: int, layers: int, dropout: float, loss: str = "ce"):
+        Recommender.__init__(self)
+        self.n_items, self.max_length, self.hidden, self.loss_kind = n_items, max_length, hidden, loss
+        self.item = nn.Embedding(n_items + 1, hidden, padding_idx=0)   # 0 = padding, item i is i + 1
+        nn.init.normal_(self.item.weight, std=1 / math.sqrt(hidden))
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+        self.gru = nn.GRU(hidden, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq [B, T] (left-padded item ids + 1) -> hidden states [B, T, H], aligned with seq (zeros on padding)."""
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        b, t = seq.shape
+        lengths = (seq > 0).sum(1)
+        pad = (t - lengths)[:, None]
+        steps = torch.arange(t, device=seq.device)[None]
+        items_first = seq.gather(1, (steps + pad) % t)  # each row's items moved to the front, padding after
+        packed = pack_padded_sequence(self.drop(self.item(items_first)), lengths.clamp(min=1).cpu(),
+                                      batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=t)
+        back = ((steps - pad) % t)[..., None].expand(-1, -1, out.shape[-1])  # and back to the right edge
+        return self.drop(out.gather(1, back))

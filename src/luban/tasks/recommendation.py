@@ -8,7 +8,7 @@ ranking always beside.
 
 Serving (the predictor, the CLI `recommend` / `similar-items`, `luban serve`): a user the model was trained on is
 scored by the model; anyone else falls back, in this order, to
-  1. their history, when one is given (or known from the data): the model itself when it reads histories (SASRec,
+  1. their history, when one is given (or known from the data): the model itself when it reads histories (SASRec, GRU4Rec,
      ItemKNN), else item-item cosine neighbours computed from all interactions;
   2. their features (the two-tower model), from the user feature table or given with the request;
   3. popularity.
@@ -64,11 +64,16 @@ def build_recommender(cfg: RunConfig, users: IdMap, items: IdMap, tables: dict) 
         return recsys.ExplicitMF(nu, ni, m.factors, m.init_std, m.reg)
     if m.type == "sasrec":
         return recsys.SASRec(ni, m.max_length, m.hidden, m.layers, m.heads, m.dropout, m.loss)
+    if m.type == "gru4rec":
+        return recsys.GRU4Rec(ni, m.max_length, m.hidden, m.layers, m.dropout, m.loss)
     ut, it = tables.get("user"), tables.get("item")
     return recsys.TwoTower(nu, ni, ut.rows_for(users.ids) if ut else None, it.rows_for(items.ids) if it else None,
                            ut.dims() if ut else None, it.dims() if it else None, dim=m.dim, hidden=m.hidden,
                            feature_dim=m.feature_dim, id_embeddings=m.id_embeddings, id_dropout=m.id_dropout,
                            temperature=m.temperature, dropout=m.dropout)
+
+
+SEQUENTIAL = ("sasrec", "gru4rec")  # models trained on next-item windows of each user's history
 
 
 def _history_lists(h: Histories, users: np.ndarray) -> list[np.ndarray]:
@@ -282,7 +287,7 @@ class RecommendationTask(Task, _Serving):
             if len(users) == 0:
                 raise DataError(f"{self.sources[split]}: no {split} user has a held-out item to rank")
             self.eval_sets[split] = {"users": users, "targets": targets, "history": hist, "dropped_seen": dropped}
-        self.seq = self._sequences() if cfg.model.type == "sasrec" else None
+        self.seq = self._sequences() if cfg.model.type in SEQUENTIAL else None
 
     def _item_means(self, train: Encoded, shrink: float = 5.0) -> np.ndarray:
         mu = float(train.ratings.mean())
