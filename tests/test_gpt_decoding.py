@@ -219,3 +219,50 @@ def test_hf_causal_lm_adapter_cache_agrees():
         with_cache = list(iter_token_ids(hf, [1, 2, 3], GenerationConfig(max_new_tokens=20, **kw)))
         no_cache = list(iter_token_ids(hf, [1, 2, 3], GenerationConfig(max_new_tokens=20, use_cache=False, **kw)))
         assert with_cache == no_cache
+
+
+def _solo_and_batched(model, rows, decode):
+    from luban.generation.batch import BatchDecoder
+    from luban.generation.decoding import step_events
+
+    solo = [list(step_events(model, p, cfg, decode)) for p, cfg in rows]
+    dec, batched = BatchDecoder(model, rows, decode), [[] for _ in rows]
+    sizes = []
+    while not dec.done:
+        sizes.append(dec.batch_size)
+        for i, *ev in dec.step():
+            batched[i].append(tuple(ev))
+    return solo, batched, sizes
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_batched_decoding_gives_each_row_its_own_output(positions):
+    model, chars, _ = _train(positions, steps=60)
+    enc = chars.encode
+    rows = [(enc("the quick"), GenerationConfig(max_new_tokens=12, do_sample=False)),
+            (enc("dog"), GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=5, seed=3)),
+            (enc("over the la"), GenerationConfig(max_new_tokens=30, top_p=0.8, seed=1, stop=["the"])),
+            (enc("fox"), GenerationConfig(max_new_tokens=6, repetition_penalty=1.3, seed=5)),
+            (enc("the lazy dog. the quick brown fox jumps"), GenerationConfig(max_new_tokens=70, do_sample=False))]
+    solo, batched, sizes = _solo_and_batched(model, rows, chars.decode)
+    assert batched == solo  # same tokens, pieces and finish reasons, row by row
+    assert solo[2][-1][2] == "stop" and solo[0][-1][2] == "length"
+    assert sizes[0] == 4 and sizes[-1] < 4  # the last row (46 + 70 > block 96) runs alone; finished rows leave
+
+
+def test_batched_decoding_on_a_hugging_face_model_and_cancel(tiny_gpt2):
+    transformers = pytest.importorskip("transformers")
+    from luban.generation.batch import BatchDecoder
+    from luban.generation.decoding import HFCausalLM
+
+    model = HFCausalLM(transformers.AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).eval())
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_gpt2))
+    rows = [(tok.encode(p), GenerationConfig(max_new_tokens=8, temperature=0.7, seed=i))
+            for i, p in enumerate(["hello there", "a", "what is the weather like today"])]
+    solo, batched, _ = _solo_and_batched(model, rows, tok.decode)
+    assert batched == solo
+    dec = BatchDecoder(model, rows, tok.decode)
+    dec.step()
+    dec.cancel(1)
+    seen = {i for _ in range(3) for i, *_ in dec.step()}
+    assert seen == {0, 2} and dec.batch_size == 2

@@ -173,26 +173,43 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return max(hold, broken)
 
 
+class TextTracker:
+    """One sequence's generated text: eos, stop strings (cut from the output) and streaming that holds back text
+    that could still become a stop string or finish a broken character. push(token) -> (piece, finish | None)."""
+
+    def __init__(self, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
+        self.cfg, self.decode = cfg, decode
+        self.eos = {cfg.eos_token_id} if isinstance(cfg.eos_token_id, int) else set(cfg.eos_token_id or ())
+        self.generated: list[int] = []
+        self.text, self.emitted = "", 0
+
+    def push(self, token: int) -> tuple[str, str | None]:
+        if token in self.eos:
+            return self.text[self.emitted:], "eos"
+        self.generated.append(token)
+        self.text = text = self.decode(self.generated)
+        hits = [i for i in (text.find(s) for s in self.cfg.stop) if i >= 0]
+        if hits:
+            return text[self.emitted:max(self.emitted, min(hits))], "stop"
+        safe = len(text) - _held_back(text, self.cfg.stop)
+        piece = text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return piece, None
+
+    def rest(self) -> str:
+        """What is still held back when decoding ends at the length limit."""
+        return self.text[self.emitted:]
+
+
 def step_events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
     """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason."""
-    eos = {cfg.eos_token_id} if isinstance(cfg.eos_token_id, int) else set(cfg.eos_token_id or ())
-    generated: list[int] = []
-    text, emitted = "", 0
+    tracker = TextTracker(cfg, decode)
     for token in iter_token_ids(model, prompt_ids, cfg):
-        if token in eos:
-            yield token, text[emitted:], "eos"
+        piece, finish = tracker.push(token)
+        yield token, piece, finish
+        if finish:
             return
-        generated.append(token)
-        text = decode(generated)
-        hits = [i for i in (text.find(s) for s in cfg.stop) if i >= 0]
-        if hits:
-            yield token, text[emitted:max(emitted, min(hits))], "stop"
-            return
-        safe = len(text) - _held_back(text, cfg.stop)
-        piece = text[emitted:safe] if safe > emitted else ""
-        emitted = max(emitted, safe)
-        yield token, piece, None
-    yield None, text[emitted:], "length"
+    yield None, tracker.rest(), "length"
 
 
 def stream(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
@@ -245,6 +262,18 @@ class HFCausalLM:
     def next_token_logits(self, ids, cache=None):
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
+
+    def next_token_logits_batch(self, ids, cache, key_mask, positions):
+        return hf_batch_logits(self.model, ids, cache, key_mask, positions)
+
+
+def hf_batch_logits(hf_model, ids, cache, key_mask, positions):
+    """Batched decoding step of a Hugging Face causal LM: left-padded ids with their attention mask and position
+    ids (the model hides padding itself) -> last-position logits (batch, vocab) and the cache."""
+    with torch.no_grad():
+        out = hf_model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+    return out.logits[:, -1, :], out.past_key_values
 
 
 def _reorder_cache(cache, index: torch.Tensor):

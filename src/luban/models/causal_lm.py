@@ -83,6 +83,11 @@ class CausalLM(nn.Module):
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
 
+    def next_token_logits_batch(self, ids, cache, key_mask, positions):
+        from luban.generation.decoding import hf_batch_logits
+
+        return hf_batch_logits(self.model, ids, cache, key_mask, positions)
+
     def merged(self):
         """The plain HF model: adapters merged into the base weights (the trained model itself when full)."""
         if not self.is_peft:

@@ -45,9 +45,9 @@ class GPTSizes:
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, (len(positions), head_dim // 2), for rotating pairs of channels."""
+    """cos and sin tables, positions' shape + (head_dim // 2,), for rotating pairs of channels."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq  # (t, hd/2), or (batch, t, hd/2) for per-row positions
     return angles.cos(), angles.sin()
 
 
@@ -81,19 +81,26 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, positions, past=None):
+    def forward(self, x, positions, past=None, key_mask=None):
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
         if self.rope:
             cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
+            if positions.dim() == 2:  # per-row positions: broadcast over heads
+                cos, sin = cos[:, None], sin[:, None]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None:  # cached keys were rotated at their own positions already
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         present = (k, v)
         seen = k.shape[2] - t
-        if seen == 0:
+        if key_mask is not None:  # a left-padded batch: causal, padding keys hidden, each query sees itself
+            causal_keys = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=seen)
+            itself = torch.zeros_like(causal_keys)
+            itself[torch.arange(t), seen + torch.arange(t)] = True  # (a padding query would otherwise see nothing)
+            mask, causal = (causal_keys & key_mask[:, None, None, :]) | itself, False
+        elif seen == 0:
             mask, causal = None, True
         elif t == 1:
             mask, causal = None, False  # one new query may look at everything before it
@@ -128,8 +135,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, past=None):
-        a, present = self.attn(self.ln_1(x), positions, past)
+    def forward(self, x, positions, past=None, key_mask=None):
+        a, present = self.attn(self.ln_1(x), positions, past, key_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -168,20 +175,26 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, past: KVCache | None = None, use_cache: bool = False):
-        """ids (batch, time) -> logits (batch, time, vocab); with use_cache also the updated KV cache."""
+    def forward(self, ids: torch.Tensor, past: KVCache | None = None, use_cache: bool = False,
+                key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        """ids (batch, time) -> logits (batch, time, vocab); with use_cache also the updated KV cache.
+        A left-padded batch gives key_mask (batch, cached + time; False on padding) and per-row positions
+        (batch, time)."""
         t = ids.shape[1]
         seen = past[0][0].shape[2] if past else 0
-        if seen + t > self.cfg.block_size:
-            raise ValueError(f"sequence of {seen + t} positions is longer than block_size {self.cfg.block_size}")
-        positions = torch.arange(seen, seen + t, device=ids.device)
+        if positions is None:
+            if seen + t > self.cfg.block_size:
+                raise ValueError(f"sequence of {seen + t} positions is longer than block_size {self.cfg.block_size}")
+            positions = torch.arange(seen, seen + t, device=ids.device)
+        elif int(positions.max()) >= self.cfg.block_size:
+            raise ValueError(f"position {int(positions.max())} is past block_size {self.cfg.block_size}")
         x = self.wte(ids)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         x = self.drop(x)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, positions, past[i] if past else None)
+            x, present = block(x, positions, past[i] if past else None, key_mask)
             presents.append(present)
         logits = self.lm_head(self.ln_f(x))
         return (logits, presents) if use_cache else logits
@@ -195,4 +208,12 @@ class GPT(nn.Module):
     def next_token_logits(self, ids: torch.Tensor, cache: KVCache | None = None):
         """The decoding interface: feed new ids (1, t) after ``cache``; get last-position logits (1, vocab)."""
         logits, cache = self(ids, past=cache, use_cache=True)
+        return logits[:, -1, :], cache
+
+    @torch.no_grad()
+    def next_token_logits_batch(self, ids: torch.Tensor, cache: KVCache | None, key_mask: torch.Tensor,
+                                positions: torch.Tensor):
+        """Batched decoding: left-padded ids (batch, t) after ``cache``, key_mask (batch, cached + t), positions
+        (batch, t) -> last-position logits (batch, vocab) and the cache."""
+        logits, cache = self(ids, past=cache, use_cache=True, key_mask=key_mask, positions=positions)
         return logits[:, -1, :], cache
