@@ -237,6 +237,7 @@ def _cmd_serve(a):
         backend=a.backend, device=a.device, threads=a.threads, replicas=a.replicas,
         max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
         max_queue=a.max_queue, max_active_generations=a.max_active_generations,
+        batch_generations=a.batch_generations,
         max_body_bytes=int(a.max_body_mb * 2**20), max_inputs=a.max_inputs, max_text_chars=a.max_text_chars,
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin))
@@ -416,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (micro-batching)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch to fill")
     s.add_argument("--max-queue", type=int, default=1024, help="inputs waiting per model before 503 + Retry-After")
-    s.add_argument("--max-active-generations", type=int, default=8, help="sequences decoded round-robin")
+    s.add_argument("--max-active-generations", type=int, default=8, help="sequences decoded at once")
+    s.add_argument("--no-batch-generations", dest="batch_generations", action="store_false",
+                   help="give every generation its own forward pass (default: requests arriving together are "
+                        "decoded in one batch)")
     s.add_argument("--max-inputs", type=int, default=256, help="inputs per predict request")
     s.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit")
     s.add_argument("--max-text-chars", type=int, default=20000, help="characters per text, prompt or conversation")

@@ -86,6 +86,15 @@ class Predictor:
             yield {"text": piece, "token": None, "finish_reason": None}
         yield {"text": "", "token": None, "finish_reason": None}
 
+    def stream_events_batch(self, requests: list[dict]):
+        """Text generation, several requests ({"prompt": ...} or {"messages": [...]}, plus knobs each) decoded
+        together, one forward per step: an object with step() -> [(request index, event dict or exception)],
+        cancel(i), done and close(). Only where capabilities()["batch_events"]."""
+        fn = getattr(self._impl, "stream_events_batch", None)
+        if fn is None:
+            raise LubanError(f"{self.run_dir}: task {self.task} does not decode requests together")
+        return fn(requests)
+
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int | None:
         """Tokens the model reads for a prompt or conversation (None when the task cannot say)."""
         fn = getattr(self._impl, "prompt_tokens", None)
@@ -115,7 +124,8 @@ class Predictor:
         return {"task": self.task, "backend": self.backend, "predict": kind is not None, "inputs": kind,
                 "predict_options": options,
                 "generate_text": has("generate_text"), "stream_text": has("stream_text"), "chat": has("chat"),
-                "stream_events": has("stream_events"), "generate_images": has("generate"),
+                "stream_events": has("stream_events"), "batch_events": has("stream_events_batch"),
+                "generate_images": has("generate"),
                 "recommend": has("recommend"), "similar_items": has("similar_items"),
                 "labels": [str(x) for x in labels] if isinstance(labels, (list, tuple)) else None}
 

@@ -136,3 +136,33 @@ class BatchDecoder:
             self.cache = _reorder_cache(self.cache, index)
             self.key_mask, self.positions = self.key_mask[index], self.positions[index]
         self.batch = alive
+
+
+class EventBatch:
+    """A BatchDecoder seen request by request, for servers: step() -> [(request index, {"text", "token",
+    "finish_reason"} or the exception that request raised)]. Requests that failed before decoding (a bad prompt,
+    a bad knob) report their error at the first step; the others are decoded together."""
+
+    def __init__(self, decoder: BatchDecoder | None, index: list[int], errors: dict[int, Exception]):
+        self.decoder, self.index, self.errors = decoder, index, errors
+
+    @property
+    def done(self) -> bool:
+        return not self.errors and (self.decoder is None or self.decoder.done)
+
+    def step(self) -> list[tuple[int, dict | Exception]]:
+        out: list[tuple[int, dict | Exception]] = list(self.errors.items())
+        self.errors = {}
+        if self.decoder is not None and not self.decoder.done:
+            out += [(self.index[r], {"text": piece, "token": token, "finish_reason": finish})
+                    for r, token, piece, finish in self.decoder.step()]
+        return out
+
+    def cancel(self, request: int) -> None:
+        self.errors.pop(request, None)
+        if self.decoder is not None and request in self.index:
+            self.decoder.cancel(self.index.index(request))
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()

@@ -1,11 +1,13 @@
-"""Fair scheduling of text generation: every active sequence decodes one token per turn, round-robin.
+"""Scheduling of text generation: concurrent requests decode together, and every active sequence advances one
+token per round.
 
-A generation is an iterator of step events (`Predictor.stream_events`). Up to `max_active` of them are active at
-once; the scheduler advances each by one step per round, all on the model's own thread (so a generation never
-races a predict batch of the same model), and pushes each event to its caller. A short request is never stuck
-behind a long one, streaming and non-streaming requests share the model fairly, and requests beyond the active
-slots wait in FIFO order; past `max_queued` waiting, new ones are refused (503 + Retry-After). A caller that
-disconnects is dropped at the next turn and its iterator closed.
+Requests that arrive together are admitted together as one cohort: the model decodes the whole cohort in one
+forward per step (`Predictor.stream_events_batch`: left-padded prompts, each row with its own sampling settings,
+finished rows dropped). Cohorts and single generations (models without batched decoding) take turns round-robin,
+all on the model's own thread, so a generation never races a predict batch of the same model and a short request
+is never stuck behind a long one. Up to `max_active` sequences are active at once; later ones wait in FIFO order
+and, past `max_queued` waiting, are refused (503 + Retry-After). A caller that disconnects is dropped at the next
+turn (its row leaves the batch).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ END = object()
 
 
 class Job:
-    def __init__(self, make: Callable[[], Iterator[dict]], loop: asyncio.AbstractEventLoop):
-        self.make, self.iterator = make, None
+    def __init__(self, make: Callable[[], Iterator[dict]], loop: asyncio.AbstractEventLoop,
+                 request: dict | None = None):
+        self.make, self.iterator, self.request = make, None, request
+        self.finished = False
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.loop = loop
@@ -47,6 +51,19 @@ class Job:
     def cancel(self) -> None:
         self.cancelled = True
 
+    # a Job is also a scheduling unit of one member (see Cohort)
+    def members(self) -> list["Job"]:
+        return [] if self.finished else [self]
+
+    def pairs(self) -> list:
+        return [(self, self.step())]
+
+    def finish(self, job: "Job") -> None:
+        self.finished = True
+
+    def drop(self, job: "Job") -> None:
+        self.finished = True
+
     async def __aiter__(self):
         while True:
             ev = await self.events.get()
@@ -57,15 +74,53 @@ class Job:
             yield ev
 
 
+class Cohort:
+    """Jobs admitted together and decoded in one batch (the model's `stream_events_batch`)."""
+
+    def __init__(self, jobs: list[Job], batcher: Callable[[list[dict]], object]):
+        self.jobs, self.batcher, self.batch = jobs, batcher, None
+        self.live = list(jobs)
+
+    def members(self) -> list[Job]:
+        return list(self.live)
+
+    def pairs(self) -> list:
+        """One decoding step of every live member, on the model thread: [(job, event or exception)]."""
+        try:
+            if self.batch is None:
+                self.batch = self.batcher([j.request for j in self.jobs])
+            return [(self.jobs[i], ev) for i, ev in self.batch.step()]
+        except Exception as e:  # noqa: BLE001 - the batch failed as a whole: every member is told
+            return [(j, e) for j in self.live]
+
+    def finish(self, job: Job) -> None:
+        if job in self.live:
+            self.live.remove(job)
+
+    def drop(self, job: Job) -> None:
+        """A cancelled member leaves the batch (its cache rows are freed at the next step)."""
+        self.finish(job)
+        if self.batch is not None:
+            self.batch.cancel(self.jobs.index(job))
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+
+
 class GenerationScheduler:
     def __init__(self, executor: Executor, max_active: int = 8, max_queued: int = 64,
                  on_change: Callable[[int, int], None] | None = None,
-                 on_tokens: Callable[[int], None] | None = None):
+                 on_tokens: Callable[[int], None] | None = None,
+                 batcher: Callable[[list[dict]], object] | None = None,
+                 on_step: Callable[[int], None] | None = None):
         self.executor, self.max_active, self.max_queued = executor, max_active, max_queued
-        self.on_change, self.on_tokens = on_change, on_tokens
+        self.on_change, self.on_tokens, self.on_step = on_change, on_tokens, on_step
+        self.batcher = batcher  # the model's stream_events_batch, when it decodes requests together
         self.pending: deque[Job] = deque()
-        self.active: list[Job] = []
+        self.active: list = []  # scheduling units: Cohorts and single Jobs
         self.max_active_seen = 0
+        self.forwards = self.sequence_steps = 0  # model calls, and sequences advanced by them (mean batch)
         self._loop = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -81,46 +136,64 @@ class GenerationScheduler:
             self._loop, self._wake = loop, asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name="luban-generation")
 
-    def submit(self, make: Callable[[], Iterator[dict]]) -> Job:
+    def submit(self, make: Callable[[], Iterator[dict]], request: dict | None = None) -> Job:
+        """Queue one generation: `make` starts it alone; `request` ({"prompt"|"messages", knobs}) lets it join a
+        cohort when the model decodes requests together."""
         if self._closing:
             raise QueueFull(len(self.pending), 5)
         self._ensure_running()
         if len(self.pending) >= self.max_queued:
             raise QueueFull(len(self.pending), 1 + len(self.pending) / max(1.0, self._steps_per_second))
-        job = Job(make, self._loop)
+        job = Job(make, self._loop, request if self.batcher is not None else None)
         self.pending.append(job)
         self._changed()
         self._wake.set()
         return job
 
-    def submit_many(self, makes: list[Callable[[], Iterator[dict]]]) -> list[Job]:
+    def submit_many(self, makes: list[Callable[[], Iterator[dict]]],
+                    requests: list[dict | None] | None = None) -> list[Job]:
         """All or nothing: n choices of one request either all queue or the request is refused."""
         if self._closing or len(self.pending) + len(makes) > self.max_queued:
             self._ensure_running()
             raise QueueFull(len(self.pending), 1 + len(self.pending) / max(1.0, self._steps_per_second))
-        return [self.submit(m) for m in makes]
+        return [self.submit(m, r) for m, r in zip(makes, requests or [None] * len(makes), strict=True)]
+
+    def active_sequences(self) -> int:
+        return sum(len(u.members()) for u in self.active)
 
     def _changed(self):
         if self.on_change:
-            self.on_change(len(self.active), len(self.pending))
+            self.on_change(self.active_sequences(), len(self.pending))
 
     async def close(self, timeout: float = 30.0) -> None:
         self._closing = True
         await drain_worker(self._task, self._wake, timeout)
 
     @staticmethod
-    def _step_all(jobs: list[Job]) -> list:
-        return [j.step() for j in jobs]
+    def _step_all(units: list) -> list:
+        return [u.pairs() for u in units]
+
+    def _admit(self) -> None:
+        admitted = []
+        while self.pending and self.active_sequences() + len(admitted) < self.max_active:
+            job = self.pending.popleft()
+            if not job.cancelled:
+                admitted.append(job)
+        together = [j for j in admitted if j.request is not None]
+        if together:
+            self.active.append(Cohort(together, self.batcher))
+        self.active += [j for j in admitted if j.request is None]
+
+    async def _close_unit(self, unit) -> None:
+        self.active.remove(unit)
+        await self._loop.run_in_executor(self.executor, unit.close)
 
     async def _run_forever(self):
         import time
 
         while True:
-            while self.pending and len(self.active) < self.max_active:
-                job = self.pending.popleft()
-                if not job.cancelled:
-                    self.active.append(job)
-            self.max_active_seen = max(self.max_active_seen, len(self.active))
+            self._admit()
+            self.max_active_seen = max(self.max_active_seen, self.active_sequences())
             self._changed()
             if not self.active:
                 if self._closing and not self.pending:
@@ -129,28 +202,40 @@ class GenerationScheduler:
                 if not self.pending:
                     await self._wake.wait()
                 continue
-            for j in [j for j in self.active if j.cancelled]:
-                self.active.remove(j)
-                await self._loop.run_in_executor(self.executor, j.close)
-            jobs = list(self.active)
-            if not jobs:
+            for unit in list(self.active):
+                for j in [j for j in unit.members() if j.cancelled]:
+                    unit.drop(j)
+                if not unit.members():
+                    await self._close_unit(unit)
+            units = list(self.active)
+            if not units:
                 continue
             t0 = time.perf_counter()
-            events = await self._loop.run_in_executor(self.executor, self._step_all, jobs)
+            results = await self._loop.run_in_executor(self.executor, self._step_all, units)
             dt = time.perf_counter() - t0
-            if dt > 0:
-                self._steps_per_second = 0.9 * self._steps_per_second + 0.1 * (len(jobs) / dt)
+            stepped = sum(len(r) for r in results)
+            if dt > 0 and stepped:
+                self._steps_per_second = 0.9 * self._steps_per_second + 0.1 * (stepped / dt)
             tokens = 0
-            for job, ev in zip(jobs, events, strict=True):
-                job.events.put_nowait(ev)
-                if ev is END or isinstance(ev, BaseException):
-                    self.active.remove(job)
-                    continue
-                if ev.get("token") is not None:
-                    tokens += 1
-                if ev.get("finish_reason"):  # the last event: no need for another turn
-                    job.events.put_nowait(END)
-                    self.active.remove(job)
-                    await self._loop.run_in_executor(self.executor, job.close)
+            for unit, pairs in zip(units, results, strict=True):
+                forward = 0
+                for job, ev in pairs:
+                    job.events.put_nowait(ev)
+                    if ev is END or isinstance(ev, BaseException):
+                        unit.finish(job)
+                        continue
+                    if ev.get("token") is not None:
+                        tokens += 1
+                        forward += 1
+                    if ev.get("finish_reason"):  # the last event: no need for another turn
+                        job.events.put_nowait(END)
+                        unit.finish(job)
+                if forward:
+                    self.forwards += 1
+                    self.sequence_steps += forward
+                    if self.on_step:
+                        self.on_step(forward)
+                if not unit.members():
+                    await self._close_unit(unit)
             if tokens and self.on_tokens:
                 self.on_tokens(tokens)

@@ -34,6 +34,8 @@ class Metrics:
         self.gen_queued = Gauge("luban_generations_queued", "generation requests waiting for a slot", ["model"],
                                 registry=r)
         self.tokens = Counter("luban_generated_tokens", "tokens generated", ["model"], registry=r)
+        self.gen_batch_size = Histogram("luban_generation_batch_size", "sequences advanced by one decoding forward "
+                                        "(requests decoded together)", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.rejected = Counter("luban_rejected", "requests refused because a queue was full", ["model"], registry=r)
         self.ready = Gauge("luban_ready", "1 when every model is loaded and warm", registry=r)
 

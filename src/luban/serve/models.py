@@ -58,7 +58,10 @@ class ServedModel:
         self.generation = GenerationScheduler(
             self.executor, settings.max_active_generations, settings.max_queued_generations,
             on_change=lambda a, q: (metrics.gen_active.labels(name).set(a), metrics.gen_queued.labels(name).set(q)),
-            on_tokens=lambda n: metrics.tokens.labels(name).inc(n))
+            on_tokens=lambda n: metrics.tokens.labels(name).inc(n),
+            batcher=(self.predictor.stream_events_batch
+                     if self.caps.get("batch_events") and settings.batch_generations else None),
+            on_step=lambda n: metrics.gen_batch_size.labels(name).observe(n))
 
     # what /v1/models says about it
     def describe(self) -> dict:

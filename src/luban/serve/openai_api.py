@@ -133,18 +133,21 @@ def build_openai_router(registry: Registry, auth) -> APIRouter:
                               "context_length_exceeded")
 
     def make_job(m: ServedModel, prompt: str | None, messages: list[dict] | None, knobs: dict, seed: int | None):
+        """(start it alone, the request for decoding it together with others — None where the model cannot)"""
         p = m.predictor
         kw = dict(knobs)
         if seed is not None:
             kw["seed"] = seed
+        request = ({**kw, **({"messages": messages} if messages is not None else {"prompt": prompt})}
+                   if m.caps.get("batch_events") else None)
         if m.caps["stream_events"]:
-            return lambda: p.stream_events(prompt, messages, **kw)
+            return (lambda: p.stream_events(prompt, messages, **kw)), request
 
         def whole():  # no step events: one call gives the text with its token count and finish reason
             res = p.chat(messages, **kw) if messages is not None else p.generate_text(prompt, **kw)
             yield {"text": res.get("text", ""), "token": None, "finish_reason": res.get("finish_reason") or "stop",
                    "tokens": res.get("tokens")}
-        return whole
+        return whole, request
 
     async def prompt_tokens(m: ServedModel, prompt, messages) -> int:
         loop = asyncio.get_running_loop()
@@ -160,7 +163,7 @@ def build_openai_router(registry: Registry, auth) -> APIRouter:
 
     def submit(m: ServedModel, makes) -> list[Job]:
         try:
-            return m.generation.submit_many(makes)
+            return m.generation.submit_many([make for make, _ in makes], [request for _, request in makes])
         except QueueFull as e:
             metrics.rejected.labels(m.name).inc()
             raise overloaded(f"model {m.name!r} is busy ({e.depth} generation requests waiting); retry shortly",

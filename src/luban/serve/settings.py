@@ -27,8 +27,10 @@ class ServeSettings:
     max_batch_size: int = 32              # inputs in one forward pass
     max_wait_ms: float = 5.0              # how long the first request of a batch waits for company
     max_queue: int = 1024                 # inputs waiting per model; more -> 503 + Retry-After
-    # generation scheduling (per model): active sequences decode round-robin, one token each per turn
+    # generation scheduling (per model): requests that arrive together decode in one batch; batches and single
+    # sequences take turns, one token each per turn
     max_active_generations: int = 8
+    batch_generations: bool = True        # false: every sequence has its own forward pass (round-robin)
     max_queued_generations: int = 64
     # request limits (each a 4xx with a JSON error body)
     max_body_bytes: int = 16 * 2**20

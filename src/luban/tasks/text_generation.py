@@ -194,6 +194,9 @@ def _eos_ids(model, encoder):
     return sorted(ids) or None
 
 
+RUN_MANY_BATCH = 32  # prompts decoded together by predict()
+
+
 class Generator:
     """Prompt -> text for one model + tokenizer, with every decoding knob; shared by training samples and the
     predictor."""
@@ -239,6 +242,55 @@ class Generator:
         ids = self._ids(prompt, messages)
         return step_events(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
                            self.encoder.decode)
+
+    def batch(self, requests: list[dict]):
+        """Decode several requests together ({"prompt": ...} or {"messages": [...]}, plus knobs each): an
+        EventBatch whose step() gives each request's next event (see luban.generation.batch)."""
+        from luban.generation.batch import BatchDecoder, EventBatch
+
+        eos = _eos_ids(self.model, self.encoder)
+        rows, index, errors = [], [], {}
+        for i, request in enumerate(requests):
+            knobs = {k: v for k, v in request.items() if k not in ("prompt", "messages", "num_beams",
+                                                                     "length_penalty")}
+            try:
+                rows.append((self._ids(request.get("prompt"), request.get("messages")),
+                             generation_config(self.settings, knobs, eos)))
+                index.append(i)
+            except (LubanError, ValueError, TypeError) as e:  # this request's own error; the others go on
+                errors[i] = e
+        return EventBatch(BatchDecoder(self.model, rows, self.encoder.decode) if rows else None, index, errors)
+
+    def run_many(self, requests: list[dict]) -> list[dict]:
+        """run() for several requests, decoded together (beam search requests run one by one)."""
+        beams = [(r.get("num_beams") or self.settings.num_beams) > 1 for r in requests]
+        out: list[dict | None] = [None] * len(requests)
+        for i, r in enumerate(requests):
+            if beams[i]:
+                out[i] = self.run(r.get("prompt"), r.get("messages"),
+                                  **{k: v for k, v in r.items() if k not in ("prompt", "messages")})
+        rest = [i for i in range(len(requests)) if not beams[i]]
+        for start in range(0, len(rest), RUN_MANY_BATCH):
+            self._run_together(requests, rest[start:start + RUN_MANY_BATCH], out)
+        return out
+
+    def _run_together(self, requests: list[dict], todo: list[int], out: list) -> None:
+        t0 = time.perf_counter()
+        batch = self.batch([requests[i] for i in todo])
+        pieces = {i: [] for i in todo}
+        tokens = dict.fromkeys(todo, 0)
+        while not batch.done:
+            for j, ev in batch.step():
+                i = todo[j]
+                if isinstance(ev, Exception):
+                    raise ev
+                pieces[i].append(ev["text"])
+                tokens[i] += ev["token"] is not None
+                if ev["finish_reason"]:
+                    secs = time.perf_counter() - t0
+                    out[i] = {"text": "".join(pieces[i]), "tokens": tokens[i], "finish_reason": ev["finish_reason"],
+                              "seconds": round(secs, 4), "tokens_per_second": round(tokens[i] / secs, 1)
+                              if secs > 0 else 0.0}
 
     def _beam(self, ids, cfg: GenerationConfig, num_beams: int, length_penalty: float) -> dict:
         from luban.generation.decoding import causal_beam_search
@@ -552,6 +604,12 @@ class TextGenerationPredictor(Predictor):
         for token, piece, finish in self.generator.events(prompt, messages, **knobs):
             yield {"text": piece, "token": token, "finish_reason": finish}
 
+    def stream_events_batch(self, requests: list[dict]):
+        """Several requests ({"prompt"} or {"messages"}, plus knobs) decoded together: an object whose step()
+        gives [(request index, event dict or exception)], with cancel(i), done and close(). Used by `luban
+        serve` to put concurrent generations in one forward."""
+        return self.generator.batch(requests)
+
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
         """How many tokens the model reads for a prompt or a conversation (usage counts)."""
         return len(self.generator._ids(prompt, messages))
@@ -560,15 +618,15 @@ class TextGenerationPredictor(Predictor):
         """Each input: a prompt string, or {"messages": [...]} for a chat turn."""
         if isinstance(inputs, (str, dict)):
             inputs = [inputs]
-        out = []
+        requests = []
         for i, x in enumerate(inputs):
             if isinstance(x, dict) and "messages" in x:
-                out.append(self.chat(x["messages"], **knobs))
+                requests.append({"messages": x["messages"], **knobs})
             elif isinstance(x, str):
-                out.append(self.generate_text(x, **knobs))
+                requests.append({"prompt": x, **knobs})
             else:
                 raise DataError(f"input {i + 1}: expected a prompt (text) or {{\"messages\": [...]}}")
-        return out
+        return self.generator.run_many(requests)  # decoded together, each with its own knobs
 
     def read_inputs(self, path):
         """Prompts: one per line of a .txt file, or a table's prompt (else text / messages) column."""
