@@ -221,17 +221,25 @@ def test_hf_causal_lm_adapter_cache_agrees():
         assert with_cache == no_cache
 
 
-def _solo_and_batched(model, rows, decode):
+def _solo_and_batched(model, rows, decode, join_at: dict | None = None):
+    """Each row decoded alone, and all in one BatchDecoder (rows listed in join_at {row: step} join later)."""
     from luban.generation.batch import BatchDecoder
     from luban.generation.decoding import step_events
 
+    join_at = join_at or {}
     solo = [list(step_events(model, p, cfg, decode)) for p, cfg in rows]
-    dec, batched = BatchDecoder(model, rows, decode), [[] for _ in rows]
-    sizes = []
-    while not dec.done:
-        sizes.append(dec.batch_size)
-        for i, *ev in dec.step():
-            batched[i].append(tuple(ev))
+    first = [r for i, r in enumerate(rows) if i not in join_at]
+    order = [i for i in range(len(rows)) if i not in join_at]
+    dec, batched, sizes, step = BatchDecoder(model, first, decode), [[] for _ in rows], [], 0
+    while not dec.done or any(s >= step for s in join_at.values()):
+        for i, s in join_at.items():
+            if s == step:
+                order += [i]
+                dec.add([rows[i]])
+        for r, *ev in dec.step():
+            batched[order[r]].append(tuple(ev))
+        sizes.append(list(dec.forward_sizes))
+        step += 1
     return solo, batched, sizes
 
 
@@ -243,11 +251,17 @@ def test_batched_decoding_gives_each_row_its_own_output(positions):
             (enc("dog"), GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=5, seed=3)),
             (enc("over the la"), GenerationConfig(max_new_tokens=30, top_p=0.8, seed=1, stop=["the"])),
             (enc("fox"), GenerationConfig(max_new_tokens=6, repetition_penalty=1.3, seed=5)),
-            (enc("the lazy dog. the quick brown fox jumps"), GenerationConfig(max_new_tokens=70, do_sample=False))]
-    solo, batched, sizes = _solo_and_batched(model, rows, chars.decode)
+            # 39 + 70 > the 96-position window: batched until the window is full, then alone with a sliding window
+            (enc("the lazy dog. the quick brown fox jumps"), GenerationConfig(max_new_tokens=70, do_sample=False)),
+            (enc("the"), GenerationConfig(max_new_tokens=15, temperature=0.8, seed=9)),  # joins at step 3
+            (enc("jumps over"), GenerationConfig(max_new_tokens=25, seed=11))]  # joins at step 10
+    solo, batched, sizes = _solo_and_batched(model, rows, chars.decode, join_at={5: 3, 6: 10})
     assert batched == solo  # same tokens, pieces and finish reasons, row by row
     assert solo[2][-1][2] == "stop" and solo[0][-1][2] == "length"
-    assert sizes[0] == 4 and sizes[-1] < 4  # the last row (46 + 70 > block 96) runs alone; finished rows leave
+    assert sizes[0] == [5]  # one prefill of the five first prompts
+    assert sizes[3] == [5, 1] and sizes[10][-1] == 1  # the running batch, then a joining row's prefill
+    assert sizes[4][0] == 6  # merged: one forward for all
+    assert sizes[-11:-1] == [[1]] * 10  # the long row, alone at the end (window sliding)
 
 
 def test_batched_decoding_on_a_hugging_face_model_and_cancel(tiny_gpt2):
@@ -258,11 +272,11 @@ def test_batched_decoding_on_a_hugging_face_model_and_cancel(tiny_gpt2):
     model = HFCausalLM(transformers.AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).eval())
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_gpt2))
     rows = [(tok.encode(p), GenerationConfig(max_new_tokens=8, temperature=0.7, seed=i))
-            for i, p in enumerate(["hello there", "a", "what is the weather like today"])]
-    solo, batched, _ = _solo_and_batched(model, rows, tok.decode)
-    assert batched == solo
+            for i, p in enumerate(["hello there", "a", "what is the weather like today", "b c"])]
+    solo, batched, sizes = _solo_and_batched(model, rows, tok.decode, join_at={3: 2})
+    assert batched == solo and sizes[0] == [3] and sizes[3][0] == 4  # joined the cache of an HF model
     dec = BatchDecoder(model, rows, tok.decode)
     dec.step()
     dec.cancel(1)
     seen = {i for _ in range(3) for i, *_ in dec.step()}
-    assert seen == {0, 2} and dec.batch_size == 2
+    assert seen == {0, 2, 3} and dec.batch_size == 3

@@ -1,21 +1,29 @@
-"""Several sequences decoded together: one forward per step for all of them.
+"""Continuous batching: several sequences decoded in one forward pass per step, joining and leaving at any step.
 
-Rows start together (prompts left-padded, each row with its own positions and a key mask that hides the padding)
-and each keeps its own GenerationConfig — temperature, top-k / top-p, repetition penalty, stop strings, eos, seed —
-so a row's output is the one it would get alone (the same logits up to float rounding, the same seeded draws). A
-row leaves the batch when it finishes or is cancelled (its cache rows are dropped). Rows the batch cannot hold — a
-model without ``next_token_logits_batch``, or a prompt plus max_new_tokens past the model's context (that needs the
-sliding window of the single-sequence loop) — run their own loop beside it, so the caller sees one stepper.
+Each row keeps its own GenerationConfig — temperature, top-k / top-p, repetition penalty, stop strings, eos, seed —
+so its output is the one it would get alone (the same logits up to float rounding, the same seeded draws).
+Prompts are left-padded; each row has its own positions and a key mask that hides the padding. Rows added later
+are read in one prefill pass of their own and then merged into the running batch (caches padded on the left to one
+length). A row leaves when it finishes or is cancelled, and when its context reaches the model's window: from there
+it continues alone in the single-sequence loop, whose window slides (same context, same sampler state). Leading
+cache columns that only padding uses are cut away as rows leave.
+
+Models: luban's GPT (a list of (keys, values) per layer) and Hugging Face causal LMs whose cache is a
+DynamicCache of plain layers; a model without ``next_token_logits_batch``, or a cache of another kind, decodes
+each row alone — the caller sees the same stepper either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from luban.errors import LubanError
 from luban.generation.decoding import (GenerationConfig, TextTracker, _model_device, _reorder_cache, choose_token,
-                                       step_events)
+                                       iter_token_ids)
 
 Event = tuple[int, int | None, str, str | None]  # row, token id (None on a closing event), text piece, finish reason
 
@@ -26,92 +34,161 @@ class _Row:
         self.tracker = TextTracker(cfg, decode)
         self.generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
 
+    def solo_events(self, model):
+        """The rest of this row in the single-sequence loop (sliding window), continuing its text and sampler."""
+        left = self.cfg.max_new_tokens - self.count
+        cfg = dataclasses.replace(self.cfg, max_new_tokens=left)
+        for token in iter_token_ids(model, self.context, cfg, generator=self.generator):
+            self.context.append(token)
+            piece, finish = self.tracker.push(token)
+            yield token, piece, finish
+            if finish:
+                return
+        yield None, self.tracker.rest(), "length"
+
+
+class _State:
+    """The batched part: rows in cache order, the cache, the key mask (rows x cache length) and last positions."""
+
+    def __init__(self, ids: list[int], cache, key_mask: torch.Tensor, positions: torch.Tensor):
+        self.ids, self.cache, self.key_mask, self.positions = ids, cache, key_mask, positions
+
+
+def _left_pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [n, 0]
+    return F.pad(x, pad)
+
+
+def _plain_layers(cache):
+    """The per-layer [keys, values] holders of a cache luban can pad, slice and join, or None."""
+    if isinstance(cache, list):
+        return None  # luban's GPT: handled as tuples
+    layers = getattr(cache, "layers", None)
+    if layers and all(type(layer).__name__ == "DynamicLayer" and isinstance(getattr(layer, "keys", None), torch.Tensor)
+                      for layer in layers):
+        return layers
+    return None
+
+
+def mergeable(cache) -> bool:
+    return isinstance(cache, list) or _plain_layers(cache) is not None
+
+
+def _map_kv(cache, fn):
+    """Apply fn to every keys / values tensor (batch, heads, length, dim) of a mergeable cache."""
+    if isinstance(cache, list):
+        return [(fn(k), fn(v)) for k, v in cache]
+    for layer in _plain_layers(cache):
+        layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+    return cache
+
+
+def _join_caches(a, b, pad_a: int, pad_b: int):
+    if isinstance(a, list):
+        return [(torch.cat([_left_pad(ka, pad_a, 2), _left_pad(kb, pad_b, 2)]),
+                 torch.cat([_left_pad(va, pad_a, 2), _left_pad(vb, pad_b, 2)])) for (ka, va), (kb, vb) in zip(a, b)]
+    for la, lb in zip(_plain_layers(a), _plain_layers(b), strict=True):
+        la.keys = torch.cat([_left_pad(la.keys, pad_a, 2), _left_pad(lb.keys, pad_b, 2)])
+        la.values = torch.cat([_left_pad(la.values, pad_a, 2), _left_pad(lb.values, pad_b, 2)])
+    return a
+
 
 class BatchDecoder:
-    """step() -> this step's events for every live row; cancel(row) drops a row; done when every row finished."""
+    """step() -> this step's events for every live row; add() more rows at any step; cancel(row) drops one; done
+    when every row finished. forward_sizes: the rows each model call of the last step advanced."""
 
     def __init__(self, model, rows: Sequence[tuple[Sequence[int], GenerationConfig]],
                  decode: Callable[[list[int]], str]):
-        self.model = model
+        self.model, self.decode = model, decode
         self.device = _model_device(model)
-        max_context = getattr(model, "max_context", None)
-        batchable = hasattr(model, "next_token_logits_batch")
+        self.max_context = getattr(model, "max_context", None)
+        self.batchable = hasattr(model, "next_token_logits_batch")
         self.rows: dict[int, _Row] = {}
         self.solo: dict[int, object] = {}
-        self.batch: list[int] = []  # rows in the batch, in cache order
-        for i, (prompt, cfg) in enumerate(rows):
-            prompt = [int(t) for t in prompt]
-            if not prompt:
-                raise ValueError("the prompt must encode to at least one token")
-            fits = not max_context or len(prompt) + cfg.max_new_tokens <= max_context
-            if batchable and fits and cfg.use_cache and cfg.max_new_tokens > 0:
-                self.rows[i] = _Row(prompt, cfg, decode)
-                self.batch.append(i)
-            else:
-                self.solo[i] = step_events(model, prompt, cfg, decode)
-        self.cache = self.key_mask = self.positions = None
+        self.state: _State | None = None
+        self.joining: list[int] = []
         self.cancelled: set[int] = set()
-        if self.batch and getattr(model, "training", False):
+        self.forward_sizes: list[int] = []
+        if getattr(model, "training", False):
             model.eval()
+        self.add(rows)
 
     @property
     def done(self) -> bool:
-        return not self.batch and not self.solo
+        return not self.state and not self.joining and not self.solo
 
     @property
     def batch_size(self) -> int:
-        return len(self.batch)
+        return len(self.state.ids) if self.state else 0
+
+    def add(self, rows: Sequence[tuple[Sequence[int], GenerationConfig]]) -> list[int]:
+        """More rows; they are read at the next step and then decoded with the others. Returns their row ids."""
+        ids = []
+        for prompt, cfg in rows:
+            prompt = [int(t) for t in prompt]
+            if not prompt:
+                raise ValueError("the prompt must encode to at least one token")
+            i = len(self.rows)
+            self.rows[i] = row = _Row(prompt, cfg, self.decode)
+            ids.append(i)
+            if cfg.max_new_tokens == 0:
+                self.solo[i] = iter([(None, "", "length")])
+            elif (self.batchable and cfg.use_cache and self._fits(row)
+                  and (self.state is None or mergeable(self.state.cache))):
+                self.joining.append(i)
+            else:
+                self.solo[i] = row.solo_events(self.model)
+        return ids
 
     def cancel(self, row: int) -> None:
         self.cancelled.add(row)
 
     def step(self) -> list[Event]:
+        self.forward_sizes = []
         self._drop_cancelled()
-        events = self._batch_step() if self.batch else []
+        events: list[Event] = []
+        if self.state:
+            events += self._decode()
+        if self.joining:
+            events += self._prefill()
         for i, it in list(self.solo.items()):
             ev = next(it, None)
             if ev is not None:
                 events.append((i, *ev))
+                if ev[0] is not None:
+                    self.forward_sizes.append(1)
             if ev is None or ev[2]:
                 del self.solo[i]
         return events
 
     def close(self) -> None:
         for it in self.solo.values():
-            it.close()
+            getattr(it, "close", lambda: None)()
         self.solo.clear()
-        self.batch, self.cache = [], None
+        self.state, self.joining = None, []
+
+    # ------------------------------------------------------------------------------------------------ internals
+
+    def _fits(self, row: _Row) -> bool:
+        """Whether the row's next input still sits inside the model's window (else it needs the sliding loop)."""
+        return not self.max_context or len(row.context) <= self.max_context
 
     def _drop_cancelled(self) -> None:
         if not self.cancelled:
             return
         for i in self.cancelled & set(self.solo):
-            self.solo.pop(i).close()
-        if self.cancelled & set(self.batch):
-            self._keep([i for i in self.batch if i not in self.cancelled])
+            getattr(self.solo.pop(i), "close", lambda: None)()
+        self.joining = [i for i in self.joining if i not in self.cancelled]
+        if self.state and self.cancelled & set(self.state.ids):
+            self._keep([i for i in self.state.ids if i not in self.cancelled])
         self.cancelled.clear()
 
-    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is None:  # the first step reads the whole (left-padded) prompts
-            prompts = [self.rows[i].context for i in self.batch]
-            width = max(map(len, prompts))
-            ids = torch.zeros(len(prompts), width, dtype=torch.long)
-            mask = torch.zeros(len(prompts), width, dtype=torch.bool)
-            for r, p in enumerate(prompts):
-                ids[r, width - len(p):] = torch.tensor(p)
-                mask[r, width - len(p):] = True
-            self.key_mask = mask.to(self.device)
-            return ids.to(self.device), (self.key_mask.long().cumsum(1) - 1).clamp(min=0)
-        ids = torch.tensor([[self.rows[i].context[-1]] for i in self.batch], device=self.device)
-        self.key_mask = torch.cat([self.key_mask, self.key_mask.new_ones(len(self.batch), 1)], dim=1)
-        return ids, self.positions[:, -1:] + 1
-
-    def _batch_step(self) -> list[Event]:
-        ids, self.positions = self._inputs()
-        with torch.no_grad():
-            logits, self.cache = self.model.next_token_logits_batch(ids, self.cache, self.key_mask, self.positions)
-        events, finished = [], set()
-        for r, i in enumerate(self.batch):
+    def _choose(self, ids: list[int], logits: torch.Tensor) -> tuple[list[Event], list[int]]:
+        """Each row's next token from its logits row; returns the events and the rows that stay batched."""
+        events, stay = [], []
+        for r, i in enumerate(ids):
             row = self.rows[i]
             token = choose_token(logits[r], row.cfg, row.context, row.generator)
             row.context.append(token)
@@ -122,46 +199,139 @@ class BatchDecoder:
                 events.append((i, None, row.tracker.rest(), "length"))
                 finish = "length"
             if finish:
-                finished.add(i)
-        if finished:
-            self._keep([i for i in self.batch if i not in finished])
+                continue
+            if self._fits(row):
+                stay.append(i)
+            else:  # the window is full: the row goes on alone, its window sliding
+                self.solo[i] = row.solo_events(self.model)
+        return events, stay
+
+    def _forward(self, ids: torch.Tensor, cache, key_mask: torch.Tensor, positions: torch.Tensor):
+        self.forward_sizes.append(len(ids))
+        with torch.no_grad():
+            return self.model.next_token_logits_batch(ids, cache, key_mask, positions)
+
+    def _decode(self) -> list[Event]:
+        st = self.state
+        ids = torch.tensor([[self.rows[i].context[-1]] for i in st.ids], device=self.device)
+        st.key_mask = torch.cat([st.key_mask, st.key_mask.new_ones(len(st.ids), 1)], dim=1)
+        st.positions = st.positions + 1
+        logits, st.cache = self._forward(ids, st.cache, st.key_mask, st.positions)
+        events, stay = self._choose(st.ids, logits)
+        if stay != st.ids:
+            self._keep(stay)
         return events
 
-    def _keep(self, alive: list[int]) -> None:
-        if not alive:
-            self.batch, self.cache = [], None
+    def _prefill(self) -> list[Event]:
+        """Read the joining rows' prompts in one pass, then merge them into the running batch."""
+        rows, self.joining = self.joining, []
+        prompts = [self.rows[i].context for i in rows]
+        width = max(map(len, prompts))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = True
+        mask = mask.to(self.device)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids.to(self.device), None, mask, positions)
+        events, stay = self._choose(rows, logits)
+        new = _State(rows, cache, mask, positions[:, -1:])
+        if stay != rows:
+            new = self._select(new, stay)
+        if new is not None:
+            self._merge(new)
+        return events
+
+    def _merge(self, new: _State) -> None:
+        old = self.state
+        if old is None:
+            self.state = new
             return
-        index = torch.tensor([self.batch.index(i) for i in alive], device=self.device)
-        if self.cache is not None:
-            self.cache = _reorder_cache(self.cache, index)
-            self.key_mask, self.positions = self.key_mask[index], self.positions[index]
-        self.batch = alive
+        if not (mergeable(old.cache) and mergeable(new.cache)):  # an unexpected cache kind: decode alone
+            for i in new.ids:
+                self.solo[i] = self.rows[i].solo_events(self.model)
+            return
+        la, lb = old.key_mask.shape[1], new.key_mask.shape[1]
+        width = max(la, lb)
+        old.cache = _join_caches(old.cache, new.cache, width - la, width - lb)
+        old.key_mask = torch.cat([_left_pad(old.key_mask, width - la, 1), _left_pad(new.key_mask, width - lb, 1)])
+        old.positions = torch.cat([old.positions, new.positions])
+        old.ids = old.ids + new.ids
+
+    def _select(self, st: _State, alive: list[int]) -> _State | None:
+        """The state restricted to `alive` rows, with cache columns only padding uses cut away."""
+        if not alive:
+            return None
+        index = torch.tensor([st.ids.index(i) for i in alive], device=self.device)
+        st.cache = _reorder_cache(st.cache, index)
+        st.key_mask, st.positions, st.ids = st.key_mask[index], st.positions[index], alive
+        first = int(st.key_mask.any(0).long().argmax())
+        if first and mergeable(st.cache):
+            st.cache = _map_kv(st.cache, lambda x: x[:, :, first:])
+            st.key_mask = st.key_mask[:, first:]
+        return st
+
+    def _keep(self, alive: list[int]) -> None:
+        self.state = self._select(self.state, alive)
 
 
 class EventBatch:
     """A BatchDecoder seen request by request, for servers: step() -> [(request index, {"text", "token",
     "finish_reason"} or the exception that request raised)]. Requests that failed before decoding (a bad prompt,
-    a bad knob) report their error at the first step; the others are decoded together."""
+    a bad knob) report their error at the next step; the others are decoded together. add() more requests."""
 
-    def __init__(self, decoder: BatchDecoder | None, index: list[int], errors: dict[int, Exception]):
-        self.decoder, self.index, self.errors = decoder, index, errors
+    def __init__(self, prepare: Callable[[dict], tuple[list[int], GenerationConfig]],
+                 make_decoder: Callable[[list], BatchDecoder]):
+        self.prepare, self.make_decoder = prepare, make_decoder
+        self.decoder: BatchDecoder | None = None
+        self.rows: dict[int, int] = {}  # decoder row -> request index
+        self.errors: dict[int, Exception] = {}
+        self.n = 0
+
+    def add(self, requests: list[dict]) -> list[int]:
+        """Queue requests; returns their indexes (0, 1, ... in the order added over the batch's life)."""
+        rows, index = [], []
+        for request in requests:
+            k = self.n
+            self.n += 1
+            index.append(k)
+            try:
+                rows.append((k, self.prepare(request)))
+            except (LubanError, ValueError, TypeError) as e:  # this request's own error; the others go on
+                self.errors[k] = e
+        if rows:
+            if self.decoder is None:
+                self.decoder = self.make_decoder([r for _, r in rows])
+                got = list(range(len(rows)))
+            else:
+                got = self.decoder.add([r for _, r in rows])
+            self.rows.update({d: k for d, (k, _) in zip(got, rows, strict=True)})
+        return index
 
     @property
     def done(self) -> bool:
         return not self.errors and (self.decoder is None or self.decoder.done)
 
+    @property
+    def forward_sizes(self) -> list[int]:
+        return self.decoder.forward_sizes if self.decoder is not None else []
+
     def step(self) -> list[tuple[int, dict | Exception]]:
         out: list[tuple[int, dict | Exception]] = list(self.errors.items())
         self.errors = {}
         if self.decoder is not None and not self.decoder.done:
-            out += [(self.index[r], {"text": piece, "token": token, "finish_reason": finish})
+            out += [(self.rows[r], {"text": piece, "token": token, "finish_reason": finish})
                     for r, token, piece, finish in self.decoder.step()]
+        elif self.decoder is not None:
+            self.decoder.forward_sizes = []
         return out
 
     def cancel(self, request: int) -> None:
         self.errors.pop(request, None)
-        if self.decoder is not None and request in self.index:
-            self.decoder.cancel(self.index.index(request))
+        for r, k in self.rows.items():
+            if k == request and self.decoder is not None:
+                self.decoder.cancel(r)
 
     def close(self) -> None:
         if self.decoder is not None:

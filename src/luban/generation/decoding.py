@@ -129,12 +129,15 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig) -> Iterator[int]:
-    """Yield new token ids one at a time (no stop-string or eos handling; see ``stream``/``generate``)."""
+def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
+                   generator: torch.Generator | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time (no stop-string or eos handling; see ``stream``/``generate``).
+    `generator`: a sampler state to continue (default: a fresh one seeded by cfg.seed)."""
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("the prompt must encode to at least one token")
-    generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    if generator is None and cfg.seed is not None:
+        generator = torch.Generator().manual_seed(cfg.seed)
     device = _model_device(model)
     max_context = getattr(model, "max_context", None)
     cache, cache_start, cache_end = None, 0, 0

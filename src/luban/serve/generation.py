@@ -1,13 +1,12 @@
-"""Scheduling of text generation: concurrent requests decode together, and every active sequence advances one
-token per round.
+"""Scheduling of text generation: continuous batching, and every active sequence advances one token per turn.
 
-Requests that arrive together are admitted together as one cohort: the model decodes the whole cohort in one
-forward per step (`Predictor.stream_events_batch`: left-padded prompts, each row with its own sampling settings,
-finished rows dropped). Cohorts and single generations (models without batched decoding) take turns round-robin,
-all on the model's own thread, so a generation never races a predict batch of the same model and a short request
-is never stuck behind a long one. Up to `max_active` sequences are active at once; later ones wait in FIFO order
-and, past `max_queued` waiting, are refused (503 + Retry-After). A caller that disconnects is dropped at the next
-turn (its row leaves the batch).
+Generations of a model that decodes requests together (`Predictor.stream_events_batch`) share one batch: a new
+request joins the running batch at the next step (its prompt read in one prefill pass, then merged), each row keeps
+its own sampling settings, and a finished or disconnected row leaves at once. Sequences of models that cannot batch
+(e.g. seq2seq) are single jobs; the batch and those take turns round-robin, all on the model's own thread, so a
+generation never races a predict batch of the same model and a short request is never stuck behind a long one. Up
+to `max_active` sequences are active at once; later ones wait in FIFO order and, past `max_queued` waiting, are
+refused (503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ class Job:
                  request: dict | None = None):
         self.make, self.iterator, self.request = make, None, request
         self.finished = False
+        self.forward_sizes: list[int] = []
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.loop = loop
@@ -56,7 +56,9 @@ class Job:
         return [] if self.finished else [self]
 
     def pairs(self) -> list:
-        return [(self, self.step())]
+        ev = self.step()
+        self.forward_sizes = [1] if isinstance(ev, dict) and ev.get("token") is not None else []
+        return [(self, ev)]
 
     def finish(self, job: "Job") -> None:
         self.finished = True
@@ -75,22 +77,39 @@ class Job:
 
 
 class Cohort:
-    """Jobs admitted together and decoded in one batch (the model's `stream_events_batch`)."""
+    """Jobs decoded in one batch (the model's `stream_events_batch`, continuous: later jobs join it)."""
 
     def __init__(self, jobs: list[Job], batcher: Callable[[list[dict]], object]):
-        self.jobs, self.batcher, self.batch = jobs, batcher, None
+        self.batcher, self.batch = batcher, None
+        self.jobs: dict[int, Job] = {}  # the batch's request index -> job
+        self.incoming = list(jobs)      # admitted, handed to the batch at its next step (on the model thread)
         self.live = list(jobs)
+        self.forward_sizes: list[int] = []
 
     def members(self) -> list[Job]:
         return list(self.live)
 
+    def add(self, jobs: list[Job]) -> None:
+        self.incoming += jobs
+        self.live += jobs
+
     def pairs(self) -> list:
         """One decoding step of every live member, on the model thread: [(job, event or exception)]."""
         try:
-            if self.batch is None:
-                self.batch = self.batcher([j.request for j in self.jobs])
-            return [(self.jobs[i], ev) for i, ev in self.batch.step()]
+            if self.incoming:
+                jobs, self.incoming = self.incoming, []
+                requests = [j.request for j in jobs]
+                if self.batch is None:
+                    self.batch = self.batcher(requests)
+                    index = list(range(len(jobs)))
+                else:
+                    index = self.batch.add(requests)
+                self.jobs.update(zip(index, jobs, strict=True))
+            out = [(self.jobs[i], ev) for i, ev in self.batch.step()]
+            self.forward_sizes = list(self.batch.forward_sizes)
+            return out
         except Exception as e:  # noqa: BLE001 - the batch failed as a whole: every member is told
+            self.forward_sizes = []
             return [(j, e) for j in self.live]
 
     def finish(self, job: Job) -> None:
@@ -100,8 +119,11 @@ class Cohort:
     def drop(self, job: Job) -> None:
         """A cancelled member leaves the batch (its cache rows are freed at the next step)."""
         self.finish(job)
-        if self.batch is not None:
-            self.batch.cancel(self.jobs.index(job))
+        if job in self.incoming:
+            self.incoming.remove(job)
+        for i, j in self.jobs.items():
+            if j is job:
+                self.batch.cancel(i)
 
     def close(self) -> None:
         if self.batch is not None:
@@ -181,7 +203,11 @@ class GenerationScheduler:
                 admitted.append(job)
         together = [j for j in admitted if j.request is not None]
         if together:
-            self.active.append(Cohort(together, self.batcher))
+            cohort = next((u for u in self.active if isinstance(u, Cohort)), None)
+            if cohort is not None:  # continuous batching: newcomers join the running batch
+                cohort.add(together)
+            else:
+                self.active.append(Cohort(together, self.batcher))
         self.active += [j for j in admitted if j.request is None]
 
     async def _close_unit(self, unit) -> None:
@@ -218,7 +244,6 @@ class GenerationScheduler:
                 self._steps_per_second = 0.9 * self._steps_per_second + 0.1 * (stepped / dt)
             tokens = 0
             for unit, pairs in zip(units, results, strict=True):
-                forward = 0
                 for job, ev in pairs:
                     job.events.put_nowait(ev)
                     if ev is END or isinstance(ev, BaseException):
@@ -226,15 +251,14 @@ class GenerationScheduler:
                         continue
                     if ev.get("token") is not None:
                         tokens += 1
-                        forward += 1
                     if ev.get("finish_reason"):  # the last event: no need for another turn
                         job.events.put_nowait(END)
                         unit.finish(job)
-                if forward:
+                for n in unit.forward_sizes:  # sequences each model call advanced
                     self.forwards += 1
-                    self.sequence_steps += forward
+                    self.sequence_steps += n
                     if self.on_step:
-                        self.on_step(forward)
+                        self.on_step(n)
                 if not unit.members():
                     await self._close_unit(unit)
             if tokens and self.on_tokens:

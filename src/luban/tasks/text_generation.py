@@ -245,21 +245,20 @@ class Generator:
 
     def batch(self, requests: list[dict]):
         """Decode several requests together ({"prompt": ...} or {"messages": [...]}, plus knobs each): an
-        EventBatch whose step() gives each request's next event (see luban.generation.batch)."""
+        EventBatch whose step() gives each request's next event and add() takes more (luban.generation.batch)."""
         from luban.generation.batch import BatchDecoder, EventBatch
 
         eos = _eos_ids(self.model, self.encoder)
-        rows, index, errors = [], [], {}
-        for i, request in enumerate(requests):
+
+        def prepare(request: dict):
             knobs = {k: v for k, v in request.items() if k not in ("prompt", "messages", "num_beams",
                                                                      "length_penalty")}
-            try:
-                rows.append((self._ids(request.get("prompt"), request.get("messages")),
-                             generation_config(self.settings, knobs, eos)))
-                index.append(i)
-            except (LubanError, ValueError, TypeError) as e:  # this request's own error; the others go on
-                errors[i] = e
-        return EventBatch(BatchDecoder(self.model, rows, self.encoder.decode) if rows else None, index, errors)
+            return (self._ids(request.get("prompt"), request.get("messages")),
+                    generation_config(self.settings, knobs, eos))
+
+        batch = EventBatch(prepare, lambda rows: BatchDecoder(self.model, rows, self.encoder.decode))
+        batch.add(requests)
+        return batch
 
     def run_many(self, requests: list[dict]) -> list[dict]:
         """run() for several requests, decoded together (beam search requests run one by one)."""
