@@ -254,14 +254,16 @@ def test_batched_decoding_gives_each_row_its_own_output(positions):
             # 39 + 70 > the 96-position window: batched until the window is full, then alone with a sliding window
             (enc("the lazy dog. the quick brown fox jumps"), GenerationConfig(max_new_tokens=70, do_sample=False)),
             (enc("the"), GenerationConfig(max_new_tokens=15, temperature=0.8, seed=9)),  # joins at step 3
-            (enc("jumps over"), GenerationConfig(max_new_tokens=25, seed=11))]  # joins at step 10
+            (enc("jumps over"), GenerationConfig(max_new_tokens=25, seed=11)),  # joins at step 10
+            (enc(TEXT * 3)[:100], GenerationConfig(max_new_tokens=62, seed=12))]  # past the window from the start
     solo, batched, sizes = _solo_and_batched(model, rows, chars.decode, join_at={5: 3, 6: 10})
     assert batched == solo  # same tokens, pieces and finish reasons, row by row
     assert solo[2][-1][2] == "stop" and solo[0][-1][2] == "length"
-    assert sizes[0] == [5]  # one prefill of the five first prompts
-    assert sizes[3] == [5, 1] and sizes[10][-1] == 1  # the running batch, then a joining row's prefill
+    assert sizes[0] == [1, 5]  # the too-long prompt's window, and one prefill of the five others
+    assert sizes[3] == [5, 1, 1] and sizes[10][-1] == 1  # cache batch, sliding window, a joining row's prefill
     assert sizes[4][0] == 6  # merged: one forward for all
-    assert sizes[-11:-1] == [[1]] * 10  # the long row, alone at the end (window sliding)
+    assert [2] in sizes  # later the long row's window is full too: both slide in one forward
+    assert sizes[-7:] == [[1]] * 7  # the long row, alone at the end
 
 
 def test_batched_decoding_on_a_hugging_face_model_and_cancel(tiny_gpt2):

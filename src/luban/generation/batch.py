@@ -4,9 +4,10 @@ Each row keeps its own GenerationConfig — temperature, top-k / top-p, repetiti
 so its output is the one it would get alone (the same logits up to float rounding, the same seeded draws).
 Prompts are left-padded; each row has its own positions and a key mask that hides the padding. Rows added later
 are read in one prefill pass of their own and then merged into the running batch (caches padded on the left to one
-length). A row leaves when it finishes or is cancelled, and when its context reaches the model's window: from there
-it continues alone in the single-sequence loop, whose window slides (same context, same sampler state). Leading
-cache columns that only padding uses are cut away as rows leave.
+length). A row leaves when it finishes or is cancelled. When its context outgrows the model's window it leaves the cache
+for the sliding group: each step those rows' last max_context tokens are read afresh, all in one forward (what the
+single-sequence loop does once its window slides). Leading cache columns that only padding uses are cut away as
+rows leave.
 
 Models: luban's GPT (a list of (keys, values) per layer) and Hugging Face causal LMs whose cache is a
 DynamicCache of plain layers; a model without ``next_token_logits_batch``, or a cache of another kind, decodes
@@ -109,6 +110,7 @@ class BatchDecoder:
         self.solo: dict[int, object] = {}
         self.state: _State | None = None
         self.joining: list[int] = []
+        self.window: list[int] = []  # rows past the model's window (sliding, recomputed each step)
         self.cancelled: set[int] = set()
         self.forward_sizes: list[int] = []
         if getattr(model, "training", False):
@@ -117,7 +119,7 @@ class BatchDecoder:
 
     @property
     def done(self) -> bool:
-        return not self.state and not self.joining and not self.solo
+        return not self.state and not self.joining and not self.window and not self.solo
 
     @property
     def batch_size(self) -> int:
@@ -135,8 +137,11 @@ class BatchDecoder:
             ids.append(i)
             if cfg.max_new_tokens == 0:
                 self.solo[i] = iter([(None, "", "length")])
-            elif (self.batchable and cfg.use_cache and self._fits(row)
-                  and (self.state is None or mergeable(self.state.cache))):
+            elif not (self.batchable and cfg.use_cache):
+                self.solo[i] = row.solo_events(self.model)
+            elif not self._fits(row):  # a prompt longer than the window: straight to the sliding group
+                self.window.append(i)
+            elif self.state is None or mergeable(self.state.cache):
                 self.joining.append(i)
             else:
                 self.solo[i] = row.solo_events(self.model)
@@ -151,6 +156,8 @@ class BatchDecoder:
         events: list[Event] = []
         if self.state:
             events += self._decode()
+        if self.window:
+            events += self._slide()
         if self.joining:
             events += self._prefill()
         for i, it in list(self.solo.items()):
@@ -167,7 +174,7 @@ class BatchDecoder:
         for it in self.solo.values():
             getattr(it, "close", lambda: None)()
         self.solo.clear()
-        self.state, self.joining = None, []
+        self.state, self.joining, self.window = None, [], []
 
     # ------------------------------------------------------------------------------------------------ internals
 
@@ -181,13 +188,14 @@ class BatchDecoder:
         for i in self.cancelled & set(self.solo):
             getattr(self.solo.pop(i), "close", lambda: None)()
         self.joining = [i for i in self.joining if i not in self.cancelled]
+        self.window = [i for i in self.window if i not in self.cancelled]
         if self.state and self.cancelled & set(self.state.ids):
             self._keep([i for i in self.state.ids if i not in self.cancelled])
         self.cancelled.clear()
 
     def _choose(self, ids: list[int], logits: torch.Tensor) -> tuple[list[Event], list[int]]:
-        """Each row's next token from its logits row; returns the events and the rows that stay batched."""
-        events, stay = [], []
+        """Each row's next token from its logits row; returns the events and the rows still going."""
+        events, live = [], []
         for r, i in enumerate(ids):
             row = self.rows[i]
             token = choose_token(logits[r], row.cfg, row.context, row.generator)
@@ -198,13 +206,15 @@ class BatchDecoder:
             if not finish and row.count >= row.cfg.max_new_tokens:
                 events.append((i, None, row.tracker.rest(), "length"))
                 finish = "length"
-            if finish:
-                continue
-            if self._fits(row):
-                stay.append(i)
-            else:  # the window is full: the row goes on alone, its window sliding
-                self.solo[i] = row.solo_events(self.model)
-        return events, stay
+            if not finish:
+                live.append(i)
+        return events, live
+
+    def _route(self, live: list[int]) -> list[int]:
+        """Rows whose window is full move to the sliding-window group; returns those that stay in the cache."""
+        full = [i for i in live if not self._fits(self.rows[i])]
+        self.window += full
+        return [i for i in live if i not in full] if full else live
 
     def _forward(self, ids: torch.Tensor, cache, key_mask: torch.Tensor, positions: torch.Tensor):
         self.forward_sizes.append(len(ids))
@@ -217,9 +227,21 @@ class BatchDecoder:
         st.key_mask = torch.cat([st.key_mask, st.key_mask.new_ones(len(st.ids), 1)], dim=1)
         st.positions = st.positions + 1
         logits, st.cache = self._forward(ids, st.cache, st.key_mask, st.positions)
-        events, stay = self._choose(st.ids, logits)
+        events, live = self._choose(st.ids, logits)
+        stay = self._route(live)
         if stay != st.ids:
             self._keep(stay)
+        return events
+
+    def _slide(self) -> list[Event]:
+        """Rows past the window: their last max_context tokens read afresh each step (as the single-sequence loop
+        does once its window slides), all in one forward — every window has the same length, so no padding."""
+        rows = self.window
+        ids = torch.tensor([self.rows[i].context[-self.max_context:] for i in rows], device=self.device)
+        self.forward_sizes.append(len(rows))
+        with torch.no_grad():
+            logits, _ = self.model.next_token_logits(ids, None)
+        events, self.window = self._choose(rows, logits)
         return events
 
     def _prefill(self) -> list[Event]:
@@ -235,7 +257,8 @@ class BatchDecoder:
         mask = mask.to(self.device)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         logits, cache = self._forward(ids.to(self.device), None, mask, positions)
-        events, stay = self._choose(rows, logits)
+        events, live = self._choose(rows, logits)
+        stay = self._route(live)
         new = _State(rows, cache, mask, positions[:, -1:])
         if stay != rows:
             new = self._select(new, stay)
