@@ -234,3 +234,21 @@ def test_two_ray_workers_train_a_tiny_model(zh_data, out_dir):
     assert a["epochs_run"] == b["epochs_run"] and abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.05
     assert luban.load(run).predict(["这个手机很好"])[0]["label"] in ("positive", "negative")
     assert not list(run.glob(".rank*"))
+
+
+@pytest.mark.slow
+def test_ray_tune_trials_share_the_study_and_start_from_the_config(tmp_path, linear_data):
+    pytest.importorskip("ray")
+    import optuna
+
+    from luban.lifecycle.tune import tune
+
+    space = {"trainer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}}
+    out = tune(tune_config(tmp_path, linear_data, space, sampler="tpe", pruner="none"), trials=3, backend="ray",
+               quiet=True)
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and done[0].params["trainer.lr"] == 0.01  # trial 0 = the config's own lr
+    assert all(Path(t.user_attrs["run_dir"]).is_dir() and t.user_attrs["best_epoch"] >= 1 for t in done)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] == 3 and "test_rmse" in summary["best_user_attrs"] and (out / "best.yaml").is_file()

@@ -12,6 +12,16 @@ from luban.errors import ConfigError
 from luban.lifecycle.search_space import suggest
 
 
+class _Define:
+    """The define-by-run space for Ray's OptunaSearch (a module-level class: Ray pickles its searcher)."""
+
+    def __init__(self, space: dict):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        suggest(trial, self.space)
+
+
 def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str, direction: str, n: int,
                    jobs: int, timeout: float | None, out: Path, threads: int | None) -> None:
     try:
@@ -32,12 +42,12 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
     mode = "max" if direction == "maximize" else "min"
     space = cfg.search.space
 
-    def define(trial):
-        suggest(trial, space)
+    import optuna
 
-    searcher = OptunaSearch(space=define, metric="value", mode=mode, sampler=_sampler(cfg),
-                            study_name=study.study_name, storage=storage)
-    numbering = {"next": len(study.trials)}
+    searcher = OptunaSearch(space=_Define(space), metric="value", mode=mode, sampler=_sampler(cfg),
+                            study_name=study.study_name, storage=optuna.storages.RDBStorage(storage))
+
+    study_name = study.study_name
 
     def trainable(params: dict):
         import optuna
@@ -45,7 +55,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
         from luban.pipeline import train
 
         chosen = suggest(optuna.trial.FixedTrial(params), space)
-        number = int(tune.get_context().get_trial_id().split("_")[-1]) + numbering["next"]
+        number = f"ray-{tune.get_context().get_trial_id()}"  # Ray's own id; Optuna numbers its trials itself
         tree = _trial_tree(base, chosen, out, number, threads or 1)
 
         def report(record: dict) -> None:
@@ -55,8 +65,8 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
 
         run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        tune.report({"value": float(m["validation"][metric]), "epoch": m["epochs_run"] + 1, "run_dir": str(run),
-                     "best_epoch": m["best_epoch"]})
+        _note_run(study_name, storage, params, run, m, metric)
+        tune.report({"value": float(m["validation"][metric]), "epoch": m["epochs_run"] + 1})
 
     scheduler = (MedianStoppingRule(time_attr="epoch", metric="value", mode=mode, grace_period=1,
                                     min_samples_required=2) if cfg.search.pruner == "median" else FIFOScheduler())
@@ -64,12 +74,21 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
                        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n,
                                                    max_concurrent_trials=jobs, time_budget_s=timeout),
                        run_config=tune.RunConfig(name="ray", storage_path=str(out / "ray")))
-    results = tuner.fit()
-    # Ray's own numbering differs from Optuna's: keep each finished run's directory with its Optuna trial
-    by_value = {round(r.metrics.get("value", float("nan")), 12): r.metrics for r in results if r.metrics}
-    study_now = type(study)(study_name=study.study_name, storage=storage)
-    for t in study_now.trials:
-        hit = by_value.get(round(t.value, 12)) if t.value is not None else None
-        if hit and "run_dir" in hit and "run_dir" not in t.user_attrs:
-            study_now._storage.set_trial_user_attr(t._trial_id, "run_dir", hit["run_dir"])
-            study_now._storage.set_trial_user_attr(t._trial_id, "best_epoch", hit.get("best_epoch"))
+    tuner.fit()
+
+
+def _note_run(study_name: str, storage: str, params: dict, run: Path, m: dict, metric: str) -> None:
+    """Record the trial's run directory, best epoch and test metric on its Optuna trial, while it is still running
+    (Ray's searcher tells Optuna the value once the trainable returns): the trial with these parameters."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.params == params and "run_dir" not in t.user_attrs:
+            attrs = {"run_dir": str(run), "best_epoch": m["best_epoch"]}
+            if metric in m.get("test", {}):
+                attrs[f"test_{metric}"] = m["test"][metric]
+            for k, v in attrs.items():
+                study._storage.set_trial_user_attr(t._trial_id, k, v)
+            return

@@ -62,9 +62,10 @@ def _metric(cfg: RunConfig) -> tuple[str, str]:
     return metric, d
 
 
-def _trial_tree(base: dict, params: dict, out: Path, number: int, threads: int | None) -> dict:
+def _trial_tree(base: dict, params: dict, out: Path, number: int | str, threads: int | None) -> dict:
     tree = apply_params(base, params)
-    tree["output"] = {**tree.get("output", {}), "dir": str(out / "trials"), "name": f"trial-{number:03d}",
+    name = f"trial-{number:03d}" if isinstance(number, int) else f"trial-{number}"
+    tree["output"] = {**tree.get("output", {}), "dir": str(out / "trials"), "name": name,
                       "overwrite": True, "tensorboard": False}
     tree.setdefault("evaluation", {})["baseline"] = False
     tree["tracking"] = {"mlflow": None}
