@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean browser
+.PHONY: install demo test test-slow bench clean browser
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest
+
+# the tests that start a local Ray cluster (Ray Train DDP, Ray Tune trials, Ray Data prediction): about 2 minutes
+test-slow: install
+	$(PY) -m pytest -m slow
 
 # the playground's end-to-end test drives a headless Chromium (Debian's package; never a downloaded browser): install
 # it where we can (root with apt), otherwise that one test skips

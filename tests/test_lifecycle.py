@@ -252,3 +252,21 @@ def test_ray_tune_trials_share_the_study_and_start_from_the_config(tmp_path, lin
     assert all(Path(t.user_attrs["run_dir"]).is_dir() and t.user_attrs["best_epoch"] >= 1 for t in done)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] == 3 and "test_rmse" in summary["best_user_attrs"] and (out / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_ray_batch_predict_keeps_order_and_matches_predict(zh_data, out_dir, tmp_path):
+    pytest.importorskip("ray")
+    import pandas as pd
+
+    from luban.lifecycle.batch_predict import ray_predict
+
+    run = luban.train(text_config(out_dir, "zh", zh_data["train"]), quiet=True)
+    texts = [f"{a}{b}" for a in ("这个手机", "那个酒店", "我的电影", "他们的餐厅") for b in ("很好", "真差", "一般")] * 25
+    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "big.parquet")
+    n = ray_predict(run, tmp_path / "big.parquet", tmp_path / "out.jsonl", workers=2, batch_size=64)
+    got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = luban.load(run).predict(texts)
+    assert n == len(texts) == len(got)
+    assert [g["label"] for g in got] == [e["label"] for e in expected]  # row order preserved
+    assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)

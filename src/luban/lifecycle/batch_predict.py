@@ -15,9 +15,12 @@ from luban.errors import ConfigError
 
 
 class _Scorer:
-    def __init__(self, run: str):
+    def __init__(self, run: str, threads: int):
+        import torch
+
         from luban.predictor import load
 
+        torch.set_num_threads(threads)  # the actor's share of the cores, not all of them
         self.predictor = load(run)
 
     def __call__(self, batch):
@@ -61,8 +64,11 @@ def ray_predict(run: str | Path, input_path: str | Path, output: str | Path, wor
     ctx.enable_progress_bars = False
     ds = _read(Path(input_path))
     total = ds.count()
-    scored = ds.map_batches(_Scorer, fn_constructor_args=(str(Path(run).resolve()),), batch_format="pandas",
-                            batch_size=batch_size, concurrency=workers, num_cpus=1)
+    # the workers must leave a CPU to the tasks that read the file, or on a small machine they wait on each other
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    share = max(0.25, min(1.0, (cpus - 1) / workers)) if cpus > 1 else 0.5
+    scored = ds.map_batches(_Scorer, fn_constructor_args=(str(Path(run).resolve()), max(1, int(share))),
+                            batch_format="pandas", batch_size=batch_size, concurrency=workers, num_cpus=share)
     written = 0
     with open(output, "w", encoding="utf-8") as f, Progress(transient=True) as bar:
         task = bar.add_task("predict", total=total)
