@@ -121,6 +121,20 @@ def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
     assert point == {} and outside == ["trainer.lr", "model.hidden_sizes", "trainer.batch_size"]
 
 
+def test_parallel_trials_run_each_trial_once(tmp_path, linear_data):
+    import optuna
+
+    from luban.lifecycle.tune import tune
+
+    space = {"trainer.lr": {"type": "loguniform", "low": 1e-3, "high": 0.1}}
+    out = tune(tune_config(tmp_path, linear_data, space, sampler="random", pruner="none"), trials=5, jobs=2,
+               quiet=True)
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5  # the queued trial 0 too, trained once
+    assert study.trials[0].params["trainer.lr"] == 0.01
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"trial-{i:03d}" for i in range(5)]
+
+
 def test_keep_last_ends_with_the_last_epochs_weights(tmp_path, linear_data):
     cfg = tabular_config(tmp_path / "runs", "last", "tabular_regression",
                          {"train": str(linear_data), "columns": {"label": "y"}},

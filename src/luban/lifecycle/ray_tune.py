@@ -53,6 +53,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
         import optuna
 
         from luban.pipeline import train
+        from luban.training.progress import silent
 
         chosen = suggest(optuna.trial.FixedTrial(params), space)
         number = f"ray-{tune.get_context().get_trial_id()}"  # Ray's own id; Optuna numbers its trials itself
@@ -63,7 +64,8 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
             if isinstance(value, (int, float)):
                 tune.report({"value": float(value), "epoch": int(record["epoch"])})
 
-        run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report)
+        with silent():  # Ray reports the trials; their epochs would interleave from every worker
+            run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         _note_run(study_name, storage, params, run, m, metric)
         tune.report({"value": float(m["validation"][metric]), "epoch": m["epochs_run"] + 1})

@@ -148,9 +148,19 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
 
             run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads)
         else:
-            study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads),
-                           n_trials=remaining, n_jobs=jobs, timeout=timeout, catch=(FloatingPointError,),
-                           gc_after_trial=True, callbacks=[] if quiet else [_trial_line(metric, t0)])
+            def run(n: int, n_jobs: int) -> None:
+                study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads),
+                               n_trials=n, n_jobs=n_jobs, timeout=timeout, catch=(FloatingPointError,),
+                               gc_after_trial=True, callbacks=[] if quiet else [_trial_line(metric, t0)])
+
+            # queued trials (the config's own values, re-queued ones) run first and alone: with n_jobs > 1 two
+            # threads can pop the same queued trial from the storage and train it twice into one folder
+            queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) if jobs > 1 else 0
+            if queued:
+                run(min(queued, remaining), 1)
+                remaining -= min(queued, remaining)
+            if remaining:
+                run(remaining, jobs)
     write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
     if cfg.search.retrain:
         retrain_best(cfg, out)
