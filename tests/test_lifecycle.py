@@ -217,6 +217,25 @@ def test_ensemble_averages_member_probabilities(zh_data, out_dir):
     assert luban.load(ens).evaluate(zh_data["test"])["accuracy"] == pytest.approx(m["test"]["accuracy"])
 
 
+def test_cli_tune_cv_and_ensemble(zh_data, out_dir, tmp_path, capsys):
+    from luban.cli import main
+
+    cfg = text_config(out_dir, "zh", zh_data["train"], data={"test": str(zh_data["test"])})
+    cfg["search"] = {"space": {"trainer.lr": {"type": "choice", "values": [0.003, 0.01]}}, "sampler": "grid",
+                     "pruner": "none"}
+    path = tmp_path / "zh.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    assert main(["tune", str(path), "--trials", "2", "--timeout", "600"]) == 0
+    assert "best: trial" in capsys.readouterr().out
+    assert yaml.safe_load((out_dir / "zh-tune" / "best.yaml").read_text())["trainer"]["lr"] in (0.003, 0.01)
+    assert main(["cv", str(path), "--folds", "3", "--stratified"]) == 0
+    cv = json.loads((out_dir / "zh-cv" / "cv.json").read_text())
+    assert len(cv["per_fold"]) == 3 and 0 <= cv["mean"]["accuracy"] <= 1
+    members = [str(p) for p in sorted((out_dir / "zh-tune" / "trials").iterdir())]
+    assert main(["ensemble", *members, "--out", str(out_dir / "ens"), "--weighting", "validation"]) == 0
+    assert luban.load(out_dir / "ens").predict(["这个手机很好"])[0]["label"] in ("positive", "negative")
+
+
 def test_mlflow_tracking_logs_params_metrics_and_artifacts(tmp_path, linear_data):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
