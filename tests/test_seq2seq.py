@@ -234,6 +234,47 @@ def test_predict_knobs_generate_text_and_stream(reversal_run):
         p.predict(["1 2", "  "])
 
 
+def test_served_translation_batches_concurrent_requests(reversal_run):
+    """Concurrent translation requests through the OpenAI routes: decoded together, each its own answer; a chat is
+    answered from its last user message; a request with its own knobs is decoded apart."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from luban.serve.app import create_app
+    from luban.serve.settings import ServeSettings
+
+    p = luban.load(reversal_run["run"])
+    sources = ["1 2 3 4", "5 6 7", "8 9", "2 4 6 8 1", "3 3 5"]
+    expected = [p.generate_text(x)["text"] for x in sources]
+    app = create_app(settings=ServeSettings(runs=[str(reversal_run["run"])], max_active_generations=8))
+    got = {}
+    with TestClient(app) as c:
+        start = threading.Barrier(len(sources) + 1)
+
+        def go(i):
+            start.wait()
+            got[i] = c.post("/v1/completions", json={"prompt": sources[i]}).json()
+
+        def other():
+            start.wait()
+            got["cut"] = c.post("/v1/completions", json={"prompt": "1 2 3 4", "max_tokens": 2}).json()
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(sources))]
+        threads.append(threading.Thread(target=other))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "9 8 7"}]}).json()
+        gen = app.state.registry.models[reversal_run["run"].name].generation
+    assert [got[i]["choices"][0]["text"] for i in range(len(sources))] == expected
+    assert got["cut"]["choices"][0]["text"] == "4 3" and got["cut"]["choices"][0]["finish_reason"] == "length"
+    assert got[0]["usage"]["completion_tokens"] == 4
+    assert chat["choices"][0]["message"]["content"] == "7 8 9"
+    assert gen.sequence_steps > gen.forwards  # at least one predict() call answered several requests
+
+
 def test_evaluate_file_and_cli(reversal_run, tmp_path, capsys):
     from luban.cli import main
 

@@ -359,3 +359,59 @@ class EventBatch:
     def close(self) -> None:
         if self.decoder is not None:
             self.decoder.close()
+
+
+class WholeBatch:
+    """For models whose answers come whole (seq2seq: beam search, batched decoding by length): the requests queued
+    since the last step are answered together, one `predict(sources, **knobs)` call per set of identical knobs;
+    step() -> [(request index, {"text", "token": None, "finish_reason", "tokens"} or an exception)]. When a
+    shared call fails, its requests are answered one by one, so an error reaches only the request that caused it."""
+
+    def __init__(self, predict: Callable[..., list[dict]], requests: list[dict]):
+        self.predict = predict
+        self.queue: list[tuple[int, dict]] = []
+        self.n = 0
+        self.forward_sizes: list[int] = []
+        self.add(requests)
+
+    def add(self, requests: list[dict]) -> list[int]:
+        index = list(range(self.n, self.n + len(requests)))
+        self.queue += list(zip(index, requests))
+        self.n += len(requests)
+        return index
+
+    @property
+    def done(self) -> bool:
+        return not self.queue
+
+    def step(self) -> list[tuple[int, dict | Exception]]:
+        import json
+
+        queued, self.queue, self.forward_sizes = self.queue, [], []
+        groups: dict[str, tuple[dict, list[tuple[int, dict]]]] = {}
+        for k, request in queued:
+            knobs = {x: v for x, v in request.items() if x not in ("prompt", "messages")}
+            groups.setdefault(json.dumps(knobs, sort_keys=True, default=str), (knobs, []))[1].append((k, request))
+        out: list[tuple[int, dict | Exception]] = []
+        for knobs, members in groups.values():
+            try:
+                out += self._answer(members, knobs)
+            except (LubanError, ValueError, TypeError):
+                for member in members:
+                    try:
+                        out += self._answer([member], knobs)
+                    except (LubanError, ValueError, TypeError) as e:
+                        out.append((member[0], e))
+        return out
+
+    def _answer(self, members: list[tuple[int, dict]], knobs: dict) -> list[tuple[int, dict]]:
+        results = self.predict([r.get("prompt") for _, r in members], **knobs)
+        self.forward_sizes.append(len(members))
+        return [(k, {"text": x["text"], "token": None, "finish_reason": x["finish_reason"], "tokens": x["tokens"]})
+                for (k, _), x in zip(members, results, strict=True)]
+
+    def cancel(self, request: int) -> None:
+        self.queue = [(k, r) for k, r in self.queue if k != request]
+
+    def close(self) -> None:
+        self.queue = []

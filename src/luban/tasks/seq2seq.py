@@ -569,6 +569,13 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
     def generate_text(self, prompt: str, **knobs) -> dict:
         return self.predict([prompt], **knobs)[0]
 
+    def stream_events_batch(self, requests: list[dict]):
+        """Several requests ({"prompt": source, knobs...}) for `luban serve`: those queued together are decoded in
+        one predict() call per set of identical knobs; each answer comes whole (luban.generation.batch)."""
+        from luban.generation.batch import WholeBatch
+
+        return WholeBatch(self.predict, requests)
+
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
         """How many tokens the encoder reads for a source text (usage counts in `luban serve`)."""
         return len(self.sides.encode_sources(self._sources([prompt]))[0])
