@@ -199,6 +199,12 @@ def test_hf_chat_sft_with_template_lora_merged_run(tiny_llama_chat, tmp_path):
     p = luban.load(run)
     reply = p.chat([{"role": "user", "content": "translate cat"}], temperature=0, max_new_tokens=6)
     assert reply["text"] == "chat" and reply["finish_reason"] == "eos"
+    questions = ["name a fruit", "translate cat", "hello", "say something longer please"]
+    together = p.predict([{"messages": [{"role": "user", "content": q}]} for q in questions], temperature=0,
+                         max_new_tokens=6)  # one left-padded batch through LLaMA (rotary positions)
+    alone = [p.chat([{"role": "user", "content": q}], temperature=0, max_new_tokens=6) for q in questions]
+    assert [(r["text"], r["tokens"], r["finish_reason"]) for r in together] == \
+        [(r["text"], r["tokens"], r["finish_reason"]) for r in alone]
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(hf_dir))  # other tools load the export as is
@@ -222,6 +228,8 @@ def test_hf_full_finetune_corpus_and_unmerged_adapters(tiny_gpt2, tmp_path):
                               model={"finetune": "full", "base_dtype": "bfloat16"}), quiet=True)
     r = luban.load(unmerged).generate_text("hello", temperature=0, max_new_tokens=4)
     assert r["tokens"] == 4
+    assert [x["tokens"] for x in luban.load(unmerged).predict(["hello", "the cat sat", "mat"], max_new_tokens=4,
+                                                               seed=1)] == [4, 4, 4]  # PEFT + bf16 base, batched
     frozen = luban.train(hf_config(tmp_path / "runs", "none", tiny_gpt2, corpus, model={"finetune": "none"},
                                    preprocessing={"tokenizer": {"max_length": 32}}), quiet=True)
     fm = json.loads((frozen / "metrics.json").read_text(encoding="utf-8"))
