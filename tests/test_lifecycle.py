@@ -115,6 +115,9 @@ def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
     runs = sorted((out / "trials").iterdir())
     assert yaml.safe_load((runs[0] / "config.yaml").read_text())["model"]["hidden_sizes"] == [32]
     assert study.trials[1].params["trainer.lr"] != 0.01  # then the sampler takes over
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["start_trial"] == 0 and summary["start_value"] == study.trials[0].value  # to compare with
+    assert f"your config (trial 0) {study.trials[0].value:.4f}" in (out / "report.html").read_text()
     from luban.config import SearchConfig
 
     point, outside = config_point({"trainer": {"lr": 0.5}}, SearchConfig(space=space).space)

@@ -96,7 +96,7 @@ def _start_from_config(study, cfg: RunConfig, base: dict, quiet: bool) -> None:
         return
     point, outside = config_point(base, cfg.search.space)
     if point:
-        study.enqueue_trial(point)
+        study.enqueue_trial(point, user_attrs={"start": "config"})
     if outside and not quiet:
         print(f"search starts from the config; outside the space, sampled instead: {', '.join(outside)}")
 
@@ -242,9 +242,16 @@ def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, sec
                "best_trial": study.best_trial.number, "best_params": best_params(study, cfg),
                "best_user_attrs": study.best_trial.user_attrs, "trials": len(study.trials),
                "complete": len(complete), "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+               **_start_summary(complete),
                "seconds": round(seconds, 1), "importances": _importances(study)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     (out / "report.html").write_text(_report(study, summary, cfg), encoding="utf-8")
+
+
+def _start_summary(complete: list) -> dict:
+    """The trial that ran the config's own values: its number and value, to compare the best with."""
+    start = next((t for t in complete if t.user_attrs.get("start") == "config"), None)
+    return {"start_trial": start.number, "start_value": start.value} if start else {}
 
 
 def _importances(study) -> dict:
@@ -282,7 +289,9 @@ def _report(study, summary: dict, cfg: RunConfig) -> str:
             f"<style>{CSS}</style></head><body><h1>luban tune <code>{E(cfg.output.name)}</code></h1>"
             f"<p class=muted>{summary['trials']} trials ({summary['complete']} complete, {summary['pruned']} "
             f"pruned) · best val {E(summary['metric'])} {summary['best_value']:.4f} (trial {summary['best_trial']})"
-            f" · best config: best.yaml</p><div class=charts>{chart}</div>"
+            + (f" · your config (trial {summary['start_trial']}) {summary['start_value']:.4f}"
+               if "start_value" in summary else "")
+            + f" · best config: best.yaml</p><div class=charts>{chart}</div>"
             + (f"<h2>Parameter importances (fANOVA)</h2><table>{bars}</table>" if imp else "")
             + "<h2>Trials</h2><table><tr><th>#</th><th class=l>state</th><th>value</th><th class=l>parameters</th>"
             f"<th>seconds</th></tr>{rows}</table></body></html>")
@@ -299,7 +308,11 @@ def print_trials(study, metric: str, out: Path) -> None:
         table.add_row(str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4f}",
                       ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
     Console().print(table)
-    print(f"best: trial {study.best_trial.number}, val {metric} {study.best_value:.4f}; config: {out / 'best.yaml'}")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    start = (f" (your config, trial {summary['start_trial']}: {summary['start_value']:.4f})"
+             if "start_value" in summary else "")
+    print(f"best: trial {study.best_trial.number}, val {metric} {study.best_value:.4f}{start}; "
+          f"config: {out / 'best.yaml'}")
 
 
 def retrain_best(cfg: RunConfig, out: Path) -> Path:
