@@ -17,6 +17,7 @@ each row alone — the caller sees the same stepper either way.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 
 import torch
@@ -385,8 +386,6 @@ class WholeBatch:
         return not self.queue
 
     def step(self) -> list[tuple[int, dict | Exception]]:
-        import json
-
         queued, self.queue, self.forward_sizes = self.queue, [], []
         groups: dict[str, tuple[dict, list[tuple[int, dict]]]] = {}
         for k, request in queued:

@@ -161,11 +161,11 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
                 remaining -= min(queued, remaining)
             if remaining:
                 run(remaining, jobs)
-    write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
+    summary = write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
     if cfg.search.retrain:
         retrain_best(cfg, out)
     if not quiet:
-        print_trials(study, metric, out)
+        print_trials(study, metric, out, summary)
     return out
 
 
@@ -226,7 +226,7 @@ def best_tree(study, cfg: RunConfig, base: dict) -> dict:
     return tree
 
 
-def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, seconds: float) -> None:
+def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, seconds: float) -> dict:
     from optuna.trial import TrialState
 
     df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
@@ -246,6 +246,7 @@ def write_outputs(study, cfg: RunConfig, base: dict, metric: str, out: Path, sec
                "seconds": round(seconds, 1), "importances": _importances(study)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     (out / "report.html").write_text(_report(study, summary, cfg), encoding="utf-8")
+    return summary
 
 
 def _start_summary(complete: list) -> dict:
@@ -297,7 +298,7 @@ def _report(study, summary: dict, cfg: RunConfig) -> str:
             f"<th>seconds</th></tr>{rows}</table></body></html>")
 
 
-def print_trials(study, metric: str, out: Path) -> None:
+def print_trials(study, metric: str, out: Path, summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -308,7 +309,6 @@ def print_trials(study, metric: str, out: Path) -> None:
         table.add_row(str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4f}",
                       ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
     Console().print(table)
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     start = (f" (your config, trial {summary['start_trial']}: {summary['start_value']:.4f})"
              if "start_value" in summary else "")
     print(f"best: trial {study.best_trial.number}, val {metric} {study.best_value:.4f}{start}; "
