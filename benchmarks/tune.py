@@ -6,6 +6,10 @@ Trains the default config (examples/chnsenticorp.yaml), then searches examples/c
 (the first trial is the default's own values), and prints default/best validation accuracy, the best trial's test
 accuracy and the wall time (one JSON line). Then both configs' final models — retrained on train + validation for the
 epoch count their validation run chose, as `search.retrain` does — are tested too (`*_final_test_accuracy`).
+
+A single run's test accuracy moves by a few sentences with the seed, so `--seeds N` also trains the default and the
+best config with seeds 0..N-1 (each: a run selected by validation, then its retrain on train + validation) and
+reports each config's mean and standard deviation over the seeds (`seeds` in the JSON line).
 """
 
 import argparse
@@ -25,6 +29,7 @@ def main():
     ap.add_argument("--data", required=True, help="folder with train.tsv, dev.tsv, test.tsv")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="also train both configs with this many seeds (see above)")
     a = ap.parse_args()
 
     from luban.config import load_config
@@ -53,7 +58,33 @@ def main():
           "default_final_test_accuracy": round(default_final["test"]["accuracy"], 4),
           "best_final_test_accuracy": round(best_final["test"]["accuracy"], 4),
           "best_params": s["best_params"], "importances": s["importances"],
-          "default_seconds": round(default_seconds, 1), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb()})
+          "default_seconds": round(default_seconds, 1), "seconds": round(seconds, 1),
+          **({"seeds": {"default": over_seeds(ROOT / "examples" / "chnsenticorp.yaml", paths, a.seeds, out),
+                        "best": over_seeds(folder / "best.yaml", paths, a.seeds, out)}} if a.seeds > 1 else {}),
+          "peak_rss_mb": peak_rss_mb()})
+
+
+def over_seeds(config: Path, paths: list[str], seeds: int, out: Path) -> dict:
+    """Mean and standard deviation over seeds 0..seeds-1 of a config's validation-selected run (validation and test
+    accuracy) and of its final model retrained on train + validation (test accuracy)."""
+    import statistics
+
+    from luban.config import load_config
+    from luban.lifecycle.tune import retrain_on_all
+
+    rows = {"val": [], "test": [], "final_test": []}
+    for seed in range(seeds):
+        over = paths + [f"seed={seed}"]
+        name = f"{config.stem}-seed{seed}"
+        _, m, _ = train_run(config, over, out=out, name=name, quiet=True)
+        tree = load_config(config, over + [f"output.dir={out}"]).model_dump(mode="json")
+        final = retrain_on_all(tree, m["best_epoch"], f"{name}-final", out, str(config))
+        rows["val"].append(m["validation"]["accuracy"])
+        rows["test"].append(m["test"]["accuracy"])
+        rows["final_test"].append(json.loads((final / "metrics.json").read_text(encoding="utf-8"))["test"]["accuracy"])
+    return {f"{k}_accuracy_{stat}": round(fn(v), 4) for k, v in rows.items()
+            for stat, fn in (("mean", statistics.mean), ("std", statistics.stdev))} | {
+        f"{k}_accuracy_runs": [round(x, 4) for x in v] for k, v in rows.items()}
 
 
 if __name__ == "__main__":

@@ -226,12 +226,20 @@ def test_bad_image_is_a_data_error_naming_it(tmp_path):
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-def test_tiny_detector_overfits_shapes_and_predicts(tmp_path):
+@pytest.fixture(scope="module")
+def det_run(tmp_path_factory) -> dict:
     import luban
 
+    tmp_path = tmp_path_factory.mktemp("det")
     imgs = tmp_path / "imgs"
     train = _write(imgs / "shapes.csv", _shapes(imgs, n=20))
-    run = luban.train(_tiny_cfg(tmp_path, train, train), quiet=True)
+    return {"run": luban.train(_tiny_cfg(tmp_path, train, train), quiet=True), "imgs": imgs, "train": train}
+
+
+def test_tiny_detector_overfits_shapes_and_predicts(det_run, tmp_path):
+    import luban
+
+    run, imgs, train = det_run["run"], det_run["imgs"], det_run["train"]
     m = json.loads((run / "metrics.json").read_text())
     assert m["test"]["map50"] >= 0.9, m["test"]
     assert set(m["test"]["per_class"]) == {"bar", "box"}
@@ -246,6 +254,36 @@ def test_tiny_detector_overfits_shapes_and_predicts(tmp_path):
     assert len(p.predict_file(imgs)) == 20  # a folder: every image
     ev = p.evaluate(train)
     assert ev["map50"] == pytest.approx(m["test"]["map50"], abs=0.02)
+
+
+def test_detector_exports_quantizes_and_prunes(det_run, tmp_path):
+    """The ONNX export finds the same boxes as PyTorch; int8 and pruned copies are runs that still detect."""
+    import shutil
+
+    import luban
+    from luban.compress.export import export_run
+    from luban.compress.prune import prune_run
+    from luban.compress.quantize import quantize_run
+
+    pytest.importorskip("onnxruntime")
+    run = Path(shutil.copytree(det_run["run"], tmp_path / "runs" / "det"))
+    image = str(det_run["imgs"] / "img0.png")
+    before = luban.load(run).predict([image])[0]["boxes"]
+    meta = export_run(run, quiet=True)
+    assert meta["output_names"] == ["heatmap", "wh", "offset"] and meta["parity"]["max_abs_diff"] < 1e-3
+    onnx = luban.load(run)
+    assert onnx.capabilities()["backend"] == "onnx"
+    after = onnx.predict([image])[0]["boxes"]
+    assert [b["label"] for b in after] == [b["label"] for b in before]
+    assert np.allclose([b["box"] for b in after], [b["box"] for b in before], atol=0.2)
+    assert onnx.evaluate(det_run["train"])["map50"] == luban.load(run, backend="torch").evaluate(
+        det_run["train"])["map50"]
+    q = quantize_run(run, "int8-static", calibration_size=10, quiet=True)
+    assert json.loads((q / "metrics.json").read_text())["test"]["map50"] >= 0.9
+    pruned = prune_run(run, 0.3, quiet=True)  # conv weights are channels-last: pruning must still see them
+    info = json.loads((pruned / "model" / "compression.json").read_text())
+    assert info["sparsity"]["prunable_sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert luban.load(pruned).predict([image])[0]["image"].endswith("img0.png")
 
 
 def test_model_shapes_stride8():

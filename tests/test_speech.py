@@ -144,6 +144,19 @@ def test_keyword_classifier_from_file_names(tmp_path):
     out = luban.load(run).predict([str(folder / "no_3.wav")])[0]
     assert out["label"] == "no" and out["score"] > 0.5
 
+    # exported to ONNX and quantized to int8, the keyword model still gives the same answers
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_run
+    from luban.compress.quantize import quantize_run
+
+    assert export_run(run, quiet=True)["parity"]["argmax_agreement"] == 1.0
+    onnx = luban.load(run)
+    assert onnx.capabilities()["backend"] == "onnx"
+    assert onnx.predict([str(folder / "no_3.wav")])[0]["probabilities"] == pytest.approx(out["probabilities"],
+                                                                                         abs=1e-4)
+    q = json.loads((quantize_run(run, "int8-dynamic", quiet=True) / "metrics.json").read_text(encoding="utf-8"))
+    assert q["test"]["accuracy"] == 1.0
+
 
 def test_bad_audio_is_named_or_skipped(tmp_path, spoken):
     from conftest import assert_no_run
@@ -262,6 +275,48 @@ def test_whisper_fine_tunes_and_transcribes(tiny_whisper, spoken, tmp_path):
     assert cfgs["preprocessing"]["audio"]["sample_rate"] == 16000  # the model's processor decides the rate
     out = luban.load(run).predict([str(spoken["root"] / spoken["rows"][0][0])])
     assert isinstance(out[0]["text"], str) and out[0]["audio_seconds"] > 0
+
+
+def test_ctc_run_exports_quantizes_and_transcribes_on_onnx(ctc_run, spoken, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from luban.compress.export import export_run
+    from luban.compress.onnx_predictor import OrtModule
+    from luban.compress.quantize import quantize_run
+
+    run = Path(shutil.copytree(ctc_run, tmp_path / "runs" / "ctc"))
+    meta = export_run(run, quiet=True)
+    assert meta["output_names"] == ["log_probs", "output_lengths"] and meta["parity"]["max_abs_diff"] < 1e-4
+    p = luban.load(run)
+    assert isinstance(p._impl.model, OrtModule)
+    files = [str(spoken["root"] / name) for name, _ in spoken["rows"][:8]]
+    assert [o["text"] for o in p.predict(files)] == [t for _, t in spoken["rows"][:8]]
+    assert p.evaluate(spoken["manifest"])["cer"] == 0.0
+    for method in ("int8-dynamic", "bf16"):
+        q = quantize_run(run, method, quiet=True)
+        assert json.loads((q / "metrics.json").read_text(encoding="utf-8"))["test"]["cer"] <= 0.02, method
+        assert luban.load(q).predict(files[:1])[0]["text"] == spoken["rows"][0][1]
+
+
+@pytest.mark.parametrize("encoder", ["bigru", "conformer"])
+def test_encoders_export_to_onnx_for_any_batch_and_length(encoder, tmp_path):
+    """Traced on one padded batch, the ONNX graph matches PyTorch on batches of other sizes and lengths (the
+    Conformer's attention and the GRU's packed sequences follow the lengths given, not the traced ones)."""
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_onnx, parity
+    from luban.compress.onnx_predictor import OrtModule
+    from luban.config import validate
+    from luban.models.speech import CTCModel
+    from luban.tasks.speech import SpeechTask
+
+    spec = SpeechTask(validate(speech_config(tmp_path, "x", tmp_path / "x.csv"))).export_spec()
+    torch.manual_seed(0)
+    model = CTCModel(24, 5, encoder=encoder, conv_channels=4, hidden_size=16, num_layers=2, nhead=2).eval()
+    export_onnx(model, spec, (torch.randn(3, 41, 24), torch.tensor([41, 30, 9])), tmp_path / "m.onnx")
+    batches = [(torch.randn(5, 90, 24), torch.tensor([90, 13, 44, 90, 7])), (torch.randn(1, 12, 24), torch.tensor([12]))]
+    res = parity(model, OrtModule(tmp_path / "m.onnx", spec), batches)
+    assert res["max_abs_diff"] < 1e-4 and res["rows"] == 6
 
 
 @pytest.mark.parametrize("encoder", ["bigru", "conformer"])

@@ -81,7 +81,7 @@ def runtime_model(predictor, build: Callable[[], nn.Module]) -> nn.Module:
     if predictor.backend == "onnx":
         from luban.compress.onnx_predictor import OrtModule, onnx_path
 
-        return OrtModule(onnx_path(folder), predictor.export_spec().input_names)
+        return OrtModule(onnx_path(folder), predictor.export_spec())
     model = build()
     load_weights(model, folder)
     model = model.to(predictor.device).eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 import json
 import shutil
 import time
@@ -44,8 +45,28 @@ def _quiet():
 
 
 def example_batch(batches: list[tuple]) -> tuple:
-    """The batch to trace with: the widest (most columns), so sequence padding is inside the traced graph."""
-    return max(batches, key=lambda b: (b[0].shape[-1] if b[0].ndim > 1 else 0, b[0].shape[0]))
+    """The batch to trace with: the widest (largest rows: most tokens, frames), so sequence padding is inside the
+    traced graph; then the largest."""
+    return max(batches, key=lambda b: (b[0][0].numel() if b[0].ndim > 1 else 0, b[0].shape[0]))
+
+
+class OutputTuple(nn.Module):
+    """A model whose forward() returns a dict, as one returning a tuple in `names` order (what exporters trace)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *args):
+        out = self.model(*args)
+        return tuple(out[n] for n in self.names)
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    """A model's outputs as a list: one tensor, a tuple, or a dict (in its order)."""
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def export_onnx(module: nn.Module, spec, example: tuple, path: Path, opset: int = DEFAULT_OPSET,
@@ -102,11 +123,15 @@ def parity(reference: nn.Module, candidate, batches: list[tuple]) -> dict:
     """max |Δ| between the two models' outputs over `batches`, and how often their argmax agrees."""
     worst, scale, agree, rows, classes = 0.0, 0.0, 0, 0, False
     for b in batches:
-        ref = reference(*b).float()
-        out = candidate(*b).float()
-        worst = max(worst, float((ref - out).abs().max()))
-        scale = max(scale, float(ref.abs().max()))
-        classes = ref.ndim == 2 and ref.shape[1] > 1
+        refs, outs = _outputs(reference(*b)), _outputs(candidate(*b))
+        if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs, strict=False)):
+            raise ExportError(f"the export's outputs {[tuple(o.shape) for o in outs]} differ in shape from "
+                              f"PyTorch's {[tuple(r.shape) for r in refs]}")
+        for r, o in zip(refs, outs, strict=True):
+            worst = max(worst, float((r.float() - o.float()).abs().max()) if r.numel() else 0.0)
+            scale = max(scale, float(r.float().abs().max()) if r.numel() else 0.0)
+        ref, out = refs[0].float(), outs[0].float()
+        classes = len(refs) == 1 and ref.ndim == 2 and ref.shape[1] > 1
         agree += int((ref.argmax(-1) == out.argmax(-1)).sum()) if classes else 0
         rows += ref.shape[0]
     res = {"max_abs_diff": worst, "output_scale": scale, "rows": rows, "batches": len(batches)}
@@ -136,8 +161,8 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     cfg = run_config(run)
     t0 = time.perf_counter()
     task = prepared_task(cfg)
-    model = torch_model(task, run)
     spec = task.export_spec()
+    model = task.export_module(torch_model(task, run))
     batches = task.split_inputs("validation", samples, batch_size=16)
     if not batches:
         raise ExportError(f"{run}: no validation rows to check the export against")
@@ -152,7 +177,7 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
             path = tmp / ONNX_FILE
             exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
             check = batches if dynamic_axes else [example]
-            candidate = OrtModule(path, spec.input_names)
+            candidate = OrtModule(path, replace(spec, outputs_dict=False))
         else:
             path = tmp / "model.pt"
             export_torchscript(model, example, path)

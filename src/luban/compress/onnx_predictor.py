@@ -57,20 +57,26 @@ def session(path: Path, threads: int | None = None):
 
 
 class OrtModule(nn.Module):
-    """Called like the exported torch module: positional tensors in (named by the export's input names), the
-    first output back as a float tensor. Inputs the graph dropped (unused by the model) are not fed."""
+    """Called like the exported torch module: positional tensors in (named by the export's input names), and back
+    what the torch module returns — one float tensor, a tuple in the export's output order, or a dict by output name
+    (`spec.outputs_dict`). Inputs the graph dropped (unused by the model) are not fed."""
 
-    def __init__(self, path: Path, input_names: list[str], threads: int | None = None):
+    def __init__(self, path: Path, spec, threads: int | None = None):
         super().__init__()
         self.path = Path(path)
         self.session = session(self.path, threads)
-        self.input_names = list(input_names)
+        self.input_names = list(spec.input_names)
+        self.output_names = list(spec.output_names)
+        self.as_dict = spec.outputs_dict
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, *tensors: torch.Tensor):
         feed = {name: np.ascontiguousarray(t.detach().cpu().numpy())
                 for name, t in zip(self.input_names, tensors, strict=False) if name in self.graph_inputs}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        outs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        if self.as_dict:
+            return dict(zip(self.output_names, outs, strict=True))
+        return outs[0] if len(self.output_names) == 1 else tuple(outs[:len(self.output_names)])
 
     def extra_repr(self) -> str:
         return str(self.path)

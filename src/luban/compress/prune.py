@@ -41,6 +41,8 @@ def apply_pruning(model: nn.Module, amount: float, structured: bool = False) -> 
     modules = [m for _, m in prunable(model)]
     if not modules:
         raise ExportError(f"{type(model).__name__} has no Linear or Conv layers to prune")
+    for m in modules:  # channels-last conv weights: pruning flattens them with view()
+        m.weight.data = m.weight.data.contiguous()
     if structured:
         for m in modules:
             prune.ln_structured(m, "weight", amount=amount, n=2, dim=0)

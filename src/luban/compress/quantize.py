@@ -138,13 +138,13 @@ def quantize_run(run_dir, method: str, name: str | None = None, exclude_nodes: l
                     "note": "runs under bf16 autocast; pays on CPUs with AVX-512 BF16 / AMX"}
         else:
             fp32 = d.work / "fp32.onnx"
-            export_onnx(model, spec, example_batch(check), fp32, opset or DEFAULT_OPSET, True)
+            export_onnx(task.export_module(model), spec, example_batch(check), fp32, opset or DEFAULT_OPSET, True)
             calib = task.split_inputs("train", calibration_size, batch_size=16) if method == "int8-static" else None
             out = d.model_dir / ONNX_DIR / ONNX_FILE
             info = quantize_onnx(fp32, out, method, calib, spec.input_names, exclude_nodes, exclude_op_types,
                                  per_channel, calibration_method)
             fp32.unlink()
-            compressed = OrtModule(out, spec.input_names)
+            compressed = OrtModule(out, spec)
             info["backend"] = "onnx"
         par = parity(model, compressed, check)
         if method != "bf16":

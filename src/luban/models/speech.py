@@ -36,13 +36,37 @@ class ConvFrontEnd(nn.Module):
         return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key padding mask: nn.MultiheadAttention's parameters (same names, same
+    initialization, so its weights load), computed with scaled_dot_product_attention from the input's own shapes —
+    nn.MultiheadAttention's inference fast path traces to fixed shapes, which breaks ONNX export."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.dropout = nhead, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.nhead, d // self.nhead).transpose(1, 2)
+                   for z in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
 class ConformerBlock(nn.Module):
     def __init__(self, dim: int, nhead: int, dropout: float, kernel: int = 15):
         super().__init__()
         self.ff1 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout),
                                  nn.Linear(4 * dim, dim), nn.Dropout(dropout))
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, nhead, dropout=dropout, batch_first=True)
+        self.attn = SelfAttention(dim, nhead, dropout)
         self.conv_norm = nn.LayerNorm(dim)
         self.pointwise = nn.Conv1d(dim, 2 * dim, 1)
         self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
@@ -56,7 +80,7 @@ class ConformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         x = x + 0.5 * self.ff1(x)
         h = self.attn_norm(x)
-        x = x + self.drop(self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0])
+        x = x + self.drop(self.attn(h, pad))
         h = F.glu(self.pointwise(self.conv_norm(x).transpose(1, 2)), dim=1)
         h = h.masked_fill(pad[:, None, :], 0.0)  # the depthwise convolution must see zeros past the end
         h = self.conv_out(F.silu(self.conv_bn(self.depthwise(h))))

@@ -152,6 +152,7 @@ class ExportSpec:
     input_names: list[str]
     output_names: list[str] = field(default_factory=lambda: ["output"])
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    outputs_dict: bool = False  # forward() returns {output name: tensor} (traced through OutputTuple)
 
 
 class Task:
@@ -195,18 +196,29 @@ class Task:
     # compression hooks (luban.compress): export parity, calibration, pruning fine-tune, distillation. A task whose
     # predictor is `exportable` implements them, plus export_spec() and batch_logits(model, batch) (the model's raw
     # outputs for one training batch), usually on the mixin its Task and Predictor share.
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The module to trace: `model`, with dict outputs turned into a tuple in export_spec()'s output order."""
+        from luban.compress.export import OutputTuple
+
+        spec = self.export_spec()
+        return OutputTuple(model, spec.output_names) if spec.outputs_dict else model
+
     def split_inputs(self, split: str, limit: int | None = None, batch_size: int = 32) -> list[tuple]:
         """Batches of model inputs (tuples of tensors, forward()'s arguments) for a sample of a split's rows,
         preprocessed exactly as evaluate() does."""
         raise ExportError(f"export and compression are not supported for task {self.cfg.task}")
 
     def split_logits(self, model: nn.Module, split: str) -> torch.Tensor:
-        """The model's raw outputs (before softmax) for every row of a split, in row order."""
-        raise ExportError(f"export and compression are not supported for task {self.cfg.task}")
+        """The model's raw outputs (before softmax) for every row of a split, in row order (distillation)."""
+        raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
+
+    def batch_logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The model's raw outputs for one training batch (distillation)."""
+        raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
 
     def batch_labels(self, batch: dict) -> torch.Tensor:
         """The label ids of one training batch (distillation)."""
-        raise ExportError(f"distillation is not supported for task {self.cfg.task}")
+        raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
 
 
 class Predictor:

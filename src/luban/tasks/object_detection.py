@@ -20,8 +20,7 @@ from luban.data.images import decode_image, list_images
 from luban.errors import DataError
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
-from luban.tasks.base import Batches, Predictor, Task
-from luban.training.checkpoint import load_weights
+from luban.tasks.base import Batches, ExportSpec, Predictor, Task, sample_rows
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 META = "detector_meta.json"
@@ -104,7 +103,8 @@ class _DetectorUser:
         for i in range(0, len(images), bs):
             boxed = [det.letterbox(im, size) for im in images[i:i + bs]]
             x = self.to_tensor([b[0] for b in boxed]).to(self.device)
-            res = det.decode(model(x), model.output_stride, m.score_threshold, m.nms_iou, m.max_detections)
+            maps = {k: v.float() for k, v in model(x).items()}  # bf16 / ONNX runtimes included
+            res = det.decode(maps, m.output_stride, m.score_threshold, m.nms_iou, m.max_detections)
             for (_, lb_s), s0, (boxes, scores, labels), im in zip(boxed, scales[i:i + bs], res, images[i:i + bs]):
                 b = boxes.numpy() / (lb_s * s0)  # letterbox and cache scale -> original pixels
                 h, w = im.shape[0] / s0, im.shape[1] / s0
@@ -112,6 +112,11 @@ class _DetectorUser:
                 b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
                 out.append((b, scores.numpy(), labels.numpy()))
         return out
+
+    def export_spec(self) -> ExportSpec:
+        maps = {0: "batch", 2: "rows", 3: "columns"}
+        return ExportSpec(["pixels"], ["heatmap", "wh", "offset"],
+                          {"pixels": {0: "batch"}, "heatmap": maps, "wh": maps, "offset": maps}, outputs_dict=True)
 
 
 def draw_boxes(image: np.ndarray, boxes, labels: list[str], scores=None, color=(230, 40, 40), base=None):
@@ -247,7 +252,7 @@ class ObjectDetectionTask(Task, _DetectorUser):
         dev = self.device
         out = model(batch["images"].to(dev))
         return det.detection_loss(out, batch["heatmap"].to(dev), batch["boxes"].to(dev), batch["weight"].to(dev),
-                                  model.output_stride, giou_weight=self.cfg.model.giou_weight)
+                                  self.cfg.model.output_stride, giou_weight=self.cfg.model.giou_weight)
 
     # evaluation ----------------------------------------------------------------------------------
     def evaluate(self, model, split, detailed=False):
@@ -261,6 +266,13 @@ class ObjectDetectionTask(Task, _DetectorUser):
 
     def baseline(self):
         return None
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        """Letterboxed, normalized images (what detect() feeds the model) for a sample of a split."""
+        images, size = self.data[split].images, self.cfg.preprocessing.image.size
+        rows = sample_rows(len(images), limit, self.cfg.seed)
+        return [(self.to_tensor([det.letterbox(images[j], size)[0] for j in rows[i:i + batch_size]]),)
+                for i in range(0, len(rows), batch_size)]
 
     def save(self, folder, model):
         (folder / "labels.json").write_text(json.dumps(self.labels, ensure_ascii=False), encoding="utf-8")
@@ -305,15 +317,14 @@ def _f(v):
 class ObjectDetectionPredictor(Predictor, _DetectorUser):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "object_detection"
+    exportable = True
 
-    def __init__(self, cfg, folder, device):
-        super().__init__(cfg, folder, device)
+    def __init__(self, cfg, folder, device, backend="torch"):
+        super().__init__(cfg, folder, device, backend)
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         self.labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
         self.mean, self.std = meta["mean"], meta["std"]
-        self.model = build_detector(cfg, len(self.labels))
-        load_weights(self.model, folder)
-        self.model.to(device).eval()
+        self.model = self.load_model(lambda: build_detector(cfg, len(self.labels)))
 
     def read_inputs(self, path):
         return [str(p) for p in list_images(Path(path))]

@@ -24,12 +24,12 @@ from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spe
 from luban.data.batching import epoch_batches
 from luban.data.cleaning import normalize_text
 from luban.data.readers import LINE, read_table, resolve_column
-from luban.errors import ConfigError, DataError
+from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.asr import asr_metrics, utterance_errors
 from luban.evaluate.metrics import classification_with_worst
 from luban.generation.ctc import decode
-from luban.tasks.base import Batches, LabelMap, Predictor, Task, run_model, split_labelled, to_device
-from luban.training.checkpoint import load_weights
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, run_model, sample_rows, split_labelled,
+                              to_device)
 
 SPLITS = ("train", "validation", "test")
 
@@ -274,11 +274,45 @@ class SpeechTask(Task):
         if self.hf is not None:
             return self.hf.loss(model, batch)
         if not self.asr:
-            return F.cross_entropy(_forward(model, batch).float(), batch["y"],
+            return F.cross_entropy(self.batch_logits(model, batch), batch["y"],
                                    label_smoothing=self.cfg.trainer.label_smoothing)
         log_probs, out_len = _forward(model, batch)
         return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_len, batch["target_lengths"],
                           blank=0, zero_infinity=True)
+
+    # export ----------------------------------------------------------------------------------------------
+    def export_spec(self) -> ExportSpec:
+        if self.hf is not None:
+            raise ExportError("export and compression cover speech models trained from scratch (model.type ctc or "
+                              "classifier); a pretrained_speech run's backbone is a Hugging Face model")
+        feats, batch = {0: "batch", 1: "frames"}, {0: "batch"}
+        if self.asr:
+            return ExportSpec(["features", "lengths"], ["log_probs", "output_lengths"],
+                              {"features": feats, "lengths": batch, "log_probs": {0: "batch", 1: "steps"},
+                               "output_lengths": batch})
+        return ExportSpec(["features", "lengths"], ["logits"], {"features": feats, "lengths": batch, "logits": batch})
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        """(log-mel features, lengths) batches, padded as evaluate() pads them, for a sample of a split."""
+        self.export_spec()
+        feats = self.sets[split].feats
+        rows = sample_rows(len(feats), limit, self.cfg.seed)
+        return [collate_features([feats[j] for j in rows[i:i + batch_size]]) for i in range(0, len(rows), batch_size)]
+
+    def split_logits(self, model, split):
+        if self.asr or self.hf is not None:
+            return super().split_logits(model, split)
+        return run_model(model, self._batches(split, 0, train=False), self.batch_logits, len(self.sets[split]))
+
+    def batch_logits(self, model, batch):
+        if self.asr or self.hf is not None:
+            return super().batch_logits(model, batch)
+        return _forward(model, to_device(batch, self.device)).float()
+
+    def batch_labels(self, batch):
+        if self.asr or self.hf is not None:
+            return super().batch_labels(batch)
+        return batch["y"].to(self.device)
 
     # evaluation ------------------------------------------------------------------------------------------
     def transcribe(self, model, batches: Batches, n: int) -> tuple[list[str], float]:
@@ -383,9 +417,10 @@ def worst_utterances(data: AudioSet, refs: list[str], hyps: list[str], k: int, d
 
 class SpeechPredictor(Predictor):
     input_kind = "audio"  # what the server sends predict(): see luban.Predictor.capabilities
+    exportable = True
 
-    def __init__(self, cfg, folder, device):
-        super().__init__(cfg, folder, device)
+    def __init__(self, cfg, folder, device, backend="torch"):
+        super().__init__(cfg, folder, device, backend)
         self.task = cfg.task
         self.impl = SpeechTask(cfg, folder / "hf" if cfg.model.type == "pretrained_speech" else None)
         self.impl.device = device
@@ -399,9 +434,10 @@ class SpeechPredictor(Predictor):
             else:
                 self.impl.labels = LabelMap.load(folder)
                 n = len(self.impl.labels.labels)
-            self.model = build_speech_model(cfg, n)
-            load_weights(self.model, folder)
-            self.model.to(device).eval()
+            self.model = self.load_model(lambda: build_speech_model(cfg, n))
+
+    def export_spec(self) -> ExportSpec:
+        return self.impl.export_spec()
 
     def _waves(self, inputs) -> list[np.ndarray]:
         audio_cfg = self.cfg.preprocessing.audio
