@@ -55,3 +55,23 @@ def tsv_folder_overrides(data) -> list[str]:
     text_col = next(c for c in ("text_a", "sentence", "text") if c in header)
     return [f"data.train={data / 'train.tsv'}", f"data.validation={data / 'dev.tsv'}",
             f"data.test={data / 'test.tsv'}", f"data.columns.text={text_col}", "data.columns.label=label"]
+
+
+def compressed_figures(run: Path, data, methods=("int8-dynamic",), latency_rows: int = 50) -> dict:
+    """`luban export` + `luban compress --quantize METHOD` of a finished run, then `luban benchmark` of the fp32
+    PyTorch model, its ONNX export and each compressed run on `data` (end to end: preprocessing included).
+    Returns {name: {backend, size_mb, latency_p50_ms, throughput, score}} and the export's parity."""
+    from luban.compress.bench import benchmark_run
+    from luban.compress.export import export_run
+    from luban.compress.quantize import quantize_run
+
+    run = Path(run)
+    rows = {"fp32-torch": benchmark_run(run, data, latency_rows=latency_rows, backend="torch")}
+    parity = export_run(run, quiet=True)["parity"]
+    rows["fp32-onnx"] = benchmark_run(run, data, latency_rows=latency_rows)
+    for method in methods:
+        rows[method] = benchmark_run(quantize_run(run, method, overwrite=True, quiet=True), data,
+                                     latency_rows=latency_rows)
+    keep = ("backend", "size_mb", "latency_p50_ms", "throughput", "metric", "score")
+    return {"export_max_abs_diff": parity["max_abs_diff"],
+            **{name: {k: r[k] for k in keep} for name, r in rows.items()}}

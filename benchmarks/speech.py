@@ -8,7 +8,8 @@ shipped example config (examples/fsdd_digits_ctc.yaml, a CTC model from scratch)
 - connected digits: 3-6 recordings of one speaker concatenated with 50-300 ms pauses (training utterances only from
   training recordings, test only from test recordings; 1,500 / 500 by default), transcript = the digit string ->
   cer (15 epochs).
-Last line: one JSON object.
+`--compress` also exports the isolated-digit run to ONNX, quantizes it (int8 dynamic, bf16) and benchmarks each end
+to end on the test recordings: size, latency, utterances/s, CER. Last line: one JSON object.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_figures, train_run, work_dir  # noqa: E402
+from _common import compressed_figures, emit, run_figures, train_run, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,8 +72,8 @@ def train(config: str, work: Path, name: str, train_rows, test_rows, extra: list
     overrides = [f"data.train={write_manifest(work / f'{name}_train.csv', train_rows)}",
                  f"data.test={write_manifest(work / f'{name}_test.csv', test_rows)}",
                  "data.columns.audio=audio", "data.columns.text=text", "data.label_pattern=null"] + extra
-    _, m, total = train_run(config, overrides, out=work / "runs", name=name)
-    return m, total
+    run, m, total = train_run(config, overrides, out=work / "runs", name=name)
+    return run, m, total
 
 
 def main():
@@ -84,6 +85,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="extra overrides for both runs")
     ap.add_argument("--connected-set", action="append", default=[], help="extra overrides for the connected run")
     ap.add_argument("--only", choices=["isolated", "connected"], help="run one of the two parts")
+    ap.add_argument("--compress", action="store_true", help="also export the isolated-digit run to ONNX, quantize "
+                    "it to int8 and bf16, and benchmark each on its test set (`compressed` in the JSON line)")
     a = ap.parse_args()
 
     folder = Path(a.data).resolve()
@@ -92,16 +95,18 @@ def main():
     iso = {s: [(str(p), p.stem.split("_")[0]) for p in files] for s, files in rec.items()}
     result = {"dataset": "fsdd", "config": Path(a.config).name, "train_seconds": 0.0}
     if a.only != "connected":
-        m_iso, t_iso = train(a.config, work, "isolated", iso["train"], iso["test"], a.set)
+        run_iso, m_iso, t_iso = train(a.config, work, "isolated", iso["train"], iso["test"], a.set)
         result.update(digit_accuracy=round(m_iso["test"]["exact_match"], 4),
                       isolated_cer=round(m_iso["test"]["cer"], 4), isolated=run_figures(m_iso, t_iso),
                       isolated_test_utterances=len(iso["test"]))
         result["train_seconds"] += m_iso["timings"]["train_seconds"]
+        if a.compress:
+            result["compressed"] = compressed_figures(run_iso, work / "isolated_test.csv", ("int8-dynamic", "bf16"))
     if a.only != "isolated":
         con_train = connected(rec["train"], a.connected_train, work / "connected_train", seed=0)
         con_test = connected(rec["test"], a.connected_test, work / "connected_test", seed=1)
         # each connected utterance holds ~4.5 digits: half the isolated run's epochs see more digits in total
-        m_con, t_con = train(a.config, work, "connected", con_train, con_test,
+        _, m_con, t_con = train(a.config, work, "connected", con_train, con_test,
                              ["trainer.epochs=15"] + a.set + a.connected_set)
         result.update(cer=round(m_con["test"]["cer"], 4),
                       connected_utterance_error=round(1 - m_con["test"]["exact_match"], 4),

@@ -16,7 +16,7 @@ import torch
 
 from luban.config import RunConfig
 from luban.data.boxes import Annotated, clip_boxes, read_annotations
-from luban.data.images import decode_image, list_images
+from luban.data.images import IMAGE_SUFFIXES, decode_image, list_images
 from luban.errors import DataError
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
@@ -327,7 +327,12 @@ class ObjectDetectionPredictor(Predictor, _DetectorUser):
         self.model = self.load_model(lambda: build_detector(cfg, len(self.labels)))
 
     def read_inputs(self, path):
-        return [str(p) for p in list_images(Path(path))]
+        """Images: one file, a folder of them, or the images an annotation file (CSV / COCO JSON) lists."""
+        path = Path(path)
+        if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+            items = read_annotations(path, self.cfg.data.annotation_format, self.cfg.data.image_root)
+            return [str(it.path) for it in items]
+        return [str(p) for p in list_images(path)]
 
     def predict(self, inputs, draw: str | Path | None = None, **_) -> list[dict]:
         if isinstance(inputs, (str, Path)):
