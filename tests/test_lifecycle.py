@@ -97,6 +97,24 @@ def test_conditional_space_and_bad_paths(tmp_path, linear_data):
         assert ("model.dropout" in t.params) == t.params["model.batch_norm"]
 
 
+@pytest.mark.parametrize("best, noise", [(0.94, True), (0.96, False)])
+def test_a_gain_within_the_validation_noise_is_flagged(best, noise):
+    """ChnSentiCorp's case: your config 0.9383 on 1,200 validation rows has a sampling error of
+    sqrt(0.9383 * 0.0617 / 1200) = 0.00695, so a best of 0.9400 (+2 rows) is within noise; 0.9600 is not."""
+    import optuna
+
+    from luban.lifecycle.tune import _noise_note, _start_summary
+
+    study = optuna.create_study(direction="maximize")
+    for value, attrs in ((0.9383, {"start": "config", "validation_rows": 1200}), (best, {"validation_rows": 1200})):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs, params={}, distributions={}))
+    s = _start_summary(study, study.trials, "accuracy")
+    assert s["start_trial"] == 0 and s["start_gain"] == pytest.approx(best - 0.9383)
+    assert s["validation_se"] == pytest.approx(0.00695, abs=1e-5) and s["within_noise"] is noise
+    assert ("within twice the validation set's sampling error (±0.0069 on 1200 rows)" in _noise_note(s)) is noise
+    assert "validation_se" not in _start_summary(study, study.trials, "rmse")  # not a proportion
+
+
 def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
     import optuna
 
@@ -118,6 +136,7 @@ def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["start_trial"] == 0 and summary["start_value"] == study.trials[0].value  # to compare with
     assert f"your config (trial 0) {study.trials[0].value:.4f}" in (out / "report.html").read_text()
+    assert summary["start_gain"] == pytest.approx(abs(study.best_value - study.trials[0].value))
     from luban.config import SearchConfig
 
     point, outside = config_point({"trainer": {"lr": 0.5}}, SearchConfig(space=space).space)
