@@ -50,10 +50,8 @@ def test_onnx_export_parity_and_backend(text_run, trained_text_run, capsys):
     meta = json.loads((text_run / "model" / "onnx" / "export.json").read_text())
     assert meta["parity"]["max_abs_diff"] < 1e-4 and meta["parity"]["rows"] > 0
     assert meta["dynamic_axes"] and meta["opset"] == 17
-    assert luban.load(text_run).backend == meta["prefer"]  # the runtime export measured faster
-    assert meta["prefer"] == ("onnx" if meta["speed"]["onnx_ms"] <= meta["speed"]["torch_ms"] else "torch")
-    assert "luban.load uses" in out
-    p = luban.load(text_run, backend="onnx")
+    p = luban.load(text_run)
+    assert p.backend == "onnx"
     onnx_preds = p.predict(TEXTS)
     assert [r["label"] for r in onnx_preds] == [r["label"] for r in torch_preds]
     assert torch.allclose(_probs(onnx_preds), _probs(torch_preds), atol=1e-5)
@@ -98,7 +96,8 @@ def test_onnx_parity_tiny_cnn(digits_cnn):
     before = luban.load(digits_cnn).predict(images)
     meta = export_run(digits_cnn, "onnx", quiet=True)
     assert meta["parity"]["max_abs_diff"] < 1e-4
-    p = luban.load(digits_cnn, backend="onnx")
+    p = luban.load(digits_cnn)
+    assert p.backend == "onnx"
     after = p.predict(images)
     assert [r["label"] for r in after] == [r["label"] for r in before]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(after, before, strict=True)) < 1e-4
@@ -234,24 +233,6 @@ def test_distill_student_from_teacher(text_run, tmp_path):
     tab.write_text(yaml.safe_dump({"task": "tabular_classification", "data": {"builtin": "wine"}}))
     with pytest.raises(ExportError, match="differs from the teacher"):
         distill_run(tab, text_run, quiet=True)
-
-
-def test_default_backend_follows_the_export_speed_measurement(text_run):
-    """`luban.load` runs the export unless export.json says PyTorch was faster; a run with only ONNX runs ONNX."""
-    from luban.compress.export import export_run
-
-    export_run(text_run, "onnx", quiet=True)
-    path = text_run / "model" / "onnx" / "export.json"
-    meta = json.loads(path.read_text())
-    for prefer in ("torch", "onnx"):
-        path.write_text(json.dumps({**meta, "prefer": prefer}))
-        assert luban.load(text_run).backend == prefer
-        assert luban.load(text_run, backend="onnx").backend == "onnx"
-    path.write_text(json.dumps({k: v for k, v in meta.items() if k != "prefer"}))  # exported before "prefer"
-    assert luban.load(text_run).backend == "onnx"
-    path.write_text(json.dumps({**meta, "prefer": "torch"}))
-    (text_run / "model" / "model.safetensors").unlink()  # only the ONNX model left
-    assert luban.load(text_run).backend == "onnx"
 
 
 def test_export_unsupported_task_is_a_clear_error(tmp_path, capsys):

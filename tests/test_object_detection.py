@@ -271,7 +271,7 @@ def test_detector_exports_quantizes_and_prunes(det_run, tmp_path):
     before = luban.load(run).predict([image])[0]["boxes"]
     meta = export_run(run, quiet=True)
     assert meta["output_names"] == ["heatmap", "wh", "offset"] and meta["parity"]["max_abs_diff"] < 1e-3
-    onnx = luban.load(run, backend="onnx")
+    onnx = luban.load(run)
     assert onnx.capabilities()["backend"] == "onnx"
     after = onnx.predict([image])[0]["boxes"]
     assert [b["label"] for b in after] == [b["label"] for b in before]

@@ -150,7 +150,8 @@ def test_keyword_classifier_from_file_names(tmp_path):
     from luban.compress.quantize import quantize_run
 
     assert export_run(run, quiet=True)["parity"]["argmax_agreement"] == 1.0
-    onnx = luban.load(run, backend="onnx")
+    onnx = luban.load(run)
+    assert onnx.backend == "onnx"
     assert onnx.predict([str(folder / "no_3.wav")])[0]["probabilities"] == pytest.approx(out["probabilities"],
                                                                                          abs=1e-4)
     q = json.loads((quantize_run(run, "int8-dynamic", quiet=True) / "metrics.json").read_text(encoding="utf-8"))
@@ -287,7 +288,7 @@ def test_ctc_run_exports_quantizes_and_transcribes_on_onnx(ctc_run, spoken, tmp_
     run = Path(shutil.copytree(ctc_run, tmp_path / "runs" / "ctc"))
     meta = export_run(run, quiet=True)
     assert meta["output_names"] == ["log_probs", "output_lengths"] and meta["parity"]["max_abs_diff"] < 1e-4
-    p = luban.load(run, backend="onnx")
+    p = luban.load(run)
     assert isinstance(p._impl.model, OrtModule)
     files = [str(spoken["root"] / name) for name, _ in spoken["rows"][:8]]
     assert [o["text"] for o in p.predict(files)] == [t for _, t in spoken["rows"][:8]]

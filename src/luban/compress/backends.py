@@ -2,9 +2,7 @@
 
 `luban.load(run)` (and so `luban predict`, `evaluate`, `serve`) uses the ONNX export when the run has one
 (model/onnx/model.onnx, written by `luban export` or `luban compress --quantize int8-*`) and onnxruntime is
-installed — unless `luban export` measured PyTorch faster on the model (export.json "prefer": "torch") and the run
-still holds its PyTorch weights; `luban.load(run, backend="torch")` forces PyTorch, `backend="onnx"` insists on the
-export.
+installed; `luban.load(run, backend="torch")` forces PyTorch, `backend="onnx"` insists on the export.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ def compression_info(model_dir: Path) -> dict:
 
 
 def choose_backend(run_dir: Path, predictor_cls, backend: str = "auto") -> str:
-    from luban.compress.onnx_predictor import export_meta, has_onnx
+    from luban.compress.onnx_predictor import has_onnx
 
     if backend not in BACKENDS:
         raise RunError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
@@ -51,8 +49,6 @@ def choose_backend(run_dir: Path, predictor_cls, backend: str = "auto") -> str:
             how = compression_info(model_dir).get("method", "ONNX")
             raise RunError(f"{run_dir}: this run holds only an ONNX model ({how}); load it with backend='onnx' "
                            "(the default)")
-        return "torch"
-    if onnx and torch_weights and export_meta(model_dir).get("prefer") == "torch":
         return "torch"
     if onnx:
         try:

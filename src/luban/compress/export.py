@@ -140,16 +140,6 @@ def parity(reference: nn.Module, candidate, batches: list[tuple]) -> dict:
     return res
 
 
-@torch.no_grad()
-def forward_ms(module, batches: list[tuple]) -> float:
-    """Wall milliseconds of one pass of `module` over `batches`, after one warm-up batch."""
-    module(*batches[0])
-    t = time.perf_counter()
-    for b in batches:
-        module(*b)
-    return (time.perf_counter() - t) * 1000
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
@@ -206,12 +196,6 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
                 "torch": torch.__version__}
         if fmt == "onnx":
             meta["onnxruntime"] = require_onnxruntime().__version__
-            # which runtime `luban.load` picks by default: the faster on these batches (onnxruntime is not always:
-            # its bidirectional GRU with per-row lengths runs ~3x slower than PyTorch's at batch 16)
-            torch_ms, onnx_ms = forward_ms(model, check), forward_ms(candidate, check)
-            meta["speed"] = {"torch_ms": round(torch_ms, 2), "onnx_ms": round(onnx_ms, 2), "rows": par["rows"],
-                             "threads": torch.get_num_threads()}
-            meta["prefer"] = "onnx" if onnx_ms <= torch_ms else "torch"
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         del candidate
         _replace_dir(tmp, model_dir / sub)
@@ -226,11 +210,6 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
         print(f"exported {run} -> {model_dir / sub / path.name} ({meta['size_bytes'] / 2**20:.2f} MB, {exporter} "
               f"exporter)\nparity on {p['rows']} validation rows: max |Δ| {p['max_abs_diff']:.3g}"
               + (f", argmax agreement {p['argmax_agreement']:.4f}" if "argmax_agreement" in p else ""))
-        if "speed" in meta:
-            sp = meta["speed"]
-            print(f"speed on those rows: onnxruntime {sp['onnx_ms']:.1f} ms, PyTorch {sp['torch_ms']:.1f} ms -> "
-                  f"luban.load uses {'onnxruntime' if meta['prefer'] == 'onnx' else 'PyTorch'} by default "
-                  "(backend='onnx' or 'torch' to choose)")
         if hf:
             print(f"Hugging Face layout: {run / 'model' / HF_DIR}")
     return meta

@@ -18,21 +18,16 @@ def onnx_path(model_dir: Path) -> Path:
     return Path(model_dir) / ONNX_DIR / ONNX_FILE
 
 
-def export_meta(model_dir: Path) -> dict | None:
-    """export.json of the run's ONNX export, when the export is present and readable."""
-    path = onnx_path(model_dir)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads((path.parent / EXPORT_META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def has_onnx(model_dir: Path) -> bool:
     """An ONNX export luban's predictor can run: present, with dynamic batch/sequence axes."""
-    meta = export_meta(model_dir)
-    return meta is not None and bool(meta.get("dynamic_axes", True))
+    path = onnx_path(model_dir)
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads((path.parent / EXPORT_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("dynamic_axes", True))
 
 
 def require_onnxruntime():
