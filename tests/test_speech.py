@@ -212,7 +212,7 @@ def tiny_wav2vec2(tmp_path_factory) -> Path:
     return folder
 
 
-def test_pretrained_ctc_fine_tunes_and_reloads(tiny_wav2vec2, spoken, tmp_path):
+def test_pretrained_ctc_fine_tunes_and_reloads(tiny_wav2vec2, spoken, tmp_path, capsys):
     cfg = speech_config(tmp_path / "runs", "w2v", spoken["manifest"],
                         model={"type": "pretrained_speech", "path": str(tiny_wav2vec2),
                                "freeze_feature_encoder": False},
@@ -229,6 +229,9 @@ def test_pretrained_ctc_fine_tunes_and_reloads(tiny_wav2vec2, spoken, tmp_path):
                                                                                 "preprocessor_config.json"))
     out = luban.load(run).predict([str(spoken["root"] / spoken["rows"][0][0])])
     assert isinstance(out[0]["text"], str)
+    assert main(["compress", str(run), "--prune", "0.3"]) == 2  # export/compress: models trained from scratch
+    assert "pretrained_speech run's backbone is a Hugging Face model" in capsys.readouterr().err
+    assert not (run.parent / f"{run.name}-pruned30").exists()
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ def prepared_task(cfg: RunConfig, quiet: bool = True):
     if not getattr(PredictorCls, "exportable", False):
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
     task = TaskCls(cfg)
+    task.export_spec()  # a task may refuse one kind of its models (a pretrained speech backbone) before reading data
     out = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
         task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))

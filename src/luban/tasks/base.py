@@ -212,10 +212,6 @@ class Task:
         """The model's raw outputs (before softmax) for every row of a split, in row order (distillation)."""
         raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
 
-    def batch_logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The model's raw outputs for one training batch (distillation)."""
-        raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
-
     def batch_labels(self, batch: dict) -> torch.Tensor:
         """The label ids of one training batch (distillation)."""
         raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")

@@ -306,7 +306,8 @@ class SpeechTask(Task):
 
     def batch_logits(self, model, batch):
         if self.asr or self.hf is not None:
-            return super().batch_logits(model, batch)
+            raise ExportError(f"distillation is for classification tasks trained from scratch (not {self.cfg.task} "
+                              f"with model.type {self.cfg.model.type})")
         return _forward(model, to_device(batch, self.device)).float()
 
     def batch_labels(self, batch):
