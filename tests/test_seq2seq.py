@@ -275,6 +275,79 @@ def test_served_translation_batches_concurrent_requests(reversal_run):
     assert gen.sequence_steps > gen.forwards  # at least one predict() call answered several requests
 
 
+def _drain(batch, limit: int = 100) -> tuple[dict, dict, list]:
+    """Step a request batch to the end: each request's joined text, its events (or its error), and the sizes of
+    the forwards."""
+    texts, events, sizes = {}, {}, []
+    for _ in range(limit):
+        if batch.done:
+            break
+        for k, ev in batch.step():
+            events.setdefault(k, []).append(ev)
+            if not isinstance(ev, Exception):
+                texts[k] = texts.get(k, "") + ev["text"]
+        sizes += batch.forward_sizes
+    assert batch.done
+    return texts, events, sizes
+
+
+def test_batched_requests_stream_token_by_token_and_equal_their_answers_alone(reversal_run):
+    """Greedy requests with the same knobs advance together one token per step (each row's text streamed);
+    rows end apart (eos, a stop string, the length limit, a cancel); a seeded sampled request decodes alone, so
+    it gets its own draws; beam search is answered whole; a bad knob fails only its request."""
+    p = luban.load(reversal_run["run"])
+    greedy = {"num_beams": 1}
+    reqs = [{"prompt": "1 2 3 4", **greedy}, {"prompt": "5 6 7", **greedy}, {"prompt": "8 9 1 2 3 4", **greedy},
+            {"prompt": "2 4 6", **greedy, "stop": [" 4"]}, {"prompt": "1 2 3 4", **greedy, "max_new_tokens": 2},
+            {"prompt": "3 5 7", "num_beams": 1, "do_sample": True, "temperature": 1.5, "seed": 3},
+            {"prompt": "9 8 7", "num_beams": 2}, {"prompt": "1 2", "num_beams": 0}]
+    batch = p.stream_events_batch(reqs)
+    texts, events, sizes = _drain(batch)
+    for k, r in enumerate(reqs[:7]):
+        alone = p.generate_text(r["prompt"], **{x: v for x, v in r.items() if x != "prompt"})
+        assert texts[k] == alone["text"], (k, texts[k], alone)
+        assert events[k][-1]["finish_reason"] == alone["finish_reason"]
+        assert sum(e["finish_reason"] is not None for e in events[k]) == 1
+    assert len(events[0]) > 2 and events[0][0]["text"] and events[0][0]["token"] is not None  # streamed
+    assert len(events[6]) == 1 and events[6][0]["tokens"] == 3  # beam search: whole
+    assert isinstance(events[7][0], Exception) and "num_beams" in str(events[7][0])
+    assert max(sizes) == 3  # the three plain greedy requests shared each forward
+
+    batch = p.stream_events_batch([{"prompt": "1 2 3 4", **greedy}, {"prompt": "5 6 7 8", **greedy}])
+    first = dict(batch.step())
+    assert set(first) == {0, 1} and first[0]["finish_reason"] is None
+    batch.cancel(1)  # the client went away: no more events for it
+    texts, events, sizes = _drain(batch)
+    assert 1 not in events and first[0]["text"] + texts[0] == "4 3 2 1"
+    assert events[0][-1]["finish_reason"] == "eos"
+
+
+def test_served_translation_streams_when_decoding_greedily(reversal_run, tmp_path):
+    """With num_beams 1, a streamed completion arrives in several chunks that join to the plain answer."""
+    import shutil
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from luban.serve.app import create_app
+    from luban.serve.settings import ServeSettings
+
+    run = Path(shutil.copytree(reversal_run["run"], tmp_path / "rev1"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg["generation"]["num_beams"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    app = create_app(settings=ServeSettings(runs=[str(run)]))
+    with TestClient(app) as c:
+        plain = c.post("/v1/completions", json={"prompt": "1 2 3 4 5"}).json()
+        with c.stream("POST", "/v1/completions", json={"prompt": "1 2 3 4 5", "stream": True}) as r:
+            chunks = [json.loads(line[len("data: "):]) for line in r.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+    pieces = [ch["choices"][0]["text"] for ch in chunks if ch["choices"]]
+    assert plain["choices"][0]["text"] == "5 4 3 2 1"
+    assert "".join(pieces) == "5 4 3 2 1" and sum(1 for x in pieces if x) > 2
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_evaluate_file_and_cli(reversal_run, tmp_path, capsys):
     from luban.cli import main
 

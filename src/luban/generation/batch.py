@@ -362,15 +362,61 @@ class EventBatch:
             self.decoder.close()
 
 
-class WholeBatch:
-    """For models whose answers come whole (seq2seq: beam search, batched decoding by length): the requests queued
-    since the last step are answered together, one `predict(sources, **knobs)` call per set of identical knobs;
-    step() -> [(request index, {"text", "token": None, "finish_reason", "tokens"} or an exception)]. When a
-    shared call fails, its requests are answered one by one, so an error reaches only the request that caused it."""
+class _Group:
+    """Rows decoded together in lockstep (one iter_sample over their sources), each with its own TextTracker."""
 
-    def __init__(self, predict: Callable[..., list[dict]], requests: list[dict]):
-        self.predict = predict
+    def __init__(self, members: list[tuple[int, dict]], steps, trackers: list[TextTracker]):
+        self.members, self.steps, self.trackers = members, steps, trackers
+        self.ended: set[int] = set()  # rows finished or cancelled
+
+    @property
+    def done(self) -> bool:
+        return len(self.ended) == len(self.members)
+
+    def step(self) -> tuple[list[tuple[int, dict]], int]:
+        """One decoding step: each live row's event, and how many rows the forward advanced (0 once it ended)."""
+        try:
+            rows, tokens = next(self.steps)
+        except StopIteration:  # the length limit: what the rows still hold back comes out with the last event
+            out = [(self.members[r][0], {"text": self.trackers[r].rest(), "token": None, "finish_reason": "length"})
+                   for r in range(len(self.members)) if r not in self.ended]
+            self.ended.update(range(len(self.members)))
+            return out, 0
+        out = []
+        for r, token in zip(rows, tokens, strict=True):
+            if r in self.ended:
+                continue
+            piece, finish = self.trackers[r].push(token)
+            out.append((self.members[r][0], {"text": piece, "token": None if finish == "eos" else token,
+                                             "finish_reason": finish}))
+            if finish:
+                self.ended.add(r)
+        return out, len(rows)
+
+    def cancel(self, request: int) -> None:
+        self.ended.update(r for r, (k, _) in enumerate(self.members) if k == request)
+
+    def close(self) -> None:
+        self.steps.close()
+
+
+class GroupBatch:
+    """For models that decode a fixed batch (seq2seq): the requests queued since the last step are grouped by their
+    knobs (a request with its own seed decodes alone, so its draws are the ones it gets alone). A group decoded
+    greedily or by sampling streams: all its rows advance one token per step() in one forward, each row's text
+    through its own TextTracker (stop strings, held-back text), and rows that end leave the forward. A beam-search
+    group is answered whole by `predict` (one call per group). step() -> [(request index, {"text", "token",
+    "finish_reason"[, "tokens"]} or an exception)]. When opening a group fails, its requests are tried one by one, so
+    an error reaches only the request that caused it.
+
+    `open_stream(sources, knobs)` -> (iterator of (rows still running, their tokens), one TextTracker per source),
+    or None for knobs that decode by beam search; `predict(sources, **knobs)` -> one result dict per source."""
+
+    def __init__(self, open_stream: Callable[[list, dict], tuple | None], predict: Callable[..., list[dict]],
+                 requests: list[dict]):
+        self.open_stream, self.predict = open_stream, predict
         self.queue: list[tuple[int, dict]] = []
+        self.groups: list[_Group] = []
         self.n = 0
         self.forward_sizes: list[int] = []
         self.add(requests)
@@ -383,34 +429,59 @@ class WholeBatch:
 
     @property
     def done(self) -> bool:
-        return not self.queue
+        return not self.queue and not self.groups
 
     def step(self) -> list[tuple[int, dict | Exception]]:
-        queued, self.queue, self.forward_sizes = self.queue, [], []
+        self.forward_sizes = []
+        out: list[tuple[int, dict | Exception]] = []
+        queued, self.queue = self.queue, []
         groups: dict[str, tuple[dict, list[tuple[int, dict]]]] = {}
         for k, request in queued:
             knobs = {x: v for x, v in request.items() if x not in ("prompt", "messages")}
-            groups.setdefault(json.dumps(knobs, sort_keys=True, default=str), (knobs, []))[1].append((k, request))
-        out: list[tuple[int, dict | Exception]] = []
+            key = json.dumps(knobs, sort_keys=True, default=str) + (f"#{k}" if knobs.get("seed") is not None else "")
+            groups.setdefault(key, (knobs, []))[1].append((k, request))
         for knobs, members in groups.values():
             try:
-                out += self._answer(members, knobs)
+                out += self._open(members, knobs)
             except (LubanError, ValueError, TypeError):
                 for member in members:
                     try:
-                        out += self._answer([member], knobs)
+                        out += self._open([member], knobs)
                     except (LubanError, ValueError, TypeError) as e:
                         out.append((member[0], e))
+        for group in list(self.groups):
+            try:
+                events, n = group.step()
+            except (LubanError, ValueError, TypeError, RuntimeError) as e:
+                events, n = [(k, e) for r, (k, _) in enumerate(group.members) if r not in group.ended], 0
+                group.ended.update(range(len(group.members)))
+            out += events
+            if n:
+                self.forward_sizes.append(n)
+            if group.done:
+                group.close()
+                self.groups.remove(group)
         return out
 
-    def _answer(self, members: list[tuple[int, dict]], knobs: dict) -> list[tuple[int, dict]]:
-        results = self.predict([r.get("prompt") for _, r in members], **knobs)
+    def _open(self, members: list[tuple[int, dict]], knobs: dict) -> list[tuple[int, dict]]:
+        """Start a streaming group (its events come with the steps), or answer a beam-search group whole now."""
+        sources = [r.get("prompt") for _, r in members]
+        opened = self.open_stream(sources, knobs)
+        if opened is not None:
+            self.groups.append(_Group(members, *opened))
+            return []
+        results = self.predict(sources, **knobs)
         self.forward_sizes.append(len(members))
         return [(k, {"text": x["text"], "token": None, "finish_reason": x["finish_reason"], "tokens": x["tokens"]})
                 for (k, _), x in zip(members, results, strict=True)]
 
     def cancel(self, request: int) -> None:
         self.queue = [(k, r) for k, r in self.queue if k != request]
+        for group in self.groups:
+            group.cancel(request)
 
     def close(self) -> None:
         self.queue = []
+        for group in self.groups:
+            group.close()
+        self.groups = []

@@ -46,7 +46,7 @@ from luban.data.tokenizers import (
 from luban.errors import ConfigError, DataError
 from luban.evaluate import text_metrics as tm
 from luban.generation.beam import beam_search, iter_sample, sample
-from luban.generation.decoding import _held_back
+from luban.generation.decoding import GenerationConfig, TextTracker
 from luban.tasks.base import Batches, Predictor, Task, read_file, to_device
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
@@ -570,11 +570,26 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
         return self.predict([prompt], **knobs)[0]
 
     def stream_events_batch(self, requests: list[dict]):
-        """Several requests ({"prompt": source, knobs...}) for `luban serve`: those queued together are decoded in
-        one predict() call per set of identical knobs; each answer comes whole (luban.generation.batch)."""
-        from luban.generation.batch import WholeBatch
+        """Several requests ({"prompt": source, knobs...}) for `luban serve`: those queued together with the same
+        knobs are decoded together; greedy and sampled groups stream token by token, beam search answers whole
+        (luban.generation.batch.GroupBatch)."""
+        from luban.generation.batch import GroupBatch
 
-        return WholeBatch(self.predict, requests)
+        return GroupBatch(self.open_stream, self.predict, requests)
+
+    def open_stream(self, sources: list[str], knobs: dict):
+        """Greedy or sampled decoding of `sources` in lockstep: (iterator of (rows still running, their next
+        tokens), one TextTracker per source); None when the knobs decode by beam search (no partial output)."""
+        s = self.settings(knobs)
+        if s.num_beams > 1 and not self._sampling(s):
+            return None
+        model = self.model.eval()
+        with torch.no_grad():
+            start, state = self._start(model, self.sides.encode_sources(self._sources(sources)))
+        steps = iter_sample(self._step(model), start, self._max_new(model, s), self.sides.eos_id, state=state,
+                            **self._sample_options(model, s))
+        text = GenerationConfig(stop=tuple(s.stop), eos_token_id=self.sides.eos_id)
+        return steps, [TextTracker(text, self.sides.decode) for _ in sources]
 
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
         """How many tokens the encoder reads for a source text (usage counts in `luban serve`)."""
@@ -582,31 +597,19 @@ class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
 
     def stream_text(self, prompt: str, **knobs):
         """The output for one source, piece by piece as tokens are decoded (beam search yields it whole)."""
-        s = self.settings(knobs)
-        if s.num_beams > 1 and not self._sampling(s):
+        opened = self.open_stream([prompt], knobs)
+        if opened is None:
             yield self.generate_text(prompt, **knobs)["text"]
             return
-        model = self.model
-        start, state = self._start(model, self.sides.encode_sources(self._sources([prompt])))
-        ids, emitted = [], 0
-        with torch.no_grad():
-            for _, (token,) in iter_sample(self._step(model), start, self._max_new(model, s), self.sides.eos_id,
-                                           state=state, **self._sample_options(model, s)):
-                if token == self.sides.eos_id:
-                    break
-                ids.append(token)
-                text = self.sides.decode(ids)
-                cuts = [i for i in (text.find(x) for x in s.stop) if i >= 0]
-                if cuts:
-                    yield text[emitted:max(emitted, min(cuts))]
-                    return
-                safe = len(text) - _held_back(text, s.stop)  # could still become a stop string or a character
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-        text = self.sides.decode(ids)
-        if len(text) > emitted:
-            yield text[emitted:]
+        steps, (tracker,) = opened
+        for _, (token,) in steps:
+            piece, finish = tracker.push(token)
+            if piece:
+                yield piece
+            if finish:
+                return
+        if tracker.rest():
+            yield tracker.rest()
 
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))
