@@ -87,6 +87,51 @@ def test_cli_generate_plain_stream_and_json(corpus_run, capsys):
     assert "top_p" in capsys.readouterr().err
 
 
+def test_gpt_from_scratch_exports_as_hf_gpt2_that_transformers_runs(corpus_run, tmp_path, capsys):
+    """`luban export --format hf`: the char GPT becomes a GPT-2 folder; transformers' own model and tokenizer,
+    loaded from it offline, give the same greedy continuation as luban."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = Path(shutil.copytree(corpus_run["run"], tmp_path / "lm"))
+    assert main(["export", str(run), "--format", "hf"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "Hugging Face layout" in out and "tokenizer ids equal" in out
+    hf_dir = run / "model" / "hf"
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    ids = tok("the cat", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+    text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+    assert text == luban.load(run).generate_text("the cat", temperature=0, max_new_tokens=16)["text"]
+    assert text == " sat on the mat. "[:16]
+
+
+def test_hf_export_refuses_what_has_no_gpt2_counterpart(tmp_path):
+    from luban.compress.export import export_hf_run
+    from luban.models.gpt import GPT, GPTSizes
+    from luban.models.gpt_hf import to_gpt2
+
+    with pytest.raises(LubanError, match="rotary positions .* no GPT-2 counterpart"):
+        to_gpt2(GPT(GPTSizes(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="rope")), {})
+    train = tmp_path / "t.txt"
+    train.write_text(CORPUS, encoding="utf-8")
+    run = luban.train(lm_config(tmp_path / "runs", "w", train, preprocessing={"tokenizer": {"type": "jieba"}},
+                                trainer={"epochs": 1, "steps_per_epoch": 2}), quiet=True)
+    with pytest.raises(LubanError, match="a jieba tokenizer has no Hugging Face counterpart"):
+        export_hf_run(run, quiet=True)
+    assert not (run / "model" / "hf").exists() and not (run / "model" / ".hf.tmp").exists()
+    bpe = luban.train(lm_config(tmp_path / "runs", "b", train, trainer={"epochs": 1, "steps_per_epoch": 2},
+                                preprocessing={"tokenizer": {"type": "byte_bpe", "vocab_size": 300}},
+                                model={"bias": False, "tie_weights": False}), quiet=True)
+    meta = export_hf_run(bpe, quiet=True)  # a trained byte-level BPE travels as is; no biases -> zero biases
+    assert meta["parity"]["tokenizer_ids_equal"] and meta["parity"]["decoded_equal"]
+    assert meta["parity"]["max_abs_diff"] < 1e-4
+
+
 def test_byte_bpe_corpus_folder_and_rope(tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()

@@ -153,8 +153,10 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     from luban.compress.onnx_predictor import OrtModule, require_onnxruntime
     from luban.compress.runs import file_bytes, prepared_task, run_config, torch_model
 
+    if fmt == "hf":
+        return export_hf_run(run_dir, quiet)
     if fmt not in ("onnx", "torchscript"):
-        raise ExportError(f"--format must be onnx or torchscript (got {fmt!r})")
+        raise ExportError(f"--format must be onnx, torchscript or hf (got {fmt!r})")
     if fmt == "onnx":
         require_onnxruntime()
     run = check_finished(run_dir)
@@ -212,6 +214,53 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
               + (f", argmax agreement {p['argmax_agreement']:.4f}" if "argmax_agreement" in p else ""))
         if hf:
             print(f"Hugging Face layout: {run / 'model' / HF_DIR}")
+    return meta
+
+
+def export_hf_run(run_dir, quiet: bool = False) -> dict:
+    """`luban export RUN --format hf`: the run's model in Hugging Face `save_pretrained` layout (model/hf/), where
+    the task has one (a GPT trained from scratch becomes a GPT-2; HF-backbone runs are saved as their backbone's
+    class), loaded back with transformers and checked when the task says how (max |Δ| of the logits)."""
+    from luban.compress.runs import file_bytes, run_config
+    from luban.predictor import load
+
+    run = check_finished(run_dir)
+    t0 = time.perf_counter()
+    impl = load(run, device="cpu", backend="torch")._impl
+    final = run / "model" / HF_DIR
+    tmp = run / "model" / f".{HF_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        with _quiet():
+            done = impl.export_hf(tmp)
+        if not done:
+            if (final / "config.json").is_file():  # a pretrained backbone's run keeps it there from training
+                meta = {"format": "hf", "folder": str(final), "written": False}
+                if not quiet:
+                    print(f"{run} already holds its model in Hugging Face layout: {final}")
+                return meta
+            raise ExportError(f"{run}: this model ({run_config(run).model.type}) has no Hugging Face layout; "
+                              "`luban export --format onnx` writes a standalone graph")
+        check = getattr(impl, "check_hf", None)
+        with _quiet():
+            par = check(tmp) if check is not None else None
+        if par is not None:
+            tol = PARITY_TOLERANCE * 10  # logits, not probabilities: an absolute 1e-2 on values of order 10
+            if par["max_abs_diff"] > tol or not par.get("tokenizer_ids_equal", True):
+                raise ExportError(f"the Hugging Face export does not match luban's model: max |Δ| of the logits "
+                                  f"{par['max_abs_diff']:.3g}, tokenizer ids equal: {par.get('tokenizer_ids_equal')}")
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"format": "hf", "folder": str(final), "written": True, "parity": par, "size_bytes": file_bytes(final),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    if not quiet:
+        print(f"exported {run} -> {final} (Hugging Face layout, {meta['size_bytes'] / 2**20:.2f} MB)")
+        if par is not None:
+            print(f"loaded back with transformers: max |Δ| of the logits {par['max_abs_diff']:.3g}, tokenizer ids "
+                  f"{'equal' if par.get('tokenizer_ids_equal') else 'DIFFERENT'}")
     return meta
 
 
