@@ -110,13 +110,13 @@ def test_gpt_from_scratch_exports_as_hf_gpt2_that_transformers_runs(corpus_run, 
     assert text == " sat on the mat. "[:16]
 
 
-def test_hf_export_refuses_what_has_no_gpt2_counterpart(tmp_path):
-    from luban.compress.export import export_hf_run
-    from luban.models.gpt import GPT, GPTSizes
-    from luban.models.gpt_hf import to_gpt2
+def test_hf_export_of_rope_bpe_and_what_has_no_counterpart(tmp_path):
+    """A RoPE GPT with a byte-level BPE and no biases exports as GPT-NeoX (its heads' channels reordered for
+    rotate-half) with the BPE as is; a jieba vocabulary has no HF tokenizer and leaves nothing behind."""
+    from transformers import AutoModelForCausalLM
 
-    with pytest.raises(LubanError, match="rotary positions .* no GPT-2 counterpart"):
-        to_gpt2(GPT(GPTSizes(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="rope")), {})
+    from luban.compress.export import export_hf_run
+
     train = tmp_path / "t.txt"
     train.write_text(CORPUS, encoding="utf-8")
     run = luban.train(lm_config(tmp_path / "runs", "w", train, preprocessing={"tokenizer": {"type": "jieba"}},
@@ -126,10 +126,12 @@ def test_hf_export_refuses_what_has_no_gpt2_counterpart(tmp_path):
     assert not (run / "model" / "hf").exists() and not (run / "model" / ".hf.tmp").exists()
     bpe = luban.train(lm_config(tmp_path / "runs", "b", train, trainer={"epochs": 1, "steps_per_epoch": 2},
                                 preprocessing={"tokenizer": {"type": "byte_bpe", "vocab_size": 300}},
-                                model={"bias": False, "tie_weights": False}), quiet=True)
-    meta = export_hf_run(bpe, quiet=True)  # a trained byte-level BPE travels as is; no biases -> zero biases
+                                model={"bias": False, "tie_weights": False, "positions": "rope"}), quiet=True)
+    meta = export_hf_run(bpe, quiet=True)
     assert meta["parity"]["tokenizer_ids_equal"] and meta["parity"]["decoded_equal"]
-    assert meta["parity"]["max_abs_diff"] < 1e-4
+    assert meta["parity"]["max_abs_diff"] < 1e-4  # logits on sequences up to the whole window
+    hf = AutoModelForCausalLM.from_pretrained(str(bpe / "model" / "hf"), local_files_only=True)
+    assert type(hf).__name__ == "GPTNeoXForCausalLM"
 
 
 def test_byte_bpe_corpus_folder_and_rope(tmp_path):

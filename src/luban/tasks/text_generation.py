@@ -589,24 +589,24 @@ class TextGenerationPredictor(Predictor):
         return self.generator.run(prompt, **knobs)
 
     def export_hf(self, folder) -> bool:
-        """A GPT trained from scratch as a Hugging Face GPT-2 folder (model + tokenizer); runs of pretrained causal
-        LMs already hold theirs in model/hf (False: nothing to write)."""
+        """A GPT trained from scratch as a Hugging Face GPT-2 (learned positions) or GPT-NeoX (RoPE) folder, model and
+        tokenizer; runs of pretrained causal LMs already hold theirs in model/hf (False: nothing to write)."""
         if self.cfg.model.type != "gpt":
             return False
-        from luban.models.gpt_hf import hf_tokenizer, to_gpt2
+        from luban.models.gpt_hf import hf_tokenizer, to_hf
 
         enc = self.encoder
-        hf = to_gpt2(self.model.float(), {"bos": enc.bos_id, "eos": enc.eos_id, "pad": enc.pad_id})
+        hf = to_hf(self.model.float(), {"bos": enc.bos_id, "eos": enc.eos_id, "pad": enc.pad_id})
         hf.generation_config.eos_token_id = enc.eos_id
         hf.save_pretrained(str(folder))
         hf_tokenizer(enc).save_pretrained(str(folder))
         return True
 
     def check_hf(self, folder) -> dict:
-        """The export loaded back with transformers against this model: logits and tokenizer (gpt_hf.check_gpt2)."""
-        from luban.models.gpt_hf import check_gpt2
+        """The export loaded back with transformers against this model: logits and tokenizer (gpt_hf.check_hf_export)."""
+        from luban.models.gpt_hf import check_hf_export
 
-        return check_gpt2(self.model, folder, self.encoder)
+        return check_hf_export(self.model, folder, self.encoder)
 
     def stream_text(self, prompt: str, **knobs):
         return self.generator.stream(prompt, **knobs)
