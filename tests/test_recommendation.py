@@ -308,6 +308,54 @@ def test_sequential_models_learn_what_comes_next(tmp_path, model):
     p = luban.load(run)
     nxt = p.recommend("someone-new", k=1, history="i3,i4,i5")           # unknown user: the model reads history
     assert nxt["strategy"] == "history" and nxt["items"][0]["item"] == "i6"
+    from luban.compress.export import export_embeddings_run
+
+    meta = export_embeddings_run(run, quiet=True)  # each user's history encoded: the vectors rank as the model does
+    assert meta["users"] == 60 and meta["dim"] == 16 and meta["parity"]["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("name", ["bpr", "bpr_nobias", "mf", "sasrec", "gru4rec", "popularity"])
+def test_scores_factorize_into_user_and_item_vectors(name):
+    """score(q) == queries @ catalogue.T: what an inner-product vector search reproduces (an explicit MF's mean
+    and biases ride in two extra dimensions; an unknown user gets mean + item bias)."""
+    from luban.models import recsys
+
+    torch.manual_seed(0)
+    model = {"bpr": lambda: recsys.BPR(5, 9, 4), "bpr_nobias": lambda: recsys.BPR(5, 9, 4, item_bias=False),
+             "mf": lambda: recsys.ExplicitMF(5, 9, 4),
+             "sasrec": lambda: recsys.SASRec(9, 4, 8, 1, 1, 0.0), "gru4rec": lambda: recsys.GRU4Rec(9, 4, 8, 1, 0.0),
+             "popularity": lambda: recsys.Popularity(9).fit(np.array([1, 1, 2, 8]))}[name]().eval()
+    if name == "mf":
+        with torch.no_grad():
+            model.user_bias.normal_()
+            model.item_bias.normal_()
+            model.mean.fill_(3.5)
+    q = recsys.Query(torch.tensor([0, 3, -1 if name == "mf" else 1]), [np.array([1, 2]), np.array([4]),
+                                                                        np.array([0, 8, 7, 6, 5])])
+    with torch.no_grad():
+        queries, catalogue = model.factorized(q)
+        assert torch.allclose(queries @ catalogue.T, model.score(q), atol=1e-5)
+    assert recsys.NCF(5, 9, 4, [8, 4]).factorized(q) is None
+
+
+def test_export_embeddings_for_a_vector_database(bpr_run, tmp_path, capsys):
+    """users.parquet · items.parquet ranks items as the model does (`recommend` without hiding seen items)."""
+    import shutil
+    from pathlib import Path
+
+    run = Path(shutil.copytree(bpr_run, tmp_path / "bpr"))
+    assert main(["export", str(run), "--format", "embeddings"]) in (0, None)
+    assert "score = user · item" in capsys.readouterr().out
+    folder = run / "model" / "embeddings"
+    items, users = pd.read_parquet(folder / "items.parquet"), pd.read_parquet(folder / "users.parquet")
+    assert json.loads((folder / "embeddings.json").read_text())["metric"] == "inner_product"
+    assert len(users) == N_USERS and len(items) == len(set(items["item"]))
+    u1 = users.set_index("user").loc["u1", "vector"]
+    scores = np.stack(items["vector"]) @ u1
+    top = [items["item"][i] for i in np.argsort(-scores)[:5]]
+    expect = luban.load(run).recommend("u1", k=5, exclude_seen=False)
+    assert top == [x["item"] for x in expect["items"]]
+    assert np.allclose(np.sort(scores)[::-1][:5], [x["score"] for x in expect["items"]], atol=1e-5)
 
 
 def test_gru4rec_state_ignores_left_padding():
@@ -402,6 +450,10 @@ def test_two_tower_scores_new_users_and_items_from_features(tmp_path):
     assert sum(int(i[1:]) < 15 or i == "i30" for i in top_left) >= 7
     catalogue = {x["item"] for x in p.recommend("u0", k=100, exclude_seen=False)["items"]}
     assert {"i30", "i31"} <= catalogue                                  # new items with features are scored
+    from luban.compress.export import export_embeddings_run
+
+    meta = export_embeddings_run(run, quiet=True)  # the towers' vectors (user side / temperature)
+    assert meta["items"] == 32 and meta["dim"] == 16 and meta["parity"]["max_abs_diff"] < 1e-4
 
 
 def test_predict_serve_and_evaluate_paths(bpr_run, clustered, tmp_path):

@@ -360,10 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("item", nargs="+", help="item id(s)")
     si.add_argument("--k", type=int, default=None)
     si.set_defaults(fn=_cmd_similar_items)
-    ex = sub.add_parser("export", help="export a run's model to ONNX, TorchScript or Hugging Face layout (with a "
-                        "parity check)")
+    ex = sub.add_parser("export", help="export a run's model to ONNX, TorchScript or Hugging Face layout, or a "
+                        "recommender's vectors (with a parity check)")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "hf"], default="onnx")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "embeddings"], default="onnx")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     ex.add_argument("--dynamic-axes", action=argparse.BooleanOptionalAction, default=True,
                     help="dynamic batch (and sequence) axes; luban's ONNX predictor needs them (default: on)")

@@ -155,8 +155,10 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
 
     if fmt == "hf":
         return export_hf_run(run_dir, quiet)
+    if fmt == "embeddings":
+        return export_embeddings_run(run_dir, quiet)
     if fmt not in ("onnx", "torchscript"):
-        raise ExportError(f"--format must be onnx, torchscript or hf (got {fmt!r})")
+        raise ExportError(f"--format must be onnx, torchscript, hf or embeddings (got {fmt!r})")
     if fmt == "onnx":
         require_onnxruntime()
     run = check_finished(run_dir)
@@ -261,6 +263,30 @@ def export_hf_run(run_dir, quiet: bool = False) -> dict:
         if par is not None:
             print(f"loaded back with transformers: max |Δ| of the logits {par['max_abs_diff']:.3g}, tokenizer ids "
                   f"{'equal' if par.get('tokenizer_ids_equal') else 'DIFFERENT'}")
+    return meta
+
+
+def export_embeddings_run(run_dir, quiet: bool = False) -> dict:
+    """`luban export RUN --format embeddings`: a recommender's user and item vectors as Parquet (model/embeddings/),
+    for a vector database's inner-product search; see RecommendationPredictor.export_embeddings."""
+    from luban.predictor import load
+
+    run = check_finished(run_dir)
+    impl = load(run, device="cpu", backend="torch")._impl
+    if not hasattr(impl, "export_embeddings"):
+        raise ExportError(f"--format embeddings is for recommendation runs (this run's task is {impl.cfg.task})")
+    tmp, final = run / "model" / ".embeddings.tmp", run / "model" / "embeddings"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        meta = impl.export_embeddings(tmp)
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(f"exported {run} -> {final}: {meta['users']} users and {meta['items']} items, {meta['dim']} dimensions, "
+              f"score = user · item (max |Δ| vs the model {meta['parity']['max_abs_diff']:.3g})")
     return meta
 
 

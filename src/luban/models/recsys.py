@@ -47,6 +47,12 @@ class Recommender(nn.Module):
         """Item embeddings for similar-items (cosine); None: the model has none."""
         return None
 
+    def factorized(self, q: Query) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(query vectors [B, d], catalogue vectors [n_items, d]) with score(q) == queries @ catalogue.T: what an
+        inner-product search in a vector database needs. None when the score does not factorize (an MLP over the
+        pair, item-item neighbours)."""
+        return None
+
 
 def _normal(*shape, std: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape) * std)
@@ -68,6 +74,9 @@ class Popularity(Recommender):
 
     def score(self, q: Query) -> torch.Tensor:
         return self.counts[None, :].expand(len(q.history), -1).clone()
+
+    def factorized(self, q: Query):
+        return torch.ones(len(q.history), 1, device=self.counts.device), self.counts[:, None]
 
 
 def history_matrix(history: list[np.ndarray], n_items: int) -> sp.csr_matrix:
@@ -163,6 +172,11 @@ class BPR(Recommender):
     def item_vectors(self):
         return self.item
 
+    def factorized(self, q: Query):
+        u = self.user[q.users]
+        bias = self.bias[:, None] if self.bias is not None else torch.zeros(len(self.item), 1, device=u.device)
+        return torch.cat([u, torch.ones(len(u), 1, device=u.device)], 1), torch.cat([self.item, bias], 1)
+
 
 class NCF(Recommender):
     """NeuMF (He et al. 2017): sigmoid(h . [GMF(p_u * q_i), MLP([p'_u, q'_i])])."""
@@ -250,6 +264,14 @@ class ExplicitMF(Recommender):
 
     def item_vectors(self):
         return self.item
+
+    def factorized(self, q: Query):
+        """[known·p_u, known·b_u + mean, 1] · [q_i, 1, b_i] = mean + b_i + known·(b_u + p_u·q_i)."""
+        known = (q.users >= 0)[:, None].float()
+        u = q.users.clamp(min=0)
+        ones_q, ones_i = torch.ones(len(u), 1, device=u.device), torch.ones(len(self.item), 1, device=u.device)
+        return (torch.cat([known * self.user[u], known * self.user_bias[u][:, None] + self.mean, ones_q], 1),
+                torch.cat([self.item, ones_i, self.item_bias[:, None]], 1))
 
 
 # ------------------------------------------------------------------------------------------------ two-tower
@@ -342,6 +364,9 @@ class TwoTower(Recommender):
     def score(self, q: Query) -> torch.Tensor:
         return self.users(q.users, q.user_features) @ self.item_vectors().T / self.temperature
 
+    def factorized(self, q: Query):
+        return self.users(q.users, q.user_features) / self.temperature, self.item_vectors()
+
     def item_vectors(self):
         return self.items(torch.arange(self.n_items, device=self.user_tower.mlp[-1].weight.device))
 
@@ -403,6 +428,10 @@ class SASRec(Recommender):
     def score(self, q: Query) -> torch.Tensor:
         seq = self.sequences(q.history, self.item.weight.device)
         return self.encode(seq)[:, -1] @ self.item.weight[1:].T
+
+    def factorized(self, q: Query):
+        """The encoding of each user's recent items (as of the history given), and the item embeddings."""
+        return self.encode(self.sequences(q.history, self.item.weight.device))[:, -1], self.item.weight[1:]
 
     def item_vectors(self):
         return self.item.weight[1:]
