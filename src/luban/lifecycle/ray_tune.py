@@ -85,12 +85,11 @@ def _note_run(study_name: str, storage: str, params: dict, run: Path, m: dict, m
     import optuna
     from optuna.trial import TrialState
 
+    from luban.lifecycle.tune import run_attrs
+
     study = optuna.load_study(study_name=study_name, storage=storage)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.params == params and "run_dir" not in t.user_attrs:
-            attrs = {"run_dir": str(run), "best_epoch": m["best_epoch"]}
-            if metric in m.get("test", {}):
-                attrs[f"test_{metric}"] = m["test"][metric]
-            for k, v in attrs.items():
+            for k, v in run_attrs(run, m, metric).items():
                 study._storage.set_trial_user_attr(t._trial_id, k, v)
             return

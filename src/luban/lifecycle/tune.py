@@ -188,13 +188,19 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
     with silent():  # one line per trial (see _trial_line), not one per epoch of every trial
         run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    trial.set_user_attr("run_dir", str(run))
-    trial.set_user_attr("best_epoch", m["best_epoch"])
-    if m.get("data", {}).get("splits", {}).get("validation"):
-        trial.set_user_attr("validation_rows", int(m["data"]["splits"]["validation"]))
-    if metric in m["test"]:
-        trial.set_user_attr(f"test_{metric}", m["test"][metric])
+    for k, v in run_attrs(run, m, metric).items():
+        trial.set_user_attr(k, v)
     return float(m["validation"][metric])
+
+
+def run_attrs(run: Path, m: dict, metric: str) -> dict:
+    """What a trial records about its run: the folder, best epoch, test metric and validation size."""
+    attrs = {"run_dir": str(run), "best_epoch": m["best_epoch"]}
+    if m.get("data", {}).get("splits", {}).get("validation"):
+        attrs["validation_rows"] = int(m["data"]["splits"]["validation"])
+    if metric in m.get("test", {}):
+        attrs[f"test_{metric}"] = m["test"][metric]
+    return attrs
 
 
 def _trial_line(metric: str, t0: float):
