@@ -284,6 +284,21 @@ def test_hf_backbone_export_save_pretrained_layout(out_dir, en_data, tiny_bert):
         ours = p._impl.model(enc["input_ids"], enc["attention_mask"])
         theirs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
+    import shutil
+
+    shutil.rmtree(hf)
+    again = export_run(run, "hf", quiet=True)  # the HF layout alone, no ONNX
+    assert again["written"] and (hf / "config.json").is_file() and (hf / "modeling_luban.py").is_file()
+
+
+def test_export_hf_for_a_model_without_that_layout_says_so(text_run):
+    from luban.compress.export import export_run
+
+    with pytest.raises(ExportError, match=r"this model \(\w+\) has no Hugging Face layout; .*--format onnx"):
+        export_run(text_run, "hf", quiet=True)
+    assert not (text_run / "model" / "hf").exists() and not (text_run / "model" / ".hf.tmp").exists()
+    with pytest.raises(ExportError, match="--format embeddings is for recommendation runs"):
+        export_run(text_run, "embeddings", quiet=True)
 
 
 def test_benchmark_table_in_report(text_run, trained_text_run, capsys):
