@@ -7,6 +7,8 @@ Trains the default config (examples/chnsenticorp.yaml), then searches examples/c
 accuracy and the wall time (one JSON line). Then both configs' final models — retrained on train + validation for the
 epoch count their validation run chose, as `search.retrain` does — are tested too (`*_final_test_accuracy`).
 
+`--cv K` scores every trial by K-fold cross-validation over train + dev instead of the dev set alone
+(`search.cv_folds`; best_val_accuracy is then that cross-validated mean, default_val_accuracy stays the dev score).
 A single run's test accuracy moves by a few sentences with the seed, so `--seeds N` also trains the default and the
 best config with seeds 0..N-1 (each: a run selected by validation, then its retrain on train + validation) and
 reports each config's mean and standard deviation over the seeds (`seeds` in the JSON line).
@@ -30,6 +32,8 @@ def main():
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=1, help="also train both configs with this many seeds (see above)")
+    ap.add_argument("--cv", type=int, default=None, help="score trials by K-fold cross-validation over train + dev "
+                    "(search.cv_folds) instead of the dev set")
     a = ap.parse_args()
 
     from luban.config import load_config
@@ -42,7 +46,8 @@ def main():
                                       quiet=True)
     t1 = time.perf_counter()
     folder = tune(str(ROOT / "examples" / "chnsenticorp_tune.yaml"), a.trials, jobs=a.jobs,
-                  overrides=paths + [f"output.dir={out}", "output.tensorboard=false", "search.retrain=true"],
+                  overrides=paths + [f"output.dir={out}", "output.tensorboard=false", "search.retrain=true"]
+                  + ([f"search.cv_folds={a.cv}"] if a.cv else []),
                   quiet=True)
     seconds = time.perf_counter() - t1
     s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))

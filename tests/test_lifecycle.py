@@ -59,6 +59,29 @@ def test_grid_search_finds_the_planted_best_and_writes_a_trainable_config(tmp_pa
         summary["best_value"], rel=1e-6)  # same config, same seed -> the trial's result
 
 
+def test_cross_validated_objective_is_the_mean_over_disjoint_folds(tmp_path, linear_data):
+    """search.cv_folds: every trial trains once per fold (train + validation rows pooled, each row held out once)
+    and scores the mean held-out metric; the same folds for every trial; the best is still the planted rate."""
+    import optuna
+
+    from luban.lifecycle.tune import tune
+
+    out = tune(tune_config(tmp_path, linear_data, LR_GRID, cv_folds=3), trials=4, quiet=True)
+    study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_params"] == {"trainer.lr": 0.03}
+    for t in study.trials:
+        runs = t.user_attrs["fold_runs"]
+        assert len(runs) == 3 and t.user_attrs["validation_rows"] == 240
+        folds = [json.loads((Path(r) / "metrics.json").read_text())["validation"]["rmse"] for r in runs]
+        assert t.value == pytest.approx(sum(folds) / 3) and t.user_attrs["fold_values"] == pytest.approx(folds)
+    held = [set(map(str, (out / "folds" / f"fold{k}_test.jsonl").read_text().splitlines())) for k in range(3)]
+    assert sum(map(len, held)) == 240 and not (held[0] & held[1]) and not (held[1] & held[2])
+    with pytest.raises(ConfigError, match="cv_folds runs with the local backend"):
+        tune(tune_config(tmp_path, linear_data, LR_GRID, cv_folds=3), trials=5, resume=True, backend="ray",
+             quiet=True)
+
+
 def test_interrupted_study_resumes_without_redoing_trials(tmp_path, linear_data):
     import optuna
 

@@ -710,6 +710,10 @@ class SearchConfig(Section):
     retrain: bool = Field(False, description="also retrain the best config on train + validation")
     start_from_config: bool = Field(True, description="the first trial runs the config's own values of the "
                                     "searched parameters (tpe/random), so the search starts from what you have")
+    cv_folds: int | None = Field(None, ge=2, description="score each trial by K-fold cross-validation over the "
+                                 "training and validation rows together (each fold is once the held-out set its "
+                                 "run is scored and stopped on): K times slower, less prone to fitting one "
+                                 "validation set; tabular data, local backend")
 
 
 class TrackingConfig(Section):

@@ -32,42 +32,68 @@ def fold_indices(n: int, folds: int, seed: int, labels=None) -> list[np.ndarray]
     return [test for _, test in split]
 
 
+def tabular_pool(cfg, with_validation: bool = False):
+    """The configured training rows as one frame (plus the validation file's when asked), for splitting into
+    folds; a clear error for data that is not a table."""
+    import pandas as pd
+
+    from luban.tasks.base import read_frames
+
+    frames = read_frames(cfg)  # a built-in dataset fills data.columns here
+    frame = frames["train"]
+    if frame is None or not hasattr(frame, "columns"):
+        raise ConfigError(f"task {cfg.task}: folds need tabular data (CSV/TSV/JSONL/Parquet or built-in)")
+    if with_validation and hasattr(frames["validation"], "columns"):
+        frame = pd.concat([frame, frames["validation"]], ignore_index=True)
+    return frame
+
+
+def write_folds(frame, folds: int, seed: int, out: Path, labels=None) -> list[dict]:
+    """Each fold as JSON-lines files in `out`: {"train": rows outside the fold, "held_out": the fold's rows}."""
+    plain = frame.drop(columns=[LINE])
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, held in enumerate(fold_indices(len(frame), folds, seed, labels)):
+        keep = np.ones(len(frame), bool)
+        keep[held] = False
+        fold = {"train": out / f"fold{k}_train.jsonl", "held_out": out / f"fold{k}_test.jsonl"}
+        plain[keep].to_json(fold["train"], orient="records", lines=True, force_ascii=False)
+        plain.iloc[held].to_json(fold["held_out"], orient="records", lines=True, force_ascii=False)
+        files.append({**fold, "train_rows": int(keep.sum()), "held_out_rows": len(held)})
+    return files
+
+
+def fold_labels(cfg, frame, stratified: bool):
+    """Labels to stratify folds by, or None."""
+    if not stratified:
+        return None
+    if cfg.data.columns.label is None:
+        raise ConfigError("--stratified needs data.columns.label")
+    return frame[resolve_column(frame, cfg.data.columns.label, "label")].astype(str).to_numpy()
+
+
 def cross_validate(config: str | Path, folds: int, stratified: bool = False, overrides: list[str] | None = None,
                    quiet: bool = False) -> Path:
     from luban.pipeline import train
-    from luban.tasks.base import read_frames
 
     cfg = load_config(config, overrides)
-    frame = read_frames(cfg)["train"]  # a built-in dataset fills data.columns here
-    if frame is None or not hasattr(frame, "columns"):
-        raise ConfigError(f"task {cfg.task}: luban cv works on tabular data (CSV/TSV/JSONL/Parquet or built-in)")
-    labels = None
-    if stratified:
-        if cfg.data.columns.label is None:
-            raise ConfigError("--stratified needs data.columns.label")
-        labels = frame[resolve_column(frame, cfg.data.columns.label, "label")].astype(str).to_numpy()
+    frame = tabular_pool(cfg)
+    labels = fold_labels(cfg, frame, stratified)
     out = Path(cfg.output.dir) / f"{cfg.output.name}-cv"
-    out.mkdir(parents=True, exist_ok=True)
-    plain = frame.drop(columns=[LINE])
     base = cfg.model_dump(mode="json")
     results, t0 = [], time.perf_counter()
-    for k, test_idx in enumerate(fold_indices(len(frame), folds, cfg.seed, labels)):
-        train_mask = np.ones(len(frame), bool)
-        train_mask[test_idx] = False
-        files = {}
-        for split, part in (("train", plain[train_mask]), ("test", plain.iloc[test_idx])):
-            files[split] = out / f"fold{k}_{split}.jsonl"
-            part.to_json(files[split], orient="records", lines=True, force_ascii=False)
+    for k, fold in enumerate(write_folds(frame, folds, cfg.seed, out, labels)):
         tree = json.loads(json.dumps(base))
-        tree["data"].update(builtin=None, train=str(files["train"]), test=str(files["test"]), validation=None,
+        tree["data"].update(builtin=None, train=str(fold["train"]), test=str(fold["held_out"]), validation=None,
                             format="jsonl", train_limit=None)
         tree["output"].update(dir=str(out / "folds"), name=f"fold{k}", overwrite=True)
         if not quiet:
-            print(f"fold {k + 1}/{folds}: {int(train_mask.sum())} train rows, {len(test_idx)} test rows", flush=True)
+            print(f"fold {k + 1}/{folds}: {fold['train_rows']} train rows, {fold['held_out_rows']} test rows",
+                  flush=True)
         run = train(validate(tree, f"fold {k}"), quiet=True)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        results.append({"fold": k, "run": str(run), "test_rows": len(test_idx),
-                         **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})
+        results.append({"fold": k, "run": str(run), "test_rows": fold["held_out_rows"],
+                        **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})
     keys = [k for k in results[0] if k not in ("fold", "run", "test_rows")]
     summary = {"folds": folds, "stratified": stratified, "seconds": round(time.perf_counter() - t0, 1),
                "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},

@@ -44,6 +44,8 @@ def _pruner(cfg: RunConfig):
 
     if cfg.search.pruner == "none":
         return optuna.pruners.NopPruner()
+    if cfg.search.cv_folds:  # steps are folds: compare running means from the second fold on
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     # no pruning in the first third of the epochs: under a decaying schedule a slower learning rate trails early
     # and catches up later, so comparing at epoch 2 would prune for speed, not for the final metric
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, cfg.trainer.epochs // 3))
@@ -143,14 +145,17 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
               f"{f', {requeued} re-queued' if requeued else ''}; study: {storage}", flush=True)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     t0 = time.perf_counter()
+    folds = _folds(cfg, out) if cfg.search.cv_folds else None
     if remaining:
         if backend == "ray":
+            if folds:
+                raise ConfigError("search.cv_folds runs with the local backend (drop --backend ray)")
             from luban.lifecycle.ray_tune import run_ray_trials
 
             run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads)
         else:
             def run(n: int, n_jobs: int) -> None:
-                study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads),
+                study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads, folds),
                                n_trials=n, n_jobs=n_jobs, timeout=timeout, catch=(FloatingPointError,),
                                gc_after_trial=True, callbacks=[] if quiet else [_trial_line(metric, t0)])
 
@@ -170,13 +175,26 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
     return out
 
 
-def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, threads: int | None) -> float:
+def _folds(cfg: RunConfig, out: Path) -> list[dict]:
+    """The study's folds, written once (same seed, same folds for every trial): training and validation rows
+    together, stratified by label for classification."""
+    from luban.lifecycle.cv import fold_labels, tabular_pool, write_folds
+
+    pool = tabular_pool(cfg, with_validation=True)
+    stratify = "classification" in cfg.task and cfg.data.columns.label is not None
+    return write_folds(pool, cfg.search.cv_folds, cfg.seed, out / "folds", fold_labels(cfg, pool, stratify))
+
+
+def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, threads: int | None,
+               folds: list[dict] | None = None) -> float:
     import optuna
 
     from luban.pipeline import train
 
     params = suggest(trial, cfg.search.space)
     tree = _trial_tree(base, params, out, trial.number, threads)
+    if folds:
+        return _cv_objective(trial, tree, folds, metric)
 
     def report(record: dict) -> None:
         value = record.get(f"val_{metric}")
@@ -191,6 +209,41 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
     for k, v in run_attrs(run, m, metric).items():
         trial.set_user_attr(k, v)
     return float(m["validation"][metric])
+
+
+def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
+    """Mean held-out metric over the folds; the running mean is reported after each fold (pruning compares it)."""
+    import statistics
+
+    import optuna
+
+    from luban.pipeline import train
+
+    values, epochs, tests, runs, name = [], [], [], [], tree["output"]["name"]
+    for k, fold in enumerate(folds):
+        t = copy.deepcopy(tree)
+        t["data"].update(builtin=None, train=str(fold["train"]), validation=str(fold["held_out"]), format="jsonl",
+                         train_limit=None)
+        t["output"]["name"] = f"{name}-fold{k}"
+        with silent():
+            run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True)
+        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        runs.append(str(run))
+        values.append(float(m["validation"][metric]))
+        epochs.append(int(m["best_epoch"]))
+        if metric in m.get("test", {}):
+            tests.append(float(m["test"][metric]))
+        trial.report(statistics.fmean(values), k)
+        if k + 1 < len(folds) and trial.should_prune():
+            raise optuna.TrialPruned(f"mean val_{metric} {statistics.fmean(values):.4f} after {k + 1} folds")
+    trial.set_user_attr("run_dir", runs[0])
+    trial.set_user_attr("fold_runs", runs)
+    trial.set_user_attr("best_epoch", int(statistics.median_low(epochs)))  # what a retrain on all rows runs
+    trial.set_user_attr("validation_rows", sum(f["held_out_rows"] for f in folds))  # each row held out once
+    trial.set_user_attr("fold_values", values)
+    if tests:
+        trial.set_user_attr(f"test_{metric}", statistics.fmean(tests))
+    return statistics.fmean(values)
 
 
 def run_attrs(run: Path, m: dict, metric: str) -> dict:
