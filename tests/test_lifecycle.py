@@ -66,10 +66,15 @@ def test_cross_validated_objective_is_the_mean_over_disjoint_folds(tmp_path, lin
 
     from luban.lifecycle.tune import tune
 
-    out = tune(tune_config(tmp_path, linear_data, LR_GRID, cv_folds=3), trials=4, quiet=True)
+    path = tune_config(tmp_path, linear_data, LR_GRID, cv_folds=3)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["test"] = str(linear_data)  # a CSV test file beside the JSON-lines folds: read in its own format
+    path.write_text(yaml.safe_dump(cfg))
+    out = tune(path, trials=4, quiet=True)
     study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_params"] == {"trainer.lr": 0.03}
+    assert summary["best_user_attrs"]["test_rmse"] < 0.5  # the fold models' mean on the test file
     for t in study.trials:
         runs = t.user_attrs["fold_runs"]
         assert len(runs) == 3 and t.user_attrs["validation_rows"] == 240

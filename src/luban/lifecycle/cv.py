@@ -32,9 +32,10 @@ def fold_indices(n: int, folds: int, seed: int, labels=None) -> list[np.ndarray]
     return [test for _, test in split]
 
 
-def tabular_pool(cfg, with_validation: bool = False):
+def tabular_pool(cfg, with_validation: bool = False, test_to: Path | None = None):
     """The configured training rows as one frame (plus the validation file's when asked), for splitting into
-    folds; a clear error for data that is not a table."""
+    folds; a clear error for data that is not a table. `test_to`: also write the test rows there as JSON lines
+    (fold files are JSON lines, and one data.format applies to every file of a run); returns (pool, test path)."""
     import pandas as pd
 
     from luban.tasks.base import read_frames
@@ -45,7 +46,12 @@ def tabular_pool(cfg, with_validation: bool = False):
         raise ConfigError(f"task {cfg.task}: folds need tabular data (CSV/TSV/JSONL/Parquet or built-in)")
     if with_validation and hasattr(frames["validation"], "columns"):
         frame = pd.concat([frame, frames["validation"]], ignore_index=True)
-    return frame
+    test = None
+    if test_to is not None and hasattr(frames["test"], "columns"):
+        test_to.parent.mkdir(parents=True, exist_ok=True)
+        frames["test"].drop(columns=[LINE]).to_json(test_to, orient="records", lines=True, force_ascii=False)
+        test = test_to
+    return frame, test
 
 
 def write_folds(frame, folds: int, seed: int, out: Path, labels=None) -> list[dict]:
@@ -77,7 +83,7 @@ def cross_validate(config: str | Path, folds: int, stratified: bool = False, ove
     from luban.pipeline import train
 
     cfg = load_config(config, overrides)
-    frame = tabular_pool(cfg)
+    frame, _ = tabular_pool(cfg)
     labels = fold_labels(cfg, frame, stratified)
     out = Path(cfg.output.dir) / f"{cfg.output.name}-cv"
     base = cfg.model_dump(mode="json")

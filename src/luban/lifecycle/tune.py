@@ -180,9 +180,10 @@ def _folds(cfg: RunConfig, out: Path) -> list[dict]:
     together, stratified by label for classification."""
     from luban.lifecycle.cv import fold_labels, tabular_pool, write_folds
 
-    pool = tabular_pool(cfg, with_validation=True)
+    pool, test = tabular_pool(cfg, with_validation=True, test_to=out / "folds" / "test.jsonl")
     stratify = "classification" in cfg.task and cfg.data.columns.label is not None
-    return write_folds(pool, cfg.search.cv_folds, cfg.seed, out / "folds", fold_labels(cfg, pool, stratify))
+    folds = write_folds(pool, cfg.search.cv_folds, cfg.seed, out / "folds", fold_labels(cfg, pool, stratify))
+    return [{**f, "test": test} for f in folds]
 
 
 def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, threads: int | None,
@@ -223,7 +224,7 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
     for k, fold in enumerate(folds):
         t = copy.deepcopy(tree)
         t["data"].update(builtin=None, train=str(fold["train"]), validation=str(fold["held_out"]), format="jsonl",
-                         train_limit=None)
+                         train_limit=None, test=str(fold["test"] or fold["held_out"]))
         t["output"]["name"] = f"{name}-fold{k}"
         with silent():
             run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True)
