@@ -141,6 +141,10 @@ def test_a_gain_within_the_validation_noise_is_flagged(best, noise):
     assert s["validation_se"] == pytest.approx(0.00695, abs=1e-5) and s["within_noise"] is noise
     assert ("within twice the validation set's sampling error (±0.0069 on 1200 rows)" in _noise_note(s)) is noise
     assert "validation_se" not in _start_summary(study, study.trials, "rmse")  # not a proportion
+    alone = optuna.create_study(direction="maximize")
+    alone.add_trial(optuna.trial.create_trial(value=0.9383, user_attrs={"start": "config", "validation_rows": 1200},
+                                              params={}, distributions={}))
+    assert _noise_note(_start_summary(alone, alone.trials, "accuracy")) == ""  # your config is the best: no note
 
 
 def test_search_starts_from_the_configs_own_values(tmp_path, linear_data):

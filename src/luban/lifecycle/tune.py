@@ -328,12 +328,13 @@ def _start_summary(study, complete: list, metric: str) -> dict:
     n = start.user_attrs.get("validation_rows")
     if metric in PROPORTIONS and n and 0 <= start.value <= 1:
         se = math.sqrt(max(start.value * (1 - start.value), 1e-12) / n)
-        out.update(validation_rows=n, validation_se=se, within_noise=bool(out["start_gain"] < 2 * se))
+        out.update(validation_rows=n, validation_se=se, within_noise=bool(0 < out["start_gain"] < 2 * se))
     return out
 
 
 def _noise_note(summary: dict) -> str:
-    """One sentence when the best trial's gain over the config is within twice the validation sampling error."""
+    """One sentence when the best trial is ahead of the config by less than twice the validation sampling error
+    (nothing when the config itself is the best)."""
     if not summary.get("within_noise"):
         return ""
     return (f"the best trial is {summary['start_gain']:+.4f} ahead of your config, within twice the validation "
