@@ -80,6 +80,10 @@ def test_cross_validated_objective_is_the_mean_over_disjoint_folds(tmp_path, lin
         assert len(runs) == 3 and t.user_attrs["validation_rows"] == 240
         folds = [json.loads((Path(r) / "metrics.json").read_text())["validation"]["rmse"] for r in runs]
         assert t.value == pytest.approx(sum(folds) / 3) and t.user_attrs["fold_values"] == pytest.approx(folds)
+        curves = [[json.loads(x)["val_rmse"] for x in (Path(r) / "history.jsonl").read_text().splitlines()]
+                  for r in runs]
+        mean = [sum(c[i] for c in curves) / 3 for i in range(min(map(len, curves)))]
+        assert t.user_attrs["best_epoch"] == mean.index(min(mean)) + 1  # the mean curve's best epoch
     held = [set(map(str, (out / "folds" / f"fold{k}_test.jsonl").read_text().splitlines())) for k in range(3)]
     assert sum(map(len, held)) == 240 and not (held[0] & held[1]) and not (held[1] & held[2])
     with pytest.raises(ConfigError, match="cv_folds runs with the local backend"):

@@ -239,12 +239,31 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
             raise optuna.TrialPruned(f"mean val_{metric} {statistics.fmean(values):.4f} after {k + 1} folds")
     trial.set_user_attr("run_dir", runs[0])
     trial.set_user_attr("fold_runs", runs)
-    trial.set_user_attr("best_epoch", int(statistics.median_low(epochs)))  # what a retrain on all rows runs
+    maximize = trial.study.direction.name == "MAXIMIZE"
+    trial.set_user_attr("best_epoch", _curve_epoch(runs, metric, maximize) or int(statistics.median_low(epochs)))
     trial.set_user_attr("validation_rows", sum(f["held_out_rows"] for f in folds))  # each row held out once
     trial.set_user_attr("fold_values", values)
     if tests:
         trial.set_user_attr(f"test_{metric}", statistics.fmean(tests))
     return statistics.fmean(values)
+
+
+def _curve_epoch(runs: list[str], metric: str, maximize: bool) -> int | None:
+    """The epoch count a retrain on all rows should run: the best epoch of the mean validation curve over the
+    folds (each fold's own best epoch is noisy on a flat curve), over the epochs every fold ran."""
+    curves = []
+    for run in runs:
+        path = Path(run) / "history.jsonl"
+        if not path.is_file():
+            return None
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        curves.append([r[f"val_{metric}"] for r in rows if isinstance(r.get(f"val_{metric}"), (int, float))])
+    n = min(len(c) for c in curves)
+    if n == 0:
+        return None
+    mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+    pick = max if maximize else min
+    return pick(range(n), key=lambda i: mean[i]) + 1
 
 
 def run_attrs(run: Path, m: dict, metric: str) -> dict:
