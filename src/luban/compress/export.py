@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import replace
 import json
 import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -146,6 +146,20 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
+@contextlib.contextmanager
+def _staged(final: Path):
+    """A fresh temporary folder beside `final` (`.NAME.tmp`), removed afterwards whatever happens: the caller writes
+    and checks there, then moves it into place with _replace_dir — a failed export leaves `final` as it was."""
+    tmp = final.parent / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axes: bool = True,
                samples: int = 128, quiet: bool = False) -> dict:
     """Export a finished run's model into its model/ folder (onnx/ or torchscript/, plus hf/ for HF backbones)
@@ -173,10 +187,7 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     example = example_batch(batches)
     model_dir = run / "model"
     sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
-    tmp = model_dir / f".{sub}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with _staged(model_dir / sub) as tmp:
         if fmt == "onnx":
             path = tmp / ONNX_FILE
             exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
@@ -203,10 +214,7 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         del candidate
         _replace_dir(tmp, model_dir / sub)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    hf = _export_hf(run, cfg)
+    hf = _export_hf(load_torch(run))
     meta["hf"] = f"model/{HF_DIR}" if hf else None
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     if not quiet:
@@ -224,38 +232,30 @@ def export_hf_run(run_dir, quiet: bool = False) -> dict:
     the task has one (a GPT trained from scratch becomes a GPT-2; HF-backbone runs are saved as their backbone's
     class), loaded back with transformers and checked when the task says how (max |Δ| of the logits)."""
     from luban.compress.runs import file_bytes, run_config
-    from luban.predictor import load
 
     run = check_finished(run_dir)
     t0 = time.perf_counter()
-    impl = load(run, device="cpu", backend="torch")._impl
+    impl = load_torch(run)
     final = run / "model" / HF_DIR
-    tmp = run / "model" / f".{HF_DIR}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    par = None
+
+    def check(tmp: Path) -> None:  # the export loaded back by its consumer, where the task says how
+        nonlocal par
         with _quiet():
-            done = impl.export_hf(tmp)
-        if not done:
-            if (final / "config.json").is_file():  # a pretrained backbone's run keeps it there from training
-                meta = {"format": "hf", "folder": str(final), "written": False}
-                if not quiet:
-                    print(f"{run} already holds its model in Hugging Face layout: {final}")
-                return meta
-            raise ExportError(f"{run}: this model ({run_config(run).model.type}) has no Hugging Face layout; "
-                              "`luban export --format onnx` writes a standalone graph")
-        check = getattr(impl, "check_hf", None)
-        with _quiet():
-            par = check(tmp) if check is not None else None
+            par = impl.check_hf(tmp) if hasattr(impl, "check_hf") else None
         if par is not None:
             tol = PARITY_TOLERANCE * 10  # logits, not probabilities: an absolute 1e-2 on values of order 10
             if par["max_abs_diff"] > tol or not par.get("tokenizer_ids_equal", True):
                 raise ExportError(f"the Hugging Face export does not match luban's model: max |Δ| of the logits "
                                   f"{par['max_abs_diff']:.3g}, tokenizer ids equal: {par.get('tokenizer_ids_equal')}")
-        _replace_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    if not _export_hf(impl, check):
+        if (final / "config.json").is_file():  # a pretrained backbone's run keeps it there from training
+            if not quiet:
+                print(f"{run} already holds its model in Hugging Face layout: {final}")
+            return {"format": "hf", "folder": str(final), "written": False}
+        raise ExportError(f"{run}: this model ({run_config(run).model.type}) has no Hugging Face layout; "
+                          "`luban export --format onnx` writes a standalone graph")
     meta = {"format": "hf", "folder": str(final), "written": True, "parity": par, "size_bytes": file_bytes(final),
             "seconds": round(time.perf_counter() - t0, 2)}
     if not quiet:
@@ -269,41 +269,36 @@ def export_hf_run(run_dir, quiet: bool = False) -> dict:
 def export_embeddings_run(run_dir, quiet: bool = False) -> dict:
     """`luban export RUN --format embeddings`: a recommender's user and item vectors as Parquet (model/embeddings/),
     for a vector database's inner-product search; see RecommendationPredictor.export_embeddings."""
-    from luban.predictor import load
-
     run = check_finished(run_dir)
-    impl = load(run, device="cpu", backend="torch")._impl
+    impl = load_torch(run)
     if not hasattr(impl, "export_embeddings"):
         raise ExportError(f"--format embeddings is for recommendation runs (this run's task is {impl.cfg.task})")
-    tmp, final = run / "model" / ".embeddings.tmp", run / "model" / "embeddings"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    final = run / "model" / "embeddings"
+    with _staged(final) as tmp:
         meta = impl.export_embeddings(tmp)
         _replace_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         print(f"exported {run} -> {final}: {meta['users']} users and {meta['items']} items, {meta['dim']} dimensions, "
               f"score = user · item (max |Δ| vs the model {meta['parity']['max_abs_diff']:.3g})")
     return meta
 
 
-def _export_hf(run: Path, cfg) -> bool:
-    """model/hf/ for runs with a Hugging Face backbone (the task predictor decides); False for the others."""
+def load_torch(run: Path):
+    """The run's task predictor on PyTorch (CPU): what the Hugging Face and vector exports read."""
     from luban.predictor import load
 
-    pred = load(run, device="cpu", backend="torch")
-    tmp = run / "model" / f".{HF_DIR}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    return load(run, device="cpu", backend="torch")._impl
+
+
+def _export_hf(impl, check=None) -> bool:
+    """model/hf/ from the task predictor's export_hf (a Hugging Face backbone, a GPT from scratch), checked by
+    `check(folder)` before it replaces anything; False when the predictor has no such layout to write."""
+    final = Path(impl.folder) / HF_DIR
+    with _staged(final) as tmp:
         with _quiet():
-            done = pred._impl.export_hf(tmp)
+            done = impl.export_hf(tmp)
         if done:
-            _replace_dir(tmp, run / "model" / HF_DIR)
+            if check is not None:
+                check(tmp)
+            _replace_dir(tmp, final)
         return bool(done)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

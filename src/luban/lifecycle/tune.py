@@ -220,7 +220,7 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
 
     from luban.pipeline import train
 
-    values, epochs, tests, runs, name = [], [], [], [], tree["output"]["name"]
+    values, tests, runs, name = [], [], [], tree["output"]["name"]
     for k, fold in enumerate(folds):
         t = copy.deepcopy(tree)
         t["data"].update(builtin=None, train=str(fold["train"]), validation=str(fold["held_out"]), format="jsonl",
@@ -231,7 +231,6 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         runs.append(str(run))
         values.append(float(m["validation"][metric]))
-        epochs.append(int(m["best_epoch"]))
         if metric in m.get("test", {}):
             tests.append(float(m["test"][metric]))
         trial.report(statistics.fmean(values), k)
@@ -240,7 +239,7 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
     trial.set_user_attr("run_dir", runs[0])
     trial.set_user_attr("fold_runs", runs)
     maximize = trial.study.direction.name == "MAXIMIZE"
-    trial.set_user_attr("best_epoch", _curve_epoch(runs, metric, maximize) or int(statistics.median_low(epochs)))
+    trial.set_user_attr("best_epoch", _curve_epoch(runs, metric, maximize))
     trial.set_user_attr("validation_rows", sum(f["held_out_rows"] for f in folds))  # each row held out once
     trial.set_user_attr("fold_values", values)
     if tests:
@@ -248,19 +247,15 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
     return statistics.fmean(values)
 
 
-def _curve_epoch(runs: list[str], metric: str, maximize: bool) -> int | None:
+def _curve_epoch(runs: list[str], metric: str, maximize: bool) -> int:
     """The epoch count a retrain on all rows should run: the best epoch of the mean validation curve over the
     folds (each fold's own best epoch is noisy on a flat curve), over the epochs every fold ran."""
     curves = []
     for run in runs:
-        path = Path(run) / "history.jsonl"
-        if not path.is_file():
-            return None
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in (Path(run) / "history.jsonl").read_text(encoding="utf-8").splitlines()
+                if line.strip()]
         curves.append([r[f"val_{metric}"] for r in rows if isinstance(r.get(f"val_{metric}"), (int, float))])
     n = min(len(c) for c in curves)
-    if n == 0:
-        return None
     mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
     pick = max if maximize else min
     return pick(range(n), key=lambda i: mean[i]) + 1

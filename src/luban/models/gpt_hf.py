@@ -87,8 +87,7 @@ def to_gpt2(model: GPT, specials: dict[str, int | None]):
                         bos_token_id=specials.get("bos"), eos_token_id=specials.get("eos"),
                         pad_token_id=specials.get("pad"))
     hf = GPT2LMHeadModel(config)
-    bias = _bias
-    d = c.n_embd
+    bias, d = _bias, c.n_embd
     sd = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight,
           "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": bias(model.ln_f, d),
           "lm_head.weight": model.lm_head.weight}
@@ -150,7 +149,6 @@ def check_hf_export(model: GPT, folder, encoder, samples: int = 8, seed: int = 0
         worst = max(worst, float((ours - theirs).abs().max()))
     pieces = [encoder.decode([i]) for i in range(n_special, min(encoder.vocab_size, n_special + 200))]
     text = ("" if getattr(encoder, "kind", "") == "char" else " ").join(p for p in pieces if p.strip())
-    same_ids = tok(text, add_special_tokens=False)["input_ids"] == encoder.encode_text(text)
-    return {"max_abs_diff": worst, "tokenizer_ids_equal": bool(same_ids), "samples": samples,
-            "decoded_equal": tok.decode(encoder.encode_text(text), skip_special_tokens=True) ==
-            encoder.decode(encoder.encode_text(text))}
+    ids = encoder.encode_text(text)
+    return {"max_abs_diff": worst, "tokenizer_ids_equal": tok(text, add_special_tokens=False)["input_ids"] == ids,
+            "samples": samples, "decoded_equal": tok.decode(ids, skip_special_tokens=True) == encoder.decode(ids)}

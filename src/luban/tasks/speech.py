@@ -299,19 +299,20 @@ class SpeechTask(Task):
         rows = sample_rows(len(feats), limit, self.cfg.seed)
         return [collate_features([feats[j] for j in rows[i:i + batch_size]]) for i in range(0, len(rows), batch_size)]
 
+    # keyword classification (always a model from scratch: pretrained speech backbones are recognizers) has labels and
+    # logits: distillation and the classification metrics read them here; recognition has neither
     def split_logits(self, model, split):
-        if self.asr or self.hf is not None:
+        if self.asr:
             return super().split_logits(model, split)
         return run_model(model, self._batches(split, 0, train=False), self.batch_logits, len(self.sets[split]))
 
     def batch_logits(self, model, batch):
-        if self.asr or self.hf is not None:
-            raise ExportError(f"distillation is for classification tasks trained from scratch (not {self.cfg.task} "
-                              f"with model.type {self.cfg.model.type})")
+        if self.asr:
+            raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
         return _forward(model, to_device(batch, self.device)).float()
 
     def batch_labels(self, batch):
-        if self.asr or self.hf is not None:
+        if self.asr:
             return super().batch_labels(batch)
         return batch["y"].to(self.device)
 
@@ -341,8 +342,7 @@ class SpeechTask(Task):
         data = self.sets[split]
         batches = self._batches(split, 0, train=False)
         if not self.asr:
-            probs = run_model(model, batches, lambda m, b: _forward(m, to_device(b, self.device)).softmax(-1),
-                              len(data))
+            probs = run_model(model, batches, lambda m, b: self.batch_logits(m, b).softmax(-1), len(data))
             m = classification_with_worst(probs.numpy(), data.targets, self.labels.labels,
                                           self.cfg.evaluation.worst_examples, lambda i: self._describe(data, i))
             return m if detailed else {k: v for k, v in m.items() if isinstance(v, float)}
@@ -479,8 +479,7 @@ class SpeechPredictor(Predictor):
             per = (time.perf_counter() - t0) / len(waves)
             return [{"text": t, "audio_seconds": round(len(w) / rate, 3), "seconds": round(per, 4)}
                     for t, w in zip(texts, waves, strict=True)]
-        probs = run_model(self.model, batches, lambda m, b: _forward(m, to_device(b, self.device)).softmax(-1),
-                          len(waves))
+        probs = run_model(self.model, batches, lambda m, b: self.impl.batch_logits(m, b).softmax(-1), len(waves))
         labels = self.impl.labels.labels
         out = []
         for row in probs.tolist():
