@@ -42,6 +42,10 @@ class ColumnsConfig(Section):
     response: ColumnRef | None = Field(None, description="text generation SFT: the response column (trained on)")
     messages: ColumnRef | None = Field(None, description="text generation SFT: a chat `messages` list column "
                                        "([{role, content}, ...]; trained on the assistant turns)")
+    chosen: ColumnRef | None = Field(None, description="text generation preference training (DPO): the preferred "
+                                     "reply to the prompt / messages")
+    rejected: ColumnRef | None = Field(None, description="text generation preference training: the dispreferred "
+                                       "reply")
     source: ColumnRef | None = Field(None, description="seq2seq: the source text column (document to summarize)")
     target: ColumnRef | None = Field(None, description="seq2seq: the target text column (translation, summary)")
     audio: ColumnRef | None = Field(None, description="audio file path column (speech tasks given a CSV/JSONL)")
@@ -619,6 +623,18 @@ class DistributedConfig(Section):
     use_gpu: bool | None = Field(None, description="default: when CUDA is present")
 
 
+class PreferenceConfig(Section):
+    """Preference optimization of a pretrained causal LM from (prompt, chosen, rejected) triples, against the
+    model as loaded (the frozen reference)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="sigmoid: DPO; ipo: squared loss on length-normalized log-ratios (IPO); hinge: SLiC")
+    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference model (DPO's beta)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: assumed fraction of flipped "
+                                   "preference labels (conservative DPO)")
+    sft_weight: float = Field(0.0, ge=0, description="adds this times the chosen replies' token loss (RPO)")
+
+
 class TrainerConfig(Section):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -649,6 +665,8 @@ class TrainerConfig(Section):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.999), description="Adam/AdamW betas")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="text generation with "
+                                         "chosen/rejected columns: the preference loss (DPO and kin)")
 
 
 class GenerationSettings(Section):

@@ -79,7 +79,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         (work / "config.yaml").write_text(render(cfg), encoding="utf-8")
         device = select_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device, task.prefers_bf16_on_cpu())
-        task.device = device
+        task.device, task.precision = device, precision
         seed_everything(cfg.seed)
         model = task.build_model().to(device)
         n_params = sum(p.numel() for p in model.parameters())

@@ -107,6 +107,16 @@ class ChatFormatter:
             labels += seg if trained else [IGNORE] * len(seg)
         return ids, labels
 
+    def encode_reply(self, messages: list[dict], reply: str) -> tuple[list[int], list[int]]:
+        """A conversation ending with a user turn, then `reply` as the assistant's answer: trained on the reply only."""
+        if self.template is not None:
+            ids = self._render(messages + [{"role": "assistant", "content": reply}], False)
+            start = len(self._render(messages, True))
+            return ids, [IGNORE] * start + ids[start:]
+        p = self.chat_prompt(messages)
+        r = self.enc.encode_text(reply) + self._eos()
+        return p + r, [IGNORE] * len(p) + r
+
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """The ids to continue from when the model should answer `messages` (which end with a user turn)."""
         if self.template is not None:

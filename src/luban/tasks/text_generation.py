@@ -8,6 +8,8 @@ Two data modes, picked from the config:
   evaluation covers every held-out token once.
 - supervised fine-tuning: `columns.prompt` + `columns.response`, or `columns.messages` (chat). Loss only on the
   response / assistant tokens.
+- preference training (DPO, IPO, SLiC-hinge) of a pretrained LM: `columns.prompt` (or `messages` ending with a user
+  turn) + `columns.chosen` + `columns.rejected`; the model as loaded is the frozen reference (luban.training.preference).
 
 Validation loss and perplexity are the metrics; each evaluation also samples text from fixed prompts (kept in
 history.jsonl and report.html) and measures generation speed.
@@ -29,6 +31,7 @@ from torch import nn
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
+from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
@@ -36,6 +39,8 @@ from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
 from luban.training.checkpoint import load_weights
+from luban.training.preference import (disable_dropout, objective, preference_metrics, sequence_logps,
+                                       split_logps)
 
 SPLITS = ("train", "validation", "test")
 
@@ -43,13 +48,23 @@ SPLITS = ("train", "validation", "test")
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _sft_columns(cfg: RunConfig) -> bool:
+def data_mode(cfg: RunConfig) -> str:
+    """corpus (language modelling), sft (prompt/response or messages) or preference (chosen/rejected replies)."""
     c = cfg.data.columns
+    if c.chosen is not None or c.rejected is not None:
+        if c.chosen is None or c.rejected is None:
+            raise ConfigError("data.columns: preference training needs both chosen and rejected")
+        if c.response is not None:
+            raise ConfigError("data.columns: preference data has chosen/rejected replies, not a response column")
+        if (c.prompt is None) == (c.messages is None):
+            raise ConfigError("data.columns: preference training needs the prompt column or the messages column "
+                              "(the conversation the replies answer), one of them")
+        return "preference"
     if c.messages is not None and (c.prompt is not None or c.response is not None):
         raise ConfigError("data.columns: give either messages or prompt + response, not both")
     if (c.prompt is None) != (c.response is None):
         raise ConfigError("data.columns: supervised fine-tuning needs both prompt and response")
-    return c.messages is not None or c.prompt is not None
+    return "sft" if c.messages is not None or c.prompt is not None else "corpus"
 
 
 def _read_docs(cfg: RunConfig, path: Path) -> list[Doc]:
@@ -117,19 +132,17 @@ def eval_batches(stream_ids: torch.Tensor, block: int, batch_size: int) -> list[
 
 def sft_batches(examples: list[Example], batch_size: int, pad_id: int, seed: int, epoch: int,
                 shuffle: bool = True) -> Batches:
-    lengths = [len(e.ids) for e in examples]
-
     def collate(idx):
-        width = max(lengths[i] for i in idx) - 1
-        x = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        y = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-        for row, i in enumerate(idx):
-            e = examples[i]
-            x[row, : len(e.ids) - 1] = torch.as_tensor(e.ids[:-1])
-            y[row, : len(e.labels) - 1] = torch.as_tensor(e.labels[1:])
+        x, y = pad_examples([examples[i] for i in idx], pad_id)
         return {"x": x, "y": y, "size": int((y != IGNORE).sum())}
 
-    return Batches(epoch_batches(lengths, batch_size, seed, epoch, shuffle=shuffle), collate)
+    return Batches(epoch_batches([len(e.ids) for e in examples], batch_size, seed, epoch, shuffle=shuffle), collate)
+
+
+def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int, seed: int, epoch: int,
+                 shuffle: bool = True) -> Batches:
+    return Batches(epoch_batches([p.length for p in pairs], batch_size, seed, epoch, shuffle=shuffle),
+                   lambda idx: pair_batch(pairs, idx, pad_id))
 
 
 def token_loss_sum(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
@@ -338,12 +351,18 @@ class TextGenerationTask(Task):
     name = "text_generation"
     main_metric = "loss"
     mode = "min"
+    kind, sft, pref = "corpus", False, False  # the data mode (read_frames): corpus, sft or preference
 
     def prefers_bf16_on_cpu(self):
         return True  # measured: bf16 autocast ~1.3-1.5x faster for small GPTs on AVX-512 BF16 CPUs
 
     def read_frames(self):
-        self.sft = _sft_columns(self.cfg)
+        self.kind = data_mode(self.cfg)
+        self.sft, self.pref = self.kind != "corpus", self.kind == "preference"  # pref: sft's tables, paired
+        if self.pref and (self.cfg.model.type != "pretrained_lm" or self.cfg.model.finetune == "none"):
+            raise ConfigError("model: preference training starts from a pretrained causal LM (model.type: "
+                              "pretrained_lm with finetune lora or full); for a GPT trained with luban, export it "
+                              "first (luban export RUN --format hf) and point model.path at that folder")
         return read_frames(self.cfg) if self.sft else read_corpus_splits(self.cfg)
 
     def prepare(self, frames):
@@ -386,7 +405,7 @@ class TextGenerationTask(Task):
         sp = cfg.data.split
         splits = make_splits(frames, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
         cols = {}
-        for role in ("prompt", "response", "messages"):
+        for role in ("prompt", "response", "messages", "chosen", "rejected"):
             ref = getattr(c, role)
             cols[role] = resolve_column(splits["train"], ref, role) if ref is not None else None
         self.formatter.uses_chat = cols["messages"] is not None or self.formatter.template is not None
@@ -395,15 +414,20 @@ class TextGenerationTask(Task):
             if cols["messages"] is not None:
                 where = f"{src}: line {row[LINE]}: field {cols['messages']!r}"
                 texts += [m["content"] for m in parse_messages(row[cols["messages"]], where)]
-            else:
-                texts += [t for t in (row[cols["prompt"]], row[cols["response"]]) if isinstance(t, str)]
+            texts += [row[cols[r]] for r in ("prompt", "response", "chosen", "rejected")
+                      if cols[r] is not None and isinstance(row[cols[r]], str)]
         self.encoder.fit(texts + ["system: user: assistant: \n"])
-        self.examples, dropped = {}, {}
+        self.examples, self.pairs, dropped = {}, {}, {}
         for s in SPLITS:
-            self.examples[s], dropped[s] = self.formatter.examples(splits[s], cols["prompt"], cols["response"],
-                                                                   cols["messages"], self.block + 1)
+            if self.pref:
+                self.pairs[s], dropped[s] = preference_pairs(self.formatter, splits[s], cols["prompt"],
+                                                             cols["messages"], cols["chosen"], cols["rejected"],
+                                                             self.block + 1)
+            else:
+                self.examples[s], dropped[s] = self.formatter.examples(splits[s], cols["prompt"], cols["response"],
+                                                                       cols["messages"], self.block + 1)
         self.sources = {s: splits[s].attrs.get("source", s) for s in SPLITS}
-        self.sizes = {s: len(self.examples[s]) for s in SPLITS}
+        self.sizes = {s: len((self.pairs if self.pref else self.examples)[s]) for s in SPLITS}
         self.dropped = dropped
         first = splits["validation"].iloc[0]
         if cols["messages"] is not None:
@@ -425,12 +449,23 @@ class TextGenerationTask(Task):
             hf.resize_token_embeddings(len(self.encoder.tok))
         model = CausalLM(hf).to(self.device)
         self.block = context_length(cfg, model)
-        if cfg.evaluation.baseline:  # the pretrained model as is: what fine-tuning has to beat
+        if self.pref:  # the model as loaded is the frozen reference: its log-probabilities once, before training
+            from luban.training.hardware import autocast
+
+            with autocast(self.device, getattr(self, "precision", "fp32")):
+                self.reference = {s: split_logps(model, self._eval_sets(s)[0], len(self.pairs[s]), self.device)
+                                  for s in SPLITS}
+            self.base_metrics = {s: preference_metrics(self.reference[s][0], self.reference[s][0],
+                                                       self.reference[s][1], cfg.trainer.preference)
+                                 for s in ("validation", "test")}
+        elif cfg.evaluation.baseline:  # the pretrained model as is: what fine-tuning has to beat
             self.base_metrics = {s: self._loss(model, s) for s in ("validation", "test")}
         if m.finetune == "lora":
             model = CausalLM(add_lora(hf, m.lora))
         elif m.finetune == "none":
             model.requires_grad_(False)
+        if self.pref:
+            disable_dropout(model)
         if m.gradient_checkpointing:
             hf.gradient_checkpointing_enable()
             if m.finetune == "lora":
@@ -454,6 +489,8 @@ class TextGenerationTask(Task):
     # batches ---------------------------------------------------------------------------------------------
     def train_batches(self, epoch):
         tr, bs = self.cfg.trainer, self.cfg.trainer.batch_size
+        if self.pref:
+            return pair_batches(self.pairs["train"], bs, self.encoder.pad_id, self.cfg.seed, epoch)
         if self.sft:
             return sft_batches(self.examples["train"], bs, self.encoder.pad_id, self.cfg.seed, epoch,
                                shuffle=True)
@@ -465,15 +502,27 @@ class TextGenerationTask(Task):
 
     def _eval_sets(self, split) -> list[Batches]:
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size
+        if self.pref:
+            return [pair_batches(self.pairs[split], bs, self.encoder.pad_id, 0, 0, shuffle=False)]
         if self.sft:
             return [sft_batches(self.examples[split], bs, self.encoder.pad_id, 0, 0, shuffle=False)]
         return eval_batches(self.streams[split], self.block, bs)
 
     def loss(self, model, batch):
-        s, n = token_loss_sum(model, to_device(batch, self.device))
+        batch = to_device(batch, self.device)
+        if self.pref:
+            lp, n = sequence_logps(model, batch["x"], batch["y"])
+            k, idx = len(batch["index"]), batch["index"].cpu()
+            ref = self.reference["train"][0][idx].to(self.device, torch.float32)
+            return objective(torch.stack([lp[:k], lp[k:]], 1), ref, torch.stack([n[:k], n[k:]], 1),
+                             self.cfg.trainer.preference)
+        s, n = token_loss_sum(model, batch)
         return s / max(n, 1)
 
     def _loss(self, model, split) -> dict:
+        if self.pref:
+            logps, counts = split_logps(model, self._eval_sets(split)[0], len(self.pairs[split]), self.device)
+            return preference_metrics(logps, self.reference[split][0], counts, self.cfg.trainer.preference)
         return mean_loss(model, self._eval_sets(split), self.device)
 
     def generator(self, model) -> Generator:
@@ -496,7 +545,8 @@ class TextGenerationTask(Task):
 
     def baseline(self):
         if self.base_metrics is not None:
-            return {"name": "the pretrained model before fine-tuning",
+            return {"name": "the pretrained model before " + ("preference training (the reference)" if self.pref
+                                                              else "fine-tuning"),
                     **{s: {k: v for k, v in r.items() if k != "tokens"} for s, r in self.base_metrics.items()}}
         if self.cfg.model.type != "gpt":
             return None
@@ -524,15 +574,15 @@ class TextGenerationTask(Task):
 
     def save(self, folder, model):
         self.encoder.save(folder / "tokenizer")
-        meta = {"mode": "sft" if self.sft else "corpus", "uses_chat": self.formatter.uses_chat,
+        meta = {"mode": self.kind, "uses_chat": self.formatter.uses_chat,
                 "vocab_size": self.encoder.vocab_size, "block_size": self.block}
         (folder / "lm_meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
     def data_summary(self):
-        unit = "examples" if self.sft else "tokens"
+        unit = "pairs" if self.pref else "examples" if self.sft else "tokens"
         out = {"splits": {s: self.sizes[s] for s in SPLITS}, "unit": unit, "sources": self.sources,
                "vocab_size": self.encoder.vocab_size, "context_length": self.block,
-               "samples_per_second_counts": "tokens"}
+               "samples_per_second_counts": "pairs" if self.pref else "tokens"}
         if self.sft:
             out["dropped_too_long"] = self.dropped
         return out
@@ -665,20 +715,40 @@ class TextGenerationPredictor(Predictor):
         raise DataError(f"{path}: name the prompt column (data.columns.prompt)")
 
     def evaluate(self, path):
-        """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns)."""
+        """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns); for a
+        preference-trained run, the preference metrics on chosen/rejected pairs (the rewards need the reference
+        model, read again from model.path; without it, the metrics that do not)."""
         task = TextGenerationTask(self.cfg)
         task.device, task.encoder, task.formatter = self.device, self.encoder, self.formatter
         task.block = self.meta["block_size"]
-        task.sft = self.meta["mode"] == "sft"
+        task.kind = self.meta["mode"]
+        task.sft, task.pref = task.kind != "corpus", task.kind == "preference"
         path = Path(path)
-        if task.sft:
-            frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
-                               self.cfg.data.quoting, self.cfg.data.encoding)
-            c = self.cfg.data.columns
-            cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
-                    for r in ("prompt", "response", "messages")}
+        if not task.sft:
+            task.streams = {"eval": token_stream(_read_docs(self.cfg, path), self.encoder)}
+            return task._loss(self.model, "eval")
+        frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
+                           self.cfg.data.quoting, self.cfg.data.encoding)
+        c = self.cfg.data.columns
+        cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
+                for r in ("prompt", "response", "messages", "chosen", "rejected")}
+        if not task.pref:
             task.examples = {"eval": self.formatter.examples(frame, cols["prompt"], cols["response"],
                                                              cols["messages"], task.block + 1)[0]}
-        else:
-            task.streams = {"eval": token_stream(_read_docs(self.cfg, path), self.encoder)}
-        return task._loss(self.model, "eval")
+            return task._loss(self.model, "eval")
+        task.pairs = {"eval": preference_pairs(self.formatter, frame, cols["prompt"], cols["messages"],
+                                               cols["chosen"], cols["rejected"], task.block + 1)[0]}
+        batches = task._eval_sets("eval")[0]
+        logps, counts = split_logps(self.model, batches, len(task.pairs["eval"]), self.device)
+        try:
+            from luban.models.causal_lm import CausalLM, load_hf_causal_lm
+
+            m = self.cfg.model
+            ref = CausalLM(load_hf_causal_lm(_hf_source(self.cfg), m.allow_download, m.trust_remote_code,
+                                             m.base_dtype)).to(self.device)
+        except LubanError as e:
+            out = preference_metrics(logps, logps, counts, self.cfg.trainer.preference)
+            return {k: out[k] for k in ("logp_accuracy", "chosen_loss", "chosen_perplexity", "pairs")} | {
+                "note": f"no reward metrics: the reference model did not load ({e})"}
+        ref_logps = split_logps(ref, batches, len(task.pairs["eval"]), self.device)[0]
+        return preference_metrics(logps, ref_logps, counts, self.cfg.trainer.preference)

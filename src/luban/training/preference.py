@@ -1,0 +1,90 @@
+"""Preference optimization losses (DPO, IPO, SLiC-hinge) on sequence log-probabilities, and their metrics.
+
+Every loss compares the policy's log-probability ratio over the reference model for the chosen reply with the
+rejected one's. The reference log-probabilities are computed once, before training, by the model as loaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luban.config import PreferenceConfig
+from luban.data.chat import IGNORE
+
+
+def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of log p(y_t | x_<=t) over the trained (non-IGNORE) targets, and how many there are."""
+    logits = model(x).float()
+    mask = y != IGNORE
+    picked = logits.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    return logp.sum(-1), mask.sum(-1)
+
+
+def preference_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
+                    cfg: PreferenceConfig) -> torch.Tensor:
+    """Per-pair loss. policy / reference / counts: [n, 2] (chosen, rejected) log-probability sums and token counts."""
+    ratio = policy - reference
+    if cfg.loss == "ipo":  # IPO regresses the length-normalized log-ratio gap onto 1 / (2 beta)
+        h = (ratio / counts.clamp(min=1))
+        return (h[:, 0] - h[:, 1] - 1 / (2 * cfg.beta)) ** 2
+    z = cfg.beta * (ratio[:, 0] - ratio[:, 1])
+    if cfg.loss == "hinge":
+        return torch.relu(1 - z)
+    eps = cfg.label_smoothing
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+def objective(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
+              cfg: PreferenceConfig) -> torch.Tensor:
+    """The training loss of a batch: mean preference loss, plus sft_weight × the chosen replies' token loss."""
+    loss = preference_loss(policy, reference, counts, cfg).mean()
+    if cfg.sft_weight:
+        loss = loss + cfg.sft_weight * (-policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1))
+    return loss
+
+
+def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
+                       cfg: PreferenceConfig) -> dict:
+    """Over a split's pairs: the training objective (loss) and its preference part; the implicit rewards beta * (log pi - log pi_ref) of both replies, their
+    margin and how often the chosen one's is higher (reward_accuracy, ties count as misses); how often the model
+    gives the chosen reply the higher per-token log-likelihood (logp_accuracy); the chosen replies' token loss."""
+    policy, reference, counts = policy.double(), reference.double(), counts.double()
+    rewards = cfg.beta * (policy - reference)
+    per_token = policy / counts.clamp(min=1)
+    chosen_loss = float(-policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1))
+    pref = float(preference_loss(policy, reference, counts, cfg).mean())
+    return {"loss": pref + cfg.sft_weight * chosen_loss, "preference_loss": pref,
+            "reward_accuracy": float((rewards[:, 0] > rewards[:, 1]).double().mean()),
+            "reward_margin": float((rewards[:, 0] - rewards[:, 1]).mean()),
+            "chosen_reward": float(rewards[:, 0].mean()), "rejected_reward": float(rewards[:, 1].mean()),
+            "logp_accuracy": float((per_token[:, 0] > per_token[:, 1]).double().mean()),
+            "chosen_loss": chosen_loss, "chosen_perplexity": math.exp(min(chosen_loss, 50.0)),
+            "pairs": int(policy.shape[0])}
+
+
+@torch.no_grad()
+def split_logps(model: nn.Module, batches, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 2] log-probability sums and token counts of every pair of a split, in pair order."""
+    was = model.training
+    model.eval()
+    logps, counts = torch.zeros(n, 2, dtype=torch.float64), torch.zeros(n, 2, dtype=torch.long)
+    for batch in batches:
+        lp, c = sequence_logps(model, batch["x"].to(device), batch["y"].to(device))
+        k = len(batch["index"])
+        logps[batch["index"]] = torch.stack([lp[:k], lp[k:]], 1).double().cpu()
+        counts[batch["index"]] = torch.stack([c[:k], c[k:]], 1).cpu()
+    model.train(was)
+    return logps, counts
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """The policy's log-probabilities are compared with the reference's, computed without dropout: train without
+    it too (as TRL does by default)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
