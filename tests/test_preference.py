@@ -3,6 +3,7 @@ encoding of pairs, a LoRA run that learns a prompt-dependent preference, evaluat
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -33,6 +34,20 @@ def test_losses_and_metrics_equal_hand_computed_values():
     ipo = PreferenceConfig(beta=0.5, loss="ipo")  # per-token log-ratios: (1/2, -1/4), (1/8, 1/12), (0, -1/2)
     assert preference_loss(POLICY, REFERENCE, COUNTS, ipo).tolist() == pytest.approx(
         [(0.75 - 1) ** 2, (1 / 24 - 1) ** 2, (0.5 - 1) ** 2])
+    # reference-free, on per-token log-likelihoods: chosen (-1, -1, -1), rejected (-1.25, -0.5, -1.5)
+    simpo = PreferenceConfig(beta=2.0, loss="simpo", simpo_gamma=0.5)
+    assert preference_loss(POLICY, REFERENCE, COUNTS, simpo).tolist() == pytest.approx(
+        [math.log1p(math.exp(-(2.0 * d - 0.5))) for d in (0.25, -0.5, 0.5)], rel=1e-6)
+
+    def log_odds(p):
+        return math.log(p / (1 - p))
+
+    orpo = PreferenceConfig(beta=0.5, loss="orpo")
+    assert preference_loss(POLICY, REFERENCE, COUNTS, orpo).tolist() == pytest.approx(
+        [1 + 0.5 * math.log1p(math.exp(-(log_odds(math.exp(-1)) - log_odds(math.exp(r)))))
+         for r in (-1.25, -0.5, -1.5)], rel=1e-6)
+    m = preference_metrics(POLICY, REFERENCE, COUNTS, simpo)
+    assert m["chosen_reward"] == pytest.approx(-2.0) and m["reward_accuracy"] == pytest.approx(2 / 3)
     rpo = PreferenceConfig(beta=0.5, sft_weight=2.0)  # + 2 x the chosen replies' mean token loss: 7 nats / 7 tokens
     assert float(objective(POLICY, REFERENCE, COUNTS, rpo)) == pytest.approx(sum(want) / 3 + 2.0, rel=1e-6)
 
@@ -93,7 +108,9 @@ def animal_pairs(n: int) -> list[dict]:
 def test_dpo_lora_learns_the_prompts_preference_and_the_run_evaluates(tiny_gpt2, tmp_path):
     train = write_jsonl(tmp_path / "pairs.jsonl", animal_pairs(48))
     test = write_jsonl(tmp_path / "test.jsonl", animal_pairs(16))
-    cfg = hf_config(tmp_path / "runs", "dpo", tiny_gpt2, train,
+    base_dir = tmp_path / "base"
+    shutil.copytree(tiny_gpt2, base_dir)
+    cfg = hf_config(tmp_path / "runs", "dpo", base_dir, train,
                     trainer={"epochs": 20, "lr": 1e-2, "preference": {"beta": 1.0}},
                     data={"test": str(test), "columns": {"prompt": "prompt", "chosen": "chosen",
                                                          "rejected": "rejected"}})
@@ -111,20 +128,31 @@ def test_dpo_lora_learns_the_prompts_preference_and_the_run_evaluates(tiny_gpt2,
     again = model.evaluate(test)  # the reference is read back from model.path: the run's own test figures
     assert again["reward_accuracy"] == 1.0 and again["logp_accuracy"] == 1.0
     assert again["loss"] == pytest.approx(m["test"]["loss"], rel=1e-3, abs=1e-4)
+    shutil.rmtree(base_dir)  # the reference is gone: the figures that need none, and why the others are missing
+    alone = model.evaluate(test)
+    assert alone["logp_accuracy"] == 1.0 and "reward_accuracy" not in alone
+    assert "the reference model did not load" in alone["note"]
 
 
-def test_preference_on_conversations_with_a_chat_template(tiny_llama_chat, tmp_path):
+@pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo"])
+def test_preference_on_conversations_with_a_chat_template(tiny_llama_chat, tmp_path, loss):
     rows = [{"messages": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
             for r in animal_pairs(32)]
-    run = luban.train(hf_config(tmp_path / "runs", "chat", tiny_llama_chat, write_jsonl(tmp_path / "c.jsonl", rows),
+    data = write_jsonl(tmp_path / "c.jsonl", rows)
+    run = luban.train(hf_config(tmp_path / "runs", "chat", tiny_llama_chat, data,
                                 model={"finetune": "full"},
-                                trainer={"epochs": 4, "lr": 3e-3, "preference": {"loss": "ipo", "beta": 0.5}},
+                                trainer={"epochs": 4, "lr": 3e-3, "preference": {"loss": loss, "beta": 0.5}},
                                 data={"columns": {"messages": "messages", "chosen": "chosen",
                                                   "rejected": "rejected"}}), quiet=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    assert m["validation"]["reward_margin"] > 0 and m["validation"]["loss"] < m["baseline"]["validation"]["loss"]
-    reply = luban.load(run).chat([{"role": "user", "content": "my cat says"}], temperature=0, max_new_tokens=2)
+    before = m["baseline"]["validation"]  # the model as loaded, under the same loss
+    assert m["validation"]["preference_loss"] < before["preference_loss"]
+    assert m["validation"]["reward_margin"] > before["reward_margin"]
+    model = luban.load(run)
+    reply = model.chat([{"role": "user", "content": "my cat says"}], temperature=0, max_new_tokens=2)
     assert reply["tokens"] >= 1
+    again = model.evaluate(data)  # every pair, trained ones included: rewards from the run's own loss
+    assert again["pairs"] == len(rows) and "note" not in again and again["reward_margin"] > before["reward_margin"]
 
 
 def test_bad_preference_input(tiny_gpt2, tmp_path):

@@ -624,12 +624,15 @@ class DistributedConfig(Section):
 
 
 class PreferenceConfig(Section):
-    """Preference optimization of a pretrained causal LM from (prompt, chosen, rejected) triples, against the
-    model as loaded (the frozen reference)."""
+    """Preference optimization of a pretrained causal LM from (prompt, chosen, rejected) triples; DPO, IPO and hinge
+    compare with the model as loaded (the frozen reference), SimPO and ORPO need no reference."""
 
-    loss: Literal["sigmoid", "ipo", "hinge"] = Field(
-        "sigmoid", description="sigmoid: DPO; ipo: squared loss on length-normalized log-ratios (IPO); hinge: SLiC")
-    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference model (DPO's beta)")
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
+        "sigmoid", description="sigmoid: DPO; ipo: squared loss on length-normalized log-ratios (IPO); hinge: SLiC; "
+        "reference-free: simpo (length-normalized log-likelihood margin), orpo (SFT loss + odds-ratio term)")
+    beta: float = Field(0.1, gt=0, description="DPO/IPO/hinge: strength of the pull toward the reference model; "
+                        "simpo: reward scale (its paper uses 2-2.5); orpo: weight of the odds-ratio term")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin (gamma)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: assumed fraction of flipped "
                                    "preference labels (conservative DPO)")
     sft_weight: float = Field(0.0, ge=0, description="adds this times the chosen replies' token loss (RPO)")

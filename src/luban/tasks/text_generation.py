@@ -39,8 +39,8 @@ from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
 from luban.training.checkpoint import load_weights
-from luban.training.preference import (disable_dropout, objective, preference_metrics, sequence_logps,
-                                       split_logps)
+from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, preference_metrics,
+                                       sequence_logps, split_logps)
 
 SPLITS = ("train", "validation", "test")
 
@@ -740,6 +740,9 @@ class TextGenerationPredictor(Predictor):
                                                cols["chosen"], cols["rejected"], task.block + 1)[0]}
         batches = task._eval_sets("eval")[0]
         logps, counts = split_logps(self.model, batches, len(task.pairs["eval"]), self.device)
+        pc = self.cfg.trainer.preference
+        if pc.loss in REFERENCE_FREE:
+            return preference_metrics(logps, logps, counts, pc)
         try:
             from luban.models.causal_lm import CausalLM, load_hf_causal_lm
 
@@ -747,8 +750,8 @@ class TextGenerationPredictor(Predictor):
             ref = CausalLM(load_hf_causal_lm(_hf_source(self.cfg), m.allow_download, m.trust_remote_code,
                                              m.base_dtype)).to(self.device)
         except LubanError as e:
-            out = preference_metrics(logps, logps, counts, self.cfg.trainer.preference)
+            out = preference_metrics(logps, logps, counts, pc)
             return {k: out[k] for k in ("logp_accuracy", "chosen_loss", "chosen_perplexity", "pairs")} | {
                 "note": f"no reward metrics: the reference model did not load ({e})"}
         ref_logps = split_logps(ref, batches, len(task.pairs["eval"]), self.device)[0]
-        return preference_metrics(logps, ref_logps, counts, self.cfg.trainer.preference)
+        return preference_metrics(logps, ref_logps, counts, pc)

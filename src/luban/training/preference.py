@@ -1,7 +1,9 @@
-"""Preference optimization losses (DPO, IPO, SLiC-hinge) on sequence log-probabilities, and their metrics.
+"""Preference optimization losses on sequence log-probabilities, and their metrics.
 
-Every loss compares the policy's log-probability ratio over the reference model for the chosen reply with the
-rejected one's. The reference log-probabilities are computed once, before training, by the model as loaded.
+DPO (sigmoid), IPO and SLiC-hinge compare the policy's log-probability ratio over the reference model for the
+chosen reply with the rejected one's; the reference log-probabilities are computed once, before training, by the
+model as loaded. SimPO and ORPO are reference-free: they compare the replies' length-normalized log-likelihoods
+(ORPO through their odds, added to the chosen reply's token loss).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from torch import nn
 
 from luban.config import PreferenceConfig
 from luban.data.chat import IGNORE
+
+REFERENCE_FREE = ("simpo", "orpo")
 
 
 def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,6 +32,12 @@ def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 def preference_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
                     cfg: PreferenceConfig) -> torch.Tensor:
     """Per-pair loss. policy / reference / counts: [n, 2] (chosen, rejected) log-probability sums and token counts."""
+    mean = policy / counts.clamp(min=1)  # per-token log-likelihood
+    if cfg.loss == "simpo":
+        return -F.logsigmoid(cfg.beta * (mean[:, 0] - mean[:, 1]) - cfg.simpo_gamma)
+    if cfg.loss == "orpo":  # log odds of a reply: log p - log(1 - p), p its per-token likelihood
+        log_odds = mean - torch.log1p(-torch.exp(mean.clamp(max=-1e-6)))
+        return -mean[:, 0] - cfg.beta * F.logsigmoid(log_odds[:, 0] - log_odds[:, 1])
     ratio = policy - reference
     if cfg.loss == "ipo":  # IPO regresses the length-normalized log-ratio gap onto 1 / (2 beta)
         h = (ratio / counts.clamp(min=1))
@@ -50,12 +60,13 @@ def objective(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tenso
 
 def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
                        cfg: PreferenceConfig) -> dict:
-    """Over a split's pairs: the training objective (loss) and its preference part; the implicit rewards beta * (log pi - log pi_ref) of both replies, their
-    margin and how often the chosen one's is higher (reward_accuracy, ties count as misses); how often the model
-    gives the chosen reply the higher per-token log-likelihood (logp_accuracy); the chosen replies' token loss."""
+    """Over a split's pairs: the training objective (loss) and its preference part; the implicit rewards of both
+    replies, beta * (log pi - log pi_ref) (reference-free losses: beta * per-token log pi), their margin and how
+    often the chosen one's is higher (reward_accuracy, ties count as misses); how often the model gives the chosen
+    reply the higher per-token log-likelihood (logp_accuracy); the chosen replies' token loss."""
     policy, reference, counts = policy.double(), reference.double(), counts.double()
-    rewards = cfg.beta * (policy - reference)
     per_token = policy / counts.clamp(min=1)
+    rewards = cfg.beta * (per_token if cfg.loss in REFERENCE_FREE else policy - reference)
     chosen_loss = float(-policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1))
     pref = float(preference_loss(policy, reference, counts, cfg).mean())
     return {"loss": pref + cfg.sft_weight * chosen_loss, "preference_loss": pref,
