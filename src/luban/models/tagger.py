@@ -1,0 +1,77 @@
+"""Sequence labellers: one score per (token, tag) from a BiLSTM over token embeddings or a pretrained transformer
+encoder (each word read at its first subword), optionally decoded with a linear-chain CRF (pytorch-crf).
+
+Every tagger takes (ids, mask, first, word_mask): ids / mask are the encoder's input (the tokens themselves for
+the BiLSTM, subwords for a pretrained encoder); first[b, w] is the input position of word w, word_mask marks real
+words. forward returns the emission scores [batch, words, tags].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IGNORE = -100
+
+
+class TagHead(nn.Module):
+    """Emissions -> loss and best tag paths; a CRF learns which tag may follow which."""
+
+    def __init__(self, num_tags: int, crf: bool):
+        super().__init__()
+        self.crf = None
+        if crf:
+            from torchcrf import CRF
+
+            self.crf = CRF(num_tags, batch_first=True)
+
+    def loss(self, emissions: torch.Tensor, tags: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per sequence (CRF) or per token (softmax)."""
+        emissions = emissions.float()
+        if self.crf is None:
+            return nn.functional.cross_entropy(emissions.reshape(-1, emissions.shape[-1]),
+                                               tags.masked_fill(~word_mask, IGNORE).reshape(-1),
+                                               ignore_index=IGNORE)
+        return -self.crf(emissions, tags.clamp(min=0), mask=word_mask, reduction="mean")
+
+    @torch.no_grad()
+    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> list[list[int]]:
+        emissions = emissions.float()
+        if self.crf is None:
+            best = emissions.argmax(-1)
+            return [row[: int(n)].tolist() for row, n in zip(best, word_mask.sum(1))]
+        return self.crf.decode(emissions, mask=word_mask)
+
+
+class BiLSTMTagger(nn.Module):
+    def __init__(self, vocab_size: int, num_tags: int, pad_id: int, embedding_dim: int = 128,
+                 hidden_size: int = 256, num_layers: int = 1, dropout: float = 0.3, crf: bool = True):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size // 2, num_layers=num_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_tags)
+        self.head = TagHead(num_tags, crf)
+
+    def forward(self, ids, mask, first, word_mask):
+        x = self.drop(self.embed(ids))
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])
+        return self.out(self.drop(h))
+
+
+class PretrainedTagger(nn.Module):
+    def __init__(self, encoder, num_tags: int, dropout: float = 0.1, crf: bool = True):
+        super().__init__()
+        self.backbone = encoder
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(encoder.config.hidden_size, num_tags)
+        self.head = TagHead(num_tags, crf)
+
+    def forward(self, ids, mask, first, word_mask):
+        h = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        words = h.gather(1, first.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        return self.out(self.drop(words))
