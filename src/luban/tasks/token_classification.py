@@ -67,9 +67,9 @@ class Subwords:
     def __init__(self, tok):
         self.tok = tok
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        marker = -1
-        built = tok.build_inputs_with_special_tokens([marker])
-        self.prefix, self.suffix = built[: built.index(marker)], built[built.index(marker) + 1:]
+        enc = tok(["a"], is_split_into_words=True)  # the special tokens the encoder expects around a text
+        inside = [i for i, w in enumerate(enc.word_ids()) if w is not None]
+        self.prefix, self.suffix = enc["input_ids"][: inside[0]], enc["input_ids"][inside[-1] + 1:]
 
     def encode(self, tokens: list[str]) -> list[list[int]]:
         enc = self.tok(tokens, is_split_into_words=True, add_special_tokens=False)
