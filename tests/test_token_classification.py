@@ -100,6 +100,17 @@ def test_bilstm_crf_uses_context_and_predicts_offsets_on_long_input(tmp_path):
     again = model.evaluate(test)
     assert again["f1"] >= 0.98 and again["sequences"] == 40
 
+    # exported to ONNX (emissions), decoded by the CRF in luban's predictor: the same tags
+    from luban.compress.export import export_run
+
+    pytest.importorskip("onnxruntime")
+    meta = export_run(run, "onnx", quiet=True)
+    assert meta["parity"]["max_abs_diff"] < 1e-4
+    onnx = luban.load(run)  # auto: the export
+    assert onnx.backend == "onnx"
+    texts = [" ".join(r["tokens"]) for r in ner_rows(30, 9)]
+    assert [r["tags"] for r in onnx.predict(texts)] == [r["tags"] for r in luban.load(run, backend="torch").predict(texts)]
+
     # sequences longer than the context are cut into chunks and put back together: every token keeps a tag
     short = luban.train(ner_config(tmp_path / "runs", "short", train, preprocessing={"tokenizer": {"max_length": 3}}),
                         quiet=True)

@@ -1,9 +1,10 @@
 """Sequence labellers: one score per (token, tag) from a BiLSTM over token embeddings or a pretrained transformer
 encoder (each word read at its first subword), optionally decoded with a linear-chain CRF (pytorch-crf).
 
-Every tagger takes (ids, mask, first, word_mask): ids / mask are the encoder's input (the tokens themselves for
-the BiLSTM, subwords for a pretrained encoder); first[b, w] is the input position of word w, word_mask marks real
-words. forward returns the emission scores [batch, words, tags].
+Every tagger takes (ids, mask, first): ids / mask are the encoder's input (the tokens themselves for the BiLSTM,
+subwords for a pretrained encoder) and first[b, w] is the input position of word w; forward returns the emission
+scores [batch, words, tags] read at those positions. The head (loss, CRF decoding) also takes word_mask, which marks
+real words; an exported model (ONNX) is the forward alone, decoded by the head in luban's predictor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import torch
 from torch import nn
 
 IGNORE = -100
+
+
+def at_words(h: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """The hidden states [batch, words, dim] at each word's input position."""
+    return h.gather(1, first.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
 
 class TagHead(nn.Module):
@@ -54,13 +60,13 @@ class BiLSTMTagger(nn.Module):
         self.out = nn.Linear(hidden_size, num_tags)
         self.head = TagHead(num_tags, crf)
 
-    def forward(self, ids, mask, first, word_mask):
+    def forward(self, ids, mask, first):
         x = self.drop(self.embed(ids))
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])
-        return self.out(self.drop(h))
+        return self.out(self.drop(at_words(h, first)))
 
 
 class PretrainedTagger(nn.Module):
@@ -71,7 +77,6 @@ class PretrainedTagger(nn.Module):
         self.out = nn.Linear(encoder.config.hidden_size, num_tags)
         self.head = TagHead(num_tags, crf)
 
-    def forward(self, ids, mask, first, word_mask):
+    def forward(self, ids, mask, first):
         h = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        words = h.gather(1, first.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        return self.out(self.drop(words))
+        return self.out(self.drop(at_words(h, first)))

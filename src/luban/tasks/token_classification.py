@@ -25,7 +25,7 @@ from luban.data.tagging import (Sequence, chunk_ranges, find_scheme, normalize_t
 from luban.data.tokenizers import resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
-from luban.tasks.base import Batches, Predictor, Task, read_file, to_device
+from luban.tasks.base import Batches, ExportSpec, Predictor, Task, read_file, sample_rows, to_device
 
 PAD, UNK = "<pad>", "<unk>"
 META = "tagger.json"
@@ -132,8 +132,14 @@ class _Tagging:
             out += _chunks(self.encoder.encode(s.tokens), tag_ids[i] if tag_ids else None, i, self.limit, pre, suf)
         return out
 
+    def export_spec(self) -> ExportSpec:
+        seq, words = {0: "batch", 1: "length"}, {0: "batch", 1: "words"}
+        return ExportSpec(["ids", "mask", "first"], ["emissions"],
+                          {"ids": seq, "mask": seq, "first": words, "emissions": words})
+
     @torch.no_grad()
-    def decode(self, model, seqs: list[Sequence], chunks: list[Chunk]) -> list[list[str]]:
+    def decode(self, model, head, seqs: list[Sequence], chunks: list[Chunk]) -> list[list[str]]:
+        """Every sequence's tags: `model` gives the emissions (PyTorch or an export), `head` decodes them."""
         was = model.training
         model.eval()
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
@@ -141,7 +147,7 @@ class _Tagging:
         run = collate(chunks, self.encoder.pad_id)
         for idx in epoch_batches([len(c.ids) for c in chunks], bs, 0, 0, shuffle=False):
             b = to_device(run(idx), self.device)
-            best = model.head.decode(model(b["ids"], b["mask"], b["first"], b["word_mask"]), b["word_mask"])
+            best = head.decode(model(b["ids"], b["mask"], b["first"]), b["word_mask"])
             for i, path in zip(idx, best):
                 c = chunks[i]
                 paths[c.seq][c.start: c.start + len(path)] = path
@@ -233,11 +239,19 @@ class TokenClassificationTask(Task, _Tagging):
 
     def loss(self, model, batch):
         b = to_device(batch, self.device)
-        return model.head.loss(model(b["ids"], b["mask"], b["first"], b["word_mask"]), b["tags"], b["word_mask"])
+        return model.head.loss(model(b["ids"], b["mask"], b["first"]), b["tags"], b["word_mask"])
+
+    def split_inputs(self, split, limit=None, batch_size=32):
+        """(ids, mask, first) batches of a sample of a split's chunks, padded as decoding pads them."""
+        cs = self.chunks[split]
+        rows = sample_rows(len(cs), limit, self.cfg.seed)
+        run = collate(cs, self.encoder.pad_id)
+        return [(b["ids"], b["mask"], b["first"]) for b in (run(rows[i:i + batch_size])
+                                                          for i in range(0, len(rows), batch_size))]
 
     def evaluate(self, model, split, detailed=False):
         seqs = self.seqs[split]
-        pred = self.decode(model, seqs, self.chunks[split])
+        pred = self.decode(model, model.head, seqs, self.chunks[split])
         m = tagging_metrics([q.tags for q in seqs], pred, self.scheme)
         if not detailed:
             return {k: v for k, v in m.items() if isinstance(v, float)}
@@ -303,6 +317,7 @@ def worst_sequences(seqs: list[Sequence], pred: list[list[str]], scheme: str, n:
 class TokenClassificationPredictor(Predictor, _Tagging):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "token_classification"
+    exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
@@ -317,8 +332,22 @@ class TokenClassificationPredictor(Predictor, _Tagging):
             self.encoder = Subwords(AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True))
             backbone = str(folder / "backbone")
         vocab = len(self.encoder.itos) if isinstance(self.encoder, Vocabulary) else 0
-        self.model = self.load_model(lambda: build_tagger(cfg, vocab, len(self.tags), self.encoder.pad_id,
-                                                          backbone))
+        def build():
+            return build_tagger(cfg, vocab, len(self.tags), self.encoder.pad_id, backbone)
+
+        self.model = self.load_model(build)
+        self.head = self._head(build)
+
+    def _head(self, build):
+        """The CRF (or argmax) decoder; an ONNX export holds only the emissions, so it comes from the weights."""
+        model = getattr(self.model, "model", self.model)  # a bf16-compressed run wraps the module
+        if isinstance(model, torch.nn.Module) and hasattr(model, "head"):
+            return model.head.float()
+        from luban.training.checkpoint import load_weights
+
+        full = build()
+        load_weights(full, self.folder)
+        return full.head.to(self.device).eval()
 
     def predict(self, inputs) -> list[dict]:
         """Each input: a text (cut into tokens as in training: characters or words) or {"tokens": [...]}. Returns
@@ -338,7 +367,7 @@ class TokenClassificationPredictor(Predictor, _Tagging):
             seqs.append(Sequence(tokens, None, i + 1))
             texts.append(text)
             offsets.append(offs)
-        tags = self.decode(self.model, seqs, self.encode(seqs, None)) if seqs else []
+        tags = self.decode(self.model, self.head, seqs, self.encode(seqs, None)) if seqs else []
         return [self._result(s.tokens, t, text, offs) for s, t, text, offs in zip(seqs, tags, texts, offsets)]
 
     def _result(self, tokens, tags, text, offs) -> dict:
@@ -381,7 +410,7 @@ class TokenClassificationPredictor(Predictor, _Tagging):
             if bad is not None:
                 raise DataError(f"{frame.attrs.get('source', path)}: line {q.line}: field {c.tags!r}: tag {bad!r} "
                                 "was never seen in training")
-        pred = self.decode(self.model, seqs, self.encode(seqs, None))
+        pred = self.decode(self.model, self.head, seqs, self.encode(seqs, None))
         return tagging_metrics([q.tags for q in seqs], pred, self.scheme) | {
             "worst_sequences": worst_sequences(seqs, pred, self.scheme, self.cfg.evaluation.worst_examples)}
 
