@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
-from conftest import deep_update, speech_config, tabular_config, write_csv  # noqa: E402
+from conftest import deep_update, speech_config, tabular_config, write_csv, write_jsonl  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import luban  # noqa: E402
@@ -687,7 +687,12 @@ def test_playground_in_headless_chromium(runs):
     playwright = pytest.importorskip("playwright.sync_api")
     import uvicorn
 
-    app = create_app(settings=ServeSettings(runs=[str(runs["text"]), str(runs["lm"])], api_keys=["pw-key"]))
+    from test_token_classification import ner_config, ner_rows
+
+    out = runs["lm"].parent
+    tagger = luban.train(ner_config(out, "ner", write_jsonl(out.parent / "ner.jsonl", ner_rows(200, 0))), quiet=True)
+    app = create_app(settings=ServeSettings(runs=[str(runs["text"]), str(runs["lm"]), str(tagger)],
+                                            api_keys=["pw-key"]))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -708,7 +713,7 @@ def test_playground_in_headless_chromium(runs):
             page.fill("#api-key", "pw-key")
             page.dispatch_event("#api-key", "change")
             page.wait_for_selector("body[data-ready='1']")
-            assert page.locator("article.model").count() == 2
+            assert page.locator("article.model").count() == 3
             card = page.locator("#model-zh")
             assert card.locator("[data-panel=text]").count() == 1
             card.locator("textarea").fill("这个手机非常好\n那个酒店真差啊")
@@ -718,6 +723,14 @@ def test_playground_in_headless_chromium(runs):
             expected = luban.load(runs["text"]).predict(["这个手机非常好", "那个酒店真差啊"])
             for p in expected:
                 assert p["label"] in shown and f"{p['score'] * 100:.1f}%" in shown
+            ner = page.locator("#model-ner")  # entities marked in the text, with their types
+            ner.locator("textarea").fill("jordan flew to  georgia today")
+            ner.locator("button", has_text="Predict").click()
+            page.wait_for_selector("#model-ner .tagged mark >> nth=1")
+            marks = ner.locator(".tagged mark")
+            assert [marks.nth(i).get_attribute("data-type") for i in range(2)] == ["PER", "LOC"]
+            assert marks.nth(1).inner_text().startswith("georgia")
+            assert ner.locator(".tagged").inner_text().replace("\n", "").startswith("jordanPER flew to")
             chat = page.locator("#model-lm")
             assert chat.locator("[data-panel=chat] input[type=range]").count() == 4
             chat.locator("textarea").fill("the cat")

@@ -88,7 +88,7 @@ def _chunks(pieces: list[list[int]], tags: list[int] | None, seq: int, limit: in
         ids, first = list(prefix), []
         for p in pieces[a:b]:
             first.append(len(ids))
-            ids += p
+            ids += p[:limit]  # a word longer than the whole context keeps its first subwords
         out.append(Chunk(ids + list(suffix), first, tags[a:b] if tags is not None else None, seq, a))
     return out
 

@@ -69,13 +69,37 @@ function renderPrediction(p, title) {
     if (p.text !== undefined) box.append(el("div", { class: "transcript" },
       p.text ? el("span", { class: "label" }, p.text) : el("span", { class: "muted" }, "(empty)")));
     if (p.items) box.append(itemList(p.items, p.strategy));
+    if (p.entities) box.append(p.entities.length ? tagged(title || p.tokens.join(""), p.entities)
+                                                 : el("div", { class: "muted" }, "(no entities)"));
+    if (p.words) box.append(el("div", { class: "words" }, p.words.map(w => el("span", {}, w))));
     if (p.boxes) box.append(el("div", { class: "muted" }, `${p.boxes.length} box(es)`));
-    if (p.label === undefined && p.value === undefined && p.text === undefined && !p.items && !p.boxes)
+    if (p.label === undefined && p.value === undefined && p.text === undefined && !p.items && !p.boxes &&
+        !p.entities && !p.words)
       box.append(el("pre", {}, JSON.stringify(p, null, 2)));
   } else {
     box.append(el("pre", {}, JSON.stringify(p, null, 2)));
   }
   return box;
+}
+
+function tagged(text, entities) {
+  // the input text with each entity marked and its type beside it (offsets are characters of the text)
+  const box = el("div", { class: "tagged" });
+  let at = 0;
+  entities.forEach((e, i) => {
+    if (e.start > at) box.append(text.slice(at, e.start));
+    box.append(el("mark", { "data-type": e.type, style: `--c:${COLORS[typeColor(e.type)]}` },
+                  text.slice(e.start, e.end), el("sub", {}, e.type)));
+    at = e.end;
+  });
+  box.append(text.slice(at));
+  return box;
+}
+
+function typeColor(type) {
+  let h = 0;
+  for (const ch of type) h = (h * 31 + ch.charCodeAt(0)) % COLORS.length;
+  return h;
 }
 
 function itemList(items, strategy) {
