@@ -110,7 +110,15 @@ def test_bilstm_crf_uses_context_and_predicts_offsets_on_long_input(tmp_path):
     onnx = luban.load(run)  # auto: the export
     assert onnx.backend == "onnx"
     texts = [" ".join(r["tokens"]) for r in ner_rows(30, 9)]
-    assert [r["tags"] for r in onnx.predict(texts)] == [r["tags"] for r in luban.load(run, backend="torch").predict(texts)]
+    torch_tags = [r["tags"] for r in luban.load(run, backend="torch").predict(texts)]
+    assert [r["tags"] for r in onnx.predict(texts)] == torch_tags
+    from luban.compress.quantize import quantize_run  # a run holding only the int8 ONNX model still decodes (CRF)
+
+    q = quantize_run(run, "int8-dynamic", quiet=True)
+    assert not (q / "model" / "model.safetensors").exists()
+    q_tags = [r["tags"] for r in luban.load(q).predict(texts)]
+    same = sum(a == b for x, y in zip(q_tags, torch_tags) for a, b in zip(x, y)) / sum(map(len, torch_tags))
+    assert same >= 0.95 and json.loads((q / "metrics.json").read_text())["test"]["f1"] >= 0.9
 
     # sequences longer than the context are cut into chunks and put back together: every token keeps a tag
     short = luban.train(ner_config(tmp_path / "runs", "short", train, preprocessing={"tokenizer": {"max_length": 3}}),

@@ -29,6 +29,7 @@ from luban.tasks.base import Batches, ExportSpec, Predictor, Task, read_file, sa
 
 PAD, UNK = "<pad>", "<unk>"
 META = "tagger.json"
+HEAD = "tag_head.safetensors"  # the CRF transitions again, for runs that keep only an ONNX model (luban compress)
 
 
 @dataclass
@@ -142,6 +143,7 @@ class _Tagging:
         """Every sequence's tags: `model` gives the emissions (PyTorch or an export), `head` decodes them."""
         was = model.training
         model.eval()
+        head = head.float()  # transitions in float32, also when the model runs in bf16
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
         paths: list[list[int]] = [[0] * len(s.tokens) for s in seqs]
         run = collate(chunks, self.encoder.pad_id)
@@ -230,7 +232,9 @@ class TokenClassificationTask(Task, _Tagging):
 
     def build_model(self):
         vocab = len(self.encoder.itos) if isinstance(self.encoder, Vocabulary) else 0
-        return build_tagger(self.cfg, vocab, len(self.tags), self.encoder.pad_id)
+        model = build_tagger(self.cfg, vocab, len(self.tags), self.encoder.pad_id)
+        self.head = model.head  # decodes for exported / compressed forms of this model too (luban compress)
+        return model
 
     def train_batches(self, epoch):
         cs = self.chunks["train"]
@@ -251,7 +255,7 @@ class TokenClassificationTask(Task, _Tagging):
 
     def evaluate(self, model, split, detailed=False):
         seqs = self.seqs[split]
-        pred = self.decode(model, model.head, seqs, self.chunks[split])
+        pred = self.decode(model, model.head if hasattr(model, "head") else self.head, seqs, self.chunks[split])
         m = tagging_metrics([q.tags for q in seqs], pred, self.scheme)
         if not detailed:
             return {k: v for k, v in m.items() if isinstance(v, float)}
@@ -272,6 +276,9 @@ class TokenClassificationTask(Task, _Tagging):
         return report_sections(final["test"], self.scheme)
 
     def save(self, folder, model):
+        from safetensors.torch import save_model
+
+        save_model(model.head, str(folder / HEAD))
         meta = {"tags": self.tags, "scheme": self.scheme, "split": self.split}
         if isinstance(self.encoder, Vocabulary):
             meta["vocabulary"] = self.encoder.itos
@@ -336,18 +343,20 @@ class TokenClassificationPredictor(Predictor, _Tagging):
             return build_tagger(cfg, vocab, len(self.tags), self.encoder.pad_id, backbone)
 
         self.model = self.load_model(build)
-        self.head = self._head(build)
+        self.head = self._head()
 
-    def _head(self, build):
-        """The CRF (or argmax) decoder; an ONNX export holds only the emissions, so it comes from the weights."""
+    def _head(self):
+        """The CRF (or argmax) decoder; an ONNX model holds only the emissions, so it comes from its own file."""
         model = getattr(self.model, "model", self.model)  # a bf16-compressed run wraps the module
         if isinstance(model, torch.nn.Module) and hasattr(model, "head"):
             return model.head.float()
-        from luban.training.checkpoint import load_weights
+        from safetensors.torch import load_model
 
-        full = build()
-        load_weights(full, self.folder)
-        return full.head.to(self.device).eval()
+        from luban.models.tagger import TagHead
+
+        head = TagHead(len(self.tags), self.cfg.tagging.crf)
+        load_model(head, str(self.folder / HEAD))
+        return head.to(self.device).eval()
 
     def predict(self, inputs) -> list[dict]:
         """Each input: a text (cut into tokens as in training: characters or words) or {"tokens": [...]}. Returns
