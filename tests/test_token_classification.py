@@ -204,3 +204,10 @@ def test_bad_token_classification_input(tmp_path):
                     quiet=True)
     for name in ("bad", "blank", "unseen", "cols"):
         assert_no_run(out, name)
+    from luban.errors import RunError
+    from luban.lifecycle.ensemble import create_ensemble
+
+    one = luban.train(ner_config(out, "one", train, trainer={"epochs": 1}), quiet=True)
+    with pytest.raises(RunError, match="task token_classification: an ensemble averages class probabilities"):
+        create_ensemble([one, one], out / "ens")
+    assert_no_run(out, "ens")

@@ -18,6 +18,10 @@ from luban.rundir import RunDir, check_finished
 MANIFEST = "ensemble.json"
 
 
+ENSEMBLE_TASKS = {"text_classification", "tabular_classification", "tabular_regression", "image_classification",
+                  "audio_classification"}
+
+
 def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "mean", evaluate_on: str | None = None,
                     overwrite: bool = False) -> Path:
     if len(runs) < 2:
@@ -28,6 +32,9 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
     if len(tasks) > 1:
         raise RunError(f"runs of different tasks cannot be ensembled: {', '.join(sorted(tasks))}")
     task = tasks.pop()
+    if task not in ENSEMBLE_TASKS:
+        raise RunError(f"task {task}: an ensemble averages class probabilities (classification) or values "
+                       f"(regression); it covers {', '.join(sorted(ENSEMBLE_TASKS))}")
     labels = [(d / "model" / "labels.json").read_text(encoding="utf-8") if (d / "model" / "labels.json").exists()
               else None for d in dirs]
     if len(set(labels)) > 1:
