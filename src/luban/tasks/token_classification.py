@@ -243,7 +243,7 @@ class TokenClassificationTask(Task, _Tagging):
 
     def loss(self, model, batch):
         b = to_device(batch, self.device)
-        return model.head.loss(model(b["ids"], b["mask"], b["first"]), b["tags"], b["word_mask"])
+        return self.head.loss(model(b["ids"], b["mask"], b["first"]), b["tags"], b["word_mask"])  # model may be DDP
 
     def split_inputs(self, split, limit=None, batch_size=32):
         """(ids, mask, first) batches of a sample of a split's chunks, padded as decoding pads them."""
@@ -255,7 +255,7 @@ class TokenClassificationTask(Task, _Tagging):
 
     def evaluate(self, model, split, detailed=False):
         seqs = self.seqs[split]
-        pred = self.decode(model, model.head if hasattr(model, "head") else self.head, seqs, self.chunks[split])
+        pred = self.decode(model, getattr(model, "head", None) or self.head, seqs, self.chunks[split])
         m = tagging_metrics([q.tags for q in seqs], pred, self.scheme)
         if not detailed:
             return {k: v for k, v in m.items() if isinstance(v, float)}
