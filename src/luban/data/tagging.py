@@ -68,6 +68,16 @@ def read_sequences(frame: pd.DataFrame, tokens_col: str, tags_col: str | None) -
     return out
 
 
+def check_known_tags(seqs: list[Sequence], known: list[str], source: str, tags_col) -> None:
+    """Every tag of `seqs` is one the model was trained with (else an error naming file, line and field)."""
+    allowed = set(known)
+    for q in seqs:
+        bad = next((t for t in q.tags if t not in allowed), None)
+        if bad is not None:
+            raise DataError(f"{source}: line {q.line}: field {tags_col!r}: tag {bad!r} never occurs in the training "
+                            f"data (known: {', '.join(known[:20])})")
+
+
 def find_scheme(tags: list[str]) -> str:
     tagset = set(tags)
     if tagset <= SEGMENT_TAGS:

@@ -70,8 +70,8 @@ def per_class_table(pc: dict, what: str = "class") -> str:
 
 def _comparison(metrics: dict) -> str:
     test, base = metrics["test"], metrics.get("baseline")
-    keys = [k for k in ("f1", "precision", "accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae", "r2", "mse",
-                        "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid", "loss",
+    keys = [k for k in ("f1", "precision", "accuracy", "f1_macro", "precision_macro", "recall_macro", "rmse", "mae",
+                        "r2", "mse", "map50", "map", "map75", "mean_confidence", "class_entropy_ratio", "kid", "loss",
                         "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l",
                         "ndcg", "hr", "recall", "mrr", "coverage") if k in test]
     head = "<tr><th class=l>model</th>" + "".join(f"<th>test {k}</th>" for k in keys) + "</tr>"

@@ -31,16 +31,16 @@ from torch import nn
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
-from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
+from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
 from luban.training.checkpoint import load_weights
-from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, preference_metrics,
-                                       sequence_logps, split_logps)
+from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, pair_logps,
+                                       preference_metrics, split_logps)
 
 SPLITS = ("train", "validation", "test")
 
@@ -511,11 +511,9 @@ class TextGenerationTask(Task):
     def loss(self, model, batch):
         batch = to_device(batch, self.device)
         if self.pref:
-            lp, n = sequence_logps(model, batch["x"], batch["y"])
-            k, idx = len(batch["index"]), batch["index"].cpu()
-            ref = self.reference["train"][0][idx].to(self.device, torch.float32)
-            return objective(torch.stack([lp[:k], lp[k:]], 1), ref, torch.stack([n[:k], n[k:]], 1),
-                             self.cfg.trainer.preference)
+            policy, counts = pair_logps(model, batch)
+            ref = self.reference["train"][0][batch["index"].cpu()].to(self.device, torch.float32)
+            return objective(policy, ref, counts, self.cfg.trainer.preference)
         s, n = token_loss_sum(model, batch)
         return s / max(n, 1)
 

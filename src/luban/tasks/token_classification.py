@@ -20,8 +20,8 @@ from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.readers import resolve_column
 from luban.data.splits import make_splits
-from luban.data.tagging import (Sequence, chunk_ranges, find_scheme, normalize_token, read_sequences, spans,
-                                split_text)
+from luban.data.tagging import (Sequence, check_known_tags, chunk_ranges, find_scheme, normalize_token,
+                                read_sequences, spans, split_text)
 from luban.data.tokenizers import resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
@@ -59,7 +59,13 @@ class Vocabulary:
         unk = self.stoi[UNK]
         return [[self.stoi.get(normalize_token(t, self.nfkc, self.lowercase), unk)] for t in tokens]
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
     pad_id = 0
+    prefix: list[int] = []  # no special tokens around a sequence
+    suffix: list[int] = []
 
 
 class Subwords:
@@ -80,6 +86,8 @@ class Subwords:
                 pieces[w].append(i)
         unk = self.tok.unk_token_id if self.tok.unk_token_id is not None else self.pad_id
         return [p or [unk] for p in pieces]
+
+    vocab_size = 0  # the pretrained encoder has its own embeddings
 
 
 def _chunks(pieces: list[list[int]], tags: list[int] | None, seq: int, limit: int, prefix: list[int],
@@ -123,14 +131,14 @@ class _Tagging:
 
     @property
     def limit(self) -> int:
-        t = self.cfg.preprocessing.tokenizer.max_length
-        return t - (len(self.encoder.prefix) + len(self.encoder.suffix) if isinstance(self.encoder, Subwords) else 0)
+        enc = self.encoder
+        return self.cfg.preprocessing.tokenizer.max_length - len(enc.prefix) - len(enc.suffix)
 
     def encode(self, seqs: list[Sequence], tag_ids: list[list[int]] | None) -> list[Chunk]:
-        pre, suf = (self.encoder.prefix, self.encoder.suffix) if isinstance(self.encoder, Subwords) else ([], [])
-        out = []
+        enc, out = self.encoder, []
         for i, s in enumerate(seqs):
-            out += _chunks(self.encoder.encode(s.tokens), tag_ids[i] if tag_ids else None, i, self.limit, pre, suf)
+            out += _chunks(enc.encode(s.tokens), tag_ids[i] if tag_ids else None, i, self.limit, enc.prefix,
+                           enc.suffix)
         return out
 
     def export_spec(self) -> ExportSpec:
@@ -205,14 +213,9 @@ class TokenClassificationTask(Task, _Tagging):
         self.scheme = find_scheme(self.tags) if cfg.tagging.scheme == "auto" else cfg.tagging.scheme
         self.main_metric = "accuracy" if self.scheme == "plain" else "f1"
         tag_id = {t: i for i, t in enumerate(self.tags)}
-        ids = {}
         for s, seqs in self.seqs.items():
-            for q in seqs:
-                bad = next((t for t in q.tags if t not in tag_id), None)
-                if bad is not None:
-                    raise DataError(f"{self.sources[s]}: line {q.line}: field {c.tags!r}: tag {bad!r} never occurs "
-                                    f"in the training data (known: {', '.join(self.tags[:20])})")
-            ids[s] = [[tag_id[t] for t in q.tags] for q in seqs]
+            check_known_tags(seqs, self.tags, self.sources[s], c.tags)
+        ids = {s: [[tag_id[t] for t in q.tags] for q in seqs] for s, seqs in self.seqs.items()}
         single = sum(len(t) == 1 for q in self.seqs["train"] for t in q.tokens) / max(len(train_tags), 1)
         self.split = cfg.tagging.split if cfg.tagging.split != "auto" else "char" if single >= 0.9 else "whitespace"
         m, clean = cfg.model, cfg.data.clean
@@ -231,8 +234,7 @@ class TokenClassificationTask(Task, _Tagging):
                 "split": self.split}
 
     def build_model(self):
-        vocab = len(self.encoder.itos) if isinstance(self.encoder, Vocabulary) else 0
-        model = build_tagger(self.cfg, vocab, len(self.tags), self.encoder.pad_id)
+        model = build_tagger(self.cfg, self.encoder.vocab_size, len(self.tags), self.encoder.pad_id)
         self.head = model.head  # decodes for exported / compressed forms of this model too (luban compress)
         return model
 
@@ -338,9 +340,9 @@ class TokenClassificationPredictor(Predictor, _Tagging):
 
             self.encoder = Subwords(AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True))
             backbone = str(folder / "backbone")
-        vocab = len(self.encoder.itos) if isinstance(self.encoder, Vocabulary) else 0
+
         def build():
-            return build_tagger(cfg, vocab, len(self.tags), self.encoder.pad_id, backbone)
+            return build_tagger(cfg, self.encoder.vocab_size, len(self.tags), self.encoder.pad_id, backbone)
 
         self.model = self.load_model(build)
         self.head = self._head()
@@ -413,12 +415,7 @@ class TokenClassificationPredictor(Predictor, _Tagging):
         frame = self._frame(path)
         c = self.cfg.data.columns
         seqs = read_sequences(frame, resolve_column(frame, c.tokens, "tokens"), resolve_column(frame, c.tags, "tags"))
-        known = set(self.tags)
-        for q in seqs:
-            bad = next((t for t in q.tags if t not in known), None)
-            if bad is not None:
-                raise DataError(f"{frame.attrs.get('source', path)}: line {q.line}: field {c.tags!r}: tag {bad!r} "
-                                "was never seen in training")
+        check_known_tags(seqs, self.tags, frame.attrs.get("source", str(path)), c.tags)
         pred = self.decode(self.model, self.head, seqs, self.encode(seqs, None))
         return tagging_metrics([q.tags for q in seqs], pred, self.scheme) | {
             "worst_sequences": worst_sequences(seqs, pred, self.scheme, self.cfg.evaluation.worst_examples)}

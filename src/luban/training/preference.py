@@ -29,6 +29,19 @@ def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return logp.sum(-1), mask.sum(-1)
 
 
+def pair_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """[pairs, 2] (chosen, rejected) log-probability sums and token counts of a data.preference.pair_batch (its
+    rows: every chosen reply, then every rejected one)."""
+    lp, n = sequence_logps(model, batch["x"], batch["y"])
+    k = len(batch["index"])
+    return torch.stack([lp[:k], lp[k:]], 1), torch.stack([n[:k], n[k:]], 1)
+
+
+def chosen_token_loss(policy: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per token of the chosen replies."""
+    return -policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1)
+
+
 def preference_loss(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor,
                     cfg: PreferenceConfig) -> torch.Tensor:
     """Per-pair loss. policy / reference / counts: [n, 2] (chosen, rejected) log-probability sums and token counts."""
@@ -54,7 +67,7 @@ def objective(policy: torch.Tensor, reference: torch.Tensor, counts: torch.Tenso
     """The training loss of a batch: mean preference loss, plus sft_weight × the chosen replies' token loss."""
     loss = preference_loss(policy, reference, counts, cfg).mean()
     if cfg.sft_weight:
-        loss = loss + cfg.sft_weight * (-policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1))
+        loss = loss + cfg.sft_weight * chosen_token_loss(policy, counts)
     return loss
 
 
@@ -67,7 +80,7 @@ def preference_metrics(policy: torch.Tensor, reference: torch.Tensor, counts: to
     policy, reference, counts = policy.double(), reference.double(), counts.double()
     per_token = policy / counts.clamp(min=1)
     rewards = cfg.beta * (per_token if cfg.loss in REFERENCE_FREE else policy - reference)
-    chosen_loss = float(-policy[:, 0].sum() / counts[:, 0].sum().clamp(min=1))
+    chosen_loss = float(chosen_token_loss(policy, counts))
     pref = float(preference_loss(policy, reference, counts, cfg).mean())
     return {"loss": pref + cfg.sft_weight * chosen_loss, "preference_loss": pref,
             "reward_accuracy": float((rewards[:, 0] > rewards[:, 1]).double().mean()),
@@ -85,10 +98,9 @@ def split_logps(model: nn.Module, batches, n: int, device: torch.device) -> tupl
     model.eval()
     logps, counts = torch.zeros(n, 2, dtype=torch.float64), torch.zeros(n, 2, dtype=torch.long)
     for batch in batches:
-        lp, c = sequence_logps(model, batch["x"].to(device), batch["y"].to(device))
-        k = len(batch["index"])
-        logps[batch["index"]] = torch.stack([lp[:k], lp[k:]], 1).double().cpu()
-        counts[batch["index"]] = torch.stack([c[:k], c[k:]], 1).cpu()
+        lp, c = pair_logps(model, {**batch, "x": batch["x"].to(device), "y": batch["y"].to(device)})
+        logps[batch["index"]] = lp.double().cpu()
+        counts[batch["index"]] = c.cpu()
     model.train(was)
     return logps, counts
 
