@@ -6,6 +6,7 @@ server. The models are tiny runs trained here in seconds (one per kind of input 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -239,7 +240,7 @@ def test_predict_json_batch_and_its_4xx(client, runs):
     assert len(top["probabilities"]) == 1
     one = client.post("/v1/predict", json={"model": "zh", "inputs": ZH[0]}).json()  # a single input
     assert len(one["predictions"]) == 1
-    assert client.post("/v1/predict", json={"model": "zh", "inputs": []}).json()["predictions"] == []
+    assert_error(client.post("/v1/predict", json={"model": "zh", "inputs": []}), 422, "empty_inputs", param="inputs")
 
     assert_error(client.post("/v1/predict", json={"model": "zh", "inputs": ["  "]}), 422, "invalid_input",
                  "input 1: empty text")
@@ -526,6 +527,146 @@ def test_api_keys(trained_text_run, tmp_path):
         read_api_keys(tmp_path / "empty.txt")
 
 
+# ------------------------------------------------------------------------------------------------ hostile input
+
+
+@pytest.fixture(scope="module")
+def zh_predictor(trained_text_run):
+    """The text run, loaded once for the apps below (each built with its own settings)."""
+    return luban.load(trained_text_run["run"])
+
+
+def text_app(trained_text_run, zh_predictor, **settings):
+    run = str(trained_text_run["run"])
+    return create_app(settings=ServeSettings(runs=[run], warmup=False, **settings), predictors={run: zh_predictor})
+
+
+def test_deeply_nested_json_is_a_4xx_on_every_json_route(client):
+    from luban.serve.limits import json_depth
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = [deep, b'{"inputs": ' + deep + b"}", b'{"messages": [{"role": "user", "content": ' + deep + b"}]}"]
+    for path in ("/v1/predict", "/predict", "/v1/chat/completions", "/v1/completions", "/v1/recommend",
+                 "/v1/images/generations"):
+        for body in bodies:
+            for ctype in ({"content-type": "application/json"}, {}):  # FastAPI parses a body without a type too
+                assert_error(client.post(path, content=body, headers=ctype), 400, "json_too_deep", "64 levels")
+        # 60 levels pass the guard and get the route's own answer, never a 500
+        nested = json.loads("[" * 60 + "1" + "]" * 60)
+        for body in ({"model": "wine", "inputs": [{"alcohol": nested}]}, {"model": "zh", "inputs": [nested]},
+                     {"model": "lm", "messages": [{"role": "user", "content": [{"type": "text", "text": nested}]}]},
+                     {"model": "lm", "prompt": nested}, {"model": "rec", "user": "u1", "features": {"a": nested}},
+                     {"model": "gan", "label": nested}):
+            assert 400 <= client.post(path, json=body).status_code < 500, (path, body)
+    # brackets inside strings are text, not nesting
+    assert client.post("/v1/predict", json={"model": "zh", "inputs": ["[{" * 200]}).status_code == 200
+    assert json_depth(b'["[[[", {"a": "\\"}, [["\\"]]]') == 3
+    assert json_depth(b'["\\"[[["]') == 1  # an escaped quote does not end the string
+
+
+def test_empty_inputs_are_a_4xx_on_every_route_that_takes_a_list(client):
+    assert_error(client.post("/v1/predict", json={"model": "zh", "inputs": []}), 422, "empty_inputs")
+    assert_error(client.post("/v1/predict", files={"model": (None, "stripes")}), 422, "empty_inputs")  # multipart
+    legacy = client.post("/predict", json={"inputs": [], "model": "zh"})
+    assert legacy.status_code == 422 and "no inputs" in legacy.json()["detail"]
+    assert_error(client.post("/v1/chat/completions", json={"model": "lm", "messages": []}), 400)
+    assert_error(client.post("/v1/completions", json={"model": "lm", "prompt": []}), 400, "invalid_value")
+
+
+def test_host_header_is_checked_against_the_bind_address():
+    from luban.serve.origins import allowed_hosts, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost.", "10.0.0.5:80", "::1")] == \
+        ["::1", "localhost", "10.0.0.5", "::1"]
+    assert allowed_hosts("127.0.0.1", []) == ["127.0.0.1", "::1", "localhost"]
+    assert allowed_hosts("10.0.0.5", ["api.example.com"]) == ["10.0.0.5", "127.0.0.1", "::1", "api.example.com",
+                                                               "localhost"]
+    assert allowed_hosts("0.0.0.0", []) is None and allowed_hosts("::", []) is None  # wildcard: any Host
+    assert "models.example.com" in allowed_hosts("0.0.0.0", ["models.example.com"])
+    assert allowed_hosts(None, []) is None and allowed_hosts("127.0.0.1", ["*"]) is None
+
+
+def test_dns_rebinding_and_cross_origin_posts_are_refused(trained_text_run, zh_predictor):
+    app = text_app(trained_text_run, zh_predictor, host="127.0.0.1", allowed_hosts=["*.example.org"])
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    body = {"inputs": ZH[:1]}
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "api.example.org"):
+        assert c.get("/v1/models", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example:8000", "127.0.0.1.nip.io:8000", "example.org"):  # a rebinding page's Host
+        assert_error(c.get("/v1/models", headers={"host": host}), 421, "invalid_host", "--allowed-host")
+        assert_error(c.post("/v1/predict", json=body, headers={"host": host}), 421, "invalid_host")
+    # cross-origin writes: a form post (multipart, urlencoded, text/plain) or fetch from another page
+    evil = {"origin": "http://evil.example"}
+    for kw in ({"files": {"inputs": (None, ZH[0])}}, {"data": {"inputs": ZH[0]}}, {"content": b"x", "headers": {"content-type": "text/plain"}},
+               {"json": body}):
+        headers = {**evil, **kw.pop("headers", {})}
+        err = assert_error(c.post("/v1/predict", headers=headers, **kw), 403, "cross_origin", "--cors-origin")
+        assert err["type"] == "permission_error"
+    assert_error(c.post("/v1/predict", json=body, headers={"origin": "null"}), 403, "cross_origin")
+    assert_error(c.post("/v1/predict", json=body, headers={"sec-fetch-site": "cross-site"}), 403, "cross_origin")
+    # the server's own origin (the playground), clients without Origin (curl, SDKs), and reads pass
+    own = c.post("/v1/predict", json=body, headers={"origin": "http://127.0.0.1:8000",
+                                                     "sec-fetch-site": "same-origin"})
+    assert own.status_code == 200 and own.json()["predictions"] == zh_predictor.predict(ZH[:1])
+    assert c.post("/v1/predict", json=body).status_code == 200
+    assert c.get("/v1/models", headers=evil).status_code == 200  # the browser keeps it from the page (no CORS)
+    # --cors-origin lets that origin post, forms included
+    cors = TestClient(text_app(trained_text_run, zh_predictor, host="127.0.0.1",
+                               cors_origins=["http://evil.example"]), base_url="http://127.0.0.1:8000")
+    r = cors.post("/v1/predict", files={"inputs": (None, ZH[0])}, headers=evil)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://evil.example"
+    # bound to every interface with no --allowed-host: any Host is answered (documented)
+    wide = TestClient(text_app(trained_text_run, zh_predictor, host="0.0.0.0"), base_url="http://10.1.2.3:8000")
+    assert wide.get("/v1/models", headers={"host": "models.lan"}).status_code == 200
+
+
+def _http(host, port, head: bytes, body: bytes = b"", timeout: float = 10.0) -> socket.socket:
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.sendall(head + body)
+    return s
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or the socket times out)."""
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        out += b"<timeout: still open>"
+    return out
+
+
+def test_stalled_uploads_get_408_and_are_disconnected(trained_text_run, zh_predictor):
+    app = text_app(trained_text_run, zh_predictor, host="127.0.0.1", body_timeout=1.0)
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200\r\n\r\n")
+    with running(app) as (host, port):
+        start = time.time()
+        stalled = [_http(host, port, head, b'{"inputs": ["') for _ in range(30)]  # a slowloris: bodies never end
+        replies = [_read_all(s) for s in stalled]
+        elapsed = time.time() - start
+        for r in replies:  # each is answered 408 and closed by the server (recv saw the end of the stream)
+            assert r.startswith(b"HTTP/1.1 408 ") and b"connection: close" in r.lower() and b"body_timeout" in r, r
+        assert elapsed < 8, elapsed
+        # a body trickling in, one byte a second, is cut at the same deadline
+        trickle = _http(host, port, head)
+        for ch in b'{"inputs": ["':
+            try:
+                trickle.sendall(bytes([ch]))
+            except OSError:
+                break
+            time.sleep(0.3)
+        assert _read_all(trickle).startswith(b"HTTP/1.1 408 ")
+        # the server still answers complete requests, at once
+        ok = json.dumps({"inputs": ZH[:1]}).encode()
+        head = head.replace(b"200", str(len(ok)).encode()).replace(b"Host:", b"Connection: close\r\nHost:")
+        whole = _http(host, port, head, ok)
+        assert _read_all(whole).startswith(b"HTTP/1.1 200 ")
+        for s in stalled + [trickle, whole]:
+            s.close()
+
+
 # ------------------------------------------------------------------------------------------------ batching
 
 
@@ -682,28 +823,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running(app, **config):
+    """`app` served by uvicorn on a free local port in a thread; yields (host, port)."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
 def test_playground_in_headless_chromium(runs):
     playwright = pytest.importorskip("playwright.sync_api")
-    import uvicorn
 
     from test_token_classification import ner_config, ner_rows
 
     out = runs["lm"].parent
     tagger = luban.train(ner_config(out, "ner", write_jsonl(out.parent / "ner.jsonl", ner_rows(200, 0))), quiet=True)
     app = create_app(settings=ServeSettings(runs=[str(runs["text"]), str(runs["lm"]), str(tagger)],
-                                            api_keys=["pw-key"]))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+                                            api_keys=["pw-key"], host="127.0.0.1"))  # Host and Origin checked
     outside = []
-    try:
+    with running(app) as (host, port):
+        base = f"http://{host}:{port}"
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             page = browser.new_page()
@@ -741,9 +893,6 @@ def test_playground_in_headless_chromium(runs):
             page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/v1/predict']", timeout=30000)
             assert "luban" in page.locator(".swagger-ui .info .title").inner_text()
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert not outside, outside
 
 

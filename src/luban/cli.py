@@ -230,9 +230,12 @@ def _cmd_benchmark(a):
 
 def _cmd_serve(a):
     from luban.serve.app import serve
-    from luban.serve.settings import ServeSettings, read_api_keys
+    from luban.serve.settings import KEYS_ENV, ServeSettings, env_api_keys, read_api_keys
 
-    keys = list(a.api_key) + (read_api_keys(a.api_keys_file) if a.api_keys_file else [])
+    if a.api_key:
+        print(f"warning: --api-key is visible to every user of this machine (`ps`); put the keys in ${KEYS_ENV} "
+              "or --api-keys-file instead", file=sys.stderr)
+    keys = env_api_keys() + list(a.api_key) + (read_api_keys(a.api_keys_file) if a.api_keys_file else [])
     settings = ServeSettings(
         backend=a.backend, device=a.device, threads=a.threads, replicas=a.replicas,
         max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
@@ -240,7 +243,9 @@ def _cmd_serve(a):
         batch_generations=a.batch_generations,
         max_body_bytes=int(a.max_body_mb * 2**20), max_inputs=a.max_inputs, max_text_chars=a.max_text_chars,
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
-        request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin))
+        request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
+        allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
+        max_connections=a.max_connections)
     serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
@@ -404,10 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
     s.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                   help="require `Authorization: Bearer KEY` on the API (repeatable)")
+                   help="require `Authorization: Bearer KEY` on the API (repeatable; visible in `ps`: prefer "
+                        "$LUBAN_API_KEYS, comma-separated, or --api-keys-file)")
     s.add_argument("--api-keys-file", metavar="FILE", help="API keys, one per line")
     s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser calls from this origin (repeatable; default: CORS off)")
+                   help="allow browser calls (and form posts) from this origin (repeatable; default: CORS off, "
+                        "cross-origin POSTs refused)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name clients may reach the server by (Host header) besides localhost and --host "
+                        "(repeatable; *.example.com for subdomains). Bound to 0.0.0.0 any Host is accepted unless "
+                        "this is given")
     s.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto: the ONNX export when a run has one")
     s.add_argument("--device", default="auto")
@@ -429,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-audio-seconds", type=float, default=120.0)
     s.add_argument("--max-tokens", type=int, default=2048, help="max_tokens limit of a completion")
     s.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds for a request body to arrive; slower uploads get 408 and are disconnected")
+    s.add_argument("--max-json-depth", type=int, default=64, help="nesting of a JSON body (deeper: 400)")
+    s.add_argument("--max-connections", type=int, default=1024,
+                   help="connections and requests at once; more get 503")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
     s.set_defaults(fn=_cmd_serve)

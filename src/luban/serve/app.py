@@ -37,10 +37,11 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
 
     from luban.serve import docs, errors
     from luban.serve.auth import KeyChecker, dependency
-    from luban.serve.limits import BodyLimit
+    from luban.serve.limits import BodyGuard
     from luban.serve.metrics import Metrics, MetricsMiddleware
     from luban.serve.models import Registry
     from luban.serve.openai_api import build_openai_router
+    from luban.serve.origins import BrowserGuard
     from luban.serve.routes import build_router, model_for
 
     if settings is None:
@@ -55,7 +56,7 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     @asynccontextmanager
     async def lifespan(app):
         if background:
-            registry.load_in_background(on_error=_load_failed, on_ready=_ready)
+            registry.load_in_background(on_error=lambda error: _load_failed(app, error), on_ready=_ready)
         yield
         await registry.close(settings.request_timeout)  # drain: queued requests are answered before exit
 
@@ -90,10 +91,13 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # middleware: the last added runs first
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, limit=settings.max_body_bytes, timeout=settings.body_timeout,
+                       max_depth=settings.max_json_depth)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"], max_age=600)
+    app.add_middleware(BrowserGuard, host=settings.host, extra_hosts=settings.allowed_hosts,
+                       cors_origins=settings.cors_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not background:
@@ -113,14 +117,42 @@ def _ready(registry) -> None:
     print(f"ready: {len(registry.models)} model(s) loaded and warm: {', '.join(registry.models)}", flush=True)
 
 
-def _load_failed(error: str) -> None:
+def _load_failed(app, error: str) -> None:
+    """The models did not load: stop the server through the hook `serve` installs (it then exits with an error),
+    or, in an app started elsewhere, say so and stop the process."""
+    stop = getattr(app.state, "on_load_error", None)
+    if stop is not None:
+        stop(error)
+        return
     print(f"error: loading the models failed: {error}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+ERROR_FILE_ENV = "LUBAN_SERVE_ERROR_FILE"  # where a `--workers` process leaves the error that stopped it
+
+
 def app_from_env():
     """uvicorn's factory in each `--workers` process: the settings come from the parent's environment."""
-    return create_app(settings=ServeSettings.from_env(), background=True)
+    app = create_app(settings=ServeSettings.from_env(), background=True)
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if error_file:
+        def failed(error: str) -> None:  # exit code 3 (uvicorn's startup failure): the supervisor stops, no restart
+            Path(error_file).write_text(error, encoding="utf-8")
+            os._exit(3)
+
+        app.state.on_load_error = failed
+    return app
+
+
+def check_runs(runs: list[str]) -> None:
+    """Before the server starts: every run is finished and its config.yaml reads and validates (a corrupt run is
+    one `error:` line and exit code 2, not a server that starts and dies)."""
+    from luban.config import read_yaml, validate
+    from luban.rundir import check_finished
+
+    for r in runs:
+        path = check_finished(r)  # a typo fails here, before the server starts
+        validate(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
 
 
 def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
@@ -131,29 +163,36 @@ def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettin
         from luban.errors import LubanError
 
         raise LubanError("serving needs fastapi and uvicorn: pip install 'luban[serve]'") from None
-    from luban.rundir import check_finished
+    from luban.errors import LubanError
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    for r in runs:
-        check_finished(r)  # a typo fails here, before the server starts
+    check_runs(runs)
     settings = settings or ServeSettings()
     settings.runs = [str(r) for r in runs]
+    settings.host = host
     settings.check()
     auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
     print(f"serving {', '.join(runs)} on http://{host}:{port}  ({auth}; playground /, API /v1/..., docs /docs; "
           f"/readyz once the models are warm)", flush=True)
     kw = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
-              server_header=False)
+              server_header=False, limit_concurrency=settings.max_connections, timeout_keep_alive=5)
     if workers > 1:
+        import tempfile
+
         from luban.serve.settings import ENV
 
         os.environ[ENV] = settings.to_env()
-        uvicorn.run("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
+        with tempfile.TemporaryDirectory(prefix="luban-serve-") as tmp:
+            os.environ[ERROR_FILE_ENV] = error_file = os.path.join(tmp, "error")
+            uvicorn.run("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
+            error = Path(error_file).read_text(encoding="utf-8") if os.path.exists(error_file) else None
+        if error:
+            raise LubanError(f"loading the models failed: {error}")
         return
     app = create_app(settings=settings, background=True)
-    uvicorn.run(app, **kw)
+    server = uvicorn.Server(uvicorn.Config(app, **kw))
+    app.state.on_load_error = lambda error: setattr(server, "should_exit", True)  # then the error below, exit 2
+    server.run()
     registry = app.state.registry
     if registry.error:
-        from luban.errors import LubanError
-
         raise LubanError(f"loading the models failed: {registry.error}")

@@ -99,7 +99,7 @@ def client_error(e: BaseException, param: str | None = None) -> ApiError:
 class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="a served model's id (GET /v1/models); optional with one model")
-    inputs: list[Any] = Field(..., description="texts, JSON records or ids, or base64-encoded image / audio "
+    inputs: list[Any] = Field(..., min_length=1, description="texts, JSON records or ids, or base64-encoded image / audio "
                               "files (data: URLs welcome), as the model's capabilities.inputs says",
                               examples=[["this movie was great", "a waste of time"]])
     top_k: int | None = Field(None, ge=1, le=1000, description="classes (or items) per result")
@@ -113,7 +113,7 @@ PREDICT_OPENAPI = {
                 "type": "object", "additionalProperties": False, "required": ["inputs"],
                 "properties": {
                     "model": {"type": "string", "description": "a served model's id (optional with one model)"},
-                    "inputs": {"type": "array", "items": {},
+                    "inputs": {"type": "array", "items": {}, "minItems": 1,
                                "description": "texts, JSON records or ids, or base64 image/audio files"},
                     "top_k": {"type": "integer", "minimum": 1, "maximum": 1000}}}},
             "multipart/form-data": {"schema": {
@@ -217,6 +217,9 @@ def build_router(registry: Registry, auth) -> APIRouter:
         return await run_predict(model_for(registry, name, "predict"), raw, None, options)
 
     async def run_predict(m: ServedModel, raw: list, names: list[str] | None, options: dict):
+        if not raw:
+            raise ApiError(422, "no inputs: send at least one (a JSON list of inputs, or multipart files / inputs "
+                           "fields)", "invalid_request_error", "inputs", "empty_inputs")
         if len(raw) > s.max_inputs:
             raise ApiError(422, f"{len(raw)} inputs in one request is over the limit of {s.max_inputs}",
                            "invalid_request_error", "inputs", "batch_too_large")
@@ -225,8 +228,6 @@ def build_router(registry: Registry, auth) -> APIRouter:
             raise bad_request(f"model {m.name!r} does not take {bad_opts[0]}", bad_opts[0], "unsupported_option",
                               422)
         inputs = prepare_inputs(m.caps["inputs"], raw, names)
-        if not inputs:
-            return {"model": m.name, "predictions": []}
         try:
             results, batch = await asyncio.wait_for(m.batcher.submit(inputs, options), s.request_timeout)
         except QueueFull as e:

@@ -43,9 +43,16 @@ class ServeSettings:
     max_images: int = 64                  # images per generation request
     max_k: int = 1000                     # recommendations per request
     request_timeout: float = 60.0         # seconds; a request still waiting or running then gets 504
+    body_timeout: float = 30.0            # seconds to receive a whole request body; slower -> 408, connection closed
+    max_json_depth: int = 64              # nesting of arrays/objects in a JSON body; deeper -> 400
+    max_connections: int = 1024           # open connections + requests in flight (uvicorn's limit_concurrency) -> 503
     # security
     api_keys: list[str] = field(default_factory=list, repr=False)   # bearer keys; none: no auth
     cors_origins: list[str] = field(default_factory=list)           # none: CORS off
+    # the address the server is bound to (`luban serve --host`) and the extra names the Host header may carry:
+    # requests for any other host get 421 (DNS rebinding). None (an app built in-process): Host is not checked
+    host: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)
     # what this process reports
     warmup: bool = True
 
@@ -62,7 +69,8 @@ class ServeSettings:
     def check(self) -> "ServeSettings":
         positive = ["replicas", "max_batch_size", "max_queue", "max_active_generations", "max_queued_generations",
                     "max_body_bytes", "max_inputs", "max_text_chars", "max_image_pixels", "max_audio_seconds",
-                    "max_tokens", "max_n", "max_images", "max_k", "request_timeout"]
+                    "max_tokens", "max_n", "max_images", "max_k", "request_timeout", "body_timeout", "max_json_depth",
+                    "max_connections"]
         bad = [f"--{n.replace('_', '-')} must be > 0 (got {getattr(self, n)})" for n in positive
                if not getattr(self, n) > 0]
         if self.threads is not None and self.threads < 1:
@@ -74,6 +82,9 @@ class ServeSettings:
         return self
 
 
+KEYS_ENV = "LUBAN_API_KEYS"  # API keys from the environment (comma- or newline-separated): not visible in `ps`
+
+
 def read_api_keys(path: str | Path) -> list[str]:
     """One key per line; blank lines and lines starting with # are skipped."""
     try:
@@ -83,4 +94,15 @@ def read_api_keys(path: str | Path) -> list[str]:
     keys = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not keys:
         raise LubanError(f"--api-keys-file {path}: no keys in the file")
+    return keys
+
+
+def env_api_keys(environ=None) -> list[str]:
+    """The keys in $LUBAN_API_KEYS, split on commas and newlines (blank entries skipped); [] when unset."""
+    raw = (os.environ if environ is None else environ).get(KEYS_ENV)
+    if raw is None:
+        return []
+    keys = [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+    if not keys:
+        raise LubanError(f"{KEYS_ENV} is set but holds no keys (separate keys with commas or newlines)")
     return keys
