@@ -859,7 +859,8 @@ def test_playground_in_headless_chromium(runs):
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             page = browser.new_page()
-            page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url))
+            own = (base, f"http://localhost:{port}/", "data:", "blob:")
+            page.on("request", lambda r: None if r.url.startswith(own) else outside.append(r.url))
             page.goto(base + "/")
             page.wait_for_selector("#error:not([hidden])")  # the key is missing: the page says so
             page.fill("#api-key", "pw-key")
@@ -892,6 +893,14 @@ def test_playground_in_headless_chromium(runs):
             page.goto(base + "/docs")  # Swagger UI renders from the app's own files (no CDN)
             page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/v1/predict']", timeout=30000)
             assert "luban" in page.locator(".swagger-ui .info .title").inner_text()
+            # a page of another origin (localhost is not 127.0.0.1 to a browser) posting a form to the API: 403
+            page.goto(f"http://localhost:{port}/healthz")
+            page.evaluate("""url => { const f = document.createElement("form"); f.method = "POST"; f.action = url;
+                f.enctype = "multipart/form-data"; const i = document.createElement("input"); i.name = "inputs";
+                i.value = "这个手机非常好"; f.appendChild(i); document.body.appendChild(f); f.submit(); }""",
+                          base + "/v1/predict")
+            page.wait_for_url(base + "/v1/predict")
+            assert "cross_origin" in page.content() and "--cors-origin" in page.content()
             browser.close()
     assert not outside, outside
 
@@ -958,3 +967,53 @@ def test_cli_serve_errors(tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--api-keys-file", str(tmp_path / "nope.txt")]) == 2
     assert "--api-keys-file" in capsys.readouterr().err
+
+
+def test_cli_serve_on_a_corrupt_run_is_one_error_line_and_exit_code_2(trained_text_run, tmp_path, capsys):
+    from luban.cli import main
+
+    bad_config = tmp_path / "bad_config"
+    shutil.copytree(trained_text_run["run"], bad_config)
+    (bad_config / "config.yaml").write_text("task: text_classification\nmodel: {type: nope}\n", encoding="utf-8")
+    assert main(["serve", str(bad_config), "--port", str(_free_port())]) == 2  # refused before the server starts
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.yaml" in err and "Traceback" not in err
+
+    bad_model = tmp_path / "bad_model"  # valid config, damaged weights: found while loading, after the port is bound
+    shutil.copytree(trained_text_run["run"], bad_model)
+    for f in (bad_model / "model").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\x00garbage")
+    # the server stops itself cleanly (it used to SIGTERM its own process: exit code 143)
+    assert main(["serve", str(bad_model), "--port", str(_free_port())]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: loading the models failed:"), errors
+    assert "corrupted model files" in errors[0]
+
+
+def test_cli_serve_takes_api_keys_from_the_environment_and_warns_about_api_key(trained_text_run, tmp_path,
+                                                                                capsys, monkeypatch):
+    import luban.serve.app as serve_app
+    from luban.cli import main
+    from luban.serve.settings import env_api_keys
+
+    assert env_api_keys({"LUBAN_API_KEYS": "a-key, b-key\nc-key\n"}) == ["a-key", "b-key", "c-key"]
+    assert env_api_keys({}) == []
+    with pytest.raises(luban.LubanError, match="LUBAN_API_KEYS"):
+        env_api_keys({"LUBAN_API_KEYS": " , \n"})
+    seen = {}
+    monkeypatch.setattr(serve_app, "serve", lambda runs, host, port, settings, **kw: seen.update(
+        runs=runs, host=host, settings=settings))
+    monkeypatch.setenv("LUBAN_API_KEYS", "env-1,env-2")
+    run = str(trained_text_run["run"])
+    assert main(["serve", run, "--allowed-host", "models.lan", "--body-timeout", "5", "--max-json-depth", "20"]) == 0
+    s = seen["settings"]
+    assert s.api_keys == ["env-1", "env-2"] and s.allowed_hosts == ["models.lan"]
+    assert (s.body_timeout, s.max_json_depth, s.max_connections) == (5.0, 20, 1024)
+    assert capsys.readouterr().err == ""  # keys from the environment: nothing to warn about
+    assert main(["serve", run, "--api-key", "visible"]) == 0
+    assert seen["settings"].api_keys == ["env-1", "env-2", "visible"]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --api-key is visible") and "$LUBAN_API_KEYS" in err
+    assert main(["serve", run, "--body-timeout", "0"]) == 2
+    assert "--body-timeout must be > 0" in capsys.readouterr().err

@@ -245,7 +245,7 @@ def _cmd_serve(a):
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
-        max_connections=a.max_connections)
+        max_connections=a.max_connections).check()  # a bad limit is an error before anything loads
     serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
