@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -1017,3 +1018,26 @@ def test_cli_serve_takes_api_keys_from_the_environment_and_warns_about_api_key(t
     assert err.startswith("warning: --api-key is visible") and "$LUBAN_API_KEYS" in err
     assert main(["serve", run, "--body-timeout", "0"]) == 2
     assert "--body-timeout must be > 0" in capsys.readouterr().err
+
+
+def test_serving_security_doc_names_real_flags_and_codes():
+    """docs/serving-security.md: each `luban serve` command parses, each flag and error code it names exists."""
+    import shlex
+
+    from luban.cli import build_parser
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "serving-security.md").read_text(encoding="utf-8")
+    commands = [ln.split("#")[0] for ln in doc.splitlines() if ln.startswith("luban serve ")]
+    assert len(commands) >= 4
+    parser = build_parser()
+    for cmd in commands:
+        args = parser.parse_args(shlex.split(cmd)[1:])
+        assert args.fn.__name__ == "_cmd_serve", cmd
+    serve_flags = {o for a in parser._subparsers._group_actions[0].choices["serve"]._actions for o in a.option_strings}
+    named = set(re.findall(r"`(--[a-z-]+)", doc))
+    assert named and named <= serve_flags, named - serve_flags
+    src = "".join(p.read_text(encoding="utf-8") for p in (Path(luban.__file__).parent / "serve").glob("*.py"))
+    codes = re.findall(r"\| \d{3}[^|]*\| `([a-z_]+)`", doc)
+    assert len(codes) >= 7, codes
+    for code in codes:
+        assert f'"{code}"' in src, code

@@ -1,6 +1,6 @@
 """`luban serve RUN [RUN...]`: one FastAPI app for every task — REST, an OpenAI-compatible API, a web playground.
 
-    luban serve runs/sst2 runs/char_lm --port 8000 --api-key s3cret
+    LUBAN_API_KEYS=s3cret luban serve runs/sst2 runs/char_lm --port 8000
     curl -s localhost:8000/v1/predict -H 'authorization: Bearer s3cret' -H 'content-type: application/json' \\
          -d '{"model": "sst2", "inputs": ["a gripping, funny film"]}'
 
@@ -8,7 +8,8 @@ Each run is loaded once (`luban.load`, so the ONNX export when the run has one) 
 ready. The app never branches on the task: it asks each model what it can do (`Predictor.capabilities()`) and
 routes follow — predict (micro-batched), text generation (OpenAI-compatible, fairly scheduled), recommendation,
 image generation. Modules: routes (REST), openai_api, batching, generation (scheduling), limits, auth, errors,
-metrics, models (loading), settings, docs (Swagger UI from local files); static/ holds the playground (HTML/CSS/JS, no external requests).
+metrics, models (loading), settings, origins (Host and cross-origin checks), docs (Swagger UI from local files);
+static/ holds the playground (HTML/CSS/JS, no external requests).
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
 
     app = FastAPI(title="luban", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Serve luban runs: predict, OpenAI-compatible text generation, recommendation, image "
-                  "generation. Send `Authorization: Bearer KEY` when the server has API keys.")
+                  "generation. Send `Authorization: Bearer KEY` when the server has API keys.\n\n"
+                  "Every route may also answer, before the request reaches it: 400 `json_too_deep` (a JSON body "
+                  "nested deeper than the server's limit), 408 `body_timeout` (the body did not arrive in time), "
+                  "413 `body_too_large`, 421 `invalid_host` (a Host header the server does not answer for) and "
+                  "403 `cross_origin` (a browser write from an origin not allowed by `--cors-origin`); errors are "
+                  "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. See docs/serving-security.md.")
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     errors.install(app)
     docs.install(app, "luban")
