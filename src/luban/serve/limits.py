@@ -1,4 +1,5 @@
-"""Request limits: the body guard (an ASGI middleware: size, read timeout, JSON nesting) and the checks and decoders for client inputs.
+"""Request limits: the body guard (an ASGI middleware: size, read timeout, JSON nesting) and the checks and decoders
+for client inputs.
 
 Clients never name files: text and JSON values go to the predictor as they are (checked for size), images and
 audio arrive as uploads (multipart) or base64 strings (optionally `data:` URLs) and are decoded here into arrays

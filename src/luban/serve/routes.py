@@ -99,8 +99,8 @@ def client_error(e: BaseException, param: str | None = None) -> ApiError:
 class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="a served model's id (GET /v1/models); optional with one model")
-    inputs: list[Any] = Field(..., min_length=1, description="texts, JSON records or ids, or base64-encoded image / audio "
-                              "files (data: URLs welcome), as the model's capabilities.inputs says",
+    inputs: list[Any] = Field(..., min_length=1, description="texts, JSON records or ids, or base64-encoded image / "
+                              "audio files (data: URLs welcome), as the model's capabilities.inputs says",
                               examples=[["this movie was great", "a waste of time"]])
     top_k: int | None = Field(None, ge=1, le=1000, description="classes (or items) per result")
 
