@@ -78,8 +78,8 @@ def main():
 
     port, key = free_port(), "bench-key"
     log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "luban", "serve", str(run), "--port", str(port), "--api-key", key],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    proc = subprocess.Popen([sys.executable, "-m", "luban", "serve", str(run), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LUBAN_API_KEYS": key})
     checks: dict[str, bool] = {}
     details: dict = {}
     try:
