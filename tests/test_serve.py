@@ -644,11 +644,14 @@ def _read_all(sock: socket.socket) -> bytes:
     return out
 
 
-def test_stalled_uploads_get_408_and_are_disconnected(trained_text_run, zh_predictor):
+def test_stalled_uploads_get_408_and_are_disconnected(trained_text_run, zh_predictor, monkeypatch):
+    from luban.serve.protocol import HeaderDeadline
+
+    monkeypatch.setattr(HeaderDeadline, "timeout", 1.0)  # what `luban serve --body-timeout 1` sets
     app = text_app(trained_text_run, zh_predictor, host="127.0.0.1", body_timeout=1.0)
     head = (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 200\r\n\r\n")
-    with running(app) as (host, port):
+    with running(app, http=HeaderDeadline) as (host, port):
         start = time.time()
         stalled = [_http(host, port, head, b'{"inputs": ["') for _ in range(30)]  # a slowloris: bodies never end
         replies = [_read_all(s) for s in stalled]
@@ -670,7 +673,17 @@ def test_stalled_uploads_get_408_and_are_disconnected(trained_text_run, zh_predi
         head = head.replace(b"200", str(len(ok)).encode()).replace(b"Host:", b"Connection: close\r\nHost:")
         whole = _http(host, port, head, ok)
         assert _read_all(whole).startswith(b"HTTP/1.1 200 ")
-        for s in stalled + [trickle, whole]:
+        # headers that never end (the classic slowloris), a connection that sends nothing, and a second request
+        # on a kept-alive connection that stalls in its headers: each closed without an answer
+        start = time.time()
+        silent = [_http(host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ") for _ in range(20)]
+        silent.append(_http(host, port, b""))
+        kept = _http(host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        assert all(_read_all(s) == b"" for s in silent + [kept])
+        assert time.time() - start < 8
+        for s in stalled + silent + [trickle, whole, kept]:
             s.close()
 
 

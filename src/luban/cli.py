@@ -441,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=2048, help="max_tokens limit of a completion")
     s.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
     s.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds for a request body to arrive; slower uploads get 408 and are disconnected")
+                   help="seconds for a request's headers, then its body, to arrive; slower uploads get 408, and "
+                        "slow clients are disconnected")
     s.add_argument("--max-json-depth", type=int, default=64, help="nesting of a JSON body (deeper: 400)")
     s.add_argument("--max-connections", type=int, default=1024,
                    help="connections and requests at once; more get 503")

@@ -139,7 +139,11 @@ ERROR_FILE_ENV = "LUBAN_SERVE_ERROR_FILE"  # where a `--workers` process leaves 
 
 def app_from_env():
     """uvicorn's factory in each `--workers` process: the settings come from the parent's environment."""
-    app = create_app(settings=ServeSettings.from_env(), background=True)
+    from luban.serve.protocol import HeaderDeadline
+
+    settings = ServeSettings.from_env()
+    HeaderDeadline.timeout = settings.body_timeout
+    app = create_app(settings=settings, background=True)
     error_file = os.environ.get(ERROR_FILE_ENV)
     if error_file:
         def failed(error: str) -> None:  # exit code 3 (uvicorn's startup failure): the supervisor stops, no restart
@@ -180,8 +184,12 @@ def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettin
     auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
     print(f"serving {', '.join(runs)} on http://{host}:{port}  ({auth}; playground /, API /v1/..., docs /docs; "
           f"/readyz once the models are warm)", flush=True)
+    from luban.serve.protocol import HeaderDeadline
+
+    HeaderDeadline.timeout = settings.body_timeout  # request headers, like bodies, arrive in time or the line closes
     kw = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
-              server_header=False, limit_concurrency=settings.max_connections, timeout_keep_alive=5)
+              server_header=False, limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+              http=HeaderDeadline)
     if workers > 1:
         import tempfile
 
