@@ -43,7 +43,7 @@ class ServeSettings:
     max_images: int = 64                  # images per generation request
     max_k: int = 1000                     # recommendations per request
     request_timeout: float = 60.0         # seconds; a request still waiting or running then gets 504
-    body_timeout: float = 30.0            # seconds to receive a whole request body; slower -> 408, connection closed
+    body_timeout: float = 30.0            # seconds to receive the headers, then the body; slower -> 408 / closed
     max_json_depth: int = 64              # nesting of arrays/objects in a JSON body; deeper -> 400
     max_connections: int = 1024           # open connections + requests in flight (uvicorn's limit_concurrency) -> 503
     # security
