@@ -10,7 +10,7 @@ import sys
 def _cmd_train(a):
     from luban.pipeline import train
 
-    train(a.config, a.set, resume=a.resume)
+    train(a.config, a.set, resume=a.resume, restart=a.restart)
 
 
 def _cmd_config_render(a):
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     with_set(t)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run of the same name (its checkpoints) and start over")
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser("config", help="config tools")

@@ -160,7 +160,7 @@ def read_interactions(path: Path, data_cfg, id_type: str) -> pd.DataFrame:
         int_ids, why = id_type != "str", " for MovieLens files"
     else:
         raw = read_table(path, data_cfg.format, data_cfg.header, data_cfg.delimiter, data_cfg.quoting,
-                         data_cfg.encoding)
+                         data_cfg.encoding_for(path))
         cols = interaction_columns(raw, data_cfg.columns, data_cfg.header)
         int_ids, why = id_type == "int", ""
     src, lines = str(path), raw[LINE].to_numpy()

@@ -44,7 +44,8 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: line {line}: bytes {raw[e.start:e.start + 4]!r} are not valid {encoding} "
-                        f"({e.reason}); set data.encoding (e.g. gbk, latin-1) to the file's encoding") from None
+                        f"({e.reason}); set data.encoding (e.g. gbk, latin-1; or one per file: {train: gbk, test: utf-8}) "
+                        "to the file's encoding") from None
     except LookupError:
         raise DataError(f"data.encoding: unknown encoding {encoding!r}") from None
 

@@ -471,4 +471,4 @@ def retrain_on_all(tree: dict, epochs: int, name: str, scratch: Path, source: st
     tree["trainer"]["early_stopping"] = {"metric": None, "mode": "auto", "patience": None}
     tree["output"]["name"] = name
     tree["output"]["overwrite"] = True
-    return train(validate(tree, source), quiet=True)
+    return train(validate(tree, source), quiet=True, restart=True)

@@ -42,7 +42,7 @@ def read_audio_table(cfg: RunConfig, path: Path, target_role: str) -> pd.DataFra
     d = cfg.data
     if Path(path).is_dir():
         return list_audio_folder(path, d.label_pattern)
-    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding_for(path))
     if d.columns.audio is None or getattr(d.columns, target_role) is None:
         raise ConfigError(f"data.columns: a manifest needs data.columns.audio and data.columns.{target_role}")
     audio_col = resolve_column(frame, d.columns.audio, "audio")
