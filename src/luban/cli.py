@@ -43,9 +43,20 @@ def _print_metrics(m: dict):
 
 
 def _cmd_evaluate(a):
+    from luban.config import apply_overrides, validate
+    from luban.errors import ConfigError
     from luban.predictor import load
 
-    m = load(a.run).evaluate(a.data)
+    p = load(a.run)
+    if a.set:  # how to read the file (data.encoding, data.delimiter, ...): the run's data settings, overridden
+        for item in a.set:
+            if not item.split("=", 1)[0].strip().startswith("data."):
+                raise ConfigError(f"--set {item!r}: luban evaluate takes data.* settings (how the file is read, "
+                                  "e.g. data.encoding=gbk)")
+        data = validate(apply_overrides(p.config.model_dump(mode="json"), a.set), f"{a.run} with --set").data
+        for key in type(data).model_fields:
+            setattr(p.config.data, key, getattr(data, key))
+    m = p.evaluate(a.data)
     _print_metrics(m)
     if a.output:
         with open(a.output, "w", encoding="utf-8") as f:
@@ -277,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet with the training columns")
     e.add_argument("--output", help="also write the metrics as JSON here")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="read the file with other data settings than the run's, e.g. --set data.encoding=gbk "
+                        "(data.* keys; repeatable)")
     e.set_defaults(fn=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict with a trained run")

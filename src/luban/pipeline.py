@@ -57,6 +57,8 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         saved = RunDir(cfg.output.dir, cfg.output.name).work / "config.yaml"
         if saved.is_file():  # the interrupted run's resolved config wins, so the result matches
             cfg = validate(read_yaml(saved), str(saved))
+    run = RunDir(cfg.output.dir, cfg.output.name)
+    run.check(cfg.output.overwrite, resume, restart)  # an existing or interrupted run: refuse before reading data
     set_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     TaskCls, _ = task_classes(cfg.task)
@@ -68,7 +70,6 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         task_hook(task)
     prep_seconds = time.perf_counter() - t0
 
-    run = RunDir(cfg.output.dir, cfg.output.name)
     work = run.start(cfg.output.overwrite, resume, restart)
     keep_partial = False
     tracker = None

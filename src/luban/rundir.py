@@ -41,9 +41,9 @@ class RunDir:
                 return
         shutil.rmtree(self.replaced)
 
-    def start(self, overwrite: bool, resume: bool, restart: bool = False) -> Path:
-        """The work folder to write into. `resume` continues `<name>.partial/` from its last checkpoint;
-        `restart` discards an interrupted run's checkpoints (never done without it)."""
+    def check(self, overwrite: bool, resume: bool, restart: bool = False) -> None:
+        """Raise the RunError start() would raise, creating nothing (so a pipeline can refuse before reading
+        its data); an interrupted overwrite swap or checkpoint commit is recovered first."""
         if resume and restart:
             raise RunError("--resume and --restart exclude each other: resume continues the interrupted run, "
                            "restart discards it")
@@ -56,14 +56,21 @@ class RunDir:
             if not (self.work / "checkpoints" / "last").is_dir():
                 raise RunError(f"--resume: no interrupted run to resume at {self.work} "
                                "(it needs checkpoints/last from an earlier run of this config)")
-            return self.work
+            return
         if self.final.exists() and not overwrite:
             raise RunError(f"{self.final} already exists; pick another output.name, or set output.overwrite: true")
+        if self.work.exists() and (self.work / "checkpoints").is_dir() and not restart:
+            raise RunError(f"{self.work} holds an interrupted run{self._progress()}; continue it with "
+                           "`luban train CONFIG --resume` (resume=True in Python), or discard it and start over "
+                           "with `--restart` (restart=True)")
+
+    def start(self, overwrite: bool, resume: bool, restart: bool = False) -> Path:
+        """The work folder to write into. `resume` continues `<name>.partial/` from its last checkpoint;
+        `restart` discards an interrupted run's checkpoints (never done without it)."""
+        self.check(overwrite, resume, restart)
+        if resume:
+            return self.work
         if self.work.exists():
-            if (self.work / "checkpoints").is_dir() and not restart:
-                raise RunError(f"{self.work} holds an interrupted run{self._progress()}; continue it with "
-                               "`luban train CONFIG --resume` (resume=True in Python), or discard it and start over "
-                               "with `--restart` (restart=True)")
             if not restart:
                 print(f"removing {self.work} (an unfinished run with no checkpoint to resume from)", file=sys.stderr)
             shutil.rmtree(self.work)
