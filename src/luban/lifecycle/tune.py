@@ -205,7 +205,7 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
                 raise optuna.TrialPruned(f"val_{metric} {value:.4f} at epoch {record['epoch']}")
 
     with silent():  # one line per trial (see _trial_line), not one per epoch of every trial
-        run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
+        run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report, restart=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     for k, v in run_attrs(run, m, metric).items():
         trial.set_user_attr(k, v)
@@ -227,7 +227,7 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
                          train_limit=None, test=str(fold["test"] or fold["held_out"]))
         t["output"]["name"] = f"{name}-fold{k}"
         with silent():
-            run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True)
+            run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True, restart=True)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         runs.append(str(run))
         values.append(float(m["validation"][metric]))
