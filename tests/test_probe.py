@@ -205,6 +205,13 @@ def test_inf_in_a_numeric_column_names_file_line_and_field(tmp_path, out_dir):
     msg = train_fails(tabular_config(out_dir, "inf", "tabular_regression",
                                      {"train": str(g), "columns": {"label": "target"}}), out_dir)
     assert "line 8" in msg and "field 'target'" in msg and "not a finite number" in msg
+    import numpy as np
+    import pandas as pd
+
+    from luban.data.interactions import parse_numbers
+
+    with pytest.raises(DataError, match=r"r\.csv: line 3: field 'rating': rating '-inf' is not a finite number"):
+        parse_numbers(pd.Series(["4", "-inf"]), np.array([2, 3]), "r.csv", "rating", "rating")
 
 
 def test_a_diverging_loss_is_one_error_line_exit_2(tmp_path, out_dir, zh_data, monkeypatch, capsys):

@@ -53,9 +53,10 @@ def _cmd_evaluate(a):
             if not item.split("=", 1)[0].strip().startswith("data."):
                 raise ConfigError(f"--set {item!r}: luban evaluate takes data.* settings (how the file is read, "
                                   "e.g. data.encoding=gbk)")
-        data = validate(apply_overrides(p.config.model_dump(mode="json"), a.set), f"{a.run} with --set").data
-        for key in type(data).model_fields:
-            setattr(p.config.data, key, getattr(data, key))
+        for target in [p, *getattr(p._impl, "members", [])]:  # an ensemble reads files with its members' settings
+            data = validate(apply_overrides(target.config.model_dump(mode="json"), a.set), f"{a.run} with --set").data
+            for key in type(data).model_fields:
+                setattr(target.config.data, key, getattr(data, key))
     m = p.evaluate(a.data)
     _print_metrics(m)
     if a.output:

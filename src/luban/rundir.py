@@ -102,7 +102,7 @@ class RunDir:
 
 def check_finished(path: str | Path) -> Path:
     path = Path(path)
-    if path.with_name(path.name + REPLACED).is_dir():  # an overwrite swap was interrupted
+    if path.name and path.with_name(path.name + REPLACED).is_dir():  # an overwrite swap was interrupted
         RunDir(path.parent, path.name).recover()
     if path.name.endswith(PARTIAL) or (not path.exists() and path.with_name(path.name + PARTIAL).exists()):
         raise RunError(f"{path}: this run did not finish; resume it with `luban train CONFIG --resume`")

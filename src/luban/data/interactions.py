@@ -122,10 +122,11 @@ def parse_numbers(values: pd.Series, lines: np.ndarray, source: str, field: str,
     raw = pd.Series(list(values), dtype=object)
     missing = raw.isna().to_numpy() | (raw.astype(str).str.strip() == "").to_numpy()
     num = pd.to_numeric(raw.where(~missing, None), errors="coerce").to_numpy(dtype=float)
-    bad = np.isnan(num) & ~missing
+    bad = (np.isnan(num) & ~missing) | np.isinf(num)  # inf would turn the loss into NaN
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: line {lines[i]}: field {field!r}: {what} {raw.iloc[i]!r} is not a number")
+        raise DataError(f"{source}: line {lines[i]}: field {field!r}: {what} {raw.iloc[i]!r} is not a "
+                        f"{'finite ' * bool(np.isinf(num[i]))}number")
     return num
 
 

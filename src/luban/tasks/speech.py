@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from luban.config import RunConfig
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
-from luban.data.cleaning import normalize_text
+from luban.data.cleaning import label_text, normalize_text
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.asr import asr_metrics, utterance_errors
@@ -191,6 +191,8 @@ class SpeechTask(Task):
         texts = []
         for t, line in zip(frame["label"], frame[LINE], strict=True):
             text = normalize_text(t, self.cfg.data.clean) if isinstance(t, str) else ""
+            if not self.asr and label_text(t, self.cfg.data.clean) is None:
+                text = ""  # NaN / null / None (data.clean.missing_labels) is no label, not a class
             if not text:
                 raise DataError(f"{src}: line {line}: field {'text' if self.asr else 'label'!r}: empty "
                                 f"{'transcript' if self.asr else 'label'}")
