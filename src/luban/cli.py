@@ -10,7 +10,7 @@ import sys
 def _cmd_train(a):
     from luban.pipeline import train
 
-    train(a.config, a.set, resume=a.resume)
+    train(a.config, a.set, resume=a.resume, restart=a.restart)
 
 
 def _cmd_config_render(a):
@@ -43,9 +43,21 @@ def _print_metrics(m: dict):
 
 
 def _cmd_evaluate(a):
+    from luban.config import apply_overrides, validate
+    from luban.errors import ConfigError
     from luban.predictor import load
 
-    m = load(a.run).evaluate(a.data)
+    p = load(a.run)
+    if a.set:  # how to read the file (data.encoding, data.delimiter, ...): the run's data settings, overridden
+        for item in a.set:
+            if not item.split("=", 1)[0].strip().startswith("data."):
+                raise ConfigError(f"--set {item!r}: luban evaluate takes data.* settings (how the file is read, "
+                                  "e.g. data.encoding=gbk)")
+        for target in [p, *getattr(p._impl, "members", [])]:  # an ensemble reads files with its members' settings
+            data = validate(apply_overrides(target.config.model_dump(mode="json"), a.set), f"{a.run} with --set").data
+            for key in type(data).model_fields:
+                setattr(target.config.data, key, getattr(data, key))
+    m = p.evaluate(a.data)
     _print_metrics(m)
     if a.output:
         with open(a.output, "w", encoding="utf-8") as f:
@@ -263,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     with_set(t)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run of the same name (its checkpoints) and start over")
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser("config", help="config tools")
@@ -280,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet with the training columns")
     e.add_argument("--output", help="also write the metrics as JSON here")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="read the file with other data settings than the run's, e.g. --set data.encoding=gbk "
+                        "(data.* keys; repeatable)")
     e.set_defaults(fn=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict with a trained run")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from luban.errors import ConfigError
 
@@ -71,6 +71,9 @@ class CleanConfig(Section):
     drop_missing_label: bool = Field(True, description="drop rows without a label (else: error naming the row)")
     drop_duplicates: bool = True
     drop_conflicts: bool = Field(True, description="drop texts that appear with more than one label")
+    missing_labels: list[str] = Field(["NaN", "null", "None"], description="label texts that mean 'no label' "
+                                      "(compared ignoring case), treated like an empty label (see "
+                                      "drop_missing_label); [] keeps them as classes")
 
 
 class SplitConfig(Section):
@@ -78,6 +81,13 @@ class SplitConfig(Section):
     test: float = Field(0.1, gt=0, lt=1, description="fraction of train held out when no test file")
     stratify: bool = True
     seed: int | None = Field(None, description="default: the run's seed")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self):
+        if self.validation + self.test >= 1:
+            raise ValueError(f"validation ({self.validation}) + test ({self.test}) must be below 1: both are "
+                             "fractions of the training file, and the rest is what trains")
+        return self
 
 
 class DataConfig(Section):
@@ -90,7 +100,9 @@ class DataConfig(Section):
     header: bool = True
     delimiter: str | None = Field(None, description="default: ',' for csv, tab for tsv")
     quoting: Literal["auto", "minimal", "none"] = Field("auto", description="auto: csv quotes, tsv does not")
-    encoding: str = "utf-8"
+    encoding: str | dict[Literal["train", "validation", "test"], str] = Field(
+        "utf-8", description="text encoding of the data files, or one per file: {train: gbk, test: utf-8} (a file "
+        "not named reads as utf-8; files given to luban evaluate / predict use the test entry)")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -105,6 +117,16 @@ class DataConfig(Section):
         "sub-folder name")
     annotation_format: Literal["auto", "voc", "coco", "csv"] = Field(
         "auto", description="object detection: Pascal VOC XML folder, COCO JSON, or CSV of boxes")
+
+    def encoding_for(self, path) -> str:
+        """The encoding to read `path` with: data.encoding, or its entry for the split `path` is the file of."""
+        if isinstance(self.encoding, str):
+            return self.encoding
+        for split in ("train", "validation", "test"):
+            p = getattr(self, split)
+            if p is not None and Path(p) == Path(path):
+                return self.encoding.get(split, "utf-8")
+        return self.encoding.get("test", "utf-8")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -784,6 +806,16 @@ class OutputConfig(Section):
     name: str | None = Field(None, description="run name; default: the config file's name")
     overwrite: bool = False
     tensorboard: bool = True
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ (best and last, with optimizer state) in "
+                                   "the finished run; by default the kept weights live only in model/")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v):
+        if v is not None and (v in ("", ".", "..") or "/" in v or "\\" in v or v.endswith((".partial", ".replaced"))):
+            raise ValueError(f"{v!r} must be a plain folder name inside output.dir (no '/', '\\' or '..', not "
+                             "ending in .partial or .replaced); put the parent folder in output.dir instead")
+        return v
 
 
 TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",

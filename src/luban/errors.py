@@ -19,3 +19,12 @@ class RunError(LubanError):
 
 class ExportError(LubanError):
     """A model cannot be exported or compressed the way that was asked (task, model type or format)."""
+
+
+class TrainingDiverged(LubanError, FloatingPointError):
+    """The loss became NaN/inf during training (a FloatingPointError too, so trial runners can catch it as one)."""
+
+    def __init__(self, where: str):
+        super().__init__(f"training diverged: {where}. Lower trainer.lr (e.g. by 10x), set trainer.grad_clip "
+                         "(e.g. 1.0), or train in full precision (trainer.precision: fp32); if it happens at the "
+                         "first batch, check the data for extreme values")

@@ -6,6 +6,7 @@ import copy
 import json
 import platform
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -42,12 +43,13 @@ def _as_config(config, overrides) -> RunConfig:
 
 
 def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False,
-          on_epoch_end=None, task_hook=None) -> Path:
+          on_epoch_end=None, task_hook=None, restart: bool = False) -> Path:
     """Train from a YAML path (or dict / RunConfig); returns the finished run directory.
 
     `on_epoch_end(record)` is called with each epoch's history record (e.g. to prune a hyperparameter trial:
     an exception raised there stops the run and discards its directory). `task_hook(task)` runs after the data
-    is prepared, before the run directory exists (it may replace task.loss)."""
+    is prepared, before the run directory exists (it may replace task.loss). An interrupted run of the same
+    name is continued with `resume=True` or discarded with `restart=True`; without either, training refuses."""
     cfg = _as_config(config, overrides)
     if resume:
         from luban.config import read_yaml
@@ -55,6 +57,8 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         saved = RunDir(cfg.output.dir, cfg.output.name).work / "config.yaml"
         if saved.is_file():  # the interrupted run's resolved config wins, so the result matches
             cfg = validate(read_yaml(saved), str(saved))
+    run = RunDir(cfg.output.dir, cfg.output.name)
+    run.check(cfg.output.overwrite, resume, restart)  # an existing or interrupted run: refuse before reading data
     set_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     TaskCls, _ = task_classes(cfg.task)
@@ -66,8 +70,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         task_hook(task)
     prep_seconds = time.perf_counter() - t0
 
-    run = RunDir(cfg.output.dir, cfg.output.name)
-    work = run.start(cfg.output.overwrite, resume)
+    work = run.start(cfg.output.overwrite, resume, restart)
     keep_partial = False
     tracker = None
     try:
@@ -105,7 +108,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
                                        evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
                                        metric=metric, mode=_mode(cfg, task), device=device, precision=precision,
                                        workdir=work, resume=resume, tensorboard=cfg.output.tensorboard, **kw)
-        fit_seconds = time.perf_counter() - t_fit
+        fit_seconds = time.perf_counter() - t_fit + result.earlier_fit_seconds  # + the sessions before --resume
         keep_partial = False
 
         from luban.training.hardware import autocast
@@ -132,6 +135,8 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         }
         (work / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
+        if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
         out = run.finish()
     except (KeyboardInterrupt, SystemExit):
         if tracker:

@@ -130,7 +130,7 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
 
         task.loss, task.save, task.report_sections = loss, save_with_info, report
 
-    out = train(scfg, task_hook=hook, quiet=quiet)
+    out = train(scfg, task_hook=hook, quiet=quiet, restart=True)  # an interrupted distillation starts over
     path = out / "metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8"))
     metrics["compression"] = info

@@ -118,7 +118,7 @@ class DerivedRun:
         self.t0 = time.perf_counter()
 
     def __enter__(self) -> "DerivedRun":
-        self.work = self.rundir.start(self.overwrite, False)
+        self.work = self.rundir.start(self.overwrite, False, restart=True)  # compress has no --resume: redo
         self.model_dir = self.work / "model"
         shutil.copytree(self.source / "model", self.model_dir,
                         ignore=shutil.ignore_patterns(WEIGHTS, COMPRESSION, *EXPORT_SUBDIRS))

@@ -46,6 +46,24 @@ class CleaningReport:
                 "dropped": {k: len(v) for k, v in self.dropped.items()}}
 
 
+def label_text(value, cfg: CleanConfig) -> str | None:
+    """A label cell as its stripped text, or None when it is missing: empty, or spelled as a missing value
+    (data.clean.missing_labels: NaN, null, None by default, any case), so "NaN" never becomes a class."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text == "" or text.casefold() in {m.casefold() for m in cfg.missing_labels}:
+        return None
+    return text
+
+
+def missing_label_error(src: str, line, column, raw) -> DataError:
+    """The error for a missing label when data.clean.drop_missing_label is off."""
+    shown = "" if raw is None or str(raw).strip() == "" else f" ({str(raw).strip()!r} is in data.clean.missing_labels)"
+    return DataError(f"{src}: line {line}: field {column!r}: missing label{shown}; "
+                     "set data.clean.drop_missing_label: true to drop such rows")
+
+
 def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
     """Texts handed to a predictor (one string or a list), normalized as training data was; a non-string or an
     input left empty by cleaning is a DataError naming its position."""
@@ -93,8 +111,7 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
     texts = _texts_only(df, text_col, src)
     out = pd.DataFrame({
         "text": [normalize_text(t, cfg) if t is not None else "" for t in texts],
-        "label": [None if v is None or str(v).strip() == "" else str(v).strip() for v in df[label_col]]
-        if label_col is not None else None,
+        "label": [label_text(v, cfg) for v in df[label_col]] if label_col is not None else None,
         LINE: df[LINE].to_numpy(),
     })
     empty = out["text"] == ""
@@ -108,8 +125,9 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
         missing = out["label"].isna()
         if missing.any():
             if not cfg.drop_missing_label:
-                raise DataError(f"{src}: line {out[LINE][missing].iloc[0]}: field {label_col!r}: missing label")
-            rep.drop("missing label", out[LINE][missing])
+                first = out.index[missing][0]
+                raise missing_label_error(src, out[LINE][first], label_col, df[label_col].iloc[first])
+            rep.drop("missing label", out[LINE][missing])  # empty, or one of data.clean.missing_labels
             out = out[~missing]
         if dedupe and cfg.drop_conflicts:
             n_labels = out.groupby("text")["label"].nunique()

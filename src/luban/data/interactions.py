@@ -122,10 +122,11 @@ def parse_numbers(values: pd.Series, lines: np.ndarray, source: str, field: str,
     raw = pd.Series(list(values), dtype=object)
     missing = raw.isna().to_numpy() | (raw.astype(str).str.strip() == "").to_numpy()
     num = pd.to_numeric(raw.where(~missing, None), errors="coerce").to_numpy(dtype=float)
-    bad = np.isnan(num) & ~missing
+    bad = (np.isnan(num) & ~missing) | np.isinf(num)  # inf would turn the loss into NaN
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: line {lines[i]}: field {field!r}: {what} {raw.iloc[i]!r} is not a number")
+        raise DataError(f"{source}: line {lines[i]}: field {field!r}: {what} {raw.iloc[i]!r} is not a "
+                        f"{'finite ' * bool(np.isinf(num[i]))}number")
     return num
 
 
@@ -160,7 +161,7 @@ def read_interactions(path: Path, data_cfg, id_type: str) -> pd.DataFrame:
         int_ids, why = id_type != "str", " for MovieLens files"
     else:
         raw = read_table(path, data_cfg.format, data_cfg.header, data_cfg.delimiter, data_cfg.quoting,
-                         data_cfg.encoding)
+                         data_cfg.encoding_for(path))
         cols = interaction_columns(raw, data_cfg.columns, data_cfg.header)
         int_ids, why = id_type == "int", ""
     src, lines = str(path), raw[LINE].to_numpy()

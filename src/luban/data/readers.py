@@ -44,13 +44,15 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: line {line}: bytes {raw[e.start:e.start + 4]!r} are not valid {encoding} "
-                        f"({e.reason}); set data.encoding (e.g. gbk, latin-1) to the file's encoding") from None
+                        f"({e.reason}); set data.encoding to the file's encoding (e.g. gbk, latin-1; or one "
+                        "per file: {train: gbk, test: utf-8})") from None
     except LookupError:
         raise DataError(f"data.encoding: unknown encoding {encoding!r}") from None
 
 
 def _read_delimited(path: Path, text: str, delimiter: str, quoting: str, header: bool) -> pd.DataFrame:
     quote = csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # no field is longer than its file: no 128k cap
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quote, strict=True)
     rows, lines = [], []
     names: list[str] | None = None

@@ -96,7 +96,7 @@ def cross_validate(config: str | Path, folds: int, stratified: bool = False, ove
         if not quiet:
             print(f"fold {k + 1}/{folds}: {fold['train_rows']} train rows, {fold['held_out_rows']} test rows",
                   flush=True)
-        run = train(validate(tree, f"fold {k}"), quiet=True)
+        run = train(validate(tree, f"fold {k}"), quiet=True, restart=True)  # a fold cut short is redone
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         results.append({"fold": k, "run": str(run), "test_rows": fold["held_out_rows"],
                         **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})

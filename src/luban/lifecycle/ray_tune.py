@@ -65,7 +65,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
                 tune.report({"value": float(value), "epoch": int(record["epoch"])})
 
         with silent():  # Ray reports the trials; their epochs would interleave from every worker
-            run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report)
+            run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report, restart=True)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         _note_run(study_name, storage, params, run, m, metric)
         tune.report({"value": float(m["validation"][metric]), "epoch": m["epochs_run"] + 1})

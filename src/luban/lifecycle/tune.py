@@ -205,7 +205,7 @@ def _objective(trial, cfg: RunConfig, base: dict, metric: str, out: Path, thread
                 raise optuna.TrialPruned(f"val_{metric} {value:.4f} at epoch {record['epoch']}")
 
     with silent():  # one line per trial (see _trial_line), not one per epoch of every trial
-        run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report)
+        run = train(validate(tree, f"trial {trial.number}"), quiet=True, on_epoch_end=report, restart=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     for k, v in run_attrs(run, m, metric).items():
         trial.set_user_attr(k, v)
@@ -227,7 +227,7 @@ def _cv_objective(trial, tree: dict, folds: list[dict], metric: str) -> float:
                          train_limit=None, test=str(fold["test"] or fold["held_out"]))
         t["output"]["name"] = f"{name}-fold{k}"
         with silent():
-            run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True)
+            run = train(validate(t, f"trial {trial.number}, fold {k}"), quiet=True, restart=True)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         runs.append(str(run))
         values.append(float(m["validation"][metric]))
@@ -471,4 +471,4 @@ def retrain_on_all(tree: dict, epochs: int, name: str, scratch: Path, source: st
     tree["trainer"]["early_stopping"] = {"metric": None, "mode": "auto", "patience": None}
     tree["output"]["name"] = name
     tree["output"]["overwrite"] = True
-    return train(validate(tree, source), quiet=True)
+    return train(validate(tree, source), quiet=True, restart=True)

@@ -27,7 +27,7 @@ def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
         from luban.data.images import list_image_folder
 
         return list_image_folder(path)
-    return read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+    return read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding_for(path))
 
 
 def read_frames(cfg: RunConfig) -> dict[str, pd.DataFrame | None]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luban.config import RunConfig
+from luban.data.cleaning import label_text, missing_label_error
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, list_images, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError
@@ -311,13 +312,13 @@ def _table_frame(frame: pd.DataFrame, cfg: RunConfig, need_label: bool, root: Pa
     if need_label:
         label_ref = "label" if is_folder or cols.label is None else cols.label
         label_col = resolve_column(frame, label_ref, "label")
-        labels = [None if v is None or str(v).strip() == "" else str(v).strip() for v in frame[label_col]]
+        labels = [label_text(v, cfg.data.clean) for v in frame[label_col]]
         out["label"] = labels
         missing = out["label"].isna()
         if missing.any():
             row = out[missing].iloc[0]
             if not cfg.data.clean.drop_missing_label:
-                raise DataError(f"{src}: line {row[LINE]}: field {label_col!r}: missing label")
+                raise missing_label_error(src, row[LINE], label_col, frame[label_col][missing.to_numpy()].iloc[0])
             print(f"{src}: dropped {int(missing.sum())} rows without a label (first: line {row[LINE]})",
                   flush=True)
             out = out[~missing].reset_index(drop=True)

@@ -27,7 +27,7 @@ from luban.config import RunConfig
 from luban.data.images import ImageStore, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
-from luban.errors import ConfigError, DataError, LubanError
+from luban.errors import ConfigError, DataError, LubanError, TrainingDiverged
 from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
 from luban.tasks.base import Predictor, Task, _label_key
@@ -387,13 +387,14 @@ class ImageGenerationTask(Task, _Sampling):
                     sched.d.step()
                     state["step"] += 1
                     if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
-                        raise FloatingPointError(f"GAN losses became non-finite at epoch {epoch + 1}, batch {b + 1} "
-                                                 "(d_loss {d_loss.item()}, g_loss {g_loss.item()}); lower trainer.lr")
+                        raise TrainingDiverged(f"the GAN losses became non-finite at epoch {epoch + 1}, batch "
+                                               f"{b + 1} (d_loss {d_loss.item()}, g_loss {g_loss.item()})")
                     sums["d_loss"] += d_loss.item()
                     sums["g_loss"] += g_loss.item()
                     sums["d_real"] += torch.sigmoid(real_logits).mean().item()
                     sums["d_fake"] += torch.sigmoid(fake_logits).mean().item()
                     samples_seen += len(idx)
+                    state["train_samples"] += len(idx)
                 train_time = time.perf_counter() - t_epoch
                 state["train_seconds"] += train_time
                 avg = {k: v / n_batches for k, v in sums.items()}

@@ -711,7 +711,7 @@ class RecommendationPredictor(Predictor, _Serving):
     def read_inputs(self, path):
         """The distinct users of a file (its user column, or its only column)."""
         d = self.cfg.data
-        frame = read_table(Path(path), d.format, d.header, d.delimiter, d.quoting, d.encoding)
+        frame = read_table(Path(path), d.format, d.header, d.delimiter, d.quoting, d.encoding_for(path))
         cols = [c for c in frame.columns if c != LINE]
         col = user_column(frame, d.columns, d.header) or cols[0]
         return list(dict.fromkeys(canonical_ids(frame[col], frame[LINE].to_numpy(), str(path), str(col), "user",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from luban.config import RunConfig
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
-from luban.data.cleaning import normalize_text
+from luban.data.cleaning import label_text, normalize_text
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.asr import asr_metrics, utterance_errors
@@ -42,7 +42,7 @@ def read_audio_table(cfg: RunConfig, path: Path, target_role: str) -> pd.DataFra
     d = cfg.data
     if Path(path).is_dir():
         return list_audio_folder(path, d.label_pattern)
-    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding_for(path))
     if d.columns.audio is None or getattr(d.columns, target_role) is None:
         raise ConfigError(f"data.columns: a manifest needs data.columns.audio and data.columns.{target_role}")
     audio_col = resolve_column(frame, d.columns.audio, "audio")
@@ -191,6 +191,8 @@ class SpeechTask(Task):
         texts = []
         for t, line in zip(frame["label"], frame[LINE], strict=True):
             text = normalize_text(t, self.cfg.data.clean) if isinstance(t, str) else ""
+            if not self.asr and label_text(t, self.cfg.data.clean) is None:
+                text = ""  # NaN / null / None (data.clean.missing_labels) is no label, not a class
             if not text:
                 raise DataError(f"{src}: line {line}: field {'text' if self.asr else 'label'!r}: empty "
                                 f"{'transcript' if self.asr else 'label'}")

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
 from luban.errors import ConfigError, DataError, ExportError
@@ -40,6 +41,10 @@ class TabularPreprocessor:
             raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {col!r}: "
                             f"{raw.iloc[i]!r} is not a number (list the column in data.columns.categorical "
                             "if it is a category)")
+        if np.isinf(vals).any():  # inf / 1e999 would turn the loss into NaN: name the cell instead
+            i = int(np.flatnonzero(np.isinf(vals))[0])
+            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {col!r}: "
+                            f"{raw.iloc[i]!r} is not a finite number (leave the cell empty for a missing value)")
         return vals
 
     def fit(self, frame: pd.DataFrame) -> "TabularPreprocessor":
@@ -109,12 +114,12 @@ def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
     return [c for c in feats if c not in cat], [c for c in feats if c in cat], label
 
 
-def _drop_missing_labels(frame: pd.DataFrame, label: str, drop: bool) -> pd.DataFrame:
-    missing = frame[label].isna() | (frame[label].astype(str).str.strip() == "")
+def _drop_missing_labels(frame: pd.DataFrame, label: str, clean) -> pd.DataFrame:
+    missing = pd.Series([label_text(v, clean) is None for v in frame[label]], index=frame.index)
     if missing.any():
-        if not drop:
-            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE][missing].iloc[0]}: "
-                            f"field {label!r}: missing label")
+        if not clean.drop_missing_label:
+            first = frame[missing].iloc[0]
+            raise missing_label_error(frame.attrs.get('source', 'data'), first[LINE], label, first[label])
         say(f"cleaning {frame.attrs.get('source', 'data')}: dropped {int(missing.sum())} rows with a missing "
             f"{label!r}")
         attrs = frame.attrs
@@ -131,10 +136,10 @@ class _TabularModelUser:
     def encode_target(self, frame: pd.DataFrame, label: str) -> torch.Tensor:
         if self.regression:
             y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=float)
-            if np.isnan(y).any():
-                i = int(np.flatnonzero(np.isnan(y))[0])
+            if not np.isfinite(y).all():
+                i = int(np.flatnonzero(~np.isfinite(y))[0])
                 raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {label!r}: "
-                                f"{frame[label].iloc[i]!r} is not a number")
+                                f"{frame[label].iloc[i]!r} is not a {'finite ' * bool(np.isinf(y[i]))}number")
             return torch.tensor(y, dtype=torch.float32)
         labelled = frame.assign(label=[str(v).strip() for v in frame[label]])
         return torch.tensor(self.label_map.encode(labelled, label))
@@ -190,7 +195,7 @@ class TabularTask(Task, _TabularModelUser):
             if frame is not None:
                 for c in numeric + categorical + [label]:
                     resolve_column(frame, c, "features")
-                frames[split] = _drop_missing_labels(frame, label, cfg.data.clean.drop_missing_label)
+                frames[split] = _drop_missing_labels(frame, label, cfg.data.clean)
         if not self.regression:
             tr = frames["train"].assign(label=[str(v).strip() for v in frames["train"][label]])
             self.label_map = LabelMap.fit(tr, label)
@@ -320,6 +325,6 @@ class TabularPredictor(Predictor, _TabularModelUser):
         frame = self._frame(read_file(self.cfg, Path(path)))
         if self.label not in frame.columns:
             raise DataError(f"{path}: label column {self.label!r} not found")
-        frame = _drop_missing_labels(frame, self.label, self.cfg.data.clean.drop_missing_label)
+        frame = _drop_missing_labels(frame, self.label, self.cfg.data.clean)
         y = self.encode_target(frame, self.label)
         return self.metrics(self.outputs(self.model, *self.pre.transform(frame)), y)

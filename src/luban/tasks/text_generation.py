@@ -70,8 +70,8 @@ def data_mode(cfg: RunConfig) -> str:
 def _read_docs(cfg: RunConfig, path: Path) -> list[Doc]:
     d = cfg.data
     if is_corpus_path(path, d.format, d.columns.text is not None):
-        return read_corpus(path, d.encoding)
-    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding)
+        return read_corpus(path, d.encoding_for(path))
+    frame = read_table(path, d.format, d.header, d.delimiter, d.quoting, d.encoding_for(path))
     if d.columns.text is None:
         raise ConfigError(f"data.columns.text: {path} is a table; name its text column (or use a .txt file / "
                           "data.format: text for plain text)")
@@ -700,9 +700,9 @@ class TextGenerationPredictor(Predictor):
         path = Path(path)
         d = self.cfg.data
         if is_corpus_path(path, "auto", False):
-            lines = [ln for ln in read_corpus(path, d.encoding)[0].text.splitlines() if ln.strip()]
+            lines = [ln for ln in read_corpus(path, d.encoding_for(path))[0].text.splitlines() if ln.strip()]
             return lines
-        frame = read_table(path, "auto", d.header, d.delimiter, d.quoting, d.encoding)
+        frame = read_table(path, "auto", d.header, d.delimiter, d.quoting, d.encoding_for(path))
         cols = d.columns
         if cols.messages is not None and str(cols.messages) in frame.columns:
             return [{"messages": v} for v in frame[resolve_column(frame, cols.messages, "messages")]]
@@ -726,7 +726,7 @@ class TextGenerationPredictor(Predictor):
             task.streams = {"eval": token_stream(_read_docs(self.cfg, path), self.encoder)}
             return task._loss(self.model, "eval")
         frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
-                           self.cfg.data.quoting, self.cfg.data.encoding)
+                           self.cfg.data.quoting, self.cfg.data.encoding_for(path))
         c = self.cfg.data.columns
         cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
                 for r in ("prompt", "response", "messages", "chosen", "rejected")}

@@ -1,16 +1,22 @@
-"""Checkpoints: weights as safetensors; optimizer/scheduler/RNG state as a torch file loaded with weights_only=True."""
+"""Checkpoints: weights as safetensors; optimizer/scheduler/RNG state as a torch file loaded with weights_only=True.
+
+A checkpoint folder is replaced in three steps (write FOLDER.tmp; rename FOLDER -> FOLDER.old; rename FOLDER.tmp ->
+FOLDER; delete FOLDER.old), so a kill at any moment leaves one complete checkpoint; `recover` puts it back in
+place (RunDir.start does so before a --resume). Torch is imported inside the functions that need it, so
+`recover` is cheap for the CLI.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
+from typing import TYPE_CHECKING
 
 from luban.errors import RunError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -22,6 +28,31 @@ def _atomic_dir(folder: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def _complete(folder: Path, like: Path) -> bool:
+    """`folder` holds (non-empty) every file the other copy `like` holds, and the weights."""
+    names = {WEIGHTS} | ({p.name for p in like.iterdir()} if like.is_dir() else set())
+    return all((folder / n).is_file() and (folder / n).stat().st_size > 0 for n in names)
+
+
+def recover(folder: Path) -> None:
+    """Finish or roll back a checkpoint replacement that a kill interrupted (see the module docstring).
+
+    FOLDER present: it is the last committed checkpoint; leftover .tmp/.old are removed. FOLDER missing with
+    both .old and .tmp: the kill fell between the two renames, when .tmp was already fully written; it becomes
+    FOLDER (or .old does, should .tmp lack a file). Only .old: it is put back. Only .tmp: a first checkpoint
+    that was still being written; it is removed."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    if not folder.is_dir():
+        if tmp.is_dir() and old.is_dir():
+            os.replace(*((tmp, folder) if _complete(tmp, old) else (old, folder)))
+        elif old.is_dir():
+            os.replace(old, folder)
+    for leftover in (tmp, old):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
 
 
 def _commit(tmp: Path, folder: Path) -> None:
@@ -37,12 +68,16 @@ def _commit(tmp: Path, folder: Path) -> None:
 
 
 def save_weights(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_model
+
     tmp = _atomic_dir(folder)
     save_model(model, str(tmp / WEIGHTS))
     _commit(tmp, folder)
 
 
 def load_weights(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_model
+
     path = folder / WEIGHTS
     if not path.is_file():
         raise RunError(f"{path}: checkpoint weights not found")
@@ -56,6 +91,8 @@ def load_weights(model: nn.Module, folder: Path) -> None:
 
 
 def _rng_state() -> dict:
+    import torch
+
     s = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
@@ -63,6 +100,9 @@ def _rng_state() -> dict:
 
 
 def save_last(folder: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    import torch
+    from safetensors.torch import save_model
+
     tmp = _atomic_dir(folder)
     save_model(model, str(tmp / WEIGHTS))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -72,6 +112,8 @@ def save_last(folder: Path, model, optimizer, scheduler, scaler, state: dict) ->
 
 
 def load_last(folder: Path, model, optimizer, scheduler, scaler) -> dict:
+    import torch
+
     load_weights(model, folder)
     try:
         blob = torch.load(folder / STATE, weights_only=True, map_location="cpu")

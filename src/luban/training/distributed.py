@@ -17,7 +17,8 @@ from luban.errors import ConfigError
 from luban.training import checkpoint
 from luban.training.engine import FitResult
 
-RESULT_KEYS = ("best_epoch", "best_value", "stopped_early", "train_seconds", "epochs_run", "samples_per_second")
+RESULT_KEYS = ("best_epoch", "best_value", "stopped_early", "train_seconds", "epochs_run", "samples_per_second",
+               "earlier_fit_seconds")
 
 
 def _absolute_paths(tree: dict) -> dict:
@@ -117,4 +118,4 @@ def ray_fit(cfg: RunConfig, model: torch.nn.Module, *, work: Path, resume: bool,
     shutil.rmtree(Path(work) / "ray", ignore_errors=True)
     return FitResult(history=history, best_epoch=m["best_epoch"], best_value=m["best_value"],
                      stopped_early=m["stopped_early"], train_seconds=m["train_seconds"], epochs_run=m["epochs_run"],
-                     samples_per_second=m["samples_per_second"])
+                     samples_per_second=m["samples_per_second"], earlier_fit_seconds=m["earlier_fit_seconds"])

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from luban.config import TrainerConfig
+from luban.errors import TrainingDiverged
 from luban.training import checkpoint
 from luban.training.hardware import autocast
 from luban.training.optim import build_optimizer, build_scheduler
@@ -36,6 +37,7 @@ class FitResult:
     epochs_run: int
     samples_per_second: float = 0.0
     notes: list[str] = field(default_factory=list)
+    earlier_fit_seconds: float = 0.0  # fit time of the sessions before a --resume (up to their last checkpoint)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -80,6 +82,10 @@ def start_fit(workdir: Path, resume: bool, model, optimizer, scheduler, scaler) 
     if resume and (ckpt / "last").is_dir():
         state = checkpoint.load_last(ckpt / "last", model, optimizer, scheduler, scaler)
         print(f"resuming after epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
+    # time and samples add up across --resume: fit_seconds/train_samples persist in checkpoints/last
+    state.setdefault("train_samples", 0)
+    state["earlier_fit_seconds"] = state.get("fit_seconds", 0.0)
+    state["session_start"] = time.perf_counter()
     history_path = workdir / "history.jsonl"
     history_path.write_text("".join(json.dumps(h) + "\n" for h in state["history"]), encoding="utf-8")
     return state, history_path
@@ -91,6 +97,7 @@ def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.
     by `metric`, early stopping. Returns whether this epoch is the new best."""
     value = record.get(f"val_{metric}", record.get(metric, float("nan")))
     state["history"].append(record)
+    state["fit_seconds"] = state["earlier_fit_seconds"] + time.perf_counter() - state["session_start"]
     with open(history_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     tb.log(record, state["step"])
@@ -157,8 +164,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                 if cfg.l1 > 0:
                     loss = loss + cfg.l1 * _l1_penalty(model)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
-                                             "lower trainer.lr or set trainer.grad_clip")
+                    raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
                 (scaler.scale(loss / accum) if scaler else loss / accum).backward()
                 bs = batch["size"]
                 loss_sum += loss.item() * bs
@@ -181,6 +187,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                 progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9))
             train_time = time.perf_counter() - t_epoch
             state["train_seconds"] += train_time
+            state["train_samples"] += epoch_samples * world_size
             samples_seen += epoch_samples
             model.eval()
             with torch.no_grad(), autocast(device, precision):
@@ -210,8 +217,12 @@ def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_s
         best_epoch, best_value = state["epoch"], state.get("last_value")
     elif (ckpt / "best").is_dir():
         checkpoint.load_weights(model, ckpt / "best")
-    wall = time.perf_counter() - t_start
+    # every session's samples over every session's fit time, so a resumed run reports the whole run
+    earlier = state.get("earlier_fit_seconds", 0.0)
+    wall = earlier + time.perf_counter() - t_start
+    samples = state.get("train_samples", samples_seen)
     return FitResult(history=state["history"], best_epoch=best_epoch,
                      best_value=best_value if best_value is not None else float("nan"),
                      stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],
-                     epochs_run=state["epoch"], samples_per_second=samples_seen / max(wall, 1e-9))
+                     epochs_run=state["epoch"], samples_per_second=samples / max(wall, 1e-9),
+                     earlier_fit_seconds=earlier)
