@@ -15,6 +15,7 @@ import torch
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
+from luban.evaluate.significance import compare_to_baseline
 from luban.rundir import RunDir
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
@@ -121,6 +122,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         metrics = {
             "task": cfg.task, "main_metric": task.main_metric,
             "validation": final["validation"], "test": final["test"], "baseline": baseline,
+            "vs_baseline": compare_to_baseline(final["test"], baseline, task.main_metric, cfg.seed),
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
             "data": task.data_summary(),
             "timings": {"prepare_seconds": round(prep_seconds, 3), "fit_seconds": round(fit_seconds, 3),
@@ -175,6 +177,8 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     if metrics.get("baseline"):
         b = metrics["baseline"]
         table.add_row(f"baseline: {b['name']}", *[f"{b['test'].get(k, float('nan')):.4f}" for k in keys])
+    if metrics.get("vs_baseline"):  # beyond noise or not, on the test rows
+        table.caption, table.caption_style = f"vs baseline: test {metrics['vs_baseline']['summary']}", "bold"
     Console().print(table)
     t = metrics["timings"]
     print(f"trained in {t['fit_seconds']:.1f}s (best epoch {metrics['best_epoch']}); report: {run_dir / 'report.html'}")

@@ -172,7 +172,7 @@ class _TabularModelUser:
     def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict:
         if self.regression:
             return regression_metrics(y.numpy(), out.numpy())
-        return classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels)
+        return classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels, probs=out.numpy())
 
 
 class TabularTask(Task, _TabularModelUser):
