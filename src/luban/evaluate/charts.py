@@ -17,8 +17,6 @@ import warnings
 
 import numpy as np
 
-from luban.config import LOWER_IS_BETTER
-
 COLORS = ["#2f6fde", "#e0672b", "#1a9b5b", "#8e44ad", "#c0392b", "#7f8c8d"]
 FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
          "PingFang SC", "Microsoft YaHei", "SimHei", "Noto Sans CJK JP", "Arial Unicode MS", "DejaVu Sans"]
@@ -29,6 +27,7 @@ STYLE = {"svg.fonttype": "none", "svg.hashsalt": "luban", "font.family": "sans-s
          "legend.framealpha": 0.85, "legend.edgecolor": "#dde", "xtick.color": "#445", "ytick.color": "#445",
          "axes.labelcolor": "#334", "text.color": "#1d2330", "lines.linewidth": 1.8}
 MIN_RATE_SPAN = 0.10  # a metric in [0, 1] gets a y axis at least 10 points tall: a 0.7-point dip is not a cliff
+MIN_RELATIVE_SPAN = 0.2  # other metrics (RMSE, BLEU): an axis at least 20% of their magnitude tall
 MAX_SCATTER = 1500  # points drawn in the predicted-vs-true scatter (a seeded sample of the test rows)
 MAX_CURVE = 600  # points kept of a ROC / PR curve
 
@@ -81,18 +80,18 @@ def _svg(fig) -> str:
 
 
 def y_limits(values, metric: str | None = None) -> tuple[float, float]:
-    """Sensible y limits: losses and errors from 0; a metric in [0, 1] on an axis at least MIN_RATE_SPAN tall
-    (kept inside [0, 1]); anything else at least 10% of its magnitude tall. Never auto-zoom on a tiny range."""
+    """Sensible y limits: losses from 0; a metric in [0, 1] on an axis at least MIN_RATE_SPAN tall (kept inside
+    [0, 1]); anything else (an RMSE, BLEU) on an axis at least MIN_RELATIVE_SPAN of its magnitude tall, not below 0
+    when no value is. Never an auto-zoom that draws noise as a cliff."""
     v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
     if not v:
         return 0.0, 1.0
     lo, hi = min(v), max(v)
-    name = (metric or "").lower()
-    if lo >= 0 and (name in LOWER_IS_BETTER or name.endswith("loss")):
+    if lo >= 0 and (metric or "").lower().endswith("loss"):
         return 0.0, (hi * 1.08) or 1.0
+    mid = (lo + hi) / 2
     if 0 <= lo and hi <= 1:
         span = max(hi - lo, MIN_RATE_SPAN) * 1.15
-        mid = (lo + hi) / 2
         a, b = mid - span / 2, mid + span / 2
         if a < 0:
             a, b = 0.0, b - a
@@ -100,9 +99,11 @@ def y_limits(values, metric: str | None = None) -> tuple[float, float]:
             a, b = max(0.0, a - (b - 1)), 1.0
         pad = 0.02 * (b - a)
         return a - (pad if a <= 0 else 0), b + pad
-    span = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 1e-9) * 1.15
-    mid = (lo + hi) / 2
-    return mid - span / 2, mid + span / 2
+    span = max(hi - lo, MIN_RELATIVE_SPAN * max(abs(lo), abs(hi)), 1e-9) * 1.15
+    a, b = mid - span / 2, mid + span / 2
+    if lo >= 0 > a:
+        a, b = 0.0, b - a
+    return a, b
 
 
 def line_chart(title: str, xs: list, series: dict[str, list], *, xlabel: str = "epoch", ylabel: str | None = None,
@@ -224,8 +225,8 @@ def regression_scatter(rows: dict, seed: int = 0) -> str:
     pad = 0.04 * ((hi - lo) or 1.0)
     with _style():
         fig, ax = _figure(4.4, 4.0)
-        shown = f"{len(ys):,} of {n:,} rows" if n > len(ys) else f"{n:,} rows"
-        ax.scatter(ys, ps, s=9, alpha=0.45, color=COLORS[0], linewidths=0, label=f"test rows ({shown})")
+        shown = f"{len(ys):,} of {n:,} test rows" if n > len(ys) else f"{n:,} test rows"
+        ax.scatter(ys, ps, s=10, alpha=0.5, color=COLORS[0], linewidths=0, label=shown)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#c0392b", linestyle="--", linewidth=1.2,
                 label="y = x (perfect)")
         ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), xlabel="true value", ylabel="predicted value",

@@ -120,8 +120,9 @@ def charts_section(metrics: dict, history: list[dict], seed: int = 0) -> list[st
     curves = charts.learning_curves(history, metrics["main_metric"], metrics.get("best_epoch"), metrics.get("baseline"))
     if curves:
         parts += ["<h2>Learning curves</h2>", f"<div class=charts>{''.join(curves)}</div>",
-                  f"<p class=muted>Rates are drawn on an axis at least {charts.MIN_RATE_SPAN * 100:.0f} points "
-                  "tall and losses from 0, so that noise looks like noise.</p>"]
+                  f"<p class=muted>Losses are drawn from 0, rates on an axis at least "
+                  f"{charts.MIN_RATE_SPAN * 100:.0f} points tall and other metrics on one at least "
+                  f"{charts.MIN_RELATIVE_SPAN:.0%} of their size tall, so that noise looks like noise.</p>"]
     rows = getattr(metrics["test"], "rows", None) or {}
     if rows.get("kind") == "classification":
         binary = charts.binary_charts(rows)
