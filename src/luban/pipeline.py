@@ -178,7 +178,7 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
         b = metrics["baseline"]
         table.add_row(f"baseline: {b['name']}", *[f"{b['test'].get(k, float('nan')):.4f}" for k in keys])
     if metrics.get("vs_baseline"):  # beyond noise or not, on the test rows
-        table.caption = f"vs baseline: test {metrics['vs_baseline']['summary']}"
+        table.caption = metrics["vs_baseline"]["summary"]
         table.caption_style, table.caption_justify, table.min_width = "bold", "left", len(table.caption) + 2
     Console().print(table)
     t = metrics["timings"]
