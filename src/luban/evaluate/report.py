@@ -11,8 +11,8 @@ from luban.evaluate.significance import BEATS, TIE, WORSE, describe
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI","PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:2rem;
 color:#1d2330;max-width:1120px}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d5d9e0;padding:.3rem .6rem;text-align:right}
-th{background:#f3f5f8}td.l,th.l{text-align:left}.muted{color:#667}.charts{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}
-figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}.win{color:#0a7b34;font-weight:600}
+th{background:#f3f5f8}td.l,th.l{text-align:left}.muted{color:#667}
+.charts{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}.win{color:#0a7b34;font-weight:600}
 .lose{color:#b3261e;font-weight:600}.tie{color:#8a6d00;font-weight:600}
 .verdict{padding:.5rem .8rem;border-left:4px solid #99a;background:#f6f7f9;max-width:60rem}
 .verdict.win{border-color:#0a7b34}.verdict.lose{border-color:#b3261e}.verdict.tie{border-color:#d4a800}

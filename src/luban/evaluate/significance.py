@@ -62,7 +62,7 @@ def _accuracy(y, ours, theirs, rng, resamples) -> dict:
     return {"metric": "accuracy", "model": float(a.mean()), "baseline": float(b.mean()),
             "difference": float(a.mean() - b.mean()), "ci95": [float(lo), float(hi)],
             "verdict": BEATS if lo > 0 else WORSE if hi < 0 else TIE,
-            "only_model_right": only_ours, "only_baseline_right": only_theirs, "mcnemar_p": round(p, 6)}
+            "only_model_right": only_ours, "only_baseline_right": only_theirs, "mcnemar_p": float(f"{p:.3g}")}
 
 
 def _errors(metric, y, ours, theirs, rng, resamples) -> dict:
