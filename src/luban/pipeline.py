@@ -15,7 +15,6 @@ import torch
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
-from luban.evaluate.significance import compare_to_baseline
 from luban.rundir import RunDir
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
@@ -109,6 +108,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         fit_seconds = time.perf_counter() - t_fit
         keep_partial = False
 
+        from luban.evaluate.significance import compare_to_baseline
         from luban.training.hardware import autocast
 
         with torch.no_grad(), autocast(device, precision):

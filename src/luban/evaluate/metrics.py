@@ -7,24 +7,11 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-class Scores(dict):
-    """A metrics dict that also carries the per-row predictions it was computed from (`rows`: y_true, y_pred and,
-    for classifiers scored from probabilities, probs), for the report's noise-aware comparison with the baseline
-    and its ROC / calibration / scatter charts. The rows are an attribute, so they never reach metrics.json."""
-
-    def __init__(self, *args, rows: dict | None = None, **kw):
-        super().__init__(*args, **kw)
-        self.rows = rows
-
-
-def classification_metrics(y_true, y_pred, labels: list[str], probs=None) -> Scores:
-    """y_true / y_pred are class ids into `labels` (`probs`, if given, the class probabilities they came from).
-    Returns flat scalar metrics plus per_class and confusion."""
+def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
+    """y_true / y_pred are class ids into `labels`. Returns flat scalar metrics plus per_class and confusion."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
     rows = {"kind": "classification", "y_true": y_true, "y_pred": y_pred, "labels": list(labels)}
-    if probs is not None:
-        rows["probs"] = np.asarray(probs)
     out = Scores({"accuracy": float(skm.accuracy_score(y_true, y_pred))}, rows=rows)
     # averages run over the classes that occur (as truth or prediction): a class absent from an evaluation file
     # would otherwise count as F1 0 and drag the macro average down even when every prediction is right
@@ -40,7 +27,7 @@ def classification_metrics(y_true, y_pred, labels: list[str], probs=None) -> Sco
     return out
 
 
-def regression_metrics(y_true, y_pred) -> Scores:
+def regression_metrics(y_true, y_pred) -> dict:
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     mse = float(skm.mean_squared_error(y_true, y_pred))
     return Scores({"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred)),
@@ -59,7 +46,8 @@ def classification_with_worst(probs, y_true, labels: list[str], worst: int, desc
     probs = np.asarray(probs)
     pred = probs.argmax(-1)
     y = np.asarray(y_true)
-    m = classification_metrics(y, pred, labels, probs=probs)
+    m = classification_metrics(y, pred, labels)
+    m.rows["probs"] = probs  # for the report's ROC / calibration charts
     wrong = np.flatnonzero(pred != y)
     conf = probs[wrong, pred[wrong]]
     m["worst_examples"] = [
@@ -67,3 +55,13 @@ def classification_with_worst(probs, y_true, labels: list[str], worst: int, desc
          "confidence": round(float(probs[i, pred[i]]), 4)}
         for i in wrong[np.argsort(-conf, kind="stable")][:worst]]
     return m
+
+
+class Scores(dict):
+    """A metrics dict that also carries the per-row predictions it was computed from (`rows`: y_true, y_pred and,
+    for classifiers scored from probabilities, probs), for the report's noise-aware comparison with the baseline
+    and its ROC / calibration / scatter charts. The rows are an attribute, so they never reach metrics.json."""
+
+    def __init__(self, *args, rows: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.rows = rows
