@@ -12,7 +12,7 @@ import luban
 from luban.config import RunConfig
 from luban.evaluate import charts
 from luban.evaluate import significance as sig
-from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
+from luban.evaluate.metrics import classification_metrics, classification_with_worst, regression_metrics, scalars
 from luban.evaluate.report import write_report
 from luban.evaluate.significance import BEATS, TIE, WORSE, compare_to_baseline
 
@@ -42,6 +42,11 @@ def _page(tmp_path, test, baseline=None, history=None, task="text_classification
     return path.read_text(encoding="utf-8"), metrics
 
 
+def _scored(y, probs, labels):
+    """Metrics from probabilities, as the classification tasks compute them (with the rows and probabilities)."""
+    return classification_with_worst(probs, y, labels, 3, lambda i: {"line": i + 1, "text": f"行 {i}"})
+
+
 def _binary(n=300, seed=0, labels=("负面", "正面"), k=2):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
@@ -54,7 +59,7 @@ def _binary(n=300, seed=0, labels=("负面", "正面"), k=2):
 
 def test_identical_predictions_are_not_distinguishable():
     y, probs, labels = _binary()
-    m = classification_metrics(y, probs.argmax(1), labels, probs=probs)
+    m = _scored(y, probs, labels)
     v = compare_to_baseline(m, {"test": scalars(m)}, "accuracy", 0)
     assert v["verdict"] == TIE and v["difference"] == 0
     assert v["ci95"][0] <= 0 <= v["ci95"][1]
@@ -105,7 +110,7 @@ def test_regression_verdict_on_errors_and_its_large_sample_path(monkeypatch):
 
 def test_no_verdict_without_paired_rows():
     y, probs, labels = _binary()
-    m = classification_metrics(y, probs.argmax(1), labels, probs=probs)
+    m = _scored(y, probs, labels)
     assert compare_to_baseline(m, None, "accuracy", 0) is None
     assert compare_to_baseline(m, {"test": {"accuracy": 0.5}}, "accuracy", 0) is None  # e.g. read back from JSON
     other = classification_metrics(y[:-1], y[:-1], labels)
@@ -119,7 +124,7 @@ def test_binary_report_has_curves_verdict_and_roc_pr_calibration(tmp_path):
     rng = np.random.default_rng(4)
     base = {"name": "char TF-IDF", "validation": {"accuracy": 0.8},
             "test": scalars(classification_metrics(y, _flip(y, 0.6, rng), labels))}
-    page, metrics = _page(tmp_path, classification_metrics(y, probs.argmax(1), labels, probs=probs), base)
+    page, metrics = _page(tmp_path, _scored(y, probs, labels), base)
     assert metrics["vs_baseline"]["verdict"] == BEATS
     assert "Beats the baseline" in page and 'class="win"' in page and "paired bootstrap" in page
     assert page.count("<svg") == 5 and "<script" not in page
@@ -134,7 +139,7 @@ def test_binary_report_has_curves_verdict_and_roc_pr_calibration(tmp_path):
 def test_multiclass_report_has_no_binary_charts_and_no_val_loss_when_absent(tmp_path):
     y, probs, labels = _binary(labels=("a", "b", "c"), k=3)
     hist = [{"epoch": e, "train_loss": 1 / e, "val_accuracy": 0.5 + e / 10} for e in (1, 2, 3)]
-    page, _ = _page(tmp_path, classification_metrics(y, probs.argmax(1), labels, probs=probs), history=hist)
+    page, _ = _page(tmp_path, _scored(y, probs, labels), history=hist)
     assert page.count("<svg") == 2
     assert "train loss" in page and "validation loss" not in page
     assert "ROC" not in page and "calibration" not in page and "precision-recall" not in page
@@ -169,7 +174,7 @@ def test_report_is_written_without_matplotlib(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # import matplotlib -> ImportError
     assert not charts.available()
     y, probs, labels = _binary()
-    page, _ = _page(tmp_path, classification_metrics(y, probs.argmax(1), labels, probs=probs))
+    page, _ = _page(tmp_path, _scored(y, probs, labels))
     assert "Charts need matplotlib" in page and "<svg" not in page
     assert "Confusion matrix" in page and "正面" in page
 
