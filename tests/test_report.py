@@ -188,6 +188,7 @@ def test_text_run_report_and_summary_show_the_verdict(out_dir, zh_data, capsys):
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     v = m["vs_baseline"]
     assert v["metric"] == "accuracy" and v["rows"] == 60 and v["verdict"] in (BEATS, TIE, WORSE)
+    assert "y_true" not in (run / "metrics.json").read_text(encoding="utf-8")  # per-row predictions stay out
     assert v["model"] == pytest.approx(m["test"]["accuracy"]) and v["baseline"] == pytest.approx(
         m["baseline"]["test"]["accuracy"])
     out = " ".join(capsys.readouterr().out.split())  # a narrow console may wrap the caption
