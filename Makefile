@@ -32,13 +32,18 @@ test: install browser
 test-slow: install
 	$(PY) -m pytest -m slow
 
-# the playground's end-to-end test drives a headless Chromium (Debian's package; never a downloaded browser): install
-# it where we can (root with apt), otherwise that one test skips
+# the playground's end-to-end test drives a headless Chromium (Debian's package; never a downloaded browser), with a
+# CJK font so Chinese labels in the playground and report.html render: install them where we can (root with apt),
+# otherwise that one test skips
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "note: no chromium; the playground browser test will be skipped"
+	@fc-list :lang=zh 2>/dev/null | grep -q . || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && apt-get install -y -qq fonts-noto-cjk) >/dev/null 2>&1; } || \
+	  echo "note: no CJK font (fonts-noto-cjk); Chinese text in the browser shows as boxes"
 
 clean:
 	rm -rf runs .pytest_cache

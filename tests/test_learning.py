@@ -84,6 +84,7 @@ def test_tabular_classification_builtin_with_baseline(out_dir):
     assert b["name"] in ("logistic regression", "gradient boosting")
     assert set(b["all"]) == {"logistic_regression", "gradient_boosting"}
     assert b["test"]["accuracy"] >= 0.8
+    assert m["vs_baseline"]["rows"] == m["data"]["splits"]["test"]  # tables get the noise-aware verdict too
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "baseline: " + b["name"] in report
     p = luban.load(run).predict({k: 13.0 for k in m["data"]["numeric"]})

@@ -111,6 +111,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         fit_seconds = time.perf_counter() - t_fit + result.earlier_fit_seconds  # + the sessions before --resume
         keep_partial = False
 
+        from luban.evaluate.significance import compare_to_baseline
         from luban.training.hardware import autocast
 
         with torch.no_grad(), autocast(device, precision):
@@ -124,6 +125,7 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
         metrics = {
             "task": cfg.task, "main_metric": task.main_metric,
             "validation": final["validation"], "test": final["test"], "baseline": baseline,
+            "vs_baseline": compare_to_baseline(final["test"], baseline, task.main_metric, cfg.seed),
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
             "data": task.data_summary(),
             "timings": {"prepare_seconds": round(prep_seconds, 3), "fit_seconds": round(fit_seconds, 3),
@@ -180,6 +182,9 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     if metrics.get("baseline"):
         b = metrics["baseline"]
         table.add_row(f"baseline: {b['name']}", *[f"{b['test'].get(k, float('nan')):.4f}" for k in keys])
+    if metrics.get("vs_baseline"):  # beyond noise or not, on the test rows
+        table.caption = metrics["vs_baseline"]["summary"]
+        table.caption_style, table.caption_justify, table.min_width = "bold", "left", len(table.caption) + 2
     Console().print(table)
     t = metrics["timings"]
     print(f"trained in {t['fit_seconds']:.1f}s (best epoch {metrics['best_epoch']}); report: {run_dir / 'report.html'}")

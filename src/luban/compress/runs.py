@@ -142,6 +142,7 @@ class DerivedRun:
         (self.model_dir / COMPRESSION).write_text(json.dumps(compression, indent=1), encoding="utf-8")
         metrics = copy.deepcopy(self.source_metrics)
         metrics.update(validation=measured["validation"], test=measured["test"], compression=compression)
+        metrics.pop("vs_baseline", None)  # the source model's verdict, not this one's
         if parameters:
             metrics["parameters"] = {**metrics.get("parameters", {}), **parameters}
         metrics["environment"] = {**metrics.get("environment", {}), "threads": torch.get_num_threads(),

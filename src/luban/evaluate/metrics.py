@@ -11,7 +11,8 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
     """y_true / y_pred are class ids into `labels`. Returns flat scalar metrics plus per_class and confusion."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
-    out = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    rows = {"kind": "classification", "y_true": y_true, "y_pred": y_pred, "labels": list(labels)}
+    out = Scores({"accuracy": float(skm.accuracy_score(y_true, y_pred))}, rows=rows)
     # averages run over the classes that occur (as truth or prediction): a class absent from an evaluation file
     # would otherwise count as F1 0 and drag the macro average down even when every prediction is right
     present = sorted({int(v) for v in np.concatenate([y_true.ravel(), y_pred.ravel()])}) or ids
@@ -29,13 +30,14 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 def regression_metrics(y_true, y_pred) -> dict:
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     mse = float(skm.mean_squared_error(y_true, y_pred))
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-            "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")}
+    return Scores({"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+                   "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")},
+                  rows={"kind": "regression", "y_true": y_true, "y_pred": y_pred})
 
 
 def scalars(m: dict) -> dict:
-    """Only the scalar entries (for history lines and tables)."""
-    return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+    """Only the scalar entries (for history lines and tables); the per-row predictions of a Scores stay with it."""
+    return Scores({k: v for k, v in m.items() if isinstance(v, (int, float))}, rows=getattr(m, "rows", None))
 
 
 def classification_with_worst(probs, y_true, labels: list[str], worst: int, describe) -> dict:
@@ -45,6 +47,7 @@ def classification_with_worst(probs, y_true, labels: list[str], worst: int, desc
     pred = probs.argmax(-1)
     y = np.asarray(y_true)
     m = classification_metrics(y, pred, labels)
+    m.rows["probs"] = probs  # for the report's ROC / calibration charts
     wrong = np.flatnonzero(pred != y)
     conf = probs[wrong, pred[wrong]]
     m["worst_examples"] = [
@@ -52,3 +55,13 @@ def classification_with_worst(probs, y_true, labels: list[str], worst: int, desc
          "confidence": round(float(probs[i, pred[i]]), 4)}
         for i in wrong[np.argsort(-conf, kind="stable")][:worst]]
     return m
+
+
+class Scores(dict):
+    """A metrics dict that also carries the per-row predictions it was computed from (`rows`: y_true, y_pred and,
+    for classifiers scored from probabilities, probs), for the report's noise-aware comparison with the baseline
+    and its ROC / calibration / scatter charts. The rows are an attribute, so they never reach metrics.json."""
+
+    def __init__(self, *args, rows: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.rows = rows

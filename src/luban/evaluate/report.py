@@ -5,15 +5,21 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from luban.config import LOWER_IS_BETTER, RunConfig
+from luban.config import RunConfig
+from luban.evaluate.significance import BEATS, TIE, WORSE, describe
 
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI","PingFang SC","Microsoft YaHei","Noto Sans CJK SC",sans-serif;margin:2rem;
-color:#1d2330;max-width:1100px}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
+color:#1d2330;max-width:1120px}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d5d9e0;padding:.3rem .6rem;text-align:right}
-th{background:#f3f5f8}td.l,th.l{text-align:left}.muted{color:#667}.charts{display:flex;gap:1.5rem;flex-wrap:wrap}
-svg text{font-size:11px;fill:#445}.win{color:#0a7b34;font-weight:600}.lose{color:#b3261e;font-weight:600}"""
+th{background:#f3f5f8}td.l,th.l{text-align:left}.muted{color:#667}
+.charts{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}.win{color:#0a7b34;font-weight:600}
+.lose{color:#b3261e;font-weight:600}.tie{color:#8a6d00;font-weight:600}
+.verdict{padding:.5rem .8rem;border-left:4px solid #99a;background:#f6f7f9;max-width:60rem}
+.verdict.win{border-color:#0a7b34}.verdict.lose{border-color:#b3261e}.verdict.tie{border-color:#d4a800}
+.verdict span{color:#1d2330;font-weight:400}.note{color:#8a6d00}"""
 
 E = html.escape
+VERDICT_CLASS = {BEATS: "win", WORSE: "lose", TIE: "tie"}
 
 
 def _fmt(v) -> str:
@@ -22,30 +28,15 @@ def _fmt(v) -> str:
     return E(str(v))
 
 
-def _line_chart(title: str, xs: list, series: dict[str, list[float]], w=460, h=240) -> str:
-    pts = [v for ys in series.values() for v in ys if v == v]
-    if not xs or not pts:
-        return ""
-    lo, hi = min(pts), max(pts)
-    hi = hi if hi > lo else lo + 1e-9
-    x0, x1, y0, y1 = 50, w - 15, h - 30, 25
-    sx = lambda i: x0 + (x1 - x0) * (i / max(1, len(xs) - 1))  # noqa: E731
-    sy = lambda v: y0 - (y0 - y1) * ((v - lo) / (hi - lo))  # noqa: E731
-    colors = ["#2f6fde", "#e0672b", "#1a9b5b", "#8e44ad"]
-    out = [f'<svg width="{w}" height="{h}" role="img" aria-label="{E(title)}">',
-           f'<text x="{x0}" y="15" style="font-weight:600">{E(title)}</text>',
-           f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#99a"/>',
-           f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#99a"/>',
-           f'<text x="2" y="{y1 + 4}">{hi:.4g}</text><text x="2" y="{y0}">{lo:.4g}</text>',
-           f'<text x="{x0}" y="{h - 8}">epoch {xs[0]}</text><text x="{x1 - 50}" y="{h - 8}">epoch {xs[-1]}</text>']
-    for k, (name, ys) in enumerate(series.items()):
-        c = colors[k % len(colors)]
-        path = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in enumerate(ys) if v == v)
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
-        out += [f'<circle cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{c}"/>' for i, v in enumerate(ys) if v == v]
-        out.append(f'<text x="{x1 - 150}" y="{y1 + 14 * k + 5}" style="fill:{c}">{E(name)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+def _line_chart(title: str, xs: list, series: dict[str, list[float]], xlabel: str = "epoch", **kw) -> str:
+    """A line chart (matplotlib, inline SVG) or, without matplotlib, a note saying why there is none."""
+    from luban.evaluate import charts
+
+    return charts.line_chart(title, xs, series, xlabel=xlabel, **kw) if charts.available() else NO_CHARTS
+
+
+NO_CHARTS = ("<p class=note>Charts need matplotlib, which is not installed here (<code>pip install matplotlib</code>); "
+             "the tables are complete without it.</p>")
 
 
 def _confusion(cm: list[list[int]], labels: list[str]) -> str:
@@ -75,18 +66,24 @@ def _comparison(metrics: dict) -> str:
                         "perplexity", "bleu", "chrf", "rouge_1", "rouge_2", "rouge_l",
                         "ndcg", "hr", "recall", "mrr", "coverage") if k in test]
     head = "<tr><th class=l>model</th>" + "".join(f"<th>test {k}</th>" for k in keys) + "</tr>"
+    v = metrics.get("vs_baseline")
     rows = [head, "<tr><td class=l>luban model</td>"]
     for k in keys:
-        cls = ""
-        if base and k in base["test"]:
-            better = test[k] < base["test"][k] if k in LOWER_IS_BETTER else test[k] > base["test"][k]
-            cls = ' class="win"' if better else ' class="lose"'
+        cls = f' class="{VERDICT_CLASS[v["verdict"]]}"' if v and k == v["metric"] else ""
         rows.append(f"<td{cls}>{test[k]:.4f}</td>")
     rows.append("</tr>")
     if base:
         rows.append(f"<tr><td class=l>baseline: {E(base['name'])}</td>" +
                     "".join(f"<td>{_fmt(base['test'].get(k, float('nan')))}</td>" for k in keys) + "</tr>")
-    return "<table>" + "".join(rows) + "</table>"
+    out = "<table>" + "".join(rows) + "</table>"
+    if v:
+        mc = f"; McNemar's exact test p = {v['mcnemar_p']:.3g}" if "mcnemar_p" in v else ""
+        out += (f'<p class="verdict {VERDICT_CLASS[v["verdict"]]}">{E(v["verdict"][0].upper() + v["verdict"][1:])} '
+                f"<span>— test {E(describe(v))} on {v['rows']:,} rows: {E(v['method'])}{mc}.</span></p>")
+    elif base:
+        out += ("<p class=muted>These differences are not tested for noise (this task keeps no per-row test "
+                "predictions of both models): small ones may be chance.</p>")
+    return out
 
 
 def _worst(examples: list[dict]) -> str:
@@ -113,13 +110,35 @@ def png_data_uri(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def charts_section(metrics: dict, history: list[dict], seed: int = 0) -> list[str]:
+    """Learning curves, then ROC / PR / calibration (binary classification) or predicted vs true (regression)."""
+    from luban.evaluate import charts
+
+    if not charts.available():
+        return ["<h2>Learning curves</h2>", NO_CHARTS]
+    parts = []
+    curves = charts.learning_curves(history, metrics["main_metric"], metrics.get("best_epoch"), metrics.get("baseline"))
+    if curves:
+        parts += ["<h2>Learning curves</h2>", f"<div class=charts>{''.join(curves)}</div>",
+                  f"<p class=muted>Losses are drawn from 0, rates on an axis at least "
+                  f"{charts.MIN_RATE_SPAN * 100:.0f} points tall and other metrics on one at least "
+                  f"{charts.MIN_RELATIVE_SPAN:.0%} of their size tall, so that noise looks like noise.</p>"]
+    rows = getattr(metrics["test"], "rows", None) or {}
+    if rows.get("kind") == "classification":
+        binary = charts.binary_charts(rows)
+        if binary:
+            parts += ["<h2>Ranking and calibration (test)</h2>", f"<div class=charts>{''.join(binary)}</div>"]
+    elif rows.get("kind") == "regression":
+        scatter = charts.regression_scatter(rows, seed)
+        if scatter:
+            parts += ["<h2>Predicted vs true (test)</h2>", f"<div class=charts>{scatter}</div>"]
+    return parts
+
+
 def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
                  extra_sections: list[str] | None = None) -> None:
-    epochs = [h["epoch"] for h in history]
-    main = metrics["main_metric"]
-    charts = _line_chart("training loss", epochs, {"train loss": [h["train_loss"] for h in history]})
-    charts += _line_chart(f"validation {main}", epochs, {f"val {main}": [h.get(f"val_{main}", float("nan"))
-                                                                          for h in history]})
+    """report.html for a run. metrics["test"] may be a Scores (luban.evaluate.metrics) carrying the per-row test
+    predictions: then the page also draws ROC / PR / calibration or the predicted-vs-true scatter."""
     test = metrics["test"]
     labels = list(test.get("per_class", {}).keys())
     data = metrics.get("data", {})
@@ -135,8 +154,8 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
         f"fit {t['fit_seconds']:.1f}s on {env['device']} {env['precision']} × {env['threads']} threads</p>",
         "<h2>Test results beside the baseline</h2>" if metrics.get("baseline") else "<h2>Test results</h2>",
         _comparison(metrics),
-        "<h2>Learning curves</h2>", f"<div class=charts>{charts}</div>",
     ]
+    parts += charts_section(metrics, history, cfg.seed)
     if "confusion_matrix" in test:
         parts += ["<h2>Confusion matrix (test)</h2>", _confusion(test["confusion_matrix"], labels),
                   "<h2>Per-class results (test)</h2>", per_class_table(test.get("per_class", {}))]

@@ -378,7 +378,7 @@ def _report(study, summary: dict, cfg: RunConfig) -> str:
         best = t.value if better else best
         best_so_far.append(best)
     chart = _line_chart(f"validation {summary['metric']} by trial", [t.number for t in done],
-                        {"trial": [t.value for t in done], "best so far": best_so_far})
+                        {"trial": [t.value for t in done], "best so far": best_so_far}, xlabel="trial")
     imp = summary["importances"]
     bars = "".join(f"<tr><td class=l>{E(k)}</td><td class=l><div style='background:#2f6fde;height:12px;"
                    f"width:{300 * v:.0f}px'></div></td><td>{v:.3f}</td></tr>" for k, v in imp.items())

@@ -177,7 +177,9 @@ class _TabularModelUser:
     def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict:
         if self.regression:
             return regression_metrics(y.numpy(), out.numpy())
-        return classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels)
+        m = classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels)
+        m.rows["probs"] = out.numpy()  # for the report's ROC / calibration charts
+        return m
 
 
 class TabularTask(Task, _TabularModelUser):
