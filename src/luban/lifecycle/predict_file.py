@@ -164,7 +164,8 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
                  **kw):
     """Yield lists of output rows (one list per chunk, rows in input order) for the input file `path`.
 
-    `predictor`: a luban Predictor. `runner_map(chunks, run)` may replace the local predict loop (Ray)."""
+    `predictor`: a luban Predictor. `runner_map(frames)` -> (frame, (results, column)) pairs in order may
+    replace the local predict loop (Ray actors)."""
     check_on_error(on_error)
     impl = predictor._impl
     path = Path(path)
