@@ -62,7 +62,12 @@ def text_problem(value, cfg: CleanConfig) -> str | None:
         return "empty text"
     if not isinstance(value, str):
         return not_text(value)
-    return None if normalize_text(value, cfg) else "empty text"
+    norm = normalize_text(value, cfg)
+    if not norm:
+        return "empty text"
+    if not any(unicodedata.category(c)[0] != "C" for c in norm):  # NUL, control or format characters only
+        return "empty text (control characters only)"
+    return None
 
 
 def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:

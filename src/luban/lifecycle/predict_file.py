@@ -122,16 +122,23 @@ class Summary:
             self.first_lines.append(line)
 
     def message(self, written_to: str | None = None) -> str:
-        head = f"wrote {self.rows - self.skipped} rows to {written_to}" if written_to else \
-            f"{self.rows - self.skipped} rows"
-        parts = [f"{self.predicted} predictions"]
+        """"wrote 3 predictions to out.jsonl", or with the rows refused: counted, why, and where."""
+        to = f" to {written_to}" if written_to else ""
         bad = self.errors + self.skipped
-        if bad:
-            why = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
-            kind = "error rows" if self.errors else "rows skipped (--on-error skip-row)"
-            lines = ", ".join(map(str, self.first_lines)) + (", ..." if bad > len(self.first_lines) else "")
-            parts.append(f"{bad} {kind}: {why}; {self.source} lines {lines}")
-        return f"{head} ({'; '.join(parts)})"
+        if not bad:
+            return f"wrote {_n(self.predicted, 'prediction')}{to}" if written_to else f"{_n(self.rows, 'row')}"
+        why = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
+        where = ", ".join(map(str, self.first_lines)) + (", ..." if bad > len(self.first_lines) else "")
+        detail = f"{why}; {self.source} line{'s' if bad > 1 else ''} {where}"
+        if self.errors:
+            head = f"wrote {_n(self.rows, 'row')}{to}" if written_to else _n(self.rows, "row")
+            return f"{head}: {_n(self.predicted, 'prediction')}, {_n(self.errors, 'error row')} ({detail})"
+        head = f"wrote {_n(self.predicted, 'prediction')}{to}" if written_to else _n(self.predicted, "prediction")
+        return f"{head}; skipped {_n(self.skipped, 'row')} of {self.rows} (--on-error skip-row: {detail})"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _id_values(frame, id_column, start: int):

@@ -707,6 +707,8 @@ class TextGenerationPredictor(Predictor):
             if ref is not None:
                 col = resolve_column(frame, ref, role)
                 return list(frame[col]), col
+        if frame.attrs.get("format") == "lines":  # a .txt file of prompts, one per line
+            return list(frame["text"]), None
         raise DataError(f"{frame.attrs.get('source', 'input')}: name the prompt column (data.columns.prompt)")
 
     def input_problem(self, x):
