@@ -450,19 +450,58 @@ def open_writer(path: str | Path | None):
     return DelimitedWriter(Path(path), "," if fmt == "csv" else "\t")
 
 
-def write_predictions(chunks, output: str | Path | None, progress=None) -> int:
-    """Write chunks of output rows to `output` (stdout when None); returns the number of rows written. On any
-    error the partly written file is removed and the error re-raised."""
+class _RowProgress:
+    """Rows predicted so far and the rate: a rich bar on a terminal, else a log line every 30 s (stderr).
+    (Local helper; the project's progress module may take it over.)"""
+
+    def __init__(self, label: str, every: float = 30.0):
+        import time
+
+        self.label, self.every, self.n, self.t0 = label, every, 0, time.monotonic()
+        self.last, self.bar = self.t0, None
+        if sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                TextColumn("{task.completed} rows"), TimeElapsedColumn(), transient=True,
+                                console=None)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=None)
+
+    def advance(self, k: int) -> None:
+        import time
+
+        self.n += k
+        if self.bar is not None:
+            self.bar.update(self.task, advance=k)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"{self.label}: {self.n} rows, {self.n / (now - self.t0):.0f} rows/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def write_predictions(chunks, output: str | Path | None, label: str = "predict") -> int:
+    """Write chunks of output rows to `output` (stdout when None), with progress on stderr; returns the number
+    of rows written. On any error the partly written file is removed and the error re-raised."""
     writer = open_writer(output)
+    progress = _RowProgress(label) if output is not None else None
     n = 0
     try:
         for rows in chunks:
             writer.write(rows)
             n += len(rows)
             if progress is not None:
-                progress(len(rows))
+                progress.advance(len(rows))
         writer.finish()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if progress is not None:
+            progress.close()
     return n
