@@ -70,7 +70,7 @@ def _cmd_predict(a):
         if not a.input or not a.output:
             raise LubanError("predict --backend ray: give --input FILE and --output FILE")
         s = ray_predict(a.run, a.input, a.output, workers=a.workers, on_error=a.on_error, id_column=a.id_column,
-                        keep_columns=keep, keep_input=a.keep_input)
+                        keep_columns=keep, keep_input=a.keep_input, **({"top_k": a.top_k} if a.top_k else {}))
         print(s.message(a.output), file=sys.stderr)
         return
     from luban.predictor import load

@@ -117,9 +117,26 @@ class Summary:
     reasons: Counter = field(default_factory=Counter)
     first_lines: list = field(default_factory=list)
 
-    def refuse(self, line) -> None:
+    def add(self, row: dict, res, on_error: str, where: str, line) -> dict | None:
+        """Count one input row and return its output row (`row` holds its id and kept columns), or None when it
+        is skipped; `res` is the task's output dict or the reason the row was refused."""
+        self.rows += 1
+        if not isinstance(res, str):
+            self.predicted += 1
+            row.update(res)
+            return row
+        if on_error == "fail":
+            raise DataError(f"{where}: {res} (--on-error error-row writes an error row instead; skip-row "
+                            "skips it)")
+        self.reasons[res] += 1
         if len(self.first_lines) < 5:
             self.first_lines.append(line)
+        if on_error == "skip-row":
+            self.skipped += 1
+            return None
+        self.errors += 1
+        row["error"] = res
+        return row
 
     def message(self, written_to: str | None = None) -> str:
         """"wrote 3 predictions to out.jsonl", or with the rows refused: counted, why, and where."""
@@ -129,7 +146,8 @@ class Summary:
             return f"wrote {_n(self.predicted, 'prediction')}{to}" if written_to else f"{_n(self.rows, 'row')}"
         why = ", ".join(f"{r} ×{n}" for r, n in self.reasons.most_common(3))
         where = ", ".join(map(str, self.first_lines)) + (", ..." if bad > len(self.first_lines) else "")
-        detail = f"{why}; {self.source} line{'s' if bad > 1 else ''} {where}"
+        lines = all(isinstance(x, int) for x in self.first_lines)  # file lines, or "input N" of a listing
+        detail = f"{why}; {self.source} {'line' + ('s' if bad > 1 else '') + ' ' if lines else ''}{where}"
         if self.errors:
             head = f"wrote {_n(self.rows, 'row')}{to}" if written_to else _n(self.rows, "row")
             return f"{head}: {_n(self.predicted, 'prediction')}, {_n(self.errors, 'error row')} ({detail})"
@@ -191,28 +209,15 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
         keep = _keep_columns(frame, keep_columns, keep_input)
         start += len(frame)
         kept = {c: list(frame[c]) for c in keep}
+        field_at = f": field {col!r}" if col is not None else ""
         out = []
         for j, (res, line) in enumerate(zip(results, frame[LINE])):
-            summary.rows += 1
             row = {_input_name(id_key): _plain(ids[j])} if id_column is not None else {"row": ids[j]}
             for c in keep:
                 row[_input_name(c)] = _plain(kept[c][j])
-            if isinstance(res, str):
-                if on_error == "fail":
-                    where = f"field {col!r}: " if col is not None else ""
-                    raise DataError(f"{path}: line {line}: {where}{res} (--on-error error-row writes an error "
-                                    "row instead; skip-row skips it)")
-                summary.reasons[res] += 1
-                summary.refuse(line)
-                if on_error == "skip-row":
-                    summary.skipped += 1
-                    continue
-                summary.errors += 1
-                row["error"] = res
-            else:
-                summary.predicted += 1
-                row.update(res)
-            out.append(row)
+            row = summary.add(row, res, on_error, f"{path}: line {line}{field_at}", line)
+            if row is not None:
+                out.append(row)
         yield out
     if summary.rows == 0:
         raise DataError(f"{path}: no data rows")
@@ -240,23 +245,9 @@ def _predict_whole(impl, path: Path, on_error: str, summary: Summary, chunk_rows
     n = _size(inputs)
     for s in range(0, n, chunk_rows):
         idx = list(range(s, min(n, s + chunk_rows)))
-        out = []
-        for i, res in zip(idx, predict_chunk(impl, _take(inputs, idx), **kw)):
-            summary.rows += 1
-            if isinstance(res, str):
-                if on_error == "fail":
-                    raise DataError(f"{path}: row {i}: {res}")
-                summary.reasons[res] += 1
-                summary.refuse(f"row {i}")
-                if on_error == "skip-row":
-                    summary.skipped += 1
-                    continue
-                summary.errors += 1
-                out.append({"row": i, "error": res})
-            else:
-                summary.predicted += 1
-                out.append({"row": i, **res})
-        yield out
+        rows = [summary.add({"row": i}, res, on_error, f"{path}: input {i + 1}", f"input {i + 1}")
+                for i, res in zip(idx, predict_chunk(impl, _take(inputs, idx), **kw))]
+        yield [r for r in rows if r is not None]
 
 
 def _plain(v):
