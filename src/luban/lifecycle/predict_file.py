@@ -413,7 +413,11 @@ class ParquetWriter(_Writer):
                 vals = [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in vals]
             elif pa.types.is_floating(f.type) or pa.types.is_integer(f.type):
                 vals = [None if v is None or v == "" else v for v in vals]
-            arrays.append(pa.array(vals, type=f.type))
+            try:
+                arrays.append(pa.array(vals, type=f.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+                raise LubanError(f"--output {self.path}: column {f.name!r} holds a value that does not fit the type "
+                                 f"{f.type} set by the first rows ({e}); write .jsonl instead") from None
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def rows(self, rows):
