@@ -354,10 +354,15 @@ def test_ray_batch_predict_keeps_order_and_matches_predict(zh_data, out_dir, tmp
 
     run = luban.train(text_config(out_dir, "zh", zh_data["train"]), quiet=True)
     texts = [f"{a}{b}" for a in ("这个手机", "那个酒店", "我的电影", "他们的餐厅") for b in ("很好", "真差", "一般")] * 25
-    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "big.parquet")
-    n = ray_predict(run, tmp_path / "big.parquet", tmp_path / "out.jsonl", workers=2, batch_size=64)
+    texts[100] = "\u3000\u3000"  # a whitespace-only row: an error row in its place, not a dropped row
+    pd.DataFrame({"text": texts, "id": [f"r{i}" for i in range(len(texts))]}).to_parquet(tmp_path / "big.parquet")
+    s = ray_predict(run, tmp_path / "big.parquet", tmp_path / "out.jsonl", workers=2, batch_size=64,
+                    id_column="id")
     got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert s.rows == len(texts) == len(got) and s.errors == 1
+    assert [g["id"] for g in got] == [f"r{i}" for i in range(len(texts))]
+    assert got[100] == {"id": "r100", "error": "empty text"}
+    del texts[100], got[100]
     expected = luban.load(run).predict(texts)
-    assert n == len(texts) == len(got)
     assert [g["label"] for g in got] == [e["label"] for e in expected]  # row order preserved
     assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)

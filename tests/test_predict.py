@@ -130,5 +130,8 @@ def test_predict_file_with_empty_text_names_file_and_line(trained_text_run, tmp_
 
     bad = tmp_path / "inputs.csv"
     bad.write_text("text,label\n这个手机非常好,positive\n   ,negative\n", encoding="utf-8")
+    p = luban.load(trained_text_run["run"])
     with pytest.raises(DataError, match=r"inputs.csv: line 3: field 'text': empty text"):
-        luban.load(trained_text_run["run"]).predict_file(bad)
+        p.predict_file(bad, on_error="fail")
+    rows = p.predict_file(bad)  # the default: an error row in its place
+    assert rows[1] == {"row": 1, "error": "empty text"} and rows[0]["row"] == 0 and len(rows) == 2

@@ -66,33 +66,43 @@ def _cmd_evaluate(a):
 
 def _cmd_predict(a):
     from luban.errors import LubanError
-    from luban.predictor import load
+    from luban.lifecycle.predict_file import check_on_error, output_format
 
     if not a.text and not a.input:
         raise LubanError("predict: give --text \"...\" (repeatable) or --input FILE")
+    check_on_error(a.on_error)
+    if a.output:
+        output_format(a.output)  # an unknown extension is refused before the model loads
+    if a.text and a.input:
+        raise LubanError("predict: give --text or --input, not both")
+    keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()] if a.keep_columns else None
     if a.backend == "ray":
         from luban.lifecycle.batch_predict import ray_predict
 
         if not a.input or not a.output:
             raise LubanError("predict --backend ray: give --input FILE and --output FILE")
-        n = ray_predict(a.run, a.input, a.output, workers=a.workers)
-        print(f"wrote {n} predictions to {a.output}", file=sys.stderr)
+        s = ray_predict(a.run, a.input, a.output, workers=a.workers, on_error=a.on_error, id_column=a.id_column,
+                        keep_columns=keep, keep_input=a.keep_input, **({"top_k": a.top_k} if a.top_k else {}))
+        print(s.message(a.output), file=sys.stderr)
         return
+    from luban.predictor import load
+
     p = load(a.run, backend=a.backend)
     kw = {k: v for k, v in (("top_k", a.top_k), ("draw", a.draw)) if v is not None}
-    rows = []
     if a.text:
-        rows += p.predict(a.text, **kw)
-    if a.input:
-        rows += p.predict_file(a.input, **kw)
-    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
-    try:
-        for r in rows:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
-    finally:
+        from luban.lifecycle.predict_file import write_predictions
+
+        rows = p.predict(a.text, on_error="fail" if a.on_error == "fail" else "error-row", **kw)
+        if a.on_error == "skip-row":
+            rows = [r for r in rows if "error" not in r]
+        write_predictions([rows], a.output)
         if a.output:
-            out.close()
             print(f"wrote {len(rows)} predictions to {a.output}", file=sys.stderr)
+        return
+    s = p.write_predictions(a.input, a.output, on_error=a.on_error, id_column=a.id_column, keep_columns=keep,
+                            keep_input=a.keep_input, chunk_rows=a.chunk_rows, **kw)
+    if a.output or s.errors or s.skipped:
+        print(s.message(a.output), file=sys.stderr)
 
 
 def _cmd_generate_images(a):
@@ -302,8 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict with a trained run")
     pr.add_argument("run")
     pr.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
-    pr.add_argument("--input", help="a file of inputs (same columns as training)")
-    pr.add_argument("--output", help="write JSON lines here instead of stdout")
+    pr.add_argument("--input", help="a file of inputs (same columns as training; .txt: one text per line)")
+    pr.add_argument("--output", help="write here instead of stdout (JSON lines); the extension picks the format: "
+                    ".jsonl, .csv, .tsv or .parquet")
+    pr.add_argument("--on-error", choices=["error-row", "skip-row", "fail"], default="error-row",
+                    help="a row the model cannot take (empty text, missing image): an output row saying why "
+                    "(default), left out and counted, or stop with file:line")
+    pr.add_argument("--id-column", default=None, help="input column to join outputs on (default: data.columns.id, "
+                    "else the 0-based row number as \"row\")")
+    pr.add_argument("--keep-columns", default=None, metavar="A,B", help="input columns to copy into each output row")
+    pr.add_argument("--keep-input", action="store_true", help="copy every input column into each output row")
+    pr.add_argument("--chunk-rows", type=int, default=None, help="rows read, predicted and written at a time")
     pr.add_argument("--top-k", type=int, default=None, help="classification: keep the k most likely labels")
     pr.add_argument("--draw", default=None, metavar="DIR", help="object detection: write images with boxes here")
     pr.add_argument("--backend", choices=["auto", "torch", "onnx", "ray"], default="auto",

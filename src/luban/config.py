@@ -61,6 +61,8 @@ class ColumnsConfig(Section):
                                      "binarized with recommendation.rating_threshold)")
     timestamp: ColumnRef | None = Field(None, description="recommendation: the time column (unix seconds or a "
                                         "date); orders each user's history")
+    id: ColumnRef | None = Field(None, description="a row id column: luban predict copies it into each output row "
+                                 "(default: the 0-based row number)")
 
 
 class CleanConfig(Section):

@@ -39,11 +39,50 @@ class Predictor:
     def task(self) -> str:
         return self.config.task
 
-    def predict(self, inputs, **kw) -> list[dict]:
-        return self._impl.predict(inputs, **kw)
+    def predict(self, inputs, on_error: str = "fail", **kw) -> list[dict]:
+        """One output per input. An input the model cannot take (an empty text, a missing image) raises a
+        DataError naming its position (on_error="fail", the default for in-memory inputs), or gets an output
+        {"error": "empty text"} in its place (on_error="error-row")."""
+        if on_error == "fail":
+            return self._impl.predict(inputs, **kw)
+        from luban.lifecycle.predict_file import predict_chunk
 
-    def predict_file(self, path: str | Path, **kw) -> list[dict]:
-        return self._impl.predict(self._impl.read_inputs(path), **kw)
+        if on_error != "error-row":
+            raise LubanError("predict(): on_error is 'fail' or 'error-row' (predict_file also takes 'skip-row')")
+        if isinstance(inputs, (str, dict)) or not isinstance(inputs, (list, tuple)) and not hasattr(inputs, "iloc"):
+            inputs = [inputs]
+        return [{"error": r} if isinstance(r, str) else r for r in predict_chunk(self._impl, inputs, **kw)]
+
+    def predict_file(self, path: str | Path, on_error: str = "error-row", id_column=None, keep_columns=None,
+                     keep_input: bool = False, **kw) -> list[dict]:
+        """One output row per input row, in order, each carrying its id (`id_column`, else "row": the 0-based row
+        number) and the `keep_columns` (or every input column: keep_input). An unusable row gets
+        {"row": i, "error": "empty text"} (on_error="error-row", the default), is left out with a count on stderr
+        ("skip-row"), or raises a DataError naming file, line and field ("fail")."""
+        from luban.lifecycle.predict_file import Summary, predict_rows
+
+        summary = Summary(str(path))
+        rows = [r for chunk in predict_rows(self, path, on_error, id_column, keep_columns, keep_input,
+                                            summary=summary, **kw) for r in chunk]
+        if summary.errors or summary.skipped:
+            import sys
+
+            print(summary.message(), file=sys.stderr)
+        return rows
+
+    def write_predictions(self, path: str | Path, output: str | Path | None, on_error: str = "error-row",
+                          id_column=None, keep_columns=None, keep_input: bool = False,
+                          chunk_rows: int | None = None, **kw):
+        """predict_file streamed to `output` (.jsonl, .csv, .tsv or .parquet by extension; None: JSON lines on
+        stdout) chunk by chunk, memory flat in the input's size; returns the Summary (rows, predictions, error
+        rows, skipped rows). On any error no output file is left behind."""
+        from luban.lifecycle.predict_file import CHUNK_ROWS, Summary, predict_rows, write_predictions
+
+        summary = Summary(str(path))
+        chunks = predict_rows(self, path, on_error, id_column, keep_columns, keep_input,
+                              chunk_rows=chunk_rows or CHUNK_ROWS, summary=summary, **kw)
+        write_predictions(chunks, output)
+        return summary
 
     def evaluate(self, path: str | Path) -> dict:
         return self._impl.evaluate(path)

@@ -64,6 +64,30 @@ def missing_label_error(src: str, line, column, raw) -> DataError:
                      "set data.clean.drop_missing_label: true to drop such rows")
 
 
+def not_text(value) -> str:
+    """Why a cell that should hold a text does not: "expected a string, found a list (...)"."""
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple)):
+        return f"expected a string, found a {kind} (join it or name one element)"
+    if isinstance(value, dict):
+        return f"expected a string, found an object (name one of its fields)"
+    return f"expected text, found {kind} {value!r}"[:200]
+
+
+def text_problem(value, cfg: CleanConfig) -> str | None:
+    """Why one input text cannot be predicted on ("empty text", "expected a string, ..."), or None."""
+    if value is None:
+        return "empty text"
+    if not isinstance(value, str):
+        return not_text(value)
+    norm = normalize_text(value, cfg)
+    if not norm:
+        return "empty text"
+    if not any(unicodedata.category(c)[0] != "C" for c in norm):  # NUL, control or format characters only
+        return "empty text (control characters only)"
+    return None
+
+
 def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
     """Texts handed to a predictor (one string or a list), normalized as training data was; a non-string or an
     input left empty by cleaning is a DataError naming its position."""
@@ -71,12 +95,10 @@ def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
         inputs = [inputs]
     texts = []
     for i, t in enumerate(inputs):
-        if not isinstance(t, str):
-            raise DataError(f"input {i + 1}: expected text, found {type(t).__name__}")
-        norm = normalize_text(t, cfg)
-        if not norm:
-            raise DataError(f"input {i + 1}: empty text")
-        texts.append(norm)
+        problem = text_problem(t, cfg)
+        if problem:
+            raise DataError(f"input {i + 1}: {problem}")
+        texts.append(normalize_text(t, cfg))
     return texts
 
 
@@ -84,10 +106,10 @@ def column_texts(frame: pd.DataFrame, col: str, path, cfg: CleanConfig) -> list[
     """A column of an input file to predict on, normalized; a row left empty is a DataError naming file, line, field."""
     texts = []
     for t, line in zip(frame[col], frame[LINE]):
-        norm = normalize_text(t, cfg) if isinstance(t, str) else ""
-        if not norm:
-            raise DataError(f"{path}: line {line}: field {col!r}: empty text")
-        texts.append(norm)
+        problem = text_problem(t, cfg)
+        if problem:
+            raise DataError(f"{path}: line {line}: field {col!r}: {problem}")
+        texts.append(normalize_text(t, cfg))
     return texts
 
 
@@ -97,8 +119,7 @@ def _texts_only(df: pd.DataFrame, col: str, src: str) -> pd.Series:
     bad = [i for i, t in enumerate(values) if t is not None and not isinstance(t, str)]
     if bad:
         i = bad[0]
-        raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {col!r}: expected text, "
-                        f"found {type(values.iloc[i]).__name__} {values.iloc[i]!r}")
+        raise DataError(f"{src}: line {df[LINE].iloc[i]}: field {col!r}: {not_text(values.iloc[i])}")
     return values
 
 

@@ -53,6 +53,11 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> list[Doc]:
 def docs_from_table(frame: pd.DataFrame, column: str) -> list[Doc]:
     """One document per row of a text column; empty rows are skipped."""
     src = frame.attrs.get("source", "data")
+    for t, line in zip(frame[column], frame[LINE]):
+        if t is not None and not isinstance(t, str):
+            from luban.data.cleaning import not_text
+
+            raise DataError(f"{src}: line {line}: field {column!r}: {not_text(t)}")
     docs = [Doc(f"{src}:{line}", t) for t, line in zip(frame[column], frame[LINE])
             if isinstance(t, str) and t.strip()]
     if not docs:

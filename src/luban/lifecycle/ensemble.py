@@ -93,6 +93,11 @@ class EnsemblePredictor:
     def read_inputs(self, path):
         return self.members[0]._impl.read_inputs(path)
 
+    def __getattr__(self, name):  # row-aligned file prediction reads inputs as the members do
+        if name in ("frame_inputs", "input_problem", "media_suffixes") and "members" in self.__dict__:
+            return getattr(self.members[0]._impl, name)
+        raise AttributeError(name)
+
     def predict(self, inputs, top_k: int | None = None, **_):
         outs = [m.predict(inputs) for m in self.members]
         combined = []

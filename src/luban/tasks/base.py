@@ -17,7 +17,7 @@ from torch import nn
 
 from luban.config import RunConfig
 from luban.data.builtin import get_builtin
-from luban.data.readers import LINE, read_table
+from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import DataError, ExportError
 
 
@@ -244,3 +244,27 @@ class Predictor:
     def predict(self, inputs) -> list[dict]: ...
     def evaluate(self, path: str | Path) -> dict: ...
     def read_inputs(self, path: str | Path) -> list: ...
+
+    # row-aligned file prediction (luban.lifecycle.predict_file): a predictor that defines
+    # frame_inputs(frame) -> (inputs, column) has its input files streamed chunk by chunk; input_problem(x) says
+    # why one input cannot be predicted (None: it can). Without frame_inputs, read_inputs(path) reads the file whole.
+    frame_inputs = None
+
+    def input_problem(self, x) -> str | None:
+        return None
+
+
+class TextInputs:
+    """Predictor mixin: the input file's rows are texts in the data.columns.<input_role> column, checked and
+    normalized as training data was (an empty or whitespace-only text is a row with a problem, not a drop)."""
+
+    input_role = "text"
+
+    def frame_inputs(self, frame: pd.DataFrame):
+        col = resolve_column(frame, getattr(self.cfg.data.columns, self.input_role), self.input_role)
+        return list(frame[col]), col
+
+    def input_problem(self, x) -> str | None:
+        from luban.data.cleaning import text_problem
+
+        return text_problem(x, self.cfg.data.clean)

@@ -658,6 +658,25 @@ class ImageClassificationPredictor(Predictor, _ImageModelUser):
                         "probabilities": {labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}})
         return out
 
+    media_suffixes = IMAGE_SUFFIXES  # an image file given as the input file is one input
+
+    def frame_inputs(self, frame):
+        """Image paths of a listing's rows (relative to the listing's folder); an empty cell stays None."""
+        col = resolve_column(frame, self.cfg.data.columns.image or "image", "image")
+        base = Path(frame.attrs.get("source", ".")).parent
+        paths = []
+        for v in frame[col]:
+            v = None if v is None else str(v).strip()
+            paths.append(None if not v else Path(v) if Path(v).is_absolute() else base / v)
+        return paths, col
+
+    def input_problem(self, x):
+        if x is None:
+            return "empty image path"
+        if isinstance(x, (str, Path)) and not Path(x).is_file():
+            return f"image file not found: {x}"
+        return None
+
     def read_inputs(self, path):
         p = Path(path)
         if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:

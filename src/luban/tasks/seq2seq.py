@@ -47,7 +47,7 @@ from luban.errors import ConfigError, DataError
 from luban.evaluate import text_metrics as tm
 from luban.generation.beam import beam_search, iter_sample, sample
 from luban.generation.decoding import GenerationConfig, TextTracker
-from luban.tasks.base import Batches, Predictor, Task, read_file, to_device
+from luban.tasks.base import Batches, Predictor, Task, TextInputs, read_file, to_device
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
@@ -532,7 +532,8 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class Seq2SeqPredictor(Predictor, _Seq2SeqUser):
+class Seq2SeqPredictor(TextInputs, Predictor, _Seq2SeqUser):
+    input_role = "source"  # the file column luban predict reads
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "translation"
 

@@ -323,6 +323,9 @@ class TabularPredictor(Predictor, _TabularModelUser):
     def read_inputs(self, path):
         return self._frame(read_file(self.cfg, Path(path)))
 
+    def frame_inputs(self, frame):
+        return self._frame(frame), None  # a row's bad cell is a DataError from predict, narrowed to the row
+
     def evaluate(self, path):
         frame = self._frame(read_file(self.cfg, Path(path)))
         if self.label not in frame.columns:

@@ -17,7 +17,7 @@ from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretraine
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, TextInputs, read_file, run_model,
                               sample_rows, split_labelled, to_device)
 from luban.training.progress import say
 
@@ -241,7 +241,7 @@ class TextClassificationTask(Task, _TextModelUser):
             f'{{"vocab_size": {self.encoder.vocab_size}, "pad_id": {self.pad_id}}}', encoding="utf-8")
 
 
-class TextClassificationPredictor(Predictor, _TextModelUser):
+class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True

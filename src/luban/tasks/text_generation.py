@@ -35,6 +35,7 @@ from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus,
 from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
+from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
@@ -694,6 +695,28 @@ class TextGenerationPredictor(Predictor):
             else:
                 raise DataError(f"input {i + 1}: expected a prompt (text) or {{\"messages\": [...]}}")
         return self.generator.run_many(requests)  # decoded together, each with its own knobs
+
+    def frame_inputs(self, frame):
+        """A chunk's prompts: the messages column ({"messages": [...]}) or the prompt (else text) column."""
+        cols = self.cfg.data.columns
+        if cols.messages is not None and str(cols.messages) in frame.columns:
+            col = resolve_column(frame, cols.messages, "messages")
+            return [{"messages": v} for v in frame[col]], col
+        for role in ("prompt", "text"):
+            ref = getattr(cols, role)
+            if ref is not None:
+                col = resolve_column(frame, ref, role)
+                return list(frame[col]), col
+        if frame.attrs.get("format") == "lines":  # a .txt file of prompts, one per line
+            return list(frame["text"]), None
+        raise DataError(f"{frame.attrs.get('source', 'input')}: name the prompt column (data.columns.prompt)")
+
+    def input_problem(self, x):
+        if isinstance(x, dict):
+            return None if isinstance(x.get("messages"), list) and x["messages"] else "no messages"
+        if x is None or isinstance(x, str) and not x.strip():
+            return "empty prompt"
+        return None if isinstance(x, str) else not_text(x)
 
     def read_inputs(self, path):
         """Prompts: one per line of a .txt file, or a table's prompt (else text / messages) column."""

@@ -23,6 +23,7 @@ from luban.data.splits import make_splits
 from luban.data.tagging import (Sequence, check_known_tags, chunk_ranges, find_scheme, normalize_token,
                                 read_sequences, spans, split_text)
 from luban.data.tokenizers import resolve_pretrained
+from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError
 from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
 from luban.tasks.base import Batches, ExportSpec, Predictor, Task, read_file, sample_rows, to_device
@@ -401,6 +402,23 @@ class TokenClassificationPredictor(Predictor, _Tagging):
 
     def _frame(self, path):
         return read_file(self.cfg, Path(path))
+
+    def frame_inputs(self, frame):
+        """A chunk's texts (text column) or token lists (tokens column: a list or a space-separated string)."""
+        c = self.cfg.data.columns
+        role = "text" if c.text is not None else "tokens"
+        col = resolve_column(frame, getattr(c, role), role)
+        if role == "text":
+            return list(frame[col]), col
+        return [{"tokens": v.split() if isinstance(v, str) else v} for v in frame[col]], col
+
+    def input_problem(self, x):
+        if isinstance(x, dict):
+            tokens = x.get("tokens")
+            return None if isinstance(tokens, list) and tokens else "no tokens"
+        if x is None or isinstance(x, str) and not x.strip():
+            return "empty text"
+        return None if isinstance(x, str) else not_text(x)
 
     def read_inputs(self, path):
         """Texts from the text column, or token lists from the tokens column."""
