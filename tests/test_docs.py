@@ -252,3 +252,33 @@ def test_links_between_pages_resolve():
 
 def test_readme_stays_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
+
+
+def test_every_optional_module_names_an_extra_that_installs_it():
+    import tomllib
+
+    from luban.extras import EXTRA_OF
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    for module, (package, extra) in EXTRA_OF.items():
+        names = [re.split(r"[<>=;\[ ]", req)[0].lower() for req in extras[extra]]
+        assert package.lower() in names, f"{module}: {package} is not in the {extra!r} extra"
+    assert "luban[" in extras["all"][0] and all(e in extras["all"][0] for e in {x for _, x in EXTRA_OF.values()})
+
+
+def test_a_missing_extra_is_one_clear_error(monkeypatch, capsys):
+    import luban.cli as cli
+
+    def needs_pillow(a):
+        raise ModuleNotFoundError("No module named 'PIL'", name="PIL")
+
+    monkeypatch.setattr(cli, "_cmd_datasets_list", needs_pillow)
+    assert cli.main(["datasets", "list"]) == 2
+    assert capsys.readouterr().err == "error: luban datasets needs pillow (not installed): pip install 'luban[vision]'\n"
+
+    def other(a):
+        raise ModuleNotFoundError("No module named 'nothing_of_ours'", name="nothing_of_ours")
+
+    monkeypatch.setattr(cli, "_cmd_datasets_list", other)
+    with pytest.raises(ModuleNotFoundError):  # not an optional dependency: a real bug keeps its traceback
+        cli.main(["datasets", "list"])
