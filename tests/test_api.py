@@ -177,3 +177,18 @@ def test_predict_proba_refused_without_classes(tmp_path):
     assert p.labels is None and "labels=" not in repr(p)
     with pytest.raises(LubanError, match="tabular_regression has no class probabilities; use predict"):
         p.predict_proba([{"age": 0.0}])
+
+
+def test_readme_snippet_yaml_config_with_a_dataframe(zh_frames, tmp_path):
+    """The README's quickstart in Python: the demo's YAML (a built-in dataset) trained on a DataFrame instead."""
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo_zh_sentiment.yaml"
+    df = zh_frames["train"].rename(columns={"text": "review"})
+    run = luban.train(demo, data=df, quiet=True,
+                      overrides=["data.columns.text=review", "data.columns.label=label", "trainer.epochs=1",
+                                 f"output.dir={tmp_path / 'runs'}", "evaluation.baseline=false"])
+    assert run.name == "demo_zh_sentiment"
+    clf = luban.load(run)
+    assert clf.labels == ["negative", "positive"]
+    assert clf.predict_proba(["这个手机很好"]).shape == (1, 2)
