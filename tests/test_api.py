@@ -192,3 +192,16 @@ def test_readme_snippet_yaml_config_with_a_dataframe(zh_frames, tmp_path):
     clf = luban.load(run)
     assert clf.labels == ["negative", "positive"]
     assert clf.predict_proba(["这个手机很好"]).shape == (1, 2)
+
+
+def test_token_classification_reads_list_cells_of_a_frame(tmp_path):
+    from test_token_classification import ner_config, ner_rows
+
+    df = pd.DataFrame(ner_rows(120, 0))  # tokens: a list per cell, tags: a space-separated string
+    cfg = ner_config(tmp_path / "runs", "ner", "unused.jsonl", trainer={"epochs": 1}, evaluation={"baseline": False})
+    run = luban.train(cfg, data=df, quiet=True)
+    out = luban.load(run).predict([{"tokens": ["jordan", "flew", "to", "paris"]}])
+    assert len(out[0]["tags"]) == 4
+    df.at[5, "tags"] = "O"  # one tag for several tokens
+    with pytest.raises(DataError, match=r"^train DataFrame row 5: field 'tags'"):
+        luban.train(cfg, data=df, quiet=True)
