@@ -497,6 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     except LubanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that brings it (luban.extras)
+        from luban.extras import missing_extra_message
+
+        if missing_extra_message(e) is None:
+            raise
+        print(f"error: luban {args.verb} {missing_extra_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; resume with `luban train CONFIG --resume`", file=sys.stderr)
         return 130

@@ -43,13 +43,30 @@ def _as_config(config, overrides) -> RunConfig:
 
 
 def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False,
-          on_epoch_end=None, task_hook=None, restart: bool = False) -> Path:
+          on_epoch_end=None, task_hook=None, restart: bool = False, data=None) -> Path:
     """Train from a YAML path (or dict / RunConfig); returns the finished run directory.
+
+    `data`: pandas DataFrames (or paths) instead of the config's data files: `data=df` (split per data.split) or
+    `data={"train": df, "validation": df2, "test": df3}` (luban.data.frames). `quiet=True` prints nothing.
 
     `on_epoch_end(record)` is called with each epoch's history record (e.g. to prune a hyperparameter trial:
     an exception raised there stops the run and discards its directory). `task_hook(task)` runs after the data
     is prepared, before the run directory exists (it may replace task.loss). An interrupted run of the same
     name is continued with `resume=True` or discarded with `restart=True`; without either, training refuses."""
+    if data is not None:
+        from luban.data.frames import train_on
+
+        return train_on(data, config, overrides, _as_config, train, resume=resume, quiet=quiet,
+                        on_epoch_end=on_epoch_end, task_hook=task_hook, restart=restart)
+    if quiet:  # nothing on stdout or stderr from this thread: progress, epoch lines, notes, warnings
+        from luban.quiet import muted
+
+        with muted():
+            return _train(config, overrides, resume, True, on_epoch_end, task_hook, restart)
+    return _train(config, overrides, resume, False, on_epoch_end, task_hook, restart)
+
+
+def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=False) -> Path:
     cfg = _as_config(config, overrides)
     if resume:
         from luban.config import read_yaml

@@ -158,7 +158,7 @@ class Predictor:
         if kind is not None:
             params = inspect.signature(impl.predict).parameters
             options = [n for n, p in params.items() if n in ("top_k", "k") and p.kind is not p.VAR_KEYWORD]
-        labels = getattr(impl, "labels", None)
+        labels = getattr(impl, "labels", None) or getattr(impl, "label_map", None)  # tabular: label_map
         labels = getattr(labels, "labels", labels)  # a LabelMap or a plain list
         return {"task": self.task, "backend": self.backend, "predict": kind is not None, "inputs": kind,
                 "predict_options": options,
@@ -207,6 +207,37 @@ class Predictor:
     def similar_items(self, item, k: int | None = None) -> dict:
         """Recommendation: the k items most similar to `item` ({item, strategy, items: [{item, score}]})."""
         return self._recommender("similar_items")(item, k=k)
+
+    # the habits of the ecosystem: a pipeline is called, a classifier has predict_proba and labels
+    def __call__(self, inputs, **kw) -> list[dict]:
+        """The same as predict(inputs, **kw) (as a Hugging Face pipeline is called)."""
+        return self.predict(inputs, **kw)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The classes in the model's order (classification runs), else None."""
+        return self.capabilities()["labels"]
+
+    def predict_proba(self, inputs):
+        """Classification: an (inputs x classes) numpy array of class probabilities, columns in `labels` order
+        (as predict() reports them, rounded to 6 decimals)."""
+        import numpy as np
+
+        labels = self.labels
+        if not labels:
+            raise LubanError(f"{self.run_dir}: task {self.task} has no class probabilities; use predict()")
+        rows = self.predict(inputs)
+        if rows and "probabilities" not in rows[0]:
+            raise LubanError(f"{self.run_dir}: task {self.task} has no class probabilities; use predict()")
+        return np.array([[r["probabilities"].get(c, 0.0) for c in labels] for r in rows],
+                        dtype=np.float64).reshape(len(rows), len(labels))
+
+    def __repr__(self) -> str:
+        labels = self.labels
+        shown = "" if labels is None else (f", labels={labels!r}" if len(labels) <= 10 else
+                                            f", labels={labels[:10]!r} + {len(labels) - 10} more")
+        return (f"Predictor(task={self.task!r}, model={self.config.model.type!r}{shown}, "
+                f"backend={self.backend!r}, run={str(self.run_dir)!r})")
 
 
 def load(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Predictor:
