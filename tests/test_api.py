@@ -102,7 +102,7 @@ def test_tabular_dataframe_with_numbers_and_missing_cells(tmp_path):
     bad["a"] = bad["a"].astype(object)
     bad.iloc[10, 0] = "many"
     with pytest.raises(DataError, match=r"^train DataFrame row 10: field 'a'"):
-        luban.train(cfg, data=bad, quiet=True)
+        luban.train(cfg, ["output.name=tab_bad"], data=bad, quiet=True)  # (tab exists: refused before reading)
 
 
 def test_recommendation_reads_an_interactions_frame(tmp_path):
@@ -116,7 +116,7 @@ def test_recommendation_reads_an_interactions_frame(tmp_path):
     assert rec["strategy"] == "model" and len(rec["items"]) == 3
     df.loc[4, "user_id"] = None
     with pytest.raises(DataError, match=r"^train DataFrame row 4: field 'user_id': missing user id"):
-        luban.train(cfg, data=df, quiet=True)
+        luban.train(cfg, ["output.name=rec_bad"], data=df, quiet=True)
 
 
 def test_quiet_prints_nothing(zh_frames, tmp_path, capfd):
@@ -204,4 +204,4 @@ def test_token_classification_reads_list_cells_of_a_frame(tmp_path):
     assert len(out[0]["tags"]) == 4
     df.at[5, "tags"] = "O"  # one tag for several tokens
     with pytest.raises(DataError, match=r"^train DataFrame row 5: field 'tags'"):
-        luban.train(cfg, data=df, quiet=True)
+        luban.train(cfg, ["output.name=tags_bad"], data=df, quiet=True)
