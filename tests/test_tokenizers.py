@@ -135,6 +135,14 @@ def test_subword_decoding_restores_the_text_as_written(kind, lowercase, tmp_path
     bos, eos = enc.bos_id, enc.eos_id
     assert enc.decode([bos, *enc.encode_text("l'été !"), eos]) == "l'été !"
     assert len(enc.encode_text("Aujourd'hui")) > 1
+    if not lowercase:  # the Hugging Face export (luban export --format hf) splits and joins the same way
+        pytest.importorskip("transformers")
+        from luban.models.gpt_hf import hf_tokenizer
+
+        hf = hf_tokenizer(enc)
+        for s in texts:
+            ids = enc.encode_text(s)
+            assert hf(s, add_special_tokens=False)["input_ids"] == ids and hf.decode(ids) == s
 
 
 def legacy_subword_folder(kind: str, texts: list[str], folder):
