@@ -282,13 +282,14 @@ def resolve_split(frames: dict, strategy: str) -> tuple[str, str | None]:
     needs_split = frames.get("test") is None or frames.get("validation") is None
     if strategy not in ("leave_last_out", "temporal_ratio") or not needs_split or has_timestamps(frames["train"]):
         return strategy, None
-    instead = {"leave_last_out": "leave_random_out", "temporal_ratio": "random_ratio"}[strategy]
-    what = ("each user's last row" if strategy == "leave_last_out" else "the last rows")
+    instead, what, held = {
+        "leave_last_out": ("leave_random_out", "each user's last row", "one random interaction per user"),
+        "temporal_ratio": ("random_ratio", "the last rows", "random data.split fractions")}[strategy]
     return instead, (f"{frames['train'].attrs.get('source', 'data.train')} has no timestamp column, so "
                      f"recommendation.split: {strategy} would hold out {what} in file order (often the highest "
-                     f"item ids), not the latest; holding out {instead} instead (seeded by data.split.seed). Name "
-                     f"the time column with data.columns.timestamp, or set recommendation.split: {instead} to "
-                     "choose this yourself.")
+                     f"item ids), not the latest; holding out {held} instead (split {instead}, seeded). Name the "
+                     f"time column with data.columns.timestamp, or set recommendation.split: {instead} to choose "
+                     "this yourself.")
 
 
 def _split_off(frame: pd.DataFrame, strategy: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
