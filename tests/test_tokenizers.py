@@ -129,6 +129,8 @@ def test_subword_decoding_restores_the_text_as_written(kind, lowercase, tmp_path
         want = s.lower() if lowercase else s
         assert enc.decode(enc.encode_text(s)) == want
         assert back.decode(back.encode_text(s)) == want
+    ids = enc.encode_text(FR_EN[-2])
+    assert all(enc.decode(ids[:k + 1]).startswith(enc.decode(ids[:k])) for k in range(1, len(ids)))
     # unseen words still decode with their spacing (pieces of a word join, words keep one space)
     assert enc.decode(enc.encode_text("le thé d'été")) == "le thé d'été"
     # special tokens are skipped, and a word split into pieces joins without spaces
@@ -185,6 +187,9 @@ def test_tokenizers_saved_before_spacing_was_kept_still_load_and_decode(kind, tm
         assert ids == tok.encode(s).ids  # the model's ids are unchanged
         assert tok.decode(ids) != s  # what the old decoder printed: "J ' aime le thé .", "我 爱 你 。"
         assert enc.decode(ids) == s
+        # streaming decodes growing prefixes: each one's text starts the next one's
+        texts_so_far = [enc.decode(ids[:k]) for k in range(1, len(ids) + 1)]
+        assert all(b.startswith(a) for a, b in zip(texts_so_far, texts_so_far[1:]))
 
 
 def test_rejoin_legacy_spacing():

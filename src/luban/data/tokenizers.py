@@ -27,9 +27,12 @@ CJK_PUNCT = "\u3000-\u303f\uff00-\uffef"  # CJK symbols and punctuation, full-wi
 # How an older subword tokenizer's "J ' aime le thé ." / "我 爱 你 。" is re-joined: its words were split on spaces
 # and punctuation and decoded with a space between every two, so the real spacing is lost; these rules restore
 # the usual one (no space inside words with apostrophes or hyphens, before closing punctuation, around CJK).
+# Each rule only removes a space next to text already there, so the text of a token prefix stays a prefix of the
+# whole text (streaming emits it piece by piece).
 _LEGACY_RULES = [
     (re.compile(f" ?([{CJK}{CJK_PUNCT}]) ?"), r"\1"),
-    (re.compile(r"(?<=\w) (['’\-]) (?=\w)"), r"\1"),
+    (re.compile(r"(?<=\w) (['’\-])"), r"\1"),
+    (re.compile(r"(?<=\w['’\-]) (?=\w)"), ""),
     (re.compile(r"(?<=\d) ?([.,]) ?(?=\d)"), r"\1"),
     (re.compile(r" ([.,!?;:%)\]}])"), r"\1"),
     (re.compile(r"([(\[{]) "), r"\1"),
