@@ -57,6 +57,10 @@ def test_jieba_tokenizer(tmp_path):
     enc, ids = round_trip("jieba", ZH, tmp_path)
     assert "手机" in enc.stoi and "酒店" in enc.stoi  # words, not characters
     assert len(ids[0]) < len(ZH[0])
+    # decoding: Chinese words join without spaces, Latin words and numbers keep one between them
+    mixed = ["我用iPhone 12拍照。", "Don't stop the music.", "版本v2.0发布", "这个手机非常好"]
+    enc = build_encoder(TokenizerConfig(type="jieba")).fit(mixed)
+    assert [enc.decode(enc.encode_text(s)) for s in mixed] == mixed
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece"])

@@ -39,6 +39,9 @@ _LEGACY_RULES = [
 ]
 
 
+_LATIN_END, _LATIN_START = re.compile(r"[A-Za-z0-9\u00c0-\u024f]$"), re.compile(r"[A-Za-z0-9\u00c0-\u024f]")
+
+
 def rejoin_legacy_spacing(text: str) -> str:
     for pattern, repl in _LEGACY_RULES:
         text = pattern.sub(repl, text)
@@ -132,8 +135,11 @@ class VocabEncoder(TextEncoder):
     def decode(self, ids, skip_special=True):
         n_special = 2 + len(self.specials)
         itos = self.itos
-        return self.joiner.join(itos[i] for i in (int(i) for i in ids)
-                                if 0 <= i < len(itos) and not (skip_special and i < n_special and i != 1))
+        return self.join([itos[i] for i in (int(i) for i in ids)
+                          if 0 <= i < len(itos) and not (skip_special and i < n_special and i != 1)])
+
+    def join(self, pieces: list[str]) -> str:
+        return self.joiner.join(pieces)
 
     def token_id(self, token):
         return self.stoi.get(token) if token in (PAD, UNK, *self.specials) else None
@@ -176,6 +182,16 @@ class JiebaEncoder(VocabEncoder):
 
     def split(self, text):
         return [w for w in self._cut(text) if not w.isspace()]
+
+    def join(self, pieces):
+        """Words join without spaces (Chinese), except two Latin words or numbers: jieba keeps a run of letters
+        and digits whole, so two of them side by side were apart in the text ("don't stop", "iPhone 12")."""
+        out = []
+        for w in pieces:
+            if out and _LATIN_END.search(out[-1]) and _LATIN_START.match(w):
+                out.append(" ")
+            out.append(w)
+        return "".join(out)
 
 
 class SubwordEncoder(TextEncoder):
