@@ -393,7 +393,8 @@ def test_subword_translation_prints_and_scores_normal_text(target, source, tmp_p
 
     pairs = french_pairs()
     train = write_pairs(tmp_path / "fr.tsv", pairs)
-    cfg = reversal_config(tmp_path / "runs", train, "fr", preprocessing={"tokenizer": {"type": target, "vocab_size": 120}},
+    cfg = reversal_config(tmp_path / "runs", train, "fr",
+                          preprocessing={"tokenizer": {"type": target, "vocab_size": 120}},
                           model={"shared_vocabulary": False, "source_tokenizer": {"type": source, "vocab_size": 100}},
                           trainer={"epochs": 12, "batch_size": 16}, data={"split": {"validation": 0.1, "test": 0.15}})
     run = luban.train(cfg, quiet=True)
@@ -410,7 +411,8 @@ def test_subword_translation_prints_and_scores_normal_text(target, source, tmp_p
     preds = [r["text"] for r in p.predict([r["source"] for r in m["test"]["examples"]])]
     assert preds == hyps
     scored = p.evaluate(held_out)
-    assert scored["bleu"] == pytest.approx(tm.bleu(preds, refs)) and scored["chrf"] == pytest.approx(tm.chrf(preds, refs))
+    assert scored["bleu"] == pytest.approx(tm.bleu(preds, refs))
+    assert scored["chrf"] == pytest.approx(tm.chrf(preds, refs))
     src = m["test"]["examples"][0]["source"]
     assert "".join(p.stream_text(src, num_beams=1)) == p.generate_text(src, num_beams=1)["text"]
 

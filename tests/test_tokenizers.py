@@ -112,7 +112,8 @@ def test_load_encoder_missing_files(tmp_path):
         load_encoder(tmp_path / "bpe")
 
 
-FR_EN = ["J'aime le thé.", "Êtes-vous prêt ?", "C'est l'été !", "Don't stop-the-music.", "Il a dit « bonjour » à 3,5 km.",
+FR_EN = ["J'aime le thé.", "Êtes-vous prêt ?", "C'est l'été !", "Don't stop-the-music.",
+         "Il a dit « bonjour » à 3,5 km.",
          "Aujourd'hui, c'est l'arc-en-ciel (enfin) !", "It's 5 o'clock; we're late: aren't we?"]
 ZH_MIXED = ["我爱你。", "你好，世界！", "这个手机非常好", "我用iPhone拍照。"]
 
@@ -182,7 +183,8 @@ def test_tokenizers_saved_before_spacing_was_kept_still_load_and_decode(kind, tm
     """A run trained before this change keeps its tokenizer.json: same ids as before, and its decoded text is
     re-joined ("J ' aime le thé ." -> "J'aime le thé.", "我 爱 你 。" -> "我爱你。")."""
     pytest.importorskip("tokenizers")
-    texts = ["J'aime le thé.", "C'est l'été.", "Don't stop-the-music.", "我爱你。", "你好，世界！", "Il a 3,5 km (environ)."]
+    texts = ["J'aime le thé.", "C'est l'été.", "Don't stop-the-music.", "我爱你。", "你好，世界！",
+             "Il a 3,5 km (environ)."]
     tok = legacy_subword_folder(kind, texts * 5, tmp_path / kind)
     enc = load_encoder(tmp_path / kind)
     assert enc.legacy_spacing and enc.kind == kind
