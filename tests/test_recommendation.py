@@ -148,6 +148,77 @@ def test_ratio_splits_are_seeded_and_temporal_is_ordered():
     assert a["test"]["_line"].tolist() == b["test"]["_line"].tolist() != c["test"]["_line"].tolist()
 
 
+def test_without_timestamps_leave_last_out_holds_out_a_random_interaction_per_user():
+    """No timestamp column: "latest" would be the last row in the file (each user's highest item id in a file
+    sorted that way), so the split falls back to a seeded random hold-out of one interaction per user."""
+    from luban.data.interactions import resolve_split
+
+    rows = sorted(((u, i) for u, i, _, _ in clustered_rows()), key=lambda r: (r[0], int(r[1][1:])))
+    df = _frame([(u, i, None) for u, i in rows])
+    df[TIME] = np.nan
+    frames = {"train": df, "validation": None, "test": None}
+    strategy, note = resolve_split(frames, "leave_last_out")
+    assert strategy == "leave_random_out" and "no timestamp column" in note and "data.columns.timestamp" in note
+    assert resolve_split(frames, "temporal_ratio")[0] == "random_ratio"
+    assert resolve_split(frames, "random_ratio") == ("random_ratio", None)
+    assert resolve_split({"train": df, "validation": df, "test": df}, "leave_last_out") == ("leave_last_out", None)
+    timed = _frame([(u, i, t) for u, i, _, t in clustered_rows()])
+    assert resolve_split({"train": timed, "validation": None, "test": None}, "leave_last_out") == ("leave_last_out",
+                                                                                                    None)
+    a, b, c = (split_interactions(dict(frames), strategy, 0.1, 0.1, seed) for seed in (0, 0, 1))
+    for s in (a, c):
+        assert s["test"][USER].is_unique and s["validation"][USER].is_unique and len(s["test"]) == N_USERS
+        assert len(s["train"]) + len(s["validation"]) + len(s["test"]) == len(df)
+    assert a["test"]["_line"].tolist() == b["test"]["_line"].tolist() != c["test"]["_line"].tolist()
+    highest = df.groupby(USER)[ITEM].agg(lambda x: max(x, key=lambda v: int(v[1:])))
+    held = a["test"].set_index(USER)[ITEM]
+    assert (held != highest[held.index]).mean() > 0.5   # not the file's last row per user
+
+
+def test_id_and_weight_columns_are_recognised(tmp_path):
+    """lastfm's userID / artistID / weight, *_id, *Id and upper-case variants; a weight column is reported as
+    ignored in the console and metrics.json; leave_last_out without timestamps says what it does instead."""
+    from luban.config import DataConfig
+
+    def read(header, name="x.tsv"):
+        path = tmp_path / name
+        path.write_text("\t".join(header) + "\n" + "1\t2\t3\n" + "1\t4\t5\n", encoding="utf-8")
+        return read_interactions(path, DataConfig(train=str(path)), "auto")
+
+    for header, user, item in [(("userID", "artistID", "weight"), "userID", "artistID"),
+                               (("user_id", "artist_id", "plays"), "user_id", "artist_id"),
+                               (("CustomerId", "BookId", "count"), "CustomerId", "BookId"),
+                               (("USER_ID", "TRACK-ID", "playcount"), "USER_ID", "TRACK-ID"),
+                               (("listenerID", "songID", "Plays"), "listenerID", "songID")]:
+        f = read(header)
+        assert (f.attrs["columns"][USER], f.attrs["columns"][ITEM]) == (user, item)
+        assert f.attrs["weight_column"] == header[2] and f.attrs["columns"]["rating"] is None
+    with pytest.raises(DataError, match=r"several columns could hold the item id \(artistID, tagID\); name it "
+                                        r"with data.columns.item"):
+        read(("userID", "artistID", "tagID"))
+
+    rows = sorted(((u[1:], i[1:]) for u, i, _, _ in clustered_rows()), key=lambda r: (int(r[0]), int(r[1])))
+    path = write_interactions(tmp_path / "user_artists.dat", [(u, i, 1 + int(i) % 7) for u, i in rows],
+                              header=("userID", "artistID", "weight"), sep="\t")
+    run = luban.train(rec_config(tmp_path / "runs", "lastfm", path, {"type": "popularity"},
+                                 data={"format": "tsv"}), quiet=True)
+    data = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["data"]
+    assert data["split"] == "leave_random_out" and data["split_requested"] == "leave_last_out"
+    assert "no timestamp column" in data["split_note"]
+    assert data["weight_column"]["column"] == "weight" and data["weight_column"]["used"] is False
+    assert "data.columns.rating: weight" in data["weight_column"]["note"]
+    assert data["splits"]["test"] == N_USERS
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "split leave_random_out" in report and "no timestamp column" in report
+    # the weight used as a rating with a threshold: no note, fewer rows
+    run = luban.train(rec_config(tmp_path / "runs", "strong", path, {"type": "popularity"},
+                                 data={"format": "tsv", "columns": {"rating": "weight"}},
+                                 recommendation={"rating_threshold": 3, "split": "leave_random_out"}), quiet=True)
+    data = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["data"]
+    assert "weight_column" not in data and "split_note" not in data and data["split"] == "leave_random_out"
+    assert sum(data["splits"].values()) < len(rows)
+
+
 @pytest.mark.parametrize("sampler", ["uniform", "popularity"])
 def test_negative_sampler_never_returns_positives(sampler):
     rng = np.random.default_rng(0)

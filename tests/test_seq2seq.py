@@ -371,6 +371,52 @@ def test_same_seed_same_metrics(tmp_path):
     assert a["validation"]["loss"] == b["validation"]["loss"]
 
 
+def french_pairs():
+    """English -> French phrases with apostrophes, hyphens and French spacing before ? and ! (144 pairs)."""
+    import itertools
+
+    subj = [("i love", "J'aime"), ("you love", "Tu aimes"), ("she loves", "Elle aime"), ("we love", "Nous aimons"),
+            ("they hate", "Ils détestent"), ("he hates", "Il déteste")]
+    obj = [("tea", "le thé"), ("summer", "l'été"), ("music", "la musique"), ("grandmother", "la grand-mère"),
+           ("today", "aujourd'hui"), ("the rainbow", "l'arc-en-ciel"), ("water", "l'eau"), ("bread", "le pain")]
+    end = [(".", "."), ("?", " ?"), ("!", " !")]
+    pairs = [(f"{s} {o} {e}", f"{fs} {fo}{fe}") for (s, fs), (o, fo), (e, fe) in itertools.product(subj, obj, end)]
+    random.Random(0).shuffle(pairs)
+    return pairs
+
+
+@pytest.mark.parametrize("target,source", [("bpe", "wordpiece"), ("wordpiece", "bpe")])
+def test_subword_translation_prints_and_scores_normal_text(target, source, tmp_path):
+    """A subword target decodes to text as written ("J'aime l'été !", not "J ' aime l ' été !"), and BLEU/chrF
+    score that text: the metrics equal sacrebleu's on the predictions the user sees."""
+    from luban.evaluate import text_metrics as tm
+
+    pairs = french_pairs()
+    train = write_pairs(tmp_path / "fr.tsv", pairs)
+    cfg = reversal_config(tmp_path / "runs", train, "fr",
+                          preprocessing={"tokenizer": {"type": target, "vocab_size": 120}},
+                          model={"shared_vocabulary": False, "source_tokenizer": {"type": source, "vocab_size": 100}},
+                          trainer={"epochs": 12, "batch_size": 16}, data={"split": {"validation": 0.1, "test": 0.15}})
+    run = luban.train(cfg, quiet=True)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    hyps = [r["hypothesis"] for r in m["test"]["examples"]]
+    refs = [r["reference"] for r in m["test"]["examples"]]
+    artifacts = (" ' ", " - ", " .", "' ", " -")
+    assert not any(a in h for h in hyps for a in artifacts)
+    assert any("'" in h for h in hyps) and any(h.endswith((" ?", " !")) for h in hyps)
+    assert sum(h == r for h, r in zip(hyps, refs)) >= len(refs) // 2
+    assert m["test"]["bleu"] > 50
+    p = luban.load(run)
+    held_out = write_pairs(tmp_path / "held_out.tsv", [(r["source"], r["reference"]) for r in m["test"]["examples"]])
+    preds = [r["text"] for r in p.predict([r["source"] for r in m["test"]["examples"]])]
+    assert preds == hyps
+    scored = p.evaluate(held_out)
+    assert scored["bleu"] == pytest.approx(tm.bleu(preds, refs))
+    assert scored["chrf"] == pytest.approx(tm.chrf(preds, refs))
+    src = m["test"]["examples"][0]["source"]
+    assert "".join(p.stream_text(src, num_beams=1)) == p.generate_text(src, num_beams=1)["text"]
+
+
 def summaries(n: int, seed: int):
     """Documents of 2-3 Chinese 'sentences'; the summary is the first sentence without its full stop."""
     rng = random.Random(seed)

@@ -57,6 +57,10 @@ def test_jieba_tokenizer(tmp_path):
     enc, ids = round_trip("jieba", ZH, tmp_path)
     assert "手机" in enc.stoi and "酒店" in enc.stoi  # words, not characters
     assert len(ids[0]) < len(ZH[0])
+    # decoding: Chinese words join without spaces, Latin words and numbers keep one between them
+    mixed = ["我用iPhone 12拍照。", "Don't stop the music.", "版本v2.0发布", "这个手机非常好"]
+    enc = build_encoder(TokenizerConfig(type="jieba")).fit(mixed)
+    assert [enc.decode(enc.encode_text(s)) for s in mixed] == mixed
 
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
@@ -106,3 +110,100 @@ def test_load_encoder_missing_files(tmp_path):
     (tmp_path / "bpe" / "tokenizer.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(RunError, match="tokenizer files are missing or corrupted"):
         load_encoder(tmp_path / "bpe")
+
+
+FR_EN = ["J'aime le thé.", "Êtes-vous prêt ?", "C'est l'été !", "Don't stop-the-music.",
+         "Il a dit « bonjour » à 3,5 km.",
+         "Aujourd'hui, c'est l'arc-en-ciel (enfin) !", "It's 5 o'clock; we're late: aren't we?"]
+ZH_MIXED = ["我爱你。", "你好，世界！", "这个手机非常好", "我用iPhone拍照。"]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_subword_decoding_restores_the_text_as_written(kind, lowercase, tmp_path):
+    """Apostrophes, hyphens, French spacing before ? and !, final punctuation and Chinese without spaces all come
+    back exactly: decode(encode(s)) == s, before and after a save/load round trip."""
+    pytest.importorskip("tokenizers")
+    texts = FR_EN + ZH_MIXED
+    enc = build_encoder(TokenizerConfig(type=kind, vocab_size=300, lowercase=lowercase),
+                        specials=("[BOS]", "[EOS]")).fit(texts * 5)
+    enc.save(tmp_path / kind)
+    back = load_encoder(tmp_path / kind)
+    assert not back.legacy_spacing
+    for s in texts:
+        want = s.lower() if lowercase else s
+        assert enc.decode(enc.encode_text(s)) == want
+        assert back.decode(back.encode_text(s)) == want
+    ids = enc.encode_text(FR_EN[-2])
+    assert all(enc.decode(ids[:k + 1]).startswith(enc.decode(ids[:k])) for k in range(1, len(ids)))
+    # unseen words still decode with their spacing (pieces of a word join, words keep one space)
+    assert enc.decode(enc.encode_text("le thé d'été")) == "le thé d'été"
+    # special tokens are skipped, and a word split into pieces joins without spaces
+    bos, eos = enc.bos_id, enc.eos_id
+    assert enc.decode([bos, *enc.encode_text("l'été !"), eos]) == "l'été !"
+    assert len(enc.encode_text("Aujourd'hui")) > 1
+    if not lowercase:  # the Hugging Face export (luban export --format hf) splits and joins the same way
+        pytest.importorskip("transformers")
+        from luban.models.gpt_hf import hf_tokenizer
+
+        hf = hf_tokenizer(enc)
+        for s in texts:
+            ids = enc.encode_text(s)
+            assert hf(s, add_special_tokens=False)["input_ids"] == ids and hf.decode(ids) == s
+
+
+def legacy_subword_folder(kind: str, texts: list[str], folder):
+    """The files an older luban saved for a bpe/wordpiece tokenizer: BERT pre-tokenizer and normalizer (words split
+    on spaces and punctuation, CJK characters apart), decoded with a space between words."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    common = dict(vocab_size=200, special_tokens=[PAD, UNK, "[BOS]", "[EOS]"], show_progress=False)
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
+        trainer = trainers.BpeTrainer(end_of_word_suffix="</w>", **common)
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(**common)
+        tok.decoder = decoders.WordPiece()
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                                lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainer=trainer)
+    folder.mkdir(parents=True)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = TokenizerConfig(type=kind, vocab_size=200)
+    (folder / "encoder.json").write_text(json.dumps({"type": kind, "config": cfg.model_dump(mode="json"),
+                                                     "specials": ["[BOS]", "[EOS]"]}), encoding="utf-8")
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_tokenizers_saved_before_spacing_was_kept_still_load_and_decode(kind, tmp_path):
+    """A run trained before this change keeps its tokenizer.json: same ids as before, and its decoded text is
+    re-joined ("J ' aime le thé ." -> "J'aime le thé.", "我 爱 你 。" -> "我爱你。")."""
+    pytest.importorskip("tokenizers")
+    texts = ["J'aime le thé.", "C'est l'été.", "Don't stop-the-music.", "我爱你。", "你好，世界！",
+             "Il a 3,5 km (environ)."]
+    tok = legacy_subword_folder(kind, texts * 5, tmp_path / kind)
+    enc = load_encoder(tmp_path / kind)
+    assert enc.legacy_spacing and enc.kind == kind
+    for s in texts:
+        ids = enc.encode_text(s)
+        assert ids == tok.encode(s).ids  # the model's ids are unchanged
+        assert tok.decode(ids) != s  # what the old decoder printed: "J ' aime le thé .", "我 爱 你 。"
+        assert enc.decode(ids) == s
+        # streaming decodes growing prefixes: each one's text starts the next one's
+        texts_so_far = [enc.decode(ids[:k]) for k in range(1, len(ids) + 1)]
+        assert all(b.startswith(a) for a, b in zip(texts_so_far, texts_so_far[1:]))
+
+
+def test_rejoin_legacy_spacing():
+    from luban.data.tokenizers import rejoin_legacy_spacing as rejoin
+
+    assert rejoin("J ' aime le thé .") == "J'aime le thé."
+    assert rejoin("Êtes - vous prêt ?") == "Êtes-vous prêt?"  # the old files kept no trace of the French space
+    assert rejoin("Don ' t stop - the - music .") == "Don't stop-the-music."
+    assert rejoin("你 好 ， 世 界 ！") == "你好，世界！"
+    assert rejoin("il a 3 , 5 km ( environ ) .") == "il a 3,5 km (environ)."
+    assert rejoin("good service , bad room") == "good service, bad room"

@@ -619,10 +619,11 @@ class RecommendationConfig(Section):
     drop_duplicates: bool = Field(True, description="keep only the latest row of a repeated user-item pair")
     min_user_interactions: int = Field(1, ge=1, description="drop users with fewer interactions (k-core)")
     min_item_interactions: int = Field(1, ge=1, description="drop items with fewer interactions (k-core)")
-    split: Literal["leave_last_out", "temporal_ratio", "random_ratio"] = Field(
+    split: Literal["leave_last_out", "leave_random_out", "temporal_ratio", "random_ratio"] = Field(
         "leave_last_out", description="leave_last_out: each user's latest interaction is test and the one before "
-        "validation; temporal_ratio: the latest data.split.test / .validation fractions of all interactions; "
-        "random_ratio: seeded random fractions (data.split.seed)")
+        "validation (without a timestamp column: leave_random_out, with a note); leave_random_out: one seeded "
+        "random interaction per user each; temporal_ratio: the latest data.split.test / .validation fractions of "
+        "all interactions (without timestamps: random_ratio); random_ratio: seeded random fractions (data.split.seed)")
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     k: int = Field(10, gt=0, description="cutoff of hr, recall, ndcg and coverage")
     ks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [5, 10, 20],

@@ -29,6 +29,14 @@ GUESSES = {
     RATING: ("rating", "ratings", "score", "stars"),
     TIME: ("timestamp", "time", "ts", "datetime", "date", "event_time", "created_at"),
 }
+# then any id-like column (user_id, userID, UserId, USER_ID ...): the user's by its stem, the item the one left
+_ID_LIKE = re.compile(r"(?:[_\-\s][iI][dD]|[a-z0-9]I[dD]|^[A-Z0-9_]+ID)$")
+USER_STEMS = ("user", "customer", "visitor", "member", "client", "account", "person", "reader", "listener",
+              "viewer", "buyer", "player", "subscriber", "u")
+# a per-row strength of an implicit interaction (lastfm's weight, play counts): reported, not used by the models
+WEIGHT_GUESSES = ("weight", "weights", "count", "counts", "plays", "playcount", "play_count", "plays_count",
+                  "listens", "listen_count", "clicks", "click_count", "views", "view_count", "quantity", "qty",
+                  "frequency", "freq", "times")
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -65,13 +73,34 @@ def read_movielens(path: Path, sep: str, names: list[str], encoding: str = "lati
     return df
 
 
-def _guess(frame: pd.DataFrame, role: str, header: bool) -> str | None:
+def _stem(column) -> str:
+    """userID -> user, artist_id -> artist, Movie-Id -> movie."""
+    return re.sub(r"[^0-9a-z]", "", str(column)[:-2].lower())
+
+
+def _guess(frame: pd.DataFrame, role: str, header: bool, taken=()) -> str | None:
     cols = [c for c in frame.columns if c != LINE]
     if not header:  # positional defaults: user, item, rating, timestamp
         pos = ROLES.index(role)
         return cols[pos] if pos < len(cols) else None
     lower = {str(c).lower(): c for c in cols}
-    return next((lower[g] for g in GUESSES[role] if g in lower), None)
+    exact = next((lower[g] for g in GUESSES[role] if g in lower), None)
+    if exact is not None or role not in (USER, ITEM):
+        return exact
+    ids = [c for c in cols if _ID_LIKE.search(str(c)) and c not in taken]
+    if role == USER:
+        return next((c for c in ids if _stem(c) in USER_STEMS), None)
+    ids = [c for c in ids if _stem(c) not in USER_STEMS]
+    if len(ids) > 1:
+        raise DataError(f"{frame.attrs.get('source', 'data')}: several columns could hold the item id "
+                        f"({', '.join(map(str, ids))}); name it with data.columns.item")
+    return ids[0] if ids else None
+
+
+def weight_column(frame: pd.DataFrame, taken) -> str | None:
+    """A column of per-row interaction strengths (weight, count, plays ...) not used for another role."""
+    lower = {str(c).lower(): c for c in frame.columns if c != LINE and c not in taken}
+    return next((lower[g] for g in WEIGHT_GUESSES if g in lower), None)
 
 
 def user_column(frame: pd.DataFrame, columns, header: bool) -> str | None:
@@ -85,12 +114,14 @@ def interaction_columns(frame: pd.DataFrame, columns, header: bool) -> dict[str,
     out = {}
     for role in ROLES:
         ref = getattr(columns, role)
-        out[role] = resolve_column(frame, ref, role) if ref is not None else _guess(frame, role, header)
+        out[role] = (resolve_column(frame, ref, role) if ref is not None
+                     else _guess(frame, role, header, taken=[c for c in out.values() if c is not None]))
     for role in (USER, ITEM):
         if out[role] is None:
             cols = ", ".join(str(c) for c in frame.columns if c != LINE)
             raise DataError(f"{frame.attrs.get('source', 'data')}: no {role} column found (tried "
-                            f"{', '.join(GUESSES[role])}); set data.columns.{role} (columns are: {cols})")
+                            f"{', '.join(GUESSES[role])} and names ending in _id / ID / Id); "
+                            f"set data.columns.{role} (columns are: {cols})")
     return out
 
 
@@ -164,6 +195,7 @@ def read_interactions(path: Path, data_cfg, id_type: str) -> pd.DataFrame:
                          data_cfg.encoding_for(path))
         cols = interaction_columns(raw, data_cfg.columns, data_cfg.header)
         int_ids, why = id_type == "int", ""
+    weight = weight_column(raw, [c for c in cols.values() if c is not None]) if data_cfg.header else None
     src, lines = str(path), raw[LINE].to_numpy()
     out = pd.DataFrame({LINE: lines})
     for role in (USER, ITEM):
@@ -172,7 +204,7 @@ def read_interactions(path: Path, data_cfg, id_type: str) -> pd.DataFrame:
                    if cols[RATING] is not None else np.nan)
     out[TIME] = parse_times(raw[cols[TIME]], lines, src, str(cols[TIME])) if cols[TIME] is not None else np.nan
     out.attrs.update(source=src, columns={r: (str(c) if c is not None else None) for r, c in cols.items()},
-                     int_ids=int_ids)
+                     int_ids=int_ids, weight_column=str(weight) if weight is not None else None)
     return out
 
 
@@ -240,11 +272,34 @@ def time_order(frame: pd.DataFrame, by_user: bool = False) -> np.ndarray:
     return np.lexsort(keys)
 
 
+def has_timestamps(frame: pd.DataFrame) -> bool:
+    return bool(frame[TIME].notna().any())
+
+
+def resolve_split(frames: dict, strategy: str) -> tuple[str, str | None]:
+    """The split to use and why it differs from the one asked for: without a timestamp column "latest" means the
+    last row in the file (often each user's highest item id), so leave_last_out becomes leave_random_out and
+    temporal_ratio random_ratio, with a note saying so."""
+    needs_split = frames.get("test") is None or frames.get("validation") is None
+    if strategy not in ("leave_last_out", "temporal_ratio") or not needs_split or has_timestamps(frames["train"]):
+        return strategy, None
+    instead, what, held = {
+        "leave_last_out": ("leave_random_out", "each user's last row", "one random interaction per user"),
+        "temporal_ratio": ("random_ratio", "the last rows", "random data.split fractions")}[strategy]
+    return instead, (f"{frames['train'].attrs.get('source', 'data.train')} has no timestamp column, so "
+                     f"recommendation.split: {strategy} would hold out {what} in file order (often the highest "
+                     f"item ids), not the latest; holding out {held} instead (split {instead}, seeded). Name the "
+                     f"time column with data.columns.timestamp, or set recommendation.split: {instead} to choose "
+                     "this yourself.")
+
+
 def _split_off(frame: pd.DataFrame, strategy: str, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = len(frame)
     held = np.zeros(n, dtype=bool)
-    if strategy == "leave_last_out":  # each user's latest row, when the user keeps at least one other
-        order = time_order(frame, by_user=True)
+    if strategy in ("leave_last_out", "leave_random_out"):  # one row per user who keeps at least one other
+        # leave_last_out: each user's latest row; leave_random_out: a seeded random one
+        order = (time_order(frame, by_user=True) if strategy == "leave_last_out"
+                 else np.lexsort((np.random.default_rng(seed).permutation(n), frame[USER].to_numpy())))
         users = frame[USER].to_numpy()[order]
         last = np.r_[users[1:] != users[:-1], True]
         first = np.r_[True, users[1:] != users[:-1]]
@@ -274,7 +329,8 @@ def split_interactions(frames: dict, strategy: str, validation: float, test: flo
     out["train"] = train
     for split in ("train", "validation", "test"):
         if len(out[split]) == 0:
-            hint = (" (leave-last-out needs users with at least 3 interactions)" if strategy == "leave_last_out"
+            hint = (" (leave-last-out needs users with at least 3 interactions)"
+                    if strategy in ("leave_last_out", "leave_random_out")
                     else " (raise data.split fractions)")
             raise DataError(f"{train.attrs.get('source', 'data')}: no {split} interactions after splitting{hint}")
     return {s: out[s] for s in ("train", "validation", "test")}

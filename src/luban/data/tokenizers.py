@@ -11,14 +11,41 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
 from luban.config import TokenizerConfig
 from luban.errors import ConfigError, RunError
+from luban.evaluate.text_metrics import CJK
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 META = "encoder.json"
+SPACE = "\u2581"  # SentencePiece's word-start mark: where the text had a space
+CJK_PUNCT = "\u3000-\u303f\uff00-\uffef"  # CJK symbols and punctuation, full-width forms
+
+# How an older subword tokenizer's "J ' aime le thé ." / "我 爱 你 。" is re-joined: its words were split on spaces
+# and punctuation and decoded with a space between every two, so the real spacing is lost; these rules restore
+# the usual one (no space inside words with apostrophes or hyphens, before closing punctuation, around CJK).
+# Each rule only removes a space next to text already there, so the text of a token prefix stays a prefix of the
+# whole text (streaming emits it piece by piece).
+_LEGACY_RULES = [
+    (re.compile(f" ?([{CJK}{CJK_PUNCT}]) ?"), r"\1"),
+    (re.compile(r"(?<=\w) (['’\-])"), r"\1"),
+    (re.compile(r"(?<=\w['’\-]) (?=\w)"), ""),
+    (re.compile(r"(?<=\d) ?([.,]) ?(?=\d)"), r"\1"),
+    (re.compile(r" ([.,!?;:%)\]}])"), r"\1"),
+    (re.compile(r"([(\[{]) "), r"\1"),
+]
+
+
+_LATIN_END, _LATIN_START = re.compile(r"[A-Za-z0-9\u00c0-\u024f]$"), re.compile(r"[A-Za-z0-9\u00c0-\u024f]")
+
+
+def rejoin_legacy_spacing(text: str) -> str:
+    for pattern, repl in _LEGACY_RULES:
+        text = pattern.sub(repl, text)
+    return text
 
 
 class TextEncoder:
@@ -108,8 +135,11 @@ class VocabEncoder(TextEncoder):
     def decode(self, ids, skip_special=True):
         n_special = 2 + len(self.specials)
         itos = self.itos
-        return self.joiner.join(itos[i] for i in (int(i) for i in ids)
-                                if 0 <= i < len(itos) and not (skip_special and i < n_special and i != 1))
+        return self.join([itos[i] for i in (int(i) for i in ids)
+                          if 0 <= i < len(itos) and not (skip_special and i < n_special and i != 1)])
+
+    def join(self, pieces: list[str]) -> str:
+        return self.joiner.join(pieces)
 
     def token_id(self, token):
         return self.stoi.get(token) if token in (PAD, UNK, *self.specials) else None
@@ -153,22 +183,37 @@ class JiebaEncoder(VocabEncoder):
     def split(self, text):
         return [w for w in self._cut(text) if not w.isspace()]
 
+    def join(self, pieces):
+        """Words join without spaces (Chinese), except two Latin words or numbers: jieba keeps a run of letters
+        and digits whole, so two of them side by side were apart in the text ("don't stop", "iPhone 12")."""
+        out = []
+        for w in pieces:
+            if out and _LATIN_END.search(out[-1]) and _LATIN_START.match(w):
+                out.append(" ")
+            out.append(w)
+        return "".join(out)
+
 
 class SubwordEncoder(TextEncoder):
-    """Subwords trained on the training split with HF `tokenizers`: BPE or WordPiece over BERT-style words (CJK
-    characters split apart), or GPT-2-style byte-level BPE (every string encodes, spacing survives decoding)."""
+    """Subwords trained on the training split with HF `tokenizers`: BPE or WordPiece over words that carry their
+    spacing (SentencePiece's metaspace; punctuation and CJK characters split apart), or GPT-2-style byte-level BPE.
+    Both keep spacing, so decode() gives back normal text ("J'aime le thé.", "我爱你。"), not "J ' aime le thé .".
+
+    Tokenizers trained before spacing was kept (BERT pre-tokenizer, issue 17) still load and decode in old runs,
+    their text re-joined by `rejoin_legacy_spacing` (best effort: those files never recorded the spacing)."""
 
     def __init__(self, cfg, kind: str, specials: tuple[str, ...] = ()):
         super().__init__(cfg, specials)
         self.kind = kind
         self.tok = None
+        self.legacy_spacing = False  # a tokenizer.json from before spacing was kept (BertPreTokenizer)
 
     @property
     def vocab_size(self):
         return self.tok.get_vocab_size()
 
     def fit(self, texts):
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
         specials = [PAD, UNK, *self.specials]
         common = dict(vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_freq, special_tokens=specials,
@@ -181,17 +226,23 @@ class SubwordEncoder(TextEncoder):
             if self.cfg.lowercase:
                 tok.normalizer = normalizers.Lowercase()
         else:
+            # a word starts with SPACE where the text had a space; decoding turns it back into one, so the text
+            # comes back as written (no spaces around apostrophes, hyphens, punctuation or CJK characters)
+            metaspace = decoders.Metaspace(replacement=SPACE, prepend_scheme="first")
             if self.kind == "bpe":
-                tok = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
-                trainer = trainers.BpeTrainer(end_of_word_suffix="</w>", **common)
-                tok.decoder = decoders.BPEDecoder(suffix="</w>")
+                tok = Tokenizer(models.BPE(unk_token=UNK))
+                trainer = trainers.BpeTrainer(**common)
+                tok.decoder = metaspace
             else:
                 tok = Tokenizer(models.WordPiece(unk_token=UNK))
                 trainer = trainers.WordPieceTrainer(**common)
-                tok.decoder = decoders.WordPiece()
-            tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                        strip_accents=False, lowercase=self.cfg.lowercase)
-            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+                tok.decoder = decoders.Sequence([decoders.Replace("##", ""), metaspace])
+            tok.normalizer = normalizers.Sequence(
+                [normalizers.Replace(Regex(r"\s"), " ")] + ([normalizers.Lowercase()] if self.cfg.lowercase else []))
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=True),
+                pre_tokenizers.Punctuation(behavior="isolated"),
+                pre_tokenizers.Split(Regex(f"[{CJK}]"), behavior="isolated")])  # one piece per CJK character
         tok.train_from_iterator(texts, trainer=trainer)
         self.tok = tok
         return self
@@ -204,7 +255,8 @@ class SubwordEncoder(TextEncoder):
         return self.tok.encode(text).ids
 
     def decode(self, ids, skip_special=True):
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        text = self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        return rejoin_legacy_spacing(text) if self.legacy_spacing else text
 
     def token_id(self, token):
         return self.tok.token_to_id(token) if token in (PAD, UNK, *self.specials) else None
@@ -217,6 +269,7 @@ class SubwordEncoder(TextEncoder):
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.legacy_spacing = type(self.tok.pre_tokenizer).__name__ == "BertPreTokenizer"
 
 
 def resolve_pretrained(path: str, allow_download: bool, what: str) -> str:

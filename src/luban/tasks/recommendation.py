@@ -27,7 +27,8 @@ import torch
 from luban.config import RunConfig
 from luban.data.interactions import (ITEM, LINE, RATING, USER, Encoded, Histories, IdMap, NegativeSampler,
                                      canonical_ids, clean_interactions, k_core, load_id_maps, read_interactions,
-                                     require_ratings, save_id_maps, split_interactions, user_column)
+                                     require_ratings, resolve_split, save_id_maps, split_interactions,
+                                     user_column)
 from luban.data.readers import read_table
 from luban.data.side_features import FeatureTable
 from luban.errors import ConfigError, DataError, ExportError
@@ -253,8 +254,17 @@ class RecommendationTask(Task, _Serving):
             if dropped:
                 say(f"cleaning {frame.attrs['source']}: {rows_in} rows, dropped "
                     + ", ".join(f"{n} {why}" for why, n in dropped.items()))
+        self.split, self.split_note = resolve_split(frames, r.split)
+        if self.split_note:
+            print(f"note: {self.split_note}", flush=True)
+        self.weight_column = weight = frames["train"].attrs.get("weight_column")
+        self.weight_note = None if weight is None else (
+            f"column {weight!r} (a per-row weight or count) is ignored: every row counts as one interaction. To "
+            f"keep only strong interactions, set data.columns.rating: {weight} with recommendation.rating_threshold")
+        if self.weight_note:
+            print(f"note: {self.weight_note}", flush=True)
         sp = cfg.data.split
-        splits = split_interactions(frames, r.split, sp.validation, sp.test, sp.seed if sp.seed is not None
+        splits = split_interactions(frames, self.split, sp.validation, sp.test, sp.seed if sp.seed is not None
                                     else cfg.seed)
         items = [splits[s][ITEM] for s in SPLITS]
         if self.tables["item"] is not None:  # items with features but no interactions can still be recommended
@@ -322,10 +332,14 @@ class RecommendationTask(Task, _Serving):
         n = sum(len(d) for d in self.data.values())
         out = {"splits": {s: len(d) for s, d in self.data.items()}, "unit": "interactions",
                "users": len(self.users), "items": len(self.items), "interactions": n,
-               "density": n / max(1, len(self.users) * len(self.items)), "split": self.cfg.recommendation.split,
+               "density": n / max(1, len(self.users) * len(self.items)), "split": self.split,
                "feedback": "explicit" if self.explicit else "implicit", "sources": self.sources,
                "evaluated_users": {s: len(e["users"]) for s, e in self.eval_sets.items()},
                "cleaning": self.cleaning}
+        if self.split_note:
+            out |= {"split_requested": self.cfg.recommendation.split, "split_note": self.split_note}
+        if self.weight_note:
+            out["weight_column"] = {"column": self.weight_column, "used": False, "note": self.weight_note}
         dropped = {s: e["dropped_seen"] for s, e in self.eval_sets.items() if e["dropped_seen"]}
         if dropped:
             out["held_out_items_already_seen"] = dropped
@@ -502,6 +516,8 @@ def recommendation_report(final: dict, pop_at_k: dict, data: dict, examples: lis
              "served by: " + ", ".join(f"{k} {v}" for k, v in test.get("strategies", {}).items() if v) + "</p>",
              f"<p class=muted>{data['users']} users · {data['items']} items · {data['interactions']} interactions "
              f"(density {data['density']:.4f}) · {E(data['feedback'])} feedback · split {E(data['split'])}</p>"]
+    parts += [f"<p class=muted>note: {E(data[k] if k == 'split_note' else data[k]['note'])}</p>"
+              for k in ("split_note", "weight_column") if k in data]
     if examples:
         cells = []
         for ex in examples:
