@@ -170,6 +170,15 @@ class Task:
     def prefers_bf16_on_cpu(self) -> bool:
         return False
 
+    # what a training batch's "size" counts: throughput is reported as <unit>/s (tokens for language models)
+    throughput_unit = "samples"
+
+    def loss_batches(self, split: str):
+        """Batches of `split` in the form `loss()` takes (with targets), in a fixed order, for the validation loss
+        the engine records each evaluation (history `val_loss`); None when the task's metrics already hold a
+        loss or it cannot compute one on held-out rows."""
+        return None
+
     # hooks ---------------------------------------------------------------------------------------
     def prepare(self, frames: dict[str, pd.DataFrame | None]) -> None: ...
     def build_model(self) -> nn.Module: ...

@@ -194,6 +194,9 @@ class TextClassificationTask(Task, _TextModelUser):
     def loss(self, model, batch):
         return F.cross_entropy(self.batch_logits(model, batch), self.batch_labels(batch))
 
+    def loss_batches(self, split):
+        return self.eval_batches(self.data[split])
+
     def batch_logits(self, model, batch):
         return _forward(self.device)(model, batch)
 
