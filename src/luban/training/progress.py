@@ -128,7 +128,7 @@ class _Display:
 
     def _beat(self) -> None:
         stop = self.stop
-        while not stop.wait(0.5):
+        while not stop.wait(0.1):
             with self.lock:
                 for st in list(self.stages):
                     if st.mode == "lines" and st.log_seconds and \
