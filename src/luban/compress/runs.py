@@ -55,6 +55,18 @@ def prepared_task(cfg: RunConfig, quiet: bool = True):
 
 def torch_model(task, run_dir: Path) -> nn.Module:
     """The run's fp32 PyTorch model, built the way training built it (freezing included), with its weights."""
+    fp32_weights(run_dir)
+    seed = task.cfg.seed
+    torch.manual_seed(seed)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        model = task.build_model()
+    load_weights(model, run_dir / "model")
+    return model.to(task.device).eval()
+
+
+def fp32_weights(run_dir: Path) -> None:
+    """A clear error unless the run holds fp32 PyTorch weights (what export and compression start from)."""
     from luban.compress.backends import compression_info
 
     model_dir = run_dir / "model"
@@ -65,13 +77,6 @@ def torch_model(task, run_dir: Path) -> nn.Module:
     if info.get("dtype") == "bfloat16":
         raise ExportError(f"{run_dir}: this run was compressed to bf16; export or compress the fp32 run it was "
                           "made from")
-    seed = task.cfg.seed
-    torch.manual_seed(seed)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        model = task.build_model()
-    load_weights(model, model_dir)
-    return model.to(task.device).eval()
 
 
 def measure(task, model: nn.Module, splits=("validation", "test")) -> dict:

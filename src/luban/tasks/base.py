@@ -250,6 +250,12 @@ class Predictor:
         """Write the model in Hugging Face `save_pretrained` layout; False when it has no HF backbone."""
         return False
 
+    def parity_rows(self, path: Path):
+        """The rows of a (short) data file cleaned as at training, in the form predict() takes: the sample `luban
+        export` checks an export on without preparing the whole training set again. None: the task has no such
+        path (export then prepares the task's data, as compression does)."""
+        return None
+
     def predict(self, inputs) -> list[dict]: ...
     def evaluate(self, path: str | Path) -> dict: ...
     def read_inputs(self, path: str | Path) -> list: ...

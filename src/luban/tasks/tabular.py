@@ -321,6 +321,9 @@ class TabularPredictor(Predictor, _TabularModelUser):
     def read_inputs(self, path):
         return self._frame(read_file(self.cfg, Path(path)))
 
+    def parity_rows(self, path):
+        return self.read_inputs(path)
+
     def evaluate(self, path):
         frame = self._frame(read_file(self.cfg, Path(path)))
         if self.label not in frame.columns:

@@ -297,6 +297,9 @@ class TextClassificationPredictor(Predictor, _TextModelUser):
             say("cleaning " + rep.summary())
         return clean
 
+    def parity_rows(self, path):
+        return list(self._read(path, need_label=False)["text"])
+
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))
         text_col = resolve_column(frame, self.cfg.data.columns.text, "text")
