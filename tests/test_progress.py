@@ -114,3 +114,69 @@ def test_stage_lines_count_rate_eta_and_a_heartbeat(monkeypatch, capsys):
     with P.silent():  # tune trials: nothing at all
         list(P.track(range(5), "quiet", log_every=1))
     assert capsys.readouterr().err == ""
+
+
+def test_export_parity_reads_a_bounded_sample_not_the_training_set(zh_data, out_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_run
+    from luban.data.readers import read_table
+    from luban.errors import DataError
+
+    run = luban.train(text_config(out_dir, "exp", zh_data["train"]), quiet=True)  # validation/test carved out
+    # the training file grows a malformed tail after training: reading it whole (what export did to draw 128
+    # parity rows: read, clean and split the whole training set again) now fails; a bounded read does not
+    train = zh_data["train"]
+    with open(train, "a", encoding="utf-8") as f:
+        f.write("这个手机很好,positive,extra,fields\n" * 5000 + '"unterminated,negative\n')
+    with pytest.raises(DataError):
+        read_table(train)
+    meta = export_run(run, "onnx", samples=64)
+    p = meta["parity"]
+    assert p["split"] == "train" and p["rows"] == 64 and p["max_abs_diff"] < 1e-4 and p["batches"] >= 4
+    assert "parity on 64 train rows" in capsys.readouterr().out
+    assert luban.load(run).backend == "onnx"
+    assert luban.load(run).predict(["这个手机非常好"])[0]["label"] in ("positive", "negative")
+
+
+def test_export_parity_prefers_the_validation_file(zh_data, out_dir, lin_csv, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_run
+
+    rows = lin_csv.read_text(encoding="utf-8").splitlines()
+    val = tmp_path / "val.csv"
+    val.write_text("\n".join(rows[:41]) + "\n", encoding="utf-8")  # header + 40 rows
+    cfg = tabular_config(out_dir, "exp_tab", "tabular_regression",
+                         {"train": str(lin_csv), "validation": str(val), "columns": {"label": "y"}},
+                         trainer={"epochs": 2})
+    run = luban.train(cfg, quiet=True)
+    meta = export_run(run, "onnx", quiet=True)
+    assert meta["parity"]["split"] == "validation" and meta["parity"]["rows"] == 40
+    assert meta["parity"]["max_abs_diff"] < 1e-4
+
+
+def test_tune_and_cv_say_trial_and_fold_progress(tmp_path, lin_csv, capsys):
+    pytest.importorskip("optuna")
+    import yaml
+
+    from luban.lifecycle.cv import cross_validate
+    from luban.lifecycle.tune import tune
+
+    cfg = tabular_config(tmp_path / "runs", "lin", "tabular_regression",
+                         {"train": str(lin_csv), "columns": {"label": "y"}}, trainer={"epochs": 2})
+    cfg["search"] = {"space": {"trainer.lr": {"type": "choice", "values": [1e-4, 0.03]}}, "sampler": "grid",
+                     "pruner": "none"}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    tune(path, trials=2)
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("trial ")]
+    assert len(lines) == 2, out
+    assert re.match(r"trial \d \(1/2\): complete val_rmse [\d.]+  \[.*\]; best [\d.]+ \(trial \d\)  elapsed \S+  "
+                    r"ETA \S+$", lines[0]), lines[0]
+    assert "(2/2)" in lines[1] and lines[1].endswith("ETA 0.0s")
+
+    cross_validate(path, folds=3)
+    out = capsys.readouterr().out
+    done = [l for l in out.splitlines() if re.match(r"fold \d/3 done: ", l)]
+    assert len(done) == 3 and all(re.search(r"test rmse [\d.]+  elapsed \S+  ETA \S+$", l) for l in done), out
+    assert done[-1].endswith("ETA 0.0s")
