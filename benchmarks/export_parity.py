@@ -2,7 +2,8 @@
 set of issue 17): seconds for the export with its parity sample drawn by a bounded read (now) and with the whole
 training set read, cleaned, split and featurized again (before). Prints one JSON line last.
 
-    PYTHONPATH=src python benchmarks/export_parity.py [--rows 62000]
+    PYTHONPATH=src python benchmarks/export_parity.py [--rows 62000] [--run RUN_DIR]
+Each export runs in a fresh process (imports included, as `luban export` pays them).
 """
 
 import argparse
@@ -28,36 +29,54 @@ def synthetic(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+EXPORT = """
+import sys, time
+t = time.perf_counter()
+from luban.compress import export as ex
+if sys.argv[2] == "full":
+    ex.bounded_sample = lambda *a, **k: None  # the former path: prepare the whole task again
+meta = ex.export_run(sys.argv[1], "onnx", quiet=True)
+print(time.perf_counter() - t, meta["parity"]["rows"], meta["parity"]["max_abs_diff"])
+"""
+
+
+def export_seconds(run: Path, how: str) -> tuple[float, int, float]:
+    """One `export` in a fresh process (imports included, as the CLI pays them)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", EXPORT, str(run), how], check=True, capture_output=True, text=True)
+    seconds, rows, diff = out.stdout.split()[-3:]
+    return float(seconds), int(rows), float(diff)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=62000)
+    ap.add_argument("--run", help="an existing run trained by this script (skips the training)")
     a = ap.parse_args()
-    import luban
-    from luban.compress import export as ex
+    train_s = None
+    if a.run:
+        run = Path(a.run)
+    else:
+        import luban
 
-    root = work_dir()
-    data = synthetic(root / "shopping.csv", a.rows)
-    cfg = {"task": "text_classification", "seed": 0,
-           "data": {"train": str(data), "columns": {"text": "review", "label": "cat"}},
-           "preprocessing": {"tokenizer": {"type": "char", "max_length": 128}},
-           "model": {"type": "textcnn", "embedding_dim": 16, "num_filters": 16, "kernel_sizes": [2]},
-           "trainer": {"epochs": 1, "batch_size": 256, "device": "cpu", "precision": "fp32"},
-           "evaluation": {"baseline": False}, "output": {"dir": str(root / "runs"), "name": "shop",
-                                                         "tensorboard": False}}
-    t = time.perf_counter()
-    run = luban.train(cfg, quiet=True)
-    train_s = time.perf_counter() - t
-    t = time.perf_counter()
-    now = ex.export_run(run, "onnx", quiet=True)
-    bounded_s = time.perf_counter() - t
-    ex.bounded_sample = lambda *a, **k: None  # the former path: prepare the whole task again
-    t = time.perf_counter()
-    before = ex.export_run(run, "onnx", quiet=True)
-    full_s = time.perf_counter() - t
-    emit({"rows": a.rows, "train_seconds": round(train_s, 1), "export_seconds_bounded": round(bounded_s, 2),
-          "export_seconds_full_prepare": round(full_s, 2), "parity_rows": now["parity"]["rows"],
-          "parity_max_abs_diff_bounded": now["parity"]["max_abs_diff"],
-          "parity_max_abs_diff_full_prepare": before["parity"]["max_abs_diff"]})
+        root = work_dir()
+        data = synthetic(root / "shopping.csv", a.rows)
+        cfg = {"task": "text_classification", "seed": 0,
+               "data": {"train": str(data), "columns": {"text": "review", "label": "cat"}},
+               "preprocessing": {"tokenizer": {"type": "char", "max_length": 128}},
+               "model": {"type": "textcnn", "embedding_dim": 16, "num_filters": 16, "kernel_sizes": [2]},
+               "trainer": {"epochs": 1, "batch_size": 256, "device": "cpu", "precision": "fp32"},
+               "evaluation": {"baseline": False}, "output": {"dir": str(root / "runs"), "name": "shop",
+                                                             "tensorboard": False}}
+        t = time.perf_counter()
+        run = luban.train(cfg, quiet=True)
+        train_s = round(time.perf_counter() - t, 1)
+    bounded_s, rows, diff = export_seconds(run, "bounded")
+    full_s, _, diff_full = export_seconds(run, "full")
+    emit({"rows": a.rows, "train_seconds": train_s, "export_seconds_bounded": round(bounded_s, 2),
+          "export_seconds_full_prepare": round(full_s, 2), "parity_rows": rows,
+          "parity_max_abs_diff_bounded": diff, "parity_max_abs_diff_full_prepare": diff_full})
 
 
 if __name__ == "__main__":

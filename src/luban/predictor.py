@@ -46,7 +46,10 @@ class Predictor:
         return self._impl.predict(self._impl.read_inputs(path), **kw)
 
     def evaluate(self, path: str | Path) -> dict:
-        return self._impl.evaluate(path)
+        from luban.training.progress import stage
+
+        with stage(f"evaluate {Path(path).name}"):  # the model's batches show their own count and ETA
+            return self._impl.evaluate(path)
 
     def _text_generator(self, what: str):
         fn = getattr(self._impl, what, None)

@@ -254,49 +254,56 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
 
     if not getattr(task_classes(cfg.task)[1], "exportable", False):
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
-    fp32_weights(run)
-    sample = bounded_sample(run, cfg, samples)
-    if sample is not None:
-        model, spec, batches, split = sample
-    else:  # the task's data prepared again, as at training (tasks without a bounded parity path)
-        task = prepared_task(cfg)
-        spec = task.export_spec()
-        model = task.export_module(torch_model(task, run))
-        batches, split = task.split_inputs("validation", samples, batch_size=16), "validation"
-    if not batches:
-        raise ExportError(f"{run}: no {split} rows to check the export against")
-    example = example_batch(batches)
-    model_dir = run / "model"
-    sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
-    with _staged(model_dir / sub) as tmp:
-        if fmt == "onnx":
-            path = tmp / ONNX_FILE
-            exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
-            check = batches if dynamic_axes else [example]
-            candidate = OrtModule(path, replace(spec, outputs_dict=False))
-        else:
-            path = tmp / "model.pt"
-            export_torchscript(model, example, path)
-            exporter, check = "torch.jit.trace", batches
-            candidate = torch.jit.load(str(path))
-        par = parity(model, candidate, check)
-        tol = PARITY_TOLERANCE * max(1.0, par["output_scale"])
-        if par["max_abs_diff"] > tol:
-            raise ExportError(f"the {fmt} export does not match PyTorch on {split} inputs: max |Δ| "
-                              f"{par['max_abs_diff']:.3g} > {tol:.3g} (the model likely has data-dependent control "
-                              "flow that tracing cannot capture)")
-        meta = {"format": fmt, "file": f"{sub}/{path.name}", "exporter": exporter,
-                "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None, "dynamic_axes": dynamic_axes,
-                "input_names": spec.input_names, "output_names": spec.output_names,
-                "parity": {**par, "split": split, "tolerance": tol}, "size_bytes": file_bytes(path),
-                "torch": torch.__version__}
-        if fmt == "onnx":
-            meta["onnxruntime"] = require_onnxruntime().__version__
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        del candidate
-        _replace_dir(tmp, model_dir / sub)
-    hf = _export_hf(load_torch(run))
-    meta["hf"] = f"model/{HF_DIR}" if hf else None
+    from luban.training.progress import stage
+
+    with stage(f"export {fmt}", total=3, unit="steps") as st:
+        fp32_weights(run)
+        st.update(step="parity sample")
+        sample = bounded_sample(run, cfg, samples)
+        if sample is not None:
+            model, spec, batches, split = sample
+        else:  # the task's data prepared again, as at training (tasks without a bounded parity path)
+            task = prepared_task(cfg)
+            spec = task.export_spec()
+            model = task.export_module(torch_model(task, run))
+            batches, split = task.split_inputs("validation", samples, batch_size=16), "validation"
+        st.advance(step="trace and write")
+        if not batches:
+            raise ExportError(f"{run}: no {split} rows to check the export against")
+        example = example_batch(batches)
+        model_dir = run / "model"
+        sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
+        with _staged(model_dir / sub) as tmp:
+            if fmt == "onnx":
+                path = tmp / ONNX_FILE
+                exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
+                check = batches if dynamic_axes else [example]
+                candidate = OrtModule(path, replace(spec, outputs_dict=False))
+            else:
+                path = tmp / "model.pt"
+                export_torchscript(model, example, path)
+                exporter, check = "torch.jit.trace", batches
+                candidate = torch.jit.load(str(path))
+            st.advance(step="parity check")
+            par = parity(model, candidate, check)
+            tol = PARITY_TOLERANCE * max(1.0, par["output_scale"])
+            if par["max_abs_diff"] > tol:
+                raise ExportError(f"the {fmt} export does not match PyTorch on {split} inputs: max |Δ| "
+                                  f"{par['max_abs_diff']:.3g} > {tol:.3g} (the model likely has data-dependent "
+                                  "control flow that tracing cannot capture)")
+            meta = {"format": fmt, "file": f"{sub}/{path.name}", "exporter": exporter,
+                    "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None, "dynamic_axes": dynamic_axes,
+                    "input_names": spec.input_names, "output_names": spec.output_names,
+                    "parity": {**par, "split": split, "tolerance": tol}, "size_bytes": file_bytes(path),
+                    "torch": torch.__version__}
+            if fmt == "onnx":
+                meta["onnxruntime"] = require_onnxruntime().__version__
+            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            del candidate
+            _replace_dir(tmp, model_dir / sub)
+        st.advance()
+        hf = _export_hf(load_torch(run))
+        meta["hf"] = f"model/{HF_DIR}" if hf else None
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     if not quiet:
         p = meta["parity"]

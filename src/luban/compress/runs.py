@@ -46,8 +46,11 @@ def prepared_task(cfg: RunConfig, quiet: bool = True):
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
     task = TaskCls(cfg)
     task.export_spec()  # a task may refuse one kind of its models (a pretrained speech backbone) before reading data
+    from luban.training.progress import stage
+
     out = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext(), \
+            stage("prepare (read, clean, featurize)"):
         task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
     task.device = torch.device("cpu")
     return task
@@ -81,9 +84,16 @@ def fp32_weights(run_dir: Path) -> None:
 
 def measure(task, model: nn.Module, splits=("validation", "test")) -> dict:
     """Detailed metrics of `model` (a torch module or a wrapped ONNX session) on the task's splits."""
+    from luban.training.progress import stage
+
     model.eval()
-    with torch.no_grad():
-        return {s: task.evaluate(model, s, detailed=True) for s in splits}
+    out = {}
+    with torch.no_grad(), stage("evaluation", total=len(splits), unit="splits") as p:
+        for s in splits:
+            p.update(split=s)
+            out[s] = task.evaluate(model, s, detailed=True)
+            p.advance()
+    return out
 
 
 def file_bytes(path: Path) -> int:

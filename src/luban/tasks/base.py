@@ -126,10 +126,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def run_model(model: nn.Module, batches: Batches, forward: Callable[[nn.Module, dict], torch.Tensor],
               n: int) -> torch.Tensor:
-    """Outputs for every row, in the original row order (batches may be length-sorted)."""
+    """Outputs for every row, in the original row order (batches may be length-sorted); a progress bar (log
+    lines off a terminal) when it runs for more than a second."""
+    from luban.training.progress import track
+
     model.eval()
     out = None
-    for batch in batches:
+    for batch in track(batches, f"inference ({n} rows)", unit="batches", delay=1.0):
         y = forward(model, batch).float().cpu()
         if out is None:
             out = torch.empty((n,) + tuple(y.shape[1:]), dtype=torch.float32)

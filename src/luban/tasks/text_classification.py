@@ -77,12 +77,24 @@ def load_featurizer(folder: Path):
 class EncodedTexts:
     """Token ids (+ weights for n-gram bags, + label ids) for one split, with the rows for the report."""
 
+    CHUNK = 4096  # texts encoded at a time: a count and ETA on a large split
+
     def __init__(self, frame: pd.DataFrame, featurizer, labels: list[int] | None):
+        from luban.training.progress import stage
+
         texts = list(frame["text"])
-        if hasattr(featurizer, "encode_weighted"):
-            self.ids, self.weights = featurizer.encode_weighted(texts)
-        else:
-            self.ids, self.weights = featurizer.encode(texts), None
+        weighted = hasattr(featurizer, "encode_weighted")
+        self.ids, self.weights = [], [] if weighted else None
+        with stage("featurize", total=len(texts), unit="texts", delay=1.0) as p:
+            for i in range(0, len(texts), self.CHUNK):
+                part = texts[i:i + self.CHUNK]
+                if weighted:
+                    ids, weights = featurizer.encode_weighted(part)
+                    self.weights.extend(weights)
+                else:
+                    ids = featurizer.encode(part)
+                self.ids.extend(ids)
+                p.advance(len(part))
         self.frame, self.labels = frame, labels
         self.lengths = [len(s) for s in self.ids]
 

@@ -149,7 +149,7 @@ class Stage:
     """One step of a command: `advance(n, **fields)` as it goes; see the module docstring."""
 
     def __init__(self, name: str, total: int | None = None, unit: str = "items", log_every: int | None = None,
-                 log_seconds: float | None = None, rate_unit: str | None = None):
+                 log_seconds: float | None = None, rate_unit: str | None = None, delay: float = 0.0):
         self.name, self.total, self.unit = name, (int(total) if total else None), unit
         self.log_every = log_every
         self.log_seconds = default_log_seconds() if log_seconds is None else log_seconds
@@ -158,6 +158,12 @@ class Stage:
         self.done, self.fields, self.lines = 0, {}, 0
         self.t0 = self.last_line = time.perf_counter()
         self.last_done, self.task_id = 0, None
+        self.delay, self.opened = delay, False  # delay: a bar only for a step still running after that long
+        if self.mode != "off" and not delay:
+            self._open()
+
+    def _open(self) -> None:
+        self.opened = True
         _DISPLAY.open(self)
 
     @property
@@ -183,6 +189,8 @@ class Stage:
 
     def update(self, **fields) -> None:
         self.fields.update({k: v for k, v in fields.items() if v is not None})
+        if self.mode != "off" and not self.opened and self.elapsed >= self.delay:
+            self._open()
         if self.mode == "bar" and _DISPLAY.bar is not None and self.task_id is not None:
             _DISPLAY.bar.update(self.task_id, completed=self.done, info=self._info())
 
@@ -216,7 +224,8 @@ class Stage:
             _DISPLAY.print(msg)
 
     def close(self) -> None:
-        _DISPLAY.close(self)
+        if self.opened:
+            _DISPLAY.close(self)
         if self.mode == "lines" and self.lines:
             _DISPLAY.print(f"{self.name}: done, {self.done} {self.unit} in {duration(self.elapsed)}"
                            if self.done else f"{self.name}: done in {duration(self.elapsed)}")
