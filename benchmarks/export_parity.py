@@ -32,21 +32,34 @@ def synthetic(path: Path, rows: int, seed: int = 0) -> Path:
 EXPORT = """
 import sys, time
 t = time.perf_counter()
-from luban.compress import export as ex
+from luban.compress import export as ex, runs
+spent = [0.0]
+def timed(fn):
+    def run(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+    return run
 if sys.argv[2] == "full":
     ex.bounded_sample = lambda *a, **k: None  # the former path: prepare the whole task again
+    runs.prepared_task = timed(runs.prepared_task)
+else:
+    ex.bounded_sample = timed(ex.bounded_sample)
 meta = ex.export_run(sys.argv[1], "onnx", quiet=True)
-print(time.perf_counter() - t, meta["parity"]["rows"], meta["parity"]["max_abs_diff"])
+print(time.perf_counter() - t, spent[0], meta["parity"]["rows"], meta["parity"]["max_abs_diff"])
 """
 
 
-def export_seconds(run: Path, how: str) -> tuple[float, int, float]:
-    """One `export` in a fresh process (imports included, as the CLI pays them)."""
+def export_seconds(run: Path, how: str) -> tuple[float, float, int, float]:
+    """One `export` in a fresh process (imports included, as the CLI pays them): its wall seconds, the seconds
+    spent getting the parity sample, the rows and max |Δ|."""
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", EXPORT, str(run), how], check=True, capture_output=True, text=True)
-    seconds, rows, diff = out.stdout.split()[-3:]
-    return float(seconds), int(rows), float(diff)
+    seconds, sample, rows, diff = out.stdout.split()[-4:]
+    return float(seconds), float(sample), int(rows), float(diff)
 
 
 def main():
@@ -72,10 +85,11 @@ def main():
         t = time.perf_counter()
         run = luban.train(cfg, quiet=True)
         train_s = round(time.perf_counter() - t, 1)
-    bounded_s, rows, diff = export_seconds(run, "bounded")
-    full_s, _, diff_full = export_seconds(run, "full")
+    bounded_s, bounded_sample_s, rows, diff = export_seconds(run, "bounded")
+    full_s, full_sample_s, _, diff_full = export_seconds(run, "full")
     emit({"rows": a.rows, "train_seconds": train_s, "export_seconds_bounded": round(bounded_s, 2),
-          "export_seconds_full_prepare": round(full_s, 2), "parity_rows": rows,
+          "export_seconds_full_prepare": round(full_s, 2), "parity_sample_seconds_bounded": round(bounded_sample_s, 2),
+          "parity_sample_seconds_full_prepare": round(full_sample_s, 2), "parity_rows": rows,
           "parity_max_abs_diff_bounded": diff, "parity_max_abs_diff_full_prepare": diff_full})
 
 
