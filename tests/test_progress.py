@@ -35,7 +35,8 @@ STEP_LINE = re.compile(r"^train: (\d+)/(\d+) batches \(\d+%\)  epoch (\d+)/(\d+)
 
 def test_log_lines_off_a_terminal_every_log_every_steps(zh_data, out_dir, capsys, monkeypatch):
     monkeypatch.setenv("LUBAN_LOG_SECONDS", "0")  # by steps only: the test must not depend on the clock
-    cfg = text_config(out_dir, "logs", zh_data["train"], trainer={"log_every": 3, "epochs": 2})
+    cfg = text_config(out_dir, "logs", zh_data["train"], trainer={"log_every": 3, "epochs": 2},
+                      output={"tensorboard": True})
     run = luban.train(cfg, quiet=True)
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.startswith("train: ")]
@@ -47,6 +48,13 @@ def test_log_lines_off_a_terminal_every_log_every_steps(zh_data, out_dir, capsys
     assert float(m.group(6)) > 0 and float(m.group(7)) > 0  # loss and lr
     assert any(l.startswith("train: done") for l in err.splitlines())
     assert re.search(r"^epoch 1: train_loss [\d.]+  val_loss [\d.]+  val_accuracy", err, re.M)
+    # TensorBoard gets the step-level train loss and lr at the same cadence (HF Trainer's logging_steps)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "events")).Reload()
+    assert [e.step for e in events.Scalars("step/train_loss")] == steps
+    assert [e.step for e in events.Scalars("step/lr")] == steps
+    assert all(e.value > 0 for e in events.Scalars("step/train_loss"))
 
 
 def test_eval_steps_evaluates_mid_epoch_and_keeps_the_best(zh_data, out_dir, capsys):

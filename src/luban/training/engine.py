@@ -183,7 +183,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     log_every, eval_steps = cfg.log_every, getattr(cfg, "eval_steps", None)
     samples_seen, t_start = 0, time.perf_counter()
     progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, unit=unit,
-                        log_seconds=getattr(cfg, "log_seconds", None))
+                        log_seconds=getattr(cfg, "log_seconds", None), quiet=rank != 0)
     evaluate = lambda: evaluate_with_loss(model, evaluate_fn, loss_fn, val_batches, device, precision)  # noqa: E731
     try:
         for epoch in range(state["epoch"], cfg.epochs):

@@ -256,10 +256,14 @@ class Progress:
     ETA) on a terminal; off it, one line per `log_every` optimizer steps (the engine calls `advance(line=True)`)
     or every `log_seconds`; one line per epoch everywhere."""
 
-    def __init__(self, total: int, unit: str = "samples", log_seconds: float | None = None):
+    def __init__(self, total: int, unit: str = "samples", log_seconds: float | None = None, quiet: bool = False):
         self.unit = unit
-        self.silent = _SILENT.get()
+        self.silent = _SILENT.get() or quiet
+        if quiet:  # e.g. the other workers of a distributed run: rank 0 reports
+            token = _SILENT.set(True)
         self.stage = Stage("train", total=total, unit="batches", log_seconds=log_seconds, rate_unit=unit)
+        if quiet:
+            _SILENT.reset(token)
 
     def update(self, epoch: int, epochs: int, loss: float, speed: float, *, step: int | None = None,
                lr: float | None = None, line: bool = False):
@@ -273,9 +277,8 @@ class Progress:
         self.stage.advance(1, line=line, **fields)
 
     def epoch_line(self, record: dict, metric: str, improved: bool):
-        if self.silent:
-            return
-        self.stage.print(epoch_text(record, metric, improved, self.unit))
+        if not self.silent:  # also with LUBAN_PROGRESS=off: that turns off bars and step lines, not epochs
+            _DISPLAY.print(epoch_text(record, metric, improved, self.unit))
 
     def close(self):
         self.stage.close()
