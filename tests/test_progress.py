@@ -188,3 +188,25 @@ def test_tune_and_cv_say_trial_and_fold_progress(tmp_path, lin_csv, capsys):
     done = [l for l in out.splitlines() if re.match(r"fold \d/3 done: ", l)]
     assert len(done) == 3 and all(re.search(r"test rmse [\d.]+  elapsed \S+  ETA \S+$", l) for l in done), out
     assert done[-1].endswith("ETA 0.0s")
+
+
+def test_language_model_throughput_is_in_tokens(tmp_path, out_dir, capsys, monkeypatch):
+    monkeypatch.setenv("LUBAN_LOG_SECONDS", "0")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 40, encoding="utf-8")
+    cfg = {"task": "text_generation", "seed": 1, "data": {"train": str(corpus)},
+           "preprocessing": {"tokenizer": {"type": "char"}},
+           "model": {"type": "gpt", "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+           "trainer": {"epochs": 1, "steps_per_epoch": 6, "batch_size": 4, "num_threads": 1, "precision": "fp32",
+                       "log_every": 2},
+           "generation": {"sample_tokens": 0}, "evaluation": {"baseline": False},
+           "output": {"dir": str(out_dir), "name": "lm", "tensorboard": False}}
+    run = luban.train(cfg)
+    cap = capsys.readouterr()
+    t = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["timings"]
+    assert t["throughput_unit"] == "tokens" and t["tokens_per_second"] > 0 and "samples_per_second" not in t
+    h = _history(run)[-1]
+    assert h["tokens_per_s"] > 0 and "samples_per_s" not in h and h["val_loss"] > 0
+    assert re.search(r"^train: 2/6 batches .* \d+ tokens/s  elapsed", cap.err, re.M), cap.err
+    assert re.search(r"^epoch 1: train_loss [\d.]+  val_loss.* \d+ tokens/s", cap.err, re.M)
+    assert "tokens/s" in [l for l in cap.out.splitlines() if l.startswith("done in ")][0]
