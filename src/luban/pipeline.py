@@ -106,7 +106,10 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
             kw = {"on_epoch_end": lambda state: [c(state["history"][-1]) for c in callbacks]} if callbacks else {}
             if own_loop is None:  # the shared engine: validation loss, throughput unit, step-level tracking
                 kw.update(val_batches=lambda: task.loss_batches("validation"), unit=task.throughput_unit,
-                          on_log=tracker.log_step if tracker else None)
+                          on_log=tracker.log_step if tracker else None,
+                          # the task's own loss, also when a hook replaced task.loss for training (distillation's
+                          # teacher targets exist for training rows only)
+                          val_loss_fn=lambda m, b: type(task).loss(task, m, b))
             result = (own_loop or fit)(model, train_batches=task.train_batches, loss_fn=task.loss,
                                        evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
                                        metric=metric, mode=_mode(cfg, task), device=device, precision=precision,

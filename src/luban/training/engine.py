@@ -65,7 +65,7 @@ class _TensorBoard:
         if self.writer is None:
             return
         for k, v in values.items():
-            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
                 self.writer.add_scalar(k.replace("_", "/", 1), v, step)
         self.writer.flush()
 
@@ -158,13 +158,14 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
         cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
         resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None,
         rank: int = 0, world_size: int = 1, val_batches: Callable | None = None, unit: str = "samples",
-        on_log: Callable | None = None) -> FitResult:
+        on_log: Callable | None = None, val_loss_fn: Callable | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights by `metric` on validation.
 
     With world_size > 1 (Ray Train workers), `model` is the DDP-wrapped module, each worker trains on its shard of
     every batch, and `workdir` is where this worker writes (only rank 0's is the run directory).
-    `val_batches()`: validation batches as loss_fn takes them (for val_loss); `unit`: what batch["size"] counts
-    (samples, tokens); `on_log(values, step)`: step-level train loss/lr every trainer.log_every steps (MLflow)."""
+    `val_batches()`: validation batches as loss_fn takes them (for val_loss, computed with `val_loss_fn`, default
+    loss_fn); `unit`: what batch["size"] counts (samples, tokens); `on_log(values, step)`: step-level train
+    loss/lr every trainer.log_every steps (MLflow)."""
     ckpt = workdir / "checkpoints"
     core = getattr(model, "module", model)  # the plain module under a DDP wrapper: optimizer groups, checkpoints
     if world_size > 1:
@@ -184,7 +185,8 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     samples_seen, t_start = 0, time.perf_counter()
     progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, unit=unit,
                         log_seconds=getattr(cfg, "log_seconds", None), quiet=rank != 0)
-    evaluate = lambda: evaluate_with_loss(model, evaluate_fn, loss_fn, val_batches, device, precision)  # noqa: E731
+    evaluate = lambda: evaluate_with_loss(model, evaluate_fn, val_loss_fn or loss_fn, val_batches,  # noqa: E731
+                                          device, precision)
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             if state["stopped_early"]:
@@ -193,7 +195,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
             batches = train_batches(epoch)
             t_epoch, loss_sum, loss_n, epoch_samples = time.perf_counter(), 0.0, 0, 0
             win_sum, win_n = 0.0, 0  # the train loss since the last log line
-            val, val_step = None, -1
+            val, val_step, eval_seconds = None, -1, 0.0
             optimizer.zero_grad(set_to_none=True)
             for i, batch in enumerate(batches):
                 with autocast(device, precision):
@@ -204,10 +206,10 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
                                              "lower trainer.lr or set trainer.grad_clip")
                 (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-                bs = batch["size"]
-                loss_sum += loss.item() * bs
+                bs, value = batch["size"], loss.item()
+                loss_sum += value * bs
                 loss_n += bs
-                win_sum += loss.item() * bs
+                win_sum += value * bs
                 win_n += bs
                 epoch_samples += bs
                 stepped = False
@@ -225,7 +227,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                     optimizer.zero_grad(set_to_none=True)
                     state["step"] += 1
                     stepped = True
-                elapsed = time.perf_counter() - t_epoch
+                elapsed = time.perf_counter() - t_epoch - eval_seconds
                 lr = optimizer.param_groups[0]["lr"]
                 log_now = stepped and state["step"] % log_every == 0
                 if log_now and rank == 0:
@@ -237,7 +239,9 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                 progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9),
                                 step=state["step"], lr=lr, line=log_now and rank == 0)
                 if stepped and eval_steps and state["step"] % eval_steps == 0:
+                    t_eval = time.perf_counter()
                     val, val_step = evaluate(), state["step"]
+                    eval_seconds += time.perf_counter() - t_eval
                     if i + 1 < len(batches):  # the epoch's own evaluation closes it below
                         record = {"epoch": round(epoch + (i + 1) / len(batches), 4), "step": state["step"],
                                   "train_loss": loss_sum / max(loss_n, 1), "lr": lr, "partial": True,
@@ -249,7 +253,7 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                         model.train()
                         if state["stopped_early"]:
                             break
-            train_time = time.perf_counter() - t_epoch
+            train_time = time.perf_counter() - t_epoch - eval_seconds  # mid-epoch evaluations are not training
             state["train_seconds"] += train_time
             samples_seen += epoch_samples
             if val is None or val_step != state["step"]:
