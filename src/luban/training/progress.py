@@ -288,8 +288,9 @@ def epoch_text(record: dict, metric: str, improved: bool, unit: str = "samples")
     val = record.get(f"val_{metric}", float("nan"))
     loss = f"  val_loss {record['val_loss']:.4f}" if isinstance(record.get("val_loss"), (int, float)) \
         and metric != "loss" else ""
+    head = (f"epoch {record['epoch']}{' (step %d)' % record['step'] if record.get('partial') else ''}: "
+            f"train_loss {record['train_loss']:.4f}{loss}  val_{metric} {val:.4f}{' *' if improved else ''}")
+    if record.get("partial"):  # a mid-epoch evaluation (trainer.eval_steps): the epoch's line gives the speed
+        return head
     speed = record.get(f"{unit}_per_s", record.get("samples_per_s", 0.0))
-    at = f" (step {record['step']})" if record.get("partial") else ""
-    return (f"epoch {record['epoch']}{at}: train_loss {record['train_loss']:.4f}{loss}  "
-            f"val_{metric} {val:.4f}{' *' if improved else ''}  "
-            f"{speed:.0f} {unit}/s  {record.get('epoch_seconds', 0.0):.1f}s")
+    return f"{head}  {speed:.0f} {unit}/s  {record.get('epoch_seconds', 0.0):.1f}s"
