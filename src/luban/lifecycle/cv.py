@@ -88,7 +88,7 @@ def cross_validate(config: str | Path, folds: int, stratified: bool = False, ove
     from luban.training.progress import duration, stage
 
     results, t0 = [], time.perf_counter()
-    with stage("cv", total=folds, unit="folds", log_seconds=0) as bar:
+    with stage("cv", total=folds, unit="folds") as bar:
         for k, fold in enumerate(write_folds(frame, folds, cfg.seed, out, labels)):
             main = _fold(cfg, base, out, k, folds, fold, quiet, results)
             elapsed = time.perf_counter() - t0

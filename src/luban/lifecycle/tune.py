@@ -287,7 +287,7 @@ class _trial_line:
 
         self.metric, self.t0, self.total, self.done = metric, t0, total, 0
         self.lock = threading.Lock()
-        self.stage = Stage("tune", total=total, unit="trials", log_seconds=0)
+        self.stage = Stage("tune", total=total, unit="trials")  # a line every 30 s while a trial runs
 
     def close(self):
         self.stage.close()
@@ -313,7 +313,7 @@ class _trial_line:
         eta = elapsed / done * max(self.total - done, 0)
         print(f"trial {trial.number} ({done}/{self.total}): {trial.state.name.lower()}{where}{value}  [{params}]"
               f"{best}  elapsed {duration(elapsed)}  ETA {duration(eta)}", flush=True)  # above the bar (rich)
-        self.stage.advance(best=best.removeprefix("; "))
+        self.stage.advance(best=best.removeprefix("; best ") or None)
 
 
 def best_params(study, cfg: RunConfig) -> dict:
