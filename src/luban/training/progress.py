@@ -102,8 +102,9 @@ class _Display:
                     self.bar.start()
                 st.task_id = self.bar.add_task(st.name, total=st.total, info="")
             elif st.mode == "lines" and self.heart is None:
-                self.stop.clear()
-                self.heart = threading.Thread(target=self._beat, name="luban-progress", daemon=True)
+                self.stop = threading.Event()  # its own: a stopping heartbeat may not have woken up yet
+                self.heart = threading.Thread(target=self._beat, args=(self.stop,), name="luban-progress",
+                                              daemon=True)
                 self.heart.start()
 
     def close(self, st: "Stage") -> None:
@@ -126,8 +127,7 @@ class _Display:
             else:
                 print(msg, file=sys.stderr, flush=True)
 
-    def _beat(self) -> None:
-        stop = self.stop
+    def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(0.1):
             with self.lock:
                 for st in list(self.stages):
