@@ -89,6 +89,8 @@ def test_learns_stripes_from_folders(stripes_run):
     assert json.loads((model_dir / "labels.json").read_text(encoding="utf-8")) == ["horizontal", "vertical"]
     report = (stripes_run["run"] / "report.html").read_text(encoding="utf-8")
     assert "Confusion matrix" in report
+    history = [json.loads(l) for l in (stripes_run["run"] / "history.jsonl").read_text().splitlines()]
+    assert all(h["val_loss"] > 0 for h in history)  # the loss on the (unaugmented) validation crops
 
 
 def test_predict_file_folder_csv_and_arrays(stripes_run, tmp_path):

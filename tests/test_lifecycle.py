@@ -298,7 +298,7 @@ def test_mlflow_tracking_logs_params_metrics_and_artifacts(tmp_path, linear_data
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     cfg = tabular_config(tmp_path / "runs", "tracked", "tabular_regression",
-                         {"train": str(linear_data), "columns": {"label": "y"}}, trainer={"epochs": 3})
+                         {"train": str(linear_data), "columns": {"label": "y"}}, trainer={"epochs": 3, "log_every": 4})
     cfg["tracking"] = {"mlflow": uri, "experiment": "luban-test"}
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     run = luban.train(cfg, quiet=True)
@@ -310,6 +310,9 @@ def test_mlflow_tracking_logs_params_metrics_and_artifacts(tmp_path, linear_data
     assert data.metrics["final_test_rmse"] == pytest.approx(m["test"]["rmse"])
     history = mlflow.MlflowClient().get_metric_history(found[0].info.run_id, "val_rmse")
     assert [h.step for h in history] == [1, 2, 3]
+    steps = mlflow.MlflowClient().get_metric_history(found[0].info.run_id, "step_train_loss")  # as logging_steps
+    last = json.loads((run / "history.jsonl").read_text().splitlines()[-1])["step"]
+    assert [h.step for h in steps] == list(range(4, last + 1, 4)) and all(h.value > 0 for h in steps)
     assert data.params["trainer.epochs"] == "3"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(found[0].info.run_id)}
     assert {"report.html", "metrics.json", "model"} <= artifacts

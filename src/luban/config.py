@@ -705,7 +705,13 @@ class TrainerConfig(Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     keep: Literal["best", "last"] = Field("best", description="the weights a run ends with: the epoch best by the "
                                           "validation metric, or the last epoch's (a fixed-length retrain)")
-    log_every: int = Field(50, gt=0, description="steps between progress updates")
+    log_every: int = Field(50, gt=0, description="optimizer steps between log lines off a terminal (step, loss, "
+                           "lr, throughput, ETA) and step-level train loss in TensorBoard/MLflow")
+    log_seconds: float = Field(30.0, ge=0, description="off a terminal, also a log line after this many seconds "
+                               "without one (0: by steps only)")
+    eval_steps: int | None = Field(None, gt=0, description="also evaluate on validation every N optimizer steps "
+                                   "(long epochs): best checkpoint and early stopping (patience counts "
+                                   "evaluations) see every evaluation; default: once per epoch")
     steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
                                         "training windows) between evaluations; default: one pass over the tokens")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(

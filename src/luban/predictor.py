@@ -85,7 +85,10 @@ class Predictor:
         return summary
 
     def evaluate(self, path: str | Path) -> dict:
-        return self._impl.evaluate(path)
+        from luban.training.progress import stage
+
+        with stage(f"evaluate {Path(path).name}"):  # the model's batches show their own count and ETA
+            return self._impl.evaluate(path)
 
     def _text_generator(self, what: str):
         fn = getattr(self._impl, what, None)

@@ -140,6 +140,78 @@ def parity(reference: nn.Module, candidate, batches: list[tuple]) -> dict:
     return res
 
 
+def head_file(path: Path, rows: int, folder: Path) -> Path:
+    """The first `rows` records of a data file (plus its header line), copied into `folder` under the same name
+    (so the format is told the same way): a bounded read, whatever the file's size. Lines are copied as bytes, so
+    the configured encoding applies unchanged; a CSV record spanning lines may be cut (the caller reads more)."""
+    out = folder / Path(path).name
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+        if first is None:
+            raise ExportError(f"{path}: no rows")
+        pq.write_table(pa.Table.from_batches([first]), out)
+        return out
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        for i, line in enumerate(src):
+            if i > rows:
+                break
+            dst.write(line)
+    return out
+
+
+def bounded_sample(run: Path, cfg, samples: int, batch_size: int = 16):
+    """The export's model and parity batches without preparing the training data again: the run's own predictor
+    (its saved vocabulary / preprocessing, on PyTorch, CPU) runs the first `samples` rows of the run's validation
+    file (else its test file, else its training file), read bounded and cleaned as at training, and the model's
+    forward() inputs are captured batch by batch. Returns (model, spec, batches, split), or None where the task
+    has no such path or the bounded read fails (export then prepares the data as before)."""
+    import tempfile
+
+    from luban.errors import LubanError
+
+    d = cfg.data
+    split, path = next(((s, getattr(d, s)) for s in ("validation", "test", "train") if getattr(d, s)), (None, None))
+    if path is None or not Path(path).is_file():
+        return None
+    from luban.tasks import task_classes
+    from luban.tasks.base import Predictor
+
+    if task_classes(cfg.task)[1].parity_rows is Predictor.parity_rows:
+        return None
+    impl = load_torch(run)
+    if not isinstance(getattr(impl, "model", None), nn.Module):
+        return None
+    calls: list[tuple] = []
+    hook = impl.model.register_forward_pre_hook(
+        lambda _m, args: calls.append(tuple(a.detach().cpu() for a in args)))
+    try:
+        for lines in (samples + 8, samples * 8, samples * 64):
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    rows = impl.parity_rows(head_file(Path(path), lines, Path(tmp)))
+                except LubanError:  # e.g. a quoted CSV field cut at the last line: read further
+                    continue
+            if rows is None:
+                return None
+            rows = rows.iloc[:samples] if hasattr(rows, "iloc") else rows[:samples]
+            with torch.no_grad():
+                for i in range(0, len(rows), batch_size):
+                    impl.predict(rows.iloc[i:i + batch_size] if hasattr(rows, "iloc") else rows[i:i + batch_size])
+            break
+    except LubanError:
+        return None
+    finally:
+        hook.remove()
+    if not calls:
+        return None
+    spec = impl.export_spec()
+    model = OutputTuple(impl.model, spec.output_names) if spec.outputs_dict else impl.model
+    return model.eval(), spec, calls, split
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
@@ -165,7 +237,7 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     """Export a finished run's model into its model/ folder (onnx/ or torchscript/, plus hf/ for HF backbones)
     with a parity check on `samples` validation rows; returns what export.json stores."""
     from luban.compress.onnx_predictor import OrtModule, require_onnxruntime
-    from luban.compress.runs import file_bytes, prepared_task, run_config, torch_model
+    from luban.compress.runs import file_bytes, fp32_weights, prepared_task, run_config, torch_model
 
     if fmt == "hf":
         return export_hf_run(run_dir, quiet)
@@ -178,49 +250,65 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     run = check_finished(run_dir)
     cfg = run_config(run)
     t0 = time.perf_counter()
-    task = prepared_task(cfg)
-    spec = task.export_spec()
-    model = task.export_module(torch_model(task, run))
-    batches = task.split_inputs("validation", samples, batch_size=16)
-    if not batches:
-        raise ExportError(f"{run}: no validation rows to check the export against")
-    example = example_batch(batches)
-    model_dir = run / "model"
-    sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
-    with _staged(model_dir / sub) as tmp:
-        if fmt == "onnx":
-            path = tmp / ONNX_FILE
-            exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
-            check = batches if dynamic_axes else [example]
-            candidate = OrtModule(path, replace(spec, outputs_dict=False))
-        else:
-            path = tmp / "model.pt"
-            export_torchscript(model, example, path)
-            exporter, check = "torch.jit.trace", batches
-            candidate = torch.jit.load(str(path))
-        par = parity(model, candidate, check)
-        tol = PARITY_TOLERANCE * max(1.0, par["output_scale"])
-        if par["max_abs_diff"] > tol:
-            raise ExportError(f"the {fmt} export does not match PyTorch on validation inputs: max |Δ| "
-                              f"{par['max_abs_diff']:.3g} > {tol:.3g} (the model likely has data-dependent control "
-                              "flow that tracing cannot capture)")
-        meta = {"format": fmt, "file": f"{sub}/{path.name}", "exporter": exporter,
-                "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None, "dynamic_axes": dynamic_axes,
-                "input_names": spec.input_names, "output_names": spec.output_names,
-                "parity": {**par, "split": "validation", "tolerance": tol}, "size_bytes": file_bytes(path),
-                "torch": torch.__version__}
-        if fmt == "onnx":
-            meta["onnxruntime"] = require_onnxruntime().__version__
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        del candidate
-        _replace_dir(tmp, model_dir / sub)
-    hf = _export_hf(load_torch(run))
-    meta["hf"] = f"model/{HF_DIR}" if hf else None
+    from luban.tasks import task_classes
+
+    if not getattr(task_classes(cfg.task)[1], "exportable", False):
+        raise ExportError(f"export and compression are not supported for task {cfg.task}")
+    from luban.training.progress import stage
+
+    with stage(f"export {fmt}", total=3, unit="steps") as st:
+        fp32_weights(run)
+        st.update(step="parity sample")
+        sample = bounded_sample(run, cfg, samples)
+        if sample is not None:
+            model, spec, batches, split = sample
+        else:  # the task's data prepared again, as at training (tasks without a bounded parity path)
+            task = prepared_task(cfg)
+            spec = task.export_spec()
+            model = task.export_module(torch_model(task, run))
+            batches, split = task.split_inputs("validation", samples, batch_size=16), "validation"
+        st.advance(step="trace and write")
+        if not batches:
+            raise ExportError(f"{run}: no {split} rows to check the export against")
+        example = example_batch(batches)
+        model_dir = run / "model"
+        sub = ONNX_DIR if fmt == "onnx" else TORCHSCRIPT_DIR
+        with _staged(model_dir / sub) as tmp:
+            if fmt == "onnx":
+                path = tmp / ONNX_FILE
+                exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
+                check = batches if dynamic_axes else [example]
+                candidate = OrtModule(path, replace(spec, outputs_dict=False))
+            else:
+                path = tmp / "model.pt"
+                export_torchscript(model, example, path)
+                exporter, check = "torch.jit.trace", batches
+                candidate = torch.jit.load(str(path))
+            st.advance(step="parity check")
+            par = parity(model, candidate, check)
+            tol = PARITY_TOLERANCE * max(1.0, par["output_scale"])
+            if par["max_abs_diff"] > tol:
+                raise ExportError(f"the {fmt} export does not match PyTorch on {split} inputs: max |Δ| "
+                                  f"{par['max_abs_diff']:.3g} > {tol:.3g} (the model likely has data-dependent "
+                                  "control flow that tracing cannot capture)")
+            meta = {"format": fmt, "file": f"{sub}/{path.name}", "exporter": exporter,
+                    "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None, "dynamic_axes": dynamic_axes,
+                    "input_names": spec.input_names, "output_names": spec.output_names,
+                    "parity": {**par, "split": split, "tolerance": tol}, "size_bytes": file_bytes(path),
+                    "torch": torch.__version__}
+            if fmt == "onnx":
+                meta["onnxruntime"] = require_onnxruntime().__version__
+            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            del candidate
+            _replace_dir(tmp, model_dir / sub)
+        st.advance()
+        hf = _export_hf(load_torch(run))
+        meta["hf"] = f"model/{HF_DIR}" if hf else None
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     if not quiet:
         p = meta["parity"]
         print(f"exported {run} -> {model_dir / sub / path.name} ({meta['size_bytes'] / 2**20:.2f} MB, {exporter} "
-              f"exporter)\nparity on {p['rows']} validation rows: max |Δ| {p['max_abs_diff']:.3g}"
+              f"exporter)\nparity on {p['rows']} {p['split']} rows: max |Δ| {p['max_abs_diff']:.3g}"
               + (f", argmax agreement {p['argmax_agreement']:.4f}" if "argmax_agreement" in p else ""))
         if hf:
             print(f"Hugging Face layout: {run / 'model' / HF_DIR}")

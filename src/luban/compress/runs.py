@@ -46,8 +46,11 @@ def prepared_task(cfg: RunConfig, quiet: bool = True):
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
     task = TaskCls(cfg)
     task.export_spec()  # a task may refuse one kind of its models (a pretrained speech backbone) before reading data
+    from luban.training.progress import stage
+
     out = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext(), \
+            stage("prepare (read, clean, featurize)"):
         task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
     task.device = torch.device("cpu")
     return task
@@ -55,6 +58,18 @@ def prepared_task(cfg: RunConfig, quiet: bool = True):
 
 def torch_model(task, run_dir: Path) -> nn.Module:
     """The run's fp32 PyTorch model, built the way training built it (freezing included), with its weights."""
+    fp32_weights(run_dir)
+    seed = task.cfg.seed
+    torch.manual_seed(seed)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        model = task.build_model()
+    load_weights(model, run_dir / "model")
+    return model.to(task.device).eval()
+
+
+def fp32_weights(run_dir: Path) -> None:
+    """A clear error unless the run holds fp32 PyTorch weights (what export and compression start from)."""
     from luban.compress.backends import compression_info
 
     model_dir = run_dir / "model"
@@ -65,20 +80,20 @@ def torch_model(task, run_dir: Path) -> nn.Module:
     if info.get("dtype") == "bfloat16":
         raise ExportError(f"{run_dir}: this run was compressed to bf16; export or compress the fp32 run it was "
                           "made from")
-    seed = task.cfg.seed
-    torch.manual_seed(seed)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        model = task.build_model()
-    load_weights(model, model_dir)
-    return model.to(task.device).eval()
 
 
 def measure(task, model: nn.Module, splits=("validation", "test")) -> dict:
     """Detailed metrics of `model` (a torch module or a wrapped ONNX session) on the task's splits."""
+    from luban.training.progress import stage
+
     model.eval()
-    with torch.no_grad():
-        return {s: task.evaluate(model, s, detailed=True) for s in splits}
+    out = {}
+    with torch.no_grad(), stage("evaluation", total=len(splits), unit="splits") as p:
+        for s in splits:
+            p.update(split=s)
+            out[s] = task.evaluate(model, s, detailed=True)
+            p.advance()
+    return out
 
 
 def file_bytes(path: Path) -> int:

@@ -80,26 +80,25 @@ def fold_labels(cfg, frame, stratified: bool):
 
 def cross_validate(config: str | Path, folds: int, stratified: bool = False, overrides: list[str] | None = None,
                    quiet: bool = False) -> Path:
-    from luban.pipeline import train
-
     cfg = load_config(config, overrides)
     frame, _ = tabular_pool(cfg)
     labels = fold_labels(cfg, frame, stratified)
     out = Path(cfg.output.dir) / f"{cfg.output.name}-cv"
     base = cfg.model_dump(mode="json")
+    from luban.training.progress import duration, stage
+
     results, t0 = [], time.perf_counter()
-    for k, fold in enumerate(write_folds(frame, folds, cfg.seed, out, labels)):
-        tree = json.loads(json.dumps(base))
-        tree["data"].update(builtin=None, train=str(fold["train"]), test=str(fold["held_out"]), validation=None,
-                            format="jsonl", train_limit=None)
-        tree["output"].update(dir=str(out / "folds"), name=f"fold{k}", overwrite=True)
-        if not quiet:
-            print(f"fold {k + 1}/{folds}: {fold['train_rows']} train rows, {fold['held_out_rows']} test rows",
-                  flush=True)
-        run = train(validate(tree, f"fold {k}"), quiet=True, restart=True)  # a fold cut short is redone
-        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        results.append({"fold": k, "run": str(run), "test_rows": fold["held_out_rows"],
-                        **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})
+    with stage("cv", total=folds, unit="folds") as bar:
+        for k, fold in enumerate(write_folds(frame, folds, cfg.seed, out, labels)):
+            main = _fold(cfg, base, out, k, folds, fold, quiet, results)
+            elapsed = time.perf_counter() - t0
+            r = results[-1]
+            main = main if main in r else next((m for m in r if m not in ("fold", "run", "test_rows")), None)
+            score = f"test {main} {r[main]:.4f}  " if main else ""
+            if not quiet:
+                print(f"fold {k + 1}/{folds} done: {score}elapsed {duration(elapsed)}  "
+                      f"ETA {duration(elapsed / (k + 1) * (folds - k - 1))}", flush=True)
+            bar.advance(**({main: f"{r[main]:.4f}"} if main else {}))
     keys = [k for k in results[0] if k not in ("fold", "run", "test_rows")]
     summary = {"folds": folds, "stratified": stratified, "seconds": round(time.perf_counter() - t0, 1),
                "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},
@@ -111,6 +110,24 @@ def cross_validate(config: str | Path, folds: int, stratified: bool = False, ove
             print(f"{k:>18}: {summary['mean'][k]:.4f} ± {summary['std'][k]:.4f}")
         print(f"per-fold results: {out / 'cv.json'}; report: {out / 'report.html'}")
     return out
+
+
+def _fold(cfg, base: dict, out: Path, k: int, folds: int, fold: dict, quiet: bool, results: list) -> str:
+    """Train fold k; append its test metrics to `results`; returns the run's main metric."""
+    from luban.pipeline import train
+
+    tree = json.loads(json.dumps(base))
+    tree["data"].update(builtin=None, train=str(fold["train"]), test=str(fold["held_out"]), validation=None,
+                        format="jsonl", train_limit=None)
+    tree["output"].update(dir=str(out / "folds"), name=f"fold{k}", overwrite=True)
+    if not quiet:
+        print(f"fold {k + 1}/{folds}: {fold['train_rows']} train rows, {fold['held_out_rows']} test rows",
+              flush=True)
+    run = train(validate(tree, f"fold {k}"), quiet=True, restart=True)  # a fold cut short is redone
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    results.append({"fold": k, "run": str(run), "test_rows": fold["held_out_rows"],
+                    **{k2: v for k2, v in m["test"].items() if isinstance(v, (int, float))}})
+    return m["main_metric"]
 
 
 def _report(name: str, summary: dict, keys: list[str]) -> str:

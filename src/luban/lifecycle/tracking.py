@@ -43,6 +43,10 @@ class MlflowTracker:
     def log_epoch(self, record: dict) -> None:
         self.mlflow.log_metrics(_numeric(record), step=int(record["epoch"]))
 
+    def log_step(self, values: dict, step: int) -> None:
+        """Step-level train loss and lr every trainer.log_every optimizer steps (as HF Trainer's logging_steps)."""
+        self.mlflow.log_metrics({f"step_{k}": float(v) for k, v in values.items()}, step=int(step))
+
     def finish(self, run_dir: Path, metrics: dict, history: list[dict]) -> None:
         for split in ("validation", "test"):
             self.mlflow.log_metrics(_numeric(metrics.get(split) or {}, f"final_{split}_"))

@@ -154,19 +154,24 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
 
             run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads)
         else:
+            line = _trial_line(metric, t0, remaining)
+
             def run(n: int, n_jobs: int) -> None:
                 study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads, folds),
                                n_trials=n, n_jobs=n_jobs, timeout=timeout, catch=(FloatingPointError,),
-                               gc_after_trial=True, callbacks=[] if quiet else [_trial_line(metric, t0)])
+                               gc_after_trial=True, callbacks=[] if quiet else [line])
 
             # queued trials (the config's own values, re-queued ones) run first and alone: with n_jobs > 1 two
             # threads can pop the same queued trial from the storage and train it twice into one folder
             queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) if jobs > 1 else 0
-            if queued:
-                run(min(queued, remaining), 1)
-                remaining -= min(queued, remaining)
-            if remaining:
-                run(remaining, jobs)
+            try:
+                if queued:
+                    run(min(queued, remaining), 1)
+                    remaining -= min(queued, remaining)
+                if remaining:
+                    run(remaining, jobs)
+            finally:
+                line.close()
     summary = write_outputs(study, cfg, base, metric, out, time.perf_counter() - t0)
     if cfg.search.retrain:
         retrain_best(cfg, out)
@@ -271,11 +276,31 @@ def run_attrs(run: Path, m: dict, metric: str) -> dict:
     return attrs
 
 
-def _trial_line(metric: str, t0: float):
-    """An Optuna callback printing one line per finished trial: its state, value, parameters and the best so far."""
-    def line(study, trial) -> None:
+class _trial_line:
+    """An Optuna callback printing one line per finished trial: trial i/N, its state, value, parameters, the best
+    so far, elapsed and ETA (above a bar of the trials on a terminal)."""
+
+    def __init__(self, metric: str, t0: float, total: int):
+        import threading
+
+        from luban.training.progress import Stage
+
+        self.metric, self.t0, self.total, self.done = metric, t0, total, 0
+        self.lock = threading.Lock()
+        self.stage = Stage("tune", total=total, unit="trials")  # a line every 30 s while a trial runs
+
+    def close(self):
+        self.stage.close()
+
+    def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
+        from luban.training.progress import duration
+
+        metric, t0 = self.metric, self.t0
+        with self.lock:
+            self.done += 1
+            done = self.done
         value = "" if trial.value is None else f" val_{metric} {trial.value:.4f}"
         where = f" at epoch {max(trial.intermediate_values)}" if trial.state == TrialState.PRUNED and \
             trial.intermediate_values else ""
@@ -284,10 +309,11 @@ def _trial_line(metric: str, t0: float):
             best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:  # nothing complete yet
             best = ""
-        print(f"trial {trial.number}: {trial.state.name.lower()}{where}{value}  [{params}]{best}  "
-              f"{time.perf_counter() - t0:.0f}s", flush=True)
-
-    return line
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / done * max(self.total - done, 0)
+        print(f"trial {trial.number} ({done}/{self.total}): {trial.state.name.lower()}{where}{value}  [{params}]"
+              f"{best}  elapsed {duration(elapsed)}  ETA {duration(eta)}", flush=True)  # above the bar (rich)
+        self.stage.advance(best=best.removeprefix("; best ") or None)
 
 
 def best_params(study, cfg: RunConfig) -> dict:

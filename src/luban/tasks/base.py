@@ -126,10 +126,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def run_model(model: nn.Module, batches: Batches, forward: Callable[[nn.Module, dict], torch.Tensor],
               n: int) -> torch.Tensor:
-    """Outputs for every row, in the original row order (batches may be length-sorted)."""
+    """Outputs for every row, in the original row order (batches may be length-sorted); a progress bar (log
+    lines off a terminal) when it runs for more than a second."""
+    from luban.training.progress import track
+
     model.eval()
     out = None
-    for batch in batches:
+    for batch in track(batches, f"inference ({n} rows)", unit="batches", delay=1.0):
         y = forward(model, batch).float().cpu()
         if out is None:
             out = torch.empty((n,) + tuple(y.shape[1:]), dtype=torch.float32)
@@ -169,6 +172,15 @@ class Task:
 
     def prefers_bf16_on_cpu(self) -> bool:
         return False
+
+    # what a training batch's "size" counts: throughput is reported as <unit>/s (tokens for language models)
+    throughput_unit = "samples"
+
+    def loss_batches(self, split: str):
+        """Batches of `split` in the form `loss()` takes (with targets), in a fixed order, for the validation loss
+        the engine records each evaluation (history `val_loss`); None when the task's metrics already hold a
+        loss or it cannot compute one on held-out rows."""
+        return None
 
     # hooks ---------------------------------------------------------------------------------------
     def prepare(self, frames: dict[str, pd.DataFrame | None]) -> None: ...
@@ -240,6 +252,12 @@ class Predictor:
     def export_hf(self, folder: Path) -> bool:
         """Write the model in Hugging Face `save_pretrained` layout; False when it has no HF backbone."""
         return False
+
+    def parity_rows(self, path: Path):
+        """The rows of a (short) data file cleaned as at training, in the form predict() takes: the sample `luban
+        export` checks an export on without preparing the whole training set again. None: the task has no such
+        path (export then prepares the task's data, as compression does)."""
+        return None
 
     def predict(self, inputs) -> list[dict]: ...
     def evaluate(self, path: str | Path) -> dict: ...

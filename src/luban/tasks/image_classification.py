@@ -24,8 +24,8 @@ from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, l
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
-from luban.tasks.base import (ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
-                              split_labelled)
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
+                              sample_rows, split_labelled)
 
 META = "image_meta.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -538,6 +538,16 @@ class ImageClassificationTask(Task, _ImageModelUser):
 
     def split_logits(self, model, split):
         return self.logits(model, self.data[split].eval)
+
+    def loss_batches(self, split):
+        d = self.data[split]  # the evaluation crops, not augmented
+        bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size * 2
+
+        def collate(idx):
+            return {"x": d.eval[torch.as_tensor(idx)].float().div_(255), "size": len(idx),
+                    "labels": torch.as_tensor([d.labels[i] for i in idx])}
+
+        return Batches([list(range(i, min(len(d), i + bs))) for i in range(0, len(d), bs)], collate)
 
     def loss(self, model, batch):
         logits = self.batch_logits(model, batch)

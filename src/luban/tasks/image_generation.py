@@ -34,7 +34,7 @@ from luban.tasks.base import Predictor, Task, _label_key
 from luban.training import checkpoint
 from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit, start_fit
 from luban.training.hardware import autocast
-from luban.training.progress import say
+from luban.training.progress import Progress, say
 from luban.training.optim import build_scheduler
 
 CLASSIFIER = "classifier"
@@ -354,6 +354,7 @@ class ImageGenerationTask(Task, _Sampling):
         use_autocast = precision == "bf16"
         conditional = model.num_classes > 0
         samples_seen, t_start = 0, time.perf_counter()
+        progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, log_seconds=cfg.log_seconds)
         try:
             for epoch in range(state["epoch"], cfg.epochs):
                 if state["stopped_early"]:
@@ -395,6 +396,12 @@ class ImageGenerationTask(Task, _Sampling):
                     sums["d_fake"] += torch.sigmoid(fake_logits).mean().item()
                     samples_seen += len(idx)
                     state["train_samples"] += len(idx)
+                    lr, log_now = opt.g.param_groups[0]["lr"], state["step"] % cfg.log_every == 0
+                    if log_now:  # step-level losses, as the shared engine logs train_loss
+                        tb.log_step({"d_loss": d_loss.item(), "g_loss": g_loss.item(), "lr": lr}, state["step"])
+                    progress.update(epoch + 1, cfg.epochs, (sums["d_loss"] + sums["g_loss"]) / (b + 1),
+                                    (b + 1) * bs / max(time.perf_counter() - t_epoch, 1e-9), step=state["step"],
+                                    lr=lr, line=log_now)
                 train_time = time.perf_counter() - t_epoch
                 state["train_seconds"] += train_time
                 avg = {k: v / n_batches for k, v in sums.items()}
@@ -414,6 +421,7 @@ class ImageGenerationTask(Task, _Sampling):
                     f"kid {val['kid']:.4f}{' *' if improved else ''}  {train_time:.1f}s")
                 checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
         finally:
+            progress.close()
             tb.close()
         return finish_fit(model, state, ckpt, samples_seen, t_start, keep=cfg.keep)
 

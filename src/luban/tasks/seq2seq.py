@@ -476,6 +476,10 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
     def loss(self, model, batch):
         return self.token_loss(model, batch, self.cfg.trainer.label_smoothing)
 
+    def loss_batches(self, split):
+        d = self.data[split]
+        return Batches(epoch_batches(d.lengths, self.eval_batch_size(), 0, 0, shuffle=False), self.collate(d))
+
     def evaluate(self, model, split, detailed=False):
         s = self.settings({})
         if not detailed:  # per-epoch validation: greedy, bounded by the target length limit

@@ -271,6 +271,9 @@ class SpeechTask(Task):
     def train_batches(self, epoch):
         return self._batches("train", epoch, train=True)
 
+    def loss_batches(self, split):
+        return None if self.asr else self._batches(split, 0, train=False)  # recognition's metrics hold its loss
+
     def loss(self, model, batch):
         batch = to_device(batch, self.device)
         if self.hf is not None:

@@ -239,6 +239,11 @@ class TabularTask(Task, _TabularModelUser):
             return F.mse_loss(out.squeeze(-1).float(), (y - self.y_center) / self.y_scale)
         return F.cross_entropy(out, y)
 
+    def loss_batches(self, split):
+        x_num, x_cat, y = self.data[split]
+        bs = 1024
+        return self.batches(x_num, x_cat, y, [list(range(i, min(len(y), i + bs))) for i in range(0, len(y), bs)])
+
     def batch_labels(self, batch):
         if self.regression:
             raise ExportError("distillation is for classification tasks; tabular_regression has no soft targets")
@@ -325,6 +330,9 @@ class TabularPredictor(Predictor, _TabularModelUser):
 
     def frame_inputs(self, frame):
         return self._frame(frame), None  # a row's bad cell is a DataError from predict, narrowed to the row
+
+    def parity_rows(self, path):
+        return self.read_inputs(path)
 
     def evaluate(self, path):
         frame = self._frame(read_file(self.cfg, Path(path)))

@@ -77,12 +77,24 @@ def load_featurizer(folder: Path):
 class EncodedTexts:
     """Token ids (+ weights for n-gram bags, + label ids) for one split, with the rows for the report."""
 
+    CHUNK = 4096  # texts encoded at a time: a count and ETA on a large split
+
     def __init__(self, frame: pd.DataFrame, featurizer, labels: list[int] | None):
+        from luban.training.progress import stage
+
         texts = list(frame["text"])
-        if hasattr(featurizer, "encode_weighted"):
-            self.ids, self.weights = featurizer.encode_weighted(texts)
-        else:
-            self.ids, self.weights = featurizer.encode(texts), None
+        weighted = hasattr(featurizer, "encode_weighted")
+        self.ids, self.weights = [], [] if weighted else None
+        with stage("featurize", total=len(texts), unit="texts", delay=1.0) as p:
+            for i in range(0, len(texts), self.CHUNK):
+                part = texts[i:i + self.CHUNK]
+                if weighted:
+                    ids, weights = featurizer.encode_weighted(part)
+                    self.weights.extend(weights)
+                else:
+                    ids = featurizer.encode(part)
+                self.ids.extend(ids)
+                p.advance(len(part))
         self.frame, self.labels = frame, labels
         self.lengths = [len(s) for s in self.ids]
 
@@ -194,6 +206,9 @@ class TextClassificationTask(Task, _TextModelUser):
     def loss(self, model, batch):
         return F.cross_entropy(self.batch_logits(model, batch), self.batch_labels(batch))
 
+    def loss_batches(self, split):
+        return self.eval_batches(self.data[split])
+
     def batch_logits(self, model, batch):
         return _forward(self.device)(model, batch)
 
@@ -293,6 +308,9 @@ class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
         if rep.dropped:
             say("cleaning " + rep.summary())
         return clean
+
+    def parity_rows(self, path):
+        return list(self._read(path, need_label=False)["text"])
 
     def read_inputs(self, path):
         frame = read_file(self.cfg, Path(path))

@@ -474,6 +474,10 @@ class TextGenerationTask(Task):
         return model
 
     @property
+    def throughput_unit(self):
+        return "pairs" if self.pref else "tokens"
+
+    @property
     def fit(self):
         """A pretrained model with finetune: none is evaluated as is (no training loop)."""
         if self.cfg.model.type == "pretrained_lm" and self.cfg.model.finetune == "none":

@@ -248,6 +248,11 @@ class TokenClassificationTask(Task, _Tagging):
         b = to_device(batch, self.device)
         return self.head.loss(model(b["ids"], b["mask"], b["first"]), b["tags"], b["word_mask"])  # model may be DDP
 
+    def loss_batches(self, split):
+        cs, tr = self.chunks[split], self.cfg.trainer
+        return Batches(epoch_batches([len(c.ids) for c in cs], tr.eval_batch_size or tr.batch_size, 0, 0,
+                                     shuffle=False), collate(cs, self.encoder.pad_id))
+
     def split_inputs(self, split, limit=None, batch_size=32):
         """(ids, mask, first) batches of a sample of a split's chunks, padded as decoding pads them."""
         cs = self.chunks[split]

@@ -65,7 +65,8 @@ def worker_fit(tree: dict, work: str, resume: bool, metric: str, mode: str, prec
     result = fit(model, train_batches=task.train_batches, loss_fn=task.loss,
                  evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer, metric=metric, mode=mode,
                  device=device, precision=precision, workdir=workdir, resume=resume,
-                 tensorboard=cfg.output.tensorboard and rank == 0, rank=rank, world_size=world)
+                 tensorboard=cfg.output.tensorboard and rank == 0, rank=rank, world_size=world,
+                 val_batches=lambda: task.loss_batches("validation"), unit=task.throughput_unit)
     summary = {k: getattr(result, k) for k in RESULT_KEYS}
     if rank:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -3,7 +3,9 @@
 A task hands the engine three callables — `train_batches(epoch)`, `loss_fn(model, batch)`,
 `evaluate_fn(model) -> metrics` — and the engine does the rest: optimizer and schedule, precision, clipping and
 accumulation, L1, early stopping on a validation metric, best/last checkpoints with optimizer/scheduler/RNG state,
-exact --resume, history.jsonl, TensorBoard and a progress bar.
+exact --resume, history.jsonl, TensorBoard and a progress bar (log lines off a terminal, every
+`trainer.log_every` steps). With `val_batches` (the task's validation batches in training form) every evaluation
+also records `val_loss`, the task's own loss on validation; `trainer.eval_steps` evaluates mid-epoch too.
 """
 
 from __future__ import annotations
@@ -65,9 +67,16 @@ class _TensorBoard:
         if self.writer is None:
             return
         for k, v in values.items():
-            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
                 self.writer.add_scalar(k.replace("_", "/", 1), v, step)
         self.writer.flush()
+
+    def log_step(self, values: dict, step: int):
+        """Step-level scalars (train loss and lr every trainer.log_every steps, as HF Trainer's logging_steps)."""
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"step/{k}", v, step)
 
     def close(self):
         if self.writer is not None:
@@ -96,6 +105,7 @@ def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.
     """End-of-epoch bookkeeping shared by every training loop: history (file + TensorBoard), the best checkpoint
     by `metric`, early stopping. Returns whether this epoch is the new best."""
     value = record.get(f"val_{metric}", record.get(metric, float("nan")))
+    partial = record.get("partial", False)  # a mid-epoch evaluation (trainer.eval_steps)
     state["history"].append(record)
     state["fit_seconds"] = state["earlier_fit_seconds"] + time.perf_counter() - state["session_start"]
     with open(history_path, "a", encoding="utf-8") as f:
@@ -108,7 +118,8 @@ def close_epoch(state: dict, record: dict, *, metric: str, mode: str, model: nn.
         checkpoint.save_weights(model, ckpt / "best")
     else:
         state["bad_epochs"] += 1
-    state["epoch"] = record["epoch"]
+    if not partial:
+        state["epoch"] = record["epoch"]
     if patience is not None and state["bad_epochs"] >= patience:
         state["stopped_early"] = True
     return improved
@@ -125,14 +136,43 @@ def shard_batches(batches, rank: int, world_size: int):
                          batches.collate)
 
 
+def validation_loss(model: nn.Module, batches, loss_fn: Callable) -> float:
+    """The task's own training loss averaged over validation batches (weighted by batch size); call under
+    no_grad in eval mode."""
+    total, n = 0.0, 0
+    for batch in batches:
+        bs = batch["size"]
+        total += float(loss_fn(model, batch)) * bs
+        n += bs
+    return total / n if n else float("nan")
+
+
+def evaluate_with_loss(model: nn.Module, evaluate_fn: Callable, loss_fn: Callable, val_batches: Callable | None,
+                       device: torch.device, precision: str) -> dict:
+    """evaluate_fn's metrics, plus `loss` (the task's loss on validation) when the task gives validation batches
+    and its metrics do not already hold a loss."""
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        val = dict(evaluate_fn(model))
+        if val_batches is not None and "loss" not in val:
+            batches = val_batches()
+            if batches is not None:
+                val["loss"] = validation_loss(model, batches, loss_fn)
+    return val
+
+
 def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Callable, evaluate_fn: Callable,
         cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
         resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None,
-        rank: int = 0, world_size: int = 1) -> FitResult:
+        rank: int = 0, world_size: int = 1, val_batches: Callable | None = None, unit: str = "samples",
+        on_log: Callable | None = None, val_loss_fn: Callable | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights by `metric` on validation.
 
     With world_size > 1 (Ray Train workers), `model` is the DDP-wrapped module, each worker trains on its shard of
-    every batch, and `workdir` is where this worker writes (only rank 0's is the run directory)."""
+    every batch, and `workdir` is where this worker writes (only rank 0's is the run directory).
+    `val_batches()`: validation batches as loss_fn takes them (for val_loss, computed with `val_loss_fn`, default
+    loss_fn); `unit`: what batch["size"] counts (samples, tokens); `on_log(values, step)`: step-level train
+    loss/lr every trainer.log_every steps (MLflow)."""
     ckpt = workdir / "checkpoints"
     core = getattr(model, "module", model)  # the plain module under a DDP wrapper: optimizer groups, checkpoints
     if world_size > 1:
@@ -148,8 +188,12 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
     tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
 
     patience = cfg.early_stopping.patience
+    log_every, eval_steps = cfg.log_every, getattr(cfg, "eval_steps", None)
     samples_seen, t_start = 0, time.perf_counter()
-    progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches)
+    progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, unit=unit,
+                        log_seconds=getattr(cfg, "log_seconds", None), quiet=rank != 0)
+    evaluate = lambda: evaluate_with_loss(model, evaluate_fn, val_loss_fn or loss_fn, val_batches,  # noqa: E731
+                                          device, precision)
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             if state["stopped_early"]:
@@ -157,6 +201,8 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
             model.train()
             batches = train_batches(epoch)
             t_epoch, loss_sum, loss_n, epoch_samples = time.perf_counter(), 0.0, 0, 0
+            win_sum, win_n = 0.0, 0  # the train loss since the last log line
+            val, val_step, eval_seconds = None, -1, 0.0
             optimizer.zero_grad(set_to_none=True)
             for i, batch in enumerate(batches):
                 with autocast(device, precision):
@@ -166,10 +212,13 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
                 (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-                bs = batch["size"]
-                loss_sum += loss.item() * bs
+                bs, value = batch["size"], loss.item()
+                loss_sum += value * bs
                 loss_n += bs
+                win_sum += value * bs
+                win_n += bs
                 epoch_samples += bs
+                stepped = False
                 if (i + 1) % accum == 0 or i + 1 == len(batches):
                     if scaler:
                         scaler.unscale_(optimizer)
@@ -183,20 +232,46 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state["step"] += 1
-                elapsed = time.perf_counter() - t_epoch
-                progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9))
-            train_time = time.perf_counter() - t_epoch
+                    stepped = True
+                elapsed = time.perf_counter() - t_epoch - eval_seconds
+                lr = optimizer.param_groups[0]["lr"]
+                log_now = stepped and state["step"] % log_every == 0
+                if log_now and rank == 0:
+                    values = {"train_loss": win_sum / max(win_n, 1), "lr": lr}
+                    tb.log_step(values, state["step"])
+                    if on_log is not None:
+                        on_log(values, state["step"])
+                    win_sum, win_n = 0.0, 0
+                progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9),
+                                step=state["step"], lr=lr, line=log_now and rank == 0)
+                if stepped and eval_steps and state["step"] % eval_steps == 0:
+                    t_eval = time.perf_counter()
+                    val, val_step = evaluate(), state["step"]
+                    eval_seconds += time.perf_counter() - t_eval
+                    if i + 1 < len(batches):  # the epoch's own evaluation closes it below
+                        record = {"epoch": round(epoch + (i + 1) / len(batches), 4), "step": state["step"],
+                                  "train_loss": loss_sum / max(loss_n, 1), "lr": lr, "partial": True,
+                                  **{f"val_{k}": v for k, v in val.items()}}
+                        improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
+                                               history_path=history_path, tb=tb, patience=patience)
+                        if rank == 0:
+                            progress.epoch_line(record, metric, improved)
+                        model.train()
+                        if state["stopped_early"]:
+                            break
+            train_time = time.perf_counter() - t_epoch - eval_seconds  # mid-epoch evaluations are not training
             state["train_seconds"] += train_time
             state["train_samples"] += epoch_samples * world_size
             samples_seen += epoch_samples
-            model.eval()
-            with torch.no_grad(), autocast(device, precision):
-                val = evaluate_fn(model)
+            if val is None or val_step != state["step"]:
+                val = evaluate()
             record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
-                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": epoch_samples / max(train_time, 1e-9),
+                      "lr": optimizer.param_groups[0]["lr"], f"{unit}_per_s": epoch_samples / max(train_time, 1e-9),
                       "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
+            stopped = state["stopped_early"]
             improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
                                    history_path=history_path, tb=tb, patience=patience)
+            state["stopped_early"] = state["stopped_early"] or stopped
             if rank == 0:
                 progress.epoch_line(record, metric, improved)
             checkpoint.save_last(ckpt / "last", core, optimizer, scheduler, scaler, state)
