@@ -37,7 +37,7 @@ def test_log_lines_off_a_terminal_every_log_every_steps(zh_data, out_dir, capsys
     monkeypatch.setenv("LUBAN_LOG_SECONDS", "0")  # by steps only: the test must not depend on the clock
     cfg = text_config(out_dir, "logs", zh_data["train"], trainer={"log_every": 3, "epochs": 2},
                       output={"tensorboard": True})
-    run = luban.train(cfg, quiet=True)
+    run = luban.train(cfg)  # (quiet=True prints nothing at all)
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.startswith("train: ")]
     steps = [int(STEP_LINE.match(l).group(5)) for l in lines if STEP_LINE.match(l)]
@@ -60,7 +60,7 @@ def test_log_lines_off_a_terminal_every_log_every_steps(zh_data, out_dir, capsys
 def test_eval_steps_evaluates_mid_epoch_and_keeps_the_best(zh_data, out_dir, capsys):
     # 200 rows - 10% validation - 10% test ~ 160 training rows: 10 steps of 16 per epoch, evaluated every 4
     cfg = text_config(out_dir, "evsteps", zh_data["train"], trainer={"eval_steps": 4, "epochs": 2})
-    run = luban.train(cfg, quiet=True)
+    run = luban.train(cfg)  # (quiet=True prints nothing at all)
     hist = _history(run)
     partial = [h for h in hist if h.get("partial")]
     full = [h for h in hist if not h.get("partial")]
