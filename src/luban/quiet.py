@@ -44,7 +44,12 @@ class _Gate(io.TextIOBase):
             self._stream.flush()
 
     def isatty(self):  # a muted thread sees no terminal: no progress bars are drawn for it
-        return False if _MUTED.get() else self._stream.isatty()
+        if _MUTED.get():
+            return False
+        try:
+            return self._stream.isatty()
+        except ValueError:  # the wrapped stream was closed (e.g. a library kept the gate until exit)
+            return False
 
     def writable(self):
         return True
