@@ -139,21 +139,55 @@ def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettin
     settings = settings or ServeSettings()
     settings.runs = [str(r) for r in runs]
     settings.check()
-    auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
-    print(f"serving {', '.join(runs)} on http://{host}:{port}  ({auth}; playground /, API /v1/..., docs /docs; "
-          f"/readyz once the models are warm)", flush=True)
     kw = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
               server_header=False)
-    if workers > 1:
-        from luban.serve.settings import ENV
+    sock = listen(host, port)  # bound and listening before "serving on" is printed (a busy port: a clear error)
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
 
-        os.environ[ENV] = settings.to_env()
-        uvicorn.run("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
-        return
-    app = create_app(settings=settings, background=True)
-    uvicorn.run(app, **kw)
+            from luban.serve.settings import ENV
+
+            os.environ[ENV] = settings.to_env()
+            config = uvicorn.Config("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
+            _announce(runs, host, port, settings)
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        app = create_app(settings=settings, background=True)
+        server = uvicorn.Server(uvicorn.Config(app, **kw))
+        _announce(runs, host, port, settings)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     registry = app.state.registry
     if registry.error:
         from luban.errors import LubanError
 
         raise LubanError(f"loading the models failed: {registry.error}")
+
+
+def listen(host: str, port: int):
+    """A TCP socket bound to host:port and listening (what uvicorn would bind), or a LubanError naming the port."""
+    import socket
+
+    from luban.errors import LubanError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise LubanError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server on that port? pick "
+                         "another --port)") from None
+    sock.set_inheritable(True)  # --workers: the worker processes accept on it
+    return sock
+
+
+def _announce(runs, host: str, port: int, settings: ServeSettings) -> None:
+    auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {', '.join(map(str, runs))} on http://{shown}:{port}  ({auth}; playground /, API /v1/..., "
+          "docs /docs; /readyz once the models are warm)", flush=True)
