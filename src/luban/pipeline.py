@@ -15,7 +15,7 @@ import torch
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
-from luban.rundir import RunDir
+from luban.rundir import RunDir, RunLock
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
 from luban.training.engine import fit
@@ -49,6 +49,11 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     an exception raised there stops the run and discards its directory). `task_hook(task)` runs after the data
     is prepared, before the run directory exists (it may replace task.loss)."""
     cfg = _as_config(config, overrides)
+    with RunLock(cfg.output.dir, cfg.output.name):  # a second run writing this output.name is refused here
+        return _train(cfg, resume, quiet, on_epoch_end, task_hook)
+
+
+def _train(cfg: RunConfig, resume: bool, quiet: bool, on_epoch_end, task_hook) -> Path:
     if resume:
         from luban.config import read_yaml
 
