@@ -91,6 +91,15 @@ def test_evaluate_preflight_checks_the_file_columns_before_torch(tmp_path, train
     assert r["rc"] == 2 and "--data: " in r["err"] and "file not found" in r["err"]
 
 
+@pytest.mark.parametrize("argv", [["predict", "{missing}", "--text", "x"], ["serve", "{missing}"],
+                                  ["export", "{missing}"], ["predict", "{run}", "--input", "{missing}"]])
+def test_verbs_on_runs_check_the_run_and_input_before_torch(tmp_path, trained_text_run, argv):
+    missing = tmp_path / "nope"
+    r = _cli_in_fresh_process([x.format(missing=missing, run=trained_text_run["run"]) for x in argv])
+    assert r["rc"] == 2 and r["loaded"] == []
+    assert r["err"] in (f"error: {missing}: no such run directory\n", f"error: --input: {missing}: file not found\n")
+
+
 def test_preflight_reads_jsonl_keys_tsv_headers_and_headerless_indexes(tmp_path):
     from luban.config import validate
     from luban.preflight import check_data

@@ -450,6 +450,16 @@ PREFLIGHT = {
     "tune": lambda a: _preflight().check_train(a.config, a.set),
     "cv": lambda a: _preflight().check_train(a.config, a.set),
     "evaluate": lambda a: _preflight().check_evaluate(a.run, a.data, getattr(a, "set", None)),
+    "predict": lambda a: _preflight().check_runs([a.run], {"--input": a.input} if a.input else None),
+    "transcribe": lambda a: _preflight().check_runs([a.run]),
+    "generate": lambda a: _preflight().check_runs([a.run]),
+    "generate-images": lambda a: _preflight().check_runs([a.run]),
+    "recommend": lambda a: _preflight().check_runs([a.run]),
+    "similar-items": lambda a: _preflight().check_runs([a.run]),
+    "export": lambda a: _preflight().check_runs([a.run]),
+    "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
+    "ensemble": lambda a: _preflight().check_runs(a.runs),
+    "serve": lambda a: _preflight().check_runs(a.run),
 }
 
 

@@ -135,3 +135,15 @@ def check_evaluate(run: str | Path, data: str | Path, overrides: list[str] | Non
     saved = run / "config.yaml"
     cfg = validate(apply_overrides(read_yaml(saved), overrides), str(saved))
     check_data(cfg, {"--data": Path(data)})
+
+
+def check_runs(runs: list[str | Path], files: dict[str, str | Path] | None = None) -> None:
+    """Verbs that take finished runs (predict, serve, export, ...): each run is finished and each named input
+    file exists (e.g. {"--input": path}), before the run's model and libraries are loaded."""
+    from luban.rundir import check_finished
+
+    for r in runs:
+        check_finished(r)
+    for flag, f in (files or {}).items():
+        if str(f) != "-" and not Path(f).exists():  # "-": standard input
+            raise DataError(f"{flag}: {f}: file not found")
