@@ -276,6 +276,7 @@ def test_serve_announces_only_a_listening_port(trained_text_run, monkeypatch, ca
         seen["printed"] = capsys.readouterr().out
         with socket.create_connection(("127.0.0.1", port), timeout=5):  # accepted into the listen backlog
             seen["connected"] = True
+        self.started = True
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     with socket.socket() as s:

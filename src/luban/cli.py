@@ -459,7 +459,6 @@ PREFLIGHT = {
     "export": lambda a: _preflight().check_runs([a.run]),
     "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
     "ensemble": lambda a: _preflight().check_runs(a.runs),
-    "serve": lambda a: _preflight().check_runs(a.run),
 }
 
 

@@ -159,11 +159,13 @@ def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettin
         server.run(sockets=[sock])
     finally:
         sock.close()
+    from luban.errors import LubanError
+
     registry = app.state.registry
     if registry.error:
-        from luban.errors import LubanError
-
         raise LubanError(f"loading the models failed: {registry.error}")
+    if not server.started:
+        raise LubanError("the server did not start (see the messages above)")
 
 
 def listen(host: str, port: int):
