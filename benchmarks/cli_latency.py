@@ -12,7 +12,9 @@ Every figure is the wall time of a fresh `python -m luban ...` process (what a u
 - predict_first_row_seconds: `luban predict RUN --text ... --text ...` until the first output row is printed;
 - serve_ready_seconds: `luban serve RUN` until /readyz answers 200 (the model is loaded and warm);
 - load_predict_seconds: `python -c "import luban; luban.load(RUN).predict([...])"`.
-The last line is one JSON object (with --baseline, also baseline_<figure> and <figure>_speedup for each).
+Each figure also has a <figure>_cpu_seconds twin: the CPU time the process used (user + system), which a loaded
+machine inflates far less than wall time. The last line is one JSON object (with --baseline, also
+baseline_<figure> and <figure>_speedup for each).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import csv
 import os
 import random
+import resource
 import socket
 import statistics
 import subprocess
@@ -94,6 +97,13 @@ def _wall(cmd: list[str], first_line: bool = False, expect_rc: int | None = None
     if expect_rc is not None and p.returncode != expect_rc:
         raise SystemExit(f"{' '.join(cmd)}: exit code {p.returncode}, expected {expect_rc}\n{out}\n{err}")
     return took
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far: less sensitive to a loaded machine
+    than wall time."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _free_port() -> int:
@@ -173,20 +183,25 @@ def main():
     }
     if not a.no_serve:
         figures["serve_ready_seconds"] = lambda src: _serve_ready(run, src)[0]
-    res = {}
+    res, cpu = {}, {}
     for name, fn in figures.items():
         times = {prefix: [] for prefix, _ in trees}
+        cpus = {prefix: [] for prefix, _ in trees}
         for _ in range(a.repeats):
             for prefix, src in trees:  # alternate the trees: both see the same machine load
+                before = _children_cpu()
                 times[prefix].append(fn(src))
+                cpus[prefix].append(_children_cpu() - before)
         for prefix, _ in trees:
             res[prefix + name] = round(statistics.median(times[prefix]), 3)
+            cpu[prefix + name.replace("_seconds", "_cpu_seconds")] = round(statistics.median(cpus[prefix]), 3)
         if a.baseline:
             res[name.replace("_seconds", "_speedup")] = round(res["baseline_" + name] / res[name], 2)
         print(f"{name}: " + "  ".join(f"{prefix or 'this '}{res[prefix + name]}" for prefix, _ in trees),
               file=sys.stderr, flush=True)
     import luban
 
+    res.update(cpu)
     res.update({"repeats": a.repeats, "train_seconds": round(train_seconds, 1) if train_seconds else None,
                 "luban": str(Path(luban.__file__).parent), "baseline": a.baseline, "cpus": os.cpu_count(),
                 "load_average_1m": round(os.getloadavg()[0], 2)})
