@@ -123,6 +123,10 @@ def test_preflight_reads_jsonl_keys_tsv_headers_and_headerless_indexes(tmp_path)
         check_data(cfg)
     cfg = validate({**base, "data": {"train": str(tmp_path), "columns": {"text": "t", "label": "l"}}})
     check_data(cfg)  # a folder (e.g. of images) is left to the task's reader
+    tags = write_jsonl(tmp_path / "ner.jsonl", [{"tokens": ["上", "海"], "tags": ["B-LOC", "I-LOC"]}])
+    cfg = validate({"task": "token_classification", "data": {"train": str(tags), "columns": {
+        "tokens": "tokens", "tags": "tags", "text": "sentence"}}})
+    check_data(cfg)  # `text` names raw prediction inputs, not a column of the training file
 
 
 # ----------------------------------------------------------------------------------------------- exit codes

@@ -19,8 +19,6 @@ from luban.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 JSONL_RECORDS = 200  # records read to learn a JSON Lines file's keys
-# tasks whose data files are not tables of the configured columns (annotation files, image folders)
-NOT_TABLES = {"object_detection"}
 
 
 def _table_format(path: Path, fmt: str) -> str | None:
@@ -72,10 +70,29 @@ def file_columns(path: Path, fmt: str, header: bool = True, delimiter: str | Non
         return None
 
 
+# the data.columns roles each task reads from its train / validation / test tables (others, e.g. token
+# classification's `text` for raw-text prediction inputs, are not in those files)
+TABLE_ROLES = {
+    "text_classification": ("text", "label"),
+    "token_classification": ("tokens", "tags"),
+    "tabular_regression": ("label", "features", "categorical"),
+    "tabular_classification": ("label", "features", "categorical"),
+    "image_classification": ("image", "label"),
+    "image_generation": ("image", "label"),
+    "translation": ("source", "target"),
+    "summarization": ("source", "target"),
+    "text_generation": ("text", "prompt", "response", "messages", "chosen", "rejected"),
+    "speech_recognition": ("audio", "text"),
+    "audio_classification": ("audio", "label"),
+    "recommendation": ("user", "item", "rating", "timestamp"),
+}
+
+
 def configured_columns(cfg: RunConfig) -> list[tuple[str, str | int]]:
-    """(YAML path, column) for every column the config names explicitly."""
+    """(YAML path, column) for every column the config names explicitly that the task reads from its tables."""
     out = []
-    for role, ref in cfg.data.columns.model_dump().items():
+    for role in TABLE_ROLES.get(cfg.task, ()):
+        ref = getattr(cfg.data.columns, role)
         for r in ref if isinstance(ref, list) else [ref]:
             if r is not None:
                 out.append((f"data.columns.{role}", r))
@@ -110,7 +127,7 @@ def check_data(cfg: RunConfig, files: dict[str, Path] | None = None) -> None:
         if not p.exists():
             hint = "" if p.is_absolute() else f" (relative to {Path.cwd()} or the config's folder)"
             raise DataError(f"{where}: {p}: file not found{hint}")
-        if p.is_dir() or cfg.task in NOT_TABLES or not wanted:
+        if p.is_dir() or not wanted:
             continue
         fmt = _table_format(p, d.format)
         if fmt is None:
