@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import platform
 import random
@@ -41,6 +42,19 @@ def _as_config(config, overrides) -> RunConfig:
     return load_config(config, overrides)
 
 
+def _one_writer(train_fn):
+    """`train`, holding the lock on its run's output.name (luban.rundir.RunLock): a second run writing the same
+    name at the same time is refused with a clear error instead of the two overwriting each other."""
+    @functools.wraps(train_fn)
+    def locked(config, overrides: list[str] | None = None, *args, **kw):
+        cfg = _as_config(config, overrides)
+        with RunLock(cfg.output.dir, cfg.output.name):
+            return train_fn(cfg, None, *args, **kw)
+
+    return locked
+
+
+@_one_writer
 def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False,
           on_epoch_end=None, task_hook=None) -> Path:
     """Train from a YAML path (or dict / RunConfig); returns the finished run directory.
@@ -49,11 +63,6 @@ def train(config, overrides: list[str] | None = None, resume: bool = False, quie
     an exception raised there stops the run and discards its directory). `task_hook(task)` runs after the data
     is prepared, before the run directory exists (it may replace task.loss)."""
     cfg = _as_config(config, overrides)
-    with RunLock(cfg.output.dir, cfg.output.name):  # a second run writing this output.name is refused here
-        return _train(cfg, resume, quiet, on_epoch_end, task_hook)
-
-
-def _train(cfg: RunConfig, resume: bool, quiet: bool, on_epoch_end, task_hook) -> Path:
     if resume:
         from luban.config import read_yaml
 
