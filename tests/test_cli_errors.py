@@ -154,6 +154,17 @@ def test_internal_error_is_one_line_exit_1_and_traceback_only_with_debug(monkeyp
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
+def test_a_closed_output_pipe_exits_141_quietly(tmp_path, trained_text_run):
+    code = (f"import sys\nfrom luban.cli import main\n"  # 2,000 output rows: more than a pipe holds
+            f"sys.exit(main(['predict', {str(trained_text_run['run'])!r}] + ['--text', '很好'] * 2000))")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # like `| head -c 10`
+    err = p.stderr.read().decode()
+    assert p.wait(300) == 141, err
+    assert "Traceback" not in err and "internal error" not in err
+
+
 def test_user_error_exits_2_without_traceback(monkeypatch, capsys):
     _patched(monkeypatch, "_cmd_export", RunError("RUN: no such run directory"))
     monkeypatch.delenv("LUBAN_DEBUG", raising=False)

@@ -535,8 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_interrupt_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`luban predict ... | head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        try:  # and keep Python's final flush of stdout from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return EXIT_BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - anything else is a bug in luban, not the user's mistake
         if debug:
