@@ -32,7 +32,7 @@ def _table_format(path: Path, fmt: str) -> str | None:
 
 
 def file_columns(path: Path, fmt: str, header: bool = True, delimiter: str | None = None,
-                 encoding: str = "utf-8") -> list[str] | None:
+                 encoding: str = "utf-8", quoting: str = "auto") -> list[str] | None:
     """The column names of a table file from its first record(s) only; None when that cannot be told cheaply
     (the full reader then decides). Header-less delimited files have columns "0", "1", ..."""
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
@@ -58,7 +58,8 @@ def file_columns(path: Path, fmt: str, header: bool = True, delimiter: str | Non
                     if seen >= JSONL_RECORDS:
                         break
                 return list(keys) if seen else None
-            quote = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+            none = quoting == "none" or (quoting == "auto" and fmt == "tsv")  # as data.quoting: tsv unquoted
+            quote = csv.QUOTE_NONE if none else csv.QUOTE_MINIMAL
             reader = csv.reader(f, delimiter=delimiter or ("\t" if fmt == "tsv" else ","), quoting=quote)
             for rec in reader:
                 if rec and not (len(rec) == 1 and rec[0].strip() == ""):
@@ -132,7 +133,7 @@ def check_data(cfg: RunConfig, files: dict[str, Path] | None = None) -> None:
         fmt = _table_format(p, d.format)
         if fmt is None:
             continue
-        columns = file_columns(p, fmt, d.header, d.delimiter, d.encoding)
+        columns = file_columns(p, fmt, d.header, d.delimiter, d.encoding, d.quoting)
         if columns is not None:
             check_columns(p, columns, wanted, where.rsplit(".", 1)[-1])
 
