@@ -317,3 +317,28 @@ def test_exit_code_of_a_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "luban", "train", str(tmp_path / "none.yaml")], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: config file not found")
+
+
+def test_docs_cli_lists_every_verb_and_flag():
+    import argparse
+
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    parser = cli.build_parser()
+    for flag in ("--version", "--debug"):
+        assert f"`{flag}`" in doc
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def check(name, sub):
+        head = f"### `luban {name}`"
+        assert head in doc, f"docs/cli.md has no section {head}"
+        section = doc.split(head, 1)[1].split("\n### ", 1)[0]
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in section, f"docs/cli.md: luban {name} {flag} is not documented"
+            if isinstance(action, argparse._SubParsersAction):
+                for child, child_parser in action.choices.items():
+                    check(f"{name} {child}", child_parser)
+
+    for name, sub in verbs.choices.items():
+        check(name, sub)
