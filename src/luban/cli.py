@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2  # EXIT_USER
+        return 2
     except KeyboardInterrupt:
         print(_interrupt_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
