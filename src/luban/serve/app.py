@@ -23,6 +23,7 @@ from luban import __version__
 from luban.serve.settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
+VERSION = __version__  # the API version is luban's (one version string)
 
 
 def create_app(runs=None, settings: ServeSettings | None = None, predictors: dict | None = None,
@@ -59,7 +60,7 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
         yield
         await registry.close(settings.request_timeout)  # drain: queued requests are answered before exit
 
-    app = FastAPI(title="luban", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="luban", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Serve luban runs: predict, OpenAI-compatible text generation, recommendation, image "
                   "generation. Send `Authorization: Bearer KEY` when the server has API keys.")
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
