@@ -47,6 +47,8 @@ def _one_writer(train_fn):
     name at the same time is refused with a clear error instead of the two overwriting each other."""
     @functools.wraps(train_fn)
     def locked(config, overrides: list[str] | None = None, *args, **kw):
+        if kw.get("data") is not None:  # DataFrames: train writes them out and calls train again, locked there
+            return train_fn(config, overrides, *args, **kw)
         cfg = _as_config(config, overrides)
         with RunLock(cfg.output.dir, cfg.output.name):
             return train_fn(cfg, None, *args, **kw)
