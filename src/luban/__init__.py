@@ -8,7 +8,7 @@ Public API (imports are lazy so `luban --help` stays fast):
     predictor.predict(["服务很好"])
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version string: pyproject.toml, `luban --version` and the server read it
 
 __all__ = ["train", "load", "Predictor", "LubanError", "__version__"]
 

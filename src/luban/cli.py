@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 def _cmd_train(a):
@@ -274,7 +278,10 @@ def _cmd_serve(a):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="luban", description="luban: one YAML from data to an evaluated, "
                                 "reusable model. Run `luban VERB --help` for details.")
-    p.add_argument("--version", action="version", version="luban 0.1.0")
+    from luban import __version__
+
+    p.add_argument("--version", action="version", version=f"luban {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LUBAN_DEBUG=1)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def with_set(sp):
@@ -488,13 +495,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# --------------------------------------------------------------------------------------------- main
+
+# checks that run before a verb imports torch & co (luban.preflight): config, data files, columns
+PREFLIGHT = {
+    "train": lambda a: _preflight().check_train(a.config, a.set),
+    "tune": lambda a: _preflight().check_train(a.config, a.set),
+    "cv": lambda a: _preflight().check_train(a.config, a.set),
+    "evaluate": lambda a: _preflight().check_evaluate(a.run, a.data, getattr(a, "set", None)),
+    "predict": lambda a: _preflight().check_runs([a.run], {"--input": a.input} if a.input else None),
+    "transcribe": lambda a: _preflight().check_runs([a.run]),
+    "generate": lambda a: _preflight().check_runs([a.run]),
+    "generate-images": lambda a: _preflight().check_runs([a.run]),
+    "recommend": lambda a: _preflight().check_runs([a.run]),
+    "similar-items": lambda a: _preflight().check_runs([a.run]),
+    "export": lambda a: _preflight().check_runs([a.run]),
+    "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
+    "ensemble": lambda a: _preflight().check_runs(a.runs),
+}
+
+
+def _preflight():
+    from luban import preflight
+
+    return preflight
+
+
+def _train_hint(a) -> str:
+    try:
+        from luban.config import load_config
+        from luban.rundir import RunDir
+
+        cfg = load_config(a.config, a.set)
+        if (RunDir(cfg.output.dir, cfg.output.name).work / "checkpoints" / "last").is_dir():
+            return f"continue from the last checkpoint with `luban train {a.config} --resume`"
+    except Exception:  # noqa: BLE001 - a hint must never hide the interruption
+        pass
+    return "no checkpoint was written; nothing to resume"
+
+
+def _output_hint(a) -> str:
+    out = getattr(a, "output", None)
+    return f"{out} may be incomplete; run the command again" if out else "run the command again"
+
+
+# what Ctrl-C leaves behind, per verb: the line printed after "interrupted; "
+INTERRUPT_HINTS = {
+    "train": _train_hint,
+    "tune": lambda a: f"finished trials are kept: continue the study with `luban tune {a.config} --resume`",
+    "cv": lambda a: f"the folds are not resumable: run `luban cv {a.config}` again",
+    "evaluate": lambda a: "no metrics were written" if not a.output else f"{a.output} was not written",
+    "predict": _output_hint,
+    "transcribe": _output_hint,
+    "recommend": _output_hint,
+    "serve": lambda a: "the server stopped",
+    "export": lambda a: f"the export did not finish: run `luban export {a.run}` again",
+    "compress": lambda a: "the compressed run was not finished: run the command again",
+    "ensemble": lambda a: "the ensemble run was not finished: run the command again",
+    "benchmark": lambda a: "the benchmark did not finish",
+}
+
+
+def _interrupt_message(args) -> str:
+    hint = INTERRUPT_HINTS.get(args.verb)
+    return "interrupted" + (f"; {hint(args)}" if hint else "")
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LUBAN_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb. Exit codes: 0 done, 2 a user error (bad config, data, arguments: `error: ...`), 130
+    interrupted (Ctrl-C), 1 an internal error (a bug: one line, the traceback with --debug or LUBAN_DEBUG=1),
+    141 the output pipe closed early (e.g. `| head`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    args = build_parser().parse_args([x for x in argv if x != "--debug"])
     from luban.errors import LubanError
 
     try:
+        check = PREFLIGHT.get(args.verb)
+        if check is not None:
+            check(args)  # errors in a second: before the verb imports torch
         args.fn(args)
     except LubanError as e:
+        if debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional dependency: name the extra that brings it (luban.extras)
@@ -505,6 +592,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: luban {args.verb} {missing_extra_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with `luban train CONFIG --resume`", file=sys.stderr)
-        return 130
-    return 0
+        print(_interrupt_message(args), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`luban predict ... | head`): stop quietly
+        try:  # and keep Python's final flush of stdout from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
+    except Exception as e:  # noqa: BLE001 - anything else is a bug in luban, not the user's mistake
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
+              "luban: please report it with the command"
+              + ("" if debug else " and the traceback from `luban --debug ...` (or LUBAN_DEBUG=1)"),
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_OK

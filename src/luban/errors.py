@@ -17,6 +17,11 @@ class RunError(LubanError):
     """A run directory is missing, incomplete or corrupted."""
 
 
+def skippable(e: DataError) -> DataError:
+    """An unreadable image/audio file's error, naming the setting that skips such files instead."""
+    return DataError(f"{e}; to skip unreadable files (counted, with a warning) set data.skip_bad_files: true")
+
+
 class ExportError(LubanError):
     """A model cannot be exported or compressed the way that was asked (task, model type or format)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import platform
 import random
@@ -16,7 +17,7 @@ import torch
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
-from luban.rundir import RunDir
+from luban.rundir import RunDir, RunLock
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
 from luban.training.engine import fit
@@ -43,6 +44,21 @@ def _as_config(config, overrides) -> RunConfig:
     return load_config(config, overrides)
 
 
+def _one_writer(train_fn):
+    """`train`, holding the lock on its run's output.name (luban.rundir.RunLock): a second run writing the same
+    name at the same time is refused with a clear error instead of the two overwriting each other."""
+    @functools.wraps(train_fn)
+    def locked(config, overrides: list[str] | None = None, *args, **kw):
+        if kw.get("data") is not None:  # DataFrames: train writes them out and calls train again, locked there
+            return train_fn(config, overrides, *args, **kw)
+        cfg = _as_config(config, overrides)
+        with RunLock(cfg.output.dir, cfg.output.name):
+            return train_fn(cfg, None, *args, **kw)
+
+    return locked
+
+
+@_one_writer
 def train(config, overrides: list[str] | None = None, resume: bool = False, quiet: bool = False,
           on_epoch_end=None, task_hook=None, restart: bool = False, data=None) -> Path:
     """Train from a YAML path (or dict / RunConfig); returns the finished run directory.

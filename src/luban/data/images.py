@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from luban.data.readers import LINE
-from luban.errors import DataError
+from luban.errors import DataError, skippable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -107,8 +107,8 @@ class ImageStore:
         for i in range(len(self.paths)):
             try:
                 self[i]
-            except DataError:
+            except DataError as e:
                 if not skip_bad:
-                    raise
+                    raise skippable(e) from None
                 bad.append(i)
         return bad

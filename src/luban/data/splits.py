@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from luban.errors import DataError
 from luban.training.progress import say
@@ -11,6 +10,8 @@ from luban.training.progress import say
 
 def holdout(df: pd.DataFrame, fraction: float, seed: int, stratify_col: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off `fraction` of the rows; stratified by `stratify_col` when every class has 2+ rows."""
+    from sklearn.model_selection import train_test_split  # training only: a predictor never imports it
+
     if len(df) < 4:
         raise DataError(f"{df.attrs.get('source', 'data')}: only {len(df)} rows; too few to split off a "
                         "validation/test set (give data.validation / data.test files)")

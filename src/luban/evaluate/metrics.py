@@ -4,11 +4,12 @@ and regression (MSE, RMSE, MAE, R²)."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
     """y_true / y_pred are class ids into `labels`. Returns flat scalar metrics plus per_class and confusion."""
+    from sklearn import metrics as skm  # here, not at import: a predictor never pays for scikit-learn
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
     rows = {"kind": "classification", "y_true": y_true, "y_pred": y_pred, "labels": list(labels)}
@@ -28,6 +29,8 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
 
 
 def regression_metrics(y_true, y_pred) -> dict:
+    from sklearn import metrics as skm
+
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     mse = float(skm.mean_squared_error(y_true, y_pred))
     return Scores({"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(skm.mean_absolute_error(y_true, y_pred)),

@@ -20,10 +20,11 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from luban import __version__
 from luban.serve.settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
-VERSION = "0.2.0"
+VERSION = __version__  # the API version is luban's (one version string)
 
 
 def create_app(runs=None, settings: ServeSettings | None = None, predictors: dict | None = None,
@@ -181,32 +182,67 @@ def serve(runs, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettin
     settings.runs = [str(r) for r in runs]
     settings.host = host
     settings.check()
-    auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
-    print(f"serving {', '.join(runs)} on http://{host}:{port}  ({auth}; playground /, API /v1/..., docs /docs; "
-          f"/readyz once the models are warm)", flush=True)
     from luban.serve.protocol import HeaderDeadline
 
     HeaderDeadline.timeout = settings.body_timeout  # request headers, like bodies, arrive in time or the line closes
     kw = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_timeout,
               server_header=False, limit_concurrency=settings.max_connections, timeout_keep_alive=5,
               http=HeaderDeadline)
-    if workers > 1:
-        import tempfile
+    sock = listen(host, port)  # bound and listening before "serving on" is printed (a busy port: a clear error)
+    try:
+        if workers > 1:
+            import tempfile
 
-        from luban.serve.settings import ENV
+            from uvicorn.supervisors import Multiprocess
 
-        os.environ[ENV] = settings.to_env()
-        with tempfile.TemporaryDirectory(prefix="luban-serve-") as tmp:
-            os.environ[ERROR_FILE_ENV] = error_file = os.path.join(tmp, "error")
-            uvicorn.run("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
-            error = Path(error_file).read_text(encoding="utf-8") if os.path.exists(error_file) else None
-        if error:
-            raise LubanError(f"loading the models failed: {error}")
-        return
-    app = create_app(settings=settings, background=True)
-    server = uvicorn.Server(uvicorn.Config(app, **kw))
-    app.state.on_load_error = lambda error: setattr(server, "should_exit", True)  # then the error below, exit 2
-    server.run()
+            from luban.serve.settings import ENV
+
+            os.environ[ENV] = settings.to_env()
+            with tempfile.TemporaryDirectory(prefix="luban-serve-") as tmp:
+                os.environ[ERROR_FILE_ENV] = error_file = os.path.join(tmp, "error")
+                config = uvicorn.Config("luban.serve.app:app_from_env", factory=True, workers=workers, **kw)
+                _announce(runs, host, port, settings)
+                Multiprocess(config, sockets=[sock]).run()
+                error = Path(error_file).read_text(encoding="utf-8") if os.path.exists(error_file) else None
+            if error:
+                raise LubanError(f"loading the models failed: {error}")
+            return
+        app = create_app(settings=settings, background=True)
+        server = uvicorn.Server(uvicorn.Config(app, **kw))
+        app.state.on_load_error = lambda error: setattr(server, "should_exit", True)  # then the error below, exit 2
+        _announce(runs, host, port, settings)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     registry = app.state.registry
     if registry.error:
         raise LubanError(f"loading the models failed: {registry.error}")
+    if not server.started:
+        raise LubanError("the server did not start (see the messages above)")
+
+
+def listen(host: str, port: int):
+    """A TCP socket bound to host:port and listening (what uvicorn would bind), or a LubanError naming the port."""
+    import socket
+
+    from luban.errors import LubanError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise LubanError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server on that port? pick "
+                         "another --port)") from None
+    sock.set_inheritable(True)  # --workers: the worker processes accept on it
+    return sock
+
+
+def _announce(runs, host: str, port: int, settings: ServeSettings) -> None:
+    auth = f"API keys on ({len(settings.api_keys)})" if settings.api_keys else "no API keys (open)"
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {', '.join(map(str, runs))} on http://{shown}:{port}  ({auth}; playground /, API /v1/..., "
+          "docs /docs; /readyz once the models are warm)", flush=True)

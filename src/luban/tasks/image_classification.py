@@ -22,7 +22,7 @@ from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, list_images, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
-from luban.errors import ConfigError, DataError
+from luban.errors import ConfigError, DataError, skippable
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
                               sample_rows, split_labelled)
@@ -335,7 +335,7 @@ def _decode_frame(frame: pd.DataFrame, mode: str, side: int, skip_bad: bool, spl
             keep.append(i)
         except DataError as e:
             if not skip_bad:
-                raise
+                raise skippable(e) from None
             bad.append(str(e))
     src = frame.attrs.get("source", split)
     out = frame.iloc[keep].reset_index(drop=True)

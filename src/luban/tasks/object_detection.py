@@ -17,7 +17,7 @@ import torch
 from luban.config import RunConfig
 from luban.data.boxes import Annotated, clip_boxes, read_annotations
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_images
-from luban.errors import DataError
+from luban.errors import DataError, skippable
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
 from luban.tasks.base import Batches, ExportSpec, Predictor, Task, sample_rows
@@ -55,9 +55,9 @@ class _Images:
         for item in items:
             try:
                 arr = decode_image(item.path)
-            except DataError:
+            except DataError as e:
                 if not skip_bad:
-                    raise
+                    raise skippable(e) from None
                 self.skipped.append(str(item.path))
                 continue
             clip_boxes(item, arr.shape[1], arr.shape[0])

@@ -24,7 +24,7 @@ from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spe
 from luban.data.batching import epoch_batches
 from luban.data.cleaning import label_text, normalize_text
 from luban.data.readers import LINE, read_table, resolve_column
-from luban.errors import ConfigError, DataError, ExportError
+from luban.errors import ConfigError, DataError, ExportError, skippable
 from luban.evaluate.asr import asr_metrics, utterance_errors
 from luban.evaluate.metrics import classification_with_worst
 from luban.generation.ctc import decode
@@ -72,7 +72,8 @@ class AudioSet:
                 if not cfg.data.skip_bad_files:
                     line = frame[LINE].iloc[i]
                     src = frame.attrs.get("source", "data")
-                    raise DataError(f"{src}: line {line}: {e}" if not Path(src).is_dir() else str(e)) from None
+                    where = DataError(f"{src}: line {line}: {e}" if not Path(src).is_dir() else str(e))
+                    raise skippable(where) from None
                 self.skipped.append(str(e))
         if self.skipped:
             print(f"{split}: skipped {len(self.skipped)} unreadable audio file(s), e.g. {self.skipped[0]}",
