@@ -200,7 +200,7 @@ def test_ctrl_c_during_train_offers_resume_only_when_a_checkpoint_exists(monkeyp
     (tmp_path / "runs" / "zh.partial" / "checkpoints" / "last").mkdir(parents=True)
     assert cli.main(["train", str(config)]) == 130
     assert capsys.readouterr().err == (f"interrupted; continue from the last checkpoint with "
-                                       f"`luban train {config} --resume`\n")
+                                       f"`luban train {config} --resume` (or start over with --restart)\n")
 
 
 # ----------------------------------------------------------------------------------------------- version

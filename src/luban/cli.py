@@ -528,7 +528,8 @@ def _train_hint(a) -> str:
 
         cfg = load_config(a.config, a.set)
         if (RunDir(cfg.output.dir, cfg.output.name).work / "checkpoints" / "last").is_dir():
-            return f"continue from the last checkpoint with `luban train {a.config} --resume`"
+            return (f"continue from the last checkpoint with `luban train {a.config} --resume` (or start over with "
+                    "--restart)")
     except Exception:  # noqa: BLE001 - a hint must never hide the interruption
         pass
     return "no checkpoint was written; nothing to resume"
@@ -587,10 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:  # an optional dependency: name the extra that brings it (luban.extras)
         from luban.extras import missing_extra_message
 
-        if missing_extra_message(e) is None:
-            raise
-        print(f"error: luban {args.verb} {missing_extra_message(e)}", file=sys.stderr)
-        return 2
+        message = missing_extra_message(e)
+        if message is not None:
+            print(f"error: luban {args.verb} {message}", file=sys.stderr)
+            return 2
+        return _internal_error(e, debug)
     except KeyboardInterrupt:
         print(_interrupt_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -601,12 +603,17 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return EXIT_BROKEN_PIPE
     except Exception as e:  # noqa: BLE001 - anything else is a bug in luban, not the user's mistake
-        if debug:
-            traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
-              "luban: please report it with the command"
-              + ("" if debug else " and the traceback from `luban --debug ...` (or LUBAN_DEBUG=1)"),
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal_error(e, debug)
     return EXIT_OK
+
+
+def _internal_error(e: BaseException, debug: bool) -> int:
+    """One line for a bug in luban (the traceback with --debug / LUBAN_DEBUG=1); exit code 1."""
+    if debug:
+        traceback.print_exception(e)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"error: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
+          "luban: please report it with the command"
+          + ("" if debug else " and the traceback from `luban --debug ...` (or LUBAN_DEBUG=1)"),
+          file=sys.stderr)
+    return EXIT_INTERNAL
