@@ -98,7 +98,8 @@ def test_closing_line_and_timings_break_down_the_wall_time(zh_data, out_dir, cap
         assert t[k] >= 0, k
     assert t["throughput_unit"] == "samples"
     parts = sum(t[k] for k in steps)
-    assert t["total_seconds"] - 0.5 < parts <= t["total_seconds"] + 1e-3 and t["baseline_seconds"] > 0
+    # each figure is rounded to 1 ms: six of them may add up to 3 ms over the (rounded) total
+    assert t["total_seconds"] - 0.5 < parts <= t["total_seconds"] + 0.004 and t["baseline_seconds"] > 0
     line = [l for l in out.splitlines() if l.startswith("done in ")][0]
     for word in ("setup", "prepare", "fit", "(best epoch", "evaluation", "baseline", "saving", "samples/s",
                  "report.html"):
