@@ -22,10 +22,6 @@ _depth = 0
 _installed: tuple | None = None  # (stdout gate, stderr gate, [(handler, filter)])
 
 
-def is_muted() -> bool:
-    return _MUTED.get()
-
-
 class _Gate(io.TextIOBase):
     """A text stream that forwards to `stream` unless the writing thread is muted."""
 
@@ -96,10 +92,8 @@ def muted():
             _installed = _install()
         _depth += 1
     try:
-        try:
-            from luban.training.progress import silent
-        except ImportError:  # pragma: no cover - progress reporting moved
-            from contextlib import nullcontext as silent
+        from luban.training.progress import silent
+
         with silent():
             yield
     finally:

@@ -52,7 +52,7 @@ def label_text(value, cfg: CleanConfig) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
-    if text == "" or text.casefold() in {m.casefold() for m in cfg.missing_labels}:
+    if text == "" or any(text.casefold() == m.casefold() for m in cfg.missing_labels):  # no set built per cell
         return None
     return text
 
@@ -74,18 +74,24 @@ def not_text(value) -> str:
     return f"expected text, found {kind} {value!r}"[:200]
 
 
-def text_problem(value, cfg: CleanConfig) -> str | None:
-    """Why one input text cannot be predicted on ("empty text", "expected a string, ..."), or None."""
+def checked_text(value, cfg: CleanConfig) -> tuple[str, str | None]:
+    """One input text normalized as training data was, and why it cannot be predicted on ("empty text",
+    "expected a string, ...") or None."""
     if value is None:
-        return "empty text"
+        return "", "empty text"
     if not isinstance(value, str):
-        return not_text(value)
+        return "", not_text(value)
     norm = normalize_text(value, cfg)
     if not norm:
-        return "empty text"
+        return norm, "empty text"
     if not any(unicodedata.category(c)[0] != "C" for c in norm):  # NUL, control or format characters only
-        return "empty text (control characters only)"
-    return None
+        return norm, "empty text (control characters only)"
+    return norm, None
+
+
+def text_problem(value, cfg: CleanConfig) -> str | None:
+    """Why one input text cannot be predicted on, or None (checked_text without the text)."""
+    return checked_text(value, cfg)[1]
 
 
 def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
@@ -95,10 +101,10 @@ def normalize_inputs(inputs, cfg: CleanConfig) -> list[str]:
         inputs = [inputs]
     texts = []
     for i, t in enumerate(inputs):
-        problem = text_problem(t, cfg)
+        norm, problem = checked_text(t, cfg)
         if problem:
             raise DataError(f"input {i + 1}: {problem}")
-        texts.append(normalize_text(t, cfg))
+        texts.append(norm)
     return texts
 
 
@@ -106,10 +112,10 @@ def column_texts(frame: pd.DataFrame, col: str, path, cfg: CleanConfig) -> list[
     """A column of an input file to predict on, normalized; a row left empty is a DataError naming file, line, field."""
     texts = []
     for t, line in zip(frame[col], frame[LINE]):
-        problem = text_problem(t, cfg)
+        norm, problem = checked_text(t, cfg)
         if problem:
             raise DataError(f"{path}: line {line}: field {col!r}: {problem}")
-        texts.append(normalize_text(t, cfg))
+        texts.append(norm)
     return texts
 
 

@@ -268,10 +268,8 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Call
             record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
                       "lr": optimizer.param_groups[0]["lr"], f"{unit}_per_s": epoch_samples / max(train_time, 1e-9),
                       "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-            stopped = state["stopped_early"]
             improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
                                    history_path=history_path, tb=tb, patience=patience)
-            state["stopped_early"] = state["stopped_early"] or stopped
             if rank == 0:
                 progress.epoch_line(record, metric, improved)
             checkpoint.save_last(ckpt / "last", core, optimizer, scheduler, scaler, state)

@@ -36,10 +36,6 @@ def silent():
         _SILENT.reset(token)
 
 
-def is_silent() -> bool:
-    return _SILENT.get()
-
-
 def mode() -> str:
     """"bar" (rich, on a terminal), "lines" (plain log lines) or "off"."""
     forced = os.environ.get("LUBAN_PROGRESS", "").strip().lower()
@@ -149,11 +145,10 @@ class Stage:
     """One step of a command: `advance(n, **fields)` as it goes; see the module docstring."""
 
     def __init__(self, name: str, total: int | None = None, unit: str = "items", log_every: int | None = None,
-                 log_seconds: float | None = None, rate_unit: str | None = None, delay: float = 0.0):
+                 log_seconds: float | None = None, delay: float = 0.0):
         self.name, self.total, self.unit = name, (int(total) if total else None), unit
         self.log_every = log_every
         self.log_seconds = default_log_seconds() if log_seconds is None else log_seconds
-        self.rate_unit = rate_unit  # what fields["rate"] counts, when the caller measures it (samples, tokens)
         self.mode = "off" if _SILENT.get() else mode()
         self.done, self.fields, self.lines = 0, {}, 0
         self.t0 = self.last_line = time.perf_counter()
@@ -261,12 +256,15 @@ class Progress:
         self.silent = _SILENT.get() or quiet
         if quiet:  # e.g. the other workers of a distributed run: rank 0 reports
             token = _SILENT.set(True)
-        self.stage = Stage("train", total=total, unit="batches", log_seconds=log_seconds, rate_unit=unit)
+        self.stage = Stage("train", total=total, unit="batches", log_seconds=log_seconds)
         if quiet:
             _SILENT.reset(token)
 
     def update(self, epoch: int, epochs: int, loss: float, speed: float, *, step: int | None = None,
                lr: float | None = None, line: bool = False):
+        if self.stage.mode == "off":  # tune trials, cv folds, other ranks: count the batch, format nothing
+            self.stage.done += 1
+            return
         fields = {"epoch": f"{epoch}/{epochs}"}
         if step is not None:
             fields["step"] = str(step)
