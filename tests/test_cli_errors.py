@@ -342,3 +342,15 @@ def test_docs_cli_lists_every_verb_and_flag():
 
     for name, sub in verbs.choices.items():
         check(name, sub)
+
+
+def test_preflight_reads_each_file_in_its_own_encoding(tmp_path):
+    from luban.config import validate
+    from luban.preflight import check_data
+
+    gbk = tmp_path / "train.csv"
+    gbk.write_bytes("评论,标签\n很好,p\n".encode("gbk"))
+    cfg = validate({"task": "text_classification",
+                    "data": {"train": str(gbk), "encoding": {"train": "gbk"}, "columns": {"text": "text"}}})
+    with pytest.raises(DataError, match="data.columns.text: column 'text' not found .*columns are: 评论, 标签"):
+        check_data(cfg)  # data.encoding per file: the header is read as GBK, not skipped

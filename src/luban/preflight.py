@@ -133,7 +133,7 @@ def check_data(cfg: RunConfig, files: dict[str, Path] | None = None) -> None:
         fmt = _table_format(p, d.format)
         if fmt is None:
             continue
-        columns = file_columns(p, fmt, d.header, d.delimiter, d.encoding, d.quoting)
+        columns = file_columns(p, fmt, d.header, d.delimiter, d.encoding_for(p), d.quoting)
         if columns is not None:
             check_columns(p, columns, wanted, where.rsplit(".", 1)[-1])
 
