@@ -3,6 +3,8 @@
 import csv
 import json
 import resource
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,3 +77,19 @@ def compressed_figures(run: Path, data, methods=("int8-dynamic",), latency_rows:
     keep = ("backend", "size_mb", "latency_p50_ms", "throughput", "metric", "score")
     return {"export_max_abs_diff": parity["max_abs_diff"],
             **{name: {k: r[k] for k in keep} for name, r in rows.items()}}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (for a benchmark's own server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a benchmark's server process: SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

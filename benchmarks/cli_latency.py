@@ -24,7 +24,6 @@ import csv
 import os
 import random
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit  # noqa: E402
+from _common import emit, free_port, stop  # noqa: E402
 
 LUBAN = [sys.executable, "-m", "luban"]
 
@@ -106,15 +105,9 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_ready(run: Path, src: str | None = None, timeout: float = 300.0) -> tuple[float, float | None]:
     """(seconds until /readyz answers 200, seconds until "serving on" was printed)."""
-    port = _free_port()
+    port = free_port()
     t0 = time.perf_counter()
     p = subprocess.Popen(LUBAN + ["serve", str(run), "--port", str(port)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=_env(src))
@@ -136,11 +129,7 @@ def _serve_ready(run: Path, src: str | None = None, timeout: float = 300.0) -> t
             time.sleep(0.05)
         raise SystemExit(f"luban serve: not ready after {timeout}s")
     finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop(p)
 
 
 def main():

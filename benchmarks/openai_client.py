@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit  # noqa: E402
+from _common import emit, free_port, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -47,12 +46,6 @@ def corpus(work: Path, data: str | None) -> Path:
     else:
         out.write_text((ROOT / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
@@ -155,11 +148,7 @@ def main():
         details = {"chat": c0.message.content, "usage": u.model_dump(), "finish_reason": c0.finish_reason,
                    "stream_chunks": chunks}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
     failed = [k for k, v in checks.items() if not v]
     for k, v in checks.items():

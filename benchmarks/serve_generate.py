@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, train_run, work_dir  # noqa: E402
-from serve_load import free_port, start, stop  # noqa: E402
+from _common import free_port, stop  # noqa: E402
+from serve_load import start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, tsv_folder_overrides  # noqa: E402
+from _common import emit, free_port, stop, tsv_folder_overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,12 +175,6 @@ class Tally:
 # ------------------------------------------------------------------------------------------------ servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cmd: list[str], port: int, log: Path, timeout: float = 300) -> subprocess.Popen:
     import urllib.request
 
@@ -199,14 +192,6 @@ def start(cmd: list[str], port: int, log: Path, timeout: float = 300) -> subproc
         time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"server not ready after {timeout}s: {log.read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def read_texts(run: Path, data: Path | None) -> list[str]:
