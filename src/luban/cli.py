@@ -70,11 +70,10 @@ def _cmd_evaluate(a):
 
 def _cmd_predict(a):
     from luban.errors import LubanError
-    from luban.lifecycle.predict_file import check_on_error, output_format
+    from luban.lifecycle.predict_file import output_format
 
     if not a.text and not a.input:
         raise LubanError("predict: give --text \"...\" (repeatable) or --input FILE")
-    check_on_error(a.on_error)
     if a.output:
         output_format(a.output)  # an unknown extension is refused before the model loads
     if a.text and a.input:
