@@ -164,3 +164,24 @@ def test_onnx_backend_errors_and_fallbacks(text_run, trained_text_run):
     shutil.rmtree(text_run / "model" / "onnx")
     with pytest.raises(luban.LubanError, match="no ONNX export to run"):
         luban.load(text_run, backend="onnx")
+
+
+def test_image_classification_predicts_without_torch(out_dir, tmp_path):
+    from tests.test_image_classification import image_config, write_stripes
+
+    train = write_stripes(tmp_path / "train", 12, seed=1)
+    cfg = image_config(out_dir, "stripes", train, trainer={"epochs": 1},
+                       preprocessing={"image": {"size": 16, "resize": 20}})  # resized, then center-cropped
+    run = _exported(luban.train(cfg, quiet=True))
+    images = sorted(str(p) for p in (train / "vertical").glob("*.png"))[:2] + \
+        sorted(str(p) for p in (train / "horizontal").glob("*.png"))[:2]
+    torch_rows = luban.load(run, backend="torch").predict(images)
+    res = _fresh(API, str(run), json.dumps(images))
+    assert res["backend"] == "onnx" and res["heavy"] == []
+    _same(res["rows"], torch_rows, _tolerance(run))
+    assert [r["image"] for r in res["rows"]] == images
+    rows, modules = _cli_imports("predict", str(run), "--backend", "onnx", "--input", str(train / "vertical"))
+    assert not set(HEAVY) & modules and len(rows) == 12
+    p = luban.load(run)
+    arr = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(images[0]))  # arrays take the same path
+    assert p.predict([arr])[0]["label"] == torch_rows[0]["label"]

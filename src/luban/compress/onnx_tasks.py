@@ -200,3 +200,66 @@ class TabularOnnx(OnnxPredictor):
         labels = self.labels
         return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
                  "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in softmax(out).tolist()]
+
+
+# ------------------------------------------------------------------------------------------ image classification
+class ImageClassificationOnnx(OnnxPredictor):
+    task = "image_classification"
+    input_kind = "image"
+
+    def __init__(self, cfg, folder, session):
+        from luban.data.images import IMAGE_SUFFIXES
+
+        super().__init__(cfg, folder, session)
+        self.meta = json.loads((self.folder / "image_meta.json").read_text(encoding="utf-8"))
+        self.labels = read_labels(self.folder)
+        self.media_suffixes = IMAGE_SUFFIXES  # an image file given as the input file is one input
+        c = self.meta["in_channels"]
+        mean, std = np.asarray(self.meta["mean"], np.float32), np.asarray(self.meta["std"], np.float32)
+        if mean.size != c:  # e.g. grayscale images into a 3-channel backbone
+            mean, std = np.repeat(mean.mean(), c), np.repeat(std.mean(), c)
+        self.mean, self.std = mean.reshape(1, c, 1, 1), std.reshape(1, c, 1, 1)
+
+    def frame_inputs(self, frame):
+        from luban.data.images import image_paths
+
+        return image_paths(frame, self.cfg.data.columns.image)
+
+    def input_problem(self, x):
+        from luban.data.images import image_problem
+
+        return image_problem(x)
+
+    def read_inputs(self, path):
+        """A folder of images or one image file (a listing file streams through frame_inputs)."""
+        from luban.data.images import list_images
+
+        p = Path(path)
+        if p.is_dir() or p.suffix.lower() in self.media_suffixes:
+            return list_images(p)
+        return super().read_inputs(path)
+
+    def pixels(self, u8: np.ndarray) -> np.ndarray:
+        """uint8 (B, C, H, W) crops -> the model's normalized float input, as the task's predictor makes it."""
+        x = u8.astype(np.float32) / np.float32(255)
+        if x.shape[1] != self.mean.shape[1]:
+            x = np.broadcast_to(x, (x.shape[0], self.mean.shape[1]) + x.shape[2:])
+        return (x - self.mean) / self.std
+
+    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+        from luban.data.images import load_one
+
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        if not inputs:
+            return []
+        names = [str(v) if isinstance(v, (str, Path)) else f"input {i + 1}" for i, v in enumerate(inputs)]
+        working = np.stack([load_one(v, self.meta["mode"], self.meta["resize"], n) for v, n in zip(inputs, names)])
+        size = self.meta["size"]
+        o = (working.shape[-1] - size) // 2  # the center crop
+        crops = working[..., o:o + size, o:o + size]
+        tr = self.cfg.trainer
+        bs = tr.eval_batch_size or tr.batch_size * 2
+        logits = np.concatenate([self.run(pixels=self.pixels(crops[i:i + bs])) for i in range(0, len(crops), bs)])
+        return [{"image": name} | ranked(row, self.labels, top_k)
+                for name, row in zip(names, softmax(logits).tolist())]

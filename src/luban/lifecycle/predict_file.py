@@ -199,8 +199,6 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
 
     `predictor`: a luban Predictor. `runner_map(frames)` -> (frame, (results, column)) pairs in order may
     replace the local predict loop (Ray actors)."""
-    from luban.data.readers import LINE  # here: predicting given inputs (not a file) needs no pandas
-
     check_on_error(on_error)
     impl = predictor._impl
     path = Path(path)
@@ -210,6 +208,8 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
     if not callable(getattr(impl, "frame_inputs", None)) or path.is_dir() or _is_single_media(impl, path):
         yield from _predict_whole(impl, path, on_error, summary, chunk_rows, kw)
         return
+    from luban.data.readers import LINE  # here: a folder of images, or inputs given in memory, need no pandas
+
     frames = iter_frames(cfg, path, chunk_rows)
     run = local_runner(impl, kw)
     chunks = runner_map(frames) if runner_map is not None else ((f, run(f)) for f in frames)
