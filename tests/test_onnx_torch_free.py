@@ -151,6 +151,27 @@ def test_tabular_predicts_without_torch(task, out_dir, tmp_path):
     _same(res["rows"], torch_rows, _tolerance(run))
 
 
+SERVE = """import json, sys
+from fastapi.testclient import TestClient
+from luban.serve.app import create_app
+from luban.serve.settings import ServeSettings
+settings = ServeSettings(runs=[sys.argv[1]], backend="onnx", threads=1, max_wait_ms=1.0)
+with TestClient(create_app(settings=settings)) as c:
+    ready = c.get("/readyz").status_code
+    r = c.post("/v1/predict", json={"inputs": json.loads(sys.argv[2])})
+    backend = c.get("/v1/models").json()["data"][0]["backend"]
+print(json.dumps({"ready": ready, "rows": r.json()["predictions"], "backend": backend,
+                  "heavy": sorted(m for m in %r if m in sys.modules)}))
+""" % (HEAVY,)
+
+
+def test_serve_onnx_backend_without_torch(text_run):
+    pytest.importorskip("fastapi")
+    res = _fresh(SERVE, str(text_run), json.dumps(TEXTS))
+    assert res["ready"] == 200 and res["backend"] == "onnx" and res["heavy"] == []
+    _same(res["rows"], luban.load(text_run, backend="torch").predict(TEXTS), _tolerance(text_run))
+
+
 def test_onnx_backend_errors_and_fallbacks(text_run, trained_text_run):
     p = luban.load(text_run)  # auto: the export, torch-free
     assert p.backend == "onnx" and type(p._impl).__module__ == "luban.compress.onnx_tasks"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from luban.data.cleaning import normalize_inputs, text_problem
+from luban.data.images import ImageInputs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -203,32 +204,19 @@ class TabularOnnx(OnnxPredictor):
 
 
 # ------------------------------------------------------------------------------------------ image classification
-class ImageClassificationOnnx(OnnxPredictor):
+class ImageClassificationOnnx(ImageInputs, OnnxPredictor):
     task = "image_classification"
     input_kind = "image"
 
     def __init__(self, cfg, folder, session):
-        from luban.data.images import IMAGE_SUFFIXES
-
         super().__init__(cfg, folder, session)
         self.meta = json.loads((self.folder / "image_meta.json").read_text(encoding="utf-8"))
         self.labels = read_labels(self.folder)
-        self.media_suffixes = IMAGE_SUFFIXES  # an image file given as the input file is one input
         c = self.meta["in_channels"]
         mean, std = np.asarray(self.meta["mean"], np.float32), np.asarray(self.meta["std"], np.float32)
         if mean.size != c:  # e.g. grayscale images into a 3-channel backbone
             mean, std = np.repeat(mean.mean(), c), np.repeat(std.mean(), c)
         self.mean, self.std = mean.reshape(1, c, 1, 1), std.reshape(1, c, 1, 1)
-
-    def frame_inputs(self, frame):
-        from luban.data.images import image_paths
-
-        return image_paths(frame, self.cfg.data.columns.image)
-
-    def input_problem(self, x):
-        from luban.data.images import image_problem
-
-        return image_problem(x)
 
     def read_inputs(self, path):
         """A folder of images or one image file (a listing file streams through frame_inputs)."""

@@ -94,27 +94,30 @@ def resolve_image_paths(frame: pd.DataFrame, column: str, root: Path | None) -> 
     return out
 
 
-def image_paths(frame: pd.DataFrame, column: str | None) -> tuple[list[Path | None], str]:
-    """Image paths of a listing's rows to predict on (relative to the listing's folder; an empty cell stays None),
-    and the column they came from (`column`, default "image")."""
-    from luban.data.readers import resolve_column
+class ImageInputs:
+    """Predictor mixin (row-aligned file prediction, luban.lifecycle.predict_file): an image file given as the
+    input is one input; a listing's rows are image paths in data.columns.image (default "image")."""
 
-    col = resolve_column(frame, column or "image", "image")
-    base = Path(frame.attrs.get("source", ".")).parent
-    paths = []
-    for v in frame[col]:
-        v = None if v is None else str(v).strip()
-        paths.append(None if not v else Path(v) if Path(v).is_absolute() else base / v)
-    return paths, col
+    media_suffixes = IMAGE_SUFFIXES
 
+    def frame_inputs(self, frame: pd.DataFrame) -> tuple[list[Path | None], str]:
+        """Image paths of a listing's rows (relative to the listing's folder); an empty cell stays None."""
+        from luban.data.readers import resolve_column
 
-def image_problem(x) -> str | None:
-    """Why one input to predict on is no image (None: it may be one)."""
-    if x is None:
-        return "empty image path"
-    if isinstance(x, (str, Path)) and not Path(x).is_file():
-        return f"image file not found: {x}"
-    return None
+        col = resolve_column(frame, self.cfg.data.columns.image or "image", "image")
+        base = Path(frame.attrs.get("source", ".")).parent
+        paths = []
+        for v in frame[col]:
+            v = None if v is None else str(v).strip()
+            paths.append(None if not v else Path(v) if Path(v).is_absolute() else base / v)
+        return paths, col
+
+    def input_problem(self, x) -> str | None:
+        if x is None:
+            return "empty image path"
+        if isinstance(x, (str, Path)) and not Path(x).is_file():
+            return f"image file not found: {x}"
+        return None
 
 
 # ------------------------------------------------------------------------------------- working images (predict)

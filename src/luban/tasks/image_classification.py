@@ -20,7 +20,7 @@ from torch import nn
 
 from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
-from luban.data.images import (IMAGE_SUFFIXES, image_paths, image_problem, list_image_folder, list_images, load_one,
+from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, list_images, load_one,
                                resolve_image_paths)
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
@@ -562,7 +562,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class ImageClassificationPredictor(Predictor, _ImageModelUser):
+class ImageClassificationPredictor(ImageInputs, Predictor, _ImageModelUser):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_classification"
     exportable = True
@@ -602,14 +602,6 @@ class ImageClassificationPredictor(Predictor, _ImageModelUser):
             out.append({"image": name, "label": labels[order[0]], "score": round(row[order[0]], 6),
                         "probabilities": {labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}})
         return out
-
-    media_suffixes = IMAGE_SUFFIXES  # an image file given as the input file is one input
-
-    def frame_inputs(self, frame):
-        return image_paths(frame, self.cfg.data.columns.image)
-
-    def input_problem(self, x):
-        return image_problem(x)
 
     def read_inputs(self, path):
         p = Path(path)
