@@ -173,6 +173,9 @@ def test_serve_onnx_backend_without_torch(text_run):
 
 
 def test_onnx_backend_errors_and_fallbacks(text_run, trained_text_run):
+    from luban.data import cleaning, readers
+
+    assert cleaning.LINE == readers.LINE  # cleaning keeps its own copy so that checking a text needs no pandas
     p = luban.load(text_run)  # auto: the export, torch-free
     assert p.backend == "onnx" and type(p._impl).__module__ == "luban.compress.onnx_tasks"
     assert p.capabilities()["predict_options"] == ["top_k"]
