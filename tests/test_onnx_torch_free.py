@@ -149,6 +149,8 @@ def test_tabular_predicts_without_torch(task, out_dir, tmp_path):
     assert res["backend"] == "onnx" and "torch" not in res["heavy"]  # pandas reads the records, as at training
     assert res["labels"] == (None if task == "tabular_regression" else ["down", "up"])
     _same(res["rows"], torch_rows, _tolerance(run))
+    rows, modules = _cli_imports("predict", str(run), "--backend", "onnx", "--input", str(tmp_path / "t.csv"))
+    assert "torch" not in modules and [r["row"] for r in rows] == list(range(160))
 
 
 SERVE = """import json, sys
