@@ -2,6 +2,8 @@
 (EXIF orientation applied, grayscale/RGBA/palette converted) with errors that name the file.
 
 `ImageStore` decodes each file once and keeps it as a uint8 array, so epochs after the first never re-decode JPEGs.
+`load_one` turns what predict() is given (a path, a PIL image, an array) into the working image; torch- and
+pandas-free, so the ONNX backend predicts with it without either.
 """
 
 from __future__ import annotations
