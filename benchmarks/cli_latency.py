@@ -11,7 +11,10 @@ Every figure is the wall time of a fresh `python -m luban ...` process (what a u
   file does not have;
 - predict_first_row_seconds: `luban predict RUN --text ... --text ...` until the first output row is printed;
 - serve_ready_seconds: `luban serve RUN` until /readyz answers 200 (the model is loaded and warm);
-- load_predict_seconds: `python -c "import luban; luban.load(RUN).predict([...])"`.
+- load_predict_seconds: `python -c "import luban; luban.load(RUN).predict([...])"`;
+- predict_first_row_onnx_seconds, serve_ready_onnx_seconds, load_predict_onnx_seconds: the same three on a copy
+  of the run exported to ONNX (`luban export`), with `--backend onnx` / backend="onnx": onnxruntime + NumPy, no
+  torch (the first three keep timing the run without an export, i.e. PyTorch).
 Each figure also has a <figure>_cpu_seconds twin: the CPU time the process used (user + system), which a loaded
 machine inflates far less than wall time. The last line is one JSON object (with --baseline, also
 baseline_<figure> and <figure>_speedup for each).
@@ -105,11 +108,12 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _serve_ready(run: Path, src: str | None = None, timeout: float = 300.0) -> tuple[float, float | None]:
+def _serve_ready(run: Path, src: str | None = None, timeout: float = 300.0,
+                 extra: tuple[str, ...] = ()) -> tuple[float, float | None]:
     """(seconds until /readyz answers 200, seconds until "serving on" was printed)."""
     port = free_port()
     t0 = time.perf_counter()
-    p = subprocess.Popen(LUBAN + ["serve", str(run), "--port", str(port)], stdout=subprocess.PIPE,
+    p = subprocess.Popen(LUBAN + ["serve", str(run), "--port", str(port), *extra], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=_env(src))
     announced = None
     try:
@@ -130,6 +134,15 @@ def _serve_ready(run: Path, src: str | None = None, timeout: float = 300.0) -> t
         raise SystemExit(f"luban serve: not ready after {timeout}s")
     finally:
         stop(p)
+
+
+def _onnx_copy(run: Path, tmp: Path) -> Path:
+    """A copy of `run` exported to ONNX (the run itself keeps no export, so its figures stay PyTorch's)."""
+    import shutil
+
+    copy = Path(shutil.copytree(run, tmp / "onnx_run" / run.name, ignore=shutil.ignore_patterns("onnx")))
+    subprocess.run(LUBAN + ["export", str(copy), "--format", "onnx"], check=True, stdout=subprocess.DEVNULL)
+    return copy
 
 
 def main():
@@ -156,6 +169,7 @@ def main():
                        stdout=subprocess.DEVNULL)
         train_seconds = time.perf_counter() - t0
         run = tmp / "runs" / "bench"
+    onnx_run = _onnx_copy(run, tmp)
 
     trees = [("", None)] + ([("baseline_", a.baseline)] if a.baseline else [])
     texts = ["--text", "the room was very good", "--text", "the price was so bad"]
@@ -169,9 +183,15 @@ def main():
         "load_predict_seconds": lambda src: _wall(
             [sys.executable, "-c", f"import luban; luban.load({str(run)!r}).predict(['the movie was good'])"],
             expect_rc=0, src=src),
+        "predict_first_row_onnx_seconds": lambda src: _wall(LUBAN + ["predict", str(onnx_run), "--backend", "onnx"]
+                                                            + texts, first_line=True, src=src),
+        "load_predict_onnx_seconds": lambda src: _wall(
+            [sys.executable, "-c", f"import luban; luban.load({str(onnx_run)!r}, backend='onnx')"
+             ".predict(['the movie was good'])"], expect_rc=0, src=src),
     }
     if not a.no_serve:
         figures["serve_ready_seconds"] = lambda src: _serve_ready(run, src)[0]
+        figures["serve_ready_onnx_seconds"] = lambda src: _serve_ready(onnx_run, src, extra=("--backend", "onnx"))[0]
     res, cpu = {}, {}
     for name, fn in figures.items():
         times = {prefix: [] for prefix, _ in trees}

@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=None, help="classification: keep the k most likely labels")
     pr.add_argument("--draw", default=None, metavar="DIR", help="object detection: write images with boxes here")
     pr.add_argument("--backend", choices=["auto", "torch", "onnx", "ray"], default="auto",
-                    help="auto: the ONNX export when the run has one; ray: shard --input over Ray Data workers")
+                    help="auto: the ONNX export when the run has one; onnx: insist on it (torch-free for "
+                         "text/tabular/image classification); ray: shard --input over Ray Data workers")
     pr.add_argument("--workers", type=int, default=2, help="--backend ray: prediction workers")
 
     g = sub.add_parser("generate-images", help="sample images from a trained image-generation run")
@@ -462,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable; *.example.com for subdomains). Bound to 0.0.0.0 any Host is accepted unless "
                         "this is given")
     s.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="auto: the ONNX export when a run has one")
+                   help="auto: the ONNX export when a run has one; onnx: insist on it (torch-free for "
+                        "text/tabular/image classification: see `luban predict`)")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None,
                    help="intra-op threads per forward pass (default: the run's trainer.num_threads)")

@@ -8,17 +8,22 @@ from luban.config import read_yaml, validate
 from luban.errors import LubanError, RunError
 from luban.rundir import check_finished
 from luban.tasks import task_classes
-from luban.training.hardware import select_device, set_threads
 
 
 class Predictor:
     """Facade over the task's predictor: predict(inputs) -> list of JSON-ready dicts; evaluate(path) -> metrics."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "auto"):
-        from luban.compress.backends import choose_backend
+        from luban.compress.onnx_runtime import choose_backend, light_predictor
 
         self.run_dir = check_finished(run_dir)
         self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
+        light = light_predictor(self.run_dir, self.config, device, backend)  # onnxruntime + NumPy, no torch
+        if light is not None:
+            self.backend, self._impl = "onnx", light
+            return
+        from luban.training.hardware import select_device, set_threads
+
         set_threads(self.config.trainer.num_threads)
         _, PredictorCls = task_classes(self.config.task)
         if (self.run_dir / "model" / "ensemble.json").is_file():  # luban ensemble: combines its member runs

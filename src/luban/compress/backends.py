@@ -7,59 +7,15 @@ installed; `luban.load(run, backend="torch")` forces PyTorch, `backend="onnx"` i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from luban.compress import COMPRESSION
-from luban.errors import RunError
-from luban.training.checkpoint import WEIGHTS, load_weights
-
-BACKENDS = ("auto", "torch", "onnx")
-
-
-def compression_info(model_dir: Path) -> dict:
-    path = Path(model_dir) / COMPRESSION
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise RunError(f"{path}: unreadable ({e})") from None
-
-
-def choose_backend(run_dir: Path, predictor_cls, backend: str = "auto") -> str:
-    from luban.compress.onnx_predictor import has_onnx
-
-    if backend not in BACKENDS:
-        raise RunError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    model_dir = Path(run_dir) / "model"
-    exportable = getattr(predictor_cls, "exportable", False)
-    onnx = exportable and has_onnx(model_dir)
-    torch_weights = (model_dir / WEIGHTS).is_file()
-    if backend == "onnx":
-        if not onnx:
-            raise RunError(f"{run_dir}: no ONNX export to run (make one with `luban export {run_dir} --format onnx`)")
-        return "onnx"
-    if backend == "torch":
-        if not torch_weights and onnx:
-            how = compression_info(model_dir).get("method", "ONNX")
-            raise RunError(f"{run_dir}: this run holds only an ONNX model ({how}); load it with backend='onnx' "
-                           "(the default)")
-        return "torch"
-    if onnx:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            if not torch_weights:
-                raise RunError(f"{run_dir}: this run holds only an ONNX model; it needs onnxruntime: "
-                               "pip install 'luban[export]'") from None
-            return "torch"
-        return "onnx"
-    return "torch"
+# the backend choice is torch-free (luban.compress.onnx_runtime); imported here by its older callers
+from luban.compress.onnx_runtime import BACKENDS, choose_backend, compression_info  # noqa: F401
+from luban.training.checkpoint import load_weights
 
 
 class Bf16Module(nn.Module):

@@ -1,59 +1,16 @@
 """The onnxruntime backend: an ONNX export wrapped as an nn.Module, so a task's own predictor (tokenization,
-batching, postprocessing) runs it exactly as it runs the PyTorch model."""
+batching, postprocessing) runs it exactly as it runs the PyTorch model. The torch-free side (sessions, the
+tasks' own onnxruntime predictors) is luban.compress.onnx_runtime."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from luban.compress import EXPORT_META, ONNX_DIR, ONNX_FILE
-from luban.errors import ExportError, RunError
-
-
-def onnx_path(model_dir: Path) -> Path:
-    return Path(model_dir) / ONNX_DIR / ONNX_FILE
-
-
-def has_onnx(model_dir: Path) -> bool:
-    """An ONNX export luban's predictor can run: present, with dynamic batch/sequence axes."""
-    path = onnx_path(model_dir)
-    if not path.is_file():
-        return False
-    try:
-        meta = json.loads((path.parent / EXPORT_META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(meta.get("dynamic_axes", True))
-
-
-def require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError("the ONNX backend needs onnxruntime: pip install 'luban[export]'") from None
-    return onnxruntime
-
-
-def session(path: Path, threads: int | None = None):
-    """An onnxruntime CPU session with every graph optimization, using torch's thread count, threads not spinning."""
-    ort = require_onnxruntime()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    # no busy-waiting between runs: a predictor does its tokenization and postprocessing in PyTorch/NumPy in the
-    # same process, and spinning onnxruntime threads starve those on a small CPU (measured: SST-2 MiniLM int8,
-    # 2 cores, 390-400 rows/s end to end without spinning, 280-375 with)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid models
-        raise RunError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
+from luban.compress.onnx_runtime import has_onnx, onnx_path, require_onnxruntime, session, session_threads  # noqa: F401
 
 
 class OrtModule(nn.Module):
@@ -64,7 +21,7 @@ class OrtModule(nn.Module):
     def __init__(self, path: Path, spec, threads: int | None = None):
         super().__init__()
         self.path = Path(path)
-        self.session = session(self.path, threads)
+        self.session = session(self.path, threads or session_threads() or torch.get_num_threads())
         self.input_names = list(spec.input_names)
         self.output_names = list(spec.output_names)
         self.as_dict = spec.outputs_dict

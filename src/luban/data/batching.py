@@ -7,7 +7,10 @@ batch holds texts of similar length (little padding) while epochs still differ. 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
@@ -17,6 +20,8 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, sh
         if bucket:
             return inference_batches(lengths, batch_size)
         return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    import torch  # here, not at the top: the torch-free ONNX predictors batch with inference_batches
+
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     if bucket:
@@ -57,6 +62,8 @@ def inference_batches(lengths: list[int], batch_size: int, max_padding: float = 
 
 def pad_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest sequence in the batch; returns (ids, attention_mask)."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

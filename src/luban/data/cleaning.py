@@ -5,11 +5,17 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from luban.config import CleanConfig
-from luban.data.readers import LINE
 from luban.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# = luban.data.readers.LINE; not imported from there: checking one text (a prediction's input) must not import
+# pandas (`luban predict --backend onnx` starts in well under a second)
+LINE = "_line"
 
 
 def normalize_text(text: str, cfg: CleanConfig) -> str:
@@ -136,6 +142,8 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
     src = df.attrs.get("source", "data")
     rep = CleaningReport(source=src, rows_in=len(df))
     texts = _texts_only(df, text_col, src)
+    import pandas as pd
+
     out = pd.DataFrame({
         "text": [normalize_text(t, cfg) if t is not None else "" for t in texts],
         "label": [label_text(v, cfg) for v in df[label_col]] if label_col is not None else None,
@@ -179,6 +187,8 @@ def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: Cle
         values = _texts_only(df, col, src)
         cols[name] = [("" if t is None else normalize_text(t, cfg) if name == names[0]
                        else " ".join(t.split())) for t in values]
+    import pandas as pd
+
     out = pd.DataFrame({**cols, LINE: df[LINE].to_numpy()})
     for name, col, drop in ((names[0], first_col, cfg.drop_empty), (names[1], second_col, cfg.drop_missing_label)):
         empty = out[name] == ""

@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from luban.data.readers import LINE, iter_table, resolve_column
 from luban.errors import DataError, LubanError
 
 ON_ERROR = ("error-row", "skip-row", "fail")
@@ -44,10 +43,14 @@ def _size(inputs) -> int:
     return len(inputs)
 
 
-def _take(inputs, idx: list[int]):
-    import pandas as pd
+def _is_frame(inputs) -> bool:
+    """A pandas DataFrame? (Without importing pandas: inputs that are not one need no pandas.)"""
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(inputs, pd.DataFrame)
 
-    if isinstance(inputs, pd.DataFrame):
+
+def _take(inputs, idx: list[int]):
+    if _is_frame(inputs):
         part = inputs.iloc[idx].reset_index(drop=True)
         part.attrs = dict(inputs.attrs)
         return part
@@ -55,9 +58,7 @@ def _take(inputs, idx: list[int]):
 
 
 def _items(inputs):
-    import pandas as pd
-
-    if isinstance(inputs, pd.DataFrame):
+    if _is_frame(inputs):
         return [None] * len(inputs)  # a table's rows are checked by the task's predict (bisected on error)
     return inputs
 
@@ -160,6 +161,8 @@ def _n(count: int, noun: str) -> str:
 
 
 def _id_values(frame, id_column, start: int):
+    from luban.data.readers import resolve_column
+
     if id_column is None:
         return "row", range(start, start + len(frame))
     col = resolve_column(frame, id_column, "id")
@@ -174,12 +177,16 @@ def _input_format(cfg, path: Path) -> str:
 
 
 def iter_frames(cfg, path: Path, chunk_rows: int):
+    from luban.data.readers import iter_table
+
     d = cfg.data
     yield from iter_table(path, _input_format(cfg, path), d.header, d.delimiter, d.quoting, d.encoding_for(path),
                           chunk_rows)
 
 
 def _keep_columns(frame, keep_columns, keep_input) -> list[str]:
+    from luban.data.readers import LINE, resolve_column
+
     if keep_input:
         return [c for c in frame.columns if c != LINE]
     return [resolve_column(frame, c, "keep") for c in keep_columns or []]
@@ -201,6 +208,8 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
     if not callable(getattr(impl, "frame_inputs", None)) or path.is_dir() or _is_single_media(impl, path):
         yield from _predict_whole(impl, path, on_error, summary, chunk_rows, kw)
         return
+    from luban.data.readers import LINE  # here: a folder of images, or inputs given in memory, need no pandas
+
     frames = iter_frames(cfg, path, chunk_rows)
     run = local_runner(impl, kw)
     chunks = runner_map(frames) if runner_map is not None else ((f, run(f)) for f in frames)

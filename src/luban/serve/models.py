@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ class ServedModel:
                           for i in range(len(self.predictors))]
         self.executor = self.executors[0]  # generation and direct calls (recommend, images) run here
         self.calls = 0  # direct calls queued or running on that thread
-        if settings.threads:
+        if settings.threads and "torch" in sys.modules:  # a model on torch (an ONNX-only server never imports it)
             import torch
 
             torch.set_num_threads(settings.threads)
@@ -146,9 +147,9 @@ class Registry:
         from luban.predictor import load
 
         if self.settings.threads:  # before loading: onnxruntime sessions take their thread count at creation
-            from luban.training.hardware import set_threads
+            from luban.compress.onnx_runtime import set_session_threads
 
-            set_threads(self.settings.threads)
+            set_session_threads(self.settings.threads)
         try:
             for name, run in zip(self.names_for(self.settings.runs), self.settings.runs, strict=True):
                 given = (predictors or {}).get(run)

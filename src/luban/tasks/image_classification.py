@@ -20,7 +20,8 @@ from torch import nn
 
 from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
-from luban.data.images import IMAGE_SUFFIXES, decode_image, list_image_folder, list_images, resolve_image_paths
+from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, list_images, load_one,
+                               resolve_image_paths)
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
@@ -38,72 +39,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def working_side(cfg: RunConfig) -> int:
     im = cfg.preprocessing.image
     return im.resize or max(im.size, int(round(im.size * 256 / 224)))
-
-
-def _pil_to_array(im, mode: str) -> np.ndarray:
-    """A PIL image -> HxWxC uint8 with EXIF orientation applied and RGBA/palette composited on white."""
-    from PIL import Image, ImageOps
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("RGBA", "LA", "P") and mode == "RGB":
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _array_to_mode(arr: np.ndarray, mode: str, name: str) -> np.ndarray:
-    """A numpy image (HxW, HxWx1/3/4; uint8, or float in [0, 1]) -> HxWxC uint8 in `mode`."""
-    from PIL import Image
-
-    a = np.asarray(arr)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] not in (1, 3, 4):
-        a = a.transpose(1, 2, 0)  # CxHxW
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)) or min(a.shape[:2]) < 1:
-        raise DataError(f"{name}: expected an HxW or HxWxC image array, found shape {tuple(a.shape)}")
-    if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        if a.size and a.max() <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.round(a), 0, 255).astype(np.uint8)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    return _pil_to_array(Image.fromarray(a), mode)
-
-
-def to_working(arr: np.ndarray, side: int) -> np.ndarray:
-    """HxWxC uint8 -> CxSxS uint8: shorter side resized to `side` (antialiased bilinear), then center-cropped."""
-    from PIL import Image
-
-    h, w, c = arr.shape
-    if (h, w) != (side, side):
-        scale = side / min(h, w)
-        nh, nw = max(side, round(h * scale)), max(side, round(w * scale))
-        im = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
-        if (nh, nw) != (h, w):
-            im = im.resize((nw, nh), Image.BILINEAR)
-        top, left = (nh - side) // 2, (nw - side) // 2
-        arr = np.asarray(im.crop((left, top, left + side, top + side)), dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def load_one(item, mode: str, side: int, name: str) -> np.ndarray:
-    """A path, PIL image or numpy array -> CxSxS uint8 working image; DataError naming the file when unreadable."""
-    if isinstance(item, (str, Path)):
-        return to_working(decode_image(item, mode), side)
-    if isinstance(item, np.ndarray):
-        return to_working(_array_to_mode(item, mode, name), side)
-    try:
-        from PIL import Image
-
-        if isinstance(item, Image.Image):
-            return to_working(_pil_to_array(item, mode), side)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(item, torch.Tensor):
-        return to_working(_array_to_mode(item.detach().cpu().numpy(), mode, name), side)
-    raise DataError(f"{name}: expected an image path, a PIL image or a numpy array, found {type(item).__name__}")
 
 
 def center_crop(w: torch.Tensor, size: int) -> torch.Tensor:
@@ -627,7 +562,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class ImageClassificationPredictor(Predictor, _ImageModelUser):
+class ImageClassificationPredictor(ImageInputs, Predictor, _ImageModelUser):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_classification"
     exportable = True
@@ -667,25 +602,6 @@ class ImageClassificationPredictor(Predictor, _ImageModelUser):
             out.append({"image": name, "label": labels[order[0]], "score": round(row[order[0]], 6),
                         "probabilities": {labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}})
         return out
-
-    media_suffixes = IMAGE_SUFFIXES  # an image file given as the input file is one input
-
-    def frame_inputs(self, frame):
-        """Image paths of a listing's rows (relative to the listing's folder); an empty cell stays None."""
-        col = resolve_column(frame, self.cfg.data.columns.image or "image", "image")
-        base = Path(frame.attrs.get("source", ".")).parent
-        paths = []
-        for v in frame[col]:
-            v = None if v is None else str(v).strip()
-            paths.append(None if not v else Path(v) if Path(v).is_absolute() else base / v)
-        return paths, col
-
-    def input_problem(self, x):
-        if x is None:
-            return "empty image path"
-        if isinstance(x, (str, Path)) and not Path(x).is_file():
-            return f"image file not found: {x}"
-        return None
 
     def read_inputs(self, path):
         p = Path(path)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
+from luban.data.tabular import TabularPreprocessor
 from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.baselines import tabular_baselines
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
@@ -20,81 +21,6 @@ from luban.models.mlp import TabularMLP
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
                               to_device)
 from luban.training.progress import say
-
-
-class TabularPreprocessor:
-    """Numeric scaling (fit on train), mean imputation, categorical vocabularies (0 = unknown/missing)."""
-
-    def __init__(self, numeric: list[str], categorical: list[str], scaling: str):
-        self.numeric, self.categorical, self.scaling = numeric, categorical, scaling
-        self.center: dict[str, float] = {}
-        self.scale: dict[str, float] = {}
-        self.fill: dict[str, float] = {}
-        self.vocab: dict[str, list[str]] = {}
-
-    def _numbers(self, frame: pd.DataFrame, col: str) -> np.ndarray:
-        raw = frame[col]
-        vals = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
-        bad = np.isnan(vals) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {col!r}: "
-                            f"{raw.iloc[i]!r} is not a number (list the column in data.columns.categorical "
-                            "if it is a category)")
-        if np.isinf(vals).any():  # inf / 1e999 would turn the loss into NaN: name the cell instead
-            i = int(np.flatnonzero(np.isinf(vals))[0])
-            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {col!r}: "
-                            f"{raw.iloc[i]!r} is not a finite number (leave the cell empty for a missing value)")
-        return vals
-
-    def fit(self, frame: pd.DataFrame) -> "TabularPreprocessor":
-        for col in self.numeric:
-            v = self._numbers(frame, col)
-            if np.isnan(v).all():
-                raise DataError(f"{frame.attrs.get('source', 'data')}: field {col!r}: no numeric values in training")
-            self.fill[col] = float(np.nanmean(v))
-            if self.scaling == "standard":
-                self.center[col], self.scale[col] = self.fill[col], float(np.nanstd(v)) or 1.0
-            elif self.scaling == "minmax":
-                lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
-                self.center[col], self.scale[col] = lo, (hi - lo) or 1.0
-            else:
-                self.center[col], self.scale[col] = 0.0, 1.0
-        for col in self.categorical:
-            self.vocab[col] = sorted({str(x) for x in frame[col] if x is not None and str(x).strip() != ""})
-        return self
-
-    def transform(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
-        for j, col in enumerate(self.numeric):
-            v = self._numbers(frame, col)
-            v = np.where(np.isnan(v), self.fill[col], v)
-            num[:, j] = (v - self.center[col]) / self.scale[col]
-        cat = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
-        for j, col in enumerate(self.categorical):
-            index = {v: i + 1 for i, v in enumerate(self.vocab[col])}
-            cat[:, j] = [index.get(str(x), 0) if x is not None else 0 for x in frame[col]]
-        return torch.from_numpy(num), torch.from_numpy(cat)
-
-    def one_hot(self, numeric: torch.Tensor, categorical: torch.Tensor) -> np.ndarray:
-        """Features for the classical baselines."""
-        parts = [numeric.numpy()]
-        for j, col in enumerate(self.categorical):
-            parts.append(np.eye(len(self.vocab[col]) + 1, dtype=np.float32)[categorical[:, j].numpy()])
-        return np.concatenate(parts, axis=1)
-
-    def cardinalities(self) -> list[int]:
-        return [len(self.vocab[c]) + 1 for c in self.categorical]
-
-    def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("numeric", "categorical", "scaling", "center", "scale", "fill", "vocab")}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TabularPreprocessor":
-        p = cls(d["numeric"], d["categorical"], d["scaling"])
-        for k in ("center", "scale", "fill", "vocab"):
-            setattr(p, k, d[k])
-        return p
 
 
 def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
@@ -299,22 +225,7 @@ class TabularPredictor(Predictor, _TabularModelUser):
             activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm, embedding_dim=m.embedding_dim))
 
     def _frame(self, inputs) -> pd.DataFrame:
-        if isinstance(inputs, pd.DataFrame):
-            frame = inputs.copy()
-        else:
-            if isinstance(inputs, dict):
-                inputs = [inputs]
-            bad = [i for i, r in enumerate(inputs) if not isinstance(r, dict)]
-            if bad:
-                raise DataError(f"input {bad[0] + 1}: expected a mapping of column -> value")
-            frame = pd.DataFrame.from_records(list(inputs))
-        if LINE not in frame.columns:
-            frame[LINE] = range(1, len(frame) + 1)
-        frame.attrs.setdefault("source", "input")
-        missing = [c for c in self.pre.numeric + self.pre.categorical if c not in frame.columns]
-        if missing:
-            raise DataError(f"{frame.attrs['source']}: missing feature column(s) {missing}")
-        return frame
+        return self.pre.input_frame(inputs)
 
     def predict(self, inputs) -> list[dict]:
         frame = self._frame(inputs)
