@@ -71,7 +71,7 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
             result["test"] = EnsemblePredictor(work, "cpu").evaluate(test_file)
             result["test_data"] = str(test_file)
         (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        return run.finish()
+        return run.finish(kind="ensemble")
     except BaseException:
         run.discard()
         raise

@@ -1,0 +1,56 @@
+"""The run directory's manifest.json (luban.manifest): written when a run finishes, read first when it loads."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+import luban
+from luban import manifest
+from luban.cli import main
+from luban.errors import RunError
+
+
+def test_a_finished_run_has_a_manifest_of_its_files(trained_text_run):
+    run = trained_text_run["run"]
+    m = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert m["format"] == manifest.FORMAT == 1
+    assert m["luban_version"] == luban.__version__
+    assert (m["task"], m["model_type"], m["seed"]) == ("text_classification", "textcnn", 7)
+    assert m["created"].endswith("+00:00")
+    files = {f["path"]: f for f in m["files"]}
+    on_disk = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    assert sorted(files) == [p for p in on_disk if p != "manifest.json"]
+    weights = run / "model" / "model.safetensors"
+    assert files["model/model.safetensors"]["bytes"] == weights.stat().st_size
+    assert files["model/model.safetensors"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert "sha256" not in files["metrics.json"]  # only the model's files are hashed
+
+
+def test_a_run_without_manifest_loads_as_format_0(trained_text_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained_text_run["run"], old)
+    (old / "manifest.json").unlink()  # a run written by luban before run formats
+    assert manifest.read(old) == {"format": 0}
+    texts = ["服务很好，非常满意", "太差了"]
+    assert luban.load(old).predict(texts) == luban.load(trained_text_run["run"]).predict(texts)
+
+
+def test_a_run_of_a_newer_format_is_refused_with_one_clear_error(trained_text_run, tmp_path, capsys):
+    new = tmp_path / "new"
+    shutil.copytree(trained_text_run["run"], new)
+    m = json.loads((new / "manifest.json").read_text(encoding="utf-8"))
+    m.update(format=manifest.FORMAT + 1, luban_version="9.0.0")
+    (new / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    msg = f"{new} was written by luban 9.0.0 with run format {manifest.FORMAT + 1}; this luban reads up to " \
+          f"{manifest.FORMAT}: upgrade luban"
+    with pytest.raises(RunError) as e:
+        luban.load(new)
+    assert str(e.value) == msg
+    assert main(["predict", str(new), "--text", "好"]) != 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {msg}" and "Traceback" not in err
+    (new / "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(RunError, match="unreadable run manifest"):
+        luban.load(new)
