@@ -8,8 +8,25 @@ import pytest
 
 import luban
 from luban import manifest
+from luban.processor import LEGACY
 from luban.cli import main
 from luban.errors import RunError
+
+from conftest import tabular_config, write_csv
+
+
+def to_format_0(run):
+    """`run` rewritten as luban wrote runs before run formats: no manifest.json, and each part of processor.json
+    in its own file of model/ (a tokenizer's in its folder), as the tasks used to save them."""
+    (run / "manifest.json").unlink(missing_ok=True)
+    model = run / "model"
+    doc = json.loads((model / "processor.json").read_text(encoding="utf-8"))
+    for name, state in doc["parts"].items():
+        old = LEGACY[name]
+        late = (name == "tokenizer" and state.get("type") == "ngram_bag") or \
+            (name == "model" and doc["task"] == "text_generation")
+        (model / old[late]).write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+    (model / "processor.json").unlink()
 
 
 def test_a_finished_run_has_a_manifest_of_its_files(trained_text_run):
@@ -26,6 +43,7 @@ def test_a_finished_run_has_a_manifest_of_its_files(trained_text_run):
     assert files["model/model.safetensors"]["bytes"] == weights.stat().st_size
     assert files["model/model.safetensors"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert "sha256" not in files["metrics.json"]  # only the model's files are hashed
+    assert "model/processor.json" in files
 
 
 def test_a_run_without_manifest_loads_as_format_0(trained_text_run, tmp_path):
@@ -35,6 +53,26 @@ def test_a_run_without_manifest_loads_as_format_0(trained_text_run, tmp_path):
     assert manifest.read(old) == {"format": 0}
     texts = ["服务很好，非常满意", "太差了"]
     assert luban.load(old).predict(texts) == luban.load(trained_text_run["run"]).predict(texts)
+    to_format_0(old)  # and with its fitted state in the old per-part files
+    assert (old / "model" / "labels.json").is_file() and (old / "model" / "tokenizer" / "encoder.json").is_file()
+    assert luban.load(old).predict(texts) == luban.load(trained_text_run["run"]).predict(texts)
+    (old / "model" / "labels.json").unlink()
+    with pytest.raises(RunError, match="labels.json.*no 'labels'"):
+        luban.load(old)
+
+
+def test_a_tabular_run_of_format_0_predicts_as_before(tmp_path):
+    rows = [[str(a), str(b), "big" if a + b > 10 else "small"] for a in range(11) for b in range(11)]
+    train = write_csv(tmp_path / "t.csv", rows, header=("a", "b", "size"))
+    run = luban.train(tabular_config(tmp_path / "runs", "tab", "tabular_classification",
+                                     {"train": str(train), "columns": {"label": "size"}},
+                                     trainer={"epochs": 2}), quiet=True)
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    to_format_0(old)
+    assert sorted(p.name for p in (old / "model").glob("*.json")) == ["labels.json", "preprocessing.json"]
+    inputs = [{"a": 0, "b": 1}, {"a": 10, "b": 9}]
+    assert luban.load(old).predict(inputs) == luban.load(run).predict(inputs)
 
 
 def test_a_run_of_a_newer_format_is_refused_with_one_clear_error(trained_text_run, tmp_path, capsys):

@@ -59,7 +59,8 @@ def _config_fields(run: Path) -> dict:
     try:
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        cfg = {}
+        cfg = None
+    cfg = cfg if isinstance(cfg, dict) else {}  # a folder that is no luban run (RunDir used on its own)
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     return {"task": cfg.get("task"), "model_type": model.get("type"), "seed": cfg.get("seed")}
 
