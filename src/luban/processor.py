@@ -94,8 +94,7 @@ def load(folder: Path) -> Saved:
         doc = json.loads(path.read_text(encoding="utf-8"))
         parts, version = doc["parts"], doc["format"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path}: unreadable ({type(e).__name__}: {e}); the run's model files are corrupted") \
-            from None
+        raise RunError(f"{path}: unreadable, missing or corrupted model files ({type(e).__name__}: {e})") from None
     if not isinstance(version, int) or version > FORMAT:
         raise RunError(f"{path}: processor format {version!r}; this luban reads up to {FORMAT}: upgrade luban")
     return Saved(parts, path)
@@ -121,7 +120,7 @@ def legacy(folder: Path) -> Saved:
                 try:
                     parts[name] = json.loads((folder / f).read_text(encoding="utf-8"))
                 except (OSError, ValueError) as e:
-                    raise RunError(f"{folder / f}: unreadable ({type(e).__name__}: {e}); the run's model files "
-                                   "are corrupted") from None
+                    raise RunError(f"{folder / f}: unreadable, missing or corrupted model files "
+                                   f"({type(e).__name__}: {e})") from None
                 break
     return Saved(parts, folder / FILE, legacy=True)
