@@ -92,3 +92,30 @@ def test_a_run_of_a_newer_format_is_refused_with_one_clear_error(trained_text_ru
     (new / "manifest.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(RunError, match="unreadable run manifest"):
         luban.load(new)
+
+
+def test_refresh_lists_files_added_to_a_finished_run(trained_text_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_text_run["run"], run)
+    before = manifest.read(run)
+    (run / "model" / "onnx").mkdir()
+    (run / "model" / "onnx" / "model.onnx").write_bytes(b"graph")  # what `luban export` adds
+    manifest.refresh(run)
+    after = manifest.read(run)
+    added = {f["path"]: f for f in after["files"]}["model/onnx/model.onnx"]
+    assert added == {"path": "model/onnx/model.onnx", "bytes": 5, "sha256": hashlib.sha256(b"graph").hexdigest()}
+    assert {k: v for k, v in after.items() if k != "files"} == {k: v for k, v in before.items() if k != "files"}
+
+
+def test_processor_json_names_its_assets_and_refuses_a_newer_format(trained_text_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_text_run["run"], run)
+    path = run / "model" / "processor.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["format"] == 1 and doc["task"] == "text_classification"
+    assert doc["assets"] == ["tokenizer/vocab.json"] and doc["parts"]["tokenizer"]["type"] == "char"
+    assert doc["parts"]["labels"] == trained_text_run["metrics"]["data"]["labels"]
+    doc["format"] = 2
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(RunError, match="processor format 2; this luban reads up to 1: upgrade luban"):
+        luban.load(run)
