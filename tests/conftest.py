@@ -129,6 +129,47 @@ def speech_config(out_dir: Path, name: str, train: Path, **extra) -> dict:
     return deep_update(cfg, extra)
 
 
+def assert_run_layout(run: Path) -> dict:
+    """A finished run's versioned layout (issue 18): manifest.json listing its files, and the task's fitted state
+    as one model/processor.json (+ the assets it names, all present), no per-part metadata files beside it.
+    Returns processor.json's parts."""
+    from luban.processor import LEGACY
+
+    run = Path(run)
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format"] >= 1, manifest
+    listed = {f["path"] for f in manifest["files"]}
+    assert "model/processor.json" in listed and "metrics.json" in listed, sorted(listed)
+    doc = json.loads((run / "model" / "processor.json").read_text(encoding="utf-8"))
+    assert doc["task"] == manifest["task"] and doc["format"] >= 1
+    for asset in doc["assets"]:
+        assert (run / "model" / asset).exists(), f"processor.json names {asset}, which the run does not have"
+    for name, files in LEGACY.items():
+        for f in files:
+            assert not (run / "model" / f).exists(), f"model/{f} beside processor.json ({name} belongs in it)"
+    return doc["parts"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def every_finished_run_is_checked():
+    """Every luban run finished in this session (train, compress, distill: each task's tests train theirs) is
+    checked with assert_run_layout as it finishes; an ensemble's fitted state is its members'."""
+    from luban.rundir import RunDir
+
+    finish = RunDir.finish
+
+    def checked(self, **manifest):
+        out = finish(self, **manifest)
+        written = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if written["task"] and manifest.get("kind") != "ensemble":  # (not a RunDir test's fake run)
+            assert_run_layout(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunDir, "finish", checked)
+        yield
+
+
 def assert_no_run(out_dir: Path, name: str) -> None:
     """Neither a finished run nor a partial one was left behind."""
     assert not (Path(out_dir) / name).exists(), f"a run dir {name}/ was left behind"

@@ -266,8 +266,14 @@ def test_corrupted_config_in_run_dir(trained_text_run, tmp_path):
 def test_corrupted_tokenizer_in_run_dir(trained_text_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(trained_text_run["run"], run)
-    (run / "model" / "tokenizer" / "encoder.json").write_text("{not json", encoding="utf-8")
+    path = run / "model" / "processor.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["parts"]["tokenizer"]["config"] = "{not json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(RunError, match="tokenizer files are missing or corrupted"):
+        luban.load(run)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(RunError, match="processor.json: unreadable"):
         luban.load(run)
 
 
@@ -285,9 +291,24 @@ def test_run_dir_missing_tokenizer_vocab(trained_text_run, tmp_path):
     assert "tokenizer" in msg and "vocab.json" in msg
 
 
+def _load_without_part(trained_text_run, tmp_path, part):
+    run = tmp_path / "copy"
+    shutil.copytree(trained_text_run["run"], run)
+    path = run / "model" / "processor.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    del doc["parts"][part]
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(RunError) as e:
+        luban.load(run)
+    return str(e.value)
+
+
 def test_run_dir_missing_model_meta(trained_text_run, tmp_path):
-    assert "model_meta.json" in _load_without(trained_text_run, tmp_path, "model/model_meta.json")
+    msg = _load_without_part(trained_text_run, tmp_path, "model")
+    assert "processor.json" in msg and "'model'" in msg
+    assert "processor.json" in _load_without(trained_text_run, tmp_path / "whole", "model/processor.json")
 
 
 def test_run_dir_missing_labels(trained_text_run, tmp_path):
-    assert "labels.json" in _load_without(trained_text_run, tmp_path, "model/labels.json")
+    msg = _load_without_part(trained_text_run, tmp_path, "labels")
+    assert "processor.json" in msg and "'labels'" in msg

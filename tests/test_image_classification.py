@@ -15,7 +15,7 @@ from PIL import Image
 
 import luban
 from luban.errors import DataError
-from tests.conftest import assert_no_run, deep_update
+from tests.conftest import assert_no_run, assert_run_layout, deep_update
 
 PIL_MODES = ["RGB", "RGB", "RGBA", "L"]  # some training images are RGBA or grayscale: all are converted
 
@@ -83,10 +83,10 @@ def test_learns_stripes_from_folders(stripes_run):
     assert m["test"]["accuracy"] >= 0.9, m["test"]
     assert m["data"]["splits"] == {"train": 72, "validation": 8, "test": 30}
     assert set(m["test"]) >= {"accuracy", "f1_macro", "confusion_matrix"}
-    model_dir = stripes_run["run"] / "model"
-    meta = json.loads((model_dir / "image_meta.json").read_text(encoding="utf-8"))
+    parts = assert_run_layout(stripes_run["run"])
+    meta = parts["image"]
     assert meta["channels"] == 3 and len(meta["mean"]) == 3 and all(0 < s < 1 for s in meta["std"])
-    assert json.loads((model_dir / "labels.json").read_text(encoding="utf-8")) == ["horizontal", "vertical"]
+    assert parts["labels"] == ["horizontal", "vertical"]
     report = (stripes_run["run"] / "report.html").read_text(encoding="utf-8")
     assert "Confusion matrix" in report
     history = [json.loads(l) for l in (stripes_run["run"] / "history.jsonl").read_text().splitlines()]
@@ -287,7 +287,7 @@ def test_pretrained_backbone_trains_and_reloads(stripes_run, tmp_path, out_dir, 
     cfg["model"].pop("widths"), cfg["model"].pop("blocks")
     run = luban.train(cfg, quiet=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    meta = json.loads((run / "model" / "image_meta.json").read_text(encoding="utf-8"))
+    meta = assert_run_layout(run)["image"]
     if kind == "vit":
         assert meta["mean"] == [0.5, 0.5, 0.5]  # from the backbone's image processor
         assert m["parameters"]["trainable"] == m["parameters"]["total"]

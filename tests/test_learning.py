@@ -20,7 +20,7 @@ def test_chinese_text_classification_learns(out_dir, zh_data):
     assert run == out_dir / "zh"
     assert not (out_dir / "zh.partial").exists()
     for f in ("config.yaml", "metrics.json", "report.html", "history.jsonl", "model/model.safetensors",
-              "model/labels.json", "model/tokenizer/vocab.json"):
+              "model/processor.json", "model/tokenizer/vocab.json"):
         assert (run / f).exists(), f
     m = read_metrics(run)
     assert m["task"] == "text_classification" and m["main_metric"] == "accuracy"

@@ -269,7 +269,7 @@ def test_tabular_label_null_is_dropped_with_a_count(tmp_path, out_dir, capsys):
     cfg = tabular_config(out_dir, "tab", "tabular_classification", {"train": str(f), "columns": {"label": "label"}},
                          trainer={"epochs": 1})
     run = luban.train(cfg)  # (quiet=True prints nothing at all)
-    assert json.loads((run / "model" / "labels.json").read_text()) == ["no", "yes"]
+    assert json.loads((run / "model" / "processor.json").read_text())["parts"]["labels"] == ["no", "yes"]
     assert "dropped 1 rows with a missing 'label'" in capsys.readouterr().err
 
 

@@ -19,7 +19,7 @@ from luban.data.interactions import (ITEM, TIME, USER, Encoded, Histories, IdMap
 from luban.errors import ConfigError, DataError
 from luban.evaluate.ranking import RankingMetrics, user_metrics
 
-from conftest import assert_no_run, deep_update
+from conftest import assert_no_run, assert_run_layout, deep_update
 
 N_USERS, N_ITEMS, PER_USER = 40, 30, 10
 
@@ -347,8 +347,9 @@ def test_bpr_recovers_planted_clusters(bpr_run):
     assert m["test"]["hr"] > m["baseline"]["test"]["hr"]          # beats popularity on held-out items
     assert m["test"]["popularity"] == m["baseline"]["test"]       # popularity always reported beside
     assert set(m["test"]["at_k"]) == {"1", "5"} and m["main_metric"] == "ndcg"
-    for f in ("ids.json", "state.safetensors", "model.safetensors", "recommender.json"):
+    for f in ("processor.json", "state.safetensors", "model.safetensors"):
         assert (bpr_run / "model" / f).is_file()
+    assert {"ids", "recommender"} <= set(assert_run_layout(bpr_run))
 
 
 @pytest.mark.parametrize("model", [{"type": "itemknn", "neighbors": 10},

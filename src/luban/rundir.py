@@ -3,7 +3,8 @@
 A run that fails on bad input leaves nothing; one interrupted during training keeps `<name>.partial/` with its
 checkpoints so `luban train CONFIG --resume` can continue it, and a new run of the same name refuses to start
 until the user picks `--resume` or `--restart` (nothing is deleted silently). A finished run always has
-`metrics.json`. With output.overwrite the old run is renamed to `<name>.replaced/` before the new one takes its
+`metrics.json` and, written last, `manifest.json` (luban.manifest: run format, task, model, files). With
+output.overwrite the old run is renamed to `<name>.replaced/` before the new one takes its
 place and deleted after, so a kill mid-swap loses neither (the next start or load completes or undoes the swap).
 """
 
@@ -14,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from luban import manifest as run_manifest
 from luban.errors import RunError
 
 PARTIAL = ".partial"
@@ -83,9 +85,11 @@ class RunDir:
             if history.is_file() else 0
         return f" (checkpoints after {epochs} epoch{'s' * (epochs != 1)})" if epochs else ""
 
-    def finish(self) -> Path:
-        """Rename the work folder to the run's name. An existing run (output.overwrite) is moved aside first and
-        deleted last, so at every moment one of the two is complete (recover() tidies up after a kill)."""
+    def finish(self, **manifest) -> Path:
+        """Write the run's manifest.json (`manifest`: extra fields for it), then rename the work folder to the
+        run's name. An existing run (output.overwrite) is moved aside first and deleted last, so at every moment
+        one of the two is complete (recover() tidies up after a kill)."""
+        run_manifest.write(self.work, **manifest)
         if self.final.exists():
             if self.replaced.exists():
                 shutil.rmtree(self.replaced)
@@ -101,6 +105,7 @@ class RunDir:
 
 
 def check_finished(path: str | Path) -> Path:
+    """`path` as a finished run directory whose format this luban reads (luban.manifest), or a RunError."""
     path = Path(path)
     if path.name and path.with_name(path.name + REPLACED).is_dir():  # an overwrite swap was interrupted
         RunDir(path.parent, path.name).recover()
@@ -111,6 +116,7 @@ def check_finished(path: str | Path) -> Path:
     for need in ("config.yaml", "metrics.json", "model"):
         if not (path / need).exists():
             raise RunError(f"{path}: not a finished luban run ({need} is missing)")
+    run_manifest.read(path)  # a run of a newer format than this luban reads: one clear error
     return path
 
 

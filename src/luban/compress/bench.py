@@ -98,15 +98,19 @@ def html_table(rows: list[dict]) -> str:
 
 def add_to_report(run: Path, rows: list[dict]) -> None:
     """Put the table into run/report.html (replacing an earlier benchmark section) and run/benchmark.json."""
+    from luban import manifest
+
     (run / "benchmark.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     report = run / "report.html"
     if not report.is_file():
+        manifest.refresh(run)
         return
     text = report.read_text(encoding="utf-8")
     text = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), "", text, flags=re.S)
     section = html_table(rows)
     text = text.replace("</body>", section + "</body>") if "</body>" in text else text + section
     report.write_text(text, encoding="utf-8")
+    manifest.refresh(run)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -68,6 +68,7 @@ def student_config(student, teacher_cfg, teacher_run: Path, name: str | None, ov
 def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0.5, name: str | None = None,
                 overrides: list[str] | None = None, overwrite: bool = False, transfer_data=None,
                 quiet: bool = False) -> Path:
+    from luban import manifest
     from luban.compress import COMPRESSION
     from luban.compress.runs import prepared_task, run_config, run_metrics, scalars
     from luban.pipeline import train
@@ -137,6 +138,7 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+    manifest.refresh(out)  # metrics.json changed after the run finished
     if not quiet:
         main = metrics["main_metric"]
         print(f"distilled {scfg.model.type} student from {teacher} (T={temperature}, alpha={alpha}): test {main} "

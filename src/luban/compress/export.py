@@ -213,9 +213,13 @@ def bounded_sample(run: Path, cfg, samples: int, batch_size: int = 16):
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
+    """`tmp` becomes RUN/model/<sub> (`final`); the run's manifest then lists the new files."""
+    from luban import manifest
+
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    manifest.refresh(final.parent.parent)
 
 
 @contextlib.contextmanager

@@ -9,11 +9,11 @@ distillation) is handed to the task's own predictor, built on first use on the s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from luban import processor
 from luban.data.cleaning import normalize_inputs, text_problem
 from luban.data.images import ImageInputs
 
@@ -31,8 +31,8 @@ def ranked(row: list[float], labels: list[str], top_k: int | None) -> dict:
             "probabilities": {labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
 
 
-def read_labels(folder: Path) -> list[str]:
-    return json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))
+def read_labels(saved) -> list[str]:
+    return list(saved["labels"])
 
 
 class OnnxPredictor:
@@ -119,20 +119,17 @@ class TextClassificationOnnx(OnnxPredictor):
 
     def __init__(self, cfg, folder, session):
         super().__init__(cfg, folder, session)
-        meta = json.loads((self.folder / "model_meta.json").read_text(encoding="utf-8"))
-        self.labels = read_labels(self.folder)
+        saved = processor.load(self.folder)
+        meta = saved["model"]
+        self.labels = read_labels(saved)
         self.pad_id = meta["pad_id"]
-        tok_dir = self.folder / "tokenizer"
         if cfg.model.type == "pretrained":
-            from luban.data.tokenizers import META
-
-            max_length = json.loads((tok_dir / META).read_text(encoding="utf-8"))["config"]["max_length"]
-            self.encoder = _FastTokenizer(tok_dir, max_length)
+            max_length = saved["tokenizer"]["config"]["max_length"]
+            self.encoder = _FastTokenizer(self.folder / "tokenizer", max_length)
         else:
-            from luban.data.ngrams import META, NgramFeaturizer
-            from luban.data.tokenizers import load_encoder
+            from luban.data.ngrams import load_featurizer
 
-            self.encoder = NgramFeaturizer.load(tok_dir) if (tok_dir / META).is_file() else load_encoder(tok_dir)
+            self.encoder = load_featurizer(saved["tokenizer"], self.folder)
 
     def frame_inputs(self, frame):
         from luban.data.readers import resolve_column
@@ -183,10 +180,11 @@ class TabularOnnx(OnnxPredictor):
         super().__init__(cfg, folder, session)
         self.task = cfg.task
         self.regression = cfg.task == "tabular_regression"
-        meta = json.loads((self.folder / "preprocessing.json").read_text(encoding="utf-8"))
-        self.pre = TabularPreprocessor.from_json(meta["preprocessor"])
+        saved = processor.load(self.folder)
+        meta = saved["preprocessing"]
+        self.pre = TabularPreprocessor.from_state(meta["preprocessor"])
         self.y_center, self.y_scale = meta["y_center"], meta["y_scale"]
-        self.labels = None if self.regression else read_labels(self.folder)
+        self.labels = None if self.regression else read_labels(saved)
 
     def frame_inputs(self, frame):
         return self.pre.input_frame(frame), None  # a row's bad cell is a DataError from predict, narrowed to the row
@@ -210,8 +208,9 @@ class ImageClassificationOnnx(ImageInputs, OnnxPredictor):
 
     def __init__(self, cfg, folder, session):
         super().__init__(cfg, folder, session)
-        self.meta = json.loads((self.folder / "image_meta.json").read_text(encoding="utf-8"))
-        self.labels = read_labels(self.folder)
+        saved = processor.load(self.folder)
+        self.meta = saved["image"]
+        self.labels = read_labels(saved)
         c = self.meta["in_channels"]
         mean, std = np.asarray(self.meta["mean"], np.float32), np.asarray(self.meta["std"], np.float32)
         if mean.size != c:  # e.g. grayscale images into a 3-channel backbone

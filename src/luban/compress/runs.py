@@ -171,7 +171,7 @@ class DerivedRun:
                 if src_hist.is_file() else []
         write_report(self.work / "report.html", self.cfg, metrics, history,
                      [compression_section(metrics["main_metric"], compression, measured["test"])])
-        return self.rundir.finish()
+        return self.rundir.finish(source_run=str(self.source))
 
 
 def compression_section(main: str, c: dict, test: dict) -> str:

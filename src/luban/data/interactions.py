@@ -8,7 +8,6 @@ an error naming the file, the line and the field.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,13 +364,12 @@ class IdMap:
         return np.fromiter((self.index.get(v, -1) for v in values), dtype=np.int64, count=len(values))
 
 
-def save_id_maps(folder: Path, users: IdMap, items: IdMap, int_ids: bool) -> None:
-    (folder / "ids.json").write_text(json.dumps({"int_ids": int_ids, "users": users.ids, "items": items.ids},
-                                                ensure_ascii=False), encoding="utf-8")
+def id_maps_state(users: IdMap, items: IdMap, int_ids: bool) -> dict:
+    """The "ids" part of a recommender's processor.json (luban.processor)."""
+    return {"int_ids": int_ids, "users": users.ids, "items": items.ids}
 
 
-def load_id_maps(folder: Path) -> tuple[IdMap, IdMap, bool]:
-    d = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+def id_maps_from_state(d: dict) -> tuple[IdMap, IdMap, bool]:
     return IdMap(d["users"]), IdMap(d["items"]), d["int_ids"]
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from luban.errors import RunError
+from luban.processor import Processor
 
 META = "ngrams.json"
 
 
-class NgramFeaturizer:
+class NgramFeaturizer(Processor):
     kind = "ngram_bag"
 
     def __init__(self, analyzer="char", ngram_range=(1, 4), weighting="nb", min_df=1, lowercase=True,
@@ -89,20 +90,37 @@ class NgramFeaturizer:
                 vals.append((x.data[s:e] / norms[i]).astype(np.float32))
         return ids, vals
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        vocab = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
-        meta = {"type": self.kind, "analyzer": self.analyzer, "ngram_range": list(self.ngram_range),
+    def state(self) -> dict:
+        return {"type": self.kind, "analyzer": self.analyzer, "ngram_range": list(self.ngram_range),
                 "weighting": self.weighting, "min_df": self.min_df, "lowercase": self.lowercase,
                 "nb_alpha": self.nb_alpha}
-        (folder / META).write_text(json.dumps(meta), encoding="utf-8")
-        (folder / "ngram_vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        np.save(folder / "ngram_weights.npy", self.weights, allow_pickle=False)
+
+    def save_assets(self, folder: Path, name: str) -> list[str]:
+        """The n-gram vocabulary and weights into folder/name/ (their paths under folder)."""
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        vocab = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+        (folder / name / "ngram_vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        np.save(folder / name / "ngram_weights.npy", self.weights, allow_pickle=False)
+        return [f"{name}/ngram_vocab.json", f"{name}/ngram_weights.npy"]
+
+    def save(self, folder: Path) -> None:
+        """The featurizer alone in `folder`: ngrams.json (its state) and its files."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META).write_text(json.dumps(self.state()), encoding="utf-8")
+        self.save_assets(folder.parent, folder.name)
 
     @classmethod
     def load(cls, folder: Path) -> "NgramFeaturizer":
         try:
             meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunError(f"{folder}: n-gram features are missing or corrupted ({e})") from None
+        return cls.from_state(meta, folder.parent, folder.name)
+
+    @classmethod
+    def from_state(cls, meta: dict, folder: Path, name: str) -> "NgramFeaturizer":
+        folder = folder / name
+        try:
             vocab = json.loads((folder / "ngram_vocab.json").read_text(encoding="utf-8"))
             weights = np.load(folder / "ngram_weights.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -112,3 +130,13 @@ class NgramFeaturizer:
         f.vectorizer = f._make_vectorizer({w: i for i, w in enumerate(vocab)})
         f.weights = weights
         return f
+
+
+def load_featurizer(state: dict, folder: Path):
+    """A text run's fitted featurizer from its processor part `state` (files under folder/tokenizer/): an n-gram
+    featurizer or a tokenizer. Torch-free (the ONNX backend loads it too)."""
+    if state.get("type") == NgramFeaturizer.kind:
+        return NgramFeaturizer.from_state(state, folder, "tokenizer")
+    from luban.data.tokenizers import encoder_from_state
+
+    return encoder_from_state(state, folder / "tokenizer")

@@ -7,7 +7,6 @@ MovieLens tables are read directly with their columns typed: ml-100k `u.user` (a
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from luban.data.interactions import ITEM, USER, canonical_ids, parse_numbers, read_movielens
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import ConfigError, DataError
+from luban.processor import Processor
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
@@ -64,7 +64,7 @@ def _words(text) -> list[str]:
     return re.findall(r"\w+", str(text).lower()) if text is not None else []
 
 
-class FeatureTable:
+class FeatureTable(Processor):
     """Encoded features of the ids in one table: `cat` [n, C] value ids (0 = unknown), one bag [n, MAX_BAG] of
     token ids per multi-valued / text column (0 = padding) and `num` [n, N] standardized numbers (0 = mean)."""
 
@@ -234,23 +234,21 @@ class FeatureTable:
         return raw_id in self.index
 
     # saving -------------------------------------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
+    def state(self) -> dict:
+        return {"role": self.role, "spec": self.spec, "vocab": self.vocab, "stats": self.stats, "ids": self.ids,
+                "widths": self.widths}
+
+    def save_assets(self, folder: Path, name: str) -> list[str]:
+        """The encoded arrays: folder/<name>.safetensors (name: "<role>_features")."""
         from safetensors.numpy import save_file
 
-        meta = {"role": self.role, "spec": self.spec, "vocab": self.vocab, "stats": self.stats, "ids": self.ids,
-                "widths": self.widths}
-        (folder / f"{self.role}_features.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()},
-                  str(folder / f"{self.role}_features.safetensors"))
+        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(folder / f"{name}.safetensors"))
+        return [f"{name}.safetensors"]
 
     @classmethod
-    def load(cls, folder: Path, role: str) -> "FeatureTable | None":
-        path = folder / f"{role}_features.json"
-        if not path.is_file():
-            return None
+    def from_state(cls, meta: dict, folder: Path, name: str) -> "FeatureTable":
         from safetensors.numpy import load_file
 
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        table = cls(role, meta["spec"], meta["vocab"], meta["stats"], meta["ids"], meta["widths"])
-        table.arrays = load_file(str(folder / f"{role}_features.safetensors"))
+        table = cls(meta["role"], meta["spec"], meta["vocab"], meta["stats"], meta["ids"], meta["widths"])
+        table.arrays = load_file(str(folder / f"{name}.safetensors"))
         return table

@@ -1,5 +1,5 @@
 """Tabular features: numeric scaling, mean imputation and categorical vocabularies, fit on the training split and
-saved with the run (preprocessing.json). Torch-free: the ONNX backend preprocesses with it too."""
+saved with the run (model/processor.json). Torch-free: the ONNX backend preprocesses with it too."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from luban import processor
 from luban.data.readers import LINE
 from luban.errors import DataError
 
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
     import torch
 
 
-class TabularPreprocessor:
-    """Numeric scaling (fit on train), mean imputation, categorical vocabularies (0 = unknown/missing)."""
+class TabularPreprocessor(processor.Processor):
+    """Numeric scaling (fit on train), mean imputation, categorical vocabularies (0 = unknown/missing): the template
+    of luban.processor.Processor (fit on the train rows, encode rows, state as JSON)."""
 
     def __init__(self, numeric: list[str], categorical: list[str], scaling: str):
         self.numeric, self.categorical, self.scaling = numeric, categorical, scaling
@@ -63,6 +65,8 @@ class TabularPreprocessor:
         num, cat = self.arrays(frame)
         return torch.from_numpy(num), torch.from_numpy(cat)
 
+    encode = transform
+
     def arrays(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(numeric float32, categorical int64) model inputs of a frame's rows, without torch (the ONNX backend)."""
         num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
@@ -106,11 +110,11 @@ class TabularPreprocessor:
     def cardinalities(self) -> list[int]:
         return [len(self.vocab[c]) + 1 for c in self.categorical]
 
-    def to_json(self) -> dict:
+    def state(self) -> dict:
         return {k: getattr(self, k) for k in ("numeric", "categorical", "scaling", "center", "scale", "fill", "vocab")}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TabularPreprocessor":
+    def from_state(cls, d: dict, folder=None, name: str = "") -> "TabularPreprocessor":
         p = cls(d["numeric"], d["categorical"], d["scaling"])
         for k in ("center", "scale", "fill", "vocab"):
             setattr(p, k, d[k])

@@ -3,8 +3,11 @@ byte-level BPE trained on the training split with HF `tokenizers`, or a pretrain
 (hub id with allow_download).
 
 All encoders share one small interface: fit(texts), encode(texts) -> list of id lists (truncated to max_length),
-encode_text(text) -> ids (whole text), decode(ids) -> text, save(folder), and `load_encoder(folder)` brings any of
-them back from a run directory. Generative tasks ask for extra special tokens (BOS, EOS) at build time.
+encode_text(text) -> ids (whole text), decode(ids) -> text. Each is a luban.processor.Processor: its state (type,
+settings, specials) goes into the run's processor.json and its files (vocab.json, tokenizer.json, a pretrained
+tokenizer's) into model/<part>/; `encoder_from_state` brings any of them back. save(folder) / load_encoder(folder)
+keep an encoder on its own in a folder (encoder.json + the same files). Generative tasks ask for extra special
+tokens (BOS, EOS) at build time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from luban.config import TokenizerConfig
 from luban.errors import ConfigError, RunError
 from luban.evaluate.text_metrics import CJK
+from luban.processor import Processor
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 META = "encoder.json"
@@ -48,7 +52,7 @@ def rejoin_legacy_spacing(text: str) -> str:
     return text
 
 
-class TextEncoder:
+class TextEncoder(Processor):
     kind = ""
 
     def __init__(self, cfg: TokenizerConfig, specials: tuple[str, ...] = ()):
@@ -86,11 +90,26 @@ class TextEncoder:
     def eos_id(self) -> int | None:
         return self.token_id(EOS)
 
+    def state(self) -> dict:
+        return {"type": self.kind, "config": self.cfg.model_dump(mode="json"), "specials": list(self.specials)}
+
+    def save_assets(self, folder: Path, name: str) -> list[str]:
+        """The encoder's files into folder/name/ (vocab.json, tokenizer.json...): their paths under folder."""
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        return [f"{name}/{f}" for f in self.write_files(folder / name)]
+
+    def write_files(self, folder: Path) -> list[str]:
+        return []
+
+    @classmethod
+    def from_state(cls, state: dict, folder: Path, name: str) -> "TextEncoder":
+        return encoder_from_state(state, folder / name)
+
     def save(self, folder: Path) -> None:
+        """This encoder alone in `folder`: encoder.json (its state) and its files."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / META).write_text(json.dumps({"type": self.kind, "config": self.cfg.model_dump(mode="json"),
-                                               "specials": list(self.specials)},
-                                              ensure_ascii=False, indent=1), encoding="utf-8")
+        (folder / META).write_text(json.dumps(self.state(), ensure_ascii=False, indent=1), encoding="utf-8")
+        self.write_files(folder)
 
 
 class VocabEncoder(TextEncoder):
@@ -144,9 +163,9 @@ class VocabEncoder(TextEncoder):
     def token_id(self, token):
         return self.stoi.get(token) if token in (PAD, UNK, *self.specials) else None
 
-    def save(self, folder):
-        super().save(folder)
+    def write_files(self, folder):
         (folder / "vocab.json").write_text(json.dumps(self.itos, ensure_ascii=False), encoding="utf-8")
+        return ["vocab.json"]
 
     def load_state(self, folder: Path):
         self.itos = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
@@ -261,9 +280,9 @@ class SubwordEncoder(TextEncoder):
     def token_id(self, token):
         return self.tok.token_to_id(token) if token in (PAD, UNK, *self.specials) else None
 
-    def save(self, folder):
-        super().save(folder)
+    def write_files(self, folder):
         self.tok.save(str(folder / "tokenizer.json"))
+        return ["tokenizer.json"]
 
     def load_state(self, folder):
         from tokenizers import Tokenizer
@@ -347,9 +366,8 @@ class PretrainedEncoder(TextEncoder):
     def eos_id(self):
         return self.tok.eos_token_id
 
-    def save(self, folder):
-        super().save(folder)
-        self.tok.save_pretrained(str(folder))
+    def write_files(self, folder):
+        return [Path(f).name for f in self.tok.save_pretrained(str(folder))]
 
     def load_state(self, folder):
         self._load(str(folder), allow_download=False)
@@ -376,10 +394,19 @@ def build_encoder(cfg: TokenizerConfig, pretrained_source: str | None = None,
 
 
 def load_encoder(folder: Path) -> TextEncoder:
+    """An encoder kept alone in `folder` (TextEncoder.save)."""
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunError(f"{folder}: tokenizer files are missing or corrupted ({e})") from None
+    return encoder_from_state(meta, folder)
+
+
+def encoder_from_state(meta: dict, folder: Path) -> TextEncoder:
+    """The encoder of state `meta` (TextEncoder.state), its files read from `folder`."""
+    try:
         cfg = TokenizerConfig.model_validate(meta["config"])
-    except (OSError, ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise RunError(f"{folder}: tokenizer files are missing or corrupted ({e})") from None
     kinds = {"char": CharEncoder, "whitespace": WhitespaceEncoder, "jieba": JiebaEncoder,
              "pretrained": PretrainedEncoder}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from luban import processor
 from luban.config import read_yaml, validate
 from luban.errors import DataError, RunError
 from luban.rundir import RunDir, check_finished
@@ -35,8 +36,7 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
     if task not in ENSEMBLE_TASKS:
         raise RunError(f"task {task}: an ensemble averages class probabilities (classification) or values "
                        f"(regression); it covers {', '.join(sorted(ENSEMBLE_TASKS))}")
-    labels = [(d / "model" / "labels.json").read_text(encoding="utf-8") if (d / "model" / "labels.json").exists()
-              else None for d in dirs]
+    labels = [json.dumps(processor.load(d / "model").get("labels")) for d in dirs]
     if len(set(labels)) > 1:
         raise RunError("the runs were trained on different label sets; an ensemble needs the same labels")
     if weighting == "validation":
@@ -71,7 +71,7 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
             result["test"] = EnsemblePredictor(work, "cpu").evaluate(test_file)
             result["test_data"] = str(test_file)
         (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        return run.finish()
+        return run.finish(kind="ensemble")
     except BaseException:
         run.discard()
         raise

@@ -6,7 +6,6 @@ pipeline, CLI and predictor never branch on task names; they ask the task.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from luban.config import RunConfig
 from luban.data.builtin import get_builtin
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import DataError, ExportError
+from luban.processor import Processor
 
 
 def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
@@ -76,7 +76,9 @@ def _label_key(v: str):
         return (1, 0.0, v)
 
 
-class LabelMap:
+class LabelMap(Processor):
+    """Class names <-> ids (sorted as numbers where they are numbers); its state is the list of names."""
+
     def __init__(self, labels: list[str]):
         self.labels = list(labels)
         self.index = {l: i for i, l in enumerate(self.labels)}
@@ -97,12 +99,12 @@ class LabelMap:
                             f"{row['label']!r} was not seen in training (known: {', '.join(self.labels[:20])})")
         return [self.index[v] for v in frame["label"]]
 
-    def save(self, folder: Path):
-        (folder / "labels.json").write_text(json.dumps(self.labels, ensure_ascii=False), encoding="utf-8")
+    def state(self) -> list[str]:
+        return self.labels
 
     @classmethod
-    def load(cls, folder: Path) -> "LabelMap":
-        return cls(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
+    def from_state(cls, state: list[str], folder: Path | None = None, name: str = "labels") -> "LabelMap":
+        return cls(state)
 
 
 class Batches:

@@ -8,7 +8,6 @@ first never decode or resize a file again.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, list_images, load_one,
@@ -28,7 +28,6 @@ from luban.evaluate.metrics import classification_metrics, classification_with_w
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
                               sample_rows, split_labelled)
 
-META = "image_meta.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -524,8 +523,7 @@ class ImageClassificationTask(Task, _ImageModelUser):
         return out
 
     def save(self, folder, model):
-        self.label_map.save(folder)
-        (folder / META).write_text(json.dumps(self.meta, indent=1), encoding="utf-8")
+        processor.save(folder, self.cfg.task, labels=self.label_map, image=self.meta)
         if self.cfg.model.type == "pretrained_image":
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
@@ -569,8 +567,9 @@ class ImageClassificationPredictor(ImageInputs, Predictor, _ImageModelUser):
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
-        self.meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        self.labels = LabelMap.load(folder)
+        saved = processor.load(folder)
+        self.meta = saved["image"]
+        self.labels = LabelMap(saved["labels"])
         backbone = str(folder / "backbone") if cfg.model.type == "pretrained_image" else None
         self.model = self.load_model(lambda: build_image_model(cfg, len(self.labels.labels), self.meta["channels"],
                                                                backbone))

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.images import ImageStore, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
@@ -39,7 +40,6 @@ from luban.training.optim import build_scheduler
 
 CLASSIFIER = "classifier"
 MIN_CLASSIFIER_STEPS = 150
-META = "model_meta.json"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -431,7 +431,7 @@ class ImageGenerationTask(Task, _Sampling):
         checkpoint.save_weights(self.scorer, folder / CLASSIFIER)
         meta = {"labels": self.labels, "channels": self.channels, "size": self.cfg.preprocessing.image.size,
                 "num_classes": len(self.labels), "classifier": self.scorer_meta}
-        (folder / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        processor.save(folder, self.cfg.task, model=meta)
 
     def report_sections(self, workdir, final):
         from luban.evaluate.report import E, _line_chart, png_data_uri
@@ -489,7 +489,7 @@ class ImageGenerationPredictor(Predictor, _Sampling):
 
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        meta = processor.load(folder)["model"]
         self.labels = [str(l) for l in meta["labels"]]
         self.model = build_gan(cfg, meta["channels"], len(self.labels))
         checkpoint.load_weights(self.model, folder)

@@ -7,13 +7,13 @@ mixed into 4-image mosaics, boxes following every transform. Metrics: COCO mAP@0
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.boxes import Annotated, clip_boxes, read_annotations
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_images
@@ -23,7 +23,6 @@ from luban.models import detector as det
 from luban.tasks.base import Batches, ExportSpec, Predictor, Task, sample_rows
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-META = "detector_meta.json"
 
 
 def build_detector(cfg: RunConfig, num_classes: int) -> det.CenterNet:
@@ -275,9 +274,9 @@ class ObjectDetectionTask(Task, _DetectorUser):
                 for i in range(0, len(rows), batch_size)]
 
     def save(self, folder, model):
-        (folder / "labels.json").write_text(json.dumps(self.labels, ensure_ascii=False), encoding="utf-8")
-        (folder / META).write_text(json.dumps({"mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
-                                               "num_classes": len(self.labels)}), encoding="utf-8")
+        processor.save(folder, self.cfg.task, labels=self.labels,
+                       detector={"mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
+                                 "num_classes": len(self.labels)})
 
     def report_sections(self, workdir, final):
         from html import escape
@@ -321,8 +320,8 @@ class ObjectDetectionPredictor(Predictor, _DetectorUser):
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        self.labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+        saved = processor.load(folder)
+        meta, self.labels = saved["detector"], saved["labels"]
         self.mean, self.std = meta["mean"], meta["std"]
         self.model = self.load_model(lambda: build_detector(cfg, len(self.labels)))
 

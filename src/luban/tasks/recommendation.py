@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.interactions import (ITEM, LINE, RATING, USER, Encoded, Histories, IdMap, NegativeSampler,
-                                     canonical_ids, clean_interactions, k_core, load_id_maps, read_interactions,
-                                     require_ratings, resolve_split, save_id_maps, split_interactions,
+                                     canonical_ids, clean_interactions, id_maps_from_state, id_maps_state, k_core,
+                                     read_interactions, require_ratings, resolve_split, split_interactions,
                                      user_column)
 from luban.data.readers import read_table
 from luban.data.side_features import FeatureTable
@@ -41,7 +42,6 @@ from luban.training.progress import say
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("model", "history", "features", "popularity")
 STATE = "state.safetensors"
-META = "recommender.json"
 EVAL_BATCH = 256
 
 
@@ -454,7 +454,6 @@ class RecommendationTask(Task, _Serving):
     def save(self, folder, model):
         """Id maps, the serving state (every interaction, so seen items and histories are complete; popularity
         and the history fallback from all of them) and the feature tables."""
-        save_id_maps(folder, self.users, self.items, self.int_ids)
         parts = [self.data[s] for s in SPLITS]
         allx = Encoded.concat(parts)
         codes = np.concatenate([np.full(len(p), i, dtype=np.uint8) for i, p in enumerate(parts)])
@@ -472,10 +471,9 @@ class RecommendationTask(Task, _Serving):
         save_file(state, str(folder / STATE))
         meta = {"explicit": self.explicit, "rating_range": getattr(self, "rating_range", None),
                 "n_users": nu, "n_items": len(self.items)}
-        (folder / META).write_text(json.dumps(meta), encoding="utf-8")
-        for t in self.tables.values():
-            if t is not None:
-                t.save(folder)
+        processor.save(folder, self.cfg.task, assets=(STATE,), recommender=meta,
+                       ids=id_maps_state(self.users, self.items, self.int_ids),
+                       **{f"{role}_features": t for role, t in self.tables.items()})
 
     def report_sections(self, workdir, final):
         return [recommendation_report(final, self._popularity_at_k.get("test", {}), self.data_summary(),
@@ -542,8 +540,9 @@ class RecommendationPredictor(Predictor, _Serving):
         super().__init__(cfg, folder, device)
         from safetensors.numpy import load_file
 
-        self.users, self.items, self.int_ids = load_id_maps(folder)
-        self.meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        saved = processor.load(folder)
+        self.users, self.items, self.int_ids = id_maps_from_state(saved["ids"])
+        self.meta = saved["recommender"]
         state = load_file(str(folder / STATE))
         self.history = Histories(state["history_indptr"], state["history_items"])
         self.history_split = state["history_split"]
@@ -554,7 +553,8 @@ class RecommendationPredictor(Predictor, _Serving):
             self.fallback = recsys.ItemKNN(len(self.items), state["knn_neighbors"].shape[1])
             self.fallback.neighbors.copy_(torch.from_numpy(state["knn_neighbors"]))
             self.fallback.weights.copy_(torch.from_numpy(state["knn_weights"]))
-        self.tables = {role: FeatureTable.load(folder, role) for role in ("user", "item")}
+        self.tables = {role: FeatureTable.from_state(saved[f"{role}_features"], folder, f"{role}_features")
+                       if f"{role}_features" in saved else None for role in ("user", "item")}
         self.model = build_recommender(cfg, self.users, self.items, self.tables)
         load_weights(self.model, folder)
         self.model.to(device).eval()

@@ -19,7 +19,6 @@ and `evaluate(file)` for the metrics on any file with both columns.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from html import escape
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from luban import processor
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_pairs, column_texts, normalize_inputs
@@ -39,8 +39,8 @@ from luban.data.tokenizers import (
     BOS,
     EOS,
     UNK,
+    TextEncoder,
     build_encoder,
-    load_encoder,
     resolve_pretrained,
 )
 from luban.errors import ConfigError, DataError
@@ -51,7 +51,6 @@ from luban.tasks.base import Batches, Predictor, Task, TextInputs, read_file, to
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
-META = "model_meta.json"
 KNOBS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
          "length_penalty", "stop", "seed")
 SHOWN = 10  # examples and worst cases kept for the report
@@ -115,16 +114,16 @@ class TextSides:
     def decode(self, ids: list[int]) -> str:
         return self.target.decode(ids)
 
-    def save(self, folder: Path) -> None:
-        self.target.save(folder / "tokenizer")
-        if not self.shared:
-            self.source.save(folder / "source_tokenizer")
+    def parts(self) -> dict:
+        """The processor parts (luban.processor) of the fitted sides."""
+        return {"tokenizer": self.target, "source_tokenizer": None if self.shared else self.source}
 
     @classmethod
     def load(cls, cfg: RunConfig, folder: Path) -> TextSides:
-        target = load_encoder(folder / "tokenizer")
+        saved = processor.load(folder)
+        target = TextEncoder.from_state(saved["tokenizer"], folder, "tokenizer")
         shared = cfg.model.shared_vocabulary
-        source = target if shared else load_encoder(folder / "source_tokenizer")
+        source = target if shared else TextEncoder.from_state(saved["source_tokenizer"], folder, "source_tokenizer")
         return cls(source, target, shared, cfg.model.max_source_length, cfg.model.max_target_length)
 
     def describe(self) -> dict:
@@ -166,8 +165,8 @@ class PretrainedSides:
     def decode(self, ids):
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
-    def save(self, folder: Path) -> None:
-        self.encoder.save(folder / "tokenizer")
+    def parts(self) -> dict:
+        return {"tokenizer": self.encoder}
 
     def describe(self) -> dict:
         return {"source_vocab_size": len(self.tok), "target_vocab_size": len(self.tok), "tokenizer": "pretrained",
@@ -203,7 +202,7 @@ def _sides_for(cfg: RunConfig, model=None, folder: Path | None = None):
     if folder is None:
         encoder = build_encoder(cfg.preprocessing.tokenizer, m.path, m.trust_remote_code)
     else:
-        encoder = load_encoder(folder / "tokenizer")
+        encoder = TextEncoder.from_state(processor.load(folder)["tokenizer"], folder, "tokenizer")
     return PretrainedSides(encoder, model, m.source_prefix, m.max_source_length, m.max_target_length)
 
 
@@ -503,12 +502,11 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
         return out
 
     def save(self, folder, model):
-        self.sides.save(folder)
+        src, tgt = self.sides.vocab_sizes
+        processor.save(folder, self.cfg.task, model={"source_vocab_size": src, "target_vocab_size": tgt},
+                       **self.sides.parts())
         if self.cfg.model.type == "pretrained_seq2seq":
             model.save_config(str(folder / "backbone"))
-        src, tgt = self.sides.vocab_sizes
-        (folder / META).write_text(json.dumps({"source_vocab_size": src, "target_vocab_size": tgt}),
-                                   encoding="utf-8")
 
     def report_sections(self, workdir, final):
         test = final.get("test", {})

@@ -10,7 +10,6 @@ noise perturbation and SpecAugment.
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
@@ -101,7 +101,7 @@ def collate_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return x, lengths
 
 
-class UnitMap:
+class UnitMap(processor.Processor):
     """Characters or words of the transcripts <-> CTC unit ids (0 is the blank)."""
 
     def __init__(self, units: list[str], kind: str):
@@ -126,13 +126,11 @@ class UnitMap:
         pieces = [self.units[i - 1] for i in ids if 0 < i <= len(self.units)]
         return (" " if self.kind == "word" else "").join(pieces)
 
-    def save(self, folder: Path):
-        (folder / "units.json").write_text(json.dumps({"kind": self.kind, "units": self.units}, ensure_ascii=False),
-                                           encoding="utf-8")
+    def state(self) -> dict:
+        return {"kind": self.kind, "units": self.units}
 
     @classmethod
-    def load(cls, folder: Path) -> "UnitMap":
-        d = json.loads((folder / "units.json").read_text(encoding="utf-8"))
+    def from_state(cls, d: dict, folder: Path | None = None, name: str = "units") -> "UnitMap":
         return cls(d["units"], d["kind"])
 
 
@@ -385,8 +383,12 @@ class SpeechTask(Task):
         return super().save_weights(folder, model)
 
     def save(self, folder, model):
-        if self.hf is None:
-            (self.units if self.asr else self.labels).save(folder)
+        if self.hf is not None:  # a pretrained model's HF processor is saved beside it in hf/ (save_weights)
+            processor.save(folder, self.cfg.task, assets=("hf",))
+        elif self.asr:
+            processor.save(folder, self.cfg.task, units=self.units)
+        else:
+            processor.save(folder, self.cfg.task, labels=self.labels)
 
     def data_summary(self):
         rate = self.cfg.preprocessing.audio.sample_rate
@@ -435,11 +437,12 @@ class SpeechPredictor(Predictor):
         if self.impl.hf is not None:
             self.model = self.impl.hf.load(folder, device)
         else:
+            saved = processor.load(folder)
             if self.impl.asr:
-                self.impl.units = UnitMap.load(folder)
+                self.impl.units = UnitMap.from_state(saved["units"])
                 n = len(self.impl.units.units)
             else:
-                self.impl.labels = LabelMap.load(folder)
+                self.impl.labels = LabelMap(saved["labels"])
                 n = len(self.impl.labels.labels)
             self.model = self.load_model(lambda: build_speech_model(cfg, n))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from luban import processor
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
@@ -198,11 +198,9 @@ class TabularTask(Task, _TabularModelUser):
                                  None if self.regression else self.label_map.labels, self.cfg.seed)
 
     def save(self, folder, model):
-        meta = {"preprocessor": self.pre.to_json(), "label": self.label, "y_center": self.y_center,
+        meta = {"preprocessor": self.pre.state(), "label": self.label, "y_center": self.y_center,
                 "y_scale": self.y_scale}
-        (folder / "preprocessing.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-        if not self.regression:
-            self.label_map.save(folder)
+        processor.save(folder, self.cfg.task, preprocessing=meta, labels=None if self.regression else self.label_map)
 
 
 class TabularPredictor(Predictor, _TabularModelUser):
@@ -213,11 +211,12 @@ class TabularPredictor(Predictor, _TabularModelUser):
         super().__init__(cfg, folder, device, backend)
         self.task = cfg.task
         self.regression = cfg.task == "tabular_regression"
-        meta = json.loads((folder / "preprocessing.json").read_text(encoding="utf-8"))
-        self.pre = TabularPreprocessor.from_json(meta["preprocessor"])
+        saved = processor.load(folder)
+        meta = saved["preprocessing"]
+        self.pre = TabularPreprocessor.from_state(meta["preprocessor"])
         self.label, self.y_center, self.y_scale = meta["label"], meta["y_center"], meta["y_scale"]
         if not self.regression:
-            self.label_map = LabelMap.load(folder)
+            self.label_map = LabelMap(saved["labels"])
         m = cfg.model
         out_dim = 1 if self.regression else len(self.label_map.labels)
         self.model = self.load_model(lambda: TabularMLP(

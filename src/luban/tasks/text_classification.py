@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
-from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
+from luban.data.ngrams import load_featurizer
+from luban.data.tokenizers import build_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
@@ -66,12 +68,6 @@ def build_featurizer(cfg: RunConfig):
         return NgramFeaturizer(m.analyzer, m.ngram_range, m.weighting, m.min_df, m.lowercase, m.nb_alpha)
     return build_encoder(cfg.preprocessing.tokenizer, m.path if m.type == "pretrained" else None,
                          getattr(m, "trust_remote_code", False))
-
-
-def load_featurizer(folder: Path):
-    from luban.data.ngrams import META, NgramFeaturizer
-
-    return NgramFeaturizer.load(folder) if (folder / META).is_file() else load_encoder(folder)
 
 
 class EncodedTexts:
@@ -248,12 +244,10 @@ class TextClassificationTask(Task, _TextModelUser):
         return text_tfidf_lr(list(tr.frame["text"]), tr.labels, evals, self.label_map.labels, self.cfg.seed)
 
     def save(self, folder, model):
-        self.encoder.save(folder / "tokenizer")
-        self.label_map.save(folder)
+        processor.save(folder, self.cfg.task, tokenizer=self.encoder, labels=self.label_map,
+                       model={"vocab_size": self.encoder.vocab_size, "pad_id": self.pad_id})
         if self.cfg.model.type == "pretrained":
             model.backbone.config.save_pretrained(str(folder / "backbone"))
-        (folder / "model_meta.json").write_text(
-            f'{{"vocab_size": {self.encoder.vocab_size}, "pad_id": {self.pad_id}}}', encoding="utf-8")
 
 
 class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
@@ -263,11 +257,10 @@ class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
-        import json
-
-        meta = json.loads((folder / "model_meta.json").read_text(encoding="utf-8"))
-        self.encoder = load_featurizer(folder / "tokenizer")
-        self.labels = LabelMap.load(folder)
+        saved = processor.load(folder)
+        meta = saved["model"]
+        self.encoder = load_featurizer(saved["tokenizer"], folder)
+        self.labels = LabelMap(saved["labels"])
         self.pad_id = meta["pad_id"]
         backbone = str(folder / "backbone") if cfg.model.type == "pretrained" else None
         self.model = self.load_model(lambda: build_text_model(cfg, meta["vocab_size"], len(self.labels.labels),

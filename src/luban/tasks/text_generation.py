@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luban import processor
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
 from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
 from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.readers import LINE, read_table, resolve_column
-from luban.data.tokenizers import BOS, EOS, build_encoder, load_encoder, resolve_pretrained
+from luban.data.tokenizers import BOS, EOS, TextEncoder, build_encoder, resolve_pretrained
 from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
@@ -576,10 +577,9 @@ class TextGenerationTask(Task):
         self.encoder.tok.save_pretrained(str(folder / "hf"))
 
     def save(self, folder, model):
-        self.encoder.save(folder / "tokenizer")
         meta = {"mode": self.kind, "uses_chat": self.formatter.uses_chat,
                 "vocab_size": self.encoder.vocab_size, "block_size": self.block}
-        (folder / "lm_meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        processor.save(folder, self.cfg.task, tokenizer=self.encoder, model=meta)
 
     def data_summary(self):
         unit = "pairs" if self.pref else "examples" if self.sft else "tokens"
@@ -623,9 +623,9 @@ class TextGenerationPredictor(Predictor):
 
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
-        meta = json.loads((folder / "lm_meta.json").read_text(encoding="utf-8"))
-        self.meta = meta
-        self.encoder = load_encoder(folder / "tokenizer")
+        saved = processor.load(folder)
+        self.meta = meta = saved["model"]
+        self.encoder = TextEncoder.from_state(saved["tokenizer"], folder, "tokenizer")
         if cfg.model.type == "gpt":
             self.model = build_gpt(cfg, meta["vocab_size"])
             load_weights(self.model, folder)

@@ -10,12 +10,12 @@ and the entities (text, type, start, end) or the words.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from luban import processor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.readers import resolve_column
@@ -29,7 +29,6 @@ from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
 from luban.tasks.base import Batches, ExportSpec, Predictor, Task, read_file, sample_rows, to_device
 
 PAD, UNK = "<pad>", "<unk>"
-META = "tagger.json"
 HEAD = "tag_head.safetensors"  # the CRF transitions again, for runs that keep only an ONNX model (luban compress)
 
 
@@ -287,13 +286,14 @@ class TokenClassificationTask(Task, _Tagging):
         from safetensors.torch import save_model
 
         save_model(model.head, str(folder / HEAD))
-        meta = {"tags": self.tags, "scheme": self.scheme, "split": self.split}
+        meta, assets = {"tags": self.tags, "scheme": self.scheme, "split": self.split}, []
         if isinstance(self.encoder, Vocabulary):
             meta["vocabulary"] = self.encoder.itos
         else:
-            self.encoder.tok.save_pretrained(str(folder / "tokenizer"))
+            files = self.encoder.tok.save_pretrained(str(folder / "tokenizer"))
+            assets = [Path(f).relative_to(folder).as_posix() for f in files]
             model.backbone.config.save_pretrained(str(folder / "backbone"))
-        (folder / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        processor.save(folder, self.cfg.task, assets=assets, tagger=meta)
 
 
 def report_sections(test: dict, scheme: str) -> list[str]:
@@ -336,7 +336,7 @@ class TokenClassificationPredictor(Predictor, _Tagging):
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        meta = processor.load(folder)["tagger"]
         self.tags, self.scheme, self.split = meta["tags"], meta["scheme"], meta["split"]
         backbone = None
         if "vocabulary" in meta:
