@@ -32,11 +32,11 @@ def _converter(fmt: str):
     return e5s1.convert
 
 
-def import_model(source, out, dtype: str = "fp32", force: bool = False) -> dict:
+def import_model(source, out, dtype: str = "fp32", force: bool = False, audio=None, provenance=None) -> dict:
     """Import SOURCE (a .gguf file, a CTranslate2 whisper folder or an E5S1 file) into the HF folder OUT.
 
     Written into OUT.partial and renamed when the conversion and its parity check passed; returns the provenance
-    written to OUT/luban_import.json."""
+    written to OUT/luban_import.json. AUDIO: a wav a whisper import decodes in its check."""
     source, out = Path(source), Path(out)
     if dtype not in DTYPES:
         raise ModelImportError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -44,7 +44,8 @@ def import_model(source, out, dtype: str = "fp32", force: bool = False) -> dict:
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise ModelImportError(f"{out}: the output folder must not be the source or lie inside it")
     with staging(out, force) as part:
-        check, extra = _converter(fmt)(source, part, dtype)
-        info = write_provenance(part, source, fmt, dtype, check, **extra)
+        kw = {"audio": Path(audio)} if audio and fmt == "ct2-whisper" else {}
+        check, extra = _converter(fmt)(source, part, dtype, **kw)
+        info = write_provenance(part, source, fmt, dtype, check, **extra, **(provenance or {}))
     log(f"imported {source} -> {out} ({fmt}, {dtype})")
     return info

@@ -212,11 +212,15 @@ def reference(src: Path, features: np.ndarray, prompt: list[int], max_new: int):
         import ctranslate2
     except ImportError:
         return None
-    m = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="float32", inter_threads=1)
-    sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32))
-    enc = np.array(m.encode(sv, to_cpu=True))
-    res = m.generate(sv, [prompt], beam_size=1, max_length=max_new + len(prompt), suppress_blank=True,
-                     return_no_speech_prob=False)
+    try:
+        m = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="float32", inter_threads=1)
+        sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32))
+        enc = np.array(m.encode(sv, to_cpu=True))
+        res = m.generate(sv, [prompt], beam_size=1, max_length=max_new + len(prompt), suppress_blank=True,
+                         return_no_speech_prob=False)
+    except (RuntimeError, ValueError) as e:  # e.g. a folder without vocabulary.txt: CTranslate2 cannot load it
+        log(f"check: CTranslate2 cannot run {src} ({e}): no reference")
+        return None
     return enc, [int(i) for i in res[0].sequences_ids[0]]
 
 
