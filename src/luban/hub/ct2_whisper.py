@@ -120,13 +120,13 @@ def hf_state_dict(v: dict) -> dict:
     return sd
 
 
-def special_ids(tok_json: dict) -> dict:
+def special_ids(tok_json: dict, where: Path | str = "tokenizer.json") -> dict:
     ids = {a["content"]: a["id"] for a in tok_json.get("added_tokens", [])}
     need = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
             "<|startofprev|>", "<|notimestamps|>"]
     missing = [t for t in need if t not in ids]
     if missing:
-        raise ModelImportError(f"tokenizer.json: not a whisper tokenizer (no {', '.join(missing)})")
+        raise ModelImportError(f"{where}: not a whisper tokenizer (no {', '.join(missing)})")
     langs = {t: i for t, i in ids.items() if re.fullmatch(r"<\|[a-z]{2,3}(_[a-z]+)?\|>", t) and t != "<|nocaptions|>"
              and ids["<|startoftranscript|>"] < i < ids["<|translate|>"]}
     return {**{t: ids[t] for t in need}, "langs": langs}
@@ -233,7 +233,7 @@ def convert(src: Path, out: Path, dtype: str, audio: Path | None = None) -> tupl
         tok_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelImportError(f"{src}: config.json or tokenizer.json is not valid JSON ({e})") from None
-    sp = special_ids(tok_json)
+    sp = special_ids(tok_json, src / "tokenizer.json")
     spec, v = read_ct2(src / "model.bin")
     if spec != "WhisperSpec":
         raise ModelImportError(f"{src}/model.bin: a CTranslate2 {spec}; luban maps whisper models only")
