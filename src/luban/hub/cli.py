@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
     pu = msub.add_parser("pull", help="download a starter-catalog model (pinned hashes) and import it into the cache")
     pu.add_argument("names", nargs="+", metavar="NAME")
     pu.add_argument("--cache", help="the models cache folder (default: $LUBAN_CACHE or ~/.cache/luban/models)")
-    pu.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    pu.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' precision in the cache")
     pu.add_argument("--force", action="store_true", help="download and import again even if cached")
     pu.set_defaults(fn=_cmd_pull)
     ls = msub.add_parser("list", help="the starter catalog and what the cache holds, with sizes")
