@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import sys
 import time
 from contextlib import contextmanager
@@ -21,6 +22,25 @@ FORMATS = ("gguf", "ct2-whisper", "e5s1")
 
 class ModelImportError(LubanError):
     """A model file cannot be imported (not a known format, truncated, an architecture luban cannot map)."""
+
+
+class Reader:
+    """Little-endian reads from a byte buffer (struct formats), the offset kept; a read past the end raises
+    struct.error or ValueError, which the importers turn into "truncated"."""
+
+    def __init__(self, buf: bytes, off: int = 0):
+        self.buf, self.off = buf, off
+
+    def take(self, fmt: str):
+        vals = struct.unpack_from("<" + fmt, self.buf, self.off)
+        self.off += struct.calcsize("<" + fmt)
+        return vals[0] if len(vals) == 1 else vals
+
+    def raw(self, n: int) -> bytes:
+        if self.off + n > len(self.buf):
+            raise ValueError(f"{n} bytes wanted at offset {self.off} of {len(self.buf)}")
+        self.off += n
+        return self.buf[self.off - n:self.off]
 
 
 def log(msg: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luban.hub.common import ModelImportError, log, offline, torch_dtype
+from luban.hub.common import ModelImportError, Reader, log, offline, torch_dtype
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5: bfloat16, handled below
 SAMPLE_RATE = 16000
@@ -27,21 +27,11 @@ SAMPLE_RATE = 16000
 
 def read_ct2(path: Path) -> tuple[str, dict]:
     """(spec name, {variable name: numpy array}) of a CTranslate2 model.bin; aliases resolved."""
-    buf = memoryview(path.read_bytes())
-    off = 0
-
-    def take(fmt):
-        nonlocal off
-        vals = struct.unpack_from("<" + fmt, buf, off)
-        off += struct.calcsize("<" + fmt)
-        return vals[0] if len(vals) == 1 else vals
+    r = Reader(path.read_bytes())
+    take = r.take
 
     def string():
-        nonlocal off
-        n = take("H")
-        s = bytes(buf[off:off + n - 1]).decode("utf-8")
-        off += n
-        return s
+        return bytes(r.raw(take("H"))[:-1]).decode("utf-8")
 
     try:
         version = take("I")
@@ -54,10 +44,7 @@ def read_ct2(path: Path) -> tuple[str, dict]:
             name = string()
             shape = [take("I") for _ in range(take("B"))]
             type_id, nbytes = take("B"), take("I")
-            raw = buf[off:off + nbytes]
-            if len(raw) != nbytes:
-                raise ModelImportError(f"{path}: truncated CTranslate2 model ({name} needs {nbytes} bytes)")
-            off += nbytes
+            raw = r.raw(nbytes)
             if type_id == 5:  # bfloat16: the high half of a float32
                 arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
             elif type_id in CT2_DTYPES:
@@ -68,8 +55,8 @@ def read_ct2(path: Path) -> tuple[str, dict]:
         for _ in range(take("I")):
             alias, target = string(), string()
             variables[alias] = variables[target]
-    except struct.error:
-        raise ModelImportError(f"{path}: truncated or corrupt CTranslate2 model.bin") from None
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise ModelImportError(f"{path}: truncated or corrupt CTranslate2 model.bin ({e})") from None
     if any(k.endswith("weight_scale") for k in variables):
         raise ModelImportError(f"{path}: an int8/int16-quantized CTranslate2 model; luban imports float16, bfloat16 "
                                "or float32 ones (ct2-transformers-converter --quantization float16)")

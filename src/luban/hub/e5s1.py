@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luban.hub.common import ModelImportError, log, offline, torch_dtype
+from luban.hub.common import ModelImportError, Reader, log, offline, torch_dtype
 
 QK = 32
 PAIRS = ("query: 今天天气很好，我们去公园散步吧。", "query: 今天天气不错，一起去公园走走吧！",
@@ -34,13 +34,8 @@ BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
 
 def read_e5s1(path: Path) -> dict:
     buf = path.read_bytes()
-    off = 4
-
-    def take(fmt):
-        nonlocal off
-        vals = struct.unpack_from("<" + fmt, buf, off)
-        off += struct.calcsize("<" + fmt)
-        return vals[0] if len(vals) == 1 else vals
+    r = Reader(buf, 4)
+    take = r.take
 
     try:
         version = take("I")
@@ -50,16 +45,12 @@ def read_e5s1(path: Path) -> dict:
             raise ModelImportError(f"{path}: an E5S1 header luban cannot read (hidden {H}, heads {NH}, QK {qk})")
         n, bos, eos, pad, unk = take("5i")
         blob_len = take("Q")
-        offs = np.frombuffer(buf, np.uint32, n + 1, off)
-        off += 4 * (n + 1)
-        scores = np.frombuffer(buf, np.float32, n, off)
-        off += 4 * n
-        blob = buf[off:off + blob_len]
-        off += blob_len
+        offs = np.frombuffer(r.raw(4 * (n + 1)), np.uint32)
+        scores = np.frombuffer(r.raw(4 * n), np.float32)
+        blob = r.raw(blob_len)
         pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n)]
         n_norm, nm_bytes = take("i"), take("I")
-        nm, p, norm = buf[off:off + nm_bytes], 0, {}
-        off += nm_bytes
+        nm, p, norm = r.raw(nm_bytes), 0, {}
         for _ in range(n_norm):
             cp, k = struct.unpack_from("<IB", nm, p)
             p += 5
@@ -67,9 +58,7 @@ def read_e5s1(path: Path) -> dict:
             p += 4 * k
         tensors = {}
         for _ in range(take("i")):
-            length = take("H")
-            name = buf[off:off + length].decode("ascii")
-            off += length
+            name = r.raw(take("H")).decode("ascii")
             dtype, count, t_off, nbytes = take("B"), take("I"), take("Q"), take("Q")
             if t_off + nbytes > len(buf):
                 raise ModelImportError(f"{path}: truncated E5S1 file ({name} ends past the file's {len(buf)} bytes)")
