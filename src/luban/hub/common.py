@@ -106,7 +106,8 @@ def staging(out: Path, force: bool):
     part.rename(out)
 
 
-def write_provenance(folder: Path, source: Path, fmt: str, dtype: str, check: dict, **extra) -> dict:
+def write_provenance(folder: Path, source: Path, fmt: str, dtype: str, check: dict, extra: dict) -> dict:
+    """Write FOLDER/luban_import.json; EXTRA's keys come last (and win: a catalog pull names its wheels as source)."""
     from luban import __version__
 
     name, digest = source_digest(source)
