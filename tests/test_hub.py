@@ -141,6 +141,7 @@ def test_gguf_import_is_a_plain_hf_folder_with_equal_logits(tmp_path, capsys):
     assert info["check"]["max_abs_diff"] == 0.0 and info["check"]["tokens"] > 5
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["model_type"] == "llama"
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
     msgs = [{"role": "user", "content": "hi"}]

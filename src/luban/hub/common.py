@@ -118,6 +118,16 @@ def write_provenance(folder: Path, source: Path, fmt: str, dtype: str, check: di
     return info
 
 
+def portable_tokenizer_class(folder: Path) -> None:
+    """transformers 5 saves a plain `tokenizers` tokenizer as "TokenizersBackend", a class 4.x lacks; the same file
+    loads as PreTrainedTokenizerFast in both."""
+    f = folder / "tokenizer_config.json"
+    cfg = json.loads(f.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        f.write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
 def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luban.hub.common import ModelImportError, Reader, log, offline, torch_dtype
+from luban.hub.common import ModelImportError, Reader, log, offline, portable_tokenizer_class, torch_dtype
 
 QK = 32
 PAIRS = ("query: 今天天气很好，我们去公园散步吧。", "query: 今天天气不错，一起去公园走走吧！",
@@ -188,6 +188,7 @@ def convert(src: Path, out: Path, dtype: str) -> tuple[dict, dict]:
               str(out / "model.safetensors"), metadata={"format": "pt"})
     del sd_np
     build_tokenizer(e).save_pretrained(out)
+    portable_tokenizer_class(out)
 
     tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     if not tok.is_fast:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from luban.hub.common import ModelImportError, log, offline, torch_dtype
+from luban.hub.common import ModelImportError, log, offline, portable_tokenizer_class, torch_dtype
 
 PROMPT = "Hello! Who are you?"
 
@@ -99,6 +99,7 @@ def convert(src: Path, out: Path, dtype: str) -> tuple[dict, dict]:
     log(f"saving to {out}")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    portable_tokenizer_class(out)
     del model
     again = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch_dtype(dtype)).eval()
     with torch.inference_mode():
