@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
     s.set_defaults(fn=_cmd_serve)
+    from luban.hub.cli import add_parser as add_models_parser
+
+    add_models_parser(sub)
     return p
 
 

