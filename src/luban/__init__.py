@@ -19,9 +19,9 @@ def __getattr__(name):
 
         return train
     if name in ("load", "Predictor"):
-        from luban import predictor
+        from luban.predictor import Predictor, load
 
-        return getattr(predictor, name)
+        return load if name == "load" else Predictor
     if name == "LubanError":
         from luban.errors import LubanError
 

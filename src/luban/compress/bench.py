@@ -42,7 +42,7 @@ def benchmark_run(run, data, batch_size: int = 32, latency_rows: int = 200, warm
     p = load(run, backend=backend)
     run = p.run_dir
     metrics = run_metrics(run)
-    inputs = p._impl.read_inputs(data)
+    inputs = p.read_inputs(data)
     n = len(inputs)
     for i in range(min(warmup, n)):
         p.predict(_take(inputs, i, i + 1))

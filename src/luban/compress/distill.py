@@ -93,11 +93,11 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     if transfer_data is not None:
         if not hasattr(teacher_task, "add_unlabeled"):
             raise ExportError(f"--transfer-data is supported for text classification (not task {tcfg.task})")
-        transfer = list(tpred._impl.read_inputs(transfer_data))
+        transfer = list(tpred.read_inputs(transfer_data))
         teacher_task.add_unlabeled(transfer)
         scfg.evaluation.baseline = False  # the classical baseline cannot train on unlabeled rows
     with torch.no_grad():
-        soft = teacher_task.split_logits(tpred._impl.model, "train")
+        soft = teacher_task.split_logits(tpred.task_predictor.model, "train")
     info = {"method": "distill", "teacher_run": str(teacher), "teacher_backend": tpred.backend,
             "temperature": temperature, "alpha": alpha, "teacher_model": tcfg.model.type,
             "teacher_test": scalars(tmetrics["test"]),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
@@ -17,7 +18,7 @@ from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretraine
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, TextInputs, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, read_file, run_model,
                               sample_rows, split_labelled, to_device)
 from luban.training.progress import say
 
@@ -256,7 +257,7 @@ class TextClassificationTask(Task, _TextModelUser):
             f'{{"vocab_size": {self.encoder.vocab_size}, "pad_id": {self.pad_id}}}', encoding="utf-8")
 
 
-class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
+class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True
@@ -280,6 +281,9 @@ class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
 
         save_text_classifier(self.model, self.encoder.tok, self.labels.labels, self.cfg.model.pooling, folder)
         return True
+
+    def class_labels(self):
+        return self.labels.labels
 
     def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(frame, self.encoder, labels)
