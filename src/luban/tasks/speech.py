@@ -171,6 +171,12 @@ def _forward(model, batch):
 class SpeechTask(Task):
     """speech_recognition (main metric CER, lower is better) and audio_classification (accuracy)."""
 
+    # the state batching, decoding and scoring read: fitted by prepare(), or set from the saved run by SpeechPredictor
+    featurize: LogMel
+    sets: dict[str, AudioSet]       # split name -> clips (the predictor's own: "predict", "evaluate")
+    units: UnitMap | None = None    # speech_recognition from scratch: the transcripts' CTC units
+    labels: LabelMap | None = None  # audio_classification from scratch: the classes
+
     def __init__(self, cfg: RunConfig, run_folder: Path | None = None):
         super().__init__(cfg)
         self.asr = cfg.task == "speech_recognition"
