@@ -73,7 +73,8 @@ def vector_search(run: Path, k: int = 10) -> dict:
     users, items = pd.read_parquet(folder / "users.parquet"), pd.read_parquet(folder / "items.parquet")
     p = luban.load(run)
     expected = {r["user"]: [x["item"] for x in r["items"]] for r in p.recommend_all(k=k)}
-    seen = {u: p._impl.history.of(p._impl.users.get(u)).tolist() for u in users["user"]}  # as recommend hides
+    rec = p.task_predictor
+    seen = {u: rec.history.of(rec.users.get(u)).tolist() for u in users["user"]}  # as recommend hides
     t0 = time.perf_counter()
     scores = np.stack(users["vector"]) @ np.stack(items["vector"]).T
     for r, u in enumerate(users["user"]):

@@ -267,7 +267,7 @@ def main():
             hf = run / "model" / "hf"
             if not (hf / "config.json").is_file():
                 hf = work / "hf"
-                if not luban.load(run, backend="torch")._impl.export_hf(hf):
+                if not luban.load(run, backend="torch").task_predictor.export_hf(hf):
                     raise SystemExit(f"{run}: no Hugging Face backbone to build the baseline pipeline from")
             port = free_port()
             procs.append(start([sys.executable, __file__, "--baseline-server", str(hf), "--port", str(port)], port,

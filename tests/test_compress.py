@@ -170,13 +170,13 @@ def test_pruning_reaches_the_asked_sparsity(text_run):
     c = json.loads((pruned / "metrics.json").read_text())["compression"]
     assert c["sparsity"]["prunable_sparsity"] == pytest.approx(0.5, abs=0.002)
     assert len((pruned / "history.jsonl").read_text().splitlines()) == 1  # the fine-tune epoch
-    reloaded = luban.load(pruned, backend="torch")._impl.model
+    reloaded = luban.load(pruned, backend="torch").task_predictor.model
     assert sparsity(reloaded)["prunable_sparsity"] == pytest.approx(0.5, abs=0.002)  # zeros survive the fine-tune
 
     from luban.compress.prune import prune_run
 
     s = prune_run(text_run, 0.25, structured=True, finetune_epochs=0, quiet=True)
-    conv = luban.load(s)._impl.model.convs[0].weight
+    conv = luban.load(s).task_predictor.model.convs[0].weight
     assert int((conv.flatten(1).abs().sum(1) == 0).sum()) == round(0.25 * conv.shape[0])  # whole filters
     with pytest.raises(ExportError, match="0 < AMOUNT < 1"):
         prune_run(text_run, 1.5, quiet=True)
@@ -279,9 +279,10 @@ def test_hf_backbone_export_save_pretrained_layout(out_dir, en_data, tiny_bert):
     model = AutoModelForSequenceClassification.from_pretrained(str(hf), trust_remote_code=True).eval()
     assert model.config.id2label == {0: "negative", 1: "positive"}
     p = luban.load(run, backend="torch")
-    enc = p._impl.encoder.tok(["the hotel was very good", "my phone was bad"], padding=True, return_tensors="pt")
+    enc = p.task_predictor.encoder.tok(["the hotel was very good", "my phone was bad"], padding=True,
+                                       return_tensors="pt")
     with torch.no_grad():
-        ours = p._impl.model(enc["input_ids"], enc["attention_mask"])
+        ours = p.task_predictor.model(enc["input_ids"], enc["attention_mask"])
         theirs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     import shutil

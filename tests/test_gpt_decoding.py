@@ -210,11 +210,11 @@ def test_bad_generation_settings():
 
 def test_hf_causal_lm_adapter_cache_agrees():
     transformers = pytest.importorskip("transformers")
-    from luban.generation import HFCausalLM
+    from luban.models.causal_lm import CausalLM
 
     torch.manual_seed(0)
     conf = transformers.GPT2Config(vocab_size=23, n_positions=16, n_embd=16, n_layer=1, n_head=2)
-    hf = HFCausalLM(transformers.GPT2LMHeadModel(conf).eval())
+    hf = CausalLM(transformers.GPT2LMHeadModel(conf)).eval()
     for kw in ({"temperature": 0}, {"temperature": 1.0, "top_k": 5, "seed": 1}):
         with_cache = list(iter_token_ids(hf, [1, 2, 3], GenerationConfig(max_new_tokens=20, **kw)))
         no_cache = list(iter_token_ids(hf, [1, 2, 3], GenerationConfig(max_new_tokens=20, use_cache=False, **kw)))
@@ -269,9 +269,9 @@ def test_batched_decoding_gives_each_row_its_own_output(positions):
 def test_batched_decoding_on_a_hugging_face_model_and_cancel(tiny_gpt2):
     transformers = pytest.importorskip("transformers")
     from luban.generation.batch import BatchDecoder
-    from luban.generation.decoding import HFCausalLM
+    from luban.models.causal_lm import CausalLM
 
-    model = HFCausalLM(transformers.AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).eval())
+    model = CausalLM(transformers.AutoModelForCausalLM.from_pretrained(str(tiny_gpt2))).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_gpt2))
     rows = [(tok.encode(p), GenerationConfig(max_new_tokens=8, temperature=0.7, seed=i))
             for i, p in enumerate(["hello there", "a", "what is the weather like today", "b c"])]

@@ -179,7 +179,7 @@ def test_onnx_backend_errors_and_fallbacks(text_run, trained_text_run):
 
     assert cleaning.LINE == readers.LINE  # cleaning keeps its own copy so that checking a text needs no pandas
     p = luban.load(text_run)  # auto: the export, torch-free
-    assert p.backend == "onnx" and type(p._impl).__module__ == "luban.compress.onnx_tasks"
+    assert p.backend == "onnx" and type(p.task_predictor).__module__ == "luban.compress.onnx_tasks"
     assert p.capabilities()["predict_options"] == ["top_k"]
     assert list(p.predict(TEXTS[:1], top_k=1)[0]["probabilities"]) == [p.predict(TEXTS[:1])[0]["label"]]
     m = p.evaluate(trained_text_run["test"])  # evaluation goes through the task's own predictor, same numbers

@@ -508,7 +508,7 @@ def test_hf_seq2seq_fine_tunes_and_reloads_offline(tiny_hf, tmp_path):
         test = write_pairs(tmp_path / "test.tsv", reversal_pairs(300, seed=5)[-30:])
         assert p.evaluate(test)["bleu"] >= 0.0
         # greedy decoding through luban's loop equals Hugging Face's generate on the same weights
-        impl = p._impl
+        impl = p.task_predictor
         ids = impl.sides.encode_sources(texts)
         ours, _ = impl.decode_ids(impl.model, ids, impl.settings({"num_beams": 1, "max_new_tokens": 6}))
         hf = impl.model.hf

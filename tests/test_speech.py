@@ -292,7 +292,7 @@ def test_ctc_run_exports_quantizes_and_transcribes_on_onnx(ctc_run, spoken, tmp_
     meta = export_run(run, quiet=True)
     assert meta["output_names"] == ["log_probs", "output_lengths"] and meta["parity"]["max_abs_diff"] < 1e-4
     p = luban.load(run)
-    assert isinstance(p._impl.model, OrtModule)
+    assert isinstance(p.task_predictor.model, OrtModule)
     files = [str(spoken["root"] / name) for name, _ in spoken["rows"][:8]]
     assert [o["text"] for o in p.predict(files)] == [t for _, t in spoken["rows"][:8]]
     assert p.evaluate(spoken["manifest"])["cer"] == 0.0

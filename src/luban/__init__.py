@@ -8,7 +8,7 @@ Public API (imports are lazy so `luban --help` stays fast):
     predictor.predict(["服务很好"])
 """
 
-__version__ = "0.1.0"  # the one version string: pyproject.toml, `luban --version` and the server read it
+from luban.version import __version__  # the one version string (pyproject.toml reads luban/version.py)
 
 __all__ = ["train", "load", "Predictor", "LubanError", "__version__"]
 
@@ -19,9 +19,9 @@ def __getattr__(name):
 
         return train
     if name in ("load", "Predictor"):
-        from luban import predictor
+        from luban.predictor import Predictor, load
 
-        return getattr(predictor, name)
+        return load if name == "load" else Predictor
     if name == "LubanError":
         from luban.errors import LubanError
 

@@ -47,7 +47,6 @@ def _print_metrics(m: dict):
 
 
 def _cmd_evaluate(a):
-    from luban.config import apply_overrides, validate
     from luban.errors import ConfigError
     from luban.predictor import load
 
@@ -57,10 +56,7 @@ def _cmd_evaluate(a):
             if not item.split("=", 1)[0].strip().startswith("data."):
                 raise ConfigError(f"--set {item!r}: luban evaluate takes data.* settings (how the file is read, "
                                   "e.g. data.encoding=gbk)")
-        for target in [p, *getattr(p._impl, "members", [])]:  # an ensemble reads files with its members' settings
-            data = validate(apply_overrides(target.config.model_dump(mode="json"), a.set), f"{a.run} with --set").data
-            for key in type(data).model_fields:
-                setattr(target.config.data, key, getattr(data, key))
+        p.override_data(a.set, f"{a.run} with --set")
     m = p.evaluate(a.data)
     _print_metrics(m)
     if a.output:
@@ -116,9 +112,11 @@ def _cmd_generate_images(a):
 
 
 def _cmd_generate(a):
+    from luban.capabilities import GeneratesText
     from luban.predictor import load
 
     p = load(a.run)
+    continues = isinstance(p.task_predictor, GeneratesText) and p.task_predictor.continues_prompt
     knobs = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
              "repetition_penalty": a.repetition_penalty, "num_beams": a.num_beams,
              "length_penalty": a.length_penalty, "seed": a.seed, "stop": a.stop or None}
@@ -134,7 +132,7 @@ def _cmd_generate(a):
             print(json.dumps({"prompt": prompt, **p.generate_text(prompt, **knobs)}, ensure_ascii=False))
         else:
             r = p.generate_text(prompt, **knobs)
-            print(prompt + r["text"] if p.task == "text_generation" else r["text"])
+            print(prompt + r["text"] if continues else r["text"])
             print(f"[{r['tokens']} tokens, {r.get('tokens_per_second', 0):.0f} tokens/s, "
                   f"{r.get('finish_reason', 'done')}]", file=sys.stderr)
 
@@ -146,7 +144,7 @@ def _cmd_transcribe(a):
     out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
     try:
         for path in a.audio:
-            files = p._impl.read_inputs(path)
+            files = p.read_inputs(path)
             for f, r in zip(files, p.predict(files), strict=True):
                 out.write(json.dumps({"file": str(f), **r}, ensure_ascii=False) + "\n")
                 out.flush()
@@ -277,7 +275,7 @@ def _cmd_serve(a):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="luban", description="luban: one YAML from data to an evaluated, "
                                 "reusable model. Run `luban VERB --help` for details.")
-    from luban import __version__
+    from luban.version import __version__
 
     p.add_argument("--version", action="version", version=f"luban {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LUBAN_DEBUG=1)")
@@ -520,7 +518,7 @@ PREFLIGHT = {
 
 
 def _preflight():
-    from luban import preflight
+    import luban.preflight as preflight
 
     return preflight
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from luban.errors import RunError
+from luban.version import __version__
 
 FILE = "manifest.json"
 FORMAT = 1  # the run-directory format this luban writes and the newest it reads
@@ -74,8 +74,7 @@ def _write(run: Path, manifest: dict) -> None:
 def write(run: str | Path, **extra) -> dict:
     """Write `run`/manifest.json for the run as it now is (`extra`: more fields, e.g. {"kind": "ensemble"})."""
     run = Path(run)
-    # luban/__init__.py, loaded before any of its modules: read, not imported (it lazily imports modules using this)
-    manifest = {"format": FORMAT, "luban_version": sys.modules["luban"].__version__,
+    manifest = {"format": FORMAT, "luban_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **_config_fields(run), **extra, "files": list_files(run)}
     _write(run, manifest)

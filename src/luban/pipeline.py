@@ -6,29 +6,22 @@ import copy
 import functools
 import json
 import platform
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
+from luban.prepare import seed_everything
 from luban.rundir import RunDir, RunLock
 from luban.tasks import task_classes
 from luban.tasks.base import read_frames
 from luban.training.engine import fit
 from luban.training.hardware import resolve_precision, select_device, set_threads
 from luban.training.progress import stage
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _as_config(config, overrides) -> RunConfig:

@@ -1,9 +1,18 @@
-"""`luban.load(RUN)`: a finished run directory back as a predictor, for the CLI, Python and (later) the server."""
+"""`luban.load(RUN)`: a finished run directory back as a predictor, for the CLI, Python and the server.
+
+`Predictor` is the public face of a run: it reads the run's config, picks the backend (the ONNX export, PyTorch, an
+ensemble of member runs) and builds the task's predictor (a `luban.capabilities.TaskPredictor`: the task file's
+inference class). What the run can do is what that task predictor implements: `Predicts`, `GeneratesText`,
+`Recommends`, ... (luban.capabilities), checked with isinstance; a method of a capability the run lacks raises a
+LubanError saying so.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates, GeneratesImages, GeneratesText,
+                                Predicts, Recommends, StreamsTokens, TaskPredictor)
 from luban.config import read_yaml, validate
 from luban.errors import LubanError, RunError
 from luban.rundir import check_finished
@@ -11,7 +20,9 @@ from luban.tasks import task_classes
 
 
 class Predictor:
-    """Facade over the task's predictor: predict(inputs) -> list of JSON-ready dicts; evaluate(path) -> metrics."""
+    """A loaded run: predict(inputs) -> list of JSON-ready dicts; evaluate(path) -> metrics; the generation,
+    recommendation and image methods where the run has that capability. `task_predictor` is the task's own
+    inference object (its model, tokenizer, label map) for exporters and compressors."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", backend: str = "auto"):
         from luban.compress.onnx_runtime import choose_backend, light_predictor
@@ -20,22 +31,24 @@ class Predictor:
         self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
         light = light_predictor(self.run_dir, self.config, device, backend)  # onnxruntime + NumPy, no torch
         if light is not None:
-            self.backend, self._impl = "onnx", light
+            self.backend, self.task_predictor = "onnx", light
             return
         from luban.training.hardware import select_device, set_threads
 
         set_threads(self.config.trainer.num_threads)
         _, PredictorCls = task_classes(self.config.task)
+        self.task_predictor: TaskPredictor
         if (self.run_dir / "model" / "ensemble.json").is_file():  # luban ensemble: combines its member runs
-            from luban.lifecycle.ensemble import EnsemblePredictor
+            from luban.tasks.ensemble import EnsemblePredictor, member_dirs
 
-            self.backend, self._impl = "ensemble", EnsemblePredictor(self.run_dir, device)
+            members = [Predictor(d, device) for d in member_dirs(self.run_dir)]
+            self.backend, self.task_predictor = "ensemble", EnsemblePredictor(self.run_dir, members)
             return
         # "onnx" when the run has an ONNX export (luban export / compress) and onnxruntime is installed
         self.backend = choose_backend(self.run_dir, PredictorCls, backend)
-        kw = {"backend": self.backend} if getattr(PredictorCls, "exportable", False) else {}
+        kw = {"backend": self.backend} if PredictorCls.exportable else {}
         try:
-            self._impl = PredictorCls(self.config, self.run_dir / "model", select_device(device), **kw)
+            self.task_predictor = PredictorCls(self.config, self.run_dir / "model", select_device(device), **kw)
         except (OSError, ValueError, KeyError) as e:  # a damaged model/ folder: missing or unparsable files
             raise RunError(f"{self.run_dir / 'model'}: missing or corrupted model files "
                            f"({type(e).__name__}: {e})") from None
@@ -44,19 +57,37 @@ class Predictor:
     def task(self) -> str:
         return self.config.task
 
+    def supports(self, capability: type) -> bool:
+        """Whether the run has a capability of luban.capabilities (Predicts, GeneratesText, Recommends, ...)."""
+        return isinstance(self.task_predictor, capability)
+
+    def _as(self, capability: type, what: str):
+        """The task predictor as `capability`, or the LubanError saying this run cannot do `what`."""
+        impl = self.task_predictor
+        if not isinstance(impl, capability):
+            name = next((k for k, c in CAPABILITIES.items() if c is capability), "")
+            hint = impl.unsupported.get(name)
+            raise LubanError(hint or f"{self.run_dir}: task {self.task} does not {what}")
+        return impl
+
     def predict(self, inputs, on_error: str = "fail", **kw) -> list[dict]:
         """One output per input. An input the model cannot take (an empty text, a missing image) raises a
         DataError naming its position (on_error="fail", the default for in-memory inputs), or gets an output
         {"error": "empty text"} in its place (on_error="error-row")."""
+        impl = self._as(Predicts, "predict")
         if on_error == "fail":
-            return self._impl.predict(inputs, **kw)
+            return impl.predict(inputs, **kw)
         from luban.lifecycle.predict_file import predict_chunk
 
         if on_error != "error-row":
             raise LubanError("predict(): on_error is 'fail' or 'error-row' (predict_file also takes 'skip-row')")
-        if isinstance(inputs, (str, dict)) or not isinstance(inputs, (list, tuple)) and not hasattr(inputs, "iloc"):
+        if isinstance(inputs, (str, dict)) or not isinstance(inputs, (list, tuple)) and not _is_frame(inputs):
             inputs = [inputs]
-        return [{"error": r} if isinstance(r, str) else r for r in predict_chunk(self._impl, inputs, **kw)]
+        return [{"error": r} if isinstance(r, str) else r for r in predict_chunk(impl, inputs, **kw)]
+
+    def read_inputs(self, path: str | Path) -> list:
+        """The inputs a file or folder holds, read as predict() takes them (the file's text column, images...)."""
+        return self._as(Predicts, "predict").read_inputs(path)
 
     def predict_file(self, path: str | Path, on_error: str = "error-row", id_column=None, keep_columns=None,
                      keep_input: bool = False, **kw) -> list[dict]:
@@ -93,59 +124,55 @@ class Predictor:
         from luban.training.progress import stage
 
         with stage(f"evaluate {Path(path).name}"):  # the model's batches show their own count and ETA
-            return self._impl.evaluate(path)
+            return self._as(Evaluates, "evaluate").evaluate(path)
 
-    def _text_generator(self, what: str):
-        fn = getattr(self._impl, what, None)
-        if fn is None:
-            raise LubanError(f"{self.run_dir}: task {self.task} does not generate text; use predict()")
-        return fn
+    def override_data(self, items: list[str], where: str) -> None:
+        """`--set data.*=...` on how input files are read (encoding, delimiter, ...), for every config that reads
+        them (an ensemble's members too)."""
+        from luban.config import apply_overrides
+
+        for cfg in [self.config, *(c for c in self.task_predictor.configs() if c is not self.config)]:
+            data = validate(apply_overrides(cfg.model_dump(mode="json"), items), where).data
+            for key in type(data).model_fields:
+                setattr(cfg.data, key, getattr(data, key))
 
     def generate_text(self, prompt: str, **knobs) -> dict:
         """Text generation / translation / summarization: one output for `prompt`, with decoding knobs
         (max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, stop, seed)."""
-        return self._text_generator("generate_text")(prompt, **knobs)
+        return self._as(GeneratesText, "generate text; use predict()").generate_text(prompt, **knobs)
 
     def stream_text(self, prompt: str, **knobs):
         """Like generate_text, yielding the text piece by piece as tokens are decoded."""
-        return self._text_generator("stream_text")(prompt, **knobs)
+        return self._as(GeneratesText, "generate text; use predict()").stream_text(prompt, **knobs)
 
     def chat(self, messages: list[dict], **knobs) -> dict:
         """Text generation: the assistant's reply to `messages` ([{role, content}, ...])."""
-        return self._text_generator("chat")(messages, **knobs)
+        return self._as(Chats, "chat").chat(messages, **knobs)
 
     def stream_chat(self, messages: list[dict], **knobs):
-        return self._text_generator("stream_chat")(messages, **knobs)
+        return self._as(Chats, "chat").stream_chat(messages, **knobs)
 
     def stream_events(self, prompt: str | None = None, messages: list[dict] | None = None, **knobs):
         """Text generation, step by step: dicts {"text", "token" (id or None), "finish_reason" (None until the
         last: "eos", "stop" or "length")}. Tasks without step events stream text pieces, then one last event
         whose finish_reason is None (unknown)."""
-        events = getattr(self._impl, "stream_events", None)
-        if events is not None:
-            yield from events(prompt, messages, **knobs)
-            return
-        if messages is not None:
-            pieces = self.stream_chat(messages, **knobs)
-        else:
-            pieces = self.stream_text(prompt, **knobs)
-        for piece in pieces:
-            yield {"text": piece, "token": None, "finish_reason": None}
-        yield {"text": "", "token": None, "finish_reason": None}
+        return self._as(GeneratesText, "generate text; use predict()").stream_events(prompt, messages, **knobs)
 
     def stream_events_batch(self, requests: list[dict]):
         """Text generation, several requests ({"prompt": ...} or {"messages": [...]}, plus knobs each) decoded
         together, one forward per step: an object with step() -> [(request index, event dict or exception)],
         cancel(i), done and close(). Only where capabilities()["batch_events"]."""
-        fn = getattr(self._impl, "stream_events_batch", None)
-        if fn is None:
-            raise LubanError(f"{self.run_dir}: task {self.task} does not decode requests together")
-        return fn(requests)
+        return self._as(DecodesTogether, "decode requests together").stream_events_batch(requests)
 
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int | None:
         """Tokens the model reads for a prompt or conversation (None when the task cannot say)."""
-        fn = getattr(self._impl, "prompt_tokens", None)
-        return fn(prompt, messages) if fn is not None else None
+        impl = self.task_predictor
+        return impl.prompt_tokens(prompt, messages) if isinstance(impl, GeneratesText) else None
+
+    def default_max_new_tokens(self) -> int | None:
+        """Text generation: the run's generation.max_new_tokens (what a request that does not say gets)."""
+        impl = self.task_predictor
+        return impl.default_max_new_tokens() if isinstance(impl, GeneratesText) else None
 
     def capabilities(self) -> dict:
         """What this run can do, for servers and UIs that must not branch on task names.
@@ -157,50 +184,41 @@ class Predictor:
         predict() accepts (e.g. top_k); `labels` the classes when the run has them."""
         import inspect
 
-        impl = self._impl
-        kind = getattr(impl, "input_kind", "unknown")
-        if self.backend == "ensemble":  # an ensemble predicts what its members predict
-            kind = impl.members[0].capabilities()["inputs"]
-        has = lambda name: callable(getattr(impl, name, None))  # noqa: E731
+        impl = self.task_predictor
+        kind = impl.input_kind if isinstance(impl, Predicts) else None
         options = []
         if kind is not None:
             params = inspect.signature(impl.predict).parameters
             options = [n for n, p in params.items() if n in ("top_k", "k") and p.kind is not p.VAR_KEYWORD]
-        labels = getattr(impl, "labels", None) or getattr(impl, "label_map", None)  # tabular: label_map
-        labels = getattr(labels, "labels", labels)  # a LabelMap or a plain list
+        labels = impl.class_labels()
         return {"task": self.task, "backend": self.backend, "predict": kind is not None, "inputs": kind,
                 "predict_options": options,
-                "generate_text": has("generate_text"), "stream_text": has("stream_text"), "chat": has("chat"),
-                "stream_events": has("stream_events"), "batch_events": has("stream_events_batch"),
-                "generate_images": has("generate"),
-                "recommend": has("recommend"), "similar_items": has("similar_items"),
-                "labels": [str(x) for x in labels] if isinstance(labels, (list, tuple)) else None}
+                "generate_text": self.supports(GeneratesText), "stream_text": self.supports(GeneratesText),
+                "chat": self.supports(Chats), "stream_events": self.supports(StreamsTokens),
+                "batch_events": self.supports(DecodesTogether), "generate_images": self.supports(GeneratesImages),
+                "recommend": self.supports(Recommends), "similar_items": self.supports(Recommends),
+                "labels": [str(x) for x in labels] if labels is not None else None}
 
     def generate(self, **kw):
         """Generative tasks (image generation): samples from the trained model."""
-        if not hasattr(self._impl, "generate"):
-            raise LubanError(f"{self.run_dir}: task {self.task} does not generate; use predict()")
-        return self._impl.generate(**kw)
+        return self._as(GeneratesImages, "generate; use predict()").generate(**kw)
 
-    def _recommender(self, what: str):
-        fn = getattr(self._impl, what, None)
-        if fn is None:
-            raise LubanError(f"{self.run_dir}: task {self.task} does not recommend; use predict()")
-        return fn
+    def _recommender(self) -> Recommends:
+        return self._as(Recommends, "recommend; use predict()")
 
     def recommend(self, user, k: int | None = None, history=None, exclude_seen: bool | None = None,
                   features: dict | None = None) -> dict:
         """Recommendation: the top-k items for `user` ({user, strategy, items: [{item, score}]}). `history`: items
         just interacted with (a list or "a,b,c"); an unknown user falls back to the history, then `features`
         (two-tower), then popularity; `strategy` says which served the answer."""
-        return self._recommender("recommend")(user, k=k, history=history, exclude_seen=exclude_seen,
+        return self._recommender().recommend(user, k=k, history=history, exclude_seen=exclude_seen,
                                               features=features)
 
     def recommend_all(self, output: str | Path | None = None, k: int | None = None,
                       exclude_seen: bool | None = None):
         """Recommendation: top-k for every user of the run; written as JSON lines to `output` (returns the count)
         or returned as a list."""
-        rows = self._recommender("recommend_all")(k=k, exclude_seen=exclude_seen)
+        rows = self._recommender().recommend_all(k=k, exclude_seen=exclude_seen)
         if output is None:
             return list(rows)
         import json
@@ -214,7 +232,7 @@ class Predictor:
 
     def similar_items(self, item, k: int | None = None) -> dict:
         """Recommendation: the k items most similar to `item` ({item, strategy, items: [{item, score}]})."""
-        return self._recommender("similar_items")(item, k=k)
+        return self._recommender().similar_items(item, k=k)
 
     # the habits of the ecosystem: a pipeline is called, a classifier has predict_proba and labels
     def __call__(self, inputs, **kw) -> list[dict]:
@@ -224,7 +242,8 @@ class Predictor:
     @property
     def labels(self) -> list[str] | None:
         """The classes in the model's order (classification runs), else None."""
-        return self.capabilities()["labels"]
+        labels = self.task_predictor.class_labels()
+        return [str(x) for x in labels] if labels is not None else None
 
     def predict_proba(self, inputs):
         """Classification: an (inputs x classes) numpy array of class probabilities, columns in `labels` order
@@ -252,3 +271,10 @@ def load(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Pr
     """A run's predictor. backend: "auto" (the ONNX export when the run has one, else PyTorch), "torch" (force
     PyTorch), "onnx" (insist on the export)."""
     return Predictor(run_dir, device, backend)
+
+
+def _is_frame(inputs) -> bool:
+    import sys
+
+    pd = sys.modules.get("pandas")  # a table of inputs can only come from an imported pandas
+    return pd is not None and isinstance(inputs, (pd.DataFrame, pd.Series))

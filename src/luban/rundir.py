@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from luban import manifest as run_manifest
+import luban.manifest as run_manifest
 from luban.errors import RunError
 
 PARTIAL = ".partial"

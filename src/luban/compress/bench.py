@@ -42,7 +42,7 @@ def benchmark_run(run, data, batch_size: int = 32, latency_rows: int = 200, warm
     p = load(run, backend=backend)
     run = p.run_dir
     metrics = run_metrics(run)
-    inputs = p._impl.read_inputs(data)
+    inputs = p.read_inputs(data)
     n = len(inputs)
     for i in range(min(warmup, n)):
         p.predict(_take(inputs, i, i + 1))
@@ -98,7 +98,7 @@ def html_table(rows: list[dict]) -> str:
 
 def add_to_report(run: Path, rows: list[dict]) -> None:
     """Put the table into run/report.html (replacing an earlier benchmark section) and run/benchmark.json."""
-    from luban import manifest
+    import luban.manifest as manifest
 
     (run / "benchmark.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     report = run / "report.html"

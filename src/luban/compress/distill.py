@@ -68,7 +68,7 @@ def student_config(student, teacher_cfg, teacher_run: Path, name: str | None, ov
 def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0.5, name: str | None = None,
                 overrides: list[str] | None = None, overwrite: bool = False, transfer_data=None,
                 quiet: bool = False) -> Path:
-    from luban import manifest
+    import luban.manifest as manifest
     from luban.compress import COMPRESSION
     from luban.compress.runs import prepared_task, run_config, run_metrics, scalars
     from luban.pipeline import train
@@ -94,11 +94,11 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     if transfer_data is not None:
         if not hasattr(teacher_task, "add_unlabeled"):
             raise ExportError(f"--transfer-data is supported for text classification (not task {tcfg.task})")
-        transfer = list(tpred._impl.read_inputs(transfer_data))
+        transfer = list(tpred.read_inputs(transfer_data))
         teacher_task.add_unlabeled(transfer)
         scfg.evaluation.baseline = False  # the classical baseline cannot train on unlabeled rows
     with torch.no_grad():
-        soft = teacher_task.split_logits(tpred._impl.model, "train")
+        soft = teacher_task.split_logits(tpred.task_predictor.model, "train")
     info = {"method": "distill", "teacher_run": str(teacher), "teacher_backend": tpred.backend,
             "temperature": temperature, "alpha": alpha, "teacher_model": tcfg.model.type,
             "teacher_test": scalars(tmetrics["test"]),

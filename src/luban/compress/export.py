@@ -26,6 +26,7 @@ from torch import nn
 from luban.compress import EXPORT_META, HF_DIR, ONNX_DIR, ONNX_FILE, TORCHSCRIPT_DIR
 from luban.errors import ExportError
 from luban.rundir import check_finished
+from luban.tasks.base import OutputTuple
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-3  # max |Δ| allowed between an fp32 export and PyTorch (relative to the output scale)
@@ -48,18 +49,6 @@ def example_batch(batches: list[tuple]) -> tuple:
     """The batch to trace with: the widest (largest rows: most tokens, frames), so sequence padding is inside the
     traced graph; then the largest."""
     return max(batches, key=lambda b: (b[0][0].numel() if b[0].ndim > 1 else 0, b[0].shape[0]))
-
-
-class OutputTuple(nn.Module):
-    """A model whose forward() returns a dict, as one returning a tuple in `names` order (what exporters trace)."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        super().__init__()
-        self.model, self.names = model, list(names)
-
-    def forward(self, *args):
-        out = self.model(*args)
-        return tuple(out[n] for n in self.names)
 
 
 def _outputs(out) -> list[torch.Tensor]:
@@ -176,13 +165,13 @@ def bounded_sample(run: Path, cfg, samples: int, batch_size: int = 16):
     split, path = next(((s, getattr(d, s)) for s in ("validation", "test", "train") if getattr(d, s)), (None, None))
     if path is None or not Path(path).is_file():
         return None
+    from luban.capabilities import TaskPredictor
     from luban.tasks import task_classes
-    from luban.tasks.base import Predictor
 
-    if task_classes(cfg.task)[1].parity_rows is Predictor.parity_rows:
+    if task_classes(cfg.task)[1].parity_rows is TaskPredictor.parity_rows:
         return None
     impl = load_torch(run)
-    if not isinstance(getattr(impl, "model", None), nn.Module):
+    if not isinstance(impl.model, nn.Module):
         return None
     calls: list[tuple] = []
     hook = impl.model.register_forward_pre_hook(
@@ -214,7 +203,7 @@ def bounded_sample(run: Path, cfg, samples: int, batch_size: int = 16):
 
 def _replace_dir(tmp: Path, final: Path) -> None:
     """`tmp` becomes RUN/model/<sub> (`final`); the run's manifest then lists the new files."""
-    from luban import manifest
+    import luban.manifest as manifest
 
     if final.exists():
         shutil.rmtree(final)
@@ -379,7 +368,7 @@ def load_torch(run: Path):
     """The run's task predictor on PyTorch (CPU): what the Hugging Face and vector exports read."""
     from luban.predictor import load
 
-    return load(run, device="cpu", backend="torch")._impl
+    return load(run, device="cpu", backend="torch").task_predictor
 
 
 def _export_hf(impl, check=None) -> bool:

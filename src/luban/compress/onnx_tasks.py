@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.data.cleaning import normalize_inputs, text_problem
 from luban.data.images import ImageInputs
 
@@ -35,20 +36,23 @@ def read_labels(saved) -> list[str]:
     return list(saved["labels"])
 
 
-class OnnxPredictor:
+class OnnxPredictor(TaskPredictor, Predicts, Evaluates):
     """What the torch-free predictors share: the session, feeding it by input name, and the task's own predictor
     for everything off the prediction path."""
 
     task = ""
     exportable = True
-    backend = "onnx"
     input_kind = "unknown"
-    frame_inputs = None
 
     def __init__(self, cfg, folder: Path, session):
-        self.cfg, self.folder, self.session = cfg, Path(folder), session
+        super().__init__(cfg, Path(folder), "cpu", backend="onnx")
+        self.session = session
         self.graph_inputs = {i.name for i in session.get_inputs()}
+        self.labels: list[str] | None = None  # the classes in output order, set by a classifier
         self._full = None
+
+    def class_labels(self) -> list[str] | None:
+        return self.labels
 
     @classmethod
     def supports(cls, cfg, folder: Path) -> bool:
@@ -59,9 +63,6 @@ class OnnxPredictor:
         """The graph's first output for one batch (inputs the graph dropped are not fed)."""
         feed = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k in self.graph_inputs}
         return self.session.run(None, feed)[0].astype(np.float32, copy=False)
-
-    def input_problem(self, x) -> str | None:
-        return None
 
     # off the prediction path: the task's own predictor on the same export (imports torch)
     def full(self):

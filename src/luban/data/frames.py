@@ -13,6 +13,7 @@ import re
 from contextvars import ContextVar
 from pathlib import Path
 
+LINE = "_line"  # the column every reader adds: a row's line in its file (its 0-based position in a DataFrame)
 SPLITS = ("train", "validation", "test")
 SUFFIX = " DataFrame"
 _GIVEN: ContextVar[dict | None] = ContextVar("luban_given_frames", default=None)
@@ -26,7 +27,6 @@ def as_table(df, name: str):
     """A user's DataFrame in the readers' shape: string column names, missing cells None, a `_line` column."""
     import pandas as pd
 
-    from luban.data.readers import LINE
     from luban.errors import DataError
 
     if len(df) == 0:

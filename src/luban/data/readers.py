@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from luban.data.frames import given_table
+from luban.data.frames import LINE, given_table
 from luban.errors import DataError
 
-LINE = "_line"
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from luban import processor
+import luban.processor as processor
 from luban.data.readers import LINE
 from luban.errors import DataError
 

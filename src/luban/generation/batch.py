@@ -16,7 +16,6 @@ each row alone — the caller sees the same stepper either way.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
@@ -39,7 +38,7 @@ class _Row:
     def solo_events(self, model):
         """The rest of this row in the single-sequence loop (sliding window), continuing its text and sampler."""
         left = self.cfg.max_new_tokens - self.count
-        cfg = dataclasses.replace(self.cfg, max_new_tokens=left)
+        cfg = self.cfg.model_copy(update={"max_new_tokens": left})
         for token in iter_token_ids(model, self.context, cfg, generator=self.generator):
             self.context.append(token)
             piece, finish = self.tracker.push(token)

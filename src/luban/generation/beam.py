@@ -32,17 +32,18 @@ untouched; draws happen on the CPU, so a seed gives the same text on any device)
 positive score is divided by it and a negative one multiplied; `sample` applies it to the logits, `beam_search`
 to the log-probabilities (as Hugging Face's beam search does).
 
-Both return, per input row, the new token ids of its best hypothesis with the eos left out.
+Both return, per input row, the new token ids of its best hypothesis with the eos left out. `causal_beam_search`
+runs beam_search for one prompt on a causal LM (luban's GPT or a Hugging Face model, KV cache kept).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from luban.generation.decoding import top_k_filter, top_p_filter
+from luban.generation.decoding import _model_device, _reorder_cache, top_k_filter, top_p_filter
 
 Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 Reorder = Callable[[Any, torch.Tensor], Any]
@@ -214,3 +215,28 @@ def sample(step: Step, start_ids: torch.Tensor, max_new_tokens: int, eos_id: int
             if tok != eos_id:
                 out[r].append(tok)
     return out
+
+
+def causal_beam_search(model, prompt_ids: Sequence[int], num_beams: int, max_new_tokens: int,
+                       eos_ids: int | Sequence[int] | None, length_penalty: float = 1.0,
+                       repetition_penalty: float = 1.0) -> list[int]:
+    """Beam search for one prompt on any model with ``next_token_logits`` (batched over beams, KV cache kept).
+    The prompt is cut from the left so prompt + output fit the model's context."""
+    eos = eos_ids[0] if isinstance(eos_ids, (list, tuple)) else eos_ids
+    max_context = getattr(model, "max_context", None)
+    prompt = [int(i) for i in prompt_ids]
+    if max_context:
+        max_new_tokens = min(max_new_tokens, max_context - 1)
+        prompt = prompt[-(max_context - max_new_tokens):]
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = beam_search(lambda ids, cache: model.next_token_logits(ids, cache),
+                              torch.tensor([prompt], device=_model_device(model)), num_beams, max_new_tokens, eos,
+                              length_penalty=length_penalty, reorder=_reorder_cache,
+                              repetition_penalty=repetition_penalty)
+    finally:
+        if was_training:
+            model.train()
+    return out[0]

@@ -6,7 +6,7 @@ A model only has to offer::
 
 feeding the new ids after whatever ``cache`` holds (``None`` = start from nothing), and optionally a
 ``max_context`` attribute (the longest window it can attend over). ``luban.models.gpt.GPT`` does this natively;
-``HFCausalLM`` wraps any Hugging Face ``AutoModelForCausalLM``.
+``luban.models.causal_lm.CausalLM`` wraps any Hugging Face ``AutoModelForCausalLM`` (for training and inference).
 
 One sequence at a time (batch size 1). Per step: repetition penalty -> greedy (temperature 0 or do_sample=False)
 or temperature -> top-k -> top-p -> sample with a seeded ``torch.Generator``. Stop strings are checked on the
@@ -21,36 +21,38 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field, field_validator
+
+from luban.config import GenerationSettings
 
 
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 100
-    temperature: float = 1.0          # 0 means greedy
-    top_k: int | None = None          # keep the k most likely tokens (None or 0: off)
-    top_p: float | None = None        # keep the smallest set of tokens whose probability reaches p (None or 1: off)
-    repetition_penalty: float = 1.0   # > 1 discourages tokens already in the context (CTRL / HF convention)
+class GenerationConfig(GenerationSettings):
+    """One call's decoding settings: the run's `generation:` settings (luban.config.GenerationSettings: the same
+    fields, ranges and checks) with the call's knobs applied, plus what the model decides (its end-of-sequence ids)
+    and the KV cache switch. Invalid values raise a ValueError (pydantic's ValidationError)."""
+
+    max_new_tokens: int = Field(100, ge=0)
+    temperature: float = Field(1.0, ge=0, description="0 means greedy")
     do_sample: bool = True            # False: greedy whatever the temperature
-    stop: Sequence[str] = ()          # stop strings, matched on decoded text and cut from the output
-    eos_token_id: int | Sequence[int] | None = None
-    seed: int | None = None           # seeds the sampler's own torch.Generator; global RNG is untouched
+    stop: tuple[str, ...] = ()        # stop strings, matched on decoded text and cut from the output
+    eos_token_id: int | tuple[int, ...] | None = None
     use_cache: bool = True            # False recomputes the whole window every step (slow; for checking)
+    # top_k (None or 0: off), top_p (None or 1: off), repetition_penalty (> 1 discourages tokens already in the
+    # context, CTRL / HF convention) and seed (seeds the sampler's own torch.Generator; the global RNG is untouched)
+    # as in GenerationSettings
 
-    def __post_init__(self):
-        if self.max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
-        if any(not s for s in self.stop):
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stops(cls, v):
+        stops = (v,) if isinstance(v, str) else tuple(v)
+        if any(not s for s in stops):
             raise ValueError("stop strings must be non-empty")
+        return stops
+
+    @field_validator("eos_token_id", mode="before")
+    @classmethod
+    def _eos(cls, v):
+        return tuple(v) if isinstance(v, (list, tuple)) else v
 
     @property
     def greedy(self) -> bool:
@@ -238,47 +240,6 @@ def generate(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
     return GenerationResult("".join(pieces), ids, reason, seconds, len(ids) / seconds if seconds > 0 else 0.0)
 
 
-class HFCausalLM:
-    """Adapter giving a Hugging Face causal LM (``AutoModelForCausalLM``) the ``next_token_logits`` interface."""
-
-    def __init__(self, model):
-        self.model = model
-        conf = model.config
-        self.max_context = getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def eval(self):
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True):
-        self.model.train(mode)
-        return self
-
-    def next_token_logits(self, ids, cache=None):
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        return out.logits[:, -1, :], out.past_key_values
-
-    def next_token_logits_batch(self, ids, cache, key_mask, positions):
-        return hf_batch_logits(self.model, ids, cache, key_mask, positions)
-
-
-def hf_batch_logits(hf_model, ids, cache, key_mask, positions):
-    """Batched decoding step of a Hugging Face causal LM: left-padded ids with their attention mask and position
-    ids (the model hides padding itself) -> last-position logits (batch, vocab) and the cache."""
-    with torch.no_grad():
-        out = hf_model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions,
-                       past_key_values=cache, use_cache=True)
-    return out.logits[:, -1, :], out.past_key_values
-
-
 def _reorder_cache(cache, index: torch.Tensor):
     """Select rows of a KV cache: luban's GPT (a list of (keys, values)) or a Hugging Face Cache object."""
     if cache is None:
@@ -293,30 +254,3 @@ def _cache_device(cache) -> torch.device:
     layers = getattr(cache, "layers", None)
     keys = getattr(layers[0], "keys", None) if layers else None
     return keys.device if isinstance(keys, torch.Tensor) else torch.device("cpu")
-
-
-def causal_beam_search(model, prompt_ids: Sequence[int], num_beams: int, max_new_tokens: int,
-                       eos_ids: int | Sequence[int] | None, length_penalty: float = 1.0,
-                       repetition_penalty: float = 1.0) -> list[int]:
-    """Beam search for one prompt on any model with ``next_token_logits`` (batched over beams, KV cache kept).
-    The prompt is cut from the left so prompt + output fit the model's context."""
-    from luban.generation.beam import beam_search
-
-    eos = eos_ids[0] if isinstance(eos_ids, (list, tuple)) else eos_ids
-    max_context = getattr(model, "max_context", None)
-    prompt = [int(i) for i in prompt_ids]
-    if max_context:
-        max_new_tokens = min(max_new_tokens, max_context - 1)
-        prompt = prompt[-(max_context - max_new_tokens):]
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = beam_search(lambda ids, cache: model.next_token_logits(ids, cache),
-                              torch.tensor([prompt], device=_model_device(model)), num_beams, max_new_tokens, eos,
-                              length_penalty=length_penalty, reorder=_reorder_cache,
-                              repetition_penalty=repetition_penalty)
-    finally:
-        if was_training:
-            model.train()
-    return out[0]

@@ -108,7 +108,7 @@ def staging(out: Path, force: bool):
 
 def write_provenance(folder: Path, source: Path, fmt: str, dtype: str, check: dict, extra: dict) -> dict:
     """Write FOLDER/luban_import.json; EXTRA's keys come last (and win: a catalog pull names its wheels as source)."""
-    from luban import __version__
+    from luban.version import __version__
 
     name, digest = source_digest(source)
     info = {"source": str(source.resolve()), "source_file": name, "source_sha256": digest, "format": fmt,

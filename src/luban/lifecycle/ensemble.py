@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from luban import processor
+import luban.processor as processor
 from luban.config import read_yaml, validate
-from luban.errors import DataError, RunError
+from luban.errors import RunError
 from luban.rundir import RunDir, check_finished
-
-MANIFEST = "ensemble.json"
-
+from luban.tasks.ensemble import MANIFEST, EnsemblePredictor, member_dirs
 
 ENSEMBLE_TASKS = {"text_classification", "tabular_classification", "tabular_regression", "image_classification",
                   "audio_classification"}
@@ -68,71 +66,13 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
                               for d, m in zip(dirs, metrics, strict=True)]}
         test_file = evaluate_on or validate(read_yaml(dirs[0] / "config.yaml")).data.test
         if test_file is not None:
-            result["test"] = EnsemblePredictor(work, "cpu").evaluate(test_file)
+            from luban.predictor import Predictor
+
+            members = [Predictor(d, "cpu") for d in member_dirs(work)]
+            result["test"] = EnsemblePredictor(work, members).evaluate(test_file)
             result["test_data"] = str(test_file)
         (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
         return run.finish(kind="ensemble")
     except BaseException:
         run.discard()
         raise
-
-
-class EnsemblePredictor:
-    """Looks like a task predictor: predict(inputs) and evaluate(path), combining the members'."""
-
-    def __init__(self, run_dir: Path, device="auto"):
-        from luban.predictor import Predictor
-
-        manifest = json.loads((Path(run_dir) / "model" / MANIFEST).read_text(encoding="utf-8"))
-        self.members = [Predictor(Path(run_dir) / "members" / str(i), device)
-                        for i in range(len(manifest["weights"]))]
-        self.weights = manifest["weights"]
-        self.task = manifest["task"]
-        self.cfg = self.members[0].config
-
-    def read_inputs(self, path):
-        return self.members[0]._impl.read_inputs(path)
-
-    def __getattr__(self, name):  # row-aligned file prediction reads inputs as the members do
-        if name in ("frame_inputs", "input_problem", "media_suffixes") and "members" in self.__dict__:
-            return getattr(self.members[0]._impl, name)
-        raise AttributeError(name)
-
-    def predict(self, inputs, top_k: int | None = None, **_):
-        outs = [m.predict(inputs) for m in self.members]
-        combined = []
-        for rows in zip(*outs, strict=True):
-            if "value" in rows[0]:
-                combined.append({"value": round(float(sum(w * r["value"] for w, r in zip(self.weights, rows,
-                                                                                          strict=True))), 6)})
-                continue
-            if "probabilities" not in rows[0]:
-                raise RunError(f"task {self.task}: ensembles combine class probabilities or values")
-            probs: dict[str, float] = {}
-            for w, r in zip(self.weights, rows, strict=True):
-                for label, p in r["probabilities"].items():
-                    probs[label] = probs.get(label, 0.0) + w * p
-            order = sorted(probs, key=lambda k: -probs[k])
-            combined.append({"label": order[0], "score": round(probs[order[0]], 6),
-                             "probabilities": {k: round(probs[k], 6) for k in order[: top_k or len(order)]}})
-        return combined
-
-    def evaluate(self, path) -> dict:
-        from luban.data.readers import resolve_column
-        from luban.evaluate.metrics import classification_metrics, regression_metrics
-        from luban.tasks.base import read_file
-
-        frame = read_file(self.cfg, Path(path))
-        ref = self.cfg.data.columns.label if self.cfg.data.columns.label is not None else "label"
-        truth = frame[resolve_column(frame, ref, "label")].tolist()
-        preds = self.predict(self.read_inputs(path))
-        if len(preds) != len(truth):
-            raise DataError(f"{path}: {len(truth)} labelled rows but {len(preds)} predictions (rows dropped?)")
-        if "value" in preds[0]:
-            return regression_metrics([float(t) for t in truth], [p["value"] for p in preds])
-        labels = sorted(preds[0]["probabilities"], key=str)
-        index = {lab: i for i, lab in enumerate(labels)}
-        unknown = [t for t in truth if str(t) not in index]
-        if unknown:
-            raise DataError(f"{path}: label {unknown[0]!r} was not seen in training")
-        return classification_metrics([index[str(t)] for t in truth], [index[p["label"]] for p in preds], labels)

@@ -72,8 +72,7 @@ def predict_chunk(impl, inputs, **kw) -> list:
     """One result per input, in order: the task's output dict, or a string saying why the input was refused.
     Inputs the task's `input_problem` rejects are not sent to the model; a DataError from `predict` is narrowed
     down to the rows that cause it by bisection, so the rest of the chunk is still predicted together."""
-    problem = getattr(impl, "input_problem", None)
-    out: list = [problem(x) if problem is not None else None for x in _items(inputs)]
+    out: list = [impl.input_problem(x) for x in _items(inputs)]
 
     def run(idx: list[int]):
         if not idx:
@@ -89,7 +88,7 @@ def predict_chunk(impl, inputs, **kw) -> list:
             run(idx[mid:])
             return
         if len(res) != len(idx):
-            raise LubanError(f"internal error: task {getattr(impl, 'task', '')} returned {len(res)} outputs for "
+            raise LubanError(f"internal error: task {impl.task} returned {len(res)} outputs for "
                              f"{len(idx)} inputs")
         for i, r in zip(idx, res):
             out[i] = r
@@ -200,12 +199,12 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
     `predictor`: a luban Predictor. `runner_map(frames)` -> (frame, (results, column)) pairs in order may
     replace the local predict loop (Ray actors)."""
     check_on_error(on_error)
-    impl = predictor._impl
+    impl = predictor.task_predictor
     path = Path(path)
     cfg = predictor.config
     id_column = id_column if id_column is not None else getattr(cfg.data.columns, "id", None)
     summary = summary if summary is not None else Summary(str(path))
-    if not callable(getattr(impl, "frame_inputs", None)) or path.is_dir() or _is_single_media(impl, path):
+    if impl.frame_inputs is None or path.is_dir() or path.suffix.lower() in impl.media_suffixes:
         yield from _predict_whole(impl, path, on_error, summary, chunk_rows, kw)
         return
     from luban.data.readers import LINE  # here: a folder of images, or inputs given in memory, need no pandas
@@ -241,11 +240,6 @@ OUTPUT_FIELDS = {"row", "error", "label", "score", "probabilities", "value", "te
 
 def _input_name(column: str) -> str:
     return f"input_{column}" if column in OUTPUT_FIELDS else column
-
-
-def _is_single_media(impl, path: Path) -> bool:
-    suffixes = getattr(impl, "media_suffixes", ())
-    return path.suffix.lower() in suffixes
 
 
 def _predict_whole(impl, path: Path, on_error: str, summary: Summary, chunk_rows: int, kw: dict):

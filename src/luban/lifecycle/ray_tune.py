@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from luban.config import RunConfig, validate
 from luban.errors import ConfigError
@@ -23,7 +24,10 @@ class _Define:
 
 
 def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str, direction: str, n: int,
-                   jobs: int, timeout: float | None, out: Path, threads: int | None) -> None:
+                   jobs: int, timeout: float | None, out: Path, threads: int | None, *, sampler,
+                   trial_tree: Callable[..., dict], run_attrs: Callable[..., dict]) -> None:
+    """`luban tune --backend ray`: the trials of `study` as Ray Tune trials. The tuner hands over what it shares
+    with its local backend: the Optuna sampler, how a trial's config tree is made, and what a run records."""
     try:
         import ray
         from ray import tune
@@ -31,7 +35,6 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise ConfigError("luban tune --backend ray needs ray[tune]: pip install 'luban[distributed]'") from None
-    from luban.lifecycle.tune import _sampler, _trial_tree
     from luban.training.distributed import _absolute_paths
 
     base = _absolute_paths(json.loads(json.dumps(base)))
@@ -44,7 +47,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
 
     import optuna
 
-    searcher = OptunaSearch(space=_Define(space), metric="value", mode=mode, sampler=_sampler(cfg),
+    searcher = OptunaSearch(space=_Define(space), metric="value", mode=mode, sampler=sampler,
                             study_name=study.study_name, storage=optuna.storages.RDBStorage(storage))
 
     study_name = study.study_name
@@ -57,7 +60,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
 
         chosen = suggest(optuna.trial.FixedTrial(params), space)
         number = f"ray-{tune.get_context().get_trial_id()}"  # Ray's own id; Optuna numbers its trials itself
-        tree = _trial_tree(base, chosen, out, number, threads or 1)
+        tree = trial_tree(base, chosen, out, number, threads or 1)
 
         def report(record: dict) -> None:
             value = record.get(f"val_{metric}")
@@ -67,7 +70,7 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
         with silent():  # Ray reports the trials; their epochs would interleave from every worker
             run = train(validate(tree, f"trial {number}"), quiet=True, on_epoch_end=report, restart=True)
         m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        _note_run(study_name, storage, params, run, m, metric)
+        _note_run(study_name, storage, params, run_attrs(run, m, metric))
         tune.report({"value": float(m["validation"][metric]), "epoch": m["epochs_run"] + 1})
 
     scheduler = (MedianStoppingRule(time_attr="epoch", metric="value", mode=mode, grace_period=1,
@@ -79,17 +82,15 @@ def run_ray_trials(cfg: RunConfig, base: dict, study, storage: str, metric: str,
     tuner.fit()
 
 
-def _note_run(study_name: str, storage: str, params: dict, run: Path, m: dict, metric: str) -> None:
+def _note_run(study_name: str, storage: str, params: dict, attrs: dict) -> None:
     """Record the trial's run directory, best epoch and test metric on its Optuna trial, while it is still running
     (Ray's searcher tells Optuna the value once the trainable returns): the trial with these parameters."""
     import optuna
     from optuna.trial import TrialState
 
-    from luban.lifecycle.tune import run_attrs
-
     study = optuna.load_study(study_name=study_name, storage=storage)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.params == params and "run_dir" not in t.user_attrs:
-            for k, v in run_attrs(run, m, metric).items():
+            for k, v in attrs.items():
                 study._storage.set_trial_user_attr(t._trial_id, k, v)
             return

@@ -152,7 +152,8 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
                 raise ConfigError("search.cv_folds runs with the local backend (drop --backend ray)")
             from luban.lifecycle.ray_tune import run_ray_trials
 
-            run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads)
+            run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads,
+                           sampler=_sampler(cfg), trial_tree=_trial_tree, run_attrs=run_attrs)
         else:
             line = _trial_line(metric, t0, remaining)
 

@@ -83,10 +83,13 @@ class CausalLM(nn.Module):
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
         return out.logits[:, -1, :], out.past_key_values
 
+    @torch.no_grad()
     def next_token_logits_batch(self, ids, cache, key_mask, positions):
-        from luban.generation.decoding import hf_batch_logits
-
-        return hf_batch_logits(self.model, ids, cache, key_mask, positions)
+        """Batched decoding step (luban.generation.batch): left-padded ids with their attention mask and position
+        ids (the model hides padding itself) -> last-position logits (batch, vocab) and the cache."""
+        out = self.model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values
 
     def merged(self):
         """The plain HF model: adapters merged into the base weights (the trained model itself when full)."""

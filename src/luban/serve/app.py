@@ -5,10 +5,17 @@
          -d '{"model": "sst2", "inputs": ["a gripping, funny film"]}'
 
 Each run is loaded once (`luban.load`, so the ONNX export when the run has one) and warmed before /readyz says
-ready. The app never branches on the task: it asks each model what it can do (`Predictor.capabilities()`) and
-routes follow — predict (micro-batched), text generation (OpenAI-compatible, fairly scheduled), recommendation,
-image generation. Modules: routes (REST), openai_api, batching, generation (scheduling), limits, auth, errors,
-metrics, models (loading), settings, origins (Host and cross-origin checks), docs (Swagger UI from local files);
+ready. The app never branches on the task: each route asks the model whether it has the capability it needs
+(luban.capabilities, isinstance) — predict (micro-batched), text generation (OpenAI-compatible, fairly scheduled),
+recommendation, image generation.
+
+One request's path: middleware (MetricsMiddleware -> BrowserGuard (Host, cross-origin) -> CORS -> BodyGuard (size,
+time, JSON depth)) -> a module-level handler in routes / openai_api, whose dependencies check the API key
+(auth.require_key) and hand it the registry of served models (models.registry, from app.state) -> the registry picks
+the model (`model_for(name, capability)`) -> the model's micro-batcher (batching) or generation scheduler
+(generation) runs the predictor on the model's own thread -> the JSON answer, or an `{"error": ...}` body
+(errors). Modules: settings (ServeSettings, one pydantic model), models (ServedModel, Registry), routes (REST),
+openai_api, batching, generation, limits, auth, errors, metrics, origins, docs (Swagger UI from local files);
 static/ holds the playground (HTML/CSS/JS, no external requests).
 """
 
@@ -20,7 +27,7 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from luban import __version__
+from luban.version import __version__
 from luban.serve.settings import ServeSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -32,19 +39,16 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     """The app for `runs` (a run directory or a list of them; or settings.runs). Models load here (or, with
     background=True, in a thread started by the app's lifespan: /readyz answers 503 until they are warm).
     `predictors` maps a run path to an already loaded `luban.load` predictor (tests, notebooks)."""
-    from fastapi import Depends, FastAPI
+    from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
-    from luban.serve import docs, errors
-    from luban.serve.auth import KeyChecker, dependency
+    from luban.serve import docs, errors, openai_api, routes
+    from luban.serve.auth import KeyChecker
     from luban.serve.limits import BodyGuard
     from luban.serve.metrics import Metrics, MetricsMiddleware
     from luban.serve.models import Registry
-    from luban.serve.openai_api import build_openai_router
     from luban.serve.origins import BrowserGuard
-    from luban.serve.routes import build_router, model_for
 
     if settings is None:
         if runs is None:
@@ -53,7 +57,6 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     settings.check()
     metrics = Metrics()
     registry = Registry(settings, metrics)
-    auth = dependency(KeyChecker(settings.api_keys))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -70,31 +73,16 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
                   "413 `body_too_large`, 421 `invalid_host` (a Host header the server does not answer for) and "
                   "403 `cross_origin` (a browser write from an origin not allowed by `--cors-origin`); errors are "
                   "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. See docs/serving-security.md.")
+    # what the routes' dependencies read: the served models (with the settings and metrics) and the API keys
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
+    app.state.keys = KeyChecker(settings.api_keys)
+    app.state.on_load_error = None  # `serve` / `app_from_env` hook: stop the server when the models fail to load
     errors.install(app)
     docs.install(app, "luban")
-
-    open_routes, api_routes = build_router(registry, auth)
-    app.include_router(open_routes)
-    app.include_router(api_routes)
-    app.include_router(build_openai_router(registry, auth))
-
-    # the first version's routes, kept for the README and `make demo`
-    @app.get("/health", tags=["operations"], deprecated=True, summary="use /healthz")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/info", tags=["models"], deprecated=True, summary="the first model's task, labels and test metrics "
-             "(see /v1/models)", dependencies=[Depends(auth)])
-    async def info(model: str | None = None):
-        m = model_for(registry, model, "predict") if model else _first(registry)
-        return {"run": m.name, "task": m.caps["task"], "model": m.model_type, "labels": m.caps.get("labels"),
-                "test_metrics": m.test_metrics}
-
-    @app.get("/", include_in_schema=False)
-    async def playground():
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
+    app.include_router(routes.open_routes)
+    app.include_router(routes.api_routes)
+    app.include_router(openai_api.router)
+    app.add_api_route("/", playground, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # middleware: the last added runs first
@@ -112,12 +100,10 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     return app
 
 
-def _first(registry):
-    from luban.serve.routes import model_for
+async def playground():
+    from fastapi.responses import FileResponse
 
-    if not registry.ready:
-        model_for(registry, None, "predict")  # 503: still loading (or failed)
-    return next(iter(registry.models.values()))
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def _ready(registry) -> None:
@@ -127,9 +113,8 @@ def _ready(registry) -> None:
 def _load_failed(app, error: str) -> None:
     """The models did not load: stop the server through the hook `serve` installs (it then exits with an error),
     or, in an app started elsewhere, say so and stop the process."""
-    stop = getattr(app.state, "on_load_error", None)
-    if stop is not None:
-        stop(error)
+    if app.state.on_load_error is not None:
+        app.state.on_load_error(error)
         return
     print(f"error: loading the models failed: {error}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -53,10 +53,7 @@ class KeyChecker:
                            {"WWW-Authenticate": "Bearer"})
 
 
-def dependency(checker: KeyChecker):
-    """The FastAPI dependency of every API route (declares the bearer scheme in the OpenAPI spec, for /docs)."""
-
-    def require_key(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
-        checker.check(request)
-
-    return require_key
+def require_key(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    """The FastAPI dependency of every API route: the app's key checker (`app.state.keys`, set by create_app) passes
+    the request or raises the 401 (declares the bearer scheme in the OpenAPI spec, for /docs)."""
+    request.app.state.keys.check(request)

@@ -7,6 +7,8 @@ the fallback.
 
 from __future__ import annotations
 
+from fastapi import APIRouter, Request
+
 ASSETS = "/docs/assets"
 
 
@@ -21,21 +23,31 @@ def bundle_path():
 
 def install(app, title: str) -> None:
     """Add /docs (and its OAuth2 redirect page) to `app`, from local assets when the bundle is installed."""
-    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
     from fastapi.staticfiles import StaticFiles
 
     local = bundle_path()
-    assets = {}
+    app.state.docs = {"title": f"{title} — API"}
     if local is not None:
         app.mount(ASSETS, StaticFiles(directory=str(local)), name="docs-assets")
-        assets = {"swagger_js_url": f"{ASSETS}/swagger-ui-bundle.js", "swagger_css_url": f"{ASSETS}/swagger-ui.css",
-                  "swagger_favicon_url": f"{ASSETS}/favicon-32x32.png"}
+        app.state.docs.update(swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+                              swagger_css_url=f"{ASSETS}/swagger-ui.css",
+                              swagger_favicon_url=f"{ASSETS}/favicon-32x32.png")
+    app.include_router(router)
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title} — API",
-                                   oauth2_redirect_url="/docs/oauth2-redirect", **assets)
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
-    async def oauth2_redirect():
-        return get_swagger_ui_oauth2_redirect_html()
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/docs")
+async def docs(request: Request):
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(openapi_url=request.app.openapi_url, oauth2_redirect_url="/docs/oauth2-redirect",
+                               **request.app.state.docs)
+
+
+@router.get("/docs/oauth2-redirect")
+async def oauth2_redirect():
+    from fastapi.openapi.docs import get_swagger_ui_oauth2_redirect_html
+
+    return get_swagger_ui_oauth2_redirect_html()

@@ -11,7 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from luban.errors import LubanError
+
 LEGACY = ("/predict",)
+
+# exceptions a predictor raises on inputs it cannot use (besides LubanError): answered 422, never 500
+INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError, AttributeError)
 
 
 class ApiError(Exception):
@@ -34,6 +39,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = None,
 
 def overloaded(message: str, retry_after: int = 1) -> ApiError:
     return ApiError(503, message, "overloaded", None, "queue_full", {"Retry-After": str(max(1, retry_after))})
+
+
+def client_error(e: BaseException, param: str | None = None) -> ApiError:
+    """A predictor's refusal of an input (a LubanError or one of INPUT_ERRORS) as the 422 the client gets."""
+    if isinstance(e, LubanError):
+        return ApiError(422, str(e), "invalid_request_error", param, "invalid_input")
+    return ApiError(422, f"the model could not use this input ({type(e).__name__}: {e})", "invalid_request_error",
+                    param, "invalid_input")
 
 
 def _legacy(request: Request) -> bool:

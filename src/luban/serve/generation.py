@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Generator
 from concurrent.futures import Executor
 from typing import Callable, Iterator
 
@@ -41,10 +42,9 @@ class Job:
             return e
 
     def close(self) -> None:
-        close = getattr(self.iterator, "close", None)
-        if close is not None:
+        if isinstance(self.iterator, Generator):  # a generator left mid-way runs its cleanup (finally) now
             try:
-                close()
+                self.iterator.close()
             except Exception:  # noqa: BLE001
                 pass
 

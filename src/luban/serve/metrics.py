@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Mount, Route
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -57,8 +58,9 @@ class MetricsMiddleware:
         status = {"code": 500, "timed": False}
 
         def observe():
-            route = scope.get("route")
-            path = getattr(route, "path", None) or ("static" if scope["path"].startswith("/static/") else "unmatched")
+            route = scope.get("route")  # the matched route (a Route, or the Mount of /static or /docs/assets)
+            path = (route.path if isinstance(route, (Route, Mount)) and route.path else
+                    "static" if scope["path"].startswith("/static/") else "unmatched")
             m.latency.labels(path, scope["method"]).observe(time.perf_counter() - t0)
             return path
 

@@ -1,12 +1,15 @@
 """The served models: each run directory loaded once (`luban.load`, so the ONNX export when the run has one), warmed,
-and given its own thread, micro-batcher and generation scheduler.
+and given its own thread, micro-batcher and generation scheduler; the `Registry` of them is what every route reads
+(`registry(request)`, a FastAPI dependency).
 
-The server never looks at task names: what a model offers comes from `Predictor.capabilities()` (what predict()
-takes, whether it generates text, chats, recommends, generates images) and the routes follow that.
+The server never looks at task names: what a model offers is the capabilities its predictor implements
+(luban.capabilities: `Predicts`, `GeneratesText`, `Recommends`, `GeneratesImages`, checked with isinstance through
+`Predictor.supports`), and the routes follow that; `/v1/models` describes them (`Predictor.capabilities()`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import sys
@@ -15,10 +18,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fastapi import Request
+
+from luban.capabilities import Chats, DecodesTogether, GeneratesImages, GeneratesText, Predicts, Recommends
 from luban.serve.batching import MicroBatcher
+from luban.serve.errors import ApiError, bad_request, overloaded
 from luban.serve.generation import GenerationScheduler
 from luban.serve.metrics import Metrics
 from luban.serve.settings import ServeSettings
+
+# what a route needs of a model: the capability, and how its errors say it
+NEEDS = {"predict": Predicts, "generate_text": GeneratesText, "recommend": Recommends,
+         "generate_images": GeneratesImages}
+WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
+        "generate_images": "generate images"}
+HINT = {"predict": "; see GET /v1/models for what each model offers"}
 
 
 class ServedModel:
@@ -27,7 +41,8 @@ class ServedModel:
         """`predictor` serves everything; `replicas` (more loaded copies of the same run) take predict batches
         beside it, each on its own thread."""
         self.name, self.run_dir, self.predictor = name, Path(run_dir), predictor
-        self.caps = predictor.capabilities()
+        self.settings, self.metrics = settings, metrics
+        self.caps = predictor.capabilities()  # what /v1/models says; routes check the capabilities themselves
         self.created = int((self.run_dir / "metrics.json").stat().st_mtime)
         try:
             m = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -36,7 +51,7 @@ class ServedModel:
         self.test_metrics = {k: v for k, v in (m.get("test") or {}).items() if isinstance(v, (int, float))}
         if not self.caps.get("labels") and isinstance((m.get("data") or {}).get("labels"), list):
             self.caps["labels"] = [str(x) for x in m["data"]["labels"]]
-        self.model_type = getattr(getattr(predictor.config, "model", None), "type", None)
+        self.model_type = predictor.config.model.type
         self.predictors = [predictor] + list(replicas or [])
         self.executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"luban-{name}-{i}")
                           for i in range(len(self.predictors))]
@@ -61,7 +76,7 @@ class ServedModel:
             on_change=lambda a, q: (metrics.gen_active.labels(name).set(a), metrics.gen_queued.labels(name).set(q)),
             on_tokens=lambda n: metrics.tokens.labels(name).inc(n),
             batcher=(self.predictor.stream_events_batch
-                     if self.caps.get("batch_events") and settings.batch_generations else None),
+                     if predictor.supports(DecodesTogether) and settings.batch_generations else None),
             on_step=lambda n: metrics.gen_batch_size.labels(name).observe(n))
 
     # what /v1/models says about it
@@ -74,9 +89,34 @@ class ServedModel:
                                                    "similar_items")},
                 "labels": c.get("labels"), "test_metrics": self.test_metrics}
 
+    def can(self, need: str) -> bool:
+        """Whether the model has the capability a route needs ("predict", "generate_text", ...)."""
+        return self.predictor.supports(NEEDS[need])
+
     @property
     def generates_text(self) -> bool:
-        return bool(self.caps["generate_text"] or self.caps["stream_events"])
+        return self.predictor.supports(GeneratesText)
+
+    @property
+    def chats(self) -> bool:
+        return self.predictor.supports(Chats)
+
+    async def call(self, fn, *args, **kw):
+        """Run fn on the model's thread (after its queued forward passes), with the request timeout."""
+        loop = asyncio.get_running_loop()
+        if self.calls >= self.batcher.max_queue:
+            raise overloaded(f"model {self.name!r} is busy ({self.calls} requests waiting); retry shortly")
+        self.calls += 1
+        fut = loop.run_in_executor(self.executor, lambda: fn(*args, **kw))
+        fut.add_done_callback(self._call_done)
+        timeout = self.settings.request_timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than {timeout:g} s", "timeout", None, "timeout") from None
+
+    def _call_done(self, _) -> None:
+        self.calls -= 1
 
     @staticmethod
     def _predictor_fn(predictor):
@@ -94,13 +134,12 @@ class ServedModel:
 
         from luban.errors import LubanError
 
-        c = self.caps
         example = {"text": ["warm up"], "image": [np.full((32, 32, 3), 128, np.uint8)],
-                   "audio": [(np.zeros(8000, np.float32), 16000)]}.get(c["inputs"])
+                   "audio": [(np.zeros(8000, np.float32), 16000)]}.get(self.caps["inputs"])
 
         def run(p):
             try:
-                if c["predict"] and example is not None and not self.generates_text:
+                if self.can("predict") and example is not None and not self.generates_text:
                     p.predict(example)
                 if self.generates_text and p is self.predictor:
                     for _ in p.stream_events("warm up", max_new_tokens=2):
@@ -138,6 +177,38 @@ class Registry:
             names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
         return names
 
+    def model_for(self, name: str | None, need: str, param: str = "model") -> ServedModel:
+        """The model a request names (or the only one that can do `need`); 404 for an unknown name, 503 while
+        loading."""
+        if not self.ready:
+            if self.error:
+                raise ApiError(503, f"the server failed to load its models: {self.error}", "server_error", None,
+                               "load_failed")
+            raise ApiError(503, "models are still loading; retry shortly", "overloaded", None, "loading",
+                           {"Retry-After": "2"})
+        able = [m for m in self.models.values() if m.can(need)]
+        if name is None:
+            if len(able) == 1:
+                return able[0]
+            if not able:
+                raise bad_request(f"no served model can {WHAT[need]}", param, "model_not_supported")
+            raise bad_request(f"several models can {WHAT[need]}; name one with \"model\": "
+                              f"{', '.join(m.name for m in able)}", param, "model_required")
+        if not isinstance(name, str) or name not in self.models:
+            raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(self.models)}",
+                           "invalid_request_error", param, "model_not_found")
+        m = self.models[name]
+        if not m.can(need):
+            raise bad_request(f"model {name!r} (task {m.caps['task']}) cannot {WHAT[need]}{HINT.get(need, '')}",
+                              param, "model_not_supported")
+        return m
+
+    def first(self) -> ServedModel:
+        """The first model (the legacy /info route), or the 503 while loading."""
+        if not self.ready:
+            self.model_for(None, "predict")  # 503: still loading (or failed)
+        return next(iter(self.models.values()))
+
     def add(self, name: str, run_dir, predictor, replicas: list | None = None) -> ServedModel:
         m = ServedModel(name, Path(run_dir), predictor, self.settings, self.metrics, replicas)
         self.models[name] = m
@@ -155,7 +226,7 @@ class Registry:
                 given = (predictors or {}).get(run)
                 p = given or load(run, device=self.settings.device, backend=self.settings.backend)
                 extra = []
-                if given is None and p.capabilities()["predict"]:  # more copies for predict batches
+                if given is None and p.supports(Predicts):  # more copies for predict batches
                     extra = [load(run, device=self.settings.device, backend=self.settings.backend)
                              for _ in range(self.settings.replicas - 1)]
                 m = self.add(name, run, p, extra)
@@ -168,7 +239,7 @@ class Registry:
             self.ready = True
             self.metrics.ready.set(1)
         except Exception as e:  # noqa: BLE001 - reported by /readyz and the CLI
-            self.error = f"{type(e).__name__}: {e}" if not hasattr(e, "args") or not str(e) else str(e)
+            self.error = str(e) or f"{type(e).__name__}: {e}"
             raise
 
     def load_in_background(self, on_error=None, on_ready=None) -> None:
@@ -188,3 +259,9 @@ class Registry:
     async def close(self, timeout: float) -> None:
         for m in list(self.models.values()):
             await m.close(timeout)
+
+
+def registry(request: Request) -> Registry:
+    """The FastAPI dependency of every route that reads the served models (and, through them, the settings and
+    metrics): the app's registry, set by create_app."""
+    return request.app.state.registry

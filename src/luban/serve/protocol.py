@@ -14,6 +14,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 class HeaderDeadline(AutoHTTPProtocol):
     timeout: float = 30.0  # set per server process by `luban serve` (--body-timeout)
+    _deadline = None  # the armed timer (an asyncio TimerHandle)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -32,9 +33,8 @@ class HeaderDeadline(AutoHTTPProtocol):
         self._deadline = self.loop.call_later(self.timeout, self._expired, self.cycle)
 
     def _disarm(self) -> None:
-        deadline = getattr(self, "_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
 
     def _expired(self, cycle_when_armed) -> None:

@@ -1,7 +1,10 @@
 """The REST routes: models, predict (JSON or multipart uploads), recommend, image generation, health, metrics.
 
-Every route asks the model what it can do (`ServedModel.caps`, from `Predictor.capabilities()`); none looks at
-task names. Client mistakes are 4xx with `{"error": {"message", "type", "param", "code"}}`.
+Module-level handlers on two routers: `open_routes` (health, readiness) and `api_routes` (behind the API key,
+`auth.require_key`). Each reads the served models through the `registry` dependency (serve.models) and asks the
+model it picked whether it has the capability the route needs (`Registry.model_for(name, "predict")`, an isinstance
+check of luban.capabilities); none looks at task names. Client mistakes are 4xx with
+`{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
@@ -21,77 +24,11 @@ from starlette.formparsers import MultiPartException
 
 from luban.errors import LubanError
 from luban.serve import limits
+from luban.serve.auth import require_key
 from luban.serve.batching import QueueFull
-from luban.serve.errors import ApiError, bad_request, overloaded
-from luban.serve.models import Registry, ServedModel
-
-# exceptions a predictor raises on inputs it cannot use (besides LubanError): answered 422, never 500
-INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError, AttributeError)
-
-
-# ------------------------------------------------------------------------------------------------ shared helpers
-
-
-def model_for(registry: Registry, name: str | None, need: str, param: str = "model") -> ServedModel:
-    """The model a request names (or the only one that can do `need`); 404 for an unknown name."""
-    if not registry.ready:
-        if registry.error:
-            raise ApiError(503, f"the server failed to load its models: {registry.error}", "server_error", None,
-                           "load_failed")
-        raise ApiError(503, "models are still loading; retry shortly", "overloaded", None, "loading",
-                       {"Retry-After": "2"})
-    able = [m for m in registry.models.values() if can(m, need)]
-    if name is None:
-        if len(able) == 1:
-            return able[0]
-        if not able:
-            raise bad_request(f"no served model can {WHAT[need]}", param, "model_not_supported")
-        raise bad_request(f"several models can {WHAT[need]}; name one with \"model\": "
-                          f"{', '.join(m.name for m in able)}", param, "model_required")
-    if not isinstance(name, str) or name not in registry.models:
-        raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(registry.models)}",
-                       "invalid_request_error", param, "model_not_found")
-    m = registry.models[name]
-    if not can(m, need):
-        hint = HINT.get(need, "")
-        raise bad_request(f"model {name!r} (task {m.caps['task']}) cannot {WHAT[need]}{hint}", param,
-                          "model_not_supported")
-    return m
-
-
-WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
-        "generate_images": "generate images"}
-HINT = {"predict": "; see GET /v1/models for what each model offers"}
-
-
-def can(m: ServedModel, need: str) -> bool:
-    if need == "generate_text":
-        return m.generates_text
-    if need == "recommend":
-        return bool(m.caps["recommend"] or m.caps["similar_items"])
-    return bool(m.caps.get(need))
-
-
-async def on_model_thread(m: ServedModel, timeout: float, fn, *args, **kw):
-    """Run fn on the model's thread (after its queued forward passes), with the request timeout."""
-    loop = asyncio.get_running_loop()
-    if m.calls >= m.batcher.max_queue:
-        raise overloaded(f"model {m.name!r} is busy ({m.calls} requests waiting); retry shortly")
-    m.calls += 1
-    fut = loop.run_in_executor(m.executor, lambda: fn(*args, **kw))
-    fut.add_done_callback(lambda _: setattr(m, "calls", m.calls - 1))
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), timeout)
-    except asyncio.TimeoutError:
-        raise ApiError(504, f"the request took longer than {timeout:g} s", "timeout", None, "timeout") from None
-
-
-def client_error(e: BaseException, param: str | None = None) -> ApiError:
-    if isinstance(e, LubanError):
-        return ApiError(422, str(e), "invalid_request_error", param, "invalid_input")
-    return ApiError(422, f"the model could not use this input ({type(e).__name__}: {e})", "invalid_request_error",
-                    param, "invalid_input")
-
+from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
+from luban.serve.models import Registry, ServedModel, registry
+from luban.serve.settings import ServeSettings
 
 # ------------------------------------------------------------------------------------------------ schemas (docs)
 
@@ -156,224 +93,246 @@ class ImagesBody(BaseModel):
     response_format: str = Field("b64_json", pattern="^b64_json$")
 
 
-# ------------------------------------------------------------------------------------------------ the router
+# ------------------------------------------------------------------------------------------------ the routes
+
+open_routes = APIRouter()
+api_routes = APIRouter(dependencies=[Depends(require_key)])
 
 
-def build_router(registry: Registry, auth) -> APIRouter:
-    s = registry.settings
-    metrics = registry.metrics
-    api = APIRouter(dependencies=[Depends(auth)])
-    open_ = APIRouter()
+@open_routes.get("/healthz", tags=["operations"], summary="liveness: the process answers")
+async def healthz():
+    return {"status": "ok"}
 
-    @open_.get("/healthz", tags=["operations"], summary="liveness: the process answers")
-    async def healthz():
-        return {"status": "ok"}
 
-    @open_.get("/readyz", tags=["operations"], summary="readiness: every model loaded and warm",
-               responses={503: {"description": "still loading, or loading failed"}})
-    async def readyz():
-        if registry.ready:
-            return {"status": "ready", "models": list(registry.models)}
-        status = "failed" if registry.error else "loading"
-        return JSONResponse({"status": status, "error": registry.error, "models": list(registry.models)},
-                            status_code=503, headers={"Retry-After": "2"})
+@open_routes.get("/readyz", tags=["operations"], summary="readiness: every model loaded and warm",
+                 responses={503: {"description": "still loading, or loading failed"}})
+async def readyz(reg: Registry = Depends(registry)):
+    if reg.ready:
+        return {"status": "ready", "models": list(reg.models)}
+    status = "failed" if reg.error else "loading"
+    return JSONResponse({"status": status, "error": reg.error, "models": list(reg.models)},
+                        status_code=503, headers={"Retry-After": "2"})
 
-    @api.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
-    async def prometheus():
-        return Response(metrics.render(), media_type=metrics.content_type)
 
-    @api.get("/v1/models", tags=["models"], summary="the served models and what each can do")
-    async def list_models():
-        return {"object": "list", "data": [m.describe() for m in registry.models.values()]}
+# the first version's routes, kept for the README and `make demo`
+@open_routes.get("/health", tags=["operations"], deprecated=True, summary="use /healthz")
+async def health():
+    return {"status": "ok"}
 
-    @api.get("/v1/models/{model_id}", tags=["models"], summary="one served model")
-    async def get_model(model_id: str):
-        if model_id not in registry.models:
-            raise ApiError(404, f"the model {model_id!r} does not exist", "invalid_request_error", "model_id",
-                           "model_not_found")
-        return registry.models[model_id].describe()
 
-    @api.post("/v1/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
-              summary="predictions for a batch of inputs (JSON), or for uploaded image / audio files (multipart)")
-    async def predict(request: Request):
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            name, raw, names, options = await _read_multipart(request)
-        elif ctype in ("application/json", "") or ctype.endswith("+json"):
-            name, raw, options = await _read_json(request)
-            names = None
-        else:
-            raise ApiError(415, f"unsupported content type {ctype!r}: send application/json or "
-                           "multipart/form-data", "invalid_request_error", None, "unsupported_media_type")
-        m = model_for(registry, name, "predict")
-        return await run_predict(m, raw, names, options)
+@api_routes.get("/info", tags=["models"], deprecated=True, summary="the first model's task, labels and test metrics "
+                "(see /v1/models)")
+async def info(model: str | None = None, reg: Registry = Depends(registry)):
+    m = reg.model_for(model, "predict") if model else reg.first()
+    return {"run": m.name, "task": m.caps["task"], "model": m.model_type, "labels": m.caps.get("labels"),
+            "test_metrics": m.test_metrics}
 
-    @api.post("/predict", tags=["predict"], deprecated=True,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": PREDICT_OPENAPI["requestBody"]["content"]["application/json"]}}},
-              summary="the first version's predict route: like /v1/predict (JSON), errors as {\"detail\": ...}")
-    async def legacy_predict(request: Request):
+
+@api_routes.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+async def prometheus(reg: Registry = Depends(registry)):
+    return Response(reg.metrics.render(), media_type=reg.metrics.content_type)
+
+
+@api_routes.get("/v1/models", tags=["models"], summary="the served models and what each can do")
+async def list_models(reg: Registry = Depends(registry)):
+    return {"object": "list", "data": [m.describe() for m in reg.models.values()]}
+
+
+@api_routes.get("/v1/models/{model_id}", tags=["models"], summary="one served model")
+async def get_model(model_id: str, reg: Registry = Depends(registry)):
+    if model_id not in reg.models:
+        raise ApiError(404, f"the model {model_id!r} does not exist", "invalid_request_error", "model_id",
+                       "model_not_found")
+    return reg.models[model_id].describe()
+
+
+@api_routes.post("/v1/predict", tags=["predict"], openapi_extra=PREDICT_OPENAPI,
+                 summary="predictions for a batch of inputs (JSON), or for uploaded image / audio files (multipart)")
+async def predict(request: Request, reg: Registry = Depends(registry)):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        name, raw, names, options = await _read_multipart(request, reg.settings)
+    elif ctype in ("application/json", "") or ctype.endswith("+json"):
         name, raw, options = await _read_json(request)
-        return await run_predict(model_for(registry, name, "predict"), raw, None, options)
+        names = None
+    else:
+        raise ApiError(415, f"unsupported content type {ctype!r}: send application/json or "
+                       "multipart/form-data", "invalid_request_error", None, "unsupported_media_type")
+    m = reg.model_for(name, "predict")
+    return await run_predict(reg, m, raw, names, options)
 
-    async def run_predict(m: ServedModel, raw: list, names: list[str] | None, options: dict):
-        if not raw:
-            raise ApiError(422, "no inputs: send at least one (a JSON list of inputs, or multipart files / inputs "
-                           "fields)", "invalid_request_error", "inputs", "empty_inputs")
-        if len(raw) > s.max_inputs:
-            raise ApiError(422, f"{len(raw)} inputs in one request is over the limit of {s.max_inputs}",
-                           "invalid_request_error", "inputs", "batch_too_large")
-        bad_opts = [k for k in options if k not in m.caps["predict_options"]]
-        if bad_opts:
-            raise bad_request(f"model {m.name!r} does not take {bad_opts[0]}", bad_opts[0], "unsupported_option",
-                              422)
-        inputs = prepare_inputs(m.caps["inputs"], raw, names)
-        try:
-            results, batch = await asyncio.wait_for(m.batcher.submit(inputs, options), s.request_timeout)
-        except QueueFull as e:
-            metrics.rejected.labels(m.name).inc()
-            raise overloaded(f"model {m.name!r} is busy ({e.depth} inputs waiting); retry shortly",
-                             int(e.retry_after + 0.999)) from None
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
-                           "timeout") from None
-        except (LubanError,) + INPUT_ERRORS as e:
-            raise client_error(e, "inputs") from None
-        if names:
-            results = [_named(r, f"input {i + 1}", names[i]) for i, r in enumerate(results)]
-        return JSONResponse({"model": m.name, "predictions": results}, headers={"x-batch-size": str(batch)})
 
-    def prepare_inputs(kind, raw: list, names: list[str] | None) -> list:
-        out = []
-        for i, v in enumerate(raw):
-            if kind == "text":
-                limits.check_text(v, i, s.max_text_chars)
-                out.append(v)
-            elif kind == "image":
-                data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
-                out.append(limits.decode_image(data, i, s.max_image_pixels, names[i] if names else None))
-            elif kind == "audio":
-                data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
-                out.append(limits.decode_audio(data, i, s.max_audio_seconds, names[i] if names else None))
-            elif kind == "json":
-                out.append(v)
-            else:  # a task that does not say what it takes: JSON values, but never a path to a file here
-                limits.reject_paths(v, i)
-                out.append(v)
-        return out
+@api_routes.post("/predict", tags=["predict"], deprecated=True,
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": PREDICT_OPENAPI["requestBody"]["content"]["application/json"]}}},
+                 summary="the first version's predict route: like /v1/predict (JSON), errors as {\"detail\": ...}")
+async def legacy_predict(request: Request, reg: Registry = Depends(registry)):
+    name, raw, options = await _read_json(request)
+    return await run_predict(reg, reg.model_for(name, "predict"), raw, None, options)
 
-    async def _read_json(request: Request):
-        body = await request.body()
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            raise bad_request("the request body is not valid JSON", None, "json_invalid", 422) from None
-        if not isinstance(data, dict):
-            raise bad_request('expected a JSON object: {"inputs": [...], "model": "...", "top_k": 3}', None,
-                              "invalid_body", 422)
-        unknown = sorted(set(data) - {"model", "inputs", "top_k"})
-        if unknown:
-            raise bad_request(f"unknown field {unknown[0]!r}; use inputs, model, top_k", unknown[0],
+
+async def run_predict(reg: Registry, m: ServedModel, raw: list, names: list[str] | None, options: dict):
+    """One request's inputs through the model's micro-batcher: checked against the limits, decoded as the model's
+    inputs say (texts, images, audio, JSON), predicted in a batch with other requests', one result each."""
+    s = reg.settings
+    if not raw:
+        raise ApiError(422, "no inputs: send at least one (a JSON list of inputs, or multipart files / inputs "
+                       "fields)", "invalid_request_error", "inputs", "empty_inputs")
+    if len(raw) > s.max_inputs:
+        raise ApiError(422, f"{len(raw)} inputs in one request is over the limit of {s.max_inputs}",
+                       "invalid_request_error", "inputs", "batch_too_large")
+    bad_opts = [k for k in options if k not in m.caps["predict_options"]]
+    if bad_opts:
+        raise bad_request(f"model {m.name!r} does not take {bad_opts[0]}", bad_opts[0], "unsupported_option",
+                          422)
+    inputs = prepare_inputs(s, m.caps["inputs"], raw, names)
+    try:
+        results, batch = await asyncio.wait_for(m.batcher.submit(inputs, options), s.request_timeout)
+    except QueueFull as e:
+        reg.metrics.rejected.labels(m.name).inc()
+        raise overloaded(f"model {m.name!r} is busy ({e.depth} inputs waiting); retry shortly",
+                         int(e.retry_after + 0.999)) from None
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
+                       "timeout") from None
+    except (LubanError,) + INPUT_ERRORS as e:
+        raise client_error(e, "inputs") from None
+    if names:
+        results = [_named(r, f"input {i + 1}", names[i]) for i, r in enumerate(results)]
+    return JSONResponse({"model": m.name, "predictions": results}, headers={"x-batch-size": str(batch)})
+
+
+def prepare_inputs(s: ServeSettings, kind, raw: list, names: list[str] | None) -> list:
+    out = []
+    for i, v in enumerate(raw):
+        if kind == "text":
+            limits.check_text(v, i, s.max_text_chars)
+            out.append(v)
+        elif kind == "image":
+            data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
+            out.append(limits.decode_image(data, i, s.max_image_pixels, names[i] if names else None))
+        elif kind == "audio":
+            data = v if isinstance(v, bytes) else limits.b64_bytes(v, i)
+            out.append(limits.decode_audio(data, i, s.max_audio_seconds, names[i] if names else None))
+        elif kind == "json":
+            out.append(v)
+        else:  # a task that does not say what it takes: JSON values, but never a path to a file here
+            limits.reject_paths(v, i)
+            out.append(v)
+    return out
+
+
+async def _read_json(request: Request):
+    body = await request.body()
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        raise bad_request("the request body is not valid JSON", None, "json_invalid", 422) from None
+    if not isinstance(data, dict):
+        raise bad_request('expected a JSON object: {"inputs": [...], "model": "...", "top_k": 3}', None,
+                          "invalid_body", 422)
+    unknown = sorted(set(data) - {"model", "inputs", "top_k"})
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r}; use inputs, model, top_k", unknown[0],
+                          "unknown_field", 422)
+    if "inputs" not in data:
+        raise bad_request("inputs: required (a list of inputs)", "inputs", "missing", 422)
+    inputs = data["inputs"]
+    if isinstance(inputs, (str, dict)):  # one input
+        inputs = [inputs]
+    if not isinstance(inputs, list):
+        raise bad_request("inputs: expected a list of inputs", "inputs", "invalid_type", 422)
+    name = data.get("model")
+    if name is not None and not isinstance(name, str):
+        raise bad_request("model: expected a string", "model", "invalid_type", 422)
+    return name, inputs, _options(data)
+
+
+async def _read_multipart(request: Request, s: ServeSettings):
+    from starlette.datastructures import UploadFile
+
+    try:
+        form = await request.form(max_files=s.max_inputs, max_fields=s.max_inputs + 8)
+    except MultiPartException as e:
+        raise bad_request(f"bad multipart body: {e.message}", None, "bad_multipart", 422) from None
+    except (ValueError, KeyError, AssertionError) as e:
+        raise bad_request(f"bad multipart body: {e}", None, "bad_multipart", 422) from None
+    raw, names, data = [], [], {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):  # an upload
+            raw.append(await value.read())
+            names.append(value.filename or f"upload {len(raw)}")
+        elif key == "inputs":
+            raw.append(value)
+            names.append(f"input {len(raw)}")
+        elif key in ("model", "top_k"):
+            data[key] = value
+        else:
+            raise bad_request(f"unknown form field {key!r}; use files, inputs, model, top_k", key,
                               "unknown_field", 422)
-        if "inputs" not in data:
-            raise bad_request("inputs: required (a list of inputs)", "inputs", "missing", 422)
-        inputs = data["inputs"]
-        if isinstance(inputs, (str, dict)):  # one input
-            inputs = [inputs]
-        if not isinstance(inputs, list):
-            raise bad_request("inputs: expected a list of inputs", "inputs", "invalid_type", 422)
-        name = data.get("model")
-        if name is not None and not isinstance(name, str):
-            raise bad_request("model: expected a string", "model", "invalid_type", 422)
-        return name, inputs, _options(data)
-
-    async def _read_multipart(request: Request):
+    await form.close()
+    if "top_k" in data:
         try:
-            form = await request.form(max_files=s.max_inputs, max_fields=s.max_inputs + 8)
-        except MultiPartException as e:
-            raise bad_request(f"bad multipart body: {e.message}", None, "bad_multipart", 422) from None
-        except (ValueError, KeyError, AssertionError) as e:
-            raise bad_request(f"bad multipart body: {e}", None, "bad_multipart", 422) from None
-        raw, names, data = [], [], {}
-        for key, value in form.multi_items():
-            if hasattr(value, "read") and hasattr(value, "filename"):  # an upload
-                raw.append(await value.read())
-                names.append(value.filename or f"upload {len(raw)}")
-            elif key == "inputs":
-                raw.append(value)
-                names.append(f"input {len(raw)}")
-            elif key in ("model", "top_k"):
-                data[key] = value
-            else:
-                raise bad_request(f"unknown form field {key!r}; use files, inputs, model, top_k", key,
-                                  "unknown_field", 422)
-        await form.close()
-        if "top_k" in data:
-            try:
-                data["top_k"] = int(data["top_k"])
-            except ValueError:
-                raise bad_request("top_k: expected an integer", "top_k", "invalid_type", 422) from None
-        return data.get("model"), raw, names, _options(data)
+            data["top_k"] = int(data["top_k"])
+        except ValueError:
+            raise bad_request("top_k: expected an integer", "top_k", "invalid_type", 422) from None
+    return data.get("model"), raw, names, _options(data)
 
-    def _options(data: dict) -> dict:
-        top_k = data.get("top_k")
-        if top_k is None:
-            return {}
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
-            raise bad_request("top_k: expected an integer from 1 to 1000", "top_k", "invalid_value", 422)
-        return {"top_k": top_k}
 
-    @api.post("/v1/recommend", tags=["recommend"],
-              summary="top-k items for a user (with recent history or features), or items similar to an item")
-    async def recommend(body: RecommendBody):
-        m = model_for(registry, body.model, "recommend")
-        if (body.user is None) == (body.item is None):
-            raise bad_request("give exactly one of user (recommendations) or item (similar items)", "user",
-                              "invalid_value", 422)
-        if body.k is not None and body.k > s.max_k:
-            raise bad_request(f"k = {body.k} is over the limit of {s.max_k}", "k", "k_too_large", 422)
-        p = m.predictor
-        try:
-            if body.item is not None:
-                if not m.caps["similar_items"]:
-                    raise bad_request(f"model {m.name!r} cannot find similar items", "item", "model_not_supported",
-                                      422)
-                res = await on_model_thread(m, s.request_timeout, p.similar_items, body.item, k=body.k)
-            else:
-                if not m.caps["recommend"]:
-                    raise bad_request(f"model {m.name!r} cannot recommend for users", "user", "model_not_supported",
-                                      422)
-                res = await on_model_thread(m, s.request_timeout, p.recommend, body.user, k=body.k,
-                                            history=body.history, exclude_seen=body.exclude_seen,
-                                            features=body.features)
-        except ApiError:
-            raise
-        except (LubanError,) + INPUT_ERRORS as e:
-            raise client_error(e, "user" if body.user is not None else "item") from None
-        return {"model": m.name, **res}
+def _options(data: dict) -> dict:
+    top_k = data.get("top_k")
+    if top_k is None:
+        return {}
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
+        raise bad_request("top_k: expected an integer from 1 to 1000", "top_k", "invalid_value", 422)
+    return {"top_k": top_k}
 
-    @api.post("/v1/images/generations", tags=["generate"], summary="images from a generative image model "
-              "(PNG, base64)")
-    async def generate_images(body: ImagesBody):
-        m = model_for(registry, body.model, "generate_images")
-        if body.n > s.max_images:
-            raise bad_request(f"n = {body.n} is over the limit of {s.max_images}", "n", "n_too_large", 422)
-        label = body.label if body.label is not None else (body.prompt or None)
-        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-        try:
-            res = await on_model_thread(m, s.request_timeout, m.predictor.generate, n=body.n, label=label, seed=seed)
-        except ApiError:
-            raise
-        except (LubanError,) + INPUT_ERRORS as e:
-            raise client_error(e, "label") from None
-        arrays = res.get("arrays")
-        pngs = [png_b64(a) for a in arrays] if arrays is not None else []
-        labels = res.get("classifier_labels") or [None] * len(pngs)
-        return {"created": int(time.time()), "model": m.name, "seed": seed, "label": res.get("label"),
-                "mean_confidence": res.get("mean_confidence"),
-                "data": [{"b64_json": p, "classifier_label": lab} for p, lab in zip(pngs, labels, strict=False)]}
 
-    return open_, api
+@api_routes.post("/v1/recommend", tags=["recommend"],
+                 summary="top-k items for a user (with recent history or features), or items similar to an item")
+async def recommend(body: RecommendBody, reg: Registry = Depends(registry)):
+    s = reg.settings
+    m = reg.model_for(body.model, "recommend")
+    if (body.user is None) == (body.item is None):
+        raise bad_request("give exactly one of user (recommendations) or item (similar items)", "user",
+                          "invalid_value", 422)
+    if body.k is not None and body.k > s.max_k:
+        raise bad_request(f"k = {body.k} is over the limit of {s.max_k}", "k", "k_too_large", 422)
+    p = m.predictor
+    try:
+        if body.item is not None:
+            res = await m.call(p.similar_items, body.item, k=body.k)
+        else:
+            res = await m.call(p.recommend, body.user, k=body.k, history=body.history,
+                               exclude_seen=body.exclude_seen, features=body.features)
+    except ApiError:
+        raise
+    except (LubanError,) + INPUT_ERRORS as e:
+        raise client_error(e, "user" if body.user is not None else "item") from None
+    return {"model": m.name, **res}
+
+
+@api_routes.post("/v1/images/generations", tags=["generate"], summary="images from a generative image model "
+                 "(PNG, base64)")
+async def generate_images(body: ImagesBody, reg: Registry = Depends(registry)):
+    s = reg.settings
+    m = reg.model_for(body.model, "generate_images")
+    if body.n > s.max_images:
+        raise bad_request(f"n = {body.n} is over the limit of {s.max_images}", "n", "n_too_large", 422)
+    label = body.label if body.label is not None else (body.prompt or None)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    try:
+        res = await m.call(m.predictor.generate, n=body.n, label=label, seed=seed)
+    except ApiError:
+        raise
+    except (LubanError,) + INPUT_ERRORS as e:
+        raise client_error(e, "label") from None
+    arrays = res.get("arrays")
+    pngs = [png_b64(a) for a in arrays] if arrays is not None else []
+    labels = res.get("classifier_labels") or [None] * len(pngs)
+    return {"created": int(time.time()), "model": m.name, "seed": seed, "label": res.get("label"),
+            "mean_confidence": res.get("mean_confidence"),
+            "data": [{"b64_json": p, "classifier_label": lab} for p, lab in zip(pngs, labels, strict=False)]}
 
 
 def _named(result, placeholder: str, name: str):

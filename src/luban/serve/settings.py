@@ -1,24 +1,26 @@
 """What `luban serve` is configured with: batching, queue and request limits, API keys, CORS, timeouts.
 
-One dataclass, filled from the command line (or from the environment in each `--workers` process) and read by
-every other module of the server. The defaults suit a CPU box; every limit is a client-facing 4xx when exceeded.
+One pydantic model, filled from the command line (or from the environment in each `--workers` process: JSON) and
+read by every other module of the server through the app's state. The defaults suit a CPU box; every limit is a
+client-facing 4xx when exceeded.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from luban.errors import LubanError
 
 ENV = "LUBAN_SERVE_SETTINGS"  # how the parent process hands the settings to uvicorn's worker processes
 
 
-@dataclass
-class ServeSettings:
-    runs: list[str] = field(default_factory=list)
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    runs: list[str] = Field(default_factory=list)
     backend: str = "auto"                 # luban.load backend: auto (ONNX export when there is one), torch, onnx
     device: str = "auto"
     threads: int | None = None            # intra-op threads per forward pass (default: the run's trainer.num_threads)
@@ -47,32 +49,33 @@ class ServeSettings:
     max_json_depth: int = 64              # nesting of arrays/objects in a JSON body; deeper -> 400
     max_connections: int = 1024           # open connections + requests in flight (uvicorn's limit_concurrency) -> 503
     # security
-    api_keys: list[str] = field(default_factory=list, repr=False)   # bearer keys; none: no auth
-    cors_origins: list[str] = field(default_factory=list)           # none: CORS off
+    api_keys: list[str] = Field(default_factory=list, repr=False)   # bearer keys; none: no auth
+    cors_origins: list[str] = Field(default_factory=list)           # none: CORS off
     # the address the server is bound to (`luban serve --host`) and the extra names the Host header may carry:
     # requests for any other host get 421 (DNS rebinding). None (an app built in-process): Host is not checked
     host: str | None = None
-    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
     # what this process reports
     warmup: bool = True
 
     def to_env(self) -> str:
-        return json.dumps(asdict(self))
+        return self.model_dump_json()
 
     @classmethod
     def from_env(cls) -> "ServeSettings":
         raw = os.environ.get(ENV)
         if not raw:
             raise LubanError(f"{ENV} is not set: start the server with `luban serve RUN`")
-        return cls(**json.loads(raw))
+        return cls.model_validate_json(raw)
 
     def check(self) -> "ServeSettings":
+        """Every limit in range, as one LubanError naming the command-line flags (before anything loads)."""
         positive = ["replicas", "max_batch_size", "max_queue", "max_active_generations", "max_queued_generations",
                     "max_body_bytes", "max_inputs", "max_text_chars", "max_image_pixels", "max_audio_seconds",
                     "max_tokens", "max_n", "max_images", "max_k", "request_timeout", "body_timeout", "max_json_depth",
                     "max_connections"]
-        bad = [f"--{n.replace('_', '-')} must be > 0 (got {getattr(self, n)})" for n in positive
-               if not getattr(self, n) > 0]
+        values = self.model_dump(include=set(positive))
+        bad = [f"--{n.replace('_', '-')} must be > 0 (got {values[n]})" for n in positive if not values[n] > 0]
         if self.threads is not None and self.threads < 1:
             bad.append(f"--threads must be >= 1 (got {self.threads})")
         if self.max_wait_ms < 0:

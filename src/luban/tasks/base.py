@@ -1,7 +1,8 @@
 """What every task shares: reading the configured data, label maps, batching, running a model over a split.
 
-A task file subclasses `Task` (training side) and `Predictor` (inference side, built from a run directory). The
-pipeline, CLI and predictor never branch on task names; they ask the task.
+A task file subclasses `Task` (training side) and `TaskPredictor` (inference side, built from a run directory, with
+the capabilities it implements: luban.capabilities). The pipeline, CLI and predictor never branch on task names;
+they ask the task.
 """
 
 from __future__ import annotations
@@ -160,6 +161,18 @@ class ExportSpec:
     outputs_dict: bool = False  # forward() returns {output name: tensor} (traced through OutputTuple)
 
 
+class OutputTuple(nn.Module):
+    """A model whose forward() returns a dict, as one returning a tuple in `names` order (what exporters trace)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *args):
+        out = self.model(*args)
+        return tuple(out[n] for n in self.names)
+
+
 class Task:
     """Training side of a task. Subclasses set name/main_metric/mode and implement the hooks."""
 
@@ -212,8 +225,6 @@ class Task:
     # outputs for one training batch), usually on the mixin its Task and Predictor share.
     def export_module(self, model: nn.Module) -> nn.Module:
         """The module to trace: `model`, with dict outputs turned into a tuple in export_spec()'s output order."""
-        from luban.compress.export import OutputTuple
-
         spec = self.export_spec()
         return OutputTuple(model, spec.output_names) if spec.outputs_dict else model
 
@@ -229,49 +240,6 @@ class Task:
     def batch_labels(self, batch: dict) -> torch.Tensor:
         """The label ids of one training batch (distillation)."""
         raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
-
-
-class Predictor:
-    """Inference side: loaded from a run directory, returns JSON-ready dicts.
-
-    A task whose predictor sets `exportable = True` implements `export_spec() -> ExportSpec` and builds its model
-    through `load_model(build)`: that is what lets `luban export` / `luban compress` work on it and `luban.load` run it on
-    the ONNX runtime (backend "onnx") or in bf16 with the same preprocessing and postprocessing."""
-
-    task = ""
-    exportable = False
-
-    def __init__(self, cfg: RunConfig, folder: Path, device: torch.device, backend: str = "torch"):
-        self.cfg, self.folder, self.device, self.backend = cfg, folder, device, backend
-
-    def load_model(self, build: Callable[[], nn.Module]) -> nn.Module:
-        """The run's model for inference: `build()` + the saved weights on self.device (in bf16 for a bf16-compressed
-        run), or the ONNX export wrapped as a module (backend "onnx"); either is called like the torch model."""
-        from luban.compress.backends import runtime_model
-
-        return runtime_model(self, build)
-
-    def export_hf(self, folder: Path) -> bool:
-        """Write the model in Hugging Face `save_pretrained` layout; False when it has no HF backbone."""
-        return False
-
-    def parity_rows(self, path: Path):
-        """The rows of a (short) data file cleaned as at training, in the form predict() takes: the sample `luban
-        export` checks an export on without preparing the whole training set again. None: the task has no such
-        path (export then prepares the task's data, as compression does)."""
-        return None
-
-    def predict(self, inputs) -> list[dict]: ...
-    def evaluate(self, path: str | Path) -> dict: ...
-    def read_inputs(self, path: str | Path) -> list: ...
-
-    # row-aligned file prediction (luban.lifecycle.predict_file): a predictor that defines
-    # frame_inputs(frame) -> (inputs, column) has its input files streamed chunk by chunk; input_problem(x) says
-    # why one input cannot be predicted (None: it can). Without frame_inputs, read_inputs(path) reads the file whole.
-    frame_inputs = None
-
-    def input_problem(self, x) -> str | None:
-        return None
 
 
 class TextInputs:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, list_images, load_one,
@@ -25,7 +26,7 @@ from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, l
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model,
                               sample_rows, split_labelled)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -560,7 +561,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class ImageClassificationPredictor(ImageInputs, Predictor, _ImageModelUser):
+class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, Predicts, Evaluates):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_classification"
     exportable = True
@@ -582,6 +583,9 @@ class ImageClassificationPredictor(ImageInputs, Predictor, _ImageModelUser):
 
         save_image_classifier(self.model, self.labels.labels, self.meta, folder)
         return True
+
+    def class_labels(self):
+        return self.labels.labels
 
     def _working(self, items: list, names: list[str]) -> torch.Tensor:
         arrs = [load_one(v, self.meta["mode"], self.meta["resize"], n) for v, n in zip(items, names)]

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import GeneratesImages, TaskPredictor
 from luban.config import RunConfig
 from luban.data.images import ImageStore, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
@@ -31,7 +32,7 @@ from luban.data.splits import make_splits
 from luban.errors import ConfigError, DataError, LubanError, TrainingDiverged
 from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
-from luban.tasks.base import Predictor, Task, _label_key
+from luban.tasks.base import Task, _label_key
 from luban.training import checkpoint
 from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit, start_fit
 from luban.training.hardware import autocast
@@ -483,9 +484,12 @@ class ImageGenerationTask(Task, _Sampling):
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class ImageGenerationPredictor(Predictor, _Sampling):
-    input_kind = None  # what the server sends predict(): see luban.Predictor.capabilities
+class ImageGenerationPredictor(TaskPredictor, _Sampling, GeneratesImages):
     task = "image_generation"
+    unsupported = {"predict": "image_generation runs do not predict; sample with `luban generate-images RUN` or "
+                              "luban.load(RUN).generate(n=..., label=...)",
+                   "evaluate": "image_generation runs are evaluated during training (see metrics.json); "
+                               "`luban evaluate` does not apply"}
 
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
@@ -534,13 +538,5 @@ class ImageGenerationPredictor(Predictor, _Sampling):
             res["arrays"] = gm.to_uint8(imgs.numpy())
         return res
 
-    def predict(self, inputs, **kw):
-        raise LubanError("image_generation runs do not predict; sample with `luban generate-images RUN` or "
-                         "luban.load(RUN).generate(n=..., label=...)")
-
-    def read_inputs(self, path):
-        return self.predict(path)
-
-    def evaluate(self, path):
-        raise LubanError("image_generation runs are evaluated during training (see metrics.json); "
-                         "`luban evaluate` does not apply")
+    def class_labels(self):
+        return self.labels

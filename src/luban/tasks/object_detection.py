@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.boxes import Annotated, clip_boxes, read_annotations
 from luban.data.images import IMAGE_SUFFIXES, decode_image, list_images
 from luban.errors import DataError, skippable
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
-from luban.tasks.base import Batches, ExportSpec, Predictor, Task, sample_rows
+from luban.tasks.base import Batches, ExportSpec, Task, sample_rows
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -313,7 +314,7 @@ def _f(v):
     return "–" if v is None else f"{v:.4f}"
 
 
-class ObjectDetectionPredictor(Predictor, _DetectorUser):
+class ObjectDetectionPredictor(TaskPredictor, _DetectorUser, Predicts, Evaluates):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "object_detection"
     exportable = True
@@ -324,6 +325,9 @@ class ObjectDetectionPredictor(Predictor, _DetectorUser):
         meta, self.labels = saved["detector"], saved["labels"]
         self.mean, self.std = meta["mean"], meta["std"]
         self.model = self.load_model(lambda: build_detector(cfg, len(self.labels)))
+
+    def class_labels(self):
+        return self.labels
 
     def read_inputs(self, path):
         """Images: one file, a folder of them, or the images an annotation file (CSV / COCO JSON) lists."""

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, Recommends, TaskPredictor
 from luban.config import RunConfig
 from luban.data.interactions import (ITEM, LINE, RATING, USER, Encoded, Histories, IdMap, NegativeSampler,
                                      canonical_ids, clean_interactions, id_maps_from_state, id_maps_state, k_core,
@@ -35,7 +36,7 @@ from luban.data.side_features import FeatureTable
 from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.ranking import RankingMetrics, full_ranking, rating_errors
 from luban.models import recsys
-from luban.tasks.base import Batches, Predictor, Task, to_device
+from luban.tasks.base import Batches, Task, to_device
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
@@ -532,7 +533,7 @@ def recommendation_report(final: dict, pop_at_k: dict, data: dict, examples: lis
 # ------------------------------------------------------------------------------------------------ inference side
 
 
-class RecommendationPredictor(Predictor, _Serving):
+class RecommendationPredictor(TaskPredictor, _Serving, Predicts, Evaluates, Recommends):
     input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "recommendation"
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import DecodesTogether, Evaluates, Predicts, TaskPredictor
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_pairs, column_texts, normalize_inputs
@@ -47,7 +48,7 @@ from luban.errors import ConfigError, DataError
 from luban.evaluate import text_metrics as tm
 from luban.generation.beam import beam_search, iter_sample, sample
 from luban.generation.decoding import GenerationConfig, TextTracker
-from luban.tasks.base import Batches, Predictor, Task, TextInputs, read_file, to_device
+from luban.tasks.base import Batches, Task, TextInputs, read_file, to_device
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
@@ -534,7 +535,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class Seq2SeqPredictor(TextInputs, Predictor, _Seq2SeqUser):
+class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evaluates, DecodesTogether):
     input_role = "source"  # the file column luban predict reads
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "translation"

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
@@ -28,7 +29,7 @@ from luban.errors import ConfigError, DataError, ExportError, skippable
 from luban.evaluate.asr import asr_metrics, utterance_errors
 from luban.evaluate.metrics import classification_with_worst
 from luban.generation.ctc import decode
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, run_model, sample_rows, split_labelled,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, run_model, sample_rows, split_labelled,
                               to_device)
 
 SPLITS = ("train", "validation", "test")
@@ -85,6 +86,15 @@ class AudioSet:
         self.feats = [featurize(w) for w in waves]
         self.lengths = [f.shape[0] for f in self.feats]
         self.targets: list | None = []
+
+    @classmethod
+    def from_waves(cls, frame: pd.DataFrame, waves: list[np.ndarray], featurize: LogMel) -> "AudioSet":
+        """Waveforms already in memory (prediction): no files to read, no targets."""
+        data = cls.__new__(cls)
+        data.frame, data.waves, data.skipped, data.targets = frame, waves, [], None
+        data.feats = [featurize(w) for w in waves]
+        data.lengths = [f.shape[0] for f in data.feats]
+        return data
 
     def __len__(self):
         return len(self.waves)
@@ -158,6 +168,12 @@ def _forward(model, batch):
 
 class SpeechTask(Task):
     """speech_recognition (main metric CER, lower is better) and audio_classification (accuracy)."""
+
+    # the state batching, decoding and scoring read: fitted by prepare(), or set from the saved run by SpeechPredictor
+    featurize: LogMel
+    sets: dict[str, AudioSet]       # split name -> clips (the predictor's own: "predict", "evaluate")
+    units: UnitMap | None = None    # speech_recognition from scratch: the transcripts' CTC units
+    labels: LabelMap | None = None  # audio_classification from scratch: the classes
 
     def __init__(self, cfg: RunConfig, run_folder: Path | None = None):
         super().__init__(cfg)
@@ -424,7 +440,7 @@ def worst_utterances(data: AudioSet, refs: list[str], hyps: list[str], k: int, d
 # ------------------------------------------------------------------------------------------------ predictor
 
 
-class SpeechPredictor(Predictor):
+class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
     input_kind = "audio"  # what the server sends predict(): see luban.Predictor.capabilities
     exportable = True
 
@@ -477,11 +493,7 @@ class SpeechPredictor(Predictor):
         rate = self.cfg.preprocessing.audio.sample_rate
         frame = pd.DataFrame({"audio": [str(x) if isinstance(x, (str, Path)) else f"input {i + 1}"
                                         for i, x in enumerate(inputs)], "label": "", LINE: range(1, len(waves) + 1)})
-        data = AudioSet.__new__(AudioSet)
-        data.frame, data.waves, data.skipped, data.targets = frame, waves, [], None
-        data.feats = [self.impl.featurize(w) for w in waves]
-        data.lengths = [f.shape[0] for f in data.feats]
-        self.impl.sets = {"predict": data}
+        self.impl.sets = {"predict": AudioSet.from_waves(frame, waves, self.impl.featurize)}
         batches = self.impl._batches("predict", 0, train=False)
         if self.impl.asr:
             texts, _ = self.impl.transcribe(self.model, batches, len(waves))

@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
@@ -18,7 +19,7 @@ from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.baselines import tabular_baselines
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
 from luban.models.mlp import TabularMLP
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, read_file, run_model, sample_rows,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model, sample_rows,
                               to_device)
 from luban.training.progress import say
 
@@ -58,6 +59,9 @@ class _TabularModelUser:
     cfg = None
     device = torch.device("cpu")
     regression = True
+    label_map: LabelMap  # classification: the classes
+    y_center: float  # regression: the target's scaling (fitted on train)
+    y_scale: float
 
     def encode_target(self, frame: pd.DataFrame, label: str) -> torch.Tensor:
         if self.regression:
@@ -203,7 +207,7 @@ class TabularTask(Task, _TabularModelUser):
         processor.save(folder, self.cfg.task, preprocessing=meta, labels=None if self.regression else self.label_map)
 
 
-class TabularPredictor(Predictor, _TabularModelUser):
+class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
     input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     exportable = True
 
@@ -222,6 +226,9 @@ class TabularPredictor(Predictor, _TabularModelUser):
         self.model = self.load_model(lambda: TabularMLP(
             len(self.pre.numeric), self.pre.cardinalities(), out_dim, hidden_sizes=m.hidden_sizes,
             activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm, embedding_dim=m.embedding_dim))
+
+    def class_labels(self):
+        return None if self.regression else self.label_map.labels
 
     def _frame(self, inputs) -> pd.DataFrame:
         return self.pre.input_frame(inputs)

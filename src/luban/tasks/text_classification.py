@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
@@ -19,7 +20,7 @@ from luban.data.tokenizers import build_encoder, resolve_pretrained
 from luban.errors import ConfigError, DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Predictor, Task, TextInputs, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, read_file, run_model,
                               sample_rows, split_labelled, to_device)
 from luban.training.progress import say
 
@@ -250,7 +251,7 @@ class TextClassificationTask(Task, _TextModelUser):
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
 
-class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
+class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True
@@ -273,6 +274,9 @@ class TextClassificationPredictor(TextInputs, Predictor, _TextModelUser):
 
         save_text_classifier(self.model, self.encoder.tok, self.labels.labels, self.cfg.model.pooling, folder)
         return True
+
+    def class_labels(self):
+        return self.labels.labels
 
     def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(frame, self.encoder, labels)

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Chats, DecodesTogether, Evaluates, Predicts, StreamsTokens, TaskPredictor
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
@@ -39,7 +41,7 @@ from luban.data.tokenizers import BOS, EOS, TextEncoder, build_encoder, resolve_
 from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
-from luban.tasks.base import Batches, Predictor, Task, read_frames, to_device
+from luban.tasks.base import Batches, Task, read_frames, to_device
 from luban.training.checkpoint import load_weights
 from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, pair_logps,
                                        preference_metrics, split_logps)
@@ -190,14 +192,14 @@ def generation_config(settings: GenerationSettings, knobs: dict, eos) -> Generat
     unknown = sorted(set(knobs) - allowed)
     if unknown:
         raise LubanError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
-    s = settings.model_copy(update={k: v for k, v in knobs.items() if v is not None})
+    fields = settings.model_dump() | {k: v for k, v in knobs.items() if v is not None}
+    if fields["do_sample"] is None:
+        fields["do_sample"] = True  # text generation samples unless told not to
     try:
-        return GenerationConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                top_p=s.top_p, repetition_penalty=s.repetition_penalty,
-                                do_sample=True if s.do_sample is None else s.do_sample, stop=tuple(s.stop),
-                                eos_token_id=eos, seed=s.seed)
-    except ValueError as e:
-        raise LubanError(f"generation: {e}") from None
+        return GenerationConfig(**fields, eos_token_id=eos)
+    except ValidationError as e:
+        raise LubanError("generation: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                                    for err in e.errors())) from None
 
 
 def _eos_ids(model, encoder):
@@ -307,7 +309,7 @@ class Generator:
                               if secs > 0 else 0.0}
 
     def _beam(self, ids, cfg: GenerationConfig, num_beams: int, length_penalty: float) -> dict:
-        from luban.generation.decoding import causal_beam_search
+        from luban.generation.beam import causal_beam_search
 
         t0 = time.perf_counter()
         out = causal_beam_search(self.model, ids, num_beams=num_beams, max_new_tokens=cfg.max_new_tokens,
@@ -617,9 +619,10 @@ def samples_section(history: list[dict], final: dict) -> str:
 # ------------------------------------------------------------------------------------------------ predictor
 
 
-class TextGenerationPredictor(Predictor):
+class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, StreamsTokens, DecodesTogether):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_generation"
+    continues_prompt = True
 
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
@@ -743,28 +746,26 @@ class TextGenerationPredictor(Predictor):
         """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns); for a
         preference-trained run, the preference metrics on chosen/rejected pairs (the rewards need the reference
         model, read again from model.path; without it, the metrics that do not)."""
-        task = TextGenerationTask(self.cfg)
-        task.device, task.encoder, task.formatter = self.device, self.encoder, self.formatter
-        task.block = self.meta["block_size"]
-        task.kind = self.meta["mode"]
-        task.sft, task.pref = task.kind != "corpus", task.kind == "preference"
+        block, kind = self.meta["block_size"], self.meta["mode"]  # the context and data mode it was trained with
+        bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size
+        pad = self.encoder.pad_id
         path = Path(path)
-        if not task.sft:
-            task.streams = {"eval": token_stream(_read_docs(self.cfg, path), self.encoder)}
-            return task._loss(self.model, "eval")
+        if kind == "corpus":
+            stream = token_stream(_read_docs(self.cfg, path), self.encoder)
+            return mean_loss(self.model, eval_batches(stream, block, bs), self.device)
         frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
                            self.cfg.data.quoting, self.cfg.data.encoding_for(path))
         c = self.cfg.data.columns
         cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
                 for r in ("prompt", "response", "messages", "chosen", "rejected")}
-        if not task.pref:
-            task.examples = {"eval": self.formatter.examples(frame, cols["prompt"], cols["response"],
-                                                             cols["messages"], task.block + 1)[0]}
-            return task._loss(self.model, "eval")
-        task.pairs = {"eval": preference_pairs(self.formatter, frame, cols["prompt"], cols["messages"],
-                                               cols["chosen"], cols["rejected"], task.block + 1)[0]}
-        batches = task._eval_sets("eval")[0]
-        logps, counts = split_logps(self.model, batches, len(task.pairs["eval"]), self.device)
+        if kind != "preference":
+            examples = self.formatter.examples(frame, cols["prompt"], cols["response"], cols["messages"],
+                                               block + 1)[0]
+            return mean_loss(self.model, [sft_batches(examples, bs, pad, 0, 0, shuffle=False)], self.device)
+        pairs = preference_pairs(self.formatter, frame, cols["prompt"], cols["messages"], cols["chosen"],
+                                 cols["rejected"], block + 1)[0]
+        batches = pair_batches(pairs, bs, pad, 0, 0, shuffle=False)
+        logps, counts = split_logps(self.model, batches, len(pairs), self.device)
         pc = self.cfg.trainer.preference
         if pc.loss in REFERENCE_FREE:
             return preference_metrics(logps, logps, counts, pc)
@@ -778,5 +779,5 @@ class TextGenerationPredictor(Predictor):
             out = preference_metrics(logps, logps, counts, pc)
             return {k: out[k] for k in ("logp_accuracy", "chosen_loss", "chosen_perplexity", "pairs")} | {
                 "note": f"no reward metrics: the reference model did not load ({e})"}
-        ref_logps = split_logps(ref, batches, len(task.pairs["eval"]), self.device)[0]
+        ref_logps = split_logps(ref, batches, len(pairs), self.device)[0]
         return preference_metrics(logps, ref_logps, counts, pc)

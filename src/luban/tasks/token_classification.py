@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from luban import processor
+import luban.processor as processor
+from luban.capabilities import Evaluates, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.readers import resolve_column
@@ -26,7 +27,7 @@ from luban.data.tokenizers import resolve_pretrained
 from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError
 from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
-from luban.tasks.base import Batches, ExportSpec, Predictor, Task, read_file, sample_rows, to_device
+from luban.tasks.base import Batches, ExportSpec, Task, read_file, sample_rows, to_device
 
 PAD, UNK = "<pad>", "<unk>"
 HEAD = "tag_head.safetensors"  # the CRF transitions again, for runs that keep only an ONNX model (luban compress)
@@ -329,7 +330,7 @@ def worst_sequences(seqs: list[Sequence], pred: list[list[str]], scheme: str, n:
             for e, i in errors[:n] if e]
 
 
-class TokenClassificationPredictor(Predictor, _Tagging):
+class TokenClassificationPredictor(TaskPredictor, _Tagging, Predicts, Evaluates):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "token_classification"
     exportable = True

@@ -38,7 +38,7 @@ def worker_fit(tree: dict, work: str, resume: bool, metric: str, mode: str, prec
     import ray.train
     import ray.train.torch
 
-    from luban.pipeline import seed_everything
+    from luban.prepare import seed_everything
     from luban.tasks import task_classes
     from luban.tasks.base import read_frames
     from luban.training.engine import fit
