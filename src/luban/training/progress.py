@@ -274,9 +274,10 @@ class Progress:
         fields["rate"] = f"{speed:.0f} {self.unit}/s"
         self.stage.advance(1, line=line, **fields)
 
-    def epoch_line(self, record: dict, metric: str, improved: bool):
+    def epoch_line(self, record: dict, metric: str, improved: bool, text: str | None = None):
+        """The epoch's line: `text` (a training step's own format) or epoch_text's."""
         if not self.silent:  # also with LUBAN_PROGRESS=off: that turns off bars and step lines, not epochs
-            _DISPLAY.print(epoch_text(record, metric, improved, self.unit))
+            _DISPLAY.print(text if text is not None else epoch_text(record, metric, improved, self.unit))
 
     def close(self):
         self.stage.close()
