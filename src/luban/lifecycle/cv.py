@@ -41,12 +41,12 @@ def tabular_pool(cfg, with_validation: bool = False, test_to: Path | None = None
 
     frames = read_frames(cfg)  # a built-in dataset fills data.columns here
     frame = frames["train"]
-    if frame is None or not hasattr(frame, "columns"):
+    if not isinstance(frame, pd.DataFrame):
         raise ConfigError(f"task {cfg.task}: folds need tabular data (CSV/TSV/JSONL/Parquet or built-in)")
-    if with_validation and hasattr(frames["validation"], "columns"):
+    if with_validation and isinstance(frames["validation"], pd.DataFrame):
         frame = pd.concat([frame, frames["validation"]], ignore_index=True)
     test = None
-    if test_to is not None and hasattr(frames["test"], "columns"):
+    if test_to is not None and isinstance(frames["test"], pd.DataFrame):
         test_to.parent.mkdir(parents=True, exist_ok=True)
         frames["test"].drop(columns=[LINE]).to_json(test_to, orient="records", lines=True, force_ascii=False)
         test = test_to

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -259,6 +259,14 @@ class Task:
     def batch_labels(self, batch: dict) -> torch.Tensor:
         """The label ids of one training batch (distillation)."""
         raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
+
+
+@runtime_checkable
+class TakesUnlabeled(Protocol):
+    """A task whose training split also takes unlabeled rows, trained on soft targets only (distillation's
+    transfer set: luban.compress.distill)."""
+
+    def add_unlabeled(self, texts: list[str]) -> int: ...
 
 
 class Predictor:

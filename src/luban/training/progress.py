@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Sized
 import sys
 import threading
 import time
@@ -238,7 +239,7 @@ def stage(name: str, total: int | None = None, unit: str = "items", **kw):
 
 def track(iterable, name: str, total: int | None = None, unit: str = "items", **kw):
     """Iterate `iterable` under a stage, advancing once per item."""
-    if total is None and hasattr(iterable, "__len__"):
+    if total is None and isinstance(iterable, Sized):
         total = len(iterable)
     with stage(name, total, unit, **kw) as st:
         for item in iterable:
