@@ -477,6 +477,8 @@ class GANStep(TrainStep):
         gm.save_png(grid, workdir / "samples" / f"epoch_{record['epoch']:02d}.png")
 
     def epoch_text(self, record, metric, improved):
+        if record.get("partial"):  # a mid-epoch evaluation (trainer.eval_steps): the engine's line
+            return None
         return (f"epoch {record['epoch']}: d_loss {record['d_loss']:.3f}  g_loss {record['g_loss']:.3f}  "
                 f"D(x) {record['d_real']:.2f}  D(G(z)) {record['d_fake']:.2f}  "
                 f"conf {record['val_mean_confidence']:.3f}  entropy {record['val_class_entropy_ratio']:.3f}  "

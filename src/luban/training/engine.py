@@ -223,8 +223,8 @@ def fit(model: nn.Module, step: TrainStep, *, evaluate_fn: Callable, cfg: Traine
                     eval_seconds += time.perf_counter() - t_eval
                     if i + 1 < len(batches):  # the epoch's own evaluation closes it below
                         close({"epoch": round(epoch + (i + 1) / len(batches), 4), "step": state["step"],
-                               "train_loss": loss_sum / max(loss_n, 1), "lr": lr, "partial": True,
-                               **{f"val_{k}": v for k, v in val.items()}})
+                               "train_loss": loss_sum / max(loss_n, 1), **{k: v / seen for k, v in sums.items()},
+                               "lr": lr, "partial": True, **{f"val_{k}": v for k, v in val.items()}})
                         model.train()
                         if state["stopped_early"]:
                             break
