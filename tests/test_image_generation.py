@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -157,3 +158,31 @@ def test_image_folder_and_generate_images_cli(tmp_path, capsys):
     with Image.open(tmp_path / "g.png") as im:
         assert im.mode == "RGB"
     assert luban.load(run).generate(n=2)["samples"].shape == (2, 3, 8, 8)
+
+
+def test_the_gan_trains_in_the_shared_engine_with_its_settings(tmp_path, capsys, monkeypatch):
+    """eval_steps, early stopping, log_every lines, step-level TensorBoard and per-epoch callbacks, as every task."""
+    monkeypatch.setenv("LUBAN_PROGRESS", "lines")
+    monkeypatch.setenv("LUBAN_LOG_SECONDS", "0")
+    cfg = gan_config(tmp_path / "runs", "engine", data={"train_limit": 200},
+                     model={"eval_samples": 50, "classifier_epochs": 1},
+                     trainer={"epochs": 3, "eval_steps": 3, "log_every": 2, "early_stopping": {"patience": 100}},
+                     output={"tensorboard": True})
+    seen = []
+    run = luban.train(cfg, on_epoch_end=seen.append)
+    err = capsys.readouterr().err
+    h = history(run)
+    per_epoch = [r for r in h if not r.get("partial")]
+    assert [r["epoch"] for r in per_epoch] == [1, 2, 3] and [r["epoch"] for r in seen] == [1, 2, 3]
+    steps_per_epoch = per_epoch[0]["step"]
+    partial = [r for r in h if r.get("partial")]
+    assert partial and all(r["step"] % 3 == 0 and r["step"] % steps_per_epoch for r in partial)
+    assert all(math.isfinite(r["val_kid"]) for r in h)
+    lines = [l for l in err.splitlines() if l.startswith("train: ") and " step " in l]
+    logged = [int(l.split(" step ")[1].split()[0]) for l in lines]
+    assert logged and all(s % 2 == 0 for s in logged)
+    assert re.search(r"^epoch 1: d_loss [\d.]+  g_loss [\d.]+  D\(x\) [\d.]+  D\(G\(z\)\) [\d.]+  conf", err, re.M)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "events")).Reload()
+    assert [e.step for e in events.Scalars("step/g_loss")] == logged

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import torch
 
-from luban.config import LOWER_IS_BETTER, RunConfig, load_config, render, validate
+from luban.config import RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
-from luban.prepare import seed_everything
+from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
-from luban.tasks import task_classes
-from luban.tasks.base import read_frames
-from luban.training.engine import fit
-from luban.training.hardware import resolve_precision, select_device, set_threads
+from luban.training.engine import fit, no_training
+from luban.training.hardware import resolve_precision, select_device
 from luban.training.progress import stage
 
 
@@ -87,16 +85,10 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
             cfg = validate(read_yaml(saved), str(saved))
     run = RunDir(cfg.output.dir, cfg.output.name)
     run.check(cfg.output.overwrite, resume, restart)  # an existing or interrupted run: refuse before reading data
-    set_threads(cfg.trainer.num_threads)
-    seed_everything(cfg.seed)
-    TaskCls, _ = task_classes(cfg.task)
-    task = TaskCls(cfg)
     t0 = time.perf_counter()
-    # every data error surfaces here, before a run dir exists; a task may read its own inputs (e.g. annotations)
-    with stage("prepare (read, clean, featurize)"):
-        task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
-        if task_hook is not None:  # e.g. distillation: teacher soft targets + its loss (luban.compress.distill)
-            task_hook(task)
+    # every data error surfaces here, before a run dir exists; `task_hook` may replace task.loss (distillation's
+    # teacher soft targets, luban.compress.distill)
+    task = prepare(cfg, hook=task_hook)
     prep_seconds = time.perf_counter() - t0
     setup_seconds = t0 - t_command  # reading the config, importing the task
 
@@ -113,8 +105,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
         device = select_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device, task.prefers_bf16_on_cpu())
         task.device, task.precision = device, precision
-        seed_everything(cfg.seed)
-        model = task.build_model().to(device)
+        model = build_model(task).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not quiet:
@@ -123,40 +114,32 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
         keep_partial = True  # from here an interruption leaves checkpoints to resume from
         t_fit = time.perf_counter()
         setup_seconds += t_fit - t0 - prep_seconds  # the run directory, building the model
-        metric = cfg.trainer.early_stopping.metric or task.main_metric
-        own_loop = getattr(task, "fit", None)  # a task with its own loop (e.g. a GAN's two optimizers)
+        metric, mode = cfg.trainer.early_stopping.metric or task.main_metric, early_stopping_mode(cfg, task)
+        step = task.train_step()
         if cfg.trainer.distributed.backend == "ray":
             from luban.training.distributed import ray_fit
 
-            if own_loop is not None:
-                raise ConfigError(f"trainer.distributed: task {cfg.task} with model {cfg.model.type} trains with "
-                                  "its own loop; distributed training is for the shared engine's models")
-            result = ray_fit(cfg, model, work=work, resume=resume, metric=metric, mode=_mode(cfg, task),
+            if step is None or not step.distributed:
+                raise ConfigError(f"trainer.distributed: task {cfg.task} with model {cfg.model.type} is "
+                                  f"{'not trained' if step is None else 'trained with its own step'}; distributed "
+                                  "training is for models trained with one loss and one optimizer")
+            result = ray_fit(cfg, model, work=work, resume=resume, metric=metric, mode=mode,
                              precision=precision)
+        elif step is None:  # computed, not trained (popularity, a frozen pretrained LM)
+            result = no_training(work)
         else:
-            kw = {"on_epoch_end": lambda state: [c(state["history"][-1]) for c in callbacks]} if callbacks else {}
-            if own_loop is None:  # the shared engine: validation loss, throughput unit, step-level tracking
-                kw.update(val_batches=lambda: task.loss_batches("validation"), unit=task.throughput_unit,
-                          on_log=tracker.log_step if tracker else None,
-                          # the task's own loss, also when a hook replaced task.loss for training (distillation's
-                          # teacher targets exist for training rows only)
-                          val_loss_fn=lambda m, b: type(task).loss(task, m, b))
-            result = (own_loop or fit)(model, train_batches=task.train_batches, loss_fn=task.loss,
-                                       evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
-                                       metric=metric, mode=_mode(cfg, task), device=device, precision=precision,
-                                       workdir=work, resume=resume, tensorboard=cfg.output.tensorboard, **kw)
+            result = fit(model, step, evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
+                         metric=metric, mode=mode, device=device, precision=precision, workdir=work,
+                         resume=resume, tensorboard=cfg.output.tensorboard,
+                         on_epoch_end=(lambda state: [c(state["history"][-1]) for c in callbacks]) if callbacks
+                         else None, on_log=tracker.log_step if tracker else None)
         fit_seconds = time.perf_counter() - t_fit + result.earlier_fit_seconds  # + the sessions before --resume
         keep_partial = False
 
         from luban.evaluate.significance import compare_to_baseline
-        from luban.training.hardware import autocast
 
-        t_eval, final = time.perf_counter(), {}
-        with torch.no_grad(), autocast(device, precision), stage("evaluation", total=2, unit="splits") as p:
-            for s in ("validation", "test"):
-                p.update(split=s)
-                final[s] = task.evaluate(model, s, detailed=True)
-                p.advance()
+        t_eval = time.perf_counter()
+        final = evaluate(task, model, precision=precision)
         t_base = time.perf_counter()
         baseline = None
         if cfg.evaluation.baseline:
@@ -210,14 +193,6 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
     return out
 
 
-
-
-def _mode(cfg: RunConfig, task) -> str:
-    es = cfg.trainer.early_stopping
-    if es.mode != "auto":
-        return es.mode
-    metric = es.metric or task.main_metric
-    return "min" if metric in LOWER_IS_BETTER else "max"
 
 
 def print_summary(run_dir: Path, metrics: dict) -> None:

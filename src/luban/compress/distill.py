@@ -92,7 +92,9 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     tsplits = teacher_task.data_summary()
     transfer = []
     if transfer_data is not None:
-        if not hasattr(teacher_task, "add_unlabeled"):
+        from luban.tasks.base import TakesUnlabeled
+
+        if not isinstance(teacher_task, TakesUnlabeled):
             raise ExportError(f"--transfer-data is supported for text classification (not task {tcfg.task})")
         transfer = list(tpred.read_inputs(transfer_data))
         teacher_task.add_unlabeled(transfer)

@@ -245,7 +245,7 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
     t0 = time.perf_counter()
     from luban.tasks import task_classes
 
-    if not getattr(task_classes(cfg.task)[1], "exportable", False):
+    if not task_classes(cfg.task)[1].exportable:
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
     from luban.training.progress import stage
 

@@ -110,8 +110,7 @@ def choose_backend(run_dir: Path, predictor_cls, backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise RunError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     model_dir = Path(run_dir) / "model"
-    exportable = getattr(predictor_cls, "exportable", False)
-    onnx = exportable and has_onnx(model_dir)
+    onnx = predictor_cls.exportable and has_onnx(model_dir)
     torch_weights = (model_dir / WEIGHTS).is_file()
     if backend == "onnx":
         if not onnx:

@@ -84,7 +84,7 @@ def prune_run(run_dir, amount: float, structured: bool = False, finetune_epochs:
               quiet: bool = False) -> Path:
     """A pruned (and briefly fine-tuned) copy of a finished run as a new run directory."""
     from luban.compress.runs import DerivedRun, measure, prepared_task, torch_model
-    from luban.pipeline import _mode
+    from luban.prepare import early_stopping_mode
     from luban.training.checkpoint import WEIGHTS
     from luban.training.engine import fit
     from luban.training.hardware import resolve_precision
@@ -113,10 +113,10 @@ def prune_run(run_dir, amount: float, structured: bool = False, finetune_epochs:
                       f"{finetune_epochs} epoch(s) at lr {trainer.lr:g}, {precision}", flush=True)
             out = io.StringIO()
             with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-                result = fit(model, train_batches=task.train_batches, loss_fn=task.loss,
-                             evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=trainer,
-                             metric=cfg.trainer.early_stopping.metric or task.main_metric, mode=_mode(cfg, task),
-                             device=task.device, precision=precision, workdir=d.work, tensorboard=False)
+                result = fit(model, task.train_step(), evaluate_fn=lambda m: task.evaluate(m, "validation"),
+                             cfg=trainer, metric=cfg.trainer.early_stopping.metric or task.main_metric,
+                             mode=early_stopping_mode(cfg, task), device=task.device, precision=precision,
+                             workdir=d.work, tensorboard=False)
             history = result.history
         make_permanent(modules)
         model.eval()

@@ -35,23 +35,12 @@ def run_metrics(run_dir: Path) -> dict:
 
 def prepared_task(cfg: RunConfig, quiet: bool = True):
     """The run's task with its data read, cleaned and split exactly as at training (same config, same seed)."""
-    from luban.pipeline import seed_everything
-    from luban.tasks.base import read_frames
-    from luban.training.hardware import set_threads
+    from luban.prepare import prepare
 
-    set_threads(cfg.trainer.num_threads)
-    seed_everything(cfg.seed)
-    TaskCls, PredictorCls = task_classes(cfg.task)
-    if not getattr(PredictorCls, "exportable", False):
+    if not task_classes(cfg.task)[1].exportable:
         raise ExportError(f"export and compression are not supported for task {cfg.task}")
-    task = TaskCls(cfg)
-    task.export_spec()  # a task may refuse one kind of its models (a pretrained speech backbone) before reading data
-    from luban.training.progress import stage
-
-    out = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext(), \
-            stage("prepare (read, clean, featurize)"):
-        task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
+    # export_spec(): a task may refuse one kind of its models (a pretrained speech backbone) before reading data
+    task = prepare(cfg, check=lambda task: task.export_spec(), quiet=quiet)
     task.device = torch.device("cpu")
     return task
 
@@ -84,16 +73,9 @@ def fp32_weights(run_dir: Path) -> None:
 
 def measure(task, model: nn.Module, splits=("validation", "test")) -> dict:
     """Detailed metrics of `model` (a torch module or a wrapped ONNX session) on the task's splits."""
-    from luban.training.progress import stage
+    from luban.prepare import evaluate
 
-    model.eval()
-    out = {}
-    with torch.no_grad(), stage("evaluation", total=len(splits), unit="splits") as p:
-        for s in splits:
-            p.update(split=s)
-            out[s] = task.evaluate(model, s, detailed=True)
-            p.advance()
-    return out
+    return evaluate(task, model, splits)
 
 
 def file_bytes(path: Path) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,12 @@ def tabular_pool(cfg, with_validation: bool = False, test_to: Path | None = None
 
     frames = read_frames(cfg)  # a built-in dataset fills data.columns here
     frame = frames["train"]
-    if frame is None or not hasattr(frame, "columns"):
+    if not isinstance(frame, pd.DataFrame):
         raise ConfigError(f"task {cfg.task}: folds need tabular data (CSV/TSV/JSONL/Parquet or built-in)")
-    if with_validation and hasattr(frames["validation"], "columns"):
+    if with_validation and isinstance(frames["validation"], pd.DataFrame):
         frame = pd.concat([frame, frames["validation"]], ignore_index=True)
     test = None
-    if test_to is not None and hasattr(frames["test"], "columns"):
+    if test_to is not None and isinstance(frames["test"], pd.DataFrame):
         test_to.parent.mkdir(parents=True, exist_ok=True)
         frames["test"].drop(columns=[LINE]).to_json(test_to, orient="records", lines=True, force_ascii=False)
         test = test_to
@@ -87,20 +86,20 @@ def cross_validate(config: str | Path, folds: int, stratified: bool = False, ove
     base = cfg.model_dump(mode="json")
     from luban.training.progress import duration, stage
 
-    results, t0 = [], time.perf_counter()
+    results = []
     with stage("cv", total=folds, unit="folds") as bar:
         for k, fold in enumerate(write_folds(frame, folds, cfg.seed, out, labels)):
             main = _fold(cfg, base, out, k, folds, fold, quiet, results)
-            elapsed = time.perf_counter() - t0
             r = results[-1]
             main = main if main in r else next((m for m in r if m not in ("fold", "run", "test_rows")), None)
-            score = f"test {main} {r[main]:.4f}  " if main else ""
-            if not quiet:
-                print(f"fold {k + 1}/{folds} done: {score}elapsed {duration(elapsed)}  "
-                      f"ETA {duration(elapsed / (k + 1) * (folds - k - 1))}", flush=True)
             bar.advance(**({main: f"{r[main]:.4f}"} if main else {}))
+            if not quiet:
+                score = f"test {main} {r[main]:.4f}  " if main else ""
+                print(f"fold {k + 1}/{folds} done: {score}elapsed {duration(bar.elapsed)}  "
+                      f"ETA {duration(bar.eta())}", flush=True)
+        seconds = bar.elapsed
     keys = [k for k in results[0] if k not in ("fold", "run", "test_rows")]
-    summary = {"folds": folds, "stratified": stratified, "seconds": round(time.perf_counter() - t0, 1),
+    summary = {"folds": folds, "stratified": stratified, "seconds": round(seconds, 1),
                "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},
                "std": {k: float(np.std([r[k] for r in results], ddof=1)) for k in keys}, "per_fold": results}
     (out / "cv.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -155,7 +155,7 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
             run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads,
                            sampler=_sampler(cfg), trial_tree=_trial_tree, run_attrs=run_attrs)
         else:
-            line = _trial_line(metric, t0, remaining)
+            line = _trial_line(metric, remaining)
 
             def run(n: int, n_jobs: int) -> None:
                 study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads, folds),
@@ -279,14 +279,14 @@ def run_attrs(run: Path, m: dict, metric: str) -> dict:
 
 class _trial_line:
     """An Optuna callback printing one line per finished trial: trial i/N, its state, value, parameters, the best
-    so far, elapsed and ETA (above a bar of the trials on a terminal)."""
+    so far, and the elapsed time and ETA of the "tune" progress stage (a bar of the trials on a terminal)."""
 
-    def __init__(self, metric: str, t0: float, total: int):
+    def __init__(self, metric: str, total: int):
         import threading
 
         from luban.training.progress import Stage
 
-        self.metric, self.t0, self.total, self.done = metric, t0, total, 0
+        self.metric, self.total = metric, total
         self.lock = threading.Lock()
         self.stage = Stage("tune", total=total, unit="trials")  # a line every 30 s while a trial runs
 
@@ -298,10 +298,7 @@ class _trial_line:
 
         from luban.training.progress import duration
 
-        metric, t0 = self.metric, self.t0
-        with self.lock:
-            self.done += 1
-            done = self.done
+        metric = self.metric
         value = "" if trial.value is None else f" val_{metric} {trial.value:.4f}"
         where = f" at epoch {max(trial.intermediate_values)}" if trial.state == TrialState.PRUNED and \
             trial.intermediate_values else ""
@@ -310,11 +307,11 @@ class _trial_line:
             best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:  # nothing complete yet
             best = ""
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / done * max(self.total - done, 0)
-        print(f"trial {trial.number} ({done}/{self.total}): {trial.state.name.lower()}{where}{value}  [{params}]"
-              f"{best}  elapsed {duration(elapsed)}  ETA {duration(eta)}", flush=True)  # above the bar (rich)
-        self.stage.advance(best=best.removeprefix("; best ") or None)
+        with self.lock:
+            st = self.stage
+            st.advance(best=best.removeprefix("; best ") or None)
+            print(f"trial {trial.number} ({st.done}/{self.total}): {trial.state.name.lower()}{where}{value}  "
+                  f"[{params}]{best}  elapsed {duration(st.elapsed)}  ETA {duration(st.eta())}", flush=True)
 
 
 def best_params(study, cfg: RunConfig) -> dict:

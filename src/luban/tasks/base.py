@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -20,6 +20,7 @@ from luban.data.builtin import get_builtin
 from luban.data.readers import LINE, read_table, resolve_column
 from luban.errors import DataError, ExportError
 from luban.processor import Processor
+from luban.training.step import Batches, LossStep, TrainStep
 
 
 def read_file(cfg: RunConfig, path: Path) -> pd.DataFrame:
@@ -108,20 +109,6 @@ class LabelMap(Processor):
         return cls(state)
 
 
-class Batches:
-    """A sized, re-iterable list of batches, collated lazily."""
-
-    def __init__(self, index_batches: list[list[int]], collate: Callable[[list[int]], dict]):
-        self.index_batches, self.collate = index_batches, collate
-
-    def __len__(self):
-        return len(self.index_batches)
-
-    def __iter__(self):
-        for idx in self.index_batches:
-            yield self.collate(idx)
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -174,22 +161,60 @@ class OutputTuple(nn.Module):
 
 
 class Task:
-    """Training side of a task. Subclasses set name/main_metric/mode and implement the hooks."""
+    """Training side of a task: the contract the pipeline (luban.pipeline, luban.prepare) and the engine
+    (luban.training.engine) call, in this order:
+
+        task = TaskCls(cfg)
+        task.prepare(task.read_frames())        # read, clean, split, featurize; every data error here
+        model = task.build_model()
+        step = task.train_step()                # None: computed, not trained
+        fit(model, step, evaluate_fn=lambda m: task.evaluate(m, "validation"), ...)
+        task.evaluate(model, split, detailed=True); task.baseline(); task.save_weights(...); task.save(...)
+
+    Subclasses set name/main_metric and implement prepare, build_model, train_batches, loss, evaluate, save and
+    data_summary; every other method has a default that says what it does when a task does not override it."""
 
     name = ""
     main_metric = "accuracy"
     mode = "max"
+    # what a training batch's "size" counts: throughput is reported as <unit>/s (tokens for language models)
+    throughput_unit = "samples"
+
+    # set by the pipeline before build_model(): where the model trains and in which precision
+    device: torch.device
+    precision: str = "fp32"
+    cleaning: list[dict]  # what cleaning dropped or changed, per split (the report's data section)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.device = torch.device("cpu")
-        self.cleaning: list[dict] = []
+        self.cleaning = []
 
     def prefers_bf16_on_cpu(self) -> bool:
+        """trainer.precision auto picks bf16 on a CPU that has it (pretrained transformers, large convnets)."""
         return False
 
-    # what a training batch's "size" counts: throughput is reported as <unit>/s (tokens for language models)
-    throughput_unit = "samples"
+    # data ----------------------------------------------------------------------------------------
+    def read_frames(self) -> dict[str, pd.DataFrame | None]:
+        """The raw splits prepare() takes: the configured data files (a task with its own inputs, e.g.
+        annotations or interactions, reads them here)."""
+        return read_frames(self.cfg)
+
+    def prepare(self, frames: dict[str, pd.DataFrame | None]) -> None:
+        raise NotImplementedError
+
+    def data_summary(self) -> dict:
+        raise NotImplementedError
+
+    # model and training --------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int) -> Batches:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
 
     def loss_batches(self, split: str):
         """Batches of `split` in the form `loss()` takes (with targets), in a fixed order, for the validation loss
@@ -197,14 +222,23 @@ class Task:
         loss or it cannot compute one on held-out rows."""
         return None
 
-    # hooks ---------------------------------------------------------------------------------------
-    def prepare(self, frames: dict[str, pd.DataFrame | None]) -> None: ...
-    def build_model(self) -> nn.Module: ...
-    def train_batches(self, epoch: int) -> Batches: ...
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor: ...
-    def evaluate(self, model: nn.Module, split: str, detailed: bool = False) -> dict: ...
-    def baseline(self) -> dict | None: ...
-    def save(self, folder: Path, model: nn.Module) -> None: ...
+    def train_step(self) -> TrainStep | None:
+        """What the engine runs on each training batch: by default `loss` on `train_batches(epoch)` with one
+        optimizer (luban.training.step.LossStep; history's val_loss is the class's own `loss`, also when a hook
+        replaced `self.loss` for training, as distillation does). None: the model is computed, not trained."""
+        return LossStep(self.train_batches, self.loss, val_batches=lambda: self.loss_batches("validation"),
+                        val_loss=lambda model, batch: type(self).loss(self, model, batch), unit=self.throughput_unit)
+
+    # evaluation and outputs ----------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, split: str, detailed: bool = False) -> dict:
+        raise NotImplementedError
+
+    def baseline(self) -> dict | None:
+        """A classical model's metrics on the same splits (evaluation.baseline); None: the task has none."""
+        return None
+
+    def save(self, folder: Path, model: nn.Module) -> None:
+        raise NotImplementedError
 
     def save_weights(self, folder: Path, model: nn.Module) -> None:
         """The trained weights into the run's model/ folder (safetensors); a task may export its own layout."""
@@ -213,8 +247,6 @@ class Task:
         from luban.training.checkpoint import WEIGHTS
 
         save_model(model, str(folder / WEIGHTS))
-
-    def data_summary(self) -> dict: ...
 
     def report_sections(self, workdir: Path, final: dict) -> list[str]:
         """Extra HTML sections for report.html (image grids, samples); none by default."""
@@ -240,6 +272,14 @@ class Task:
     def batch_labels(self, batch: dict) -> torch.Tensor:
         """The label ids of one training batch (distillation)."""
         raise ExportError(f"distillation is for classification tasks (not task {self.cfg.task})")
+
+
+@runtime_checkable
+class TakesUnlabeled(Protocol):
+    """A task whose training split also takes unlabeled rows, trained on soft targets only (distillation's
+    transfer set: luban.compress.distill)."""
+
+    def add_unlabeled(self, texts: list[str]) -> int: ...
 
 
 class TextInputs:

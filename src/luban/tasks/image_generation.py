@@ -1,6 +1,8 @@
 """Image generation: a DCGAN (optionally class-conditional) trained on an image folder or the built-in digits.
 
-Training runs the task's own loop (`fit`): alternating discriminator and generator steps with two Adam optimizers.
+Training is the shared engine's, with the task's own step (`GANStep`): per batch a discriminator update then a
+generator update, with two Adam optimizers (trainer.lr, or model.lr_discriminator for the discriminator; betas
+(model.beta1, 0.999)); trainer.grad_clip, l1 and grad_accumulation do not apply to it.
 Quality is measured, not eyeballed: before the GAN trains, a small CNN classifier is trained on the real training
 images (saved in the run as classifier/); every epoch the GAN's samples are scored with it — mean_confidence,
 class_entropy_ratio and kid (see luban.evaluate.generative) — and the best checkpoint is the lowest validation kid.
@@ -32,12 +34,11 @@ from luban.data.splits import make_splits
 from luban.errors import ConfigError, DataError, LubanError, TrainingDiverged
 from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
-from luban.tasks.base import Task, _label_key
+from luban.tasks.base import Batches, Task, _label_key
 from luban.training import checkpoint
-from luban.training.engine import FitResult, _TensorBoard, close_epoch, finish_fit, start_fit
 from luban.training.hardware import autocast
-from luban.training.progress import Progress, say
 from luban.training.optim import build_scheduler
+from luban.training.step import StepResult, TrainStep
 
 CLASSIFIER = "classifier"
 MIN_CLASSIFIER_STEPS = 150
@@ -205,6 +206,16 @@ class ImageGenerationTask(Task, _Sampling):
     main_metric = "kid"
     mode = "min"
 
+    # set by prepare()
+    labels: list[str]
+    data: dict[str, ImageSet]
+    channels: int
+    # set when training starts (GANStep.start): the quality classifier, its metrics, its features of real images
+    scorer: ImageScorer
+    scorer_meta: dict
+    real_features: dict[str, np.ndarray]
+    model_ref: GAN | None = None  # the trained model, for the report's sample grid
+
     def prepare(self, frames):
         cfg = self.cfg
         size, img_cfg = cfg.preprocessing.image.size, cfg.preprocessing.image
@@ -274,12 +285,18 @@ class ImageGenerationTask(Task, _Sampling):
     def build_model(self):
         return build_gan(self.cfg, self.channels, len(self.labels))
 
-    # the shared engine's hooks are unused: this task trains in `fit`
     def train_batches(self, epoch):
-        return list(range(math.ceil(len(self.data["train"]) / self.cfg.trainer.batch_size)))
+        """Full batches of a seeded shuffle (the last partial batch is dropped; one batch when there are fewer
+        rows than trainer.batch_size)."""
+        train, bs = self.data["train"], self.cfg.trainer.batch_size
+        n = len(train)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
+        n_batches = max(1, n // bs) if n >= bs else 1
+        return Batches([order[b * bs:(b + 1) * bs].tolist() for b in range(n_batches)],
+                       lambda idx: {"x": train.images[idx], "y": train.labels[idx], "size": len(idx)})
 
-    def loss(self, model, batch):
-        raise NotImplementedError("image generation trains in ImageGenerationTask.fit")
+    def train_step(self):
+        return GANStep(self)
 
     # ------------------------------------------------------------------ quality classifier
 
@@ -333,99 +350,6 @@ class ImageGenerationTask(Task, _Sampling):
         scale = max(1, 64 // self.cfg.preprocessing.image.size)
         return gm.image_grid(imgs.numpy(), ncols, scale=scale), ncols
 
-    def fit(self, model: GAN, *, cfg, metric, mode, device, precision, workdir, resume=False, tensorboard=True,
-            **_unused) -> FitResult:
-        m = self.cfg.model
-        self.model_ref = model
-        ckpt = workdir / "checkpoints"
-        self._prepare_scorer(workdir)
-        train = self.data["train"]
-        n, bs = len(train), cfg.batch_size
-        n_batches = max(1, n // bs) if n >= bs else 1
-        G, D = model.generator, model.discriminator
-        opt = _Pair(torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(m.beta1, 0.999)),
-                    torch.optim.Adam(D.parameters(), lr=m.lr_discriminator or cfg.lr, betas=(m.beta1, 0.999)))
-        total = cfg.epochs * n_batches
-        sched = _Pair(build_scheduler(opt.g, cfg, total), build_scheduler(opt.d, cfg, total))
-        state, history_path = start_fit(workdir, resume, model, opt, sched, None)
-        samples_dir = workdir / "samples"
-        samples_dir.mkdir(exist_ok=True)
-        tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
-        real_target = 1.0 - m.label_smoothing
-        use_autocast = precision == "bf16"
-        conditional = model.num_classes > 0
-        samples_seen, t_start = 0, time.perf_counter()
-        progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, log_seconds=cfg.log_seconds)
-        try:
-            for epoch in range(state["epoch"], cfg.epochs):
-                if state["stopped_early"]:
-                    break
-                model.train()
-                t_epoch = time.perf_counter()
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
-                sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
-                for b in range(n_batches):
-                    idx = order[b * bs:(b + 1) * bs]
-                    x = train.images[idx].to(device)
-                    y = train.labels[idx].to(device) if conditional else None
-                    z = torch.randn(len(idx), model.latent_dim, device=device)
-                    with autocast(device, "bf16" if use_autocast else "fp32"):
-                        fake = G(z, y)
-                        real_logits = D(x, y).float()
-                        fake_logits = D(fake.detach(), y).float()
-                        d_loss = (F.binary_cross_entropy_with_logits(real_logits,
-                                                                     torch.full_like(real_logits, real_target))
-                                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-                    opt.d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt.d.step()
-                    with autocast(device, "bf16" if use_autocast else "fp32"):
-                        g_logits = D(fake, y).float()
-                        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-                    opt.g.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    opt.g.step()
-                    sched.g.step()
-                    sched.d.step()
-                    state["step"] += 1
-                    if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
-                        raise TrainingDiverged(f"the GAN losses became non-finite at epoch {epoch + 1}, batch "
-                                               f"{b + 1} (d_loss {d_loss.item()}, g_loss {g_loss.item()})")
-                    sums["d_loss"] += d_loss.item()
-                    sums["g_loss"] += g_loss.item()
-                    sums["d_real"] += torch.sigmoid(real_logits).mean().item()
-                    sums["d_fake"] += torch.sigmoid(fake_logits).mean().item()
-                    samples_seen += len(idx)
-                    state["train_samples"] += len(idx)
-                    lr, log_now = opt.g.param_groups[0]["lr"], state["step"] % cfg.log_every == 0
-                    if log_now:  # step-level losses, as the shared engine logs train_loss
-                        tb.log_step({"d_loss": d_loss.item(), "g_loss": g_loss.item(), "lr": lr}, state["step"])
-                    progress.update(epoch + 1, cfg.epochs, (sums["d_loss"] + sums["g_loss"]) / (b + 1),
-                                    (b + 1) * bs / max(time.perf_counter() - t_epoch, 1e-9), step=state["step"],
-                                    lr=lr, line=log_now)
-                train_time = time.perf_counter() - t_epoch
-                state["train_seconds"] += train_time
-                avg = {k: v / n_batches for k, v in sums.items()}
-                with torch.no_grad(), autocast(device, precision if use_autocast else "fp32"):
-                    val = self.evaluate(model, "validation")
-                grid, _ = self._sample_grid(model)
-                gm.save_png(grid, samples_dir / f"epoch_{epoch + 1:02d}.png")
-                record = {"epoch": epoch + 1, "step": state["step"], "train_loss": avg["g_loss"] + avg["d_loss"],
-                          **avg, "lr": opt.g.param_groups[0]["lr"],
-                          "samples_per_s": n_batches * bs / max(train_time, 1e-9),
-                          "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-                improved = close_epoch(state, record, metric=metric, mode=mode, model=model, ckpt=ckpt,
-                                       history_path=history_path, tb=tb, patience=cfg.early_stopping.patience)
-                say(f"epoch {epoch + 1}: d_loss {avg['d_loss']:.3f}  g_loss {avg['g_loss']:.3f}  "
-                    f"D(x) {avg['d_real']:.2f}  D(G(z)) {avg['d_fake']:.2f}  "
-                    f"conf {val['mean_confidence']:.3f}  entropy {val['class_entropy_ratio']:.3f}  "
-                    f"kid {val['kid']:.4f}{' *' if improved else ''}  {train_time:.1f}s")
-                checkpoint.save_last(ckpt / "last", model, opt, sched, None, state)
-        finally:
-            progress.close()
-            tb.close()
-        return finish_fit(model, state, ckpt, samples_seen, t_start, keep=cfg.keep)
-
     # ------------------------------------------------------------------ outputs
 
     def save(self, folder, model):
@@ -460,7 +384,7 @@ class ImageGenerationTask(Task, _Sampling):
                                        {"mean_confidence": [h["val_mean_confidence"] for h in hist],
                                         "class_entropy_ratio": [h["val_class_entropy_ratio"] for h in hist]})
                          + "</div>")
-        model = getattr(self, "model_ref", None)
+        model = self.model_ref
         if model is not None:
             grid, _ = self._sample_grid(model)
             gm.save_png(grid, workdir / "samples" / "best.png")
@@ -479,6 +403,87 @@ class ImageGenerationTask(Task, _Sampling):
                                  f"<figcaption class=muted>{E(p.stem.replace('_', ' '))}</figcaption></figure>")
             parts.append("</div>")
         return parts
+
+
+class GANStep(TrainStep):
+    """One batch of GAN training for the shared engine: a discriminator update (real images vs detached samples,
+    real targets smoothed by model.label_smoothing), then a generator update, each with its own Adam optimizer and
+    lr schedule. Before the first batch the quality classifier is trained (or loaded on --resume) and the samples/
+    folder made; each epoch adds the mean d_loss/g_loss/D(x)/D(G(z)) to history and a fixed-noise sample grid to
+    samples/epoch_XX.png. Not for distributed training."""
+
+    distributed = False
+
+    def __init__(self, task: ImageGenerationTask):
+        self.task = task
+
+    def batches(self, epoch):
+        return self.task.train_batches(epoch)
+
+    def autocast_precision(self, precision):
+        return precision if precision == "bf16" else "fp32"  # bf16 autocast or full precision, never fp16
+
+    def start(self, model, cfg, n_batches, device, precision, workdir):
+        task, m = self.task, self.task.cfg.model
+        task.model_ref = model
+        task._prepare_scorer(workdir)
+        self.device, self.precision = device, self.autocast_precision(precision)
+        self.real_target = 1.0 - m.label_smoothing
+        G, D = model.generator, model.discriminator
+        self.optimizer = _Pair(torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(m.beta1, 0.999)),
+                               torch.optim.Adam(D.parameters(), lr=m.lr_discriminator or cfg.lr,
+                                                betas=(m.beta1, 0.999)))
+        total = cfg.epochs * n_batches
+        self.scheduler = _Pair(build_scheduler(self.optimizer.g, cfg, total),
+                               build_scheduler(self.optimizer.d, cfg, total))
+        (workdir / "samples").mkdir(exist_ok=True)
+
+    @property
+    def lr(self):
+        return self.optimizer.g.param_groups[0]["lr"]
+
+    def __call__(self, model, batch, *, index, count, epoch):
+        G, D, opt, device = model.generator, model.discriminator, self.optimizer, self.device
+        x = batch["x"].to(device)
+        y = batch["y"].to(device) if model.num_classes > 0 else None
+        z = torch.randn(len(x), model.latent_dim, device=device)
+        with autocast(device, self.precision):
+            fake = G(z, y)
+            real_logits = D(x, y).float()
+            fake_logits = D(fake.detach(), y).float()
+            d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, self.real_target))
+                      + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        opt.d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt.d.step()
+        with autocast(device, self.precision):
+            g_logits = D(fake, y).float()
+            g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        opt.g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt.g.step()
+        self.scheduler.g.step()
+        self.scheduler.d.step()
+        if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+            raise TrainingDiverged(f"the GAN losses became non-finite at epoch {epoch + 1}, batch {index + 1} "
+                                   f"(d_loss {d_loss.item()}, g_loss {g_loss.item()})")
+        d, g = d_loss.item(), g_loss.item()
+        return StepResult(d + g, len(x), values={"d_loss": d, "g_loss": g,
+                                                 "d_real": torch.sigmoid(real_logits).mean().item(),
+                                                 "d_fake": torch.sigmoid(fake_logits).mean().item()})
+
+    def end_epoch(self, model, record, workdir):
+        record["train_loss"] = record["g_loss"] + record["d_loss"]
+        grid, _ = self.task._sample_grid(model)
+        gm.save_png(grid, workdir / "samples" / f"epoch_{record['epoch']:02d}.png")
+
+    def epoch_text(self, record, metric, improved):
+        if record.get("partial"):  # a mid-epoch evaluation (trainer.eval_steps): the engine's line
+            return None
+        return (f"epoch {record['epoch']}: d_loss {record['d_loss']:.3f}  g_loss {record['g_loss']:.3f}  "
+                f"D(x) {record['d_real']:.2f}  D(G(z)) {record['d_fake']:.2f}  "
+                f"conf {record['val_mean_confidence']:.3f}  entropy {record['val_class_entropy_ratio']:.3f}  "
+                f"kid {record['val_kid']:.4f}{' *' if improved else ''}  {record['epoch_seconds']:.1f}s")
 
 
 # ----------------------------------------------------------------------------------------------- inference

@@ -362,19 +362,9 @@ class RecommendationTask(Task, _Serving):
         self.model = model
         return model
 
-    @property
-    def fit(self):
+    def train_step(self):
         """Popularity and ItemKNN are computed, not trained: no training loop."""
-        if self.cfg.model.type in ("popularity", "itemknn"):
-            return self._no_training
-        return None
-
-    def _no_training(self, model, *, workdir, **_):
-        from luban.training.engine import FitResult
-
-        (workdir / "history.jsonl").write_text("", encoding="utf-8")
-        return FitResult(history=[], best_epoch=0, best_value=float("nan"), stopped_early=False, train_seconds=0.0,
-                         epochs_run=0)
+        return None if self.cfg.model.type in ("popularity", "itemknn") else super().train_step()
 
     def train_batches(self, epoch):
         kind, bs = type(self.model).batches, self.cfg.trainer.batch_size

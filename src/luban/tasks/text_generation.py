@@ -480,19 +480,11 @@ class TextGenerationTask(Task):
     def throughput_unit(self):
         return "pairs" if self.pref else "tokens"
 
-    @property
-    def fit(self):
+    def train_step(self):
         """A pretrained model with finetune: none is evaluated as is (no training loop)."""
         if self.cfg.model.type == "pretrained_lm" and self.cfg.model.finetune == "none":
-            return self._no_training
-        return None
-
-    def _no_training(self, model, *, workdir, **_):
-        from luban.training.engine import FitResult
-
-        (workdir / "history.jsonl").write_text("", encoding="utf-8")
-        return FitResult(history=[], best_epoch=0, best_value=float("nan"), stopped_early=False,
-                         train_seconds=0.0, epochs_run=0)
+            return None
+        return super().train_step()
 
     # batches ---------------------------------------------------------------------------------------------
     def train_batches(self, epoch):

@@ -6,6 +6,7 @@ same. On a multi-node cluster the run directory and the data must be on storage 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -38,23 +39,16 @@ def worker_fit(tree: dict, work: str, resume: bool, metric: str, mode: str, prec
     import ray.train
     import ray.train.torch
 
-    from luban.prepare import seed_everything
-    from luban.tasks import task_classes
-    from luban.tasks.base import read_frames
+    from luban.prepare import build_model, prepare
     from luban.training.engine import fit
-    from luban.training.hardware import set_threads
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = validate(tree, "(distributed worker)")
-    set_threads(cfg.trainer.distributed.cpus_per_worker)
-    seed_everything(cfg.seed)
-    task = task_classes(cfg.task)[0](cfg)
-    task.prepare(task.read_frames() if hasattr(task, "read_frames") else read_frames(cfg))
+    task = prepare(cfg, threads=cfg.trainer.distributed.cpus_per_worker)
     device = ray.train.torch.get_device()
     task.device = device
-    seed_everything(cfg.seed)  # every worker starts from the same weights
-    model = ray.train.torch.prepare_model(task.build_model(), move_to_device=True)
+    model = ray.train.torch.prepare_model(build_model(task), move_to_device=True)  # the same weights everywhere
     workdir = Path(work)
     if rank:  # other workers keep their (identical) bookkeeping out of the run directory
         workdir = workdir / f".rank{rank}"
@@ -62,12 +56,11 @@ def worker_fit(tree: dict, work: str, resume: bool, metric: str, mode: str, prec
         if resume and (Path(work) / "checkpoints" / "last").is_dir():
             shutil.copytree(Path(work) / "checkpoints" / "last", workdir / "checkpoints" / "last",
                             dirs_exist_ok=True)
-    result = fit(model, train_batches=task.train_batches, loss_fn=task.loss,
-                 evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer, metric=metric, mode=mode,
-                 device=device, precision=precision, workdir=workdir, resume=resume,
-                 tensorboard=cfg.output.tensorboard and rank == 0, rank=rank, world_size=world,
-                 val_batches=lambda: task.loss_batches("validation"), unit=task.throughput_unit)
-    summary = {k: getattr(result, k) for k in RESULT_KEYS}
+    result = fit(model, task.train_step(), evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
+                 metric=metric, mode=mode, device=device, precision=precision, workdir=workdir, resume=resume,
+                 tensorboard=cfg.output.tensorboard and rank == 0, rank=rank, world_size=world)
+    summary = dataclasses.asdict(result)
+    summary = {k: summary[k] for k in RESULT_KEYS}
     if rank:
         shutil.rmtree(workdir, ignore_errors=True)
     else:  # the driver reads this (Ray's own result metrics depend on checkpoint reporting)

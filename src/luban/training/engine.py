@@ -1,11 +1,10 @@
-"""The training loop, shared by every task.
+"""The training loop, the one every task trains in.
 
-A task hands the engine three callables — `train_batches(epoch)`, `loss_fn(model, batch)`,
-`evaluate_fn(model) -> metrics` — and the engine does the rest: optimizer and schedule, precision, clipping and
-accumulation, L1, early stopping on a validation metric, best/last checkpoints with optimizer/scheduler/RNG state,
-exact --resume, history.jsonl, TensorBoard and a progress bar (log lines off a terminal, every
-`trainer.log_every` steps). With `val_batches` (the task's validation batches in training form) every evaluation
-also records `val_loss`, the task's own loss on validation; `trainer.eval_steps` evaluates mid-epoch too.
+A task hands the engine its `TrainStep` (luban.training.step: what one batch does with the step's optimizers) and
+`evaluate_fn(model) -> metrics`; the engine does the rest: epochs, early stopping on a validation metric, best/last
+checkpoints with optimizer/scheduler/RNG state, exact --resume, history.jsonl (with `val_loss`, the step's own loss
+on validation, when it gives one), TensorBoard, step-level logging and a progress bar (log lines off a terminal,
+every `trainer.log_every` steps), mid-epoch evaluation (`trainer.eval_steps`) and per-epoch callbacks.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ import torch
 from torch import nn
 
 from luban.config import TrainerConfig
-from luban.errors import TrainingDiverged
 from luban.training import checkpoint
 from luban.training.hardware import autocast
-from luban.training.optim import build_optimizer, build_scheduler
 from luban.training.progress import Progress
+from luban.training.step import Batches, TrainStep
 
 
 @dataclass
@@ -46,10 +44,6 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best if mode == "max" else value < best
-
-
-def _l1_penalty(model: nn.Module) -> torch.Tensor:
-    return sum(p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2)
 
 
 class _TensorBoard:
@@ -130,159 +124,131 @@ def shard_batches(batches, rank: int, world_size: int):
     steps match a single-process run; batches too small to give every worker a row are skipped by all."""
     if world_size == 1:
         return batches
-    if not hasattr(batches, "index_batches"):
+    if not isinstance(batches, Batches):
         raise ValueError("distributed training needs batches with index_batches (tasks.base.Batches)")
     return type(batches)([b[rank::world_size] for b in batches.index_batches if len(b) >= world_size],
                          batches.collate)
 
 
-def validation_loss(model: nn.Module, batches, loss_fn: Callable) -> float:
-    """The task's own training loss averaged over validation batches (weighted by batch size); call under
-    no_grad in eval mode."""
-    total, n = 0.0, 0
-    for batch in batches:
-        bs = batch["size"]
-        total += float(loss_fn(model, batch)) * bs
-        n += bs
-    return total / n if n else float("nan")
-
-
-def evaluate_with_loss(model: nn.Module, evaluate_fn: Callable, loss_fn: Callable, val_batches: Callable | None,
-                       device: torch.device, precision: str) -> dict:
-    """evaluate_fn's metrics, plus `loss` (the task's loss on validation) when the task gives validation batches
-    and its metrics do not already hold a loss."""
+def evaluate_with_loss(model: nn.Module, evaluate_fn: Callable, step: TrainStep, device: torch.device,
+                       precision: str) -> dict:
+    """evaluate_fn's metrics, plus `loss` (the step's loss on validation) when the step gives one and the
+    metrics do not already hold a loss."""
     model.eval()
     with torch.no_grad(), autocast(device, precision):
         val = dict(evaluate_fn(model))
-        if val_batches is not None and "loss" not in val:
-            batches = val_batches()
-            if batches is not None:
-                val["loss"] = validation_loss(model, batches, loss_fn)
+        if "loss" not in val:
+            loss = step.validation_loss(model)
+            if loss is not None:
+                val["loss"] = loss
     return val
 
 
-def fit(model: nn.Module, *, train_batches: Callable[[int], list], loss_fn: Callable, evaluate_fn: Callable,
-        cfg: TrainerConfig, metric: str, mode: str, device: torch.device, precision: str, workdir: Path,
-        resume: bool = False, tensorboard: bool = True, on_epoch_end: Callable | None = None,
-        rank: int = 0, world_size: int = 1, val_batches: Callable | None = None, unit: str = "samples",
-        on_log: Callable | None = None, val_loss_fn: Callable | None = None) -> FitResult:
-    """Train `model` in place; on return it holds the best weights by `metric` on validation.
+def no_training(workdir: Path) -> FitResult:
+    """The result of a model computed, not trained (a task's train_step() is None): an empty history."""
+    (workdir / "history.jsonl").write_text("", encoding="utf-8")
+    return FitResult(history=[], best_epoch=0, best_value=float("nan"), stopped_early=False, train_seconds=0.0,
+                     epochs_run=0)
+
+
+def fit(model: nn.Module, step: TrainStep, *, evaluate_fn: Callable, cfg: TrainerConfig, metric: str, mode: str,
+        device: torch.device, precision: str, workdir: Path, resume: bool = False, tensorboard: bool = True,
+        on_epoch_end: Callable | None = None, rank: int = 0, world_size: int = 1,
+        on_log: Callable | None = None) -> FitResult:
+    """Train `model` in place with `step` (a task's train_step()); on return it holds the best weights by `metric`
+    on validation (`evaluate_fn(model)`'s metrics).
 
     With world_size > 1 (Ray Train workers), `model` is the DDP-wrapped module, each worker trains on its shard of
     every batch, and `workdir` is where this worker writes (only rank 0's is the run directory).
-    `val_batches()`: validation batches as loss_fn takes them (for val_loss, computed with `val_loss_fn`, default
-    loss_fn); `unit`: what batch["size"] counts (samples, tokens); `on_log(values, step)`: step-level train
-    loss/lr every trainer.log_every steps (MLflow)."""
+    `on_log(values, step)`: step-level train loss/lr every trainer.log_every steps (MLflow); `on_epoch_end(state)`
+    after each epoch's checkpoint (tune pruning, MLflow)."""
     ckpt = workdir / "checkpoints"
-    core = getattr(model, "module", model)  # the plain module under a DDP wrapper: optimizer groups, checkpoints
-    if world_size > 1:
-        train_batches = (lambda fn: lambda epoch: shard_batches(fn(epoch), rank, world_size))(train_batches)
-    n_batches = len(train_batches(0))
-    accum = cfg.grad_accumulation
-    total_steps = cfg.epochs * math.ceil(n_batches / accum)
-    optimizer = build_optimizer(core, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
-    state, history_path = start_fit(workdir, resume, core, optimizer, scheduler, scaler)
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # optimizer, checkpoints
+    batches_of = step.batches if world_size == 1 else lambda epoch: shard_batches(step.batches(epoch), rank,
+                                                                                   world_size)
+    n_batches = len(batches_of(0))
+    step.start(core, cfg, n_batches, device, precision, workdir)
+    state, history_path = start_fit(workdir, resume, core, step.optimizer, step.scheduler, step.scaler)
     tb = _TensorBoard(workdir / "events" if tensorboard else None, purge_step=state["step"] or None)
 
-    patience = cfg.early_stopping.patience
-    log_every, eval_steps = cfg.log_every, getattr(cfg, "eval_steps", None)
-    samples_seen, t_start = 0, time.perf_counter()
-    progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, unit=unit,
-                        log_seconds=getattr(cfg, "log_seconds", None), quiet=rank != 0)
-    evaluate = lambda: evaluate_with_loss(model, evaluate_fn, val_loss_fn or loss_fn, val_batches,  # noqa: E731
-                                          device, precision)
+    patience, unit, eval_precision = cfg.early_stopping.patience, step.unit, step.autocast_precision(precision)
+    progress = Progress(total=(cfg.epochs - state["epoch"]) * n_batches, unit=unit, log_seconds=cfg.log_seconds,
+                        quiet=rank != 0)
+    evaluate = lambda: evaluate_with_loss(model, evaluate_fn, step, device, eval_precision)  # noqa: E731
+
+    def close(record: dict) -> None:
+        improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
+                               history_path=history_path, tb=tb, patience=patience)
+        if rank == 0:
+            progress.epoch_line(record, metric, improved, step.epoch_text(record, metric, improved))
+
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             if state["stopped_early"]:
                 break
             model.train()
-            batches = train_batches(epoch)
+            batches = batches_of(epoch)
             t_epoch, loss_sum, loss_n, epoch_samples = time.perf_counter(), 0.0, 0, 0
             win_sum, win_n = 0.0, 0  # the train loss since the last log line
+            sums, seen = {}, 0  # the step's own scalars summed over the epoch's batches, and their count
             val, val_step, eval_seconds = None, -1, 0.0
-            optimizer.zero_grad(set_to_none=True)
+            step.start_epoch()
             for i, batch in enumerate(batches):
-                with autocast(device, precision):
-                    loss = loss_fn(model, batch)
-                if cfg.l1 > 0:
-                    loss = loss + cfg.l1 * _l1_penalty(model)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-                bs, value = batch["size"], loss.item()
-                loss_sum += value * bs
+                out = step(model, batch, index=i, count=len(batches), epoch=epoch)
+                bs = out.size
+                loss_sum += out.loss * bs
                 loss_n += bs
-                win_sum += value * bs
+                win_sum += out.loss * bs
                 win_n += bs
                 epoch_samples += bs
-                stepped = False
-                if (i + 1) % accum == 0 or i + 1 == len(batches):
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                seen += 1
+                for k, v in out.values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if out.stepped:
                     state["step"] += 1
-                    stepped = True
                 elapsed = time.perf_counter() - t_epoch - eval_seconds
-                lr = optimizer.param_groups[0]["lr"]
-                log_now = stepped and state["step"] % log_every == 0
+                lr = step.lr
+                log_now = out.stepped and state["step"] % cfg.log_every == 0
                 if log_now and rank == 0:
-                    values = {"train_loss": win_sum / max(win_n, 1), "lr": lr}
+                    values = {"train_loss": win_sum / max(win_n, 1), **out.values, "lr": lr}
                     tb.log_step(values, state["step"])
                     if on_log is not None:
                         on_log(values, state["step"])
                     win_sum, win_n = 0.0, 0
                 progress.update(epoch + 1, cfg.epochs, loss_sum / loss_n, epoch_samples / max(elapsed, 1e-9),
                                 step=state["step"], lr=lr, line=log_now and rank == 0)
-                if stepped and eval_steps and state["step"] % eval_steps == 0:
+                if out.stepped and cfg.eval_steps and state["step"] % cfg.eval_steps == 0:
                     t_eval = time.perf_counter()
                     val, val_step = evaluate(), state["step"]
                     eval_seconds += time.perf_counter() - t_eval
                     if i + 1 < len(batches):  # the epoch's own evaluation closes it below
-                        record = {"epoch": round(epoch + (i + 1) / len(batches), 4), "step": state["step"],
-                                  "train_loss": loss_sum / max(loss_n, 1), "lr": lr, "partial": True,
-                                  **{f"val_{k}": v for k, v in val.items()}}
-                        improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
-                                               history_path=history_path, tb=tb, patience=patience)
-                        if rank == 0:
-                            progress.epoch_line(record, metric, improved)
+                        close({"epoch": round(epoch + (i + 1) / len(batches), 4), "step": state["step"],
+                               "train_loss": loss_sum / max(loss_n, 1), **{k: v / seen for k, v in sums.items()},
+                               "lr": lr, "partial": True, **{f"val_{k}": v for k, v in val.items()}})
                         model.train()
                         if state["stopped_early"]:
                             break
             train_time = time.perf_counter() - t_epoch - eval_seconds  # mid-epoch evaluations are not training
             state["train_seconds"] += train_time
             state["train_samples"] += epoch_samples * world_size
-            samples_seen += epoch_samples
             if val is None or val_step != state["step"]:
                 val = evaluate()
             record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
-                      "lr": optimizer.param_groups[0]["lr"], f"{unit}_per_s": epoch_samples / max(train_time, 1e-9),
-                      "epoch_seconds": round(train_time, 3), **{f"val_{k}": v for k, v in val.items()}}
-            improved = close_epoch(state, record, metric=metric, mode=mode, model=core, ckpt=ckpt,
-                                   history_path=history_path, tb=tb, patience=patience)
-            if rank == 0:
-                progress.epoch_line(record, metric, improved)
-            checkpoint.save_last(ckpt / "last", core, optimizer, scheduler, scaler, state)
+                      **{k: v / seen for k, v in sums.items()}, "lr": step.lr,
+                      f"{unit}_per_s": epoch_samples / max(train_time, 1e-9), "epoch_seconds": round(train_time, 3),
+                      **{f"val_{k}": v for k, v in val.items()}}
+            step.end_epoch(core, record, workdir)
+            close(record)
+            checkpoint.save_last(ckpt / "last", core, step.optimizer, step.scheduler, step.scaler, state)
             if on_epoch_end is not None:
                 on_epoch_end(state)
     finally:
         progress.close()
         tb.close()
-    return finish_fit(core, state, ckpt, samples_seen * world_size, t_start, keep=cfg.keep)
+    return finish_fit(core, state, ckpt, keep=cfg.keep)
 
 
-def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_start: float,
-               keep: str = "best") -> FitResult:
+def finish_fit(model: nn.Module, state: dict, ckpt: Path, keep: str = "best") -> FitResult:
     """Restore the best weights (keep="best"; "last" keeps the model as the last epoch left it) and summarize the
     run (shared by every training loop). best_epoch/best_value describe the weights kept."""
     best_epoch, best_value = state["best_epoch"], state["best_value"]
@@ -292,8 +258,8 @@ def finish_fit(model: nn.Module, state: dict, ckpt: Path, samples_seen: int, t_s
         checkpoint.load_weights(model, ckpt / "best")
     # every session's samples over every session's fit time, so a resumed run reports the whole run
     earlier = state.get("earlier_fit_seconds", 0.0)
-    wall = earlier + time.perf_counter() - t_start
-    samples = state.get("train_samples", samples_seen)
+    wall = earlier + time.perf_counter() - state["session_start"]
+    samples = state["train_samples"]
     return FitResult(history=state["history"], best_epoch=best_epoch,
                      best_value=best_value if best_value is not None else float("nan"),
                      stopped_early=state["stopped_early"], train_seconds=state["train_seconds"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Sized
 import sys
 import threading
 import time
@@ -238,7 +239,7 @@ def stage(name: str, total: int | None = None, unit: str = "items", **kw):
 
 def track(iterable, name: str, total: int | None = None, unit: str = "items", **kw):
     """Iterate `iterable` under a stage, advancing once per item."""
-    if total is None and hasattr(iterable, "__len__"):
+    if total is None and isinstance(iterable, Sized):
         total = len(iterable)
     with stage(name, total, unit, **kw) as st:
         for item in iterable:
@@ -274,9 +275,10 @@ class Progress:
         fields["rate"] = f"{speed:.0f} {self.unit}/s"
         self.stage.advance(1, line=line, **fields)
 
-    def epoch_line(self, record: dict, metric: str, improved: bool):
+    def epoch_line(self, record: dict, metric: str, improved: bool, text: str | None = None):
+        """The epoch's line: `text` (a training step's own format) or epoch_text's."""
         if not self.silent:  # also with LUBAN_PROGRESS=off: that turns off bars and step lines, not epochs
-            _DISPLAY.print(epoch_text(record, metric, improved, self.unit))
+            _DISPLAY.print(text if text is not None else epoch_text(record, metric, improved, self.unit))
 
     def close(self):
         self.stage.close()
