@@ -66,11 +66,12 @@ def test_cross_validated_objective_is_the_mean_over_disjoint_folds(tmp_path, lin
 
     from luban.lifecycle.tune import tune
 
-    path = tune_config(tmp_path, linear_data, LR_GRID, cv_folds=3)
+    grid = {"trainer.lr": {"type": "choice", "values": [1e-5, 0.03]}}  # one rate that learns, one that does not
+    path = tune_config(tmp_path, linear_data, grid, cv_folds=3)
     cfg = yaml.safe_load(path.read_text())
     cfg["data"]["test"] = str(linear_data)  # a CSV test file beside the JSON-lines folds: read in its own format
     path.write_text(yaml.safe_dump(cfg))
-    out = tune(path, trials=4, quiet=True)
+    out = tune(path, trials=2, quiet=True)
     study = optuna.load_study(study_name="lin", storage=f"sqlite:///{out / 'study.db'}")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_params"] == {"trainer.lr": 0.03}

@@ -178,6 +178,15 @@ class CharEncoder(VocabEncoder):
     def split(self, text):
         return list(text)
 
+    def encode(self, texts):
+        # only the first max_length characters become ids, so only they are split (a 10 MB row was 3.5M strings to
+        # keep 64). Lowercasing turns a character into one or more, in context only for a final sigma: a head with
+        # a Σ is lowered with the rest of its text, as before.
+        n, lower = self.max_length, self.cfg.lowercase
+        if n is None:
+            return super().encode(texts)
+        return super().encode([t if len(t) <= n or (lower and "Σ" in t[:n]) else t[:n] for t in texts])
+
 
 class WhitespaceEncoder(VocabEncoder):
     kind = "whitespace"
