@@ -20,6 +20,7 @@ from luban.data.images import IMAGE_SUFFIXES, decode_image, list_images
 from luban.errors import DataError, skippable
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
+from luban.models.registry import build_model
 from luban.tasks.base import Batches, ExportSpec, Predictor, Task, sample_rows
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -27,8 +28,7 @@ META = "detector_meta.json"
 
 
 def build_detector(cfg: RunConfig, num_classes: int) -> det.CenterNet:
-    m = cfg.model
-    return det.CenterNet(num_classes, m.widths, m.head_channels, m.output_stride, m.blocks)
+    return build_model(cfg.model, cfg.task, num_classes=num_classes)
 
 
 def _cache_side(cfg: RunConfig) -> int:
