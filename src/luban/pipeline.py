@@ -37,10 +37,11 @@ def _as_config(config, overrides) -> RunConfig:
     if isinstance(config, dict):
         from luban.config import apply_overrides
 
-        cfg = validate(apply_overrides(copy.deepcopy(config), overrides), "(dict)")
-        if cfg.output.name is None:
-            cfg.output.name = f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return cfg
+        tree = apply_overrides(copy.deepcopy(config), overrides)
+        output = tree.get("output") or {}
+        if output.get("name") is None:
+            tree["output"] = {**output, "name": f"{tree.get('task')}-{time.strftime('%Y%m%d-%H%M%S')}"}
+        return validate(tree, "(dict)")
     return load_config(config, overrides)
 
 
@@ -98,6 +99,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
     seed_everything(cfg.seed)
     TaskCls, _ = task_classes(cfg.task)
     task = TaskCls(cfg)
+    cfg = task.cfg  # what the task resolved from its model (a pretrained speech model's sample rate) is saved too
     t0 = time.perf_counter()
     # every data error surfaces here, before a run dir exists; a task may read its own inputs (e.g. annotations)
     with stage("prepare (read, clean, featurize)"):
