@@ -398,3 +398,21 @@ def test_a_validated_config_is_frozen_and_updated_validates_a_copy(tmp_path):
     assert cfg.trainer.lr == 0.001  # the original is untouched
     with pytest.raises(ConfigError, match=r"trainer\.lr: must be > 0"):
         updated(cfg, {"trainer.lr": -1})
+
+
+def test_a_run_dir_saved_by_the_flat_schema_still_loads_and_predicts(tmp_path, trained_text_run):
+    """A run's config.yaml with every other task's settings at their defaults (as the flat schema wrote them)."""
+    import shutil
+
+    flat = yaml.safe_load((Path(__file__).parent / "fixtures" / "flat_config_text_classification.yaml").read_text())
+    run = shutil.copytree(trained_text_run["run"], tmp_path / "old")
+    tree = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    for key in ("generation", "recommendation", "tagging"):
+        tree[key] = flat[key]
+    tree["data"] = {**flat["data"], **{k: v for k, v in tree["data"].items() if k != "columns"},
+                    "columns": {**flat["data"]["columns"], **tree["data"]["columns"]}}
+    tree["preprocessing"] = {**flat["preprocessing"], **tree["preprocessing"]}
+    tree["trainer"] = {**flat["trainer"], **tree["trainer"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    expected = luban.load(trained_text_run["run"]).predict(["这个手机很好", "服务特别差"])
+    assert luban.load(run).predict(["这个手机很好", "服务特别差"]) == expected

@@ -17,7 +17,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
                       model_validator)
 
-from luban.config_base import ColumnRef, ModelSection, Section, TokenizerConfig, divisible  # noqa: F401
+from luban.config_base import ColumnRef, Section, TokenizerConfig
 from luban.errors import ConfigError
 from luban.models.registry import models, models_for
 
@@ -538,10 +538,9 @@ TASKS: dict[str, TaskSpec] = {
     "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
                                      ("image",), ("label_smoothing",), check=_image_checks),
     "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
-                                 metrics=("map50", "map", "map75"), check=_image_checks),
+                                 metrics=("map50", "map", "map75")),
     "image_generation": TaskSpec(("image", "label"), (), ("image_root", "skip_bad_files"), ("image",),
-                                 metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"),
-                                 check=_image_checks),
+                                 metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss")),
     "text_generation": TaskSpec(("text", "prompt", "response", "messages", "chosen", "rejected", "id"),
                                 preprocessing=("tokenizer",), trainer=("steps_per_epoch", "preference"),
                                 generation=_DECODING + ("sample_prompts", "sample_tokens"),

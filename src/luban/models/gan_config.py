@@ -10,7 +10,7 @@ from luban.config_base import ModelSection
 from luban.models.registry import register_model
 
 
-@register_model(tasks=("image_generation",), default_for=("image_generation",), builder=None)
+@register_model(tasks=("image_generation",), default_for=("image_generation",), builder="luban.models.gan:build")
 class DCGANConfig(ModelSection):
     """A DCGAN-style generator + discriminator, optionally class-conditional."""
 

@@ -448,8 +448,6 @@ class ImageClassificationTask(Task, _ImageModelUser):
         im = cfg.preprocessing.image
         self.mode = "L" if im.grayscale else "RGB"
         self.side = working_side(cfg)
-        if self.side < im.size:
-            raise ConfigError(f"preprocessing.image.resize ({self.side}) must be >= size ({im.size})")
         tables = {}
         for split, frame in frames.items():
             if frame is None:

@@ -41,7 +41,6 @@ from luban.data.tokenizers import (
     UNK,
     build_encoder,
     load_encoder,
-    resolve_pretrained,
 )
 from luban.errors import ConfigError, DataError
 from luban.evaluate import text_metrics as tm

@@ -13,7 +13,7 @@ from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
-from luban.data.tokenizers import build_encoder, load_encoder, resolve_pretrained
+from luban.data.tokenizers import build_encoder, load_encoder
 from luban.errors import DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
