@@ -577,6 +577,14 @@ class RunConfig(Section):
 
     task: str
 
+    @classmethod
+    def model_validate(cls, obj: Any, *args, **kwargs):
+        """RunConfig.model_validate(tree) validates with the class of the tree's task (like `validate`, whose errors
+        read better)."""
+        if cls is RunConfig and isinstance(obj, dict) and obj.get("task") in TASK_CONFIGS:
+            return TASK_CONFIGS[obj["task"]].model_validate(obj, *args, **kwargs)
+        return super().model_validate(obj, *args, **kwargs)
+
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, tree: Any):
@@ -610,6 +618,8 @@ class RunConfig(Section):
     def _task_checks(self):
         spec = TASKS[self.task]
         missing = [role for role in spec.required if getattr(self.data.columns, role) is None]
+        if missing and self.data.builtin is not None and not _known_builtin(self.data.builtin):
+            missing = []  # reading an unknown built-in dataset is the error that names the ones there are
         if len(spec.required) == 1 and missing:
             raise ValueError(f"data.columns.{missing[0]}: required for task {self.task} (a column name, or a "
                              "0-based index when data.header is false)")
@@ -626,6 +636,12 @@ class RunConfig(Section):
         if spec.check is not None:
             spec.check(self)
         return self
+
+
+def _known_builtin(name: str) -> bool:
+    from luban.data.builtin import BUILTINS
+
+    return name in BUILTINS
 
 
 def _builtin_columns(data: dict, roles: tuple[str, ...]) -> None:
