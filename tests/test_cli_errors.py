@@ -351,6 +351,7 @@ def test_preflight_reads_each_file_in_its_own_encoding(tmp_path):
     gbk = tmp_path / "train.csv"
     gbk.write_bytes("评论,标签\n很好,p\n".encode("gbk"))
     cfg = validate({"task": "text_classification",
-                    "data": {"train": str(gbk), "encoding": {"train": "gbk"}, "columns": {"text": "text"}}})
+                    "data": {"train": str(gbk), "encoding": {"train": "gbk"},
+                             "columns": {"text": "text", "label": "标签"}}})
     with pytest.raises(DataError, match="data.columns.text: column 'text' not found .*columns are: 评论, 标签"):
         check_data(cfg)  # data.encoding per file: the header is read as GBK, not skipped

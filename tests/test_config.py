@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import luban
-from luban.config import RunConfig, apply_overrides, load_config, render, validate
+from luban.config import TASK_CONFIGS, apply_overrides, load_config, render, validate
 from luban.errors import ConfigError
 
 from conftest import assert_no_run, text_config
@@ -17,11 +17,12 @@ def write_yaml(path: Path, tree: dict) -> Path:
     return path
 
 
-MINIMAL = {"task": "text_classification", "data": {"train": "train.csv"}}
+COLUMNS = {"text": "text", "label": "label"}
+MINIMAL = {"task": "text_classification", "data": {"train": "train.csv", "columns": COLUMNS}}
 
 
 def cfg_with(**sections) -> dict:
-    tree = {"task": "text_classification", "data": {"train": "train.csv"}}
+    tree = {"task": "text_classification", "data": {"train": "train.csv", "columns": COLUMNS}}
     tree.update(sections)
     return tree
 
@@ -189,8 +190,11 @@ def test_render_prints_every_default(tmp_path):
             if sub is not None and name != "model" and field.default is not None:  # optional sections stay null
                 walk(sub, prefix + name + ".")
 
-    walk(RunConfig, "")
-    assert expected <= set(_all_keys(out))
+    walk(TASK_CONFIGS["text_classification"], "")
+    # all but what cannot take effect: workers of a run that is not distributed, an MLflow experiment without MLflow
+    not_in_effect = {"search", "tracking.experiment"} | {f"trainer.distributed.{k}" for k in
+                                                        ("workers", "address", "cpus_per_worker", "use_gpu")}
+    assert expected - not_in_effect <= set(_all_keys(out))
     # and the rendered YAML validates back to the same config
     assert validate(out).model_dump() == load_config(path).model_dump()
 
@@ -204,7 +208,7 @@ def test_cli_config_render_prints_defaults_and_applies_set(tmp_path, capsys):
     assert out["trainer"]["epochs"] == 3
     assert out["trainer"]["batch_size"] == 32
     assert out["model"]["kernel_sizes"] == [2, 3, 4]
-    assert out["preprocessing"]["numeric"] == "standard"
+    assert out["preprocessing"]["tokenizer"]["type"] == "char"
 
 
 def test_cli_config_render_error(tmp_path, capsys):
@@ -278,3 +282,137 @@ def test_early_stopping_on_another_metric(tmp_path, zh_data):
     # validation reaches f1 1.0 within a few epochs; one epoch without improvement then stops the run
     assert m["stopped_early"] is True
     assert m["epochs_run"] == m["best_epoch"] + 1 < 6
+
+
+# ----------------------------------------------------------------------------------------------- per-task schemas
+
+
+def test_a_key_of_another_task_fails_with_its_path_and_the_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with(data={"train": "t.csv", "columns": {**COLUMNS, "audio": "wav"}}))
+    assert "data.columns.audio: not a setting of task text_classification; allowed: id, label, text" in str(e.value)
+    with pytest.raises(ConfigError, match=r"recommendation: not a setting of task text_classification"):
+        validate(cfg_with(recommendation={"k": 5}))
+    with pytest.raises(ConfigError, match=r"preprocessing.image: not a setting of task text_classification"):
+        validate(cfg_with(preprocessing={"image": {"size": 64}}))
+    # a typo still gets its hint
+    with pytest.raises(ConfigError, match=r"data.columns.txt: unknown key \(did you mean 'text'\?\)"):
+        validate(cfg_with(data={"train": "t.csv", "columns": {"txt": "text"}}))
+
+
+def test_config_render_rejects_what_train_rejects(tmp_path, capsys):
+    from luban.cli import main
+
+    path = write_yaml(tmp_path / "c.yaml", {"task": "text_classification",
+                                            "data": {"train": "t.csv", "columns": {"label": "label"}}})
+    assert main(["config", "render", str(path)]) == 2
+    assert "text classification needs data.columns.text and data.columns.label" in capsys.readouterr().err
+    path = write_yaml(tmp_path / "d.yaml", cfg_with(data={"train": "t.csv", "columns": {**COLUMNS, "user": "u"}}))
+    assert main(["config", "render", str(path)]) == 2
+    assert "data.columns.user: not a setting of task text_classification" in capsys.readouterr().err
+
+
+def test_demo_render_prints_only_what_the_run_uses():
+    def leaves(x):
+        return sum(leaves(v) for v in x.values()) if isinstance(x, dict) else 1
+
+    root = Path(__file__).resolve().parents[1]
+    out = yaml.safe_load(render(load_config(root / "examples" / "demo_zh_sentiment.yaml")))
+    assert leaves(out) <= 80
+    assert "recommendation" not in out and "generation" not in out and "tagging" not in out
+    assert set(out["data"]["columns"]) == {"text", "label", "id"}
+    assert out["data"]["columns"]["text"] == "text"  # the built-in dataset's columns, filled in by validation
+
+
+def test_old_flat_run_config_still_loads():
+    """A run dir's config.yaml written by the flat schema holds every task's settings at their defaults: they are
+    dropped; a foreign setting that is not at its default is an error."""
+    tree = yaml.safe_load((Path(__file__).parent / "fixtures" / "flat_config_text_classification.yaml").read_text())
+    assert tree["recommendation"]["k"] == 10 and tree["data"]["columns"]["audio"] is None
+    cfg = validate(tree)
+    assert cfg.model.type == "textcnn" and cfg.model.embedding_dim == 16 and cfg.trainer.epochs == 2
+    assert not hasattr(cfg, "recommendation") and "audio" not in type(cfg.data.columns).model_fields
+    tree["recommendation"]["k"] = 5
+    with pytest.raises(ConfigError, match=r"recommendation: not a setting of task text_classification"):
+        validate(tree)
+
+
+def test_pretrained_model_sets_its_tokenizer_in_validation():
+    cfg = validate(cfg_with(model={"type": "pretrained", "path": "some/folder"}))
+    assert cfg.preprocessing.tokenizer.type == "pretrained"
+    with pytest.raises(ConfigError, match="preprocessing.tokenizer.type: a pretrained model needs its own"):
+        validate(cfg_with(model={"type": "pretrained", "path": "x"}, preprocessing={"tokenizer": {"type": "char"}}))
+
+
+@pytest.mark.parametrize("tree, expect", [
+    ({"task": "token_classification", "data": {"train": "t.jsonl", "columns": {"tokens": "tokens"}}},
+     "token classification needs data.columns.tokens and data.columns.tags"),
+    ({"task": "translation", "data": {"train": "t.csv", "columns": {"source": "en"}}},
+     "translation needs data.columns.source and data.columns.target"),
+    ({"task": "tabular_classification", "data": {"train": "t.csv", "columns": {"label": "y", "features": ["y"]}}},
+     "data.columns.features: the label column 'y' cannot also be a feature"),
+    ({"task": "text_generation", "data": {"train": "t.jsonl", "columns": {"prompt": "p"}}},
+     "data.columns: supervised fine-tuning needs both prompt and response"),
+    ({"task": "text_generation", "data": {"train": "t.jsonl", "columns": {"prompt": "p", "chosen": "c"}}},
+     "data.columns: preference training needs both chosen and rejected"),
+    ({"task": "text_generation", "data": {"train": "t.jsonl", "columns": {"prompt": "p", "chosen": "c",
+                                                                        "rejected": "r"}}},
+     "model: preference training starts from a pretrained causal LM"),
+    ({"task": "recommendation", "data": {"builtin": "wine"}}, "data.builtin: recommendation reads interactions"),
+    ({"task": "recommendation", "data": {"train": "r.csv"}, "model": {"type": "mf_explicit"},
+      "recommendation": {"feedback": "implicit"}}, "recommendation.feedback: mf_explicit predicts ratings"),
+    ({"task": "image_classification", "data": {"train": "imgs"}, "preprocessing": {"image": {"size": 64,
+                                                                                             "resize": 32}}},
+     "preprocessing.image.resize (32) must be >= size (64)"),
+])
+def test_schema_level_checks_fail_at_validation(tree, expect):
+    with pytest.raises(ConfigError) as e:
+        validate(tree)
+    assert expect in str(e.value)
+
+
+def test_config_schema_prints_json_schema(capsys):
+    import json
+
+    from luban.cli import main
+
+    assert main(["config", "schema", "--task", "recommendation"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["properties"]["task"]["const"] == "recommendation"
+    assert "recommendation" in schema["properties"] and "generation" not in schema["properties"]
+    assert main(["config", "schema", "--task", "nope"]) == 2
+
+
+def test_a_validated_config_is_frozen_and_updated_validates_a_copy(tmp_path):
+    from pydantic import ValidationError
+
+    from luban.config import updated
+
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", MINIMAL))
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.trainer.lr = 0.5
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.output.name = "other"
+    new = updated(cfg, {"trainer.lr": 0.5, "output.dir": tmp_path / "runs"})
+    assert new.trainer.lr == 0.5 and new.output.dir == tmp_path / "runs" and new.output.name == "c"
+    assert cfg.trainer.lr == 0.001  # the original is untouched
+    with pytest.raises(ConfigError, match=r"trainer\.lr: must be > 0"):
+        updated(cfg, {"trainer.lr": -1})
+
+
+def test_a_run_dir_saved_by_the_flat_schema_still_loads_and_predicts(tmp_path, trained_text_run):
+    """A run's config.yaml with every other task's settings at their defaults (as the flat schema wrote them)."""
+    import shutil
+
+    flat = yaml.safe_load((Path(__file__).parent / "fixtures" / "flat_config_text_classification.yaml").read_text())
+    run = shutil.copytree(trained_text_run["run"], tmp_path / "old")
+    tree = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    for key in ("generation", "recommendation", "tagging"):
+        tree[key] = flat[key]
+    tree["data"] = {**flat["data"], **{k: v for k, v in tree["data"].items() if k != "columns"},
+                    "columns": {**flat["data"]["columns"], **tree["data"]["columns"]}}
+    tree["preprocessing"] = {**flat["preprocessing"], **tree["preprocessing"]}
+    tree["trainer"] = {**flat["trainer"], **tree["trainer"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    expected = luban.load(trained_text_run["run"]).predict(["这个手机很好", "服务特别差"])
+    assert luban.load(run).predict(["这个手机很好", "服务特别差"]) == expected

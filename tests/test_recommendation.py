@@ -178,7 +178,7 @@ def test_without_timestamps_leave_last_out_holds_out_a_random_interaction_per_us
 def test_id_and_weight_columns_are_recognised(tmp_path):
     """lastfm's userID / artistID / weight, *_id, *Id and upper-case variants; a weight column is reported as
     ignored in the console and metrics.json; leave_last_out without timestamps says what it does instead."""
-    from luban.config import DataConfig
+    from luban.config import RecommendationData as DataConfig
 
     def read(header, name="x.tsv"):
         path = tmp_path / name
@@ -240,7 +240,7 @@ def test_histories_are_in_time_order():
 
 
 def test_movielens_files_are_read_directly(tmp_path):
-    from luban.config import DataConfig
+    from luban.config import RecommendationData as DataConfig
 
     d = tmp_path / "u.data"
     d.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n007\t377\t1\t878887116\n", encoding="utf-8")
@@ -253,7 +253,7 @@ def test_movielens_files_are_read_directly(tmp_path):
 
 
 def test_csv_dates_parquet_and_given_split_files(tmp_path):
-    from luban.config import DataConfig
+    from luban.config import RecommendationData as DataConfig
 
     csv = tmp_path / "events.csv"
     csv.write_text("visitorid,itemid,event_time\n1,a,2024-01-02T10:00:00\n1,b,2024-01-01\n", encoding="utf-8")

@@ -33,7 +33,9 @@ def _page(tmp_path, test, baseline=None, history=None, task="text_classification
                "stopped_early": False, "data": {"splits": {"train": 10}},
                "timings": {"fit_seconds": 1.0}, "environment": {"device": "cpu", "precision": "fp32", "threads": 1},
                "parameters": {"total": 10}}
-    cfg = RunConfig.model_validate({"task": task, "data": {"train": "x.csv"}, "output": {"name": "r"}})
+    columns = {"label": "y"} if task.startswith("tabular") else {"text": "text", "label": "label"}
+    cfg = RunConfig.model_validate({"task": task, "data": {"train": "x.csv", "columns": columns},
+                                    "output": {"name": "r"}})
     hist = history if history is not None else [
         {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, f"val_{main}": 0.8 + e / 100} for e in (1, 2, 3)]
     path = tmp_path / "report.html"

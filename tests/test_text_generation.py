@@ -179,7 +179,7 @@ def test_sft_masks_the_prompt_and_learns_responses(tmp_path):
 def test_hf_lora_trains_only_adapters_and_merges_to_equal_outputs(tiny_gpt2):
     from safetensors.torch import load_file
 
-    from luban.config import LoraConfig
+    from luban.models.causal_lm_config import LoraConfig
     from luban.models.causal_lm import CausalLM, add_lora, load_hf_causal_lm
 
     base_before = load_file(str(tiny_gpt2 / "model.safetensors"))

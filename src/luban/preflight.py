@@ -117,7 +117,7 @@ def check_data(cfg: RunConfig, files: dict[str, Path] | None = None) -> None:
     d = cfg.data
     if files is None:
         files = {f"data.{s}": getattr(d, s) for s in SPLITS if getattr(d, s) is not None}
-        if cfg.task == "recommendation" and cfg.model.type == "two_tower":
+        if cfg.task == "recommendation" and cfg.model.reads_features:
             for role in ("user", "item"):
                 p = getattr(cfg.recommendation, f"{role}_features").path
                 if p is not None and not Path(p).exists():

@@ -71,6 +71,7 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     import luban.manifest as manifest
     from luban.compress import COMPRESSION
     from luban.compress.runs import prepared_task, run_config, run_metrics, scalars
+    from luban.config import updated
     from luban.pipeline import train
     from luban.predictor import load
     from luban.rundir import RunDir, check_finished
@@ -84,7 +85,8 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
     if not tmetrics.get("data", {}).get("labels"):
         raise ExportError(f"{teacher}: distillation is for classification tasks (task {tcfg.task} has no labels)")
     scfg = student_config(student, tcfg, teacher, name, overrides)
-    scfg.output.overwrite = overwrite or scfg.output.overwrite
+    if overwrite:
+        scfg = updated(scfg, {"output.overwrite": True})
     if RunDir(scfg.output.dir, scfg.output.name).final.exists() and not scfg.output.overwrite:
         raise RunError(f"{Path(scfg.output.dir) / scfg.output.name} already exists; pass --name or --overwrite")
     teacher_task = prepared_task(tcfg)
@@ -98,7 +100,7 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
             raise ExportError(f"--transfer-data is supported for text classification (not task {tcfg.task})")
         transfer = list(tpred.read_inputs(transfer_data))
         teacher_task.add_unlabeled(transfer)
-        scfg.evaluation.baseline = False  # the classical baseline cannot train on unlabeled rows
+        scfg = updated(scfg, {"evaluation.baseline": False})  # the classical baseline cannot train on unlabeled rows
     with torch.no_grad():
         soft = teacher_task.split_logits(tpred.task_predictor.model, "train")
     info = {"method": "distill", "teacher_run": str(teacher), "teacher_backend": tpred.backend,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from luban.compress import COMPRESSION, HF_DIR, ONNX_DIR, TORCHSCRIPT_DIR
-from luban.config import RunConfig, read_yaml, render, validate
+from luban.config import RunConfig, read_yaml, render, updated, validate
 from luban.errors import ExportError
 from luban.rundir import RunDir, check_finished
 from luban.tasks import task_classes
@@ -110,7 +110,7 @@ class DerivedRun:
         self.cfg = run_config(self.source)
         self.source_metrics = run_metrics(self.source)
         self.name = name or f"{self.source.name}-{suffix}"
-        self.cfg.output.name, self.cfg.output.dir = self.name, self.source.parent
+        self.cfg = updated(self.cfg, {"output.name": self.name, "output.dir": self.source.parent})
         self.rundir = RunDir(self.source.parent, self.name)
         self.t0 = time.perf_counter()
 

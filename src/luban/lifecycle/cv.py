@@ -72,7 +72,7 @@ def fold_labels(cfg, frame, stratified: bool):
     """Labels to stratify folds by, or None."""
     if not stratified:
         return None
-    if cfg.data.columns.label is None:
+    if getattr(cfg.data.columns, "label", None) is None:  # a task without labels has no such column
         raise ConfigError("--stratified needs data.columns.label")
     return frame[resolve_column(frame, cfg.data.columns.label, "label")].astype(str).to_numpy()
 

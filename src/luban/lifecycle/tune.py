@@ -187,7 +187,7 @@ def _folds(cfg: RunConfig, out: Path) -> list[dict]:
     from luban.lifecycle.cv import fold_labels, tabular_pool, write_folds
 
     pool, test = tabular_pool(cfg, with_validation=True, test_to=out / "folds" / "test.jsonl")
-    stratify = "classification" in cfg.task and cfg.data.columns.label is not None
+    stratify = "classification" in cfg.task and getattr(cfg.data.columns, "label", None) is not None
     folds = write_folds(pool, cfg.search.cv_folds, cfg.seed, out / "folds", fold_labels(cfg, pool, stratify))
     return [{**f, "test": test} for f in folds]
 

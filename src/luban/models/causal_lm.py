@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from luban.config import LoraConfig
+from luban.models.causal_lm_config import LoraConfig
 from luban.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

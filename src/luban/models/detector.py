@@ -344,3 +344,8 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     gray = x.mean(-1, keepdims=True)
     x = (x - gray) * rng.uniform(1 - strength, 1 + strength) + gray  # saturation
     return x.clip(0, 255).astype(np.uint8)
+
+
+def build(cfg, *, num_classes: int, **_) -> CenterNet:
+    """The registry's builder for CenterNetConfig (luban.models.detector_config)."""
+    return CenterNet(num_classes, cfg.widths, cfg.head_channels, cfg.output_stride, cfg.blocks)

@@ -124,3 +124,9 @@ class ImageScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def build(cfg, *, channels: int, num_classes: int, image_size: int, **_) -> GAN:
+    """The registry's builder for DCGANConfig (luban.models.gan_config): conditional on the labels when asked."""
+    return GAN(cfg.latent_dim, channels, image_size, cfg.base_channels, num_classes if cfg.conditional else 0,
+               cfg.spectral_norm)

@@ -217,3 +217,10 @@ class GPT(nn.Module):
         (batch, t) -> last-position logits (batch, vocab) and the cache."""
         logits, cache = self(ids, past=cache, use_cache=True, key_mask=key_mask, positions=positions)
         return logits[:, -1, :], cache
+
+
+def build(cfg, *, vocab_size: int, **_) -> GPT:
+    """The registry's builder for GPTConfig (luban.models.gpt_config)."""
+    return GPT(GPTSizes(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, positions=cfg.positions,
+                        tie_weights=cfg.tie_weights))

@@ -27,3 +27,9 @@ class TabularMLP(nn.Module):
     def forward(self, numeric, categorical):
         parts = [numeric] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeds)]
         return self.head(self.body(torch.cat(parts, dim=1)))
+
+
+def build(cfg, *, n_numeric: int, cardinalities, out_dim: int, **_) -> TabularMLP:
+    """The registry's builder for MLPConfig (luban.models.mlp_config)."""
+    return TabularMLP(n_numeric, cardinalities, out_dim, hidden_sizes=cfg.hidden_sizes, activation=cfg.activation,
+                      dropout=cfg.dropout, batch_norm=cfg.batch_norm, embedding_dim=cfg.embedding_dim)

@@ -23,3 +23,8 @@ class NgramBag(nn.Module):
         if self.linear:
             return pooled + self.bias
         return self.head(self.dropout(pooled))
+
+
+def build(cfg, *, vocab_size: int, num_classes: int, pad_id: int, **_) -> NgramBag:
+    """The registry's builder for NgramBagConfig (luban.models.ngram_bag_config)."""
+    return NgramBag(vocab_size, num_classes, embedding_dim=cfg.embedding_dim, dropout=cfg.dropout, pad_id=pad_id)

@@ -99,3 +99,19 @@ class PretrainedClassifier(nn.Module):
             wd = 0.0 if p.ndim < 2 else weight_decay
             groups.setdefault((plr, wd), {"params": [], "lr": plr, "weight_decay": wd})["params"].append(p)
         return list(groups.values())
+
+
+def build(cfg, *, num_classes: int, backbone_dir: str | None = None, **_) -> PretrainedClassifier:
+    """The registry's builder for PretrainedConfig in text classification. `backbone_dir` rebuilds the model of a run
+    directory (no weights load)."""
+    from luban.data.tokenizers import resolve_pretrained
+
+    kw = dict(pooling=cfg.pooling, dropout=cfg.dropout, layerwise_lr_decay=cfg.layerwise_lr_decay,
+              head_lr_multiplier=cfg.head_lr_multiplier)
+    if backbone_dir is not None:
+        return PretrainedClassifier.from_config_dir(backbone_dir, num_classes, **kw)
+    model = PretrainedClassifier.from_pretrained(resolve_pretrained(cfg.path, cfg.allow_download, "model.path"),
+                                                 num_classes, allow_download=cfg.allow_download,
+                                                 trust_remote_code=cfg.trust_remote_code, **kw)
+    model.freeze(cfg.freeze)
+    return model

@@ -110,3 +110,14 @@ class PretrainedImageClassifier(nn.Module):
         else:
             f = self.features(x)
         return self.head(self.dropout(f.float() if f.dtype != self.head.weight.dtype else f))
+
+
+def build(cfg, *, num_classes: int, backbone_dir: str | None = None, **_) -> PretrainedImageClassifier:
+    """The registry's builder for PretrainedImageConfig (`backbone_dir`: a run directory's, no weights load)."""
+    if backbone_dir is not None:
+        return PretrainedImageClassifier.from_config_dir(backbone_dir, num_classes, dropout=cfg.dropout,
+                                                         freeze=cfg.freeze)
+    return PretrainedImageClassifier.from_pretrained(resolve_image_backbone(cfg.path, cfg.allow_download), num_classes,
+                                                     allow_download=cfg.allow_download,
+                                                     trust_remote_code=cfg.trust_remote_code, dropout=cfg.dropout,
+                                                     freeze=cfg.freeze)

@@ -466,3 +466,42 @@ class GRU4Rec(SASRec):
         out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=t)
         back = ((steps - pad) % t)[..., None].expand(-1, -1, out.shape[-1])  # and back to the right edge
         return self.drop(out.gather(1, back))
+
+
+# the registry's builders (luban.models.recsys_config): users / items are the id maps, tables the feature tables
+
+
+def build_popularity(cfg, *, items, **_) -> Popularity:
+    return Popularity(len(items))
+
+
+def build_itemknn(cfg, *, items, **_) -> ItemKNN:
+    return ItemKNN(len(items), cfg.neighbors, cfg.shrink)
+
+
+def build_bpr(cfg, *, users, items, **_) -> BPR:
+    return BPR(len(users), len(items), cfg.factors, cfg.item_bias, cfg.init_std)
+
+
+def build_ncf(cfg, *, users, items, **_) -> NCF:
+    return NCF(len(users), len(items), cfg.gmf_dim, cfg.mlp_dims, cfg.dropout)
+
+
+def build_explicit_mf(cfg, *, users, items, **_) -> ExplicitMF:
+    return ExplicitMF(len(users), len(items), cfg.factors, cfg.init_std, cfg.reg)
+
+
+def build_sasrec(cfg, *, items, **_) -> SASRec:
+    return SASRec(len(items), cfg.max_length, cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.loss)
+
+
+def build_gru4rec(cfg, *, items, **_) -> GRU4Rec:
+    return GRU4Rec(len(items), cfg.max_length, cfg.hidden, cfg.layers, cfg.dropout, cfg.loss)
+
+
+def build_two_tower(cfg, *, users, items, tables: dict, **_) -> TwoTower:
+    ut, it = tables.get("user"), tables.get("item")
+    return TwoTower(len(users), len(items), ut.rows_for(users.ids) if ut else None,
+                    it.rows_for(items.ids) if it else None, ut.dims() if ut else None, it.dims() if it else None,
+                    dim=cfg.dim, hidden=cfg.hidden, feature_dim=cfg.feature_dim, id_embeddings=cfg.id_embeddings,
+                    id_dropout=cfg.id_dropout, temperature=cfg.temperature, dropout=cfg.dropout)

@@ -55,3 +55,9 @@ class ResNet(nn.Module):
         x = self.stages(self.stem(x))
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.head(self.dropout(x))
+
+
+def build(cfg, *, num_classes: int, in_channels: int, image_size: int, **_) -> ResNet:
+    """The registry's builder for ResNetConfig (luban.models.resnet_config)."""
+    stem = cfg.stem if cfg.stem != "auto" else ("imagenet" if image_size >= 64 else "cifar")
+    return ResNet(in_channels, num_classes, cfg.widths, cfg.blocks, cfg.dropout, stem)

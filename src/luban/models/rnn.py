@@ -36,3 +36,8 @@ class RNNClassifier(nn.Module):
         else:  # last real step of each sequence
             pooled = out[torch.arange(out.shape[0]), lengths.to(out.device) - 1]
         return self.head(self.dropout(pooled))
+
+
+def build(cfg, *, vocab_size: int, num_classes: int, pad_id: int, **_) -> RNNClassifier:
+    """The registry's builder for RNNConfig (luban.models.rnn_config)."""
+    return RNNClassifier(vocab_size, num_classes, pad_id=pad_id, **cfg.model_dump(exclude={"type"}))

@@ -385,3 +385,25 @@ class HFSeq2Seq(nn.Module):
             cache.reorder_cache(index)  # in place, along the batch dimension
         return {"memory": state["memory"].index_select(0, index), "mask": state["mask"].index_select(0, index),
                 "cache": cache}
+
+
+def build_transformer(cfg, *, sides, **_) -> Seq2SeqTransformer:
+    """The registry's builder for Seq2SeqTransformerConfig; `sides` is the task's tokenization (vocabulary sizes,
+    the target's pad and start ids)."""
+    src_vocab, tgt_vocab = sides.vocab_sizes
+    return Seq2SeqTransformer(
+        src_vocab, tgt_vocab, d_model=cfg.d_model, nhead=cfg.nhead, num_encoder_layers=cfg.num_encoder_layers,
+        num_decoder_layers=cfg.num_decoder_layers, dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout,
+        shared_vocabulary=cfg.shared_vocabulary, positions=cfg.positions, copy=cfg.copy_source, pad_id=sides.tgt_pad,
+        max_positions=max(cfg.max_source_length, cfg.max_target_length + len(sides.start_ids)))
+
+
+def build_pretrained(cfg, *, folder=None, **_) -> HFSeq2Seq:
+    """The registry's builder for PretrainedSeq2SeqConfig: from model.path, or rebuilt offline from a run
+    directory's `backbone/` config when `folder` is given (the weights are loaded afterwards)."""
+    from luban.data.tokenizers import resolve_pretrained
+
+    if folder is not None:
+        return HFSeq2Seq.from_config_dir(str(folder / "backbone"), cfg.trust_remote_code)
+    return HFSeq2Seq.from_pretrained(resolve_pretrained(cfg.path, cfg.allow_download, "model.path"),
+                                     cfg.allow_download, cfg.trust_remote_code)

@@ -145,3 +145,18 @@ class AudioClassifier(nn.Module):
         pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_len[:, None]
         w = self.score(x).squeeze(-1).float().masked_fill(pad, float("-inf")).softmax(dim=1)
         return self.head((w.unsqueeze(-1) * x.float()).sum(dim=1))
+
+
+def _encoder_settings(cfg) -> dict:
+    return dict(encoder=cfg.encoder, conv_channels=cfg.conv_channels, hidden_size=cfg.hidden_size,
+                num_layers=cfg.num_layers, nhead=cfg.nhead, dropout=cfg.dropout)
+
+
+def build_ctc(cfg, *, n_mels: int, n_out: int, **_) -> CTCModel:
+    """The registry's builder for SpeechCTCConfig: n_out units + the CTC blank."""
+    return CTCModel(n_mels, n_out + 1, **_encoder_settings(cfg))
+
+
+def build_classifier(cfg, *, n_mels: int, n_out: int, **_) -> AudioClassifier:
+    """The registry's builder for AudioClassifierConfig (luban.models.speech_config)."""
+    return AudioClassifier(n_mels, n_out, **_encoder_settings(cfg))

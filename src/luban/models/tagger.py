@@ -101,3 +101,21 @@ class PretrainedTagger(nn.Module):
     def forward(self, ids, mask, first):
         h = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         return self.out(self.drop(at_words(h, first)))
+
+
+def build_bilstm(cfg, *, vocab_size: int, num_tags: int, pad_id: int, crf: bool, **_) -> BiLSTMTagger:
+    """The registry's builder for BiLSTMTaggerConfig (luban.models.tagger_config)."""
+    return BiLSTMTagger(vocab_size, num_tags, pad_id, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.dropout,
+                        crf, cfg.bigram_buckets, cfg.bigram_dim)
+
+
+def build_pretrained(cfg, *, num_tags: int, crf: bool, backbone_dir: str | None = None, **_) -> PretrainedTagger:
+    """The registry's builder for PretrainedConfig in token classification (`backbone_dir`: a run's, no weights)."""
+    from luban.data.tokenizers import resolve_pretrained
+    from luban.models.pretrained import backbone_from_config, load_backbone
+
+    if backbone_dir is not None:
+        return PretrainedTagger(backbone_from_config(backbone_dir), num_tags, cfg.dropout, crf)
+    source = resolve_pretrained(cfg.path, cfg.allow_download, "model.path")
+    return PretrainedTagger(load_backbone(source, cfg.allow_download, cfg.trust_remote_code), num_tags, cfg.dropout,
+                            crf)

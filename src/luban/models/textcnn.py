@@ -22,3 +22,8 @@ class TextCNN(nn.Module):
             h = torch.relu(conv(x))[:, :, : ids.shape[1]].transpose(1, 2)  # (B, T, F)
             feats.append(masked_max(h, mask))
         return self.head(self.dropout(torch.cat(feats, dim=1)))
+
+
+def build(cfg, *, vocab_size: int, num_classes: int, pad_id: int, **_) -> TextCNN:
+    """The registry's builder for TextCNNConfig (luban.models.textcnn_config)."""
+    return TextCNN(vocab_size, num_classes, pad_id=pad_id, **cfg.model_dump(exclude={"type"}))

@@ -29,3 +29,8 @@ class TransformerClassifier(nn.Module):
         h = self.norm(self.encoder(self.dropout(x), src_key_padding_mask=~full_mask.bool()))
         pooled = h[:, 0] if self.pooling == "cls" else masked_mean(h[:, 1:], mask)
         return self.head(self.dropout(pooled))
+
+
+def build(cfg, *, vocab_size: int, num_classes: int, pad_id: int, max_length: int, **_) -> TransformerClassifier:
+    """The registry's builder for TransformerConfig (luban.models.transformer_config)."""
+    return TransformerClassifier(vocab_size, num_classes, max_length, pad_id=pad_id, **cfg.model_dump(exclude={"type"}))

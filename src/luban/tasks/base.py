@@ -36,11 +36,8 @@ def read_frames(cfg: RunConfig) -> dict[str, pd.DataFrame | None]:
     """The raw train/validation/test frames the config names (validation/test may be None = split later)."""
     d = cfg.data
     if d.builtin is not None:
-        b = get_builtin(d.builtin)
-        for role, col in b.columns.items():
-            if getattr(d.columns, role) is None:
-                setattr(d.columns, role, col)
-        frames = {"train": b.load(), "validation": None, "test": None}
+        # its columns are in the config already: validation fills the ones a built-in dataset names
+        frames = {"train": get_builtin(d.builtin).load(), "validation": None, "test": None}
     else:
         frames = {split: (read_file(cfg, getattr(d, split)) if getattr(d, split) is not None else None)
                   for split in ("train", "validation", "test")}

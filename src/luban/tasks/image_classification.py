@@ -26,6 +26,7 @@ from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, l
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
+from luban.models.registry import build_model
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model,
                               sample_rows, split_labelled)
 
@@ -190,21 +191,9 @@ def _mix(x: torch.Tensor, y: torch.Tensor, aug, rng: np.random.Generator, g: tor
 
 
 def build_image_model(cfg: RunConfig, num_classes: int, in_channels: int, backbone_dir: str | None = None):
-    m = cfg.model
-    if m.type == "resnet":
-        from luban.models.resnet import ResNet
+    return build_model(cfg.model, cfg.task, num_classes=num_classes, in_channels=in_channels,
+                       image_size=cfg.preprocessing.image.size, backbone_dir=backbone_dir)
 
-        stem = m.stem if m.stem != "auto" else ("imagenet" if cfg.preprocessing.image.size >= 64 else "cifar")
-        return ResNet(in_channels, num_classes, m.widths, m.blocks, m.dropout, stem)
-    from luban.models.pretrained_image import PretrainedImageClassifier, resolve_image_backbone
-
-    if backbone_dir is not None:
-        return PretrainedImageClassifier.from_config_dir(backbone_dir, num_classes, dropout=m.dropout,
-                                                         freeze=m.freeze)
-    return PretrainedImageClassifier.from_pretrained(resolve_image_backbone(m.path, m.allow_download), num_classes,
-                                                     allow_download=m.allow_download,
-                                                     trust_remote_code=m.trust_remote_code, dropout=m.dropout,
-                                                     freeze=m.freeze)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -394,8 +383,6 @@ class ImageClassificationTask(Task, _ImageModelUser):
         im = cfg.preprocessing.image
         self.mode = "L" if im.grayscale else "RGB"
         self.side = working_side(cfg)
-        if self.side < im.size:
-            raise ConfigError(f"preprocessing.image.resize ({self.side}) must be >= size ({im.size})")
         tables = {}
         for split, frame in frames.items():
             if frame is None:
@@ -415,7 +402,7 @@ class ImageClassificationTask(Task, _ImageModelUser):
             mean, std = dataset_mean_std(self.data["train"].eval)
         elif im.normalize == "none":
             mean, std = [0.0] * channels, [1.0] * channels
-        elif im.normalize == "backbone" and cfg.model.type == "pretrained_image":
+        elif im.normalize == "backbone" and cfg.model.pretrained:
             from luban.models.pretrained_image import backbone_mean_std, resolve_image_backbone
 
             mean, std = backbone_mean_std(resolve_image_backbone(cfg.model.path, cfg.model.allow_download),
@@ -525,7 +512,7 @@ class ImageClassificationTask(Task, _ImageModelUser):
 
     def save(self, folder, model):
         processor.save(folder, self.cfg.task, labels=self.label_map, image=self.meta)
-        if self.cfg.model.type == "pretrained_image":
+        if self.cfg.model.pretrained:
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
     def report_sections(self, workdir, final):
@@ -571,13 +558,13 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
         saved = processor.load(folder)
         self.meta = saved["image"]
         self.labels = LabelMap(saved["labels"])
-        backbone = str(folder / "backbone") if cfg.model.type == "pretrained_image" else None
+        backbone = str(folder / "backbone") if cfg.model.pretrained else None
         self.model = self.load_model(lambda: build_image_model(cfg, len(self.labels.labels), self.meta["channels"],
                                                                backbone))
         self.model.to(memory_format=torch.channels_last)
 
     def export_hf(self, folder):
-        if self.cfg.model.type != "pretrained_image":
+        if not self.cfg.model.pretrained:
             return False
         from luban.models.hf_classifier import save_image_classifier
 

@@ -31,10 +31,11 @@ from luban.config import RunConfig
 from luban.data.images import ImageStore, resolve_image_paths
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
-from luban.errors import ConfigError, DataError, LubanError, TrainingDiverged
+from luban.errors import DataError, LubanError, TrainingDiverged
 from luban.evaluate import generative as gm
 from luban.models.gan import GAN, ImageScorer
 from luban.tasks.base import Batches, Task, _label_key
+from luban.models.registry import build_model
 from luban.training import checkpoint
 from luban.training.hardware import autocast
 from luban.training.optim import build_scheduler
@@ -163,9 +164,8 @@ def score(scorer: ImageScorer, images: torch.Tensor, device: torch.device, batch
 
 
 def build_gan(cfg: RunConfig, channels: int, num_classes: int) -> GAN:
-    m = cfg.model
-    return GAN(m.latent_dim, channels, cfg.preprocessing.image.size, m.base_channels,
-               num_classes if m.conditional else 0, m.spectral_norm)
+    return build_model(cfg.model, cfg.task, channels=channels, num_classes=num_classes,
+                       image_size=cfg.preprocessing.image.size)
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -275,8 +275,6 @@ class ImageGenerationTask(Task, _Sampling):
             self.data[split] = ImageSet(torch.from_numpy(np.stack(arrs)),
                                         torch.as_tensor([index[l] for l in f["label"]], dtype=torch.long))
         self.channels = int(self.data["train"].images.shape[1])
-        if cfg.model.eval_samples < 2:
-            raise ConfigError("model.eval_samples: at least 2 samples are needed to score the generator")
 
     def data_summary(self):
         return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.labels,

@@ -22,13 +22,13 @@ from luban.errors import DataError, skippable
 from luban.evaluate.detection import detection_metrics
 from luban.models import detector as det
 from luban.tasks.base import Batches, ExportSpec, Task, sample_rows
+from luban.models.registry import build_model
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 def build_detector(cfg: RunConfig, num_classes: int) -> det.CenterNet:
-    m = cfg.model
-    return det.CenterNet(num_classes, m.widths, m.head_channels, m.output_stride, m.blocks)
+    return build_model(cfg.model, cfg.task, num_classes=num_classes)
 
 
 def _cache_side(cfg: RunConfig) -> int:

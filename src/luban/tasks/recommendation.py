@@ -33,10 +33,11 @@ from luban.data.interactions import (ITEM, LINE, RATING, USER, Encoded, Historie
                                      user_column)
 from luban.data.readers import read_table
 from luban.data.side_features import FeatureTable
-from luban.errors import ConfigError, DataError, ExportError
+from luban.errors import DataError, ExportError
 from luban.evaluate.ranking import RankingMetrics, full_ranking, rating_errors
 from luban.models import recsys
 from luban.tasks.base import Batches, Task, to_device
+from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
@@ -48,34 +49,15 @@ EVAL_BATCH = 256
 
 def is_explicit(cfg: RunConfig) -> bool:
     fb = cfg.recommendation.feedback
-    return cfg.model.type == "mf_explicit" if fb == "auto" else fb == "explicit"
+    return cfg.model.predicts_ratings if fb == "auto" else fb == "explicit"
 
 
 def build_recommender(cfg: RunConfig, users: IdMap, items: IdMap, tables: dict) -> recsys.Recommender:
     """The untrained module for cfg.model (training and loading a run build it the same way)."""
-    m, nu, ni = cfg.model, len(users), len(items)
-    if m.type == "popularity":
-        return recsys.Popularity(ni)
-    if m.type == "itemknn":
-        return recsys.ItemKNN(ni, m.neighbors, m.shrink)
-    if m.type == "bpr":
-        return recsys.BPR(nu, ni, m.factors, m.item_bias, m.init_std)
-    if m.type == "ncf":
-        return recsys.NCF(nu, ni, m.gmf_dim, m.mlp_dims, m.dropout)
-    if m.type == "mf_explicit":
-        return recsys.ExplicitMF(nu, ni, m.factors, m.init_std, m.reg)
-    if m.type == "sasrec":
-        return recsys.SASRec(ni, m.max_length, m.hidden, m.layers, m.heads, m.dropout, m.loss)
-    if m.type == "gru4rec":
-        return recsys.GRU4Rec(ni, m.max_length, m.hidden, m.layers, m.dropout, m.loss)
-    ut, it = tables.get("user"), tables.get("item")
-    return recsys.TwoTower(nu, ni, ut.rows_for(users.ids) if ut else None, it.rows_for(items.ids) if it else None,
-                           ut.dims() if ut else None, it.dims() if it else None, dim=m.dim, hidden=m.hidden,
-                           feature_dim=m.feature_dim, id_embeddings=m.id_embeddings, id_dropout=m.id_dropout,
-                           temperature=m.temperature, dropout=m.dropout)
+    return build_model(cfg.model, cfg.task, users=users, items=items, tables=tables)
 
 
-SEQUENTIAL = ("sasrec", "gru4rec")  # models trained on next-item windows of each user's history
+
 
 
 def _history_lists(h: Histories, users: np.ndarray) -> list[np.ndarray]:
@@ -194,15 +176,13 @@ class RecommendationTask(Task, _Serving):
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.explicit = is_explicit(cfg)
-        self.main_metric, self.mode = ("rmse", "min") if cfg.model.type == "mf_explicit" else ("ndcg", "max")
+        self.main_metric, self.mode = ("rmse", "min") if cfg.model.predicts_ratings else ("ndcg", "max")
         self._popularity_results: dict = {}
         self._popularity_at_k: dict = {}
 
     # data --------------------------------------------------------------------------------------------------
     def read_frames(self):
         cfg, r = self.cfg, self.cfg.recommendation
-        if cfg.data.builtin is not None:
-            raise ConfigError("data.builtin: recommendation reads interactions from data.train (no built-in sets)")
         frames = {s: read_interactions(getattr(cfg.data, s), cfg.data, r.id_type) if getattr(cfg.data, s) else None
                   for s in SPLITS}
         if cfg.data.train_limit is not None and cfg.data.train_limit < len(frames["train"]):
@@ -212,25 +192,15 @@ class RecommendationTask(Task, _Serving):
         int_ids = frames["train"].attrs["int_ids"]
         for role in ("user", "item"):
             t = getattr(r, f"{role}_features")
-            use = t.path is not None and cfg.model.type == "two_tower"
+            use = t.path is not None and cfg.model.reads_features
             if t.path is not None and not use:
                 print(f"note: recommendation.{role}_features is only used by the two_tower model; ignored",
                       flush=True)
             frames[f"{role}_features"] = FeatureTable.read(t, role, int_ids) if use else None
         return frames
 
-    def _check_config(self):
-        cfg, m = self.cfg, self.cfg.model
-        if m.type == "mf_explicit" and not self.explicit:
-            raise ConfigError("recommendation.feedback: mf_explicit predicts ratings; set feedback: explicit "
-                              "(or auto)")
-        if m.type == "two_tower" and not m.id_embeddings and cfg.recommendation.user_features.path is None \
-                and cfg.recommendation.item_features.path is None:
-            raise ConfigError("model.id_embeddings: false needs recommendation.user_features or item_features")
-
     def prepare(self, frames):
         cfg, r = self.cfg, self.cfg.recommendation
-        self._check_config()
         self.tables = {"user": frames.pop("user_features", None), "item": frames.pop("item_features", None)}
         self.int_ids = frames["train"].attrs["int_ids"]
         for split, frame in frames.items():
@@ -298,7 +268,7 @@ class RecommendationTask(Task, _Serving):
             if len(users) == 0:
                 raise DataError(f"{self.sources[split]}: no {split} user has a held-out item to rank")
             self.eval_sets[split] = {"users": users, "targets": targets, "history": hist, "dropped_seen": dropped}
-        self.seq = self._sequences() if cfg.model.type in SEQUENTIAL else None
+        self.seq = self._sequences() if cfg.model.sequential else None
 
     def _item_means(self, train: Encoded, shrink: float = 5.0) -> np.ndarray:
         mu = float(train.ratings.mean())
@@ -364,7 +334,7 @@ class RecommendationTask(Task, _Serving):
 
     def train_step(self):
         """Popularity and ItemKNN are computed, not trained: no training loop."""
-        return None if self.cfg.model.type in ("popularity", "itemknn") else super().train_step()
+        return None if self.cfg.model.computed else super().train_step()
 
     def train_batches(self, epoch):
         kind, bs = type(self.model).batches, self.cfg.trainer.batch_size

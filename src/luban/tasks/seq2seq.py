@@ -42,13 +42,13 @@ from luban.data.tokenizers import (
     UNK,
     TextEncoder,
     build_encoder,
-    resolve_pretrained,
 )
 from luban.errors import ConfigError, DataError
 from luban.evaluate import text_metrics as tm
 from luban.generation.beam import beam_search, iter_sample, sample
 from luban.generation.decoding import GenerationConfig, TextTracker
 from luban.tasks.base import Batches, Task, TextInputs, read_file, to_device
+from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
 from luban.training.progress import say
 
@@ -177,28 +177,14 @@ class PretrainedSides:
 def build_seq2seq(cfg: RunConfig, sides, folder: Path | None = None):
     """The model for cfg.model: luban's Transformer, or an HF model (from model.path, or rebuilt offline from a run
     directory's `backbone/` config when `folder` is given; the weights are loaded afterwards)."""
-    m = cfg.model
-    if m.type == "pretrained_seq2seq":
-        from luban.models.seq2seq import HFSeq2Seq
+    return build_model(cfg.model, cfg.task, sides=sides, folder=folder)
 
-        if folder is not None:
-            return HFSeq2Seq.from_config_dir(str(folder / "backbone"), m.trust_remote_code)
-        return HFSeq2Seq.from_pretrained(resolve_pretrained(m.path, m.allow_download, "model.path"),
-                                         m.allow_download, m.trust_remote_code)
-    from luban.models.seq2seq import Seq2SeqTransformer
-
-    src_vocab, tgt_vocab = sides.vocab_sizes
-    return Seq2SeqTransformer(
-        src_vocab, tgt_vocab, d_model=m.d_model, nhead=m.nhead, num_encoder_layers=m.num_encoder_layers,
-        num_decoder_layers=m.num_decoder_layers, dim_feedforward=m.dim_feedforward, dropout=m.dropout,
-        shared_vocabulary=m.shared_vocabulary, positions=m.positions, copy=m.copy_source, pad_id=sides.tgt_pad,
-        max_positions=max(m.max_source_length, m.max_target_length + len(sides.start_ids)))
 
 
 def _sides_for(cfg: RunConfig, model=None, folder: Path | None = None):
     """Tokenization for cfg.model: fresh (to fit) when folder is None, else loaded from a run's model/ folder."""
     m = cfg.model
-    if m.type != "pretrained_seq2seq":
+    if not m.pretrained:
         return TextSides.build(cfg) if folder is None else TextSides.load(cfg, folder)
     if folder is None:
         encoder = build_encoder(cfg.preprocessing.tokenizer, m.path, m.trust_remote_code)
@@ -431,10 +417,6 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 
     def prepare(self, frames):
         cfg = self.cfg
-        cols = cfg.data.columns
-        if cols.source is None or cols.target is None:
-            raise ConfigError(f"data.columns: {cfg.task} needs data.columns.source and data.columns.target "
-                              "(column names, or 0-based indexes when data.header is false)")
         cleaned = {}
         for split, frame in frames.items():
             if frame is None:
@@ -446,7 +428,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
             cleaned[split] = out
         sp = cfg.data.split
         splits = make_splits(cleaned, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
-        if cfg.model.type == "pretrained_seq2seq":
+        if cfg.model.pretrained:
             self._model_for_sides = build_seq2seq(cfg, None)  # its config names the decoder's special tokens
         self.sides = _sides_for(cfg, self._model_for_sides)
         self.sides.fit(list(splits["train"]["source"]), list(splits["train"]["target"]))
@@ -506,7 +488,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
         src, tgt = self.sides.vocab_sizes
         processor.save(folder, self.cfg.task, model={"source_vocab_size": src, "target_vocab_size": tgt},
                        **self.sides.parts())
-        if self.cfg.model.type == "pretrained_seq2seq":
+        if self.cfg.model.pretrained:
             model.save_config(str(folder / "backbone"))
 
     def report_sections(self, workdir, final):
@@ -543,7 +525,7 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
         self.task = cfg.task
-        if cfg.model.type == "pretrained_seq2seq":
+        if cfg.model.pretrained:
             self.model = build_seq2seq(cfg, None, folder)
             self.sides = _sides_for(cfg, self.model, folder)
         else:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import luban.processor as processor
 from luban.capabilities import Evaluates, Predicts, TaskPredictor
-from luban.config import RunConfig
+from luban.config import RunConfig, updated
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
 from luban.data.cleaning import label_text, normalize_text
@@ -29,6 +29,7 @@ from luban.errors import ConfigError, DataError, ExportError, skippable
 from luban.evaluate.asr import asr_metrics, utterance_errors
 from luban.evaluate.metrics import classification_with_worst
 from luban.generation.ctc import decode
+from luban.models.registry import build_model
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, run_model, sample_rows, split_labelled,
                               to_device)
 
@@ -148,15 +149,8 @@ class UnitMap(processor.Processor):
 
 
 def build_speech_model(cfg: RunConfig, n_out: int):
-    from luban.models.speech import AudioClassifier, CTCModel
+    return build_model(cfg.model, cfg.task, n_mels=cfg.preprocessing.audio.n_mels, n_out=n_out)
 
-    m = cfg.model
-    kw = dict(encoder=m.encoder, conv_channels=m.conv_channels, hidden_size=m.hidden_size, num_layers=m.num_layers,
-              nhead=m.nhead, dropout=m.dropout)
-    n_mels = cfg.preprocessing.audio.n_mels
-    if m.type == "ctc":
-        return CTCModel(n_mels, n_out + 1, **kw)
-    return AudioClassifier(n_mels, n_out, **kw)
 
 
 def _forward(model, batch):
@@ -181,11 +175,11 @@ class SpeechTask(Task):
         self.name = cfg.task
         self.main_metric = "cer" if self.asr else "accuracy"
         self.mode = "min" if self.asr else "max"
-        if cfg.model.type == "pretrained_speech":
+        if cfg.model.pretrained:
             from luban.tasks.speech_pretrained import PretrainedSpeech
 
             self.hf = PretrainedSpeech(cfg, run_folder)
-            cfg.preprocessing.audio.sample_rate = self.hf.sample_rate
+            self.cfg = updated(cfg, {"preprocessing.audio.sample_rate": self.hf.sample_rate})
         else:
             self.hf = None
 
@@ -447,7 +441,7 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
         self.task = cfg.task
-        self.impl = SpeechTask(cfg, folder / "hf" if cfg.model.type == "pretrained_speech" else None)
+        self.impl = SpeechTask(cfg, folder / "hf" if cfg.model.pretrained else None)
         self.impl.device = device
         self.impl.featurize = LogMel(cfg.preprocessing.audio)
         if self.impl.hf is not None:

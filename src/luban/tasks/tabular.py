@@ -18,7 +18,7 @@ from luban.data.tabular import TabularPreprocessor
 from luban.errors import ConfigError, DataError, ExportError
 from luban.evaluate.baselines import tabular_baselines
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
-from luban.models.mlp import TabularMLP
+from luban.models.registry import build_model
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model, sample_rows,
                               to_device)
 from luban.training.progress import say
@@ -26,8 +26,6 @@ from luban.training.progress import say
 
 def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
     cols = cfg.data.columns
-    if cols.label is None:
-        raise ConfigError("data.columns.label: required (the column to predict)")
     label = resolve_column(frame, cols.label, "label")
     cat = [resolve_column(frame, c, "categorical") for c in cols.categorical]
     if cols.features is not None:
@@ -149,11 +147,9 @@ class TabularTask(Task, _TabularModelUser):
                 **({} if self.regression else {"labels": self.label_map.labels})}
 
     def build_model(self):
-        m = self.cfg.model
         out_dim = 1 if self.regression else len(self.label_map.labels)
-        return TabularMLP(len(self.pre.numeric), self.pre.cardinalities(), out_dim, hidden_sizes=m.hidden_sizes,
-                          activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm,
-                          embedding_dim=m.embedding_dim)
+        return build_model(self.cfg.model, self.cfg.task, n_numeric=len(self.pre.numeric),
+                           cardinalities=self.pre.cardinalities(), out_dim=out_dim)
 
     def train_batches(self, epoch):
         x_num, x_cat, y = self.data["train"]
@@ -221,11 +217,9 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
         self.label, self.y_center, self.y_scale = meta["label"], meta["y_center"], meta["y_scale"]
         if not self.regression:
             self.label_map = LabelMap(saved["labels"])
-        m = cfg.model
         out_dim = 1 if self.regression else len(self.label_map.labels)
-        self.model = self.load_model(lambda: TabularMLP(
-            len(self.pre.numeric), self.pre.cardinalities(), out_dim, hidden_sizes=m.hidden_sizes,
-            activation=m.activation, dropout=m.dropout, batch_norm=m.batch_norm, embedding_dim=m.embedding_dim))
+        self.model = self.load_model(lambda: build_model(cfg.model, cfg.task, n_numeric=len(self.pre.numeric),
+                                                         cardinalities=self.pre.cardinalities(), out_dim=out_dim))
 
     def class_labels(self):
         return None if self.regression else self.label_map.labels

@@ -16,10 +16,11 @@ from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
 from luban.data.ngrams import load_featurizer
-from luban.data.tokenizers import build_encoder, resolve_pretrained
-from luban.errors import ConfigError, DataError
+from luban.data.tokenizers import build_encoder
+from luban.errors import DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
+from luban.models.registry import build_model
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, read_file, run_model,
                               sample_rows, split_labelled, to_device)
 from luban.training.progress import say
@@ -28,46 +29,19 @@ from luban.training.progress import say
 def build_text_model(cfg: RunConfig, vocab_size: int, num_classes: int, pad_id: int,
                      backbone_dir: str | None = None) -> nn.Module:
     """The module for cfg.model. `backbone_dir` rebuilds a pretrained model from a run dir (no weights load)."""
-    m = cfg.model
-    params = m.model_dump(exclude={"type"})
-    if m.type == "textcnn":
-        from luban.models.textcnn import TextCNN
+    return build_model(cfg.model, cfg.task, vocab_size=vocab_size, num_classes=num_classes, pad_id=pad_id,
+                       max_length=cfg.preprocessing.tokenizer.max_length, backbone_dir=backbone_dir)
 
-        return TextCNN(vocab_size, num_classes, pad_id=pad_id, **params)
-    if m.type == "rnn":
-        from luban.models.rnn import RNNClassifier
-
-        return RNNClassifier(vocab_size, num_classes, pad_id=pad_id, **params)
-    if m.type == "transformer":
-        from luban.models.transformer import TransformerClassifier
-
-        return TransformerClassifier(vocab_size, num_classes, cfg.preprocessing.tokenizer.max_length,
-                                     pad_id=pad_id, **params)
-    if m.type == "ngram_bag":
-        from luban.models.ngram_bag import NgramBag
-
-        return NgramBag(vocab_size, num_classes, embedding_dim=m.embedding_dim, dropout=m.dropout, pad_id=pad_id)
-    from luban.models.pretrained import PretrainedClassifier
-
-    kw = dict(pooling=m.pooling, dropout=m.dropout, layerwise_lr_decay=m.layerwise_lr_decay,
-              head_lr_multiplier=m.head_lr_multiplier)
-    if backbone_dir is not None:
-        return PretrainedClassifier.from_config_dir(backbone_dir, num_classes, **kw)
-    model = PretrainedClassifier.from_pretrained(resolve_pretrained(m.path, m.allow_download, "model.path"),
-                                                 num_classes, allow_download=m.allow_download,
-                                                 trust_remote_code=m.trust_remote_code, **kw)
-    model.freeze(m.freeze)
-    return model
 
 
 def build_featurizer(cfg: RunConfig):
     """Token ids from a tokenizer, or weighted n-gram ids for the ngram_bag model."""
     m = cfg.model
-    if m.type == "ngram_bag":
+    if m.ngrams:
         from luban.data.ngrams import NgramFeaturizer
 
         return NgramFeaturizer(m.analyzer, m.ngram_range, m.weighting, m.min_df, m.lowercase, m.nb_alpha)
-    return build_encoder(cfg.preprocessing.tokenizer, m.path if m.type == "pretrained" else None,
+    return build_encoder(cfg.preprocessing.tokenizer, m.path if m.pretrained else None,
                          getattr(m, "trust_remote_code", False))
 
 
@@ -155,13 +129,11 @@ class TextClassificationTask(Task, _TextModelUser):
     main_metric = "accuracy"
 
     def prefers_bf16_on_cpu(self):
-        return self.cfg.model.type == "pretrained"
+        return self.cfg.model.pretrained
 
     def prepare(self, frames):
         cfg = self.cfg
         cols = cfg.data.columns
-        if cols.text is None or cols.label is None:
-            raise ConfigError("data.columns: text classification needs data.columns.text and data.columns.label")
         cleaned = {}
         for split, frame in frames.items():
             if frame is None:
@@ -180,7 +152,7 @@ class TextClassificationTask(Task, _TextModelUser):
         splits = split_labelled(cfg, cleaned)
         label_ids = {s: self.label_map.encode(f, self.label_col) for s, f in splits.items()}
         self.encoder = build_featurizer(cfg)
-        if cfg.model.type == "ngram_bag":
+        if cfg.model.ngrams:
             self.encoder.fit(list(splits["train"]["text"]), label_ids["train"])
         else:
             self.encoder.fit(list(splits["train"]["text"]))
@@ -247,7 +219,7 @@ class TextClassificationTask(Task, _TextModelUser):
     def save(self, folder, model):
         processor.save(folder, self.cfg.task, tokenizer=self.encoder, labels=self.label_map,
                        model={"vocab_size": self.encoder.vocab_size, "pad_id": self.pad_id})
-        if self.cfg.model.type == "pretrained":
+        if self.cfg.model.pretrained:
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
 
@@ -263,12 +235,12 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
         self.encoder = load_featurizer(saved["tokenizer"], folder)
         self.labels = LabelMap(saved["labels"])
         self.pad_id = meta["pad_id"]
-        backbone = str(folder / "backbone") if cfg.model.type == "pretrained" else None
+        backbone = str(folder / "backbone") if cfg.model.pretrained else None
         self.model = self.load_model(lambda: build_text_model(cfg, meta["vocab_size"], len(self.labels.labels),
                                                               self.pad_id, backbone))
 
     def export_hf(self, folder):
-        if self.cfg.model.type != "pretrained":
+        if not self.cfg.model.pretrained:
             return False
         from luban.models.hf_classifier import save_text_classifier
 

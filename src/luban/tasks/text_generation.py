@@ -42,6 +42,7 @@ from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.decoding import GenerationConfig, generate, step_events
 from luban.tasks.base import Batches, Task, read_frames, to_device
+from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
 from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, pair_logps,
                                        preference_metrics, split_logps)
@@ -53,21 +54,11 @@ SPLITS = ("train", "validation", "test")
 
 
 def data_mode(cfg: RunConfig) -> str:
-    """corpus (language modelling), sft (prompt/response or messages) or preference (chosen/rejected replies)."""
+    """corpus (language modelling), sft (prompt/response or messages) or preference (chosen/rejected replies); the
+    config's validation checked that the columns make one of them (luban.config._text_generation_checks)."""
     c = cfg.data.columns
-    if c.chosen is not None or c.rejected is not None:
-        if c.chosen is None or c.rejected is None:
-            raise ConfigError("data.columns: preference training needs both chosen and rejected")
-        if c.response is not None:
-            raise ConfigError("data.columns: preference data has chosen/rejected replies, not a response column")
-        if (c.prompt is None) == (c.messages is None):
-            raise ConfigError("data.columns: preference training needs the prompt column or the messages column "
-                              "(the conversation the replies answer), one of them")
+    if c.chosen is not None:
         return "preference"
-    if c.messages is not None and (c.prompt is not None or c.response is not None):
-        raise ConfigError("data.columns: give either messages or prompt + response, not both")
-    if (c.prompt is None) != (c.response is None):
-        raise ConfigError("data.columns: supervised fine-tuning needs both prompt and response")
     return "sft" if c.messages is not None or c.prompt is not None else "corpus"
 
 
@@ -333,16 +324,12 @@ def _hf_source(cfg: RunConfig) -> str:
 
 
 def build_gpt(cfg: RunConfig, vocab_size: int):
-    from luban.models.gpt import GPT, GPTSizes
+    return build_model(cfg.model, cfg.task, vocab_size=vocab_size)
 
-    m = cfg.model
-    return GPT(GPTSizes(vocab_size=vocab_size, block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head,
-                        n_embd=m.n_embd, dropout=m.dropout, bias=m.bias, positions=m.positions,
-                        tie_weights=m.tie_weights))
 
 
 def context_length(cfg: RunConfig, model=None) -> int:
-    if cfg.model.type == "gpt":
+    if not cfg.model.pretrained:
         return cfg.model.block_size
     limit = getattr(model, "max_context", None) or cfg.preprocessing.tokenizer.max_length
     return min(cfg.preprocessing.tokenizer.max_length, limit)
@@ -363,19 +350,12 @@ class TextGenerationTask(Task):
     def read_frames(self):
         self.kind = data_mode(self.cfg)
         self.sft, self.pref = self.kind != "corpus", self.kind == "preference"  # pref: sft's tables, paired
-        if self.pref and (self.cfg.model.type != "pretrained_lm" or self.cfg.model.finetune == "none"):
-            raise ConfigError("model: preference training starts from a pretrained causal LM (model.type: "
-                              "pretrained_lm with finetune lora or full); for a GPT trained with luban, export it "
-                              "first (luban export RUN --format hf) and point model.path at that folder")
         return read_frames(self.cfg) if self.sft else read_corpus_splits(self.cfg)
 
     def prepare(self, frames):
         cfg = self.cfg
         m = cfg.model
-        if m.type == "pretrained_lm" and m.base_dtype == "bfloat16" and m.finetune == "full":
-            raise ConfigError("model.base_dtype: bfloat16 base weights are for finetune lora or none "
-                              "(full fine-tuning keeps float32 master weights)")
-        source = _hf_source(cfg) if m.type == "pretrained_lm" else None
+        source = _hf_source(cfg) if m.pretrained else None
         self.source = source
         self.encoder = build_encoder(cfg.preprocessing.tokenizer, source,
                                      getattr(m, "trust_remote_code", False), specials=(BOS, EOS))
@@ -444,7 +424,7 @@ class TextGenerationTask(Task):
     def build_model(self):
         cfg, m = self.cfg, self.cfg.model
         self.base_metrics = None
-        if m.type == "gpt":
+        if not m.pretrained:
             return build_gpt(cfg, self.encoder.vocab_size)
         from luban.models.causal_lm import CausalLM, add_lora, load_hf_causal_lm
 
@@ -482,7 +462,7 @@ class TextGenerationTask(Task):
 
     def train_step(self):
         """A pretrained model with finetune: none is evaluated as is (no training loop)."""
-        if self.cfg.model.type == "pretrained_lm" and self.cfg.model.finetune == "none":
+        if self.cfg.model.pretrained and self.cfg.model.finetune == "none":
             return None
         return super().train_step()
 
@@ -546,7 +526,7 @@ class TextGenerationTask(Task):
             return {"name": "the pretrained model before " + ("preference training (the reference)" if self.pref
                                                               else "fine-tuning"),
                     **{s: {k: v for k, v in r.items() if k != "tokens"} for s, r in self.base_metrics.items()}}
-        if self.cfg.model.type != "gpt":
+        if self.cfg.model.pretrained:
             return None
         train = self._pairs("train")
         out = {}
@@ -565,7 +545,7 @@ class TextGenerationTask(Task):
 
     # saving ----------------------------------------------------------------------------------------------
     def save_weights(self, folder, model):
-        if self.cfg.model.type == "gpt":
+        if not self.cfg.model.pretrained:
             return super().save_weights(folder, model)
         model.export(folder / "hf", merge=self.cfg.model.merge_adapters)
         self.encoder.tok.save_pretrained(str(folder / "hf"))
@@ -621,7 +601,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
         saved = processor.load(folder)
         self.meta = meta = saved["model"]
         self.encoder = TextEncoder.from_state(saved["tokenizer"], folder, "tokenizer")
-        if cfg.model.type == "gpt":
+        if not cfg.model.pretrained:
             self.model = build_gpt(cfg, meta["vocab_size"])
             load_weights(self.model, folder)
             self.model.to(device).eval()
@@ -639,7 +619,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
     def export_hf(self, folder) -> bool:
         """A GPT trained from scratch as a Hugging Face GPT-2 (learned positions) or GPT-NeoX (RoPE) folder, model and
         tokenizer; runs of pretrained causal LMs already hold theirs in model/hf (False: nothing to write)."""
-        if self.cfg.model.type != "gpt":
+        if self.cfg.model.pretrained:
             return False
         from luban.models.gpt_hf import hf_tokenizer, to_hf
 

@@ -28,6 +28,7 @@ from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError
 from luban.evaluate.tagging import MostFrequentTag, tagging_metrics
 from luban.tasks.base import Batches, ExportSpec, Task, read_file, sample_rows, to_device
+from luban.models.registry import build_model
 
 PAD, UNK = "<pad>", "<unk>"
 HEAD = "tag_head.safetensors"  # the CRF transitions again, for runs that keep only an ONNX model (luban compress)
@@ -167,18 +168,9 @@ class _Tagging:
 
 
 def build_tagger(cfg: RunConfig, vocab_size: int, num_tags: int, pad_id: int, backbone_dir: str | None = None):
-    from luban.models.tagger import BiLSTMTagger, PretrainedTagger
+    return build_model(cfg.model, cfg.task, vocab_size=vocab_size, num_tags=num_tags, pad_id=pad_id,
+                       crf=cfg.tagging.crf, backbone_dir=backbone_dir)
 
-    m, crf = cfg.model, cfg.tagging.crf
-    if m.type == "bilstm_tagger":
-        return BiLSTMTagger(vocab_size, num_tags, pad_id, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout,
-                            crf, m.bigram_buckets, m.bigram_dim)
-    from luban.models.pretrained import backbone_from_config, load_backbone
-
-    if backbone_dir is not None:
-        return PretrainedTagger(backbone_from_config(backbone_dir), num_tags, m.dropout, crf)
-    source = resolve_pretrained(m.path, m.allow_download, "model.path")
-    return PretrainedTagger(load_backbone(source, m.allow_download, m.trust_remote_code), num_tags, m.dropout, crf)
 
 
 def _pretrained_tokenizer(source: str, allow_download: bool):
@@ -198,12 +190,10 @@ class TokenClassificationTask(Task, _Tagging):
     main_metric = "f1"
 
     def prefers_bf16_on_cpu(self):
-        return self.cfg.model.type == "pretrained"
+        return self.cfg.model.pretrained
 
     def prepare(self, frames):
         cfg, c = self.cfg, self.cfg.data.columns
-        if c.tokens is None or c.tags is None:
-            raise ConfigError("data.columns: token classification needs data.columns.tokens and data.columns.tags")
         sp = cfg.data.split
         splits = make_splits(frames, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
         self.seqs = {s: read_sequences(f, resolve_column(f, c.tokens, "tokens"), resolve_column(f, c.tags, "tags"))
@@ -220,7 +210,7 @@ class TokenClassificationTask(Task, _Tagging):
         single = sum(len(t) == 1 for q in self.seqs["train"] for t in q.tokens) / max(len(train_tags), 1)
         self.split = cfg.tagging.split if cfg.tagging.split != "auto" else "char" if single >= 0.9 else "whitespace"
         m, clean = cfg.model, cfg.data.clean
-        if m.type == "pretrained":
+        if m.pretrained:
             self.encoder = Subwords(_pretrained_tokenizer(resolve_pretrained(m.path, m.allow_download, "model.path"),
                                                           m.allow_download))
         else:

@@ -1,0 +1,33 @@
+"""The config of luban.models.ngram_bag (torch-free: validating a config imports no model code)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from luban.config_base import ModelSection
+from luban.models.registry import register_model
+
+
+@register_model(tasks=("text_classification",), builder="luban.models.ngram_bag:build")
+class NgramBagConfig(ModelSection):
+    """Bag of weighted n-grams: linear (NBSVM-style, embedding_dim 0) or fastText-style (embedding_dim > 0)."""
+
+    type: Literal["ngram_bag"] = "ngram_bag"
+    ngrams: ClassVar[bool] = True
+    analyzer: Literal["char", "word", "jieba"] = Field("char", description="n-grams of characters, "
+                                                      "whitespace words or jieba words")
+    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] = (1, 4)
+    weighting: Literal["nb", "tfidf", "binary"] = Field("nb", description="nb: Naive-Bayes log-count ratio")
+    min_df: int = Field(1, ge=1, description="drop n-grams seen in fewer training texts")
+    lowercase: bool = True
+    nb_alpha: float = Field(1.0, gt=0, description="smoothing of the Naive-Bayes counts")
+    embedding_dim: int = Field(0, ge=0, description="0: a linear model over the n-grams; N: fastText-style")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _range_ordered(self):
+        if self.ngram_range[0] > self.ngram_range[1]:
+            raise ValueError(f"ngram_range {list(self.ngram_range)}: the first must be <= the second")
+        return self
