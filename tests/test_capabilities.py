@@ -10,7 +10,8 @@ from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates,
                                 Predicts, Recommends, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
 from luban.predictor import Predictor
-from luban.tasks import _REGISTRY, task_classes
+from luban.config import TASKS
+from luban.tasks import task_classes
 
 EXPECTED = {
     "text_classification": {Predicts, Evaluates},
@@ -35,7 +36,7 @@ def test_each_task_predictor_declares_its_capabilities(task):
 
 
 def test_every_registered_task_is_covered():
-    assert {task_classes(t)[1] for t in _REGISTRY} == {task_classes(t)[1] for t in EXPECTED}
+    assert {task_classes(t)[1] for t in TASKS} == {task_classes(t)[1] for t in EXPECTED}
 
 
 class _Classifier(TaskPredictor, Predicts):

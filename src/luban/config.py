@@ -516,6 +516,9 @@ class TaskSpec:
     sections: tuple[str, ...] = ()  # task-only sections: recommendation, tagging
     metrics: tuple[str, ...] = tuple(CLASSIFICATION_METRICS)  # what trainer.early_stopping.metric may watch
     check: Callable[[Any], None] | None = None  # cross-section checks (raise ValueError naming the YAML path)
+    # "module:TaskClass:PredictorClass" (module under luban.tasks): the task's training and inference classes, imported
+    # by luban.tasks.task_classes only when a run trains or loads
+    code: str = ""
 
 
 _DECODING = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
@@ -529,30 +532,43 @@ _TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("l
 
 TASKS: dict[str, TaskSpec] = {
     "text_classification": TaskSpec(("text", "label", "id"), ("text", "label"), ("clean",),
-                                    ("tokenizer", "bucket_by_length")),
+                                    ("tokenizer", "bucket_by_length"),
+                                    code="text_classification:TextClassificationTask:TextClassificationPredictor"),
     "token_classification": TaskSpec(("tokens", "tags", "text", "id"), ("tokens", "tags"), ("clean",),
                                      ("tokenizer", "bucket_by_length"), sections=("tagging",),
-                                     metrics=("f1", "precision", "recall", "accuracy")),
-    "tabular_regression": TaskSpec(**_TABULAR, metrics=tuple(REGRESSION_METRICS)),
-    "tabular_classification": TaskSpec(**_TABULAR),
+                                     metrics=("f1", "precision", "recall", "accuracy"),
+                                     code="token_classification:TokenClassificationTask:TokenClassificationPredictor"),
+    "tabular_regression": TaskSpec(**_TABULAR, metrics=tuple(REGRESSION_METRICS),
+                                   code="tabular:TabularTask:TabularPredictor"),
+    "tabular_classification": TaskSpec(**_TABULAR,
+                                       code="tabular:TabularTask:TabularPredictor"),
     "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
-                                     ("image",), ("label_smoothing",), check=_image_checks),
+                                     ("image",), ("label_smoothing",), check=_image_checks,
+                                     code="image_classification:ImageClassificationTask:ImageClassificationPredictor"),
     "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
-                                 metrics=("map50", "map", "map75")),
+                                 metrics=("map50", "map", "map75"),
+                                 code="object_detection:ObjectDetectionTask:ObjectDetectionPredictor"),
     "image_generation": TaskSpec(("image", "label"), (), ("image_root", "skip_bad_files"), ("image",),
-                                 metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss")),
+                                 metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"),
+                                 code="image_generation:ImageGenerationTask:ImageGenerationPredictor"),
     "text_generation": TaskSpec(("text", "prompt", "response", "messages", "chosen", "rejected", "id"),
                                 preprocessing=("tokenizer",), trainer=("steps_per_epoch", "preference"),
                                 generation=_DECODING + ("sample_prompts", "sample_tokens"),
-                                metrics=("loss", "perplexity"), check=_text_generation_checks),
-    "translation": TaskSpec(**_SEQ2SEQ, generation=_DECODING, metrics=("bleu", "chrf", "loss")),
+                                metrics=("loss", "perplexity"), check=_text_generation_checks,
+                                code="text_generation:TextGenerationTask:TextGenerationPredictor"),
+    "translation": TaskSpec(**_SEQ2SEQ, generation=_DECODING, metrics=("bleu", "chrf", "loss"),
+                            code="seq2seq:Seq2SeqTask:Seq2SeqPredictor"),
     "summarization": TaskSpec(**_SEQ2SEQ, generation=_DECODING + ("lead_n",),
-                              metrics=("rouge_l", "rouge_1", "rouge_2", "loss")),
-    "speech_recognition": TaskSpec(("audio", "text", "id"), **_SPEECH, metrics=("cer", "wer", "exact_match", "loss")),
-    "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",)),
+                              metrics=("rouge_l", "rouge_1", "rouge_2", "loss"),
+                              code="seq2seq:Seq2SeqTask:Seq2SeqPredictor"),
+    "speech_recognition": TaskSpec(("audio", "text", "id"), **_SPEECH, metrics=("cer", "wer", "exact_match", "loss"),
+                                   code="speech:SpeechTask:SpeechPredictor"),
+    "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",),
+                                     code="speech:SpeechTask:SpeechPredictor"),
     "recommendation": TaskSpec(("user", "item", "rating", "timestamp"), sections=("recommendation",),
                                metrics=("ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"),
-                               check=_recommendation_checks),
+                               check=_recommendation_checks,
+                               code="recommendation:RecommendationTask:RecommendationPredictor"),
 }
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}

@@ -1,30 +1,15 @@
-"""One file per task. The registry maps a config's `task` to its training and inference classes."""
+"""One file per task. `config.TASKS` names each task's training and inference classes (TaskSpec.code); they are
+imported here only when a run trains or loads."""
 
 from __future__ import annotations
 
 import importlib
 
-_REGISTRY = {
-    "text_classification": ("luban.tasks.text_classification", "TextClassificationTask",
-                            "TextClassificationPredictor"),
-    "tabular_regression": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
-    "tabular_classification": ("luban.tasks.tabular", "TabularTask", "TabularPredictor"),
-    "image_classification": ("luban.tasks.image_classification", "ImageClassificationTask",
-                             "ImageClassificationPredictor"),
-    "object_detection": ("luban.tasks.object_detection", "ObjectDetectionTask", "ObjectDetectionPredictor"),
-    "image_generation": ("luban.tasks.image_generation", "ImageGenerationTask", "ImageGenerationPredictor"),
-    "translation": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
-    "summarization": ("luban.tasks.seq2seq", "Seq2SeqTask", "Seq2SeqPredictor"),
-    "text_generation": ("luban.tasks.text_generation", "TextGenerationTask", "TextGenerationPredictor"),
-    "speech_recognition": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
-    "audio_classification": ("luban.tasks.speech", "SpeechTask", "SpeechPredictor"),
-    "recommendation": ("luban.tasks.recommendation", "RecommendationTask", "RecommendationPredictor"),
-    "token_classification": ("luban.tasks.token_classification", "TokenClassificationTask",
-                             "TokenClassificationPredictor"),
-}
+from luban.config import TASKS
 
 
 def task_classes(name: str):
-    module, task, predictor = _REGISTRY[name]
-    mod = importlib.import_module(module)
+    """(Task class, TaskPredictor class) of task `name`."""
+    module, task, predictor = TASKS[name].code.split(":")
+    mod = importlib.import_module(f"luban.tasks.{module}")
     return getattr(mod, task), getattr(mod, predictor)
