@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     from luban.hub.cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from luban.kb.cli import add_parser as add_kb_parser
+
+    add_kb_parser(sub)
     return p
 
 
@@ -570,6 +573,7 @@ INTERRUPT_HINTS = {
     "compress": lambda a: "the compressed run was not finished: run the command again",
     "ensemble": lambda a: "the ensemble run was not finished: run the command again",
     "benchmark": lambda a: "the benchmark did not finish",
+    "kb": lambda a: "the knowledge base was left as it was (writes are atomic)",
 }
 
 
