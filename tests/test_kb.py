@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("bm25s")
-pytest.importorskip("usearch")
+pytest.importorskip("faiss")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kb_helpers import HashEncoder  # noqa: E402

@@ -3,7 +3,7 @@ built with one embedder and searched densely, lexically or both (reciprocal-rank
 
     KB/
       kb.json          format, version, the embedder (name, fingerprint, dim, ref), engine, chunking, sources
-      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.usearch from 20k chunks), bm25/
+      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.faiss from 20k chunks), bm25/
                        (engine pgvector: the vectors live in PostgreSQL, table kb_<id>)
 
 Writes are atomic: `build` writes a hidden sibling folder and renames it into place; `add` / `remove` write the
@@ -231,7 +231,7 @@ def _write_version(vdir: Path, chunks: list[dict], store, engine: str) -> None:
     with open(vdir / "chunks.jsonl", "w", encoding="utf-8") as f:
         for c in chunks:
             f.write(json.dumps(c, ensure_ascii=False) + "\n")
-    if engine == "usearch":
+    if engine == "faiss":
         store.save(vdir)
     BM25Index.build([c["text"] for c in chunks]).save(vdir / "bm25")
 

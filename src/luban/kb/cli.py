@@ -110,7 +110,7 @@ def add_parser(sub) -> None:
     b.add_argument("--chunk-tokens", type=int, help="the embedder's tokens per chunk (default 256)")
     b.add_argument("--overlap-tokens", type=int, help="tokens of whole sentences shared by neighbours (default 32)")
     b.add_argument("--text-column", help=".jsonl/.csv/.tsv: the column holding the text (default: text)")
-    b.add_argument("--engine", choices=["usearch", "pgvector"], help="vector store (default: usearch, embedded)")
+    b.add_argument("--engine", choices=["faiss", "pgvector"], help="vector store (default: faiss, embedded)")
     b.add_argument("--dsn", help="pgvector: a PostgreSQL URL (default: a local pgserver inside the KB)")
     b.add_argument("--min-score", type=float, help="grounded answers: the cosine below which the documents do not "
                    "answer (default 0.80)")

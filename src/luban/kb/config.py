@@ -7,7 +7,7 @@
       chunk_tokens: 256                # the embedder's tokens per chunk (at most)
       overlap_tokens: 32
       text_column: text                # .jsonl / .csv / .tsv
-      engine: usearch                  # or pgvector (PostgreSQL server; see docs/knowledge_base.md)
+      engine: faiss                    # or pgvector (PostgreSQL server; see docs/knowledge_base.md)
       min_score: 0.80                  # grounded answers: below this retrieval score the documents do not answer
 """
 
@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, model_validator
 from luban.config_base import Section
 from luban.errors import ConfigError
 
-ENGINES = ("usearch", "pgvector")
+ENGINES = ("faiss", "pgvector")
 
 
 class ChunkingConfig(Section):
@@ -42,7 +42,7 @@ class KBConfig(ChunkingConfig):
     embedder: str = Field(description="a text_embedding run, an HF encoder folder or a starter name")
     out: str = Field(description="the knowledge base folder to write")
     text_column: str = "text"
-    engine: Literal["usearch", "pgvector"] = "usearch"
+    engine: Literal["faiss", "pgvector"] = "faiss"
     dsn: str | None = Field(None, description="pgvector: a PostgreSQL URL; default: a local pgserver in KB/pg")
     min_score: float = Field(0.80, ge=-1, le=1, description="grounded answers: the best chunk's cosine below which "
                              "the documents do not answer")

@@ -1,11 +1,14 @@
-"""Dense vector stores behind one interface: the embedded default (usearch HNSW, one file, no server) and a real
+"""Dense vector stores behind one interface: the embedded default (FAISS inverted lists, no server) and a real
 server engine (PostgreSQL + pgvector, `luban.kb.pgvector`).
 
     store.add(ids, vectors); store.remove(ids); store.search(query_vector, k) -> (ids, cosine scores); len(store)
 
 Vectors are L2-normalized float32, so the inner product is the cosine. The embedded store keeps the exact vectors
-(vectors.npy, row-aligned with ids.npy) and, from ANN_MIN vectors on, an HNSW graph (ann.usearch) for search;
-below that an exact matrix product is faster than any graph (20k x 384 in ~2 ms).
+(vectors.npy, row-aligned with ids.npy) and, from ANN_MIN vectors on, a FAISS IVF-Flat index (ann.faiss: sqrt(n)
+k-means lists, NPROBE of them searched) for search; below that an exact matrix product is fast enough (20k x 384 in
+~2 ms). IVF over HNSW (usearch, FAISS HNSW) by measurement on this 2-core machine: an HNSW graph built 182 chunks/s
+(1M chunks: 1.5 hours), the inverted lists build in minutes at the same recall (benchmarks/kb_scale.py,
+docs/benchmarks.md). Chunks added later go into the trained lists; removals delete from them.
 """
 
 from __future__ import annotations
@@ -15,21 +18,30 @@ from pathlib import Path
 import numpy as np
 
 ANN_MIN = 20_000
-# HNSW settings measured in benchmarks/kb_scale.py (1M x 384: recall@10 vs exact >= 0.95 at p50 well under 20 ms)
-CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 128, 96
+NPROBE_FRACTION, NPROBE_MIN = 1 / 10, 32  # lists searched per query: 10% of them, at least 32
+TRAIN_PER_LIST = 40  # k-means training sample: 40 vectors per list
 
 
-def hnsw(dim: int):
-    from usearch.index import Index
+def ivf(vectors: np.ndarray, threads: int = 0):
+    """A FAISS IVF-Flat inner-product index trained on a sample of `vectors` (empty: add them next)."""
+    import faiss
 
-    return Index(ndim=dim, metric="ip", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD,
-                 expansion_search=EXPANSION_SEARCH)
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    n, dim = vectors.shape
+    nlist = int(max(16, min(4096, np.sqrt(n))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors if n <= nlist * TRAIN_PER_LIST else vectors[
+        np.random.default_rng(0).choice(n, nlist * TRAIN_PER_LIST, replace=False)]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.nprobe = max(NPROBE_MIN, int(nlist * NPROBE_FRACTION))
+    return index
 
 
 class EmbeddedStore:
-    """Exact vectors + an usearch HNSW index over them, saved as .npy files and one usearch file (no pickle)."""
+    """Exact vectors + a FAISS IVF index over them, saved as .npy files and FAISS's own index file (no pickle)."""
 
-    engine = "usearch"
+    engine = "faiss"
 
     def __init__(self, dim: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None, ann=None):
         self.dim = dim
@@ -45,21 +57,23 @@ class EmbeddedStore:
         self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
         self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors
         if self.ann is not None:
-            self.ann.add(np.asarray(ids, np.int64), vectors, threads=threads)
+            self.ann.add_with_ids(vectors, np.asarray(ids, np.int64))
         elif len(self) >= ANN_MIN:
             self.rebuild(threads)
 
     def remove(self, ids) -> None:
-        keep = ~np.isin(self.ids, np.asarray(list(ids), np.int64))
+        gone = np.asarray(list(ids), np.int64)
+        keep = ~np.isin(self.ids, gone)
         self.ids, self.vectors = self.ids[keep], self.vectors[keep]
-        self.ann = None
-        if len(self) >= ANN_MIN:
-            self.rebuild()
+        if self.ann is not None:
+            self.ann.remove_ids(gone)
+            if len(self) < ANN_MIN:
+                self.ann = None
 
     def rebuild(self, threads: int = 0) -> None:
-        self.ann = hnsw(self.dim)
-        if len(self):
-            self.ann.add(self.ids, self.vectors, threads=threads)
+        self.ann = ivf(self.vectors, threads) if len(self) else None
+        if self.ann is not None:
+            self.ann.add_with_ids(self.vectors, self.ids)
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self))
@@ -67,9 +81,9 @@ class EmbeddedStore:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = np.asarray(q, np.float32).reshape(-1)
         if self.ann is not None:
-            m = self.ann.search(q, k)
-            # usearch's "ip" distance is 1 - inner product
-            return np.asarray(m.keys, np.int64), (1.0 - np.asarray(m.distances, np.float32))
+            scores, ids = self.ann.search(q[None], k)
+            found = ids[0] >= 0  # fewer than k in the lists probed: FAISS pads with -1
+            return ids[0][found].astype(np.int64), scores[0][found].astype(np.float32)
         s = self.vectors @ q
         top = np.argpartition(-s, k - 1)[:k]
         top = top[np.argsort(-s[top], kind="stable")]
@@ -86,14 +100,17 @@ class EmbeddedStore:
         np.save(folder / "ids.npy", self.ids, allow_pickle=False)
         np.save(folder / "vectors.npy", self.vectors, allow_pickle=False)
         if self.ann is not None:
-            self.ann.save(str(folder / "ann.usearch"))
+            import faiss
+
+            faiss.write_index(self.ann, str(folder / "ann.faiss"))
 
     @classmethod
     def load(cls, folder: Path, dim: int) -> EmbeddedStore:
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         ann = None
-        if (folder / "ann.usearch").is_file():
-            ann = hnsw(dim)
-            ann.load(str(folder / "ann.usearch"))
+        if (folder / "ann.faiss").is_file():
+            import faiss
+
+            ann = faiss.read_index(str(folder / "ann.faiss"))
         return cls(dim, ids, vectors, ann)
