@@ -268,9 +268,10 @@ def build(cfg, encoder) -> Path:
             "created": _now(), "updated": _now()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    store = None
     try:
         tmp.mkdir()
-        store = _new_store(meta, tmp)
+        store = _new_store(meta)
         store.add(ids, vectors)
         _write_version(tmp / "v1", chunks, store, cfg.engine)
         _write_meta(tmp, meta)
@@ -282,34 +283,36 @@ def build(cfg, encoder) -> Path:
             os.rename(out, old)
         os.rename(tmp, out)
         if old is not None:
-            _drop_store(old)
+            _drop_table(old)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        _drop_store(tmp, rollback=True)
+        if store is not None and cfg.engine == "pgvector":
+            store.drop()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _new_store(meta: dict, folder: Path):
+def _new_store(meta: dict):
     if meta["engine"] == "pgvector":
         from luban.kb.pgvector import PgVectorStore
 
-        return PgVectorStore.create(meta, folder)
+        return PgVectorStore.create(meta)
     from luban.kb.vectors import EmbeddedStore
 
     return EmbeddedStore(int(meta["embedder"]["dim"]))
 
 
-def _drop_store(folder: Path, rollback: bool = False) -> None:
-    """A pgvector KB's table is dropped with it (a failed build: its transaction rolled back)."""
-    if (folder / META).is_file() or rollback:
-        try:
-            from luban.kb.pgvector import forget
+def _drop_table(folder: Path) -> None:
+    """A replaced pgvector knowledge base's table goes with it."""
+    try:
+        meta = read_meta(folder)
+    except RunError:
+        return
+    if meta.get("engine") == "pgvector":
+        from luban.kb.pgvector import PgVectorStore
 
-            forget(folder, rollback)
-        except ImportError:
-            pass
+        PgVectorStore.open(meta, folder).drop()
 
 
 def _next_version(kb: KnowledgeBase, chunks: list[dict], meta: dict, change) -> None:
