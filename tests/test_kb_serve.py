@@ -90,3 +90,43 @@ def test_ask_with_an_hf_folder(kb_dir, tiny_llama_chat, monkeypatch, capsys):
     assert main(["ask", str(kb_dir), "x", "--model", str(kb_dir)]) == 2
     assert "neither a luban run nor a Hugging Face model folder" in capsys.readouterr().err
     assert main(["serve", "run", "--kb", str(kb_dir / "missing")]) == 2
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
+def test_playground_shows_clickable_sources(kb_dir, lm_run, monkeypatch, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    import os
+
+    from test_serve import running
+
+    from luban.serve.app import create_app
+    from luban.serve.settings import ServeSettings
+
+    monkeypatch.setattr(kb_cli, "load_encoder", lambda ref: HashEncoder())
+    app = create_app(settings=ServeSettings(runs=[str(lm_run)], kb=str(kb_dir), kb_k=2, host="127.0.0.1"))
+    with running(app) as (host, port):
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"http://{host}:{port}/")
+            page.wait_for_selector("body[data-ready='1']")
+            chat = page.locator("#model-lm")
+            chat.locator("textarea").fill("the cat on the mat?")
+            chat.locator("button", has_text="Send").click()
+            page.wait_for_selector("#model-lm .usage:has-text('tokens')", timeout=30000)
+            sources = chat.locator(".sources details")
+            assert sources.count() >= 1
+            assert "faq.txt" in sources.first.locator("summary").inner_text()
+            assert not sources.first.evaluate("d => d.open")
+            marker = chat.locator("a.marker")
+            if marker.count():
+                marker.first.click()  # the answer's [n] opens its source
+            else:
+                sources.first.locator("summary").click()
+            assert chat.locator(".sources details[open] blockquote").first.inner_text().strip()
+            shot = os.environ.get("LUBAN_KB_SCREENSHOT")
+            page.screenshot(path=shot or str(tmp_path / "kb_playground.png"), full_page=True)
+            browser.close()
