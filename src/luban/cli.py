@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     from luban.hub.cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from luban.embedding.cli import add_parser as add_embed_parser
+
+    add_embed_parser(sub)
     return p
 
 
@@ -563,6 +566,7 @@ INTERRUPT_HINTS = {
     "cv": lambda a: f"the folds are not resumable: run `luban cv {a.config}` again",
     "evaluate": lambda a: "no metrics were written" if not a.output else f"{a.output} was not written",
     "predict": _output_hint,
+    "embed": _output_hint,
     "transcribe": _output_hint,
     "recommend": _output_hint,
     "serve": lambda a: "the server stopped",
