@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
     bm.set_defaults(fn=_cmd_benchmark)
     s = sub.add_parser("serve", help="serve trained runs: REST + OpenAI-compatible API, web playground")
-    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder)")
+    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder); an "
+                   "encoder folder or starter name (starter-e5-small) serves /v1/embeddings")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")

@@ -20,6 +20,12 @@ from luban.models.pooling import masked_mean
 from luban.models.pretrained import LayeredBackbone, load_backbone
 
 
+def _quiet() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per load
+
+
 def load_tokenizer(folder: str | Path):
     from transformers import AutoTokenizer
 
@@ -48,6 +54,7 @@ class SentenceEncoder(LayeredBackbone, nn.Module):
     @classmethod
     def from_folder(cls, folder: str | Path, pooling: str = "mean", normalize: bool = True,
                     trust_remote_code: bool = False) -> "SentenceEncoder":
+        _quiet()
         return cls(load_backbone(str(folder), trust_remote_code=trust_remote_code), pooling, normalize)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -96,6 +103,7 @@ def build(cfg, *, spec, **_) -> SentenceEncoder:
     source = resolve_pretrained(cfg.path, cfg.allow_download, "model.path")
     if not cfg.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet()
     model = SentenceEncoder(load_backbone(source, cfg.allow_download, cfg.trust_remote_code), spec.pooling,
                             spec.normalize)
     model.freeze(cfg.freeze)
