@@ -512,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     from luban.embedding.cli import add_parser as add_embed_parser
 
     add_embed_parser(sub)
+    from luban.kb.cli import add_parser as add_kb_parser
+
+    add_kb_parser(sub)
     return p
 
 
@@ -575,6 +578,7 @@ INTERRUPT_HINTS = {
     "compress": lambda a: "the compressed run was not finished: run the command again",
     "ensemble": lambda a: "the ensemble run was not finished: run the command again",
     "benchmark": lambda a: "the benchmark did not finish",
+    "kb": lambda a: "the knowledge base was left as it was (writes are atomic)",
 }
 
 

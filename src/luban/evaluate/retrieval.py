@@ -5,7 +5,7 @@ are the relevant ones. Recall@K, NDCG@K and MRR are luban.evaluate.ranking's (th
 definitions): recall@1 with one gold passage is the share of queries whose first hit is right.
 
     dense_scores(q_vecs, p_vecs)          cosine (the vectors are unit length)
-    bm25_scores(passages, queries)        BM25 over jieba words / lowercased words (luban.kb.lexical when present)
+    bm25_scores(passages, queries)        BM25 over jieba words / lowercased words (luban.kb.lexical)
     rrf(score matrices, k=60)             reciprocal-rank fusion (hybrid): sum of 1 / (k + rank) over the rankers
     retrieval_metrics(scores, gold)       {"recall_at_1", "recall_at_10", "mrr", "ndcg_at_10", "queries", "passages"}
 """
@@ -24,40 +24,10 @@ def dense_scores(q: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def bm25_scores(passages: list[str], queries: list[str]) -> np.ndarray:
     """[queries, passages] BM25 scores (jieba words where the text has Chinese, else lowercased \\w+ words)."""
-    try:
-        from luban.kb.lexical import BM25Index
-    except ImportError:  # before the knowledge base's lexical index: bm25s over the same words
-        return _bm25s_scores(passages, queries)
+    from luban.kb.lexical import BM25Index
+
     index = BM25Index.build(list(passages))
     return np.stack([index.scores(q) for q in queries]) if queries else np.zeros((0, len(passages)), np.float32)
-
-
-def _words(text: str) -> list[str]:
-    import re
-
-    import jieba
-
-    text = text.lower()
-    if re.search(r"[\u3400-\u9fff]", text):
-        return [w for w in jieba.lcut_for_search(text) if re.fullmatch(r"\w+", w)]
-    return re.findall(r"\w+", text)
-
-
-def _bm25s_scores(passages: list[str], queries: list[str]) -> np.ndarray:
-    import logging
-
-    import bm25s
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    r = bm25s.BM25(method="lucene")
-    r.index([_words(p) or ["\x00"] for p in passages], show_progress=False)
-    out = np.zeros((len(queries), len(passages)), np.float32)
-    for i, q in enumerate(queries):
-        words = [w for w in _words(q) if w in r.vocab_dict]
-        if words:
-            out[i] = r.get_scores(words)
-    return out
 
 
 def ranks_of(scores: np.ndarray) -> np.ndarray:
