@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
     bm.set_defaults(fn=_cmd_benchmark)
     s = sub.add_parser("serve", help="serve trained runs: REST + OpenAI-compatible API, web playground")
-    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder)")
+    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder); an "
+                   "encoder folder or starter name (starter-e5-small) serves /v1/embeddings")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
@@ -515,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     from luban.hub.cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from luban.embedding.cli import add_parser as add_embed_parser
+
+    add_embed_parser(sub)
     from luban.kb.cli import add_parser as add_kb_parser
 
     add_kb_parser(sub)
@@ -581,6 +585,7 @@ INTERRUPT_HINTS = {
     "cv": lambda a: f"the folds are not resumable: run `luban cv {a.config}` again",
     "evaluate": lambda a: "no metrics were written" if not a.output else f"{a.output} was not written",
     "predict": _output_hint,
+    "embed": _output_hint,
     "transcribe": _output_hint,
     "recommend": _output_hint,
     "serve": lambda a: "the server stopped",
