@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def engine_name() -> str:
     from luban.kb import vectors
 
-    return (f"faiss IVF-Flat (sqrt(n) lists, nprobe {vectors.NPROBE_FRACTION:.0%} of them, min "
-            f"{vectors.NPROBE_MIN})")
+    return (f"faiss IVF-Flat ({vectors.LISTS_PER_SQRT} sqrt(n) lists, nprobe {vectors.NPROBE_FRACTION:.1%} of "
+            f"them, min {vectors.NPROBE_MIN})")
 
 
 LATENT = 48
