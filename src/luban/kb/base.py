@@ -205,13 +205,8 @@ def read_chunks(paths: list[str], text_column: str, chunk_tokens: int, overlap_t
     return out
 
 
-def embed_passages(encoder, texts: list[str], batch_size: int = 32, ray: bool = False) -> np.ndarray:
-    """Passage vectors (float32, L2-normalized) with a progress bar and ETA; ray=True maps the batches over Ray
-    Data (luban.kb.distributed) for corpora larger than one machine embeds in time."""
-    if ray:
-        from luban.kb.distributed import ray_embed
-
-        return ray_embed(encoder, texts, batch_size)
+def embed_passages(encoder, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Passage vectors (float32, L2-normalized) with a progress bar and ETA."""
     from luban.training.progress import stage
 
     dim = int(encoder.dim)
@@ -257,7 +252,7 @@ def build(cfg, encoder) -> Path:
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out}: exists; pass --overwrite to replace it (or `luban kb add {out} DOCS...`)")
     chunks = read_chunks(cfg.docs, cfg.text_column, cfg.chunk_tokens, cfg.overlap_tokens, encoder, 0)
-    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size, cfg.ray)
+    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size)
     ids = np.array([c["id"] for c in chunks], np.int64)
     meta = {"format": FORMAT, "id": uuid.uuid4().hex[:12], "version": 1, "luban_version": __version__,
             "embedder": {"name": encoder.name, "fingerprint": encoder.fingerprint, "dim": int(encoder.dim),
@@ -340,14 +335,14 @@ def _next_version(kb: KnowledgeBase, chunks: list[dict], meta: dict, change) -> 
     kb.meta = meta
 
 
-def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32, ray: bool = False) -> dict:
+def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32) -> dict:
     """Index more documents into a knowledge base (only the new chunks are embedded)."""
     kb = KnowledgeBase.open(folder)
     check_encoder(kb.meta, encoder, str(folder))
     meta = dict(kb.meta)
     new = read_chunks(docs, meta["text_column"], meta["chunking"]["chunk_tokens"],
                       meta["chunking"]["overlap_tokens"], encoder, meta["next_id"], set(meta["sources"]))
-    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size, ray)
+    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size)
     meta["next_id"] = meta["next_id"] + len(new)
     _next_version(kb, kb.chunks + new, meta,
                   lambda store: store.add(np.array([c["id"] for c in new], np.int64), vectors))
