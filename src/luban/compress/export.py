@@ -242,6 +242,13 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
         require_onnxruntime()
     run = check_finished(run_dir)
     cfg = run_config(run)
+    if cfg.task == "text_embedding":  # an encoder: fp32 + int8 ONNX with a cosine check (luban.embedding.export)
+        if fmt != "onnx":
+            raise ExportError("a text_embedding run exports as --format onnx (its model/encoder/ is already a "
+                              "Hugging Face folder)")
+        from luban.embedding.export import export_encoder_onnx
+
+        return export_encoder_onnx(run, quiet=quiet)
     t0 = time.perf_counter()
     from luban.tasks import task_classes
 
