@@ -106,11 +106,12 @@ def csl(a, out: Path) -> dict:
                                           f"model.path={a.model}", f"model.max_length={a.max_length}",
                                           f"trainer.epochs={a.epochs}", "evaluation.baseline=false",
                                           f"output.dir={out}", "output.name=finetuned", "output.tensorboard=false",
-                                          "output.overwrite=true"] + a.set)
+                                          "output.overwrite=true"]
+                          + ([f"data.train_limit={a.train_limit}"] if a.train_limit else []) + a.set)
         res["finetune_seconds"] = round(time.perf_counter() - t0, 1)
         res["load_finetune"] = load()
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    res.update({"train_pairs": m["data"]["splits"]["train"], "epochs": m["epochs_run"],
+    res.update({"train_pairs": m["data"]["splits"]["train"], "epochs": m["epochs_run"], "overrides": a.set,
                 "train_seconds": m["timings"]["train_seconds"],
                 "run_validation_mrr": round(m["validation"]["mrr"], 4)})
     tuned = load_encoder(run)
@@ -160,6 +161,8 @@ def main():
     ap.add_argument("--run-test-rows", type=int, default=100, help="csl: test rows of the fine-tuning run's own "
                     "test evaluation")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--train-limit", type=int, default=None, help="csl: fine-tune on the first N dev pairs only "
+                    "(default: all 1,000; a loaded CPU may need fewer)")
     ap.add_argument("--batch-size", type=int, default=32, help="texts per forward pass when embedding")
     ap.add_argument("--pairs", type=int, default=2000, help="cmn-eng: sentence pairs")
     ap.add_argument("--skip-finetune", action="store_true")
