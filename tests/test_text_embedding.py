@@ -144,3 +144,29 @@ def test_luban_embed_writes_row_aligned_vectors(trained, tiny_bert, tmp_path, ca
     assert main(["embed", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "no such run, encoder folder or starter" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_onnx_export_matches_torch_by_cosine(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    run = tmp_path / "emb"
+    shutil.copytree(trained, run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    meta = json.loads((run / "model" / "encoder" / "onnx" / "export.json").read_text(encoding="utf-8"))
+    assert meta["backends"]["onnx"]["min_cosine"] >= 0.999 and meta["backends"]["onnx-int8"]["min_cosine"] >= 0.98
+    listed = {f["path"] for f in json.loads((run / "manifest.json").read_text())["files"]}
+    assert "model/encoder/onnx/encoder.onnx" in listed
+    texts = ["good movie", "the phone was very bad today"]
+    ref = load_encoder(run).encode(texts, "query")
+    onnx = load_encoder(run, backend="auto")  # the export is there: onnxruntime
+    assert onnx.backend == "onnx" and onnx.fingerprint == load_encoder(run).fingerprint
+    assert np.allclose(onnx.encode(texts, "query"), ref, atol=1e-4)
+    int8 = load_encoder(run, backend="onnx-int8")
+    assert int8.fingerprint != onnx.fingerprint and (int8.encode(texts) * ref).sum(1).min() > 0.98
+    out = tmp_path / "v.npy"
+    src = tmp_path / "t.txt"
+    src.write_text("good movie\nthe phone was very bad today\n", encoding="utf-8")
+    assert main(["embed", str(run), "--input", str(src), "--output", str(out), "--kind", "query",
+                 "--backend", "onnx"]) == 0
+    assert np.allclose(np.load(out), ref, atol=1e-4)

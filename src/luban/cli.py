@@ -228,7 +228,17 @@ def _cmd_similar_items(a):
 
 def _cmd_export(a):
     from luban.compress.export import export_run
+    from luban.predictor import _run_task
 
+    if _run_task(a.run) == "text_embedding":  # fp32 + int8 ONNX of the encoder, checked by cosine
+        from luban.embedding.export import export_encoder_onnx
+        from luban.errors import LubanError
+
+        if a.format != "onnx":
+            raise LubanError("a text_embedding run exports as --format onnx (its model/encoder/ is already a "
+                             "Hugging Face folder)")
+        export_encoder_onnx(a.run)
+        return
     export_run(a.run, a.format, opset=a.opset, dynamic_axes=a.dynamic_axes, samples=a.samples)
 
 

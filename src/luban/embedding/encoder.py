@@ -435,7 +435,7 @@ class OnnxEncoder(Encoder):
     def _load(self) -> None:
         import json
 
-        path = onnx_file(self.folder, self.quantized)
+        path = getattr(self, "onnx_path", None) or onnx_file(self.folder, self.quantized)
         if not path.is_file():
             raise ConfigError(f"{path}: no ONNX export of this encoder; write one with `luban export "
                               f"{self.run or self.folder} --format onnx`")

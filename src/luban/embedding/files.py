@@ -21,11 +21,9 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".jsonl": "js
 
 
 def output_kind(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise LubanError(f"--output {path}: cannot tell the format from {suffix or 'a name without an extension'}; "
-                         "use .parquet, .npy or .jsonl")
-    return FORMATS[suffix]
+    from luban.lifecycle.predict_file import output_format
+
+    return output_format(path, FORMATS, ".parquet, .npy or .jsonl")
 
 
 class VectorWriter:

@@ -11,7 +11,6 @@ float32); `dimensions` below the model's keeps the first N values renormalized t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Literal
 
@@ -20,11 +19,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from luban.errors import LubanError
 from luban.serve import limits
 from luban.serve.auth import require_key
-from luban.serve.batching import QueueFull
-from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
+from luban.serve.errors import bad_request
 from luban.serve.models import Registry, registry
 
 router = APIRouter(dependencies=[Depends(require_key)], tags=["OpenAI-compatible"])
@@ -75,18 +72,7 @@ async def embeddings(req: EmbeddingRequest, reg: Registry = Depends(registry)):
     if req.dimensions is not None and req.dimensions > dim:
         raise bad_request(f"dimensions = {req.dimensions} is over the model's {dim}", "dimensions",
                           "invalid_dimensions")
-    try:
-        results, batch = await asyncio.wait_for(m.batcher.submit(texts, {"kind": KIND[req.input_type]}),
-                                                s.request_timeout)
-    except QueueFull as e:
-        reg.metrics.rejected.labels(m.name).inc()
-        raise overloaded(f"model {m.name!r} is busy ({e.depth} inputs waiting); retry shortly",
-                         int(e.retry_after + 0.999)) from None
-    except asyncio.TimeoutError:
-        raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
-                       "timeout") from None
-    except (LubanError,) + INPUT_ERRORS as e:
-        raise client_error(e, "input") from None
+    results, batch = await m.batched(texts, {"kind": KIND[req.input_type]}, "input")
     data = [{"object": "embedding", "index": i,
              "embedding": _vector(np.asarray(r["embedding"], np.float32), req.dimensions, req.encoding_format)}
             for i, r in enumerate(results)]

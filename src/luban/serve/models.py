@@ -21,8 +21,9 @@ from pathlib import Path
 from fastapi import Request
 
 from luban.capabilities import Chats, DecodesTogether, Embeds, GeneratesImages, GeneratesText, Predicts, Recommends
-from luban.serve.batching import MicroBatcher
-from luban.serve.errors import ApiError, bad_request, overloaded
+from luban.errors import LubanError
+from luban.serve.batching import MicroBatcher, QueueFull
+from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
 from luban.serve.generation import GenerationScheduler
 from luban.serve.metrics import Metrics
 from luban.serve.settings import ServeSettings
@@ -116,6 +117,22 @@ class ServedModel:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             raise ApiError(504, f"the request took longer than {timeout:g} s", "timeout", None, "timeout") from None
+
+    async def batched(self, inputs: list, options: dict, param: str) -> tuple[list, int]:
+        """`inputs` through the micro-batcher with other requests' (the results and the forward pass's size), the
+        queue, timeout and input errors turned into the API's (503, 504, 422 naming `param`)."""
+        s = self.settings
+        try:
+            return await asyncio.wait_for(self.batcher.submit(inputs, options), s.request_timeout)
+        except QueueFull as e:
+            self.metrics.rejected.labels(self.name).inc()
+            raise overloaded(f"model {self.name!r} is busy ({e.depth} inputs waiting); retry shortly",
+                             int(e.retry_after + 0.999)) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
+                           "timeout") from None
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise client_error(e, param) from None
 
     def _call_done(self, _) -> None:
         self.calls -= 1

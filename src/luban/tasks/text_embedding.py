@@ -31,7 +31,7 @@ from luban.capabilities import Embeds, Evaluates, Predicts, TaskPredictor
 from luban.data.batching import pad_ids
 from luban.data.cleaning import clean_text_pairs, normalize_inputs
 from luban.data.readers import LINE, read_table, resolve_column
-from luban.embedding.encoder import ENCODER_DIR, SPEC_PART, Encoder, EmbeddingSpec, Resolved, detect_spec
+from luban.embedding.encoder import ENCODER_DIR, SPEC_PART, Encoder, EmbeddingSpec, detect_spec
 from luban.errors import ConfigError, DataError
 from luban.evaluate.retrieval import METRICS, bm25_scores, dense_scores, retrieval_metrics
 from luban.models.registry import build_model
@@ -372,7 +372,10 @@ class TextEmbeddingPredictor(TaskPredictor, _EmbeddingUser, Predicts, Evaluates,
         return text_problem(x, self.cfg.data.clean)
 
     def predict(self, inputs, kind: str = "query") -> list[dict]:
-        texts = normalize_inputs(inputs, self.cfg.data.clean)
+        # checked (an empty text is refused) but embedded as given: the vectors are Encoder.encode's exactly, the
+        # same a knowledge base or the Python API gets for the text (the model's tokenizer normalizes)
+        normalize_inputs(inputs, self.cfg.data.clean)
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts:
             return []
         ids = self._encoder.token_ids(texts, kind)
