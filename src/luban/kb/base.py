@@ -3,7 +3,7 @@ built with one embedder and searched densely, lexically or both (reciprocal-rank
 
     KB/
       kb.json          format, version, the embedder (name, fingerprint, dim, ref), engine, chunking, sources
-      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.faiss from 20k chunks), bm25/
+      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.faiss from 50k chunks), bm25/
                        (engine pgvector: the vectors live in PostgreSQL, table kb_<id>)
 
 Writes are atomic: `build` writes a hidden sibling folder and renames it into place; `add` / `remove` write the
