@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates, GeneratesImages, GeneratesText,
-                                Predicts, Recommends, StreamsTokens, TaskPredictor)
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
+                                GeneratesText, Predicts, Recommends, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
 from luban.predictor import Predictor
 from luban.config import TASKS
@@ -24,6 +24,7 @@ EXPECTED = {
     "speech_recognition": {Predicts, Evaluates},
     "recommendation": {Predicts, Evaluates, Recommends},
     "token_classification": {Predicts, Evaluates},
+    "text_embedding": {Predicts, Evaluates, Embeds},
 }
 
 

@@ -178,7 +178,21 @@ class GeneratesImages(ABC):
                  ncols: int | None = None) -> dict: ...
 
 
+class Embeds(ABC):
+    """Texts -> unit vectors (luban.embedding.Encoder's contract): a text_embedding run, or an encoder folder /
+    starter name loaded as a model. `kind` picks the model's own prefix ("query" or "passage")."""
+
+    @abstractmethod
+    def embed(self, texts: list[str], kind: str = "query", batch_size: int | None = None,
+              progress: bool = False):
+        """float32 array (len(texts), dim), rows L2-normalized, row i for texts[i]."""
+
+    @abstractmethod
+    def encoder(self):
+        """The luban.embedding.Encoder behind it (dim, name, fingerprint, info(), count_tokens)."""
+
+
 # every capability a run may have, by the name capabilities() and the server use
 CAPABILITIES: dict[str, type] = {"predict": Predicts, "evaluate": Evaluates, "generate_text": GeneratesText,
                                  "chat": Chats, "stream_events": StreamsTokens, "batch_events": DecodesTogether,
-                                 "recommend": Recommends, "generate_images": GeneratesImages}
+                                 "recommend": Recommends, "generate_images": GeneratesImages, "embed": Embeds}

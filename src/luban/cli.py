@@ -228,7 +228,17 @@ def _cmd_similar_items(a):
 
 def _cmd_export(a):
     from luban.compress.export import export_run
+    from luban.predictor import _run_task
 
+    if _run_task(a.run) == "text_embedding":  # fp32 + int8 ONNX of the encoder, checked by cosine
+        from luban.embedding.export import export_encoder_onnx
+        from luban.errors import LubanError
+
+        if a.format != "onnx":
+            raise LubanError("a text_embedding run exports as --format onnx (its model/encoder/ is already a "
+                             "Hugging Face folder)")
+        export_encoder_onnx(a.run)
+        return
     export_run(a.run, a.format, opset=a.opset, dynamic_axes=a.dynamic_axes, samples=a.samples)
 
 
@@ -279,7 +289,8 @@ def _cmd_serve(a):
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
-        max_connections=a.max_connections).check()  # a bad limit is an error before anything loads
+        max_connections=a.max_connections, kb=a.kb, kb_k=a.kb_k, kb_mode=a.kb_mode,
+        kb_min_score=a.kb_min_score).check()  # a bad limit is an error before anything loads
     serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
@@ -459,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
     bm.set_defaults(fn=_cmd_benchmark)
     s = sub.add_parser("serve", help="serve trained runs: REST + OpenAI-compatible API, web playground")
-    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder)")
+    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder); an "
+                   "encoder folder or starter name (starter-e5-small) serves /v1/embeddings")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
@@ -504,10 +516,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections and requests at once; more get 503")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
+    s.add_argument("--kb", metavar="KB", help="answer chat completions from this knowledge base (`luban kb build`), "
+                   "with citations")
+    s.add_argument("--kb-k", type=int, default=4, help="--kb: chunks retrieved per question")
+    s.add_argument("--kb-mode", choices=["dense", "lexical", "hybrid"], default="hybrid")
+    s.add_argument("--kb-min-score", type=float, default=None,
+                   help="--kb: below this best cosine the answer is that the documents do not say (default: the KB's)")
     s.set_defaults(fn=_cmd_serve)
     from luban.hub.cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from luban.embedding.cli import add_parser as add_embed_parser
+
+    add_embed_parser(sub)
+    from luban.kb.cli import add_parser as add_kb_parser
+
+    add_kb_parser(sub)
     return p
 
 
@@ -528,7 +552,15 @@ PREFLIGHT = {
     "export": lambda a: _preflight().check_runs([a.run]),
     "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
     "ensemble": lambda a: _preflight().check_runs(a.runs),
+    "serve": lambda a: _kb_preflight(a.kb),
 }
+
+
+def _kb_preflight(kb):
+    if kb:  # a missing or damaged knowledge base fails before the models load
+        from luban.kb.base import read_meta
+
+        read_meta(kb)
 
 
 def _preflight():
@@ -563,6 +595,7 @@ INTERRUPT_HINTS = {
     "cv": lambda a: f"the folds are not resumable: run `luban cv {a.config}` again",
     "evaluate": lambda a: "no metrics were written" if not a.output else f"{a.output} was not written",
     "predict": _output_hint,
+    "embed": _output_hint,
     "transcribe": _output_hint,
     "recommend": _output_hint,
     "serve": lambda a: "the server stopped",
@@ -570,6 +603,7 @@ INTERRUPT_HINTS = {
     "compress": lambda a: "the compressed run was not finished: run the command again",
     "ensemble": lambda a: "the ensemble run was not finished: run the command again",
     "benchmark": lambda a: "the benchmark did not finish",
+    "kb": lambda a: "the knowledge base was left as it was (writes are atomic)",
 }
 
 

@@ -53,6 +53,10 @@ class ColumnsConfig(Section):
                                      "binarized with recommendation.rating_threshold)")
     timestamp: ColumnRef | None = Field(None, description="recommendation: the time column (unix seconds or a "
                                         "date); orders each user's history")
+    query: ColumnRef | None = Field(None, description="text embedding: the query (question, title) column")
+    positive: ColumnRef | None = Field(None, description="text embedding: the passage that answers the query")
+    negative: ColumnRef | None = Field(None, description="text embedding: an optional hard negative passage (looks "
+                                       "related, does not answer)")
     id: ColumnRef | None = Field(None, description="a row id column: luban predict copies it into each output row "
                                  "(default: the 0-based row number)")
 
@@ -415,6 +419,20 @@ class TaggingConfig(Section):
         "one tag per token (e.g. part of speech); auto: found from the training tags")
 
 
+class EmbeddingConfig(Section):
+    """Text embedding (text_embedding): the contrastive loss and the retrieval evaluation."""
+
+    temperature: float = Field(0.05, gt=0, le=1, description="softmax temperature of the in-batch-negatives loss "
+                               "(sentence-transformers' MultipleNegativesRankingLoss scale 20 = 0.05)")
+    symmetric: bool = Field(False, description="also train passage -> query (each positive picks its query among "
+                            "the batch's queries), as in CLIP")
+    corpus: Path | None = Field(None, description="more passages for evaluation to retrieve among (distractors "
+                                "besides the held-out positives): .txt one per line, or a csv/tsv/jsonl/parquet "
+                                "file with corpus_column")
+    corpus_column: ColumnRef = Field("text", description="the passage column of the corpus file")
+    batch_size: int = Field(64, gt=0, description="texts per forward pass when embedding for evaluation")
+
+
 class TrackingConfig(Section):
     mlflow: str | None = Field(None, description="MLflow tracking URI, e.g. sqlite:///mlruns.db or "
                                "http://mlflow:5000: params, per-epoch metrics, report and model as artifacts")
@@ -565,6 +583,10 @@ TASKS: dict[str, TaskSpec] = {
                                    code="speech:SpeechTask:SpeechPredictor"),
     "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",),
                                      code="speech:SpeechTask:SpeechPredictor"),
+    "text_embedding": TaskSpec(("query", "positive", "negative", "text", "id"), ("query", "positive"), ("clean",),
+                               sections=("embedding",),
+                               metrics=("mrr", "recall_at_1", "recall_at_10", "ndcg_at_10", "loss"),
+                               code="text_embedding:TextEmbeddingTask:TextEmbeddingPredictor"),
     "recommendation": TaskSpec(("user", "item", "rating", "timestamp"), sections=("recommendation",),
                                metrics=("ndcg", "hr", "recall", "mrr", "coverage", "rmse", "mae"),
                                check=_recommendation_checks,
@@ -572,7 +594,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}
-_SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig}
+_SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig, "embedding": EmbeddingConfig}
 
 # task -> the model configs that fit it (the model registry); the first is the default
 TASK_MODELS: dict[str, tuple[type, ...]] = {task: models_for(task) for task in TASKS}
@@ -933,6 +955,7 @@ def _resolve_paths(tree: dict, folder: Path) -> None:
     rec = tree.get("recommendation")
     for table in ("user_features", "item_features"):
         resolve(rec.get(table) if isinstance(rec, dict) else None, "path")
+    resolve(tree.get("embedding"), "corpus")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates, GeneratesImages, GeneratesText,
-                                Predicts, Recommends, StreamsTokens, TaskPredictor)
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
+                                GeneratesText, Predicts, Recommends, StreamsTokens, TaskPredictor)
 from luban.config import read_yaml, validate
 from luban.errors import LubanError, RunError
 from luban.rundir import check_finished
@@ -136,6 +136,11 @@ class Predictor:
             for key in type(data).model_fields:
                 setattr(cfg.data, key, getattr(data, key))
 
+    def embed(self, texts: list[str], kind: str = "query", batch_size: int | None = None, progress: bool = False):
+        """Text embedding: a float32 array (len(texts), dim) of unit vectors; kind "query" or "passage" picks the
+        model's own prefix (e5's "query: " / "passage: ")."""
+        return self._as(Embeds, "embed texts").embed(texts, kind, batch_size, progress)
+
     def generate_text(self, prompt: str, **knobs) -> dict:
         """Text generation / translation / summarization: one output for `prompt`, with decoding knobs
         (max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, stop, seed)."""
@@ -197,6 +202,7 @@ class Predictor:
                 "chat": self.supports(Chats), "stream_events": self.supports(StreamsTokens),
                 "batch_events": self.supports(DecodesTogether), "generate_images": self.supports(GeneratesImages),
                 "recommend": self.supports(Recommends), "similar_items": self.supports(Recommends),
+                "embed": self.supports(Embeds),
                 "labels": [str(x) for x in labels] if labels is not None else None}
 
     def generate(self, **kw):
@@ -269,8 +275,56 @@ class Predictor:
 
 def load(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Predictor:
     """A run's predictor. backend: "auto" (the ONNX export when the run has one, else PyTorch), "torch" (force
-    PyTorch), "onnx" (insist on the export)."""
+    PyTorch), "onnx" (insist on the export). An encoder folder or a starter encoder name (no run) loads as a
+    text_embedding model (luban.embedding.load_encoder)."""
+    if is_encoder_ref(run_dir) or _run_task(run_dir) == "text_embedding":
+        return EncoderModel(run_dir, device, backend)
     return Predictor(run_dir, device, backend)
+
+
+def _run_task(run_dir) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / "model" / "processor.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_encoder_ref(ref) -> bool:
+    """A starter encoder name or an HF encoder folder (config.json, not a luban run), not a run directory."""
+    from luban.hub.catalog import CATALOG
+
+    text = str(ref)
+    if text in CATALOG:
+        entry = CATALOG[text]
+        return "embeddings" in entry.task or bool(entry.module)
+    p = Path(text)
+    return (p.is_dir() and (p / "config.json").is_file() and not (p / "manifest.json").is_file()
+            and not (p / "config.yaml").is_file())
+
+
+class EncoderModel(Predictor):
+    """An encoder as a model: a text_embedding run, or an encoder folder / starter name served without a run (with
+    the text_embedding task's default settings). Texts in, vectors out (Embeds; predict() -> {"embedding",
+    "tokens"}). backend: torch, or onnx / onnx-int8 (the encoder's ONNX export, luban.embedding.export)."""
+
+    def __init__(self, ref: str | Path, device: str = "auto", backend: str = "auto", max_length: int | None = None):
+        from luban.embedding.encoder import load_encoder
+        from luban.tasks.text_embedding import TextEmbeddingPredictor
+
+        encoder = load_encoder(ref, device=device, backend=backend, max_length=max_length)
+        if encoder.run is not None:
+            self.run_dir = encoder.run
+            self.config = validate(read_yaml(self.run_dir / "config.yaml"), str(self.run_dir / "config.yaml"))
+        else:
+            self.run_dir = encoder.folder
+            self.config = validate({"task": "text_embedding",
+                                    "data": {"train": str(encoder.folder), "columns": {"query": "query",
+                                                                                        "positive": "positive"}},
+                                    "model": {"path": str(ref)}, "output": {"name": encoder.name}}, str(ref))
+        self.backend = encoder.backend
+        self.task_predictor = TextEmbeddingPredictor.from_encoder(encoder, self.config)
 
 
 def _is_frame(inputs) -> bool:

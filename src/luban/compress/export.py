@@ -242,6 +242,9 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
         require_onnxruntime()
     run = check_finished(run_dir)
     cfg = run_config(run)
+    if cfg.task == "text_embedding":  # an encoder: `luban export` calls luban.embedding.export for it
+        raise ExportError("a text_embedding run exports with luban.embedding.export.export_encoder_onnx (what "
+                          "`luban export RUN --format onnx` runs for it)")
     t0 = time.perf_counter()
     from luban.tasks import task_classes
 

@@ -265,12 +265,13 @@ def _plain(v):
 
 
 # writers --------------------------------------------------------------------------------------------------------
-def output_format(path: str | Path) -> str:
+def output_format(path: str | Path, formats: dict = OUTPUT_FORMATS,
+                  names: str = ".jsonl, .csv, .tsv or .parquet") -> str:
     suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
+    if suffix not in formats:
         raise LubanError(f"--output {path}: cannot tell the format from {suffix or 'a name without an extension'}; "
-                         "use .jsonl, .csv, .tsv or .parquet")
-    return OUTPUT_FORMATS[suffix]
+                         f"use {names}")
+    return formats[suffix]
 
 
 def _cell(v):

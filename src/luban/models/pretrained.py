@@ -41,7 +41,32 @@ def backbone_from_config(folder: str) -> nn.Module:
     return _auto_model().from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
 
 
-class PretrainedClassifier(nn.Module):
+class LayeredBackbone:
+    """Fine-tuning controls of a module whose encoder is `self.backbone`: depth of a parameter and freezing."""
+
+    backbone: nn.Module
+
+    def num_layers(self) -> int:
+        return int(getattr(self.backbone.config, "num_hidden_layers", 0) or 0)
+
+    def _depth(self, name: str) -> int:
+        """0 = embeddings, i+1 = transformer layer i, L+1 = everything above the last layer."""
+        m = _LAYER.search("." + name)
+        if m:
+            return int(m.group(1)) + 1
+        if "embed" in name:
+            return 0
+        return self.num_layers() + 1
+
+    def freeze(self, freeze: bool | int) -> None:
+        if freeze is False:
+            return
+        for name, p in self.backbone.named_parameters():
+            if freeze is True or self._depth(name) <= int(freeze):
+                p.requires_grad_(False)
+
+
+class PretrainedClassifier(LayeredBackbone, nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, pooling="mean", dropout=0.1,
                  layerwise_lr_decay=1.0, head_lr_multiplier=1.0):
         super().__init__()
@@ -63,27 +88,6 @@ class PretrainedClassifier(nn.Module):
         out = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         pooled = out[:, 0] if self.pooling == "cls" else masked_mean(out, mask)
         return self.head(self.dropout(pooled))
-
-    # ---------------------------------------------------------------- fine-tuning controls
-
-    def num_layers(self) -> int:
-        return int(getattr(self.backbone.config, "num_hidden_layers", 0) or 0)
-
-    def _depth(self, name: str) -> int:
-        """0 = embeddings, i+1 = transformer layer i, L+1 = everything above the last layer."""
-        m = _LAYER.search("." + name)
-        if m:
-            return int(m.group(1)) + 1
-        if "embed" in name:
-            return 0
-        return self.num_layers() + 1
-
-    def freeze(self, freeze: bool | int) -> None:
-        if freeze is False:
-            return
-        for name, p in self.backbone.named_parameters():
-            if freeze is True or self._depth(name) <= int(freeze):
-                p.requires_grad_(False)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Layer-wise learning rates: lr * decay^(layers above); the head gets lr * head multiplier."""

@@ -43,7 +43,7 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.staticfiles import StaticFiles
 
-    from luban.serve import docs, errors, openai_api, routes
+    from luban.serve import docs, embeddings_api, errors, openai_api, routes
     from luban.serve.auth import KeyChecker
     from luban.serve.limits import BodyGuard
     from luban.serve.metrics import Metrics, MetricsMiddleware
@@ -57,6 +57,11 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     settings.check()
     metrics = Metrics()
     registry = Registry(settings, metrics)
+    registry.grounder = None
+    if settings.kb:  # luban serve --kb: chat completions answered from a knowledge base, with citations
+        from luban.serve.grounded import Grounder
+
+        registry.grounder = Grounder(settings)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -82,6 +87,7 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     app.include_router(routes.open_routes)
     app.include_router(routes.api_routes)
     app.include_router(openai_api.router)
+    app.include_router(embeddings_api.router)
     app.add_api_route("/", playground, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -146,7 +152,13 @@ def check_runs(runs: list[str]) -> None:
     from luban.config import read_yaml, validate
     from luban.rundir import check_finished
 
+    from luban.embedding.encoder import resolve_ref
+    from luban.predictor import is_encoder_ref
+
     for r in runs:
+        if is_encoder_ref(r):  # an encoder folder or starter name, served for /v1/embeddings without a run
+            resolve_ref(r)
+            continue
         path = check_finished(r)  # a typo fails here, before the server starts
         validate(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
 

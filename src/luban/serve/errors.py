@@ -54,7 +54,7 @@ def _legacy(request: Request) -> bool:
 
 
 def _openai(request: Request) -> bool:
-    return request.url.path.rstrip("/") in ("/v1/completions", "/v1/chat/completions")
+    return request.url.path.rstrip("/") in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 
 
 async def api_error_handler(request: Request, exc: ApiError):

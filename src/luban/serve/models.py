@@ -20,18 +20,19 @@ from pathlib import Path
 
 from fastapi import Request
 
-from luban.capabilities import Chats, DecodesTogether, GeneratesImages, GeneratesText, Predicts, Recommends
-from luban.serve.batching import MicroBatcher
-from luban.serve.errors import ApiError, bad_request, overloaded
+from luban.capabilities import Chats, DecodesTogether, Embeds, GeneratesImages, GeneratesText, Predicts, Recommends
+from luban.errors import LubanError
+from luban.serve.batching import MicroBatcher, QueueFull
+from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
 from luban.serve.generation import GenerationScheduler
 from luban.serve.metrics import Metrics
 from luban.serve.settings import ServeSettings
 
 # what a route needs of a model: the capability, and how its errors say it
 NEEDS = {"predict": Predicts, "generate_text": GeneratesText, "recommend": Recommends,
-         "generate_images": GeneratesImages}
+         "generate_images": GeneratesImages, "embed": Embeds}
 WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
-        "generate_images": "generate images"}
+        "generate_images": "generate images", "embed": "embed texts"}
 HINT = {"predict": "; see GET /v1/models for what each model offers"}
 
 
@@ -43,7 +44,9 @@ class ServedModel:
         self.name, self.run_dir, self.predictor = name, Path(run_dir), predictor
         self.settings, self.metrics = settings, metrics
         self.caps = predictor.capabilities()  # what /v1/models says; routes check the capabilities themselves
-        self.created = int((self.run_dir / "metrics.json").stat().st_mtime)
+        # an encoder served without a run (luban.predictor.EncoderModel) has no metrics.json: its folder's time
+        stamp = self.run_dir / "metrics.json"
+        self.created = int((stamp if stamp.exists() else self.run_dir).stat().st_mtime)
         try:
             m = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -86,7 +89,7 @@ class ServedModel:
                 "task": c["task"], "model_type": self.model_type, "backend": c["backend"],
                 "capabilities": {k: c[k] for k in ("predict", "inputs", "predict_options", "generate_text",
                                                    "stream_text", "chat", "generate_images", "recommend",
-                                                   "similar_items")},
+                                                   "similar_items", "embed")},
                 "labels": c.get("labels"), "test_metrics": self.test_metrics}
 
     def can(self, need: str) -> bool:
@@ -114,6 +117,22 @@ class ServedModel:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             raise ApiError(504, f"the request took longer than {timeout:g} s", "timeout", None, "timeout") from None
+
+    async def batched(self, inputs: list, options: dict, param: str) -> tuple[list, int]:
+        """`inputs` through the micro-batcher with other requests' (the results and the forward pass's size), the
+        queue, timeout and input errors turned into the API's (503, 504, 422 naming `param`)."""
+        s = self.settings
+        try:
+            return await asyncio.wait_for(self.batcher.submit(inputs, options), s.request_timeout)
+        except QueueFull as e:
+            self.metrics.rejected.labels(self.name).inc()
+            raise overloaded(f"model {self.name!r} is busy ({e.depth} inputs waiting); retry shortly",
+                             int(e.retry_after + 0.999)) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
+                           "timeout") from None
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise client_error(e, param) from None
 
     def _call_done(self, _) -> None:
         self.calls -= 1

@@ -9,7 +9,6 @@ check of luban.capabilities); none looks at task names. Client mistakes are 4xx 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -25,8 +24,7 @@ from starlette.formparsers import MultiPartException
 from luban.errors import LubanError
 from luban.serve import limits
 from luban.serve.auth import require_key
-from luban.serve.batching import QueueFull
-from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
+from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error
 from luban.serve.models import Registry, ServedModel, registry
 from luban.serve.settings import ServeSettings
 
@@ -186,17 +184,7 @@ async def run_predict(reg: Registry, m: ServedModel, raw: list, names: list[str]
         raise bad_request(f"model {m.name!r} does not take {bad_opts[0]}", bad_opts[0], "unsupported_option",
                           422)
     inputs = prepare_inputs(s, m.caps["inputs"], raw, names)
-    try:
-        results, batch = await asyncio.wait_for(m.batcher.submit(inputs, options), s.request_timeout)
-    except QueueFull as e:
-        reg.metrics.rejected.labels(m.name).inc()
-        raise overloaded(f"model {m.name!r} is busy ({e.depth} inputs waiting); retry shortly",
-                         int(e.retry_after + 0.999)) from None
-    except asyncio.TimeoutError:
-        raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
-                       "timeout") from None
-    except (LubanError,) + INPUT_ERRORS as e:
-        raise client_error(e, "inputs") from None
+    results, batch = await m.batched(inputs, options, "inputs")
     if names:
         results = [_named(r, f"input {i + 1}", names[i]) for i, r in enumerate(results)]
     return JSONResponse({"model": m.name, "predictions": results}, headers={"x-batch-size": str(batch)})

@@ -1,0 +1,1 @@
+"""Knowledge bases: documents read, chunked, embedded and indexed (dense + BM25) for search and grounded answers."""
