@@ -139,6 +139,15 @@ class NgramFeaturizer(Processor):
             keys[sel[texts]] = k
         return keys
 
+    def feature_ids(self, ngrams: list[str]) -> list[int | None]:
+        """The model row of each n-gram string (None: not in the vocabulary), e.g. to read its weight."""
+        keys = self._string_keys([g.lower() if self.lowercase else g for g in ngrams])
+        if self.hash_buckets:
+            return [int(k % np.uint64(self.hash_buckets)) for k in keys]
+        pos = self._lookup(keys)
+        rows = pos if self.key_rows is None else np.where(pos >= 0, self.key_rows[pos], -1)
+        return [int(r) if r >= 0 else None for r in rows]
+
     @staticmethod
     def _units_raw(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))

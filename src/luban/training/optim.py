@@ -66,17 +66,18 @@ class LazyAdam(torch.optim.Adam):
         step = float(state["step"])
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         lr = float(lr)
-        weights = p.data[rows]
+        weights = p.detach().index_select(0, rows)
         if wd and not self.decoupled:
             values = values + wd * weights
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m_rows = m[rows].mul_(beta1).add_(values, alpha=1 - beta1)
-        v_rows = v[rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
-        m[rows], v[rows] = m_rows, v_rows
-        denom = (v_rows / (1 - beta2 ** step)).sqrt_().add_(eps)
+        m_rows = m.index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
+        v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        m.index_copy_(0, rows, m_rows)
+        v.index_copy_(0, rows, v_rows)
+        denom = v_rows.div_(1 - beta2 ** step).sqrt_().add_(eps)
         if wd and self.decoupled:
             weights.mul_(1 - lr * wd)
-        p.data[rows] = weights.addcdiv_(m_rows, denom, value=-lr / (1 - beta1 ** step))
+        p.detach().index_copy_(0, rows, weights.addcdiv_(m_rows, denom, value=-lr / (1 - beta1 ** step)))
 
 
 def _has_sparse_embeddings(model: nn.Module) -> bool:
@@ -88,6 +89,23 @@ def _densify_embeddings(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             m.sparse = False
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
+    """torch's clip_grad_norm_, also over sparse gradients (an n-gram table's): their coalesced values count once."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    total = math.sqrt(sum(float((p.grad.values() if p.grad.is_sparse else p.grad).float().pow(2).sum())
+                          for p in params))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
