@@ -1,6 +1,6 @@
 """The default from-scratch text model (the shipped `ngram_bag` recipe, examples/chnsenticorp.yaml) at scale.
 
-    python benchmarks/text_scale.py --sst2 ../shared/data/sst2 [--threads 2] [--only sst2|pd_pos]
+    python benchmarks/text_scale.py --sst2 ../shared/data/sst2 [--threads N] [--only sst2|pd_pos]
 
 Sets:
 - sst2: SST-2 in full (60,614 training rows, 2 classes, English; dev.tsv as validation, the labelled GLUE dev set
@@ -11,7 +11,8 @@ Sets:
 
 Per set: samples/s of training (all epochs), seconds per epoch, prepare seconds (read, clean, split, featurize),
 peak RSS of a fresh process, test accuracy and the run's own TF-IDF + LR baseline. Each set trains in its own
-subprocess (so peak RSS is that set's). The machine load (`os.getloadavg`) is recorded beside the throughput.
+subprocess (so peak RSS is that set's). Threads: the model's default (ngram_bag trains on one intra-op thread
+unless trainer.num_threads says otherwise), or --threads. The machine load (`os.getloadavg`) is recorded beside the throughput.
 Last line: min_samples_per_second, max_prepare_seconds, all_beat_baseline, max_peak_rss_mb and the per-set figures.
 """
 
@@ -62,7 +63,7 @@ def peoples_daily_pos(folder: Path) -> list[str]:
 def one_set(name: str, overrides: list[str], threads: int) -> dict:
     """Train the recipe on one set in this process; its figures."""
     load_before = os.getloadavg()[0]
-    run, m, total = train_run(RECIPE, overrides + [f"trainer.num_threads={threads}"], quiet=True)
+    run, m, total = train_run(RECIPE, overrides + ([f"trainer.num_threads={threads}"] if threads else []), quiet=True)
     t = m["timings"]
     n_train = m["data"]["splits"]["train"]
     epochs = m["epochs_run"]
@@ -75,13 +76,13 @@ def one_set(name: str, overrides: list[str], threads: int) -> dict:
             "prepare_seconds": round(t["prepare_seconds"], 2), "test_accuracy": round(acc, 4),
             "baseline_accuracy": round(base_acc, 4) if base_acc is not None else None,
             "beats_baseline": base_acc is None or acc >= base_acc, "peak_rss_mb": peak_rss_mb(),
-            "threads": threads, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            "threads": m["environment"]["threads"], "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sst2", default=str(ROOT.parent / "shared" / "data" / "sst2"), help="folder with train/dev/test.tsv")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="trainer.num_threads (0: the model's default)")
     ap.add_argument("--only", choices=["sst2", "pd_pos"], default=None)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # name|json overrides: one set in-process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -77,13 +78,23 @@ class EncodedTexts:
         return len(self.ids)
 
 
+def _pad_weighted(ids: list[np.ndarray], weights: list[np.ndarray], pad_id: int):
+    """Right-padded (ids, weights) of one batch of n-gram bags, filled in one NumPy assignment each."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    inside = np.arange(lengths.max()) < lengths[:, None]
+    out_ids = np.full(inside.shape, pad_id, dtype=np.int64)
+    out_w = np.zeros(inside.shape, dtype=np.float32)
+    out_ids[inside] = np.concatenate(ids)
+    out_w[inside] = np.concatenate(weights)
+    return torch.from_numpy(out_ids), torch.from_numpy(out_w)
+
+
 def _collate(data: EncodedTexts, pad_id: int):
     def collate(idx: list[int]) -> dict:
-        ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
         if data.weights is not None:  # n-gram bags: the "mask" carries each n-gram's weight (0 on padding)
-            mask = torch.zeros(ids.shape, dtype=torch.float32)
-            for row, i in enumerate(idx):
-                mask[row, : len(data.weights[i])] = torch.from_numpy(data.weights[i])
+            ids, mask = _pad_weighted([data.ids[i] for i in idx], [data.weights[i] for i in idx], pad_id)
+        else:
+            ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
         batch = {"ids": ids, "mask": mask, "index": torch.as_tensor(idx), "size": len(idx)}
         if data.labels is not None:
             batch["labels"] = torch.as_tensor([data.labels[i] for i in idx])

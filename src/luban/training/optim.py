@@ -85,7 +85,8 @@ def _has_sparse_embeddings(model: nn.Module) -> bool:
 
 
 def _densify_embeddings(model: nn.Module) -> None:
-    """An optimizer without a sparse update (SGD with momentum, RMSprop): the embeddings give dense gradients."""
+    """An optimizer without a sparse update (RMSprop; SGD with momentum; SGD / Adagrad with weight decay): the
+    embeddings give dense gradients."""
     for m in model.modules():
         if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             m.sparse = False
@@ -114,9 +115,9 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
     if _has_sparse_embeddings(model):  # sparse embedding gradients (ngram_bag): a step costs the batch's rows
         if cfg.optimizer in ("adam", "adamw"):
             return LazyAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), decoupled=cfg.optimizer == "adamw")
-        if cfg.optimizer == "adagrad":  # torch's Adagrad updates sparse rows itself (single-tensor path)
+        if cfg.optimizer == "adagrad" and not cfg.weight_decay:  # torch's Adagrad updates sparse rows itself
             return torch.optim.Adagrad(groups, lr=cfg.lr, foreach=False)
-        if cfg.optimizer == "sgd" and cfg.momentum == 0:
+        if cfg.optimizer == "sgd" and cfg.momentum == 0 and not cfg.weight_decay:
             return torch.optim.SGD(groups, lr=cfg.lr, foreach=False)
         _densify_embeddings(model)
     # fused Adam kernels run on CPU and CUDA alike and are the fastest update (measured ~1.3x on a MiniLM step)
