@@ -52,7 +52,7 @@ def test_ngram_featurizer_save_load_round_trip(tmp_path):
     ids, w = g.encode_weighted(["很好"])
     assert pytest.approx(float(np.sqrt((w[0] ** 2).sum()))) == 1.0  # rows are L2-normalized
     # "好" only occurs in positive texts, "很" in both: the NB weight of 好 is larger
-    vocab = g.vectorizer.vocabulary_
+    vocab = dict(zip(["好", "很"], g.feature_ids(["好", "很"])))
     assert g.weights[vocab["好"]] > g.weights[vocab["很"]]
     # text with no known n-gram -> a single padding entry of weight 0
     ids, w = g.encode_weighted(["未知"])

@@ -103,6 +103,7 @@ def test_text_classification_predicts_without_torch(text_run, tmp_path):
 
 @pytest.mark.parametrize("model,tokenizer", [
     ({"type": "ngram_bag", "ngram_range": [1, 2]}, None),
+    ({"type": "ngram_bag", "analyzer": "word", "hash_buckets": 4096}, None),
     ({"type": "rnn", "embedding_dim": 16, "hidden_size": 16}, {"type": "wordpiece", "vocab_size": 200}),
     ({"type": "transformer", "d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32},
      {"type": "whitespace"}),
@@ -116,7 +117,7 @@ def test_other_text_models_predict_without_torch(model, tokenizer, out_dir, tmp_
     cfg["model"] = model  # the model alone, without the TextCNN settings of text_config
     run = _exported(luban.train(cfg, quiet=True))
     texts = [t for t, _ in rows[:5]] + ["an unseen sentence entirely"]
-    # n-gram bags count their n-grams with scikit-learn's vectorizer (which brings pandas and pyarrow along)
+    # n-gram bags look their n-grams up in a pandas hash table (which may bring pyarrow along)
     _check_text(run, texts, allowed=("sklearn", "pandas", "pyarrow") if model["type"] == "ngram_bag" else ())
 
 

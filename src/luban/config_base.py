@@ -32,6 +32,7 @@ class ModelSection(Section):
     pretrained: ClassVar[bool] = False  # loads a Hugging Face checkpoint (model.path); a run keeps its backbone/
     own_tokenizer: ClassVar[bool] = False  # brings its tokenizer: preprocessing.tokenizer.type is pretrained
     ngrams: ClassVar[bool] = False  # text: reads weighted n-grams (its own featurizer), not the tokenizer's ids
+    default_threads: ClassVar[int | None] = None  # intra-op threads when trainer.num_threads is unset (None: all)
 
 
 class TokenizerConfig(Section):

@@ -33,7 +33,7 @@ def prepare(cfg: RunConfig, *, threads: int | None = None, check: Callable[[Task
     featurized under a progress stage; every data error surfaces here. `check(task)` runs before any data is read
     (a refusal that needs no data); `hook(task)` after (e.g. distillation's teacher targets); `quiet` hides what
     preparing prints on stdout."""
-    set_threads(cfg.trainer.num_threads if threads is None else threads)
+    set_threads((cfg.trainer.num_threads or cfg.model.default_threads) if threads is None else threads)
     seed_everything(cfg.seed)
     task = task_classes(cfg.task)[0](cfg)
     if check is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,8 @@ def build_featurizer(cfg: RunConfig):
     if m.ngrams:
         from luban.data.ngrams import NgramFeaturizer
 
-        return NgramFeaturizer(m.analyzer, m.ngram_range, m.weighting, m.min_df, m.lowercase, m.nb_alpha)
+        return NgramFeaturizer(m.analyzer, m.ngram_range, m.weighting, m.min_df, m.lowercase, m.nb_alpha,
+                               m.max_features, m.hash_buckets)
     return build_encoder(cfg.preprocessing.tokenizer, m.path if m.pretrained else None,
                          getattr(m, "trust_remote_code", False))
 
@@ -50,12 +52,15 @@ class EncodedTexts:
 
     CHUNK = 4096  # texts encoded at a time: a count and ETA on a large split
 
-    def __init__(self, frame: pd.DataFrame, featurizer, labels: list[int] | None):
+    def __init__(self, frame: pd.DataFrame, featurizer, labels: list[int] | None, encoded=None):
         from luban.training.progress import stage
 
         texts = list(frame["text"])
         weighted = hasattr(featurizer, "encode_weighted")
         self.ids, self.weights = [], [] if weighted else None
+        if encoded is not None:  # (ids, weights) the featurizer made while fitting
+            texts = []
+            self.ids, self.weights = encoded
         with stage("featurize", total=len(texts), unit="texts", delay=1.0) as p:
             for i in range(0, len(texts), self.CHUNK):
                 part = texts[i:i + self.CHUNK]
@@ -73,13 +78,23 @@ class EncodedTexts:
         return len(self.ids)
 
 
+def _pad_weighted(ids: list[np.ndarray], weights: list[np.ndarray], pad_id: int):
+    """Right-padded (ids, weights) of one batch of n-gram bags, filled in one NumPy assignment each."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    inside = np.arange(lengths.max()) < lengths[:, None]
+    out_ids = np.full(inside.shape, pad_id, dtype=np.int64)
+    out_w = np.zeros(inside.shape, dtype=np.float32)
+    out_ids[inside] = np.concatenate(ids)
+    out_w[inside] = np.concatenate(weights)
+    return torch.from_numpy(out_ids), torch.from_numpy(out_w)
+
+
 def _collate(data: EncodedTexts, pad_id: int):
     def collate(idx: list[int]) -> dict:
-        ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
         if data.weights is not None:  # n-gram bags: the "mask" carries each n-gram's weight (0 on padding)
-            mask = torch.zeros(ids.shape, dtype=torch.float32)
-            for row, i in enumerate(idx):
-                mask[row, : len(data.weights[i])] = torch.from_numpy(data.weights[i])
+            ids, mask = _pad_weighted([data.ids[i] for i in idx], [data.weights[i] for i in idx], pad_id)
+        else:
+            ids, mask = pad_ids([data.ids[i] for i in idx], pad_id)
         batch = {"ids": ids, "mask": mask, "index": torch.as_tensor(idx), "size": len(idx)}
         if data.labels is not None:
             batch["labels"] = torch.as_tensor([data.labels[i] for i in idx])
@@ -152,12 +167,17 @@ class TextClassificationTask(Task, _TextModelUser):
         splits = split_labelled(cfg, cleaned)
         label_ids = {s: self.label_map.encode(f, self.label_col) for s, f in splits.items()}
         self.encoder = build_featurizer(cfg)
-        if cfg.model.ngrams:
-            self.encoder.fit(list(splits["train"]["text"]), label_ids["train"])
+        encoded = {}
+        if cfg.model.ngrams:  # the training texts are counted once: fitting returns their encoding
+            from luban.training.progress import stage
+
+            with stage("n-gram features", total=len(splits["train"]), unit="texts", delay=1.0) as p:
+                encoded["train"] = self.encoder.fit_encode(list(splits["train"]["text"]), label_ids["train"])
+                p.advance(len(splits["train"]))
         else:
             self.encoder.fit(list(splits["train"]["text"]))
         self.pad_id = self.encoder.pad_id
-        self.data = {s: EncodedTexts(f, self.encoder, label_ids[s]) for s, f in splits.items()}
+        self.data = {s: EncodedTexts(f, self.encoder, label_ids[s], encoded.get(s)) for s, f in splits.items()}
 
     def data_summary(self):
         return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.label_map.labels,

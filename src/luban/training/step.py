@@ -25,7 +25,7 @@ from torch import nn
 from luban.config import TrainerConfig
 from luban.errors import TrainingDiverged
 from luban.training.hardware import autocast
-from luban.training.optim import build_optimizer, build_scheduler
+from luban.training.optim import build_optimizer, build_scheduler, clip_grad_norm
 
 
 class Batches:
@@ -154,7 +154,7 @@ class LossStep(TrainStep):
             if scaler:
                 scaler.unscale_(optimizer)
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                clip_grad_norm(model, cfg.grad_clip)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
