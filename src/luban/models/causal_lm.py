@@ -112,7 +112,13 @@ class CausalLM(nn.Module):
 
 
 def load_exported(folder: Path, device: torch.device) -> CausalLM:
-    """Bring back what `CausalLM.export` wrote (offline)."""
+    """Bring back what `CausalLM.export` wrote (offline), or what `luban compress --quantize int8-weight |
+    int4-weight | bf16` wrote (luban.models.quantized_lm: luban_quant.json beside the weights)."""
+    from luban.models.quantized_lm import load_quantized, quant_info
+
+    info = quant_info(folder)
+    if info is not None:
+        return CausalLM(load_quantized(folder, info)).to(device).eval()
     if (folder / "adapter").is_dir():
         from peft import PeftModel
 
