@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, free_port, peak_rss_mb, stop, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = next((d for d in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if d.is_dir()),
+              ROOT.parent / "shared" / "data")  # a checkout beside shared/, or a worktree one level deeper
 PROMPTS = ["Write a Python function that checks whether a number is prime.",
            "用一句话解释什么是机器学习。"]
 PRECISIONS = ("fp32", "int8-weight", "int4-weight", "bf16")
@@ -101,7 +102,7 @@ def worker(a) -> dict:
         hf = model.model
     load_s = time.perf_counter() - t0
     ppl = {name: round(perplexity(hf, tok, text), 4) for name, text in held_texts(a.ppl_file, a.ppl_chars).items()}
-    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[: a.prompts]]
     tokens, seconds, ttft, texts = 0, 0.0, [], []
     if a.worker == "hf":
         for ids in prompts:
@@ -139,7 +140,8 @@ def worker(a) -> dict:
 
 
 def run_worker(a, kind: str, run: Path | None, log: Path) -> dict:
-    cmd = [sys.executable, __file__, a.model, "--worker", kind, "--tokens", str(a.tokens), "--threads",
+    cmd = [sys.executable, __file__, a.model, "--worker", kind, "--tokens", str(a.tokens), "--prompts", str(a.prompts),
+           "--threads",
            str(a.threads), "--ppl-chars", str(a.ppl_chars)] + (["--run", str(run)] if run else [])
     for f in a.ppl_file:
         cmd += ["--ppl-file", f]
@@ -190,7 +192,7 @@ def fp32_run(a, work: Path, log: Path) -> Path:
 async def _requests(port: int, n: int, tokens: int) -> tuple[int, float, list[float]]:
     import httpx
 
-    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    bodies = [{"prompt": PROMPTS[i % 2], "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
               for i in range(n)]
     firsts: list[float] = []
 
@@ -242,6 +244,7 @@ def main():
     ap.add_argument("model", help="a Hugging Face causal-LM folder (e.g. ~/.cache/luban/models/qwen2.5-coder-0.5b-instruct)")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt (greedy, eos ignored)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
     ap.add_argument("--ppl-file", action="append", default=[], help="held text for perplexity (default: shared data)")
     ap.add_argument("--ppl-chars", type=int, default=3000)
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
@@ -267,6 +270,7 @@ def main():
     res = {"hf_1": run_worker(a, "hf", None, log)}
     for p in precisions:
         res[p] = run_worker(a, p, runs.get(p), log)
+        (work / "partial.json").write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
     res["hf_2"] = run_worker(a, "hf", None, log)
     hf_tps = round((res["hf_1"]["tokens_per_s"] + res["hf_2"]["tokens_per_s"]) / 2, 2)
     best = max(precisions, key=lambda p: res[p]["tokens_per_s"])
@@ -281,17 +285,21 @@ def main():
 
     serve = {}
     if not a.no_serve:
-        run = runs.get(best) or fp32_run(a, work, log)
-        serve = served(a, run, log)
-        print(f"luban serve {best}: one request {serve['single_tokens_per_s']} tokens/s; 8 concurrent "
-              f"{serve['aggregate8_tokens_per_s']} tokens/s aggregate (load {serve['load_8']})", flush=True)
+        try:
+            run = runs.get(best) or fp32_run(a, work, log)
+            serve = served(a, run, log)
+            print(f"luban serve {best}: one request {serve['single_tokens_per_s']} tokens/s; 8 concurrent "
+                  f"{serve['aggregate8_tokens_per_s']} tokens/s aggregate (load {serve['load_8']})", flush=True)
+        except (SystemExit, Exception) as e:  # noqa: BLE001 - the other figures still count
+            print(f"serve figures failed: {e}", flush=True)
+            serve = {"error": str(e)}
     detail = {p: {k: v for k, v in r.items() if k != "texts"} for p, r in res.items()}
-    out = {"model": Path(a.model).name, "tokens_per_prompt": a.tokens, "prompts": len(PROMPTS),
+    out = {"model": Path(a.model).name, "tokens_per_prompt": a.tokens, "prompts": a.prompts,
            "hf_tokens_per_s": hf_tps, "luban_tokens_per_s": res[best]["tokens_per_s"], "luban_precision": best,
            "speedup_vs_hf": round(res[best]["tokens_per_s"] / hf_tps, 2),
            "aggregate8_tokens_per_s": serve.get("aggregate8_tokens_per_s"),
            "aggregate8_vs_single": round(serve["aggregate8_tokens_per_s"] / serve["single_tokens_per_s"], 2)
-           if serve else None,
+           if serve.get("single_tokens_per_s") else None,
            "int8_ppl_ratio": ratio("int8-weight"), "int4_ppl_ratio": ratio("int4-weight"),
            "bf16_ppl_ratio": ratio("bf16"),
            "int4_rss_ratio": round(res["int4-weight"]["peak_rss_mb"] / ref_rss, 3) if "int4-weight" in res else None,
