@@ -104,7 +104,7 @@ class Int4Linear(nn.Module):
     packing (what is saved) is converted once, at construction, to the kernel's own layout."""
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, group_size: int,
-                 bias: torch.Tensor | None = None):
+                 bias: torch.Tensor | None = None, portable: bool = True):
         super().__init__()
         self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
         self.group_size = group_size
@@ -114,10 +114,10 @@ class Int4Linear(nn.Module):
         sz = torch.stack([scale.float(), (lo + 8 * scale).float()], dim=-1)  # (rows, groups, 2)
         self.register_buffer("scales_zeros", sz.transpose(0, 1).contiguous())  # (groups, rows, 2)
         self.register_buffer("bias", None if bias is None else bias.float())
-        # kept for saving (the kernel layout is not portable)
-        self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scale", scale.float(), persistent=False)
-        self.register_buffer("lo", lo.float(), persistent=False)
+        if portable:  # kept for saving (the kernel layout is not portable); a loaded model does not need them
+            self.register_buffer("packed", packed, persistent=False)
+            self.register_buffer("scale", scale.float(), persistent=False)
+            self.register_buffer("lo", lo.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
@@ -333,7 +333,8 @@ def _build(spec: dict, name: str, tensors: dict, bias=None) -> nn.Module:
     if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if kind == "int4" else 1)]:
         raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
     if kind == "int4":
-        return Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias)
+        return Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
+                          portable=False)
     if kind == "int8-embedding":
         return Int8Embedding(q, tensors.pop(f"{name}.scale"))
     if kind == "int8":
