@@ -142,7 +142,6 @@ def _run_checks(source: Path, method: str):
 
 
 def _quantize_run(source: Path, method: str, name, group_size: int, overwrite: bool) -> Path:
-    import luban.processor as processor
     from luban.compress.runs import DerivedRun
     from luban.models.causal_lm import CausalLM
     from luban.models.quantized_lm import save_quantized
