@@ -3,7 +3,8 @@
 Methods (`luban compress RUN --quantize ...`, luban.compress.llm):
 - int8-weight: every nn.Linear (attention, MLP, the output head) as int8 weights with one fp32 scale per output row
   (symmetric, w = q * scale); the token embedding as int8 rows with a scale each (a tied output head shares them).
-  Activations stay float: the matmul runs on torch's own weight-only int8 kernel (`aten._weight_int8pack_mm`).
+  Activations stay float: decoding steps run torch's own weight-only int8 kernel (`aten._weight_int8pack_mm`),
+  16+ rows (a prompt, a perplexity window) one dequantized BLAS GEMM.
 - int4-weight: every nn.Linear as 4-bit weights in groups of `group_size` input columns, each group with an fp32
   scale and minimum (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU int4 kernel
   (`aten._weight_int4pack_mm_for_cpu`); the embedding as int8 rows (as above). Layers whose input width is not a
