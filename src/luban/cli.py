@@ -249,6 +249,14 @@ def _cmd_compress(a):
     if len(chosen) != 1:
         raise LubanError("compress: give exactly one of --quantize METHOD, --prune AMOUNT, --distill-from TEACHER_RUN")
     if a.quantize:
+        from luban.compress.llm import lm_source, quantize_lm
+
+        if lm_source(a.run, a.quantize):  # a causal LM: weight-only int8 / int4 / bf16 (luban.compress.llm)
+            quantize_lm(a.run, a.quantize, out=a.out, name=a.name, group_size=a.group_size, overwrite=a.overwrite)
+            return
+        if a.out is not None:
+            raise LubanError("compress: --out applies to a Hugging Face causal-LM folder; a run's compressed copy "
+                             "is a run beside it (--name)")
         from luban.compress.quantize import quantize_run
 
         quantize_run(a.run, a.quantize, name=a.name, exclude_nodes=a.exclude_nodes,
@@ -442,7 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=_cmd_export)
     cp = sub.add_parser("compress", help="quantize, prune or distill a run into a new run (metrics re-measured)")
     cp.add_argument("run", help="the run to compress; with --distill-from: the student (a run or a YAML config)")
-    cp.add_argument("--quantize", choices=["int8-dynamic", "int8-static", "bf16"])
+    cp.add_argument("--quantize", choices=["int8-dynamic", "int8-static", "bf16", "int8-weight", "int4-weight"],
+                    help="int8-dynamic / int8-static: ONNX (classifiers, tabular, images); int8-weight / int4-weight: "
+                         "causal LMs, weight-only (a text_generation run of a pretrained_lm, or an HF folder); bf16: "
+                         "either")
+    cp.add_argument("--out", metavar="DIR", help="causal-LM HF folder: where the quantized run goes (default: "
+                    "FOLDER-METHOD beside it)")
+    cp.add_argument("--group-size", type=int, default=64, help="int4-weight: input columns per scale (default 64)")
     cp.add_argument("--prune", type=float, metavar="AMOUNT", help="fraction of Linear/Conv weights to zero")
     cp.add_argument("--distill-from", metavar="TEACHER_RUN", help="train the student on this run's soft targets")
     cp.add_argument("--name", help="the new run's name (default: RUN-METHOD, STUDENT-distilled)")

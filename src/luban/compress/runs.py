@@ -93,6 +93,9 @@ def weights_bytes(model_dir: Path) -> int:
     if has_onnx(model_dir):
         p = onnx_path(model_dir)
         return file_bytes(p) + sum(file_bytes(f) for f in p.parent.glob(p.name + ".data"))
+    hf = Path(model_dir) / HF_DIR
+    if not (Path(model_dir) / WEIGHTS).is_file() and hf.is_dir():  # a Hugging Face causal LM (quantized or not)
+        return sum(file_bytes(f) for f in hf.rglob("*.safetensors"))
     return file_bytes(Path(model_dir) / WEIGHTS)
 
 

@@ -78,9 +78,21 @@ class CausalLM(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
 
+    @property
+    def _last_only(self) -> dict:
+        """Decoding needs the last position's logits only: where the model takes `logits_to_keep`, the output
+        head runs on that position alone (a prompt of n tokens saves n - 1 rows of the vocabulary-wide matmul)."""
+        if not hasattr(self, "_keep_kw"):
+            import inspect
+
+            base = self.model.get_base_model() if self.is_peft else self.model
+            self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters \
+                else {}
+        return self._keep_kw
+
     @torch.no_grad()
     def next_token_logits(self, ids, cache=None):
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **self._last_only)
         return out.logits[:, -1, :], out.past_key_values
 
     @torch.no_grad()
@@ -88,7 +100,7 @@ class CausalLM(nn.Module):
         """Batched decoding step (luban.generation.batch): left-padded ids with their attention mask and position
         ids (the model hides padding itself) -> last-position logits (batch, vocab) and the cache."""
         out = self.model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions,
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, **self._last_only)
         return out.logits[:, -1, :], out.past_key_values
 
     def merged(self):
@@ -112,7 +124,13 @@ class CausalLM(nn.Module):
 
 
 def load_exported(folder: Path, device: torch.device) -> CausalLM:
-    """Bring back what `CausalLM.export` wrote (offline)."""
+    """Bring back what `CausalLM.export` wrote (offline), or what `luban compress --quantize int8-weight |
+    int4-weight | bf16` wrote (luban.models.quantized_lm: luban_quant.json beside the weights)."""
+    from luban.models.quantized_lm import load_quantized, quant_info
+
+    info = quant_info(folder)
+    if info is not None:
+        return CausalLM(load_quantized(folder, info)).to(device).eval()
     if (folder / "adapter").is_dir():
         from peft import PeftModel
 

@@ -1,0 +1,313 @@
+"""Fast CPU generation and LLM compression, measured: Hugging Face `generate` fp32 (the peer) vs luban fp32, bf16,
+int8-weight and int4-weight on one causal LM, the same prompts, in one run.
+
+    python benchmarks/llm_infer.py ~/.cache/luban/models/qwen2.5-coder-0.5b-instruct
+
+Steps: `luban compress FOLDER --quantize int8-weight | int4-weight | bf16 --out WORK/...` (each in its own
+process); then one fresh process per precision (so its peak RSS is its own) loads the model, measures perplexity
+on held text (a few KB of tiny-shakespeare and of Chinese ChnSentiCorp reviews from ../shared/data, or --ppl-file),
+time to first token, and single-stream greedy decoding of --tokens new tokens per prompt (eos ignored, so every
+precision decodes the same number of tokens). HF runs first and last (interleaved, to bracket the machine's drift);
+its figure is the mean of the two. Then the fastest luban precision is served (`luban serve RUN`, continuous batching)
+and sent one request, then 8 concurrent ones over real HTTP: aggregate tokens/s. The machine's load (`uptime`) is
+recorded at each step. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, free_port, peak_rss_mb, stop, work_dir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = next((d for d in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if d.is_dir()),
+              ROOT.parent / "shared" / "data")  # a checkout beside shared/, or a worktree one level deeper
+PROMPTS = ["Write a Python function that checks whether a number is prime.",
+           "用一句话解释什么是机器学习。"]
+PRECISIONS = ("fp32", "int8-weight", "int4-weight", "bf16")
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------------------------------------------ one process
+
+
+def held_texts(files: list[str], chars: int) -> dict[str, str]:
+    out = {}
+    if files:
+        for f in files:
+            out[Path(f).stem] = Path(f).read_text(encoding="utf-8")[:chars]
+        return out
+    shakespeare = SHARED / "tinyshakespeare" / "input.txt"
+    if shakespeare.is_file():
+        text = shakespeare.read_text(encoding="utf-8")
+        out["shakespeare"] = text[len(text) // 2: len(text) // 2 + chars]  # away from the famous opening
+    zh = SHARED / "chnsenticorp" / "test.tsv"
+    if zh.is_file():
+        rows = [ln.split("\t")[-1] for ln in zh.read_text(encoding="utf-8").splitlines()[1:]]
+        out["chnsenticorp"] = "\n".join(rows)[: chars // 3]  # ~3 bytes a character: a similar byte count
+    return out
+
+
+def perplexity(model, tok, text: str, window: int = 512) -> float:
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(ids) - 1, window):
+            x = ids[s: s + window + 1]
+            if len(x) < 2:
+                break
+            logits = model(input_ids=x[None, :-1]).logits.float()
+            total += float(F.cross_entropy(logits[0], x[1:], reduction="sum"))
+            count += len(x) - 1
+    return math.exp(total / count)
+
+
+def worker(a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
+    if a.worker == "hf":
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(a.model, local_files_only=True, dtype=torch.float32).eval()
+    elif a.worker == "fp32":
+        from luban.models.causal_lm import CausalLM, load_hf_causal_lm
+
+        model = CausalLM(load_hf_causal_lm(a.model)).eval()
+        hf = model.model
+    else:
+        from luban.models.causal_lm import load_exported
+
+        model = load_exported(Path(a.run) / "model" / "hf", torch.device("cpu"))
+        hf = model.model
+    load_s = time.perf_counter() - t0
+    ppl = {name: round(perplexity(hf, tok, text), 4) for name, text in held_texts(a.ppl_file, a.ppl_chars).items()}
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[: a.prompts]]
+    tokens, seconds, ttft, texts = 0, 0.0, [], []
+    if a.worker == "hf":
+        for ids in prompts:
+            x = torch.tensor([ids])
+            t = time.perf_counter()
+            out = hf.generate(x, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=tok.eos_token_id)
+            ttft.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            out = hf.generate(x, max_new_tokens=a.tokens, min_new_tokens=a.tokens, do_sample=False,
+                              pad_token_id=tok.eos_token_id)
+            seconds += time.perf_counter() - t
+            new = out[0, len(ids):].tolist()
+            tokens += len(new)
+            texts.append(tok.decode(new))
+    else:
+        from luban.generation.decoding import GenerationConfig, iter_token_ids
+
+        cfg = GenerationConfig(max_new_tokens=a.tokens, do_sample=False, eos_token_id=None)
+        for ids in prompts:
+            t = time.perf_counter()
+            it = iter_token_ids(model, ids, cfg)
+            new = [next(it)]
+            ttft.append(time.perf_counter() - t)
+            new += list(it)
+            seconds += time.perf_counter() - t
+            tokens += len(new)
+            texts.append(tok.decode(new))
+    return {"kind": a.worker, "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2), "ttft_ms": round(1000 * sum(ttft) / len(ttft), 1),
+            "perplexity": ppl, "peak_rss_mb": peak_rss_mb(), "load_s": round(load_s, 1), "texts": texts,
+            "threads": torch.get_num_threads(), "load_avg": load()}
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run_worker(a, kind: str, run: Path | None, log: Path) -> dict:
+    cmd = [sys.executable, __file__, a.model, "--worker", kind, "--tokens", str(a.tokens), "--prompts", str(a.prompts),
+           "--threads",
+           str(a.threads), "--ppl-chars", str(a.ppl_chars)] + (["--run", str(run)] if run else [])
+    for f in a.ppl_file:
+        cmd += ["--ppl-file", f]
+    before = load()
+    with open(log, "a", encoding="utf-8") as lf:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=lf, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} worker failed (exit {out.returncode}); see {log}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["load_before"] = before
+    print(f"{kind}: {r['tokens_per_s']} tokens/s, TTFT {r['ttft_ms']} ms, ppl {r['perplexity']}, "
+          f"peak RSS {r['peak_rss_mb']} MB (load {before} -> {r['load_avg']})", flush=True)
+    return r
+
+
+def compress(a, method: str, work: Path, log: Path) -> tuple[Path, float]:
+    out = work / method
+    t = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as lf:
+        res = subprocess.run([sys.executable, "-m", "luban", "compress", a.model, "--quantize", method, "--out",
+                              str(out), "--overwrite"], stdout=lf, stderr=lf, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"luban compress --quantize {method} failed; see {log}")
+    return out, round(time.perf_counter() - t, 1)
+
+
+def fp32_run(a, work: Path, log: Path) -> Path:
+    """The model as a plain text-generation run (finetune: none), for `luban serve`."""
+    import yaml
+
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(PROMPTS * 40), encoding="utf-8")
+    cfg = {"task": "text_generation", "data": {"train": str(corpus)},
+           "model": {"type": "pretrained_lm", "path": str(a.model), "finetune": "none"},
+           "preprocessing": {"tokenizer": {"type": "pretrained", "max_length": 64}},
+           "trainer": {"batch_size": 4, "precision": "fp32"}, "evaluation": {"baseline": False},
+           "generation": {"sample_tokens": 0},
+           "output": {"dir": str(work), "name": "fp32", "tensorboard": False, "overwrite": True}}
+    path = work / "fp32.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as lf:
+        res = subprocess.run([sys.executable, "-m", "luban", "train", str(path)], stdout=lf, stderr=lf, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"the fp32 run failed; see {log}")
+    return work / "fp32"
+
+
+async def _requests(port: int, n: int, tokens: int) -> tuple[int, float, list[float]]:
+    import httpx
+
+    bodies = [{"prompt": PROMPTS[i % 2], "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+              for i in range(n)]
+    firsts: list[float] = []
+
+    async def one(client, body):
+        t = time.perf_counter()
+        got, first = 0, None
+        async with client.stream("POST", f"http://127.0.0.1:{port}/v1/completions",
+                                 json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                ev = json.loads(line[5:])
+                if first is None and ev.get("choices") and ev["choices"][0].get("text"):
+                    first = time.perf_counter() - t
+                if ev.get("usage"):
+                    got = ev["usage"]["completion_tokens"]
+        firsts.append(first or 0.0)
+        return got
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=1800) as client:
+        counts = await asyncio.gather(*(one(client, b) for b in bodies))
+    return sum(counts), time.perf_counter() - t0, firsts
+
+
+def served(a, run: Path, log: Path) -> dict:
+    from serve_load import start
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "luban", "serve", str(run), "--port", str(port), "--threads", str(a.threads),
+           "--max-active-generations", "8", "--request-timeout", "1800"]
+    proc = start(cmd, port, log)
+    try:
+        asyncio.run(_requests(port, 1, 4))  # warm-up
+        l1 = load()
+        one_tokens, one_s, one_first = asyncio.run(_requests(port, 1, a.tokens))
+        l8 = load()
+        many_tokens, many_s, firsts = asyncio.run(_requests(port, 8, a.tokens))
+    finally:
+        stop(proc)
+    return {"single_tokens_per_s": round(one_tokens / one_s, 2), "single_ttft_ms": round(1000 * one_first[0], 1),
+            "aggregate8_tokens_per_s": round(many_tokens / many_s, 2), "aggregate8_tokens": many_tokens,
+            "aggregate8_seconds": round(many_s, 1), "ttft8_ms_median": round(1000 * sorted(firsts)[len(firsts) // 2], 1),
+            "load_single": l1, "load_8": l8, "load_after": load()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="a Hugging Face causal-LM folder (e.g. ~/.cache/luban/models/qwen2.5-coder-0.5b-instruct)")
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per prompt (greedy, eos ignored)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
+    ap.add_argument("--ppl-file", action="append", default=[], help="held text for perplexity (default: shared data)")
+    ap.add_argument("--ppl-chars", type=int, default=3000)
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--no-serve", action="store_true", help="skip the `luban serve` figures")
+    ap.add_argument("--work", help="folder for the compressed runs (default: a fresh temporary folder)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.model = str(Path(a.model).expanduser())
+    if a.worker:
+        emit(worker(a))
+        return
+    work = Path(a.work) if a.work else work_dir()
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "llm_infer.log"
+    print(f"work folder {work}; load {load()}", flush=True)
+    precisions = [p for p in a.precisions.split(",") if p]
+    runs, compress_s = {}, {}
+    for method in precisions:
+        if method != "fp32":
+            runs[method], compress_s[method] = compress(a, method, work, log)
+            print(f"compressed {method} in {compress_s[method]} s", flush=True)
+    res = {"hf_1": run_worker(a, "hf", None, log)}
+    for p in precisions:
+        res[p] = run_worker(a, p, runs.get(p), log)
+        (work / "partial.json").write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
+    res["hf_2"] = run_worker(a, "hf", None, log)
+    hf_tps = round((res["hf_1"]["tokens_per_s"] + res["hf_2"]["tokens_per_s"]) / 2, 2)
+    best = max(precisions, key=lambda p: res[p]["tokens_per_s"])
+    ref_ppl = res["fp32"]["perplexity"] if "fp32" in res else res["hf_1"]["perplexity"]
+    ref_rss = res["fp32"]["peak_rss_mb"] if "fp32" in res else res["hf_1"]["peak_rss_mb"]
+
+    def ratio(p):
+        if p not in res:
+            return None
+        rs = [res[p]["perplexity"][k] / ref_ppl[k] for k in ref_ppl]
+        return round(max(rs), 4)
+
+    serve = {}
+    if not a.no_serve:
+        try:
+            run = runs.get(best) or fp32_run(a, work, log)
+            serve = served(a, run, log)
+            print(f"luban serve {best}: one request {serve['single_tokens_per_s']} tokens/s; 8 concurrent "
+                  f"{serve['aggregate8_tokens_per_s']} tokens/s aggregate (load {serve['load_8']})", flush=True)
+        except (SystemExit, Exception) as e:  # noqa: BLE001 - the other figures still count
+            print(f"serve figures failed: {e}", flush=True)
+            serve = {"error": str(e)}
+    detail = {p: {k: v for k, v in r.items() if k != "texts"} for p, r in res.items()}
+    out = {"model": Path(a.model).name, "tokens_per_prompt": a.tokens, "prompts": a.prompts,
+           "hf_tokens_per_s": hf_tps, "luban_tokens_per_s": res[best]["tokens_per_s"], "luban_precision": best,
+           "speedup_vs_hf": round(res[best]["tokens_per_s"] / hf_tps, 2),
+           "aggregate8_tokens_per_s": serve.get("aggregate8_tokens_per_s"),
+           "aggregate8_vs_single": round(serve["aggregate8_tokens_per_s"] / serve["single_tokens_per_s"], 2)
+           if serve.get("single_tokens_per_s") else None,
+           "int8_ppl_ratio": ratio("int8-weight"), "int4_ppl_ratio": ratio("int4-weight"),
+           "bf16_ppl_ratio": ratio("bf16"),
+           "int4_rss_ratio": round(res["int4-weight"]["peak_rss_mb"] / ref_rss, 3) if "int4-weight" in res else None,
+           "ttft_ms": res[best]["ttft_ms"], "serve": serve, "compress_seconds": compress_s, "detail": detail,
+           "sample_texts": {p: r["texts"][0][:160] for p, r in res.items()}, "threads": a.threads,
+           "load_end": load()}
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()

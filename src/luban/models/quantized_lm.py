@@ -1,0 +1,350 @@
+"""Weight-only quantization of a Hugging Face causal LM for CPU inference, and its safe on-disk format.
+
+Methods (`luban compress RUN --quantize ...`, luban.compress.llm):
+- int8-weight: every nn.Linear (attention, MLP, the output head) as int8 weights with one fp32 scale per output row
+  (symmetric, w = q * scale); the token embedding as int8 rows with a scale each (a tied output head shares them).
+  Activations stay float: decoding steps run torch's own weight-only int8 kernel (`aten._weight_int8pack_mm`),
+  16+ rows (a prompt, a perplexity window) one dequantized BLAS GEMM.
+- int4-weight: every nn.Linear as 4-bit weights in groups of `group_size` input columns, each group with an fp32
+  scale and minimum (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU int4 kernel
+  (`aten._weight_int4pack_mm_for_cpu`); the embedding as int8 rows (as above). Layers whose input width is not a
+  multiple of the group size (or whose output width is not a
+  multiple of 16, the kernel's tiling) fall back to int8.
+- bf16: the weights as bfloat16, run in bfloat16 (a plain HF folder: `save_pretrained`).
+
+The quantized folder holds config.json (+ generation_config.json, the tokenizer), `quantized.safetensors` (plain
+tensors: int8 / uint8 / fp32, never pickle) and `luban_quant.json`, which describes every quantized module (its kind,
+shape, group size) and the packing, so the format is readable without luban. The weights file deliberately is not
+`model.safetensors`: transformers' `from_pretrained` refuses the folder instead of loading random weights.
+Loading builds the model skeleton with its parameters on the meta device (no fp32 copy is ever allocated), swaps in
+the quantized modules and assigns the remaining tensors (norms, biases): peak memory ~ the quantized size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luban.errors import RunError
+
+QUANT_FILE = "luban_quant.json"
+QUANT_WEIGHTS = "quantized.safetensors"
+FORMAT = 1
+METHODS = ("int8-weight", "int4-weight", "bf16")
+DEFAULT_GROUP_SIZE = 64
+# rows from which an int8 layer dequantizes its weights and runs one BLAS GEMM instead of the weight-only kernel:
+# torch's int8 kernel is written for few rows (decoding); on an AVX2 CPU it was ~5x slower at 8 rows than at 1
+PREFILL_ROWS = 16
+
+
+# ------------------------------------------------------------------------------------------------ the math
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q int8 (rows, cols), scale fp32 (rows,)); w ~ q * scale[:, None]."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric per-group 4-bit: (packed uint8 (rows, cols/2), scale (rows, groups), min (rows, groups));
+    w ~ q * scale + min with q in 0..15; two values per byte, the even column in the low nibble."""
+    w = w.detach().float()
+    rows, cols = w.shape
+    g = w.reshape(rows, cols // group_size, group_size)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).reshape(rows, cols)
+    return q[:, 0::2] | (q[:, 1::2] << 4), scale, lo
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """(rows, cols/2) uint8 -> (rows, cols) values 0..15 (uint8)."""
+    out = torch.stack([packed & 0x0F, packed >> 4], dim=-1)
+    return out.reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+def dequantize_int4(packed, scale, lo, group_size: int) -> torch.Tensor:
+    q = unpack_int4(packed).float()
+    rows, cols = q.shape
+    g = q.reshape(rows, cols // group_size, group_size)
+    return (g * scale[..., None] + lo[..., None]).reshape(rows, cols)
+
+
+# ------------------------------------------------------------------------------------------------ the modules
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + bias with q int8 per output row, on torch's weight-only int8 CPU kernel."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("bias", None if bias is None else bias.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        flat = _flat(x).to(dtype)
+        if flat.shape[0] >= PREFILL_ROWS:  # a prompt / perplexity window: one dequantized GEMM (BLAS) pays better
+            y = F.linear(flat, self.qweight.to(dtype) * self.scale.to(dtype)[:, None])
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale.to(dtype))
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + bias with W in 4-bit groups (see quantize_int4), on torch's CPU int4 kernel. The portable
+    packing (what is saved) is converted once, at construction, to the kernel's own layout."""
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None = None, portable: bool = True):
+        super().__init__()
+        self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
+        self.group_size = group_size
+        # the kernel's convention: w = (q - 8) * scale + zero, so zero = min + 8 * scale
+        self.register_buffer("kernel_weight",
+                             torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2))
+        sz = torch.stack([scale.float(), (lo + 8 * scale).float()], dim=-1)  # (rows, groups, 2)
+        self.register_buffer("scales_zeros", sz.transpose(0, 1).contiguous())  # (groups, rows, 2)
+        self.register_buffer("bias", None if bias is None else bias.float())
+        if portable:  # kept for saving (the kernel layout is not portable); a loaded model does not need them
+            self.register_buffer("packed", packed, persistent=False)
+            self.register_buffer("scale", scale.float(), persistent=False)
+            self.register_buffer("lo", lo.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(_flat(x).to(dtype), self.kernel_weight, self.group_size,
+                                                        self.scales_zeros.to(dtype))
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding as int8 rows with a scale each: the looked-up rows are dequantized."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.padding_idx = padding_idx
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale.float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.qweight).float() * F.embedding(ids, self.scale[:, None])
+
+
+# ------------------------------------------------------------------------------------------------ quantize / save
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _tied_head(hf) -> bool:
+    out = hf.get_output_embeddings()
+    return out is not None and out.weight is hf.get_input_embeddings().weight
+
+
+def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> dict:
+    """Replace hf's Linear layers and token embedding in place; returns the module table of luban_quant.json."""
+    bits = 8 if method == "int8-weight" else 4
+    emb = hf.get_input_embeddings()
+    head = hf.get_output_embeddings()
+    tied = _tied_head(hf)
+    names = {m: n for n, m in hf.named_modules()}
+    emb_name, head_name = names[emb], names.get(head) if head is not None else None
+    modules: dict[str, dict] = {}
+    q, s = quantize_int8(emb.weight)
+    new_emb = Int8Embedding(q, s, getattr(emb, "padding_idx", None))
+    modules[emb_name] = {"kind": "int8-embedding", "shape": list(q.shape)}
+    for name, m in list(hf.named_modules()):
+        if not isinstance(m, nn.Linear):
+            continue
+        bias = m.bias.detach() if m.bias is not None else None
+        if name == head_name and tied and bits == 8:
+            new = Int8Linear(new_emb.qweight, new_emb.scale, bias)  # shares the embedding's int8 rows
+            modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features], "tied_to": emb_name}
+        elif bits == 4 and m.in_features % group_size == 0 and m.out_features % 16 == 0:  # the kernel's tiling
+            packed, scale, lo = quantize_int4(m.weight, group_size)
+            new = Int4Linear(packed, scale, lo, group_size, bias)
+            modules[name] = {"kind": "int4", "shape": [m.out_features, m.in_features], "group_size": group_size}
+        else:
+            qw, sc = quantize_int8(m.weight)
+            new = Int8Linear(qw, sc, bias)
+            modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features]}
+        modules[name]["bias"] = bias is not None
+        _set_module(hf, name, new)
+    _set_module(hf, emb_name, new_emb)
+    return modules
+
+
+def _module_tensors(name: str, spec: dict, module: nn.Module) -> dict[str, torch.Tensor]:
+    if spec.get("tied_to"):
+        out = {}
+    elif spec["kind"] == "int4":
+        out = {f"{name}.qweight": module.packed, f"{name}.scale": module.scale, f"{name}.min": module.lo}
+    else:
+        out = {f"{name}.qweight": module.qweight, f"{name}.scale": module.scale}
+    if getattr(module, "bias", None) is not None:
+        out[f"{name}.bias"] = module.bias
+    return out
+
+
+def save_quantized(hf, folder: Path, method: str, group_size: int = DEFAULT_GROUP_SIZE, extra: dict | None = None):
+    """Quantize `hf` (in place) and write it to `folder`: config, generation config, quantized.safetensors and
+    luban_quant.json. bf16: a plain HF folder in bfloat16 (+ luban_quant.json). Returns the metadata written."""
+    from safetensors.torch import save_file
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "method": method, "tool": "luban", **(extra or {})}
+    if method == "bf16":
+        hf.to(torch.bfloat16).save_pretrained(str(folder))
+        meta.update(dtype="bfloat16", weights="model.safetensors")
+    else:
+        modules = quantize_modules(hf, method, group_size)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, spec in modules.items():
+            tensors.update(_module_tensors(name, spec, hf.get_submodule(name)))
+        quantized = set(modules)
+        for name, p in list(hf.named_parameters()) + list(hf.named_buffers()):
+            owner = name.rpartition(".")[0]
+            if owner in quantized or _non_persistent(hf, name):
+                continue
+            tensors[name] = p.detach().float().contiguous()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / QUANT_WEIGHTS),
+                  metadata={"format": "pt", "luban_quant": method})
+        hf.config.save_pretrained(str(folder))
+        if getattr(hf, "generation_config", None) is not None:
+            hf.generation_config.save_pretrained(str(folder))
+        meta.update(bits=8 if method == "int8-weight" else 4, group_size=group_size if method == "int4-weight" else None,
+                    weights=QUANT_WEIGHTS, modules=modules,
+                    schemes={"int8": "symmetric per output row: w = qweight (int8) * scale[row]",
+                             "int8-embedding": "symmetric per row (token): w = qweight (int8) * scale[row]",
+                             "int4": "asymmetric per group of group_size input columns: w = q * scale + min, q in "
+                                     "0..15; qweight uint8 (rows, cols/2), the even column in the low nibble"},
+                    kernels={"int8": "torch.ops.aten._weight_int8pack_mm",
+                             "int4": "torch.ops.aten._weight_int4pack_mm_for_cpu"})
+    (folder / QUANT_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return meta
+
+
+def _non_persistent(model: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    return leaf in getattr(mod, "_non_persistent_buffers_set", set())
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+def quant_info(folder: Path) -> dict | None:
+    """luban_quant.json of a folder, or None when the folder is not quantized by luban."""
+    path = Path(folder) / QUANT_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info["method"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path}: unreadable quantization metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(info.get("format"), int) or info["format"] > FORMAT:
+        raise RunError(f"{path}: quantization format {info.get('format')!r}; this luban reads up to {FORMAT}")
+    return info
+
+
+@contextlib.contextmanager
+def _params_on_meta():
+    """Parameters created inside are put on the meta device (no memory); buffers stay real (rotary tables)."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            kind = type(module._parameters[name])
+            module._parameters[name] = kind(module._parameters[name].to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def load_quantized(folder: Path, info: dict):
+    """The HF causal LM of a quantized folder (see the module doc), in eval mode on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    folder = Path(folder)
+    if info["method"] == "bf16":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.bfloat16).eval()
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        tensors = load_file(str(folder / info.get("weights", QUANT_WEIGHTS)))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise RunError(f"{folder}: missing or corrupted quantized model files ({type(e).__name__}: {e})") from None
+    with _params_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_config(config)
+    try:
+        built: dict[str, nn.Module] = {}
+        for name, spec in info["modules"].items():
+            bias = tensors.pop(f"{name}.bias", None)
+            if spec.get("tied_to"):
+                if spec["tied_to"] not in built:
+                    built[spec["tied_to"]] = _build(info["modules"][spec["tied_to"]], spec["tied_to"], tensors)
+                src = built[spec["tied_to"]]
+                new = Int8Linear(src.qweight, src.scale, bias)
+            else:
+                new = built[name] if name in built else _build(spec, name, tensors, bias)
+            built[name] = new
+        for name, new in built.items():
+            _set_module(hf, name, new)
+        missing = [n for n, p in hf.named_parameters() if p.is_meta and n not in tensors]
+        if missing:
+            raise KeyError(f"tensor {missing[0]} is missing")
+        hf.load_state_dict(tensors, strict=False, assign=True)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise RunError(f"{folder}: missing or corrupted quantized model files ({type(e).__name__}: {e})") from None
+    if (folder / "generation_config.json").is_file():
+        hf.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
+    return hf.eval()
+
+
+def _build(spec: dict, name: str, tensors: dict, bias=None) -> nn.Module:
+    kind = spec["kind"]
+    q = tensors.pop(f"{name}.qweight")
+    if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if kind == "int4" else 1)]:
+        raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
+    if kind == "int4":
+        return Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
+                          portable=False)
+    if kind == "int8-embedding":
+        return Int8Embedding(q, tensors.pop(f"{name}.scale"))
+    if kind == "int8":
+        return Int8Linear(q, tensors.pop(f"{name}.scale"), bias)
+    raise ValueError(f"unknown module kind {kind!r}")

@@ -1,0 +1,175 @@
+"""Weight-only quantization of causal LMs (luban compress --quantize int8-weight | int4-weight | bf16): logits close
+to fp32, the safe format round-trips, a compressed run or HF folder generates and serves, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from luban.errors import LubanError  # noqa: E402
+from tests.conftest import CHAT_TEXTS, _byte_bpe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 (tied embeddings, widths a multiple of the int4 group) with a chat template."""
+    folder = tmp_path_factory.mktemp("tiny_qwen")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=_byte_bpe(CHAT_TEXTS, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+        eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(0)
+    conf = transformers.Qwen2Config(vocab_size=-(-len(tok) // 16) * 16, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    tie_word_embeddings=True, eos_token_id=tok.eos_token_id, initializer_range=0.1)
+    model = transformers.Qwen2ForCausalLM(conf)
+    model.config.architectures = ["Qwen2ForCausalLM"]
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def _fp32(folder):
+    from luban.models.causal_lm import load_hf_causal_lm
+
+    return load_hf_causal_lm(str(folder)).eval()
+
+
+@pytest.mark.parametrize("method,bound", [("int8-weight", 0.03), ("int4-weight", 0.35), ("bf16", 0.02)])
+def test_quantized_logits_close_and_round_trip(tiny_qwen, tmp_path, method, bound):
+    from luban.models.quantized_lm import QUANT_FILE, load_quantized, quant_info, save_quantized
+
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = _fp32(tiny_qwen)(input_ids=ids).logits
+        model = _fp32(tiny_qwen)
+        info = save_quantized(model, tmp_path / "q", method, group_size=32)
+        got = model(input_ids=ids).logits.float()
+        back = load_quantized(tmp_path / "q", quant_info(tmp_path / "q"))(input_ids=ids).logits.float()
+    rel = float((got - ref).norm() / ref.norm())
+    assert rel < bound, f"{method}: relative logit error {rel:.4f}"
+    # the saved form is what ran before saving (bf16: up to the rounding of a model built in bf16)
+    assert float((back - got).norm() / got.norm()) < (1e-6 if method != "bf16" else 0.02)
+    meta = json.loads((tmp_path / "q" / QUANT_FILE).read_text())
+    assert meta["method"] == method == info["method"]
+    if method != "bf16":
+        kinds = {s["kind"] for s in meta["modules"].values()}
+        assert kinds == ({"int8", "int8-embedding"} if method == "int8-weight" else {"int4", "int8-embedding"})
+        assert meta["modules"]["lm_head"].get("tied_to") == "model.embed_tokens" or method == "int4-weight"
+        assert not (tmp_path / "q" / "model.safetensors").exists()  # from_pretrained cannot mistake it
+        from safetensors.torch import load_file
+
+        dtypes = {str(t.dtype) for k, t in load_file(str(tmp_path / "q" / "quantized.safetensors")).items()
+                  if k.endswith("qweight")}
+        assert dtypes == ({"torch.int8"} if method == "int8-weight" else {"torch.int8", "torch.uint8"})
+
+
+def test_int4_packing_round_trips():
+    from luban.models.quantized_lm import dequantize_int4, quantize_int4
+
+    w = torch.randn(8, 64)
+    packed, scale, lo = quantize_int4(w, 16)
+    assert packed.dtype == torch.uint8 and packed.shape == (8, 32)
+    err = (dequantize_int4(packed, scale, lo, 16) - w).abs()
+    assert float(err.max()) <= float(scale.max()) / 2 + 1e-6  # within half a step of its group
+    from luban.models.quantized_lm import Int4Linear
+
+    w = torch.randn(32, 64)  # the kernel computes exactly with the dequantized weights
+    packed, scale, lo = quantize_int4(w, 32)
+    x = torch.randn(3, 64)
+    ref = x @ dequantize_int4(packed, scale, lo, 32).T
+    assert torch.allclose(Int4Linear(packed, scale, lo, 32)(x), ref, atol=1e-4)
+
+
+def test_compress_hf_folder_generates_and_serves(tiny_qwen, tmp_path):
+    import luban
+    from luban.compress.llm import quantize_lm
+    from luban.manifest import read as read_manifest
+
+    run = quantize_lm(tiny_qwen, "int4-weight", out=tmp_path / "q4", group_size=32, quiet=True)
+    assert (run / "manifest.json").is_file() and (run / "model" / "processor.json").is_file()
+    files = {f["path"] for f in read_manifest(run)["files"]}
+    assert "model/hf/quantized.safetensors" in files and "model/hf/luban_quant.json" in files
+    proc = json.loads((run / "model" / "processor.json").read_text())
+    assert proc["parts"]["model"]["quantization"]["method"] == "int4-weight"
+    p = luban.load(run)
+    out = p.generate_text("the cat", max_new_tokens=6, do_sample=False)
+    assert out["tokens"] > 0
+    chat = p.chat([{"role": "user", "content": "hello"}], max_new_tokens=4, do_sample=False)
+    assert chat["finish_reason"] in ("eos", "length", "stop")
+    # the same greedy tokens as the quantized HF model itself gives
+    from luban.models.quantized_lm import load_quantized, quant_info
+
+    hf = load_quantized(run / "model" / "hf", quant_info(run / "model" / "hf"))
+    ids = p.task_predictor.generator._ids("the cat")  # the prompt as the run encodes it
+    ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None,
+                      pad_token_id=0)[0, len(ids):].tolist()
+    mine = list(p.task_predictor.generator.events("the cat", max_new_tokens=6, do_sample=False))
+    assert [t for t, _, _ in mine if t is not None] == ref[:len([t for t, _, _ in mine if t is not None])]
+    # served: the OpenAI completions route answers from the quantized run
+    from fastapi.testclient import TestClient
+
+    from luban.serve.app import create_app
+
+    with TestClient(create_app([str(run)])) as client:
+        r = client.post("/v1/completions", json={"model": run.name, "prompt": "the cat", "max_tokens": 4,
+                                                 "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] > 0
+
+
+def test_compress_text_generation_run(tiny_qwen, tmp_path):
+    import luban
+    from luban.compress.llm import quantize_lm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CHAT_TEXTS * 4), encoding="utf-8")
+    src = luban.train({"task": "text_generation", "seed": 0, "data": {"train": str(corpus)},
+                       "model": {"type": "pretrained_lm", "path": str(tiny_qwen), "finetune": "none"},
+                       "preprocessing": {"tokenizer": {"type": "pretrained", "max_length": 32}},
+                       "trainer": {"batch_size": 8, "num_threads": 1, "precision": "fp32"},
+                       "evaluation": {"baseline": False}, "generation": {"sample_tokens": 4},
+                       "output": {"dir": str(tmp_path / "runs"), "name": "lm", "tensorboard": False}}, quiet=True)
+    run = quantize_lm(src, "int8-weight", quiet=True)
+    assert run.name == "lm-int8-weight"
+    m = json.loads((run / "metrics.json").read_text())
+    ref = json.loads((src / "metrics.json").read_text())["test"]["perplexity"]
+    assert abs(m["test"]["perplexity"] / ref - 1) < 0.05  # int8 costs little perplexity
+    assert m["compression"]["method"] == "int8-weight"
+    assert m["compression"]["size_bytes"] < 0.5 * m["compression"]["source_size_bytes"]
+    assert luban.load(run).generate_text("the", max_new_tokens=3, do_sample=False)["tokens"] > 0
+    with pytest.raises(LubanError, match="already quantized"):  # refused: already quantized
+        quantize_lm(run, "int4-weight", quiet=True)
+
+
+def test_refusals(tiny_qwen, trained_text_run, tmp_path):
+    from luban.cli import main
+    from luban.compress.llm import quantize_lm
+
+    with pytest.raises(LubanError, match="causal language models"):  # a classifier run
+        quantize_lm(trained_text_run["run"], "int8-weight", quiet=True)
+    enc = tmp_path / "encoder"
+    enc.mkdir()
+    (enc / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(LubanError, match="not a causal language model"):
+        quantize_lm(enc, "int4-weight", out=tmp_path / "x", quiet=True)
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_qwen, bad)
+    (bad / "config.json").write_text("{not json")
+    assert main(["compress", str(bad), "--quantize", "int8-weight", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists() and not any(tmp_path.glob("y*"))
+    # a quantized run whose weights were damaged: one clear error when it loads
+    run = quantize_lm(tiny_qwen, "int8-weight", out=tmp_path / "q8", quiet=True)
+    (run / "model" / "hf" / "quantized.safetensors").write_bytes(b"\0" * 64)
+    import luban
+
+    with pytest.raises(LubanError, match="corrupted"):
+        luban.load(run)
+    assert main(["compress", str(tmp_path / "nothing"), "--quantize", "int8-weight"]) == 2
