@@ -170,6 +170,10 @@ class ScoresTokens(GeneratesText):
         """{"ids": the prompt's token ids, "logprobs": [None, {"logprob", "top"}, ...]} (one per id)."""
 
     @abstractmethod
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt's ids for plain completion (the tokenizer's prefix + the text; no chat template)."""
+
+    @abstractmethod
     def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
         """Each token id's own text and exact bytes."""
 

@@ -175,6 +175,10 @@ class Predictor:
         the `top` most likely tokens at each position."""
         return self._as(ScoresTokens, "score tokens").score_prompt(prompt, top)
 
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt's token ids for plain completion (no chat template)."""
+        return self._as(ScoresTokens, "score tokens").encode_prompt(prompt)
+
     def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
         """Each token id's own text and exact bytes."""
         return self._as(ScoresTokens, "score tokens").token_pieces(ids)

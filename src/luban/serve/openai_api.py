@@ -219,14 +219,18 @@ async def collect(job: Job, timeout: float) -> dict:
             "logprobs": logprobs}
 
 
-async def echoed(m: ServedModel, prompt, top: int | None) -> tuple[str, dict | None]:
-    """The prompt's text as echoed (token-id prompts decoded) and, with `top`, its tokens' log-probabilities."""
-    if top is None and isinstance(prompt, str):
-        return prompt, None
+async def echoed(m: ServedModel, prompt, top: int | None, text: str | None = None) -> tuple[str, dict | None]:
+    """The prompt's text as echoed (`text`, else token-id prompts decoded) and, with `top`, its tokens'
+    log-probabilities."""
+    if isinstance(prompt, str):
+        text = prompt
+    if top is None and text is not None:
+        return text, None
     try:
         scored = await m.call(m.predictor.score_prompt, prompt, top or 0)
         ids = scored["ids"]
-        text = prompt if isinstance(prompt, str) else "".join(t for t, _ in m.predictor.token_pieces(ids))
+        if text is None:
+            text = b"".join(b for _, b in m.predictor.token_pieces(ids)).decode("utf-8", errors="replace")
     except (LubanError,) + INPUT_ERRORS as e:
         raise bad_request(str(e), "prompt", "invalid_prompt") from None
     if top is None:
@@ -243,14 +247,16 @@ def tool_message(text: str, finish: str) -> tuple[dict, str]:
 
 
 async def run(m: ServedModel, req: _Sampling, prompts: list[tuple[str | None, list[dict] | None]], chat: bool,
-              echo: bool = False, tools: list[dict] | None = None):
+              echo: bool = False, tools: list[dict] | None = None, texts: list[str | None] | None = None):
     top = (chat_top(req.logprobs, req.top_logprobs) if chat else completion_top(req.logprobs))
     knobs = knobs_for(req, m, top)
     if tools:
         knobs["tools"] = tools
     counts = [await prompt_tokens(m, p, msgs, tools) for p, msgs in prompts]
     rid, created = _new_id("chatcmpl" if chat else "cmpl"), int(time.time())
-    echoes = ([await echoed(m, p, top) for p, _ in prompts] if echo else [("", None)] * len(prompts))
+    texts = texts or [None] * len(prompts)
+    echoes = ([await echoed(m, p, top, t) for (p, _), t in zip(prompts, texts, strict=True)] if echo
+              else [("", None)] * len(prompts))
     makes, where = [], []
     for pi, (p, msgs) in enumerate(prompts):
         for c in range(req.n):
@@ -455,4 +461,10 @@ async def completions(req: CompletionRequest, reg: Registry = Depends(registry))
     if req.echo and req.stream and len(prompts) > 1:
         raise bad_request("echo with several prompts is not supported when streaming", "echo",
                           "unsupported_parameter")
-    return await run(m, req, [(p, None) for p in prompts], chat=False, echo=req.echo)
+    texts = [x if isinstance(x, str) else None for x in prompts]
+    if m.predictor.supports(ScoresTokens):  # plain completion: text prompts are never wrapped in a chat template
+        try:
+            prompts = [m.predictor.encode_prompt(x) if isinstance(x, str) else x for x in prompts]
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise bad_request(str(e), "prompt", "invalid_prompt") from None
+    return await run(m, req, [(p, None) for p in prompts], chat=False, echo=req.echo, texts=texts)

@@ -723,8 +723,15 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
     def score_prompt(self, prompt, top: int = 0) -> dict:
         """The prompt's tokens and each one's log-probability given those before it (None for the first), with the
         `top` most likely tokens at each position (decoding.prompt_logprobs: one forward pass)."""
-        ids = self.generator._ids(prompt)
+        ids = self.generator._ids(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt)
         return {"ids": ids, "logprobs": prompt_logprobs(self.model, ids, top)}
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt as the model reads it for plain completion (OpenAI /v1/completions): the tokenizer's
+        prefix (e.g. BOS) and the text's tokens, never wrapped in the chat template."""
+        if not isinstance(prompt, str):
+            raise DataError(f"prompt: expected text, found {type(prompt).__name__}")
+        return (self.formatter._prefix() + self.encoder.encode_text(prompt)) or self.generator._ids("")
 
     def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
         """Each token id's own text and bytes (a byte-level BPE token may hold part of a UTF-8 character: its
