@@ -85,25 +85,14 @@ def main():
 
     port, key = free_port(), "bench-key"
     log = open(work / "server.log", "w")
-    serve = [str(run)] + ([a.embed] if a.embed else [])
-    proc = subprocess.Popen([sys.executable, "-m", "luban", "serve", *serve, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LUBAN_API_KEYS": key})
+    proc = start_server([str(run)], port, key, log)
     checks: dict[str, bool] = {}
     details: dict = {}
     try:
         base = f"http://127.0.0.1:{port}/v1"
-        client = OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
-        t0 = time.time()
-        while True:  # /readyz: 200 once the model is loaded and warm
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:  # not listening yet, or 503 while loading
-                pass
-            if proc.poll() is not None or time.time() - t0 > 300:
-                raise SystemExit("server did not start:\n" + (work / "server.log").read_text())
-            time.sleep(0.5)
+        client = OpenAI(base_url=base, api_key=key, max_retries=0, timeout=300)
+        if not wait_ready(proc, port):
+            raise SystemExit("server did not start:\n" + (work / "server.log").read_text())
         models = client.models.list()
         name = run.resolve().name if run.exists() else str(run)
         checks["models_list"] = name in [m.id for m in models.data]
@@ -140,10 +129,10 @@ def main():
         checks["completion_n"] = [c.index for c in comp.choices] == [0, 1] and comp.usage.completion_tokens > 0
         greedy = client.completions.create(model=name, prompt="ROMEO:", max_tokens=40, temperature=0)
         text = greedy.choices[0].text
-        stop = text[10:12] if len(text) >= 12 and text[10:12].strip() else None
-        if stop:
-            cut = client.completions.create(model=name, prompt="ROMEO:", max_tokens=40, temperature=0, stop=[stop])
-            checks["stop"] = cut.choices[0].finish_reason == "stop" and cut.choices[0].text == text[:text.index(stop)]
+        at = text[10:12] if len(text) >= 12 and text[10:12].strip() else None
+        if at:
+            cut = client.completions.create(model=name, prompt="ROMEO:", max_tokens=40, temperature=0, stop=[at])
+            checks["stop"] = cut.choices[0].finish_reason == "stop" and cut.choices[0].text == text[:text.index(at)]
 
         def raises(exc, fn):
             try:
@@ -164,7 +153,7 @@ def main():
                    "stream_chunks": chunks}
         details.update(logprob_checks(client, name, run, checks))
         details.update(tool_check(client, name, checks, raises))
-        details.update(embedding_check(client, a.embed, checks))
+        details.update(embedding_check(a.embed, key, work, checks))
     finally:
         stop(proc)
         log.close()
@@ -281,12 +270,43 @@ def tool_check(client, name: str, checks: dict, raises) -> dict:
     return {"tools_mode": "called", "tool_call": calls[0].function.model_dump() if calls else c.message.content}
 
 
-def embedding_check(client, embed: str | None, checks: dict) -> dict:
+def start_server(sources: list[str], port: int, key: str, log):
+    return subprocess.Popen([sys.executable, "-m", "luban", "serve", *sources, "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LUBAN_API_KEYS": key})
+
+
+def wait_ready(proc, port: int, limit: float = 600) -> bool:
+    """/readyz: 200 once the models are loaded and warm; False when the server exits or takes too long."""
+    t0 = time.time()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 while loading
+            pass
+        if proc.poll() is not None or time.time() - t0 > limit:
+            return False
+        time.sleep(0.5)
+
+
+def embedding_check(embed: str | None, key: str, work: Path, checks: dict) -> dict:
+    """/v1/embeddings on --embed (an encoder run or folder), served by a server of its own."""
+    from openai import OpenAI
+
     if not embed:
         checks["embeddings"] = False
         return {"embeddings_error": "no --embed model given"}
     model = Path(embed).expanduser().resolve().name if Path(embed).expanduser().exists() else embed
+    port = free_port()
+    log = open(work / "embed_server.log", "w")
+    proc = start_server([embed], port, key, log)
     try:
+        if not wait_ready(proc, port):
+            checks["embeddings"] = False
+            return {"embeddings_error": "the server did not start: "
+                    + (work / "embed_server.log").read_text()[-300:].strip()}
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=300)
         r = client.embeddings.create(model=model, input=["今天天气很好", "the weather is nice today"])
         vecs = [d.embedding for d in r.data]
         checks["embeddings"] = (len(vecs) == 2 and len(vecs[0]) == len(vecs[1]) > 0
@@ -296,6 +316,9 @@ def embedding_check(client, embed: str | None, checks: dict) -> dict:
     except Exception as e:  # noqa: BLE001
         checks["embeddings"] = False
         return {"embeddings_error": f"{type(e).__name__}: {e}"[:300]}
+    finally:
+        stop(proc)
+        log.close()
 
 
 if __name__ == "__main__":
