@@ -230,3 +230,34 @@ def test_models_list_the_runs_generation_defaults_for_the_playground(served):
     assert models["chat"]["capabilities"]
     js = (Path(luban.__file__).parent / "serve" / "static" / "app.js").read_text(encoding="utf-8")
     assert "m.generation" in js
+
+
+def test_a_real_model_folder_served_as_it_is_scores_like_transformers(tmp_path):
+    """SmolLM2-135M-Instruct (the starter, when pulled): served straight from its folder, its echo logprobs equal a
+    direct transformers forward pass and its greedy chat answer is sensible."""
+    from luban.hub.catalog import cached
+    from luban.hub.model_run import model_run
+
+    folder = cached("starter-smollm2")
+    if folder is None:
+        pytest.skip("starter-smollm2 is not pulled (luban models pull starter-smollm2)")
+    run = model_run("starter-smollm2", root=tmp_path)
+    assert (run / "model" / "hf").resolve() == folder.resolve() and model_run("starter-smollm2", root=tmp_path) == run
+    app = create_app(settings=ServeSettings(runs=[str(run)], max_wait_ms=2.0, warmup=False))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    ids = tok("The capital of France is Paris")["input_ids"]
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
+    want = [float(ref[i, ids[i + 1]]) for i in range(len(ids) - 1)]
+    with TestClient(app) as client:
+        out = client.post("/v1/completions", json={"prompt": "The capital of France is Paris", "echo": True,
+                                                   "max_tokens": 0, "logprobs": 1}).json()["choices"][0]
+        assert out["logprobs"]["token_logprobs"][0] is None
+        assert out["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=1e-3)
+        chat = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16,
+            "temperature": 0}).json()
+        assert "Paris" in chat["choices"][0]["message"]["content"]
