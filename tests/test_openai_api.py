@@ -261,3 +261,19 @@ def test_a_real_model_folder_served_as_it_is_scores_like_transformers(tmp_path):
             "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16,
             "temperature": 0}).json()
         assert "Paris" in chat["choices"][0]["message"]["content"]
+
+
+def test_a_chat_template_that_does_not_render_is_one_clear_error(tiny_llama_chat, tiny_gpt2):
+    from luban.config import TokenizerConfig
+    from luban.data.chat import ChatFormatter
+    from luban.data.tokenizers import build_encoder
+    from luban.errors import DataError
+
+    enc = build_encoder(TokenizerConfig(type="pretrained"), str(tiny_llama_chat))
+    enc.tok.chat_template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}x"
+    f = ChatFormatter(enc)
+    with pytest.raises(DataError, match="chat template does not render.*no system role"):
+        f.reply_prompt([{"role": "system", "content": "a"}, {"role": "user", "content": "b"}])
+    with pytest.raises(DataError, match="tools"):
+        ChatFormatter(build_encoder(TokenizerConfig(type="pretrained"), str(tiny_gpt2))).reply_prompt(
+            [{"role": "user", "content": "b"}], tools=WEATHER)
