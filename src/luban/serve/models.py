@@ -93,7 +93,9 @@ class ServedModel:
     def generation_defaults(self) -> dict:
         """The run's own decoding settings (its `generation:` section), what a request that names none gets; the
         playground's sliders start there. max_tokens is capped by the server's limit."""
-        g = self.predictor.config.generation
+        g = getattr(self.predictor.config, "generation", None)
+        if g is None:
+            return {}
         greedy = g.do_sample is False or g.temperature == 0
         return {"temperature": 0.0 if greedy else g.temperature, "top_k": g.top_k or 0, "top_p": g.top_p or 1.0,
                 "repetition_penalty": g.repetition_penalty,
