@@ -142,6 +142,35 @@ def test_generated_logprobs_are_the_models_raw_distribution_alone_and_batched(se
         ids.append(int(ref.argmax()))
 
 
+def _stream(client, body):
+    chunks = []
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+def test_streamed_completion_logprobs_with_echo_equal_the_whole_answer(served):
+    client, _ = served
+    body = {"model": "plain", "prompt": "the cat sat", "echo": True, "logprobs": 2, "max_tokens": 4,
+            "temperature": 0}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]
+    tokens, values, text = [], [], ""
+    for c in _stream(client, body):
+        for ch in c["choices"]:
+            text += ch["text"]
+            if ch["logprobs"]:
+                tokens += ch["logprobs"]["tokens"]
+                values += ch["logprobs"]["token_logprobs"]
+    assert text == whole["text"] and tokens == whole["logprobs"]["tokens"]
+    assert values[0] is None and values[1:] == pytest.approx(whole["logprobs"]["token_logprobs"][1:], abs=1e-5)
+    scored = _stream(client, {**body, "max_tokens": 0})  # the echo, then the finish
+    assert [c["choices"][0]["finish_reason"] for c in scored] == [None, "length"]
+    assert scored[0]["choices"][0]["text"] == "the cat sat"
+
+
 def test_chat_logprobs_and_streamed_logprobs(served):
     client, loaded = served
     req = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0,
