@@ -237,6 +237,11 @@ def test_tools_render_through_the_chat_template_and_calls_are_parsed(served):
     assert content == "ok" and calls[0]["function"]["name"] == "get_weather"
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "巴黎"}
     assert parse_tool_calls("<tool_call>not json</tool_call>") == ("<tool_call>not json</tool_call>", [])
+    # the tags left out (as Qwen2.5-Coder-0.5B does): a reply that is only calls of the given tools
+    content, calls = parse_tool_calls('{"name": "get_weather", "arguments": {"city": "Paris"}}', {"get_weather"})
+    assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert parse_tool_calls('{"name": "x", "arguments": {}}', {"get_weather"})[1] == []  # not one of the tools
+    assert parse_tool_calls('{"a": 1}', {"get_weather"}) == ('{"a": 1}', [])
 
 
 def test_chat_without_a_template_is_plain_completion(served):

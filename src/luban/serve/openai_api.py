@@ -238,9 +238,9 @@ async def echoed(m: ServedModel, prompt, top: int | None, text: str | None = Non
     return text, Logprobs(m.predictor.token_pieces).completion(list(zip(ids, scored["logprobs"], strict=True)))
 
 
-def tool_message(text: str, finish: str) -> tuple[dict, str]:
+def tool_message(text: str, finish: str, tools: list[dict]) -> tuple[dict, str]:
     """The assistant message of a request with tools: its tool calls parsed from the text (finish "tool_calls")."""
-    content, calls = parse_tool_calls(text)
+    content, calls = parse_tool_calls(text, {t["function"]["name"] for t in tools})
     if not calls:
         return {"role": "assistant", "content": text}, finish
     return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
@@ -282,7 +282,7 @@ async def run(m: ServedModel, req: _Sampling, prompts: list[tuple[str | None, li
     for i, r in enumerate(results):
         if chat:
             message, finish = ({"role": "assistant", "content": r["text"]}, r["finish_reason"]) if not tools \
-                else tool_message(r["text"], r["finish_reason"])
+                else tool_message(r["text"], r["finish_reason"], tools)
             choices.append({"index": i, "message": message, "finish_reason": finish,
                             "logprobs": shapes.chat(r["logprobs"]) if shapes else None})
         else:
@@ -378,7 +378,7 @@ async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, r
                     reason = FINISH.get(finish[i], "stop")
                     rest = logprobs_of(i, pending[i]) if pending[i] else None
                     if tools:
-                        message, reason = tool_message("".join(held[i]), reason)
+                        message, reason = tool_message("".join(held[i]), reason, tools)
                         delta = {"content": message["content"]} if message.get("content") else {}
                         if message.get("tool_calls"):
                             delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]

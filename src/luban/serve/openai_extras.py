@@ -198,25 +198,44 @@ def template_messages(messages: list) -> list[dict]:
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
+def _call(obj, names: set[str] | None) -> dict | None:
+    """A {"name", "arguments"} object as an OpenAI tool call (None when it is not one of the tools)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if names is not None and obj["name"] not in names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": obj["name"],
+                         "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+
+
+def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | None, list[dict]]:
     """The model's reply split into its text and its calls: `<tool_call>{"name", "arguments"}</tool_call>` blocks
-    (the Hermes / Qwen2.5 format their chat templates teach). Blocks that are not a JSON call stay text."""
+    (the Hermes / Qwen2.5 format their chat templates teach), or — small models often leave the tags out
+    (Qwen2.5-Coder-0.5B-Instruct does) — a reply that is nothing but such JSON objects (one per line) naming one
+    of the `names` tools. Blocks that are not a JSON call stay text."""
     calls, kept, last = [], [], 0
     for m in TOOL_CALL.finditer(text):
         try:
-            obj = json.loads(m.group(1))
+            call = _call(json.loads(m.group(1)), None)
         except json.JSONDecodeError:
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        if call is None:
             continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": obj["name"],
-                                   "arguments": args if isinstance(args, str) else json.dumps(args,
-                                                                                            ensure_ascii=False)}})
+        calls.append(call)
         kept.append(text[last:m.start()])
         last = m.end()
     if not calls:
+        bare = []
+        for line in [x for x in text.strip().splitlines() if x.strip()] or [""]:
+            try:
+                bare.append(_call(json.loads(line), names or set()))
+            except json.JSONDecodeError:
+                bare = [None]
+                break
+        if bare and all(c is not None for c in bare):
+            return None, bare
         return text, []
     kept.append(text[last:])
     rest = "".join(kept).strip()
