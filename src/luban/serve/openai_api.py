@@ -3,8 +3,11 @@
 Works with the official `openai` client (`OpenAI(base_url="http://HOST:PORT/v1", api_key=KEY)`): temperature,
 top_p, max_tokens (or max_completion_tokens), stop, n, seed, stream (server-sent events ending with
 `data: [DONE]`, with `stream_options.include_usage`), usage counts and finish_reason; luban's own top_k and
-repetition_penalty are accepted too. Errors use OpenAI's shape and status codes (400 for a bad request, 401, 404
-for an unknown model, 503 + Retry-After when the generation queue is full).
+repetition_penalty are accepted too. Text-generation runs add logprobs / top_logprobs (completions' echo with
+max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request) and tools through the chat
+template (openai_extras: the shapes, tool-call parsing, and the 400 for fields luban does not implement). Errors use
+OpenAI's shape and status codes (400 for a bad request, 401, 404 for an unknown model, 503 + Retry-After when the
+generation queue is full).
 
 Each choice is one job of the model's generation scheduler (fair round-robin decoding, see generation.py). A model
 that generates text but does not chat (translation, summarization) answers a chat request from its last user
