@@ -2,7 +2,7 @@
 max_tokens 0, as lm-evaluation-harness sends; chat's content shape; streamed), checked against a direct forward
 pass of the model and under continuous batching; tools through the chat template; refusals (400 naming the field)
 of what luban does not implement; chat on a model without a chat template as plain completion; the playground's
-generation defaults. Tiny random Hugging Face models (conftest), LoRA-fine-tuned for one step so they make a run."""
+generation defaults. Tiny random Hugging Face models (conftest), served from their folders as they are."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("transformers")
 import torch  # noqa: E402
-from conftest import deep_update, write_jsonl  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 import luban  # noqa: E402
@@ -34,34 +33,31 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "description
                                                              "properties": {"city": {"type": "string"}}}}}]
 
 
-def _run(tmp, name, model_dir, **extra):
-    rows = [{"prompt": q, "response": a} for q, a in [("name a fruit", "apple"), ("hello", "world")]] * 4
-    data = write_jsonl(tmp / f"{name}.jsonl", rows)
-    cfg = deep_update({
-        "task": "text_generation", "seed": 0,
-        "data": {"train": str(data), "columns": {"prompt": "prompt", "response": "response"}},
-        "model": {"type": "pretrained_lm", "path": str(model_dir), "finetune": "lora", "lora": {"r": 2, "alpha": 4}},
-        "trainer": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "num_threads": 1, "precision": "fp32",
-                    "scheduler": "constant", "weight_decay": 0.0},
-        "generation": {"sample_tokens": 0, "max_new_tokens": 24, "temperature": 0.7, "top_p": 0.9, "top_k": 30},
-        "evaluation": {"baseline": False},
-        "output": {"dir": str(tmp / "runs"), "name": name, "tensorboard": False}}, extra)
-    return luban.train(cfg, quiet=True)
+def _copy(src: Path, dst: Path, template: str | None = None, generation: dict | None = None) -> Path:
+    shutil.copytree(src, dst)
+    if template is not None:
+        conf = json.loads((dst / "tokenizer_config.json").read_text())
+        conf["chat_template"] = template
+        (dst / "tokenizer_config.json").write_text(json.dumps(conf))
+        if (dst / "chat_template.jinja").exists():
+            (dst / "chat_template.jinja").write_text(template)
+    if generation:
+        conf = json.loads((dst / "generation_config.json").read_text())
+        (dst / "generation_config.json").write_text(json.dumps({**conf, **generation}))
+    return dst
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_llama_chat, tiny_gpt2):
-    tmp = tmp_path_factory.mktemp("openai_runs")
-    tools_model = tmp / "tools_model"
-    shutil.copytree(tiny_llama_chat, tools_model)
-    conf = json.loads((tools_model / "tokenizer_config.json").read_text())
-    conf["chat_template"] = TOOLS_TEMPLATE
-    (tools_model / "tokenizer_config.json").write_text(json.dumps(conf))
-    for extra in ("chat_template.jinja",):
-        if (tools_model / extra).exists():
-            (tools_model / extra).write_text(TOOLS_TEMPLATE)
-    runs = {"chat": _run(tmp, "chat", tiny_llama_chat), "plain": _run(tmp, "plain", tiny_gpt2),
-            "tools": _run(tmp, "tools", tools_model)}
+    """Three tiny random models served straight from their folders (luban.hub.model_run: no training)."""
+    from luban.hub.model_run import model_run
+
+    tmp = tmp_path_factory.mktemp("openai_models")
+    folders = {"chat": _copy(tiny_llama_chat, tmp / "chat", generation={
+                   "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 30, "max_new_tokens": 24}),
+               "plain": _copy(tiny_gpt2, tmp / "plain"),
+               "tools": _copy(tiny_llama_chat, tmp / "tools", template=TOOLS_TEMPLATE)}
+    runs = {k: model_run(str(v), root=tmp / "runs") for k, v in folders.items()}
     app = create_app(settings=ServeSettings(runs=[str(r) for r in runs.values()], max_wait_ms=2.0))
     with TestClient(app) as client:
         yield client, {k: luban.load(v, device="cpu") for k, v in runs.items()}

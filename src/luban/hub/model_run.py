@@ -29,7 +29,7 @@ def is_run(path: str | Path) -> bool:
 
 def causal_lm_folder(source: str) -> tuple[str, Path] | None:
     """(name, folder) when `source` is a starter name or a folder holding a causal LM (config.json whose
-    architectures end in ForCausalLM); None otherwise."""
+    architectures end in ForCausalLM, or LMHeadModel as GPT-2's); None otherwise."""
     from luban.hub.catalog import CATALOG, resolve
 
     if source in CATALOG and not Path(source).exists():
@@ -44,7 +44,7 @@ def causal_lm_folder(source: str) -> tuple[str, Path] | None:
         archs = json.loads(conf.read_text(encoding="utf-8")).get("architectures") or []
     except (OSError, ValueError):
         raise ConfigError(f"{conf}: not a readable model config (JSON)") from None
-    if not any(str(a).endswith("ForCausalLM") for a in archs):
+    if not any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):  # GPT-2: GPT2LMHeadModel
         return None
     return name, folder.resolve()
 
