@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
-                                GeneratesText, Predicts, Recommends, StreamsTokens, TaskPredictor)
+                                GeneratesText, Predicts, Recommends, ScoresTokens, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
 from luban.predictor import Predictor
 from luban.config import TASKS
@@ -20,7 +20,7 @@ EXPECTED = {
     "object_detection": {Predicts, Evaluates},
     "image_generation": {GeneratesImages},
     "translation": {Predicts, Evaluates, GeneratesText, DecodesTogether},
-    "text_generation": {Predicts, Evaluates, GeneratesText, Chats, StreamsTokens, DecodesTogether},
+    "text_generation": {Predicts, Evaluates, GeneratesText, Chats, StreamsTokens, DecodesTogether, ScoresTokens},
     "speech_recognition": {Predicts, Evaluates},
     "recommendation": {Predicts, Evaluates, Recommends},
     "token_classification": {Predicts, Evaluates},

@@ -403,7 +403,8 @@ def test_chat_and_completions(client):
     assert_error(client.post("/v1/chat/completions", json={**chat, "messages": [{"role": "x", "content": "y"}]}),
                  400)
     assert_error(client.post("/v1/chat/completions", json={**chat, "n": 50}), 400, "n_too_large")
-    assert_error(client.post("/v1/chat/completions", json={**chat, "logprobs": True}), 400, "unsupported_parameter")
+    assert_error(client.post("/v1/chat/completions", json={**chat, "response_format": {"type": "json_object"}}), 400,
+                 "unsupported_parameter", param="response_format")  # never accepted and ignored
     assert_error(client.post("/v1/chat/completions", json={**chat, "stop": [""]}), 400, param="stop")
     assert_error(client.post("/v1/chat/completions", content=b"{", headers={"content-type": "application/json"}),
                  400, "json_invalid")
@@ -905,7 +906,10 @@ def test_playground_in_headless_chromium(runs):
             assert marks.nth(1).inner_text().startswith("georgia")
             assert ner.locator(".tagged").inner_text().replace("\n", "").startswith("jordanPER flew to")
             chat = page.locator("#model-lm")
-            assert chat.locator("[data-panel=chat] input[type=range]").count() == 4
+            assert chat.locator("[data-panel=chat] input[type=range]").count() == 5
+            # the sliders start at the run's own generation settings (max_new_tokens 40, temperature 0.8)
+            assert chat.locator("input[name=max_tokens]").input_value() == "40"
+            assert chat.locator("input[name=temperature]").input_value() == "0.8"
             chat.locator("textarea").fill("the cat")
             chat.locator("button", has_text="Send").click()
             page.wait_for_selector("#model-lm .usage:has-text('tokens')", timeout=30000)

@@ -160,6 +160,32 @@ class DecodesTogether(GeneratesText):
         """An object with step() -> [(request index, event dict or exception)], cancel(i), done and close()."""
 
 
+class ScoresTokens(GeneratesText):
+    """Log-probabilities: of a prompt's own tokens, and of each generated token (the `logprobs` knob of
+    stream_events: events then carry {"logprob": {"logprob", "top": [(id, logprob)]}}), from the model's raw
+    logits."""
+
+    @abstractmethod
+    def score_prompt(self, prompt, top: int = 0) -> dict:
+        """{"ids": the prompt's token ids, "logprobs": [None, {"logprob", "top"}, ...]} (one per id)."""
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt's ids for plain completion (the tokenizer's prefix + the text; no chat template)."""
+
+    @abstractmethod
+    def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
+        """Each token id's own text and exact bytes."""
+
+    @abstractmethod
+    def context_length(self) -> int | None:
+        """The longest prompt + generation the model attends over (None: no limit)."""
+
+    def chat_tools(self) -> bool:
+        """Whether chat requests may carry OpenAI `tools` (the chat template renders them)."""
+        return False
+
+
 class Recommends(ABC):
     @abstractmethod
     def recommend(self, user, k: int | None = None, history=None, exclude_seen: bool | None = None,
@@ -195,4 +221,5 @@ class Embeds(ABC):
 # every capability a run may have, by the name capabilities() and the server use
 CAPABILITIES: dict[str, type] = {"predict": Predicts, "evaluate": Evaluates, "generate_text": GeneratesText,
                                  "chat": Chats, "stream_events": StreamsTokens, "batch_events": DecodesTogether,
+                                 "score_tokens": ScoresTokens,
                                  "recommend": Recommends, "generate_images": GeneratesImages, "embed": Embeds}

@@ -124,9 +124,10 @@ def _cmd_generate_images(a):
 
 def _cmd_generate(a):
     from luban.capabilities import GeneratesText
+    from luban.hub.model_run import runs_for
     from luban.predictor import load
 
-    p = load(a.run)
+    p = load(runs_for([a.run])[0])
     continues = isinstance(p.task_predictor, GeneratesText) and p.task_predictor.continues_prompt
     knobs = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
              "repetition_penalty": a.repetition_penalty, "num_beams": a.num_beams,
@@ -299,7 +300,10 @@ def _cmd_serve(a):
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
         max_connections=a.max_connections, kb=a.kb, kb_k=a.kb_k, kb_mode=a.kb_mode,
         kb_min_score=a.kb_min_score).check()  # a bad limit is an error before anything loads
-    serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
+    from luban.hub.model_run import runs_for
+
+    runs = runs_for(a.run)  # a model folder or starter name: served as it is (luban.hub.model_run)
+    serve(runs, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_generate_images)
     pr.set_defaults(fn=_cmd_predict)
     gt = sub.add_parser("generate", help="generate text with a text-generation (or translation/summarization) run")
-    gt.add_argument("run")
+    gt.add_argument("run", help="a run directory, or a causal-LM model folder / starter name (used as it is)")
     gt.add_argument("--prompt", action="append", required=True, help="the prompt (repeatable)")
     gt.add_argument("--max-new-tokens", type=int)
     gt.add_argument("--temperature", type=float, help="0: greedy")
@@ -484,8 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--latency-rows", type=int, default=200, help="inputs timed one at a time")
     bm.set_defaults(fn=_cmd_benchmark)
     s = sub.add_parser("serve", help="serve trained runs: REST + OpenAI-compatible API, web playground")
-    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder); an "
-                   "encoder folder or starter name (starter-e5-small) serves /v1/embeddings")
+    s.add_argument("run", nargs="+", help="run directories (each served as a model named after its folder); a "
+                   "causal-LM model folder or starter name is served as it is; an encoder folder or starter name "
+                   "(starter-e5-small) serves /v1/embeddings")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
@@ -559,7 +564,7 @@ PREFLIGHT = {
     "evaluate": lambda a: _preflight().check_evaluate(a.run, a.data, getattr(a, "set", None)),
     "predict": lambda a: _preflight().check_runs([a.run], {"--input": a.input} if a.input else None),
     "transcribe": lambda a: _preflight().check_runs([a.run]),
-    "generate": lambda a: _preflight().check_runs([a.run]),
+    "generate": lambda a: _preflight().check_runs_or_models([a.run]),
     "generate-images": lambda a: _preflight().check_runs([a.run]),
     "recommend": lambda a: _preflight().check_runs([a.run]),
     "similar-items": lambda a: _preflight().check_runs([a.run]),

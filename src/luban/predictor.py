@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
-                                GeneratesText, Predicts, Recommends, StreamsTokens, TaskPredictor)
+                                GeneratesText, Predicts, Recommends, ScoresTokens, StreamsTokens, TaskPredictor)
 from luban.config import read_yaml, validate
 from luban.errors import LubanError, RunError
 from luban.rundir import check_finished
@@ -169,10 +169,34 @@ class Predictor:
         cancel(i), done and close(). Only where capabilities()["batch_events"]."""
         return self._as(DecodesTogether, "decode requests together").stream_events_batch(requests)
 
-    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int | None:
-        """Tokens the model reads for a prompt or conversation (None when the task cannot say)."""
+    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None, **kw) -> int | None:
+        """Tokens the model reads for a prompt or conversation (None when the task cannot say); `tools` (OpenAI
+        function definitions) where the model renders them."""
         impl = self.task_predictor
-        return impl.prompt_tokens(prompt, messages) if isinstance(impl, GeneratesText) else None
+        return impl.prompt_tokens(prompt, messages, **kw) if isinstance(impl, GeneratesText) else None
+
+    def score_prompt(self, prompt, top: int = 0) -> dict:
+        """A prompt's token ids and each token's log-probability given those before it (None for the first), with
+        the `top` most likely tokens at each position."""
+        return self._as(ScoresTokens, "score tokens").score_prompt(prompt, top)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt's token ids for plain completion (no chat template)."""
+        return self._as(ScoresTokens, "score tokens").encode_prompt(prompt)
+
+    def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
+        """Each token id's own text and exact bytes."""
+        return self._as(ScoresTokens, "score tokens").token_pieces(ids)
+
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (None when it has none or cannot say)."""
+        impl = self.task_predictor
+        return impl.context_length() if isinstance(impl, ScoresTokens) else None
+
+    def chat_tools(self) -> bool:
+        """Whether the model's chat template renders OpenAI `tools`."""
+        impl = self.task_predictor
+        return isinstance(impl, ScoresTokens) and impl.chat_tools()
 
     def default_max_new_tokens(self) -> int | None:
         """Text generation: the run's generation.max_new_tokens (what a request that does not say gets)."""
@@ -201,6 +225,7 @@ class Predictor:
                 "generate_text": self.supports(GeneratesText), "stream_text": self.supports(GeneratesText),
                 "chat": self.supports(Chats), "stream_events": self.supports(StreamsTokens),
                 "batch_events": self.supports(DecodesTogether), "generate_images": self.supports(GeneratesImages),
+                "score_tokens": self.supports(ScoresTokens),
                 "recommend": self.supports(Recommends), "similar_items": self.supports(Recommends),
                 "embed": self.supports(Embeds),
                 "labels": [str(x) for x in labels] if labels is not None else None}

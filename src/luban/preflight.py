@@ -165,6 +165,18 @@ def check_runs(runs: list[str | Path], files: dict[str, str | Path] | None = Non
 
     for r in runs:
         check_finished(r)
+    _check_files(files)
+
+
+def check_runs_or_models(runs: list[str | Path]) -> None:
+    """`luban generate / serve`: each source a finished run, or a causal-LM model folder or pulled starter name
+    (used as it is, luban.hub.model_run)."""
+    from luban.hub.model_run import causal_lm_folder, is_run
+
+    check_runs([r for r in runs if is_run(r) or causal_lm_folder(str(r)) is None])
+
+
+def _check_files(files: dict[str, str | Path] | None) -> None:
     for flag, f in (files or {}).items():
         if str(f) != "-" and not Path(f).exists():  # "-": standard input
             raise DataError(f"{flag}: {f}: file not found")

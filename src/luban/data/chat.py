@@ -76,8 +76,13 @@ class ChatFormatter:
         return list(getattr(self.enc, "prefix_ids", []))
 
     # templated format --------------------------------------------------------------------------------------
-    def _render(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        text = self.template.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def _render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> list[int]:
+        try:
+            text = self.template.apply_chat_template(messages, tokenize=False, tools=tools,
+                                                     add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # noqa: BLE001 - jinja2's TemplateError, or what the template raises itself
+            raise DataError(f"messages: the chat template does not render this conversation "
+                            f"({type(e).__name__}: {e})") from None
         return self.template(text, add_special_tokens=False)["input_ids"]
 
     def _templated(self, messages: list[dict]) -> tuple[list[int], list[int]]:
@@ -125,6 +130,27 @@ class ChatFormatter:
         for seg, _ in self._segments(messages):
             ids += seg
         return ids + self.enc.encode_text("assistant: ")
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders OpenAI `tools` (it reads a `tools` variable)."""
+        return self.template is not None and "tools" in (self.template.chat_template or "")
+
+    def reply_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """What the model continues at inference to answer `messages`: the chat template's rendering (with the
+        `tools` it can call, for a template that renders them), the plain role format for a model fine-tuned on
+        conversations in it, else — a model that never learned a chat format — plain completion of the user
+        turns' text (a role-wrapped prompt would only confuse it)."""
+        if tools:
+            if not self.supports_tools:
+                raise DataError("tools: this model's chat template does not render tools")
+            return self._render(messages, True, tools)
+        if self.template is not None or self.uses_chat:
+            return self.chat_prompt(messages)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users:
+            raise DataError("messages: this model has no chat template; send a user message to complete")
+        return self.prompt_ids("\n".join(users))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """A bare prompt (completion, or the prompt side of prompt/response fine-tuning)."""

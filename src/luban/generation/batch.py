@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from luban.errors import LubanError
 from luban.generation.decoding import (GenerationConfig, TextTracker, _model_device, _reorder_cache, choose_token,
-                                       iter_token_ids)
+                                       iter_token_ids, token_logprob)
 
 Event = tuple[int, int | None, str, str | None]  # row, token id (None on a closing event), text piece, finish reason
 
@@ -34,12 +34,13 @@ class _Row:
         self.context, self.cfg, self.count = prompt, cfg, 0
         self.tracker = TextTracker(cfg, decode)
         self.generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        self.logprobs: list[dict] = []  # with cfg.logprobs: each generated token's token_logprob entry
 
     def solo_events(self, model):
         """The rest of this row in the single-sequence loop (sliding window), continuing its text and sampler."""
         left = self.cfg.max_new_tokens - self.count
         cfg = self.cfg.model_copy(update={"max_new_tokens": left})
-        for token in iter_token_ids(model, self.context, cfg, generator=self.generator):
+        for token in iter_token_ids(model, self.context, cfg, generator=self.generator, logprobs=self.logprobs):
             self.context.append(token)
             piece, finish = self.tracker.push(token)
             yield token, piece, finish
@@ -199,6 +200,8 @@ class BatchDecoder:
         for r, i in enumerate(ids):
             row = self.rows[i]
             token = choose_token(logits[r], row.cfg, row.context, row.generator)
+            if row.cfg.logprobs is not None:
+                row.logprobs.append(token_logprob(logits[r], token, row.cfg.logprobs))
             row.context.append(token)
             row.count += 1
             piece, finish = row.tracker.push(token)
@@ -344,8 +347,12 @@ class EventBatch:
         out: list[tuple[int, dict | Exception]] = list(self.errors.items())
         self.errors = {}
         if self.decoder is not None and not self.decoder.done:
-            out += [(self.rows[r], {"text": piece, "token": token, "finish_reason": finish})
-                    for r, token, piece, finish in self.decoder.step()]
+            for r, token, piece, finish in self.decoder.step():
+                ev = {"text": piece, "token": token, "finish_reason": finish}
+                row = self.decoder.rows[r]
+                if token is not None and row.logprobs:  # the entry of the token this step chose
+                    ev["logprob"] = row.logprobs[-1]
+                out.append((self.rows[r], ev))
         elif self.decoder is not None:
             self.decoder.forward_sizes = []
         return out

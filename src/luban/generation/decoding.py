@@ -37,6 +37,9 @@ class GenerationConfig(GenerationSettings):
     stop: tuple[str, ...] = ()        # stop strings, matched on decoded text and cut from the output
     eos_token_id: int | tuple[int, ...] | None = None
     use_cache: bool = True            # False recomputes the whole window every step (slow; for checking)
+    # None: no log-probabilities; k: each generated token's log-probability (the log-softmax of the model's raw
+    # logits, before any sampling transform) and the k most likely tokens' (OpenAI's logprobs / top_logprobs)
+    logprobs: int | None = Field(None, ge=0, le=20)
     # top_k (None or 0: off), top_p (None or 1: off), repetition_penalty (> 1 discourages tokens already in the
     # context, CTRL / HF convention) and seed (seeds the sampler's own torch.Generator; the global RNG is untouched)
     # as in GenerationSettings
@@ -106,6 +109,39 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> dict:
+    """The log-probability of `token` under 1-D logits (vocab,) — the model's own distribution, before repetition
+    penalty, temperature or filtering — and the `top` most likely tokens: {"logprob", "top": [(id, logprob)]}."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    out = {"logprob": float(lp[token]), "top": []}
+    if top:
+        values, ids = torch.topk(lp, min(top, lp.shape[-1]))
+        out["top"] = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return out
+
+
+def prompt_logprobs(model, ids: Sequence[int], top: int) -> list[dict | None]:
+    """Each prompt token's log-probability given the tokens before it (None for the first: nothing predicts it),
+    with the `top` most likely tokens at each position: one forward over the whole prompt."""
+    if not ids:
+        raise ValueError("the prompt must encode to at least one token")
+    max_context = getattr(model, "max_context", None)
+    if max_context and len(ids) > max_context:
+        raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of {max_context}")
+    x = torch.tensor([list(ids)], dtype=torch.long, device=_model_device(model))
+    with torch.no_grad():
+        out = model(x)
+    logits = (out[0] if isinstance(out, tuple) else out)[0].float()  # (t, vocab)
+    lp = torch.log_softmax(logits[:-1], dim=-1)
+    target = torch.tensor(list(ids[1:]), device=lp.device)
+    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
+    tops = [[] for _ in chosen]
+    if top and len(chosen):
+        values, idx = torch.topk(lp, min(top, lp.shape[-1]), dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), values.tolist(), strict=True)]
+    return [None] + [{"logprob": c, "top": t} for c, t in zip(chosen, tops, strict=True)]
+
+
 def choose_token(logits: torch.Tensor, cfg: GenerationConfig, context: Sequence[int],
                  generator: torch.Generator | None) -> int:
     """One decoding step on 1-D logits (vocab,) -> the next token id."""
@@ -132,9 +168,10 @@ def _model_device(model) -> torch.device:
 
 
 def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
-                   generator: torch.Generator | None = None) -> Iterator[int]:
+                   generator: torch.Generator | None = None, logprobs: list | None = None) -> Iterator[int]:
     """Yield new token ids one at a time (no stop-string or eos handling; see ``stream``/``generate``).
-    `generator`: a sampler state to continue (default: a fresh one seeded by cfg.seed)."""
+    `generator`: a sampler state to continue (default: a fresh one seeded by cfg.seed). With cfg.logprobs set,
+    each token's `token_logprob` entry is appended to `logprobs` before the token is yielded."""
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("the prompt must encode to at least one token")
@@ -159,6 +196,8 @@ def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
             if cfg.use_cache:
                 cache, cache_end = new_cache, len(context)
             token = choose_token(logits[0], cfg, context, generator)
+            if logprobs is not None and cfg.logprobs is not None:
+                logprobs.append(token_logprob(logits[0], token, cfg.logprobs))
             context.append(token)
             yield token
     finally:
@@ -206,10 +245,12 @@ class TextTracker:
         return self.text[self.emitted:]
 
 
-def step_events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
-    """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason."""
+def step_events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str],
+                logprobs: list | None = None):
+    """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason.
+    `logprobs`: see iter_token_ids (its last entry is the yielded token's)."""
     tracker = TextTracker(cfg, decode)
-    for token in iter_token_ids(model, prompt_ids, cfg):
+    for token in iter_token_ids(model, prompt_ids, cfg, logprobs=logprobs):
         piece, finish = tracker.push(token)
         yield token, piece, finish
         if finish:

@@ -3,8 +3,11 @@
 Works with the official `openai` client (`OpenAI(base_url="http://HOST:PORT/v1", api_key=KEY)`): temperature,
 top_p, max_tokens (or max_completion_tokens), stop, n, seed, stream (server-sent events ending with
 `data: [DONE]`, with `stream_options.include_usage`), usage counts and finish_reason; luban's own top_k and
-repetition_penalty are accepted too. Errors use OpenAI's shape and status codes (400 for a bad request, 401, 404
-for an unknown model, 503 + Retry-After when the generation queue is full).
+repetition_penalty are accepted too. Text-generation runs add logprobs / top_logprobs (completions' echo with
+max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request) and tools through the chat
+template (openai_extras: the shapes, tool-call parsing, and the 400 for fields luban does not implement). Errors use
+OpenAI's shape and status codes (400 for a bad request, 401, 404 for an unknown model, 503 + Retry-After when the
+generation queue is full).
 
 Each choice is one job of the model's generation scheduler (fair round-robin decoding, see generation.py). A model
 that generates text but does not chat (translation, summarization) answers a chat request from its last user
@@ -23,13 +26,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from luban.capabilities import DecodesTogether, StreamsTokens
+from luban.capabilities import DecodesTogether, ScoresTokens, StreamsTokens
 from luban.errors import LubanError
 from luban.serve.auth import require_key
 from luban.serve.batching import QueueFull
 from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, overloaded
 from luban.serve.generation import Job
 from luban.serve.models import Registry, ServedModel, registry
+from luban.serve.openai_extras import (Logprobs, chat_top, check_tools, completion_top, parse_tool_calls,
+                                       refuse_unsupported, template_messages)
 from luban.serve.settings import ServeSettings
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", None: "stop"}
@@ -42,8 +47,8 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")  # OpenAI clients send fields luban ignores (user, metadata, ...)
     model: str | None = Field(None, description="a served model's id (optional when one model generates text)")
-    max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most (default: the run's "
-                                   "generation.max_new_tokens)")
+    max_tokens: int | None = Field(None, ge=0, description="tokens to generate at most (default: the run's "
+                                   "generation.max_new_tokens; 0 with echo: score the prompt only)")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy")
     top_p: float | None = Field(None, gt=0, le=1)
@@ -54,7 +59,7 @@ class _Sampling(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same text (choice i uses seed+i)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
+    logprobs: bool | int | None = Field(None, description="completions: 0-20 alternatives per token; chat: true")
 
     @field_validator("stop")
     @classmethod
@@ -90,10 +95,15 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
+    top_logprobs: int | None = Field(None, description="0-20 most likely alternatives per token (logprobs: true)")
+    tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call (models whose chat "
+                                               "template renders tools)")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="\"auto\" (default with tools) or \"none\"")
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(..., description="a prompt, or a list of prompts (one choice set each)")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="a prompt, a list of prompts (one choice set each), or token ids (a list, or a list of them)")
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
@@ -110,21 +120,23 @@ def _sse(obj) -> bytes:
 router = APIRouter(dependencies=[Depends(require_key)], tags=["OpenAI-compatible"])
 
 
-def knobs_for(req: _Sampling, m: ServedModel) -> dict:
+def knobs_for(req: _Sampling, m: ServedModel, top: int | None = None) -> dict:
+    """The decoding knobs of a request; `top`: log-probabilities with that many alternatives (None: none)."""
     s = m.settings
-    if req.logprobs:
-        raise bad_request("logprobs are not supported", "logprobs", "unsupported_parameter")
+    refuse_unsupported(req.model_extra or {}, isinstance(req, ChatRequest))
+    if top is not None and not m.predictor.supports(ScoresTokens):
+        raise bad_request(f"model {m.name!r} does not give log-probabilities", "logprobs", "unsupported_parameter")
     if req.n > s.max_n:
         raise bad_request(f"n = {req.n} is over the limit of {s.max_n}", "n", "n_too_large")
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     if max_tokens is not None and max_tokens > s.max_tokens:
         raise bad_request(f"{param} = {max_tokens} is over the limit of {s.max_tokens}", param,
                           "max_tokens_too_large")
     if max_tokens is None:
         max_tokens = min(m.predictor.default_max_new_tokens() or 256, s.max_tokens)
     knobs = {"max_new_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-             "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": req.stop}
+             "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": req.stop, "logprobs": top}
     return {k: v for k, v in knobs.items() if v is not None}
 
 
@@ -152,17 +164,23 @@ def make_job(m: ServedModel, prompt: str | None, messages: list[dict] | None, kn
     return whole, request
 
 
-async def prompt_tokens(m: ServedModel, prompt, messages) -> int:
+async def prompt_tokens(m: ServedModel, prompt, messages, tools=None) -> int:
     s = m.settings
     loop = asyncio.get_running_loop()
+    kw = {"tools": tools} if tools else {}
     try:
-        n = await asyncio.wait_for(loop.run_in_executor(m.executor, m.predictor.prompt_tokens, prompt, messages),
-                                   s.request_timeout)
+        n = await asyncio.wait_for(loop.run_in_executor(m.executor, lambda: m.predictor.prompt_tokens(
+            prompt, messages, **kw)), s.request_timeout)
     except asyncio.TimeoutError:
         raise ApiError(504, f"the request took longer than {s.request_timeout:g} s", "timeout", None,
                        "timeout") from None
     except (LubanError,) + INPUT_ERRORS as e:
         raise bad_request(str(e), "messages" if messages is not None else "prompt", "invalid_prompt") from None
+    window = m.predictor.context_length()
+    if window and n and n > window:
+        param = "messages" if messages is not None else "prompt"
+        raise bad_request(f"{param}: {n} tokens, longer than the model's context window of {window} tokens",
+                          param, "context_length_exceeded")
     return int(n or 0)
 
 
@@ -190,45 +208,93 @@ async def next_event(job: Job, it, timeout: float):
 
 async def collect(job: Job, timeout: float) -> dict:
     it = job.__aiter__()
-    text, tokens, finish = [], 0, None
+    text, tokens, finish, logprobs = [], 0, None, []
     try:
         while (ev := await next_event(job, it, timeout)) is not None:
             text.append(ev.get("text") or "")
             tokens += ev.get("tokens") or (1 if ev.get("token") is not None else 0)
             finish = ev.get("finish_reason") or finish
+            if ev.get("logprob") is not None:
+                logprobs.append((ev["token"], ev["logprob"]))
     finally:
         job.cancel()
-    return {"text": "".join(text), "tokens": tokens, "finish_reason": FINISH.get(finish, "stop")}
+    return {"text": "".join(text), "tokens": tokens, "finish_reason": FINISH.get(finish, "stop"),
+            "logprobs": logprobs}
+
+
+async def echoed(m: ServedModel, prompt, top: int | None, text: str | None = None) -> tuple[str, dict | None]:
+    """The prompt's text as echoed (`text`, else token-id prompts decoded) and, with `top`, its tokens'
+    log-probabilities."""
+    if isinstance(prompt, str):
+        text = prompt
+    if top is None and text is not None:
+        return text, None
+    try:
+        scored = await m.call(m.predictor.score_prompt, prompt, top or 0)
+        ids = scored["ids"]
+        if text is None:
+            text = b"".join(b for _, b in m.predictor.token_pieces(ids)).decode("utf-8", errors="replace")
+    except (LubanError,) + INPUT_ERRORS as e:
+        raise bad_request(str(e), "prompt", "invalid_prompt") from None
+    if top is None:
+        return text, None
+    return text, Logprobs(m.predictor.token_pieces).completion(list(zip(ids, scored["logprobs"], strict=True)))
+
+
+def tool_message(text: str, finish: str, tools: list[dict]) -> tuple[dict, str]:
+    """The assistant message of a request with tools: its tool calls parsed from the text (finish "tool_calls")."""
+    content, calls = parse_tool_calls(text, {t["function"]["name"] for t in tools})
+    if not calls:
+        return {"role": "assistant", "content": text}, finish
+    return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
 
 async def run(m: ServedModel, req: _Sampling, prompts: list[tuple[str | None, list[dict] | None]], chat: bool,
-              echo: bool = False):
-    knobs = knobs_for(req, m)
-    counts = [await prompt_tokens(m, p, msgs) for p, msgs in prompts]
+              echo: bool = False, tools: list[dict] | None = None, texts: list[str | None] | None = None):
+    top = (chat_top(req.logprobs, req.top_logprobs) if chat else completion_top(req.logprobs))
+    knobs = knobs_for(req, m, top)
+    if tools:
+        knobs["tools"] = tools
+    counts = [await prompt_tokens(m, p, msgs, tools) for p, msgs in prompts]
+    rid, created = _new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+    texts = texts or [None] * len(prompts)
+    echoes = ([await echoed(m, p, top, t) for (p, _), t in zip(prompts, texts, strict=True)] if echo
+              else [("", None)] * len(prompts))
     makes, where = [], []
     for pi, (p, msgs) in enumerate(prompts):
         for c in range(req.n):
             seed = None if req.seed is None else req.seed + c
             makes.append(make_job(m, p, msgs, knobs, seed))
             where.append(pi)
-    jobs = submit(m, makes)
-    rid, created = _new_id("chatcmpl" if chat else "cmpl"), int(time.time())
-    if req.stream:
-        return await stream(m, req, jobs, where, prompts, counts, rid, created, chat, echo)
-    try:
-        results = await asyncio.gather(*(collect(j, m.settings.request_timeout) for j in jobs))
-    finally:
-        for j in jobs:
-            j.cancel()
+    if knobs["max_new_tokens"] == 0:  # nothing to generate: the prompt is only read (echo: scored)
+        results = [{"text": "", "tokens": 0, "finish_reason": "length", "logprobs": []} for _ in makes]
+    else:
+        jobs = submit(m, makes)
+        if req.stream:
+            return await stream(m, req, jobs, where, prompts, counts, rid, created, chat, echo, top, echoes, tools)
+        try:
+            results = await asyncio.gather(*(collect(j, m.settings.request_timeout) for j in jobs))
+        finally:
+            for j in jobs:
+                j.cancel()
+    if req.stream:  # max_tokens 0: the echo and the finish, as a stream
+        return await stream(m, req, [], where, prompts, counts, rid, created, chat, echo, top, echoes, tools,
+                            results)
+    shapes = Logprobs(m.predictor.token_pieces) if top is not None else None
     choices = []
     for i, r in enumerate(results):
         if chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": r["text"]},
-                            "finish_reason": r["finish_reason"], "logprobs": None})
+            message, finish = ({"role": "assistant", "content": r["text"]}, r["finish_reason"]) if not tools \
+                else tool_message(r["text"], r["finish_reason"], tools)
+            choices.append({"index": i, "message": message, "finish_reason": finish,
+                            "logprobs": shapes.chat(r["logprobs"]) if shapes else None})
         else:
-            prefix = prompts[where[i]][0] if echo else ""
+            prefix, prompt_lp = echoes[where[i]]
+            lp = None
+            if shapes:
+                lp = Logprobs.merge(prompt_lp, shapes.completion(r["logprobs"], len(prefix)))
             choices.append({"index": i, "text": prefix + r["text"], "finish_reason": r["finish_reason"],
-                            "logprobs": None})
+                            "logprobs": lp})
     completion = sum(r["tokens"] for r in results)
     prompt_total = sum(counts)
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -237,7 +303,11 @@ async def run(m: ServedModel, req: _Sampling, prompts: list[tuple[str | None, li
                       "total_tokens": prompt_total + completion}}
 
 
-async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, rid, created, chat, echo):
+async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, rid, created, chat, echo,
+                 top=None, echoes=None, tools=None, finished: list[dict] | None = None):
+    """Server-sent events. `finished`: results already whole (max_tokens 0), streamed as they are. With log-
+    probabilities each chunk carries those of the tokens decoded since the last chunk; with tools the reply is
+    held to its end (a tool call is only known once its text is complete) and sent as one delta."""
     obj = "chat.completion.chunk" if chat else "text_completion"
     timeout = m.settings.request_timeout
     iters = [j.__aiter__() for j in jobs]
@@ -248,19 +318,34 @@ async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, r
         for j in jobs:
             j.cancel()
         raise
+    shapes = Logprobs(m.predictor.token_pieces) if top is not None else None
+    width = len(jobs) if finished is None else len(finished)
+    offsets = [len(echoes[where[i]][0]) if echo else 0 for i in range(width)]
 
-    def chunk(i, text=None, finish=None, role=False):
+    def logprobs_of(i, entries):
+        if shapes is None:
+            return None
         if chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return shapes.chat(entries)
+        block = shapes.completion(entries, offsets[i])
+        offsets[i] = shapes.end
+        return block
+
+    def chunk(i, text=None, finish=None, role=False, logprobs=None, delta=None):
+        if chat:
+            if delta is None:
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         else:
-            choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": i, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
         return _sse({"id": rid, "object": obj, "created": created, "model": m.name, "system_fingerprint": None,
                      "choices": [choice]})
 
     async def events():
         queue: asyncio.Queue = asyncio.Queue()
-        tokens = [0] * len(jobs)
+        tokens = [0] * width
+        pending: list[list] = [[] for _ in range(width)]  # logprob entries not yet sent
+        held = [[] for _ in range(width)]  # with tools: the whole reply
 
         async def pump(i):
             ev = firsts[i]
@@ -276,28 +361,47 @@ async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, r
 
         tasks: list[asyncio.Future] = []
         try:
-            for i in range(len(jobs)):
+            for i in range(width):
                 if chat:
                     yield chunk(i, role=True)
                 elif echo:
-                    yield chunk(i, prompts[where[i]][0])
+                    yield chunk(i, echoes[where[i]][0], logprobs=echoes[where[i]][1] if shapes else None)
+            if finished is not None:
+                for i, r in enumerate(finished):
+                    yield chunk(i, None, r["finish_reason"])
             tasks = [asyncio.ensure_future(pump(i)) for i in range(len(jobs))]
-            done, finish = 0, [None] * len(jobs)
-            while done < len(jobs):
+            done, finish = (0, [None] * width) if finished is None else (width, [])
+            while done < width:
                 i, ev = await queue.get()
                 if isinstance(ev, ApiError):
                     yield _sse(ev.body())
                     done += 1
                     continue
                 if ev is None:
-                    yield chunk(i, None, FINISH.get(finish[i], "stop"))
+                    reason = FINISH.get(finish[i], "stop")
+                    rest = logprobs_of(i, pending[i]) if pending[i] else None
+                    if tools:
+                        message, reason = tool_message("".join(held[i]), reason, tools)
+                        delta = {"content": message["content"]} if message.get("content") else {}
+                        if message.get("tool_calls"):
+                            delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
+                        yield chunk(i, delta=delta, logprobs=rest)
+                        rest = None
+                    elif rest is not None:
+                        yield chunk(i, "", logprobs=rest)
+                    yield chunk(i, None, reason)
                     done += 1
                     continue
                 tokens[i] += ev.get("tokens") or (1 if ev.get("token") is not None else 0)
                 if ev.get("finish_reason"):
                     finish[i] = ev["finish_reason"]
-                if ev.get("text"):
-                    yield chunk(i, ev["text"])
+                if ev.get("logprob") is not None:
+                    pending[i].append((ev["token"], ev["logprob"]))
+                if tools:
+                    held[i].append(ev.get("text") or "")
+                elif ev.get("text"):
+                    entries, pending[i] = pending[i], []
+                    yield chunk(i, ev["text"], logprobs=logprobs_of(i, entries) if entries else None)
             if req.stream_options and req.stream_options.include_usage:
                 completion = sum(tokens)
                 yield _sse({"id": rid, "object": obj, "created": created, "model": m.name, "choices": [],
@@ -319,8 +423,12 @@ async def stream(m: ServedModel, req, jobs: list[Job], where, prompts, counts, r
 @router.post("/v1/chat/completions", summary="chat completion (OpenAI-compatible, streaming with stream: true)")
 async def chat_completions(req: ChatRequest, reg: Registry = Depends(registry)):
     m = reg.model_for(req.model, "generate_text")
-    messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()}
-                for x in req.messages]
+    tools = check_tools(req.tools, req.tool_choice)
+    if tools and not m.predictor.chat_tools():
+        raise bad_request(f"model {m.name!r} cannot use tools: its chat template does not render them", "tools",
+                          "unsupported_parameter")
+    messages = template_messages(req.messages) if tools else [
+        {"role": "system" if x.role == "developer" else x.role, "content": x.text()} for x in req.messages]
     check_chars(m.settings, "".join(x["content"] for x in messages), "messages")
     grounder = getattr(reg, "grounder", None)
     if grounder is not None and m.chats:  # luban serve --kb: retrieve, cite (luban.serve.grounded)
@@ -333,7 +441,7 @@ async def chat_completions(req: ChatRequest, reg: Registry = Depends(registry)):
             raise bad_request(f"model {m.name!r} does not chat: send a user message to transform", "messages",
                               "invalid_value")
         prompts = [(users[-1], None)]
-    return await run(m, req, prompts, chat=True)
+    return await run(m, req, prompts, chat=True, tools=tools)
 
 
 @router.post("/v1/completions", summary="text completion (OpenAI-compatible, streaming with stream: true)")
@@ -345,15 +453,24 @@ async def completions(req: CompletionRequest, reg: Registry = Depends(registry))
     if req.best_of not in (None, req.n):
         raise bad_request("best_of is not supported (leave it out, or equal to n)", "best_of",
                           "unsupported_parameter")
-    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-    if not prompts:
-        raise bad_request("prompt: give at least one prompt", "prompt", "invalid_value")
+    p = req.prompt
+    one = isinstance(p, str) or (isinstance(p, list) and bool(p) and all(isinstance(t, int) for t in p))
+    prompts = [p] if one else list(p)
+    if not prompts or any(not x for x in prompts if isinstance(x, list)):
+        raise bad_request("prompt: give at least one prompt (token-id prompts need at least one id)", "prompt",
+                          "invalid_value")
     if len(prompts) * req.n > s.max_n * 4:
         raise bad_request(f"{len(prompts)} prompts x n = {req.n} is too many choices for one request", "prompt",
                           "too_many_choices")
-    for p in prompts:
-        check_chars(s, p, "prompt")
+    for x in prompts:
+        check_chars(s, x if isinstance(x, str) else " " * len(x), "prompt")
     if req.echo and req.stream and len(prompts) > 1:
         raise bad_request("echo with several prompts is not supported when streaming", "echo",
                           "unsupported_parameter")
-    return await run(m, req, [(p, None) for p in prompts], chat=False, echo=req.echo)
+    texts = [x if isinstance(x, str) else None for x in prompts]
+    if m.predictor.supports(ScoresTokens):  # plain completion: text prompts are never wrapped in a chat template
+        try:
+            prompts = [m.predictor.encode_prompt(x) if isinstance(x, str) else x for x in prompts]
+        except (LubanError,) + INPUT_ERRORS as e:
+            raise bad_request(str(e), "prompt", "invalid_prompt") from None
+    return await run(m, req, [(p, None) for p in prompts], chat=False, echo=req.echo, texts=texts)

@@ -17,6 +17,7 @@ history.jsonl and report.html) and measures generation speed.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -30,7 +31,8 @@ from pydantic import ValidationError
 from torch import nn
 
 import luban.processor as processor
-from luban.capabilities import Chats, DecodesTogether, Evaluates, Predicts, StreamsTokens, TaskPredictor
+from luban.capabilities import (Chats, DecodesTogether, Evaluates, Predicts, ScoresTokens, StreamsTokens,
+                                TaskPredictor)
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
@@ -40,7 +42,7 @@ from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, TextEncoder, build_encoder, resolve_pretrained
 from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
-from luban.generation.decoding import GenerationConfig, generate, step_events
+from luban.generation.decoding import GenerationConfig, generate, prompt_logprobs, step_events
 from luban.tasks.base import Batches, Task, read_frames, to_device
 from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
@@ -179,7 +181,7 @@ def bigram_loss(train_pairs: np.ndarray, eval_pairs: np.ndarray, vocab: int, alp
 
 
 def generation_config(settings: GenerationSettings, knobs: dict, eos) -> GenerationConfig:
-    allowed = set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}
+    allowed = (set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}) | {"logprobs"}
     unknown = sorted(set(knobs) - allowed)
     if unknown:
         raise LubanError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
@@ -205,6 +207,42 @@ def _eos_ids(model, encoder):
 RUN_MANY_BATCH = 32  # prompts decoded together by predict()
 
 
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet back to bytes (the printable stand-ins it uses for every byte value)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+def token_pieces(encoder, ids: list[int]) -> list[tuple[str, bytes]]:
+    """(text, bytes) of each token id alone: exact bytes for byte-level BPE tokenizers (GPT-2, LLaMA 3, Qwen,
+    SmolLM), else the UTF-8 of the token decoded alone."""
+    tok = getattr(encoder, "tok", None)
+    decoder = getattr(getattr(getattr(tok, "backend_tokenizer", None), "decoder", None), "__class__", None)
+    out = []
+    if decoder is not None and decoder.__name__ == "ByteLevel":
+        table = _byte_decoder()
+        special = set(getattr(tok, "all_special_ids", []) or [])
+        for t, piece in zip(ids, tok.convert_ids_to_tokens(list(ids)), strict=True):
+            if t not in special and piece is not None and all(c in table for c in piece):
+                raw = bytes(table[c] for c in piece)
+            else:
+                raw = encoder.decode([t]).encode("utf-8")
+            out.append((raw.decode("utf-8", errors="replace"), raw))
+        return out
+    for t in ids:
+        text = encoder.decode([t])
+        out.append((text, text.encode("utf-8")))
+    return out
+
+
 class Generator:
     """Prompt -> text for one model + tokenizer, with every decoding knob; shared by training samples and the
     predictor."""
@@ -212,9 +250,18 @@ class Generator:
     def __init__(self, model, encoder, formatter: ChatFormatter, settings: GenerationSettings):
         self.model, self.encoder, self.formatter, self.settings = model, encoder, formatter, settings
 
-    def _ids(self, prompt=None, messages=None) -> list[int]:
+    def _ids(self, prompt=None, messages=None, tools=None) -> list[int]:
+        """The ids the model reads: a conversation (rendered by the chat template, with `tools` where given), a
+        prompt, or a prompt given as token ids (a list of ints in the vocabulary)."""
         if messages is not None:
-            ids = self.formatter.chat_prompt(parse_messages(messages, "messages"))
+            ids = self.formatter.reply_prompt(messages if tools else parse_messages(messages, "messages"), tools)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                         for t in prompt):
+            vocab = self.encoder.vocab_size
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise DataError(f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})")
+            ids = list(prompt)
         else:
             if not isinstance(prompt, str):
                 raise DataError(f"prompt: expected text, found {type(prompt).__name__}")
@@ -227,7 +274,7 @@ class Generator:
         return ids
 
     def run(self, prompt=None, messages=None, **knobs) -> dict:
-        ids = self._ids(prompt, messages)
+        ids = self._ids(prompt, messages, knobs.pop("tools", None))
         num_beams = knobs.pop("num_beams", None) or self.settings.num_beams
         length_penalty = knobs.pop("length_penalty", None)
         cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
@@ -240,16 +287,24 @@ class Generator:
 
     def stream(self, prompt=None, messages=None, **knobs):
         """The generated text piece by piece (sampling or greedy; beam settings do not apply to streaming)."""
-        return (piece for _, piece, _ in self.events(prompt, messages, **knobs) if piece)
+        return (piece for _, piece, _, _ in self.events(prompt, messages, **knobs) if piece)
 
     def events(self, prompt=None, messages=None, **knobs):
-        """Like stream, yielding (token_id | None, text_piece, finish_reason | None) per decoding step; the last
-        event carries the finish reason (serving: usage counts, OpenAI finish_reason)."""
+        """Like stream, yielding (token_id | None, text_piece, finish_reason | None, logprob entry | None) per
+        decoding step; the last event carries the finish reason (serving: usage counts, OpenAI finish_reason). The
+        knob `logprobs` (k) gives each token's entry (its log-probability and the k most likely tokens')."""
         knobs.pop("num_beams", None)
         knobs.pop("length_penalty", None)
-        ids = self._ids(prompt, messages)
-        return step_events(self.model, ids, generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder)),
-                           self.encoder.decode)
+        ids = self._ids(prompt, messages, knobs.pop("tools", None))
+        cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
+        return self._with_logprobs(step_events, self.model, ids, cfg, self.encoder.decode)
+
+    @staticmethod
+    def _with_logprobs(steps, *args):
+        """(token, piece, finish, that token's logprob entry or None) per step (entries with cfg.logprobs only)."""
+        sink: list[dict] = []
+        for token, piece, finish in steps(*args, sink):
+            yield token, piece, finish, (sink[-1] if token is not None and sink else None)
 
     def batch(self, requests: list[dict]):
         """Decode several requests together ({"prompt": ...} or {"messages": [...]}, plus knobs each): an
@@ -260,8 +315,8 @@ class Generator:
 
         def prepare(request: dict):
             knobs = {k: v for k, v in request.items() if k not in ("prompt", "messages", "num_beams",
-                                                                     "length_penalty")}
-            return (self._ids(request.get("prompt"), request.get("messages")),
+                                                                     "length_penalty", "tools")}
+            return (self._ids(request.get("prompt"), request.get("messages"), request.get("tools")),
                     generation_config(self.settings, knobs, eos))
 
         batch = EventBatch(prepare, lambda rows: BatchDecoder(self.model, rows, self.encoder.decode))
@@ -591,7 +646,7 @@ def samples_section(history: list[dict], final: dict) -> str:
 # ------------------------------------------------------------------------------------------------ predictor
 
 
-class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, StreamsTokens, DecodesTogether):
+class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, StreamsTokens, DecodesTogether, ScoresTokens):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_generation"
     continues_prompt = True
@@ -648,8 +703,9 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
     def stream_events(self, prompt: str | None = None, messages: list[dict] | None = None, **knobs):
         """One dict per decoding step, {"text", "token", "finish_reason"}: the pieces join to stream_text's /
         stream_chat's text; the last carries finish_reason (eos, stop or length). Used by `luban serve`."""
-        for token, piece, finish in self.generator.events(prompt, messages, **knobs):
-            yield {"text": piece, "token": token, "finish_reason": finish}
+        for token, piece, finish, logprob in self.generator.events(prompt, messages, **knobs):
+            yield {"text": piece, "token": token, "finish_reason": finish,
+                   **({"logprob": logprob} if logprob is not None else {})}
 
     def stream_events_batch(self, requests: list[dict]):
         """Several requests ({"prompt"} or {"messages"}, plus knobs) decoded together: an object whose step()
@@ -657,9 +713,33 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
         serve` to put concurrent generations in one forward."""
         return self.generator.batch(requests)
 
-    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+    def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None, tools=None) -> int:
         """How many tokens the model reads for a prompt or a conversation (usage counts)."""
-        return len(self.generator._ids(prompt, messages))
+        return len(self.generator._ids(prompt, messages, tools))
+
+    def context_length(self) -> int | None:
+        return getattr(self.model, "max_context", None)
+
+    def score_prompt(self, prompt, top: int = 0) -> dict:
+        """The prompt's tokens and each one's log-probability given those before it (None for the first), with the
+        `top` most likely tokens at each position (decoding.prompt_logprobs: one forward pass)."""
+        ids = self.generator._ids(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt)
+        return {"ids": ids, "logprobs": prompt_logprobs(self.model, ids, top)}
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt as the model reads it for plain completion (OpenAI /v1/completions): the tokenizer's
+        prefix (e.g. BOS) and the text's tokens, never wrapped in the chat template."""
+        if not isinstance(prompt, str):
+            raise DataError(f"prompt: expected text, found {type(prompt).__name__}")
+        return (self.formatter._prefix() + self.encoder.encode_text(prompt)) or self.generator._ids("")
+
+    def token_pieces(self, ids: list[int]) -> list[tuple[str, bytes]]:
+        """Each token id's own text and bytes (a byte-level BPE token may hold part of a UTF-8 character: its
+        bytes are exact, its text then shows the replacement character)."""
+        return token_pieces(self.encoder, ids)
+
+    def chat_tools(self) -> bool:
+        return self.formatter.supports_tools
 
     def predict(self, inputs, **knobs) -> list[dict]:
         """Each input: a prompt string, or {"messages": [...]} for a chat turn."""

@@ -263,8 +263,13 @@ function chatPanel(m) {
   const log = el("div", { class: "chat-log", "aria-live": "polite" });
   const area = el("textarea", { placeholder: "your message (Enter sends, Shift+Enter for a new line)",
                                 "aria-label": "message" });
-  const t = slider("temperature", 0, 2, 0.05, 0.8), k = slider("top_k", 0, 200, 1, 50),
-        p = slider("top_p", 0.05, 1, 0.05, 0.95), n = slider("max_tokens", 1, 1024, 1, 200);
+  // the sliders start at the run's own generation settings (GET v1/models: generation)
+  const g = m.generation || {};
+  const t = slider("temperature", 0, 2, 0.05, g.temperature ?? 0.8),
+        k = slider("top_k", 0, Math.max(200, g.top_k || 0), 1, g.top_k ?? 0),
+        p = slider("top_p", 0.05, 1, 0.05, g.top_p ?? 1),
+        rp = slider("repetition_penalty", 0.5, 2, 0.05, g.repetition_penalty ?? 1),
+        n = slider("max_tokens", 1, g.max_tokens_limit || 1024, 1, g.max_tokens ?? 200);
   const history = [];
   let controller = null;
   const stop = el("button", { class: "secondary", disabled: "", onclick: () => controller && controller.abort() }, "Stop");
@@ -284,7 +289,7 @@ function chatPanel(m) {
       const r = await fetch("v1/chat/completions", { method: "POST", headers: headers(), signal: controller.signal,
         body: JSON.stringify({ model: m.id, messages: history, stream: true, stream_options: { include_usage: true },
                                temperature: +t.input.value, top_k: +k.input.value, top_p: +p.input.value,
-                               max_tokens: +n.input.value }) });
+                               repetition_penalty: +rp.input.value, max_tokens: +n.input.value }) });
       if (!r.ok) {
         const d = await r.json().catch(() => null);
         throw new Error(`${r.status}: ${d && d.error ? d.error.message : r.statusText}`);
@@ -313,7 +318,7 @@ function chatPanel(m) {
   } }, "Send");
   area.addEventListener("keydown", e => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send.click(); } });
   return panel("chat", m.capabilities.chat ? "Chat (streaming)" : "Generate (streaming)", log, area,
-               el("div", { class: "row sliders" }, t.label, k.label, p.label, n.label),
+               el("div", { class: "row sliders" }, t.label, k.label, p.label, rp.label, n.label),
                el("div", { class: "row" }, send, stop, clear));
 }
 
