@@ -198,3 +198,31 @@ def test_grounded_answer_gate_and_markers(docs, tmp_path):
     g = kb_answer.ground(kb, enc, conv, k=2)
     assert g.query == "退货政策是什么？\n运费谁承担？" and "运费" in g.citations[0]["text"]
     assert [m["role"] for m in g.messages] == ["system", "user", "assistant", "user"]
+
+
+def test_pgvector_engine_real_server(docs, tmp_path, monkeypatch):
+    """The server engine against a real PostgreSQL + pgvector (the pgserver wheel); skipped where it cannot start."""
+    pytest.importorskip("pgserver")
+    pytest.importorskip("pgvector")
+    monkeypatch.setenv("LUBAN_PGDATA", str(tmp_path / "pgdata"))
+    from luban.kb import pgvector
+
+    try:
+        pgvector.connect(None).close()
+    except Exception as e:  # noqa: BLE001 - a platform where the bundled server does not start
+        pytest.skip(f"pgserver cannot start here: {e}")
+    enc = HashEncoder()
+    out = base.build(cfg(docs, tmp_path / "kb", engine="pgvector"), enc)
+    kb = base.KnowledgeBase.open(out)
+    assert kb.meta["engine"] == "pgvector" and len(kb.store) == len(kb.chunks)
+    assert not (out / "v1" / "vectors.npy").exists()  # the vectors live in PostgreSQL
+    assert "发票" in kb.search("发票怎么申请", enc, k=1, mode="dense")[0].text
+    extra = tmp_path / "extra.txt"
+    extra.write_text("保修期为两年，人为损坏不在保修范围内。", encoding="utf-8")
+    base.add(out, [str(extra)], enc)
+    kb = base.KnowledgeBase.open(out)
+    assert kb.search("保修多久", enc, k=1, mode="dense")[0].source == str(extra)
+    base.remove(out, [str(extra)])
+    kb = base.KnowledgeBase.open(out)
+    assert len(kb.store) == len(kb.chunks) and all(h.source != str(extra)
+                                                   for h in kb.search("保修多久", enc, k=5, mode="dense"))

@@ -289,7 +289,8 @@ def _cmd_serve(a):
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
-        max_connections=a.max_connections).check()  # a bad limit is an error before anything loads
+        max_connections=a.max_connections, kb=a.kb, kb_k=a.kb_k, kb_mode=a.kb_mode,
+        kb_min_score=a.kb_min_score).check()  # a bad limit is an error before anything loads
     serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
 
 
@@ -515,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections and requests at once; more get 503")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
+    s.add_argument("--kb", metavar="KB", help="answer chat completions from this knowledge base (`luban kb build`), "
+                   "with citations")
+    s.add_argument("--kb-k", type=int, default=4, help="--kb: chunks retrieved per question")
+    s.add_argument("--kb-mode", choices=["dense", "lexical", "hybrid"], default="hybrid")
+    s.add_argument("--kb-min-score", type=float, default=None,
+                   help="--kb: below this best cosine the answer is that the documents do not say (default: the KB's)")
     s.set_defaults(fn=_cmd_serve)
     from luban.hub.cli import add_parser as add_models_parser
 
@@ -545,7 +552,15 @@ PREFLIGHT = {
     "export": lambda a: _preflight().check_runs([a.run]),
     "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
     "ensemble": lambda a: _preflight().check_runs(a.runs),
+    "serve": lambda a: _kb_preflight(a.kb),
 }
+
+
+def _kb_preflight(kb):
+    if kb:  # a missing or damaged knowledge base fails before the models load
+        from luban.kb.base import read_meta
+
+        read_meta(kb)
 
 
 def _preflight():

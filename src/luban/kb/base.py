@@ -3,7 +3,7 @@ built with one embedder and searched densely, lexically or both (reciprocal-rank
 
     KB/
       kb.json          format, version, the embedder (name, fingerprint, dim, ref), engine, chunking, sources
-      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.faiss from 20k chunks), bm25/
+      v<version>/      chunks.jsonl, ids.npy + vectors.npy (+ ann.faiss from 50k chunks), bm25/
                        (engine pgvector: the vectors live in PostgreSQL, table kb_<id>)
 
 Writes are atomic: `build` writes a hidden sibling folder and renames it into place; `add` / `remove` write the
@@ -205,13 +205,8 @@ def read_chunks(paths: list[str], text_column: str, chunk_tokens: int, overlap_t
     return out
 
 
-def embed_passages(encoder, texts: list[str], batch_size: int = 32, ray: bool = False) -> np.ndarray:
-    """Passage vectors (float32, L2-normalized) with a progress bar and ETA; ray=True maps the batches over Ray
-    Data (luban.kb.distributed) for corpora larger than one machine embeds in time."""
-    if ray:
-        from luban.kb.distributed import ray_embed
-
-        return ray_embed(encoder, texts, batch_size)
+def embed_passages(encoder, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Passage vectors (float32, L2-normalized) with a progress bar and ETA."""
     from luban.training.progress import stage
 
     dim = int(encoder.dim)
@@ -257,7 +252,7 @@ def build(cfg, encoder) -> Path:
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out}: exists; pass --overwrite to replace it (or `luban kb add {out} DOCS...`)")
     chunks = read_chunks(cfg.docs, cfg.text_column, cfg.chunk_tokens, cfg.overlap_tokens, encoder, 0)
-    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size, cfg.ray)
+    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size)
     ids = np.array([c["id"] for c in chunks], np.int64)
     meta = {"format": FORMAT, "id": uuid.uuid4().hex[:12], "version": 1, "luban_version": __version__,
             "embedder": {"name": encoder.name, "fingerprint": encoder.fingerprint, "dim": int(encoder.dim),
@@ -268,9 +263,10 @@ def build(cfg, encoder) -> Path:
             "created": _now(), "updated": _now()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    store = None
     try:
         tmp.mkdir()
-        store = _new_store(meta, tmp)
+        store = _new_store(meta)
         store.add(ids, vectors)
         _write_version(tmp / "v1", chunks, store, cfg.engine)
         _write_meta(tmp, meta)
@@ -282,34 +278,36 @@ def build(cfg, encoder) -> Path:
             os.rename(out, old)
         os.rename(tmp, out)
         if old is not None:
-            _drop_store(old)
+            _drop_table(old)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        _drop_store(tmp, rollback=True)
+        if store is not None and cfg.engine == "pgvector":
+            store.drop()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _new_store(meta: dict, folder: Path):
+def _new_store(meta: dict):
     if meta["engine"] == "pgvector":
         from luban.kb.pgvector import PgVectorStore
 
-        return PgVectorStore.create(meta, folder)
+        return PgVectorStore.create(meta)
     from luban.kb.vectors import EmbeddedStore
 
     return EmbeddedStore(int(meta["embedder"]["dim"]))
 
 
-def _drop_store(folder: Path, rollback: bool = False) -> None:
-    """A pgvector KB's table is dropped with it (a failed build: its transaction rolled back)."""
-    if (folder / META).is_file() or rollback:
-        try:
-            from luban.kb.pgvector import forget
+def _drop_table(folder: Path) -> None:
+    """A replaced pgvector knowledge base's table goes with it."""
+    try:
+        meta = read_meta(folder)
+    except RunError:
+        return
+    if meta.get("engine") == "pgvector":
+        from luban.kb.pgvector import PgVectorStore
 
-            forget(folder, rollback)
-        except ImportError:
-            pass
+        PgVectorStore.open(meta, folder).drop()
 
 
 def _next_version(kb: KnowledgeBase, chunks: list[dict], meta: dict, change) -> None:
@@ -337,14 +335,14 @@ def _next_version(kb: KnowledgeBase, chunks: list[dict], meta: dict, change) -> 
     kb.meta = meta
 
 
-def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32, ray: bool = False) -> dict:
+def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32) -> dict:
     """Index more documents into a knowledge base (only the new chunks are embedded)."""
     kb = KnowledgeBase.open(folder)
     check_encoder(kb.meta, encoder, str(folder))
     meta = dict(kb.meta)
     new = read_chunks(docs, meta["text_column"], meta["chunking"]["chunk_tokens"],
                       meta["chunking"]["overlap_tokens"], encoder, meta["next_id"], set(meta["sources"]))
-    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size, ray)
+    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size)
     meta["next_id"] = meta["next_id"] + len(new)
     _next_version(kb, kb.chunks + new, meta,
                   lambda store: store.add(np.array([c["id"] for c in new], np.int64), vectors))

@@ -24,7 +24,7 @@ def _cmd_build(a):
 
     flags = {"docs": a.docs or None, "embedder": a.embedder, "out": a.out, "chunk_tokens": a.chunk_tokens,
              "overlap_tokens": a.overlap_tokens, "text_column": a.text_column, "engine": a.engine, "dsn": a.dsn,
-             "min_score": a.min_score, "batch_size": a.batch_size, "ray": a.ray or None,
+             "min_score": a.min_score, "batch_size": a.batch_size,
              "overwrite": a.overwrite or None}
     cfg = load_kb_config(a.config, flags) if a.config else kb_config({k: v for k, v in flags.items() if v is not None})
     from luban.kb.readers import expand
@@ -46,7 +46,7 @@ def _cmd_add(a):
 
     meta = read_meta(a.kb)
     expand(a.docs)
-    r = add(a.kb, a.docs, _encoder_for(meta, a.embedder), batch_size=a.batch_size, ray=a.ray)
+    r = add(a.kb, a.docs, _encoder_for(meta, a.embedder), batch_size=a.batch_size)
     print(f"added {r['added_chunks']} chunks from {r['added_sources']} documents; {r['chunks']} chunks in {a.kb}",
           file=sys.stderr)
 
@@ -111,11 +111,10 @@ def add_parser(sub) -> None:
     b.add_argument("--overlap-tokens", type=int, help="tokens of whole sentences shared by neighbours (default 32)")
     b.add_argument("--text-column", help=".jsonl/.csv/.tsv: the column holding the text (default: text)")
     b.add_argument("--engine", choices=["faiss", "pgvector"], help="vector store (default: faiss, embedded)")
-    b.add_argument("--dsn", help="pgvector: a PostgreSQL URL (default: a local pgserver inside the KB)")
+    b.add_argument("--dsn", help="pgvector: a PostgreSQL URL (default: a local pgserver, data in $LUBAN_PGDATA or ~/.cache/luban/pgdata)")
     b.add_argument("--min-score", type=float, help="grounded answers: the cosine below which the documents do not "
                    "answer (default 0.80)")
     b.add_argument("--batch-size", type=int, help="texts per embedding batch (default 32)")
-    b.add_argument("--ray", action="store_true", help="embed through Ray Data (large corpora)")
     b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     b.set_defaults(fn=_cmd_build)
     ad = ksub.add_parser("add", help="index more documents into a knowledge base (only they are embedded)")
@@ -123,7 +122,6 @@ def add_parser(sub) -> None:
     ad.add_argument("docs", nargs="+")
     ad.add_argument("--embedder", help="default: the one the knowledge base was built with")
     ad.add_argument("--batch-size", type=int, default=32)
-    ad.add_argument("--ray", action="store_true")
     ad.set_defaults(fn=_cmd_add)
     rm = ksub.add_parser("remove", help="take documents out of a knowledge base (by source, see `kb info`)")
     rm.add_argument("kb")

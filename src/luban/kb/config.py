@@ -47,7 +47,6 @@ class KBConfig(ChunkingConfig):
     min_score: float = Field(0.80, ge=-1, le=1, description="grounded answers: the best chunk's cosine below which "
                              "the documents do not answer")
     batch_size: int = Field(32, gt=0, description="texts per embedding batch")
-    ray: bool = Field(False, description="embed through Ray Data (large corpora)")
     overwrite: bool = False
 
 

@@ -4,9 +4,9 @@ server engine (PostgreSQL + pgvector, `luban.kb.pgvector`).
     store.add(ids, vectors); store.remove(ids); store.search(query_vector, k) -> (ids, cosine scores); len(store)
 
 Vectors are L2-normalized float32, so the inner product is the cosine. The embedded store keeps the exact vectors
-(vectors.npy, row-aligned with ids.npy) and, from ANN_MIN vectors on, a FAISS IVF-Flat index (ann.faiss: sqrt(n)
-k-means lists, NPROBE of them searched) for search; below that an exact matrix product is fast enough (20k x 384 in
-~2 ms). IVF over HNSW (usearch, FAISS HNSW) by measurement on this 2-core machine: an HNSW graph built 182 chunks/s
+(vectors.npy, row-aligned with ids.npy) and, from ANN_MIN vectors on, a FAISS IVF-Flat index (ann.faiss: 2 sqrt(n)
+k-means lists, NPROBE of them searched) for search; below that an exact matrix product is fast enough (50k x 384 in
+a few ms). IVF over HNSW (usearch, FAISS HNSW) by measurement on this 2-core machine: an HNSW graph built 182 chunks/s
 (1M chunks: 1.5 hours), the inverted lists build in minutes at the same recall (benchmarks/kb_scale.py,
 docs/benchmarks.md). Chunks added later go into the trained lists; removals delete from them.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-ANN_MIN = 20_000
-NPROBE_FRACTION, NPROBE_MIN = 1 / 10, 32  # lists searched per query: 10% of them, at least 32
+ANN_MIN = 50_000
+LISTS_PER_SQRT = 2  # k-means lists: 2 sqrt(n) (2,000 at 1M chunks)
+NPROBE_FRACTION, NPROBE_MIN = 1 / 40, 48  # lists searched per query: 2.5% of them, at least 48
 TRAIN_PER_LIST = 40  # k-means training sample: 40 vectors per list
 
 
@@ -29,7 +30,7 @@ def ivf(vectors: np.ndarray, threads: int = 0):
     if threads:
         faiss.omp_set_num_threads(threads)
     n, dim = vectors.shape
-    nlist = int(max(16, min(4096, np.sqrt(n))))
+    nlist = int(max(16, min(8192, LISTS_PER_SQRT * np.sqrt(n))))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = vectors if n <= nlist * TRAIN_PER_LIST else vectors[
         np.random.default_rng(0).choice(n, nlist * TRAIN_PER_LIST, replace=False)]

@@ -57,6 +57,11 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     settings.check()
     metrics = Metrics()
     registry = Registry(settings, metrics)
+    registry.grounder = None
+    if settings.kb:  # luban serve --kb: chat completions answered from a knowledge base, with citations
+        from luban.serve.grounded import Grounder
+
+        registry.grounder = Grounder(settings)
 
     @asynccontextmanager
     async def lifespan(app):

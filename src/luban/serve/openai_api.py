@@ -322,6 +322,9 @@ async def chat_completions(req: ChatRequest, reg: Registry = Depends(registry)):
     messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()}
                 for x in req.messages]
     check_chars(m.settings, "".join(x["content"] for x in messages), "messages")
+    grounder = getattr(reg, "grounder", None)
+    if grounder is not None and m.chats:  # luban serve --kb: retrieve, cite (luban.serve.grounded)
+        return await grounder.complete(m, req, messages, run)
     if m.chats:
         prompts = [(None, messages)]
     else:  # translation / summarization: the last user message is the source text

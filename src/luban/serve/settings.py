@@ -57,6 +57,11 @@ class ServeSettings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=list)
     # what this process reports
     warmup: bool = True
+    # grounded chat (`--kb`): a knowledge base every chat completion is answered from (luban.serve.grounded)
+    kb: str | None = None
+    kb_k: int = 4                         # chunks retrieved per question
+    kb_mode: str = "hybrid"               # dense | lexical | hybrid
+    kb_min_score: float | None = None     # below this best cosine: "the documents do not answer" (default: the KB's)
 
     def to_env(self) -> str:
         return self.model_dump_json()
@@ -80,6 +85,8 @@ class ServeSettings(BaseModel):
             bad.append(f"--threads must be >= 1 (got {self.threads})")
         if self.max_wait_ms < 0:
             bad.append(f"--max-wait-ms must be >= 0 (got {self.max_wait_ms})")
+        if self.kb_k < 1:
+            bad.append(f"--kb-k must be >= 1 (got {self.kb_k})")
         if bad:
             raise LubanError("; ".join(bad))
         return self

@@ -230,6 +230,35 @@ async function* sse(response) {
   }
 }
 
+function citationList(citations) {
+  // clickable sources: each opens to the cited text, with its file, page, character offsets and score
+  const box = el("div", { class: "sources" });
+  if (!citations.length) return box;
+  box.append(el("div", { class: "sources-title" }, "Sources"));
+  for (const c of citations) {
+    const where = `${c.source}${c.page != null ? ` p.${c.page}` : ""} · chars ${c.start}–${c.end} · score ${c.score.toFixed(3)}`;
+    box.append(el("details", { class: "source" + (c.cited ? " cited" : ""), "data-index": String(c.index) },
+                  el("summary", {}, el("b", {}, `[${c.index}] `), where), el("blockquote", {}, c.text)));
+  }
+  return box;
+}
+
+function linkMarkers(reply, sources) {
+  // [n] in the answer: a link that opens and shows source n
+  const text = reply.textContent;
+  reply.replaceChildren();
+  let last = 0;
+  for (const m of text.matchAll(/\[(\d+)\]/g)) {
+    const target = sources.querySelector(`details[data-index="${m[1]}"]`);
+    if (!target) continue;
+    reply.append(text.slice(last, m.index));
+    reply.append(el("a", { href: "#", class: "marker", onclick: e => { e.preventDefault(); target.open = true;
+                                                                     target.scrollIntoView({ block: "nearest" }); } }, m[0]));
+    last = m.index + m[0].length;
+  }
+  reply.append(text.slice(last));
+}
+
 function chatPanel(m) {
   const log = el("div", { class: "chat-log", "aria-live": "polite" });
   const area = el("textarea", { placeholder: "your message (Enter sends, Shift+Enter for a new line)",
@@ -260,9 +289,14 @@ function chatPanel(m) {
         const d = await r.json().catch(() => null);
         throw new Error(`${r.status}: ${d && d.error ? d.error.message : r.statusText}`);
       }
-      let finish = null;
+      let finish = null, sources = null;
       for await (const chunk of sse(r)) {
         if (chunk.error) throw new Error(chunk.error.message);
+        if (chunk.citations) {  // luban serve --kb: the chunks the answer is grounded on
+          const list = citationList(chunk.citations);
+          if (sources) sources.replaceWith(list); else usage.before(list);
+          sources = list;
+        }
         for (const c of chunk.choices || []) {
           if (c.delta && c.delta.content) { reply.textContent += c.delta.content; log.scrollTop = log.scrollHeight; }
           if (c.finish_reason) finish = c.finish_reason;
@@ -270,6 +304,7 @@ function chatPanel(m) {
         if (chunk.usage) usage.textContent = `${chunk.usage.completion_tokens} tokens · finish: ${finish}`;
       }
       history.push({ role: "assistant", content: reply.textContent });
+      if (sources) linkMarkers(reply, sources);
     } catch (e) {
       if (e.name === "AbortError") usage.textContent = "stopped";
       else usage.replaceChildren(el("span", { class: "error" }, e.message));
