@@ -32,6 +32,7 @@ class ModelSection(Section):
     pretrained: ClassVar[bool] = False  # loads a Hugging Face checkpoint (model.path); a run keeps its backbone/
     own_tokenizer: ClassVar[bool] = False  # brings its tokenizer: preprocessing.tokenizer.type is pretrained
     ngrams: ClassVar[bool] = False  # text: reads weighted n-grams (its own featurizer), not the tokenizer's ids
+    trained_by_library: ClassVar[bool] = False  # fitted by its own library (LightGBM), not the gradient engine
 
 
 class TokenizerConfig(Section):

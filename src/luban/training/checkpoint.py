@@ -76,6 +76,11 @@ def save_weights(model: nn.Module, folder: Path) -> None:
 
 
 def load_weights(model: nn.Module, folder: Path) -> None:
+    """The saved weights (model.safetensors) into `model`; a model that saves itself in its own library's format
+    (`load_from(folder)`, e.g. LightGBM's text model: luban.models.gbdt) reads its own file."""
+    if callable(getattr(model, "load_from", None)):
+        model.load_from(folder)
+        return
     from safetensors.torch import load_model
 
     path = folder / WEIGHTS
