@@ -60,9 +60,10 @@ class GBDTModel(nn.Module):
 
     # training ------------------------------------------------------------------------------------------
     def fit(self, train: tuple, validation: tuple, *, regression: bool, threads: int, seed: int,
-            feature_names: list[str], on_round=None) -> list[dict]:
-        """Boost on `train` = (numeric, categorical, target) with early stopping on `validation`; returns each
-        round's validation metrics ({"round", "loss", "error"}: LightGBM's l2 / logloss and error rate)."""
+            feature_names: list[str], early_stopping: bool = True, on_round=None) -> list[dict]:
+        """Boost on `train` = (numeric, categorical, target) with early stopping on `validation` (without it: all
+        n_estimators rounds, as a retrain for a round count chosen before does); returns each round's validation
+        metrics ({"round", "loss", "error"}: LightGBM's l2 / logloss and error rate)."""
         lgb = _lightgbm()
         n_classes = self.out_dim
         objective = "regression" if regression else ("binary" if n_classes == 2 else "multiclass")
@@ -79,13 +80,16 @@ class GBDTModel(nn.Module):
         d_val = lgb.Dataset(self.matrix(validation[0], validation[1]), label=np.asarray(validation[2], np.float64),
                             reference=d_train, feature_name=names, categorical_feature=cats)
         record: dict = {}
-        callbacks = [lgb.record_evaluation(record), lgb.early_stopping(self.cfg.early_stopping_rounds,
-                                                                      first_metric_only=True, verbose=False)]
+        callbacks = [lgb.record_evaluation(record)]
+        if early_stopping:
+            callbacks.append(lgb.early_stopping(self.cfg.early_stopping_rounds, first_metric_only=True,
+                                                verbose=False))
         if on_round is not None:
             callbacks.append(lambda env: on_round(env.iteration + 1, self.cfg.n_estimators))
         self.booster = lgb.train(params, d_train, num_boost_round=self.cfg.n_estimators, valid_sets=[d_val],
                                  valid_names=["validation"], callbacks=callbacks)
-        self.best_iteration = int(self.booster.best_iteration or self.booster.current_iteration())
+        self.best_iteration = int((early_stopping and self.booster.best_iteration) or
+                                  self.booster.current_iteration())
         val = record["validation"]
         loss = val[metrics[0]]
         error = val[metrics[1]] if len(metrics) > 1 else None

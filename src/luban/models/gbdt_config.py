@@ -19,7 +19,7 @@ class GBDTConfig(ModelSection):
 
     type: Literal["gbdt"] = "gbdt"
     trained_by_library: ClassVar[bool] = True  # the task fits it with its own library (TabularTask.fit_model)
-    n_estimators: int = Field(2000, gt=0, description="the most boosting rounds (early stopping usually ends "
+    n_estimators: int = Field(1000, gt=0, description="the most boosting rounds (early stopping usually ends "
                               "sooner)")
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(31, ge=2, description="leaves per tree (LightGBM grows trees leaf-wise)")
@@ -32,7 +32,7 @@ class GBDTConfig(ModelSection):
     lambda_l1: float = Field(0.0, ge=0, description="L1 regularization of leaf values")
     lambda_l2: float = Field(0.0, ge=0, description="L2 regularization of leaf values")
     min_split_gain: float = Field(0.0, ge=0)
-    early_stopping_rounds: int = Field(100, gt=0, description="stop after this many rounds without a better "
+    early_stopping_rounds: int = Field(50, gt=0, description="stop after this many rounds without a better "
                                        "validation loss; the best round is kept")
     categorical: Literal["native", "codes"] = Field(
         "native", description="native: data.columns.categorical are LightGBM categorical features (split by "

@@ -25,6 +25,9 @@ from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, ru
 from luban.training.progress import say
 
 
+SMALL_TABLE = 100_000  # training rows below which LightGBM boosts on one thread (faster there)
+
+
 def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
     cols = cfg.data.columns
     label = resolve_column(frame, cols.label, "label")
@@ -186,11 +189,15 @@ class TabularTask(Task, _TabularModelUser):
             raise ConfigError("data.split.validation: the gbdt model stops early on the validation split, which is "
                               "empty; give data.validation or a validation fraction")
         scale = (lambda t: (t.numpy() - self.y_center) / self.y_scale) if self.regression else (lambda t: t.numpy())
+        # LightGBM's OpenMP threads spin-wait: on a small table (or a busy machine) more than one thread is slower,
+        # 50x on 115 rows with two busy cores; trainer.num_threads set explicitly wins
+        threads = self.cfg.trainer.num_threads or (torch.get_num_threads() if len(y) >= SMALL_TABLE else 1)
         t0 = time.perf_counter()
         with stage("boosting (LightGBM)", total=self.cfg.model.n_estimators, unit="rounds") as p:
             rounds = model.fit((x_num, x_cat, scale(y)), (v_num, v_cat, scale(v_y)), regression=self.regression,
-                               threads=torch.get_num_threads(), seed=self.cfg.seed,
+                               threads=threads, seed=self.cfg.seed,
                                feature_names=self.pre.numeric + self.pre.categorical,
+                               early_stopping=self.cfg.trainer.keep == "best",
                                on_round=lambda i, n: p.advance())
         seconds = time.perf_counter() - t0
         history = []
