@@ -124,3 +124,20 @@ def test_string_in_numeric_column_names_file_row_column(out_dir, tmp_path):
     with pytest.raises(DataError) as e:
         luban.train(cfg, quiet=True)
     assert str(f) in str(e.value) and "line 17" in str(e.value) and "field 'z'" in str(e.value)
+
+
+@pytest.mark.parametrize("builtin,task", [("wine", "tabular_classification"), ("diabetes", "tabular_regression")])
+def test_gbdt_onnx_export_and_torch_free_predictor(out_dir, builtin, task):
+    pytest.importorskip("onnxmltools")
+    pytest.importorskip("onnxruntime")
+    from luban.compress.export import export_run
+
+    run = luban.train(gbdt_config(out_dir, builtin, task, {"builtin": builtin}), quiet=True)
+    meta = export_run(run, quiet=True)
+    assert meta["exporter"] == "onnxmltools.convert_lightgbm" and meta["parity"]["max_abs_diff"] < 1e-3
+    row = {c: 0.1 * i for i, c in enumerate(metrics(run)["data"]["numeric"])}
+    a = luban.load(run, backend="torch").predict([row])[0]
+    b = luban.load(run, backend="onnx").predict([row])[0]
+    key = "value" if task == "tabular_regression" else "score"
+    assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3)
+    assert a.get("label") == b.get("label")

@@ -103,12 +103,67 @@ class GBDTModel(nn.Module):
         return self.booster
 
     def forward(self, numeric, categorical):
-        raw = self._booster().predict(self.matrix(numeric, categorical), raw_score=True,
-                                      num_iteration=self.best_iteration or None)
-        raw = np.asarray(raw, dtype=np.float32)
-        if raw.ndim == 1:
-            raw = raw[:, None] if self.out_dim == 1 else np.stack([np.zeros_like(raw), raw], axis=1)
-        return torch.from_numpy(raw)
+        """Regression: (n, 1) predictions (scaled target units); classification: (n, classes) log-probabilities
+        (a softmax of them gives LightGBM's probabilities back; the ONNX export returns the same)."""
+        x = self.matrix(numeric, categorical)
+        if self.out_dim == 1:
+            raw = self._booster().predict(x, raw_score=True, num_iteration=self.best_iteration or None)
+            return torch.from_numpy(np.asarray(raw, dtype=np.float32).reshape(-1, 1))
+        p = np.asarray(self._booster().predict(x, num_iteration=self.best_iteration or None), dtype=np.float64)
+        if p.ndim == 1:  # binary: the positive class's probability
+            p = np.stack([1.0 - p, p], axis=1)
+        return torch.from_numpy(np.log(np.clip(p, 1e-30, None)).astype(np.float32))
+
+    def export_onnx(self, path: Path, opset: int) -> str:
+        """The booster as ONNX (onnxmltools' LightGBM converter) behind the tabular interface: inputs numeric
+        (float) and categorical (int64 codes), output `output` as forward() gives it. Returns the exporter name."""
+        try:
+            import onnx
+            from onnx import helper
+            from onnxmltools import convert_lightgbm
+            from onnxmltools.convert.common.data_types import FloatTensorType
+        except ImportError:
+            raise RunError("ONNX export of a gbdt run needs onnxmltools: pip install 'luban[export]'") from None
+        n = self.n_numeric + len(self.cardinalities)
+        onx = convert_lightgbm(self._booster(), initial_types=[("features", FloatTensorType([None, n]))],
+                               target_opset=min(opset, 15), zipmap=False)
+        for imp in onx.opset_import:  # the nodes added below (Clip with a min input, Reshape) need opset >= 13
+            if imp.domain in ("", "ai.onnx"):
+                imp.version = max(imp.version, 13)
+        g = onx.graph
+        for node in g.node:  # the converter's own names must not clash with the interface's
+            for names in (node.input, node.output):
+                for k, name in enumerate(names):
+                    if name in ("output", "numeric", "categorical"):
+                        names[k] = f"lgbm_{name}"
+        for o in g.output:
+            if o.name in ("output", "numeric", "categorical"):
+                o.name = f"lgbm_{o.name}"
+        outputs = [o.name for o in g.output]
+        for i in list(g.input):
+            g.input.remove(i)
+        g.input.extend([helper.make_tensor_value_info("numeric", onnx.TensorProto.FLOAT, ["batch", self.n_numeric]),
+                        helper.make_tensor_value_info("categorical", onnx.TensorProto.INT64,
+                                                      ["batch", len(self.cardinalities)])])
+        front = [helper.make_node("Cast", ["categorical"], ["categorical_f"], to=onnx.TensorProto.FLOAT),
+                 helper.make_node("Concat", ["numeric", "categorical_f"], ["features"], axis=1)]
+        if self.out_dim == 1:
+            back = [helper.make_node("Reshape", [outputs[0], "out_shape"], ["output"])]
+            g.initializer.append(helper.make_tensor("out_shape", onnx.TensorProto.INT64, [2], [-1, 1]))
+        else:  # probabilities -> log-probabilities, as forward()
+            back = [helper.make_node("Clip", [outputs[-1], "eps"], ["p_clipped"]),
+                    helper.make_node("Log", ["p_clipped"], ["output"])]
+            g.initializer.append(helper.make_tensor("eps", onnx.TensorProto.FLOAT, [], [1e-30]))
+        nodes = front + list(g.node) + back
+        del g.node[:]
+        g.node.extend(nodes)
+        for o in list(g.output):
+            g.output.remove(o)
+        g.output.extend([helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", self.out_dim])])
+        onnx.checker.check_model(onx)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(onx.SerializeToString())
+        return "onnxmltools.convert_lightgbm"
 
     def contributions(self, numeric, categorical) -> np.ndarray:
         """Tree SHAP values (LightGBM pred_contrib) in raw-score units: (rows, outputs, features + 1), the last

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 WEIGHTS = "model.safetensors"
+# the model files of models saved in their own library's format instead (luban.models.gbdt: LightGBM's text model)
+LIBRARY_MODEL_FILES = ("gbdt.txt",)
+
+
+def has_weights(model_dir: Path) -> bool:
+    """Whether a run's model/ folder holds the trained model itself (safetensors, or a library's own format), not
+    only an ONNX export."""
+    return any((Path(model_dir) / name).is_file() for name in (WEIGHTS, *LIBRARY_MODEL_FILES))
 STATE = "state.pt"
 
 
