@@ -123,8 +123,8 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
             if step is None or not step.distributed:
                 raise ConfigError(f"trainer.distributed: task {cfg.task} with model {cfg.model.type} is "
-                                  f"{'not trained by the engine' if step is None else 'trained with its own step'}; distributed "
-                                  "training is for models trained with one loss and one optimizer")
+                                  f"{'not trained by the engine' if step is None else 'trained with its own step'}"
+                                  "; distributed training is for models trained with one loss and one optimizer")
             result = ray_fit(cfg, model, work=work, resume=resume, metric=metric, mode=mode,
                              precision=precision)
         elif step is None:  # trained by its own library (LightGBM), or computed, not trained (popularity)
