@@ -141,3 +141,19 @@ def test_gbdt_onnx_export_and_torch_free_predictor(out_dir, builtin, task):
     key = "value" if task == "tabular_regression" else "score"
     assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-3)
     assert a.get("label") == b.get("label")
+
+
+def test_empty_search_space_is_one_clear_error(tmp_path):
+    pytest.importorskip("optuna")
+    import yaml
+
+    from luban.errors import ConfigError
+    from luban.lifecycle.tune import tune
+
+    cfg = gbdt_config(tmp_path, "empty", "tabular_classification", {"builtin": "wine"})
+    cfg["search"] = {"space": {}}
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with pytest.raises(ConfigError, match="search.space is empty"):
+        tune(str(path), 2, quiet=True)
+    assert not (tmp_path / "empty-tune").exists()

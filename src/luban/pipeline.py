@@ -204,6 +204,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
 def print_summary(run_dir: Path, metrics: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     main = metrics["main_metric"]
@@ -222,7 +223,7 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     console = Console()
     console.print(table)
     for note in metrics.get("notes") or []:  # the run lost to its baseline, was undertrained, ... (verdict.py)
-        console.print(f"[bold yellow]note:[/] {note['text']}", highlight=False, markup=True)
+        console.print(f"[bold yellow]note:[/] {escape(note['text'])}", highlight=False, markup=True)
     print(f"{closing_line(metrics)}; report: {run_dir / 'report.html'}")
 
 
