@@ -74,8 +74,12 @@ def tabular_baselines(kind: str, x_train, y_train, eval_sets: dict, labels: list
         key, better = "accuracy", max
     from luban.training.progress import stage
 
+    from threadpoolctl import threadpool_limits
+
     results = {}
-    with stage("baseline", total=len(candidates), unit="models") as p:
+    # OpenMP threads spin-wait: on a small table (or a busy machine) one thread fits gradient boosting far faster
+    with stage("baseline", total=len(candidates), unit="models") as p, \
+            threadpool_limits(1 if len(y_train) < 100_000 else None, user_api="openmp"):
         for name, est in candidates.items():
             p.update(model=name.replace("_", " "))
             t0 = time.perf_counter()
