@@ -172,7 +172,8 @@ def test_render_prints_every_default(tmp_path):
     assert out["trainer"]["epochs"] == 10
     assert out["trainer"]["lr"] == 0.001
     assert out["trainer"]["optimizer"] == "adamw"
-    assert out["trainer"]["early_stopping"] == {"metric": None, "mode": "auto", "patience": None}
+    # early stopping is on by default for a supervised task: patience max(3, epochs / 5)
+    assert out["trainer"]["early_stopping"] == {"metric": None, "mode": "auto", "patience": 3}
     assert out["model"]["type"] == "textcnn" and out["model"]["embedding_dim"] == 128
     assert out["preprocessing"]["tokenizer"]["type"] == "char"
     assert out["data"]["clean"]["drop_empty"] is True

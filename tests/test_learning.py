@@ -48,9 +48,18 @@ def test_text_baseline_is_reported(out_dir, en_data):
     cfg = text_config(out_dir, "base", en_data["train"], evaluation={"baseline": True}, trainer={"epochs": 1})
     m = read_metrics(luban.train(cfg, quiet=True))
     b = m["baseline"]
-    assert b["name"] == "char 1-2-gram TF-IDF + logistic regression"
+    assert b["name"] == "word 1-2-gram TF-IDF + logistic regression"  # English: words, a fair baseline
     assert 0.0 <= b["test"]["accuracy"] <= 1.0 and "f1_macro" in b["test"]
     assert b["test"]["accuracy"] >= 0.9  # the task is trivially separable for TF-IDF too
+
+
+def test_text_baseline_units_follow_the_script():
+    from luban.evaluate.baselines import text_analyzer
+
+    assert text_analyzer(["the film was great", "a dull, lifeless movie"]) == "word"
+    assert text_analyzer(["房间很干净，服务也很周到", "质量太差了"]) == "char"
+    assert text_analyzer(["ホテルはとても良かった", "最悪の映画"]) == "char"
+    assert text_analyzer(["Это был хороший фильм"]) == "word"
 
 
 def test_tabular_regression_learns_linear_target(out_dir, tmp_path):

@@ -268,7 +268,9 @@ ModelConfig = Annotated[Union[tuple(e.config for e in models().values())], Field
 class EarlyStoppingConfig(Section):
     metric: str | None = Field(None, description="validation metric to watch; default: the task's main metric")
     mode: Literal["auto", "max", "min"] = "auto"
-    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping; None: never")
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping; null: never; "
+                                 "unset: max(3, epochs / 5) for classification, regression and tagging tasks (they "
+                                 "have a validation split), never for the others")
 
 
 class DistributedConfig(Section):
@@ -534,6 +536,7 @@ class TaskSpec:
     sections: tuple[str, ...] = ()  # task-only sections: recommendation, tagging
     metrics: tuple[str, ...] = tuple(CLASSIFICATION_METRICS)  # what trainer.early_stopping.metric may watch
     check: Callable[[Any], None] | None = None  # cross-section checks (raise ValueError naming the YAML path)
+    early_stopping: bool = False  # supervised, with a validation split: patience on by default (_resolve)
     # "module:TaskClass:PredictorClass" (module under luban.tasks): the task's training and inference classes, imported
     # by luban.tasks.task_classes only when a run trains or loads
     code: str = ""
@@ -546,22 +549,22 @@ _SPEECH = dict(data=("clean", "image_root", "skip_bad_files", "label_pattern"),
 _SEQ2SEQ = dict(columns=("source", "target", "id"), required=("source", "target"), data=("clean",),
                 preprocessing=("tokenizer", "bucket_by_length"), trainer=("label_smoothing",))
 _TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("label",), data=("clean",),
-                preprocessing=("numeric",), check=_tabular_checks)
+                preprocessing=("numeric",), check=_tabular_checks, early_stopping=True)
 
 TASKS: dict[str, TaskSpec] = {
     "text_classification": TaskSpec(("text", "label", "id"), ("text", "label"), ("clean",),
-                                    ("tokenizer", "bucket_by_length"),
+                                    ("tokenizer", "bucket_by_length"), early_stopping=True,
                                     code="text_classification:TextClassificationTask:TextClassificationPredictor"),
     "token_classification": TaskSpec(("tokens", "tags", "text", "id"), ("tokens", "tags"), ("clean",),
                                      ("tokenizer", "bucket_by_length"), sections=("tagging",),
-                                     metrics=("f1", "precision", "recall", "accuracy"),
+                                     metrics=("f1", "precision", "recall", "accuracy"), early_stopping=True,
                                      code="token_classification:TokenClassificationTask:TokenClassificationPredictor"),
     "tabular_regression": TaskSpec(**_TABULAR, metrics=tuple(REGRESSION_METRICS),
                                    code="tabular:TabularTask:TabularPredictor"),
     "tabular_classification": TaskSpec(**_TABULAR,
                                        code="tabular:TabularTask:TabularPredictor"),
     "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
-                                     ("image",), ("label_smoothing",), check=_image_checks,
+                                     ("image",), ("label_smoothing",), check=_image_checks, early_stopping=True,
                                      code="image_classification:ImageClassificationTask:ImageClassificationPredictor"),
     "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
                                  metrics=("map50", "map", "map75"),
@@ -582,7 +585,7 @@ TASKS: dict[str, TaskSpec] = {
     "speech_recognition": TaskSpec(("audio", "text", "id"), **_SPEECH, metrics=("cer", "wer", "exact_match", "loss"),
                                    code="speech:SpeechTask:SpeechPredictor"),
     "audio_classification": TaskSpec(("audio", "label", "id"), **_SPEECH, trainer=("label_smoothing",),
-                                     code="speech:SpeechTask:SpeechPredictor"),
+                                     early_stopping=True, code="speech:SpeechTask:SpeechPredictor"),
     "text_embedding": TaskSpec(("query", "positive", "negative", "text", "id"), ("query", "positive"), ("clean",),
                                sections=("embedding",),
                                metrics=("mrr", "recall_at_1", "recall_at_10", "ndcg_at_10", "loss"),
@@ -637,6 +640,7 @@ class RunConfig(Section):
         data = tree.get("data")
         if isinstance(data, dict) and data.get("builtin") is not None:
             _builtin_columns(data, TASKS[task].columns)
+        _default_patience(tree, task)
         if tree.get("model", 0) is None:
             del tree["model"]  # model: null is the task's default model
         model = tree.get("model")
@@ -674,6 +678,21 @@ class RunConfig(Section):
         if spec.check is not None:
             spec.check(self)
         return self
+
+
+def _default_patience(tree: dict, task) -> None:
+    """Early stopping is on by default for the supervised tasks with a validation split (TaskSpec.early_stopping):
+    an unset trainer.early_stopping.patience becomes max(3, epochs / 5) there (null keeps it off)."""
+    spec = TASKS.get(task)
+    trainer = tree.get("trainer", {})
+    if spec is None or not spec.early_stopping or not isinstance(trainer, dict):
+        return
+    es = trainer.get("early_stopping", {})
+    if not isinstance(es, dict) or "patience" in es:
+        return
+    epochs = trainer.get("epochs", TrainerConfig.model_fields["epochs"].default)
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
+        tree["trainer"] = {**trainer, "early_stopping": {**es, "patience": max(3, -(-epochs // 5))}}
 
 
 def _known_builtin(name: str) -> bool:

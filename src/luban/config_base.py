@@ -33,6 +33,7 @@ class ModelSection(Section):
     own_tokenizer: ClassVar[bool] = False  # brings its tokenizer: preprocessing.tokenizer.type is pretrained
     ngrams: ClassVar[bool] = False  # text: reads weighted n-grams (its own featurizer), not the tokenizer's ids
     default_threads: ClassVar[int | None] = None  # intra-op threads when trainer.num_threads is unset (None: all)
+    trained_by_library: ClassVar[bool] = False  # fitted by its own library (LightGBM), not the gradient engine
 
 
 class TokenizerConfig(Section):

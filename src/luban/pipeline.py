@@ -17,7 +17,7 @@ from luban.errors import ConfigError
 from luban.evaluate.report import write_report
 from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
-from luban.training.engine import fit, no_training
+from luban.training.engine import fit
 from luban.training.hardware import resolve_precision, select_device
 from luban.training.progress import stage
 
@@ -123,12 +123,13 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
             if step is None or not step.distributed:
                 raise ConfigError(f"trainer.distributed: task {cfg.task} with model {cfg.model.type} is "
-                                  f"{'not trained' if step is None else 'trained with its own step'}; distributed "
-                                  "training is for models trained with one loss and one optimizer")
+                                  f"{'not trained by the engine' if step is None else 'trained with its own step'}"
+                                  "; distributed training is for models trained with one loss and one optimizer")
             result = ray_fit(cfg, model, work=work, resume=resume, metric=metric, mode=mode,
                              precision=precision)
-        elif step is None:  # computed, not trained (popularity, a frozen pretrained LM)
-            result = no_training(work)
+        elif step is None:  # trained by its own library (LightGBM), or computed, not trained (popularity)
+            result = task.fit_model(model, work, (lambda record: [c(record) for c in callbacks]) if callbacks
+                                    else None)
         else:
             result = fit(model, step, evaluate_fn=lambda m: task.evaluate(m, "validation"), cfg=cfg.trainer,
                          metric=metric, mode=mode, device=device, precision=precision, workdir=work,
@@ -170,6 +171,10 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
                             "torch": torch.__version__, "python": platform.python_version()},
             "parameters": {"total": n_params, "trainable": n_trainable},
         }
+        from luban.evaluate.verdict import run_notes
+
+        metrics["notes"] = run_notes(metrics, result.history, unit=task.history_unit, more=task.more_training,
+                                     metric=cfg.trainer.early_stopping.metric)
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -199,6 +204,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
 def print_summary(run_dir: Path, metrics: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     main = metrics["main_metric"]
@@ -214,7 +220,10 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     if metrics.get("vs_baseline"):  # beyond noise or not, on the test rows
         table.caption = metrics["vs_baseline"]["summary"]
         table.caption_style, table.caption_justify, table.min_width = "bold", "left", len(table.caption) + 2
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for note in metrics.get("notes") or []:  # the run lost to its baseline, was undertrained, ... (verdict.py)
+        console.print(f"[bold yellow]note:[/] {escape(note['text'])}", highlight=False, markup=True)
     print(f"{closing_line(metrics)}; report: {run_dir / 'report.html'}")
 
 

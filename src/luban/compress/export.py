@@ -272,7 +272,9 @@ def export_run(run_dir, fmt: str = "onnx", opset: int | None = None, dynamic_axe
         with _staged(model_dir / sub) as tmp:
             if fmt == "onnx":
                 path = tmp / ONNX_FILE
-                exporter = export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes)
+                own = getattr(model, "export_onnx", None)  # a model with its own converter (gbdt: onnxmltools)
+                exporter = (own(path, opset or DEFAULT_OPSET) if callable(own) else
+                            export_onnx(model, spec, example, path, opset or DEFAULT_OPSET, dynamic_axes))
                 check = batches if dynamic_axes else [example]
                 candidate = OrtModule(path, replace(spec, outputs_dict=False))
             else:

@@ -105,13 +105,13 @@ def compression_info(model_dir: Path) -> dict:
 def choose_backend(run_dir: Path, predictor_cls, backend: str = "auto") -> str:
     """"onnx" or "torch" for a run whose task predictor is `predictor_cls` (its `exportable` says whether an
     export can run it): auto takes the ONNX export when there is one and onnxruntime is installed."""
-    from luban.training.checkpoint import WEIGHTS
+    from luban.training.checkpoint import has_weights
 
     if backend not in BACKENDS:
         raise RunError(f"backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     model_dir = Path(run_dir) / "model"
     onnx = predictor_cls.exportable and has_onnx(model_dir)
-    torch_weights = (model_dir / WEIGHTS).is_file()
+    torch_weights = has_weights(model_dir)
     if backend == "onnx":
         if not onnx:
             raise RunError(f"{run_dir}: no ONNX export to run (make one with `luban export {run_dir} --format onnx`)")

@@ -20,7 +20,7 @@ from luban.config import RunConfig, read_yaml, render, updated, validate
 from luban.errors import ExportError
 from luban.rundir import RunDir, check_finished
 from luban.tasks import task_classes
-from luban.training.checkpoint import WEIGHTS, load_weights
+from luban.training.checkpoint import WEIGHTS, has_weights, load_weights
 
 EXPORT_SUBDIRS = (ONNX_DIR, TORCHSCRIPT_DIR, HF_DIR)
 
@@ -63,7 +63,7 @@ def fp32_weights(run_dir: Path) -> None:
 
     model_dir = run_dir / "model"
     info = compression_info(model_dir)
-    if not (model_dir / WEIGHTS).is_file():
+    if not has_weights(model_dir):
         raise ExportError(f"{run_dir}: this run holds only an ONNX model ({info.get('method', 'exported')}); "
                           "export or compress the fp32 run it was made from")
     if info.get("dtype") == "bfloat16":

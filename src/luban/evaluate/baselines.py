@@ -9,21 +9,47 @@ import numpy as np
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
 
 
+def _unspaced(ch: str) -> bool:
+    """A character of a script written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar)."""
+    o = ord(ch)
+    return (0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF
+            or 0x20000 <= o <= 0x2FA1F or 0x0E00 <= o <= 0x0EFF or 0x1000 <= o <= 0x109F or 0x1780 <= o <= 0x17FF)
+
+
+def text_analyzer(texts, sample: int = 2000) -> str:
+    """"word" when the training texts are in a language written with spaces between words (most letters of a
+    sample outside the unspaced scripts), else "char" (Chinese, Japanese, Thai, ...: characters are the units)."""
+    letters = unspaced = 0
+    step = max(1, len(texts) // sample)
+    for t in list(texts)[::step][:sample]:
+        for ch in str(t):
+            if ch.isalpha():
+                letters += 1
+                unspaced += _unspaced(ch)
+    return "char" if letters and unspaced / letters >= 0.3 else "word"
+
+
 def text_tfidf_lr(train_texts, train_y, eval_sets: dict, labels: list[str], seed: int) -> dict:
-    """Character 1-2-gram TF-IDF + logistic regression."""
+    """TF-IDF + logistic regression over the units of the training texts' script: word 1-2-grams for languages
+    written with spaces (English, ...), character 1-2-grams for Chinese, Japanese and other unspaced scripts
+    (text_analyzer), so the baseline is a fair one in either."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     from luban.training.progress import stage
 
     t0 = time.perf_counter()
+    analyzer = text_analyzer(train_texts)
     with stage("baseline: TF-IDF + logistic regression", total=2 + len(eval_sets), unit="steps") as p:
         p.update(step=f"TF-IDF of {len(train_texts)} texts")
-        tfidf = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+        tfidf = (TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+                 if analyzer == "char" else
+                 TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True,
+                                 token_pattern=r"(?u)\b\w+\b|[^\w\s]"))  # one-letter words and punctuation count
         x = tfidf.fit_transform(train_texts)
         p.advance(step=f"logistic regression on {x.shape[0]} x {x.shape[1]}")
         lr = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(x, train_y)
-        out = {"name": "char 1-2-gram TF-IDF + logistic regression", "train_seconds": time.perf_counter() - t0}
+        out = {"name": f"{analyzer} 1-2-gram TF-IDF + logistic regression", "train_seconds": time.perf_counter() - t0}
         for split, (texts, y) in eval_sets.items():
             p.advance(step=f"score {split}")
             out[split] = scalars(classification_metrics(y, lr.predict(tfidf.transform(texts)), labels))
@@ -48,8 +74,12 @@ def tabular_baselines(kind: str, x_train, y_train, eval_sets: dict, labels: list
         key, better = "accuracy", max
     from luban.training.progress import stage
 
+    from threadpoolctl import threadpool_limits
+
     results = {}
-    with stage("baseline", total=len(candidates), unit="models") as p:
+    # OpenMP threads spin-wait: on a small table (or a busy machine) one thread fits gradient boosting far faster
+    with stage("baseline", total=len(candidates), unit="models") as p, \
+            threadpool_limits(1 if len(y_train) < 100_000 else None, user_api="openmp"):
         for name, est in candidates.items():
             p.update(model=name.replace("_", " "))
             t0 = time.perf_counter()

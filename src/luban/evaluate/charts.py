@@ -234,3 +234,20 @@ def regression_scatter(rows: dict, seed: int = 0) -> str:
         ax.set_aspect("equal", adjustable="box")
         ax.legend(loc="upper left")
         return _svg(fig)
+
+
+def bar_chart(title: str, labels: list[str], values: list[float], *, xlabel: str = "", top: int = 25) -> str:
+    """Horizontal bars, largest first (the `top` largest; e.g. a tree model's feature importance)."""
+    pairs = sorted(zip(labels, values), key=lambda p: -p[1])[:top]
+    if not pairs:
+        return ""
+    with _style():
+        fig, ax = _figure(5.0, max(2.0, 0.28 * len(pairs) + 1.0))
+        names = [str(p[0]) for p in pairs][::-1]
+        ax.barh(range(len(pairs)), [p[1] for p in pairs][::-1], color=COLORS[0])
+        ax.set_yticks(range(len(pairs)))
+        ax.set_yticklabels(names)
+        ax.set_title(title)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        return _svg(fig)

@@ -86,6 +86,15 @@ def _comparison(metrics: dict) -> str:
     return out
 
 
+def _notes(notes: list[dict]) -> list[str]:
+    """What the run's end says (luban.evaluate.verdict): lost to the baseline, still improving, best epoch first."""
+    if not notes:
+        return []
+    cls = lambda n: "lose" if n["kind"] == "lost_to_baseline" else "tie"  # noqa: E731
+    return ["<h2>Read this first</h2>"] + [f'<p class="verdict {cls(n)}">{E(n["text"][0].upper() + n["text"][1:])}'
+                                          "</p>" for n in notes]
+
+
 def _worst(examples: list[dict]) -> str:
     if not examples:
         return ""
@@ -152,6 +161,7 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
         f"{metrics['parameters']['total']:,} parameters · best epoch {metrics['best_epoch']} of "
         f"{metrics['epochs_run']}{' (early stop)' if metrics['stopped_early'] else ''} · "
         f"fit {t['fit_seconds']:.1f}s on {env['device']} {env['precision']} × {env['threads']} threads</p>",
+        *_notes(metrics.get("notes") or []),
         "<h2>Test results beside the baseline</h2>" if metrics.get("baseline") else "<h2>Test results</h2>",
         _comparison(metrics),
     ]

@@ -115,6 +115,9 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
     cfg = load_config(config, overrides)
     if cfg.search is None:
         raise ConfigError(f"{config}: luban tune needs a search: section (search.space: {{path: distribution}})")
+    if not cfg.search.space:
+        raise ConfigError(f"{config}: search.space is empty: name at least one setting to search, e.g. "
+                          "search.space: {trainer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}")
     base = cfg.model_dump(mode="json")
     check_space(base, cfg.search, str(config))
     metric, direction = _metric(cfg)
@@ -491,6 +494,11 @@ def retrain_on_all(tree: dict, epochs: int, name: str, scratch: Path, source: st
     else:
         logging.getLogger(__name__).warning("validation is carved from train: retraining on the same split")
     tree["trainer"]["epochs"] = max(1, epochs)
+    from luban.models.registry import models
+
+    model_type = (tree.get("model") or {}).get("type")
+    if model_type in models() and models()[model_type].config.trained_by_library:
+        tree["model"]["n_estimators"] = max(1, epochs)  # gbdt: the curve's points are boosting rounds
     tree["trainer"]["keep"] = "last"  # the epoch count is validation's choice; the 2% sliver does not choose again
     tree["trainer"]["early_stopping"] = {"metric": None, "mode": "auto", "patience": None}
     tree["output"]["name"] = name

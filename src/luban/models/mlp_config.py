@@ -10,8 +10,7 @@ from luban.config_base import ModelSection
 from luban.models.registry import register_model
 
 
-@register_model(tasks=("tabular_regression", "tabular_classification"),
-                default_for=("tabular_regression", "tabular_classification"), builder="luban.models.mlp:build")
+@register_model(tasks=("tabular_regression", "tabular_classification"), builder="luban.models.mlp:build")
 class MLPConfig(ModelSection):
     type: Literal["mlp"] = "mlp"
     hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [128, 64])

@@ -176,6 +176,9 @@ class Task:
     mode = "max"
     # what a training batch's "size" counts: throughput is reported as <unit>/s (tokens for language models)
     throughput_unit = "samples"
+    # one point of the validation curve, and the setting that trains longer (the run's notes: evaluate/verdict.py)
+    history_unit = "epoch"
+    more_training = "trainer.epochs"
 
     # set by the pipeline before build_model(): where the model trains and in which precision
     device: torch.device
@@ -226,6 +229,15 @@ class Task:
         return LossStep(self.train_batches, self.loss, val_batches=lambda: self.loss_batches("validation"),
                         val_loss=lambda model, batch: type(self).loss(self, model, batch), unit=self.throughput_unit)
 
+    def fit_model(self, model: nn.Module, workdir: Path, on_epoch_end: Callable[[dict], None] | None = None):
+        """What the pipeline calls instead of the engine when `train_step()` is None: fit a model that its own
+        library trains (the config's `trained_by_library`, e.g. LightGBM's boosting: TabularTask), write
+        history.jsonl in `workdir` and return the engine's FitResult (luban.training.engine). By default the model
+        is computed, not trained: an empty history."""
+        from luban.training.engine import no_training
+
+        return no_training(workdir)
+
     # evaluation and outputs ----------------------------------------------------------------------
     def evaluate(self, model: nn.Module, split: str, detailed: bool = False) -> dict:
         raise NotImplementedError
@@ -238,7 +250,11 @@ class Task:
         raise NotImplementedError
 
     def save_weights(self, folder: Path, model: nn.Module) -> None:
-        """The trained weights into the run's model/ folder (safetensors); a task may export its own layout."""
+        """The trained weights into the run's model/ folder (safetensors); a task may export its own layout, and a
+        model that saves itself in its own library's format (`save_to(folder)`, e.g. LightGBM's text model) does."""
+        if callable(getattr(model, "save_to", None)):
+            model.save_to(folder)
+            return
         from safetensors.torch import save_model
 
         from luban.training.checkpoint import WEIGHTS

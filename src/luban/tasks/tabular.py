@@ -1,4 +1,5 @@
-"""Tabular regression and classification: numeric + categorical columns -> a value or a label (MLP)."""
+"""Tabular regression and classification: numeric + categorical columns -> a value or a label: gradient-boosted
+trees (gbdt, LightGBM: the default, fitted by LightGBM in `fit_model`) or an MLP (trained by the engine)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from luban.models.registry import build_model
 from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model, sample_rows,
                               to_device)
 from luban.training.progress import say
+
+
+SMALL_TABLE = 100_000  # training rows below which LightGBM boosts on one thread (faster there)
 
 
 def _columns(cfg, frame: pd.DataFrame) -> tuple[list[str], list[str], str]:
@@ -51,6 +55,18 @@ def _drop_missing_labels(frame: pd.DataFrame, label: str, clean) -> pd.DataFrame
         frame = frame[~missing].reset_index(drop=True)
         frame.attrs = attrs
     return frame
+
+
+def _no_single_row_class(train: pd.DataFrame, label: str) -> None:
+    """A class with one training row can be neither learned nor held out for evaluation: one clear error."""
+    counts = train["label"].value_counts()
+    single = [c for c, n in counts.items() if n == 1]
+    if single:
+        row = train[train["label"] == single[0]].iloc[0]
+        more = f" (and {len(single) - 1} more)" if len(single) > 1 else ""
+        raise DataError(f"{train.attrs.get('source', 'train')}: line {row[LINE]}: field {label!r}: class "
+                        f"{single[0]!r} has a single row{more}; classification needs at least two rows per class "
+                        "(add rows, merge the class into another, or drop it)")
 
 
 class _TabularModelUser:
@@ -116,6 +132,8 @@ class TabularTask(Task, _TabularModelUser):
         self.regression = cfg.task == "tabular_regression"
         self.name = cfg.task
         self.main_metric, self.mode = ("rmse", "min") if self.regression else ("accuracy", "max")
+        if cfg.model.trained_by_library:  # gbdt: the validation curve is over boosting rounds
+            self.history_unit, self.more_training = "boosting round", "model.n_estimators (or model.learning_rate)"
 
     def prepare(self, frames):
         cfg = self.cfg
@@ -129,6 +147,7 @@ class TabularTask(Task, _TabularModelUser):
         if not self.regression:
             tr = frames["train"].assign(label=[str(v).strip() for v in frames["train"][label]])
             self.label_map = LabelMap.fit(tr, label)
+            _no_single_row_class(tr, label)
         stratify = None if self.regression or not cfg.data.split.stratify else label
         splits = make_splits(frames, cfg.data.split.validation, cfg.data.split.test,
                              cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed, stratify)
@@ -150,6 +169,55 @@ class TabularTask(Task, _TabularModelUser):
         out_dim = 1 if self.regression else len(self.label_map.labels)
         return build_model(self.cfg.model, self.cfg.task, n_numeric=len(self.pre.numeric),
                            cardinalities=self.pre.cardinalities(), out_dim=out_dim)
+
+    def train_step(self):
+        # gbdt: LightGBM boosts it (fit_model), not gradient steps in the engine
+        return None if self.cfg.model.trained_by_library else super().train_step()
+
+    def fit_model(self, model, workdir, on_epoch_end=None):
+        """Boost the trees on the training split with early stopping on validation (LightGBM); history.jsonl gets
+        each round's validation loss and main metric (rounds are the curve's epochs)."""
+        import json
+        import time
+
+        from luban.training.engine import FitResult
+        from luban.training.progress import stage
+
+        x_num, x_cat, y = self.data["train"]
+        v_num, v_cat, v_y = self.data["validation"]
+        if len(v_y) == 0:
+            raise ConfigError("data.split.validation: the gbdt model stops early on the validation split, which is "
+                              "empty; give data.validation or a validation fraction")
+        scale = (lambda t: (t.numpy() - self.y_center) / self.y_scale) if self.regression else (lambda t: t.numpy())
+        # LightGBM's OpenMP threads spin-wait: on a small table (or a busy machine) more than one thread is slower,
+        # 50x on 115 rows with two busy cores; trainer.num_threads set explicitly wins
+        threads = self.cfg.trainer.num_threads or (torch.get_num_threads() if len(y) >= SMALL_TABLE else 1)
+        t0 = time.perf_counter()
+        with stage("boosting (LightGBM)", total=self.cfg.model.n_estimators, unit="rounds") as p:
+            rounds = model.fit((x_num, x_cat, scale(y)), (v_num, v_cat, scale(v_y)), regression=self.regression,
+                               threads=threads, seed=self.cfg.seed,
+                               feature_names=self.pre.numeric + self.pre.categorical,
+                               early_stopping=self.cfg.trainer.keep == "best",
+                               on_round=lambda i, n: p.advance())
+        seconds = time.perf_counter() - t0
+        history = []
+        for r in rounds:
+            rec = {"epoch": r["round"], "step": r["round"]}
+            if self.regression:
+                rec |= {"val_loss": r["loss"], "val_rmse": float(np.sqrt(r["loss"])) * self.y_scale}
+            else:
+                rec |= {"val_loss": r["loss"], "val_accuracy": 1.0 - r["error"]}
+            history.append(rec)
+        (workdir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+        best = model.rounds()
+        gain = model.importance("gain")
+        self.importance = {"gain": dict(zip(self.pre.numeric + self.pre.categorical, gain.tolist()))}
+        if on_epoch_end is not None and history:
+            on_epoch_end(history[best - 1])
+        main = history[best - 1].get(f"val_{self.main_metric}", float("nan")) if history else float("nan")
+        return FitResult(history=history, best_epoch=best, best_value=main,
+                         stopped_early=len(history) < self.cfg.model.n_estimators, train_seconds=seconds,
+                         epochs_run=len(history), samples_per_second=len(y) * len(history) / max(seconds, 1e-9))
 
     def train_batches(self, epoch):
         x_num, x_cat, y = self.data["train"]
@@ -197,6 +265,23 @@ class TabularTask(Task, _TabularModelUser):
                                  {s: (x[s], y[s]) for s in ("validation", "test")},
                                  None if self.regression else self.label_map.labels, self.cfg.seed)
 
+    def report_sections(self, workdir, final):
+        """gbdt: the features the trees split on, by total gain (LightGBM's importance)."""
+        imp = getattr(self, "importance", None)
+        if not imp:
+            return []
+        from luban.evaluate import charts
+        from luban.evaluate.report import NO_CHARTS
+
+        gain = imp["gain"]
+        total = sum(gain.values()) or 1.0
+        chart = (charts.bar_chart("feature importance (share of split gain)", list(gain),
+                                  [v / total for v in gain.values()], xlabel="share of total gain")
+                 if charts.available() else NO_CHARTS)
+        return ["<h2>Feature importance</h2>", f"<div class=charts>{chart}</div>",
+                "<p class=muted>Each feature's share of the loss reduction of all the splits on it (LightGBM's "
+                "gain importance). Per-prediction contributions: <code>predict(rows, contributions=True)</code>.</p>"]
+
     def save(self, folder, model):
         meta = {"preprocessor": self.pre.state(), "label": self.label, "y_center": self.y_center,
                 "y_scale": self.y_scale}
@@ -227,14 +312,50 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
     def _frame(self, inputs) -> pd.DataFrame:
         return self.pre.input_frame(inputs)
 
-    def predict(self, inputs) -> list[dict]:
+    def predict(self, inputs, contributions: bool = False) -> list[dict]:
+        """One dict per row: {"value"} (regression) or {"label", "score", "probabilities"}; with
+        `contributions=True` (gbdt) also each row's feature contributions (see `contributions`)."""
         frame = self._frame(inputs)
-        out = self.outputs(self.model, *self.pre.transform(frame))
+        x = self.pre.transform(frame)
+        out = self.outputs(self.model, *x)
         if self.regression:
-            return [{"value": round(float(v), 6)} for v in out.tolist()]
+            rows = [{"value": round(float(v), 6)} for v in out.tolist()]
+        else:
+            labels = self.label_map.labels
+            rows = [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
+                     "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out.tolist()]
+        if contributions:
+            for row, c in zip(rows, self._contributions(*x)):
+                row["contributions"] = c
+        return rows
+
+    def contributions(self, inputs) -> list[dict]:
+        """Per-prediction feature contributions (exact tree SHAP values, LightGBM's pred_contrib) of a gbdt run:
+        for each row {"bias": expected value, "features": {column: contribution}, "units": ...}; bias + the
+        contributions = the model's raw output for the row. Regression: in target units (they add up to the
+        predicted value); binary classification: log-odds of the second class; more classes: one such dict per
+        class under "classes". An MLP run raises an ExportError (its model has no exact attribution)."""
+        return self._contributions(*self.pre.transform(self._frame(inputs)))
+
+    def _contributions(self, x_num, x_cat) -> list[dict]:
+        explain = getattr(self.model, "contributions", None)
+        if explain is None:
+            raise ExportError(f"per-prediction contributions need a gbdt run (this one is {self.cfg.model.type}; "
+                              "an ONNX-backed run: load it with backend='torch')")
+        values = explain(x_num, x_cat)  # rows x outputs x (features + 1)
+        names = self.pre.numeric + self.pre.categorical
+
+        def one(v, scale, units):
+            return {"bias": round(float(v[-1]) * scale + (self.y_center if self.regression else 0.0), 6),
+                    "features": {n: round(float(c) * scale, 6) for n, c in zip(names, v[:-1])}, "units": units}
+
+        if self.regression:
+            return [one(r[0], self.y_scale, "target") for r in values]
         labels = self.label_map.labels
-        return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
-                 "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out.tolist()]
+        if values.shape[1] == 1:
+            return [one(r[0], 1.0, f"log-odds of {labels[1]!r}") for r in values]
+        return [{"classes": {labels[k]: one(r[k], 1.0, "raw score (softmax logit)") for k in range(len(labels))}}
+                for r in values]
 
     def read_inputs(self, path):
         return self._frame(read_file(self.cfg, Path(path)))

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 WEIGHTS = "model.safetensors"
+# the model files of models saved in their own library's format instead (luban.models.gbdt: LightGBM's text model)
+LIBRARY_MODEL_FILES = ("gbdt.txt",)
+
+
+def has_weights(model_dir: Path) -> bool:
+    """Whether a run's model/ folder holds the trained model itself (safetensors, or a library's own format), not
+    only an ONNX export."""
+    return any((Path(model_dir) / name).is_file() for name in (WEIGHTS, *LIBRARY_MODEL_FILES))
 STATE = "state.pt"
 
 
@@ -76,6 +84,11 @@ def save_weights(model: nn.Module, folder: Path) -> None:
 
 
 def load_weights(model: nn.Module, folder: Path) -> None:
+    """The saved weights (model.safetensors) into `model`; a model that saves itself in its own library's format
+    (`load_from(folder)`, e.g. LightGBM's text model: luban.models.gbdt) reads its own file."""
+    if callable(getattr(model, "load_from", None)):
+        model.load_from(folder)
+        return
     from safetensors.torch import load_model
 
     path = folder / WEIGHTS
