@@ -68,6 +68,23 @@ class CleanConfig(Section):
     missing_labels: list[str] = Field(["NaN", "null", "None"], description="label texts that mean 'no label' "
                                       "(compared ignoring case), treated like an empty label (see "
                                       "drop_missing_label); [] keeps them as classes")
+    redact: list[Literal["phone", "email", "id_card", "bank_card", "ip", "url", "person", "address"]] = Field(
+        default_factory=list, description="PII replaced in the texts before training (counted in the cleaning "
+        "report, never the values): phone, email, id_card (checksum), bank_card (Luhn), ip, url; person and address "
+        "need redact_ner")
+    redact_style: Literal["tag", "pseudonym"] = Field("tag", description="tag: [PHONE]; pseudonym: [PHONE_1], "
+                                                      "[PHONE_2], ... the same value the same pseudonym")
+    redact_ner: str | None = Field(None, description="a luban token_classification run (folder) whose PER / LOC "
+                                   "entities are the person / address names to redact")
+
+    @model_validator(mode="after")
+    def _ner_for_names(self):
+        names = [t for t in self.redact if t in ("person", "address")]
+        if names and self.redact_ner is None:
+            raise ValueError(f"data.clean.redact_ner: redacting {' and '.join(names)} needs a named-entity model: a "
+                             "luban token_classification run folder (e.g. trained with "
+                             "examples/peoples_daily_ner.yaml)")
+        return self
 
 
 class SplitConfig(Section):
@@ -424,6 +441,13 @@ class TrackingConfig(Section):
 class EvaluationConfig(Section):
     baseline: bool = Field(True, description="also train a classical baseline on the same split")
     worst_examples: int = Field(20, ge=0, description="most confidently wrong examples kept for the report")
+    slices: list[ColumnRef] = Field(default_factory=list, description="columns of the data files whose values "
+                                    "slice the test rows: every metric per value (counts, bootstrap intervals), "
+                                    "the worst slice and the largest gap (read even when the model does not use "
+                                    "the column)")
+    sensitive: ColumnRef | None = Field(None, description="binary classification: a sensitive-attribute column; "
+                                        "adds fairlearn's demographic-parity and equalized-odds differences "
+                                        "(and slices by it)")
 
 
 class OutputConfig(Section):
@@ -570,6 +594,10 @@ TASKS: dict[str, TaskSpec] = {
                                check=_recommendation_checks,
                                code="recommendation:RecommendationTask:RecommendationPredictor"),
 }
+# the tasks whose test rows evaluation.slices / evaluation.sensitive can slice (Task.split_lines)
+SLICED_TASKS = ("text_classification", "tabular_classification", "tabular_regression", "image_classification")
+# the tasks whose texts data.clean.redact redacts before training (luban.data.redact.for_clean)
+REDACTED_TASKS = ("text_classification", "translation", "summarization")
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}
 _SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig}
@@ -649,6 +677,14 @@ class RunConfig(Section):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"trainer.early_stopping.metric: unknown validation metric {metric!r} for task "
                              f"{self.task}{hint}; choose one of {', '.join(spec.metrics)}")
+        ev = self.evaluation
+        if (ev.slices or ev.sensitive is not None) and self.task not in SLICED_TASKS:
+            raise ValueError(f"evaluation.{'slices' if ev.slices else 'sensitive'}: slicing the test rows is for "
+                             f"{', '.join(SLICED_TASKS)} (not task {self.task})")
+        clean = getattr(self.data, "clean", None)
+        if clean is not None and clean.redact and self.task not in REDACTED_TASKS:
+            raise ValueError(f"data.clean.redact: redaction before training is for the text tasks "
+                             f"{', '.join(REDACTED_TASKS)} (not task {self.task}); `luban redact` cleans any file")
         if spec.check is not None:
             spec.check(self)
         return self

@@ -15,6 +15,7 @@ import torch
 from luban.config import RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
+from luban.evaluate.slices import task_slices
 from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
 from luban.training.engine import fit, no_training
@@ -142,6 +143,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
         t_eval = time.perf_counter()
         final = evaluate(task, model, precision=precision)
+        slices = task_slices(task, final["test"])
         t_base = time.perf_counter()
         baseline = None
         if cfg.evaluation.baseline:
@@ -170,6 +172,8 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
                             "torch": torch.__version__, "python": platform.python_version()},
             "parameters": {"total": n_params, "trainable": n_trainable},
         }
+        if slices is not None:
+            metrics["slices"] = slices
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -215,6 +219,10 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
         table.caption = metrics["vs_baseline"]["summary"]
         table.caption_style, table.caption_justify, table.min_width = "bold", "left", len(table.caption) + 2
     Console().print(table)
+    if metrics.get("slices"):
+        from luban.evaluate.slices import summary_line
+
+        print(summary_line(metrics["slices"]))
     print(f"{closing_line(metrics)}; report: {run_dir / 'report.html'}")
 
 

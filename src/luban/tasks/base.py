@@ -181,6 +181,7 @@ class Task:
     device: torch.device
     precision: str = "fp32"
     cleaning: list[dict]  # what cleaning dropped or changed, per split (the report's data section)
+    slice_source: dict | None = None  # evaluation.slices: the slice columns' values by source line (prepare.py)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -244,6 +245,11 @@ class Task:
         from luban.training.checkpoint import WEIGHTS
 
         save_model(model, str(folder / WEIGHTS))
+
+    def split_lines(self, split: str) -> list[int] | None:
+        """The source line of each row of `split`, in the order evaluate() scores them (evaluation.slices looks the
+        slice columns up by line); None: the task does not slice its test rows."""
+        return None
 
     def report_sections(self, workdir: Path, final: dict) -> list[str]:
         """Extra HTML sections for report.html (image grids, samples); none by default."""

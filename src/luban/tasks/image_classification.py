@@ -488,6 +488,9 @@ class ImageClassificationTask(Task, _ImageModelUser):
         m = _metrics_with_examples(probs, d, self.label_map.labels, self.cfg.evaluation.worst_examples)
         return m if detailed else scalars(m)
 
+    def split_lines(self, split):
+        return self.data[split].frame[LINE].tolist()
+
     def baseline(self):
         """Logistic regression on 8x8 downsampled, standardized pixels."""
         import time

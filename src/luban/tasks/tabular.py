@@ -133,7 +133,7 @@ class TabularTask(Task, _TabularModelUser):
         splits = make_splits(frames, cfg.data.split.validation, cfg.data.split.test,
                              cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed, stratify)
         self.pre = TabularPreprocessor(numeric, categorical, cfg.preprocessing.numeric).fit(splits["train"])
-        self.data = {}
+        self.data, self.lines = {}, {s: f[LINE].tolist() for s, f in splits.items()}
         for s, f in splits.items():
             self.data[s] = (*self.pre.transform(f), self.encode_target(f, label))
         y_train = self.data["train"][2]
@@ -189,6 +189,9 @@ class TabularTask(Task, _TabularModelUser):
         x_num, x_cat, y = self.data[split]
         m = self.metrics(self.outputs(model, x_num, x_cat), y)
         return m if detailed else scalars(m)
+
+    def split_lines(self, split):
+        return self.lines[split]
 
     def baseline(self):
         x = {s: self.pre.one_hot(d[0], d[1]) for s, d in self.data.items()}

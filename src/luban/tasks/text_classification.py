@@ -15,6 +15,7 @@ from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
+from luban.data.redact import for_clean
 from luban.data.ngrams import load_featurizer
 from luban.data.tokenizers import build_encoder
 from luban.errors import DataError
@@ -141,7 +142,8 @@ class TextClassificationTask(Task, _TextModelUser):
                 continue
             text_col = resolve_column(frame, cols.text, "text")
             label_col = resolve_column(frame, cols.label, "label")
-            out, rep = clean_text_frame(frame, text_col, label_col, cfg.data.clean, dedupe=split == "train")
+            out, rep = clean_text_frame(frame, text_col, label_col, cfg.data.clean, dedupe=split == "train",
+                                        redactor=for_clean(cfg.data.clean))
             if len(out) == 0:
                 raise DataError(f"{rep.source}: no usable rows left after cleaning\n  {rep.summary()}")
             self.cleaning.append(rep.to_dict() | {"split": split})
@@ -210,6 +212,9 @@ class TextClassificationTask(Task, _TextModelUser):
         m = _metrics_with_examples(probs, self.data[split], self.label_map.labels,
                                    self.cfg.evaluation.worst_examples)
         return m if detailed else scalars(m)
+
+    def split_lines(self, split):
+        return self.data[split].frame[LINE].tolist()
 
     def baseline(self):
         tr = self.data["train"]
