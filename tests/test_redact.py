@@ -103,3 +103,91 @@ def test_unknown_type_and_names_without_a_model_are_errors():
         Redactor(["phone", "passport"])
     with pytest.raises(ConfigError, match="person need a named-entity model"):
         Redactor(["person"])
+
+
+def test_clean_redact_before_training_is_counted_never_shown(out_dir, tmp_path):
+    import json
+
+    import luban
+    from conftest import text_config, write_csv, zh_sentences
+
+    rows = zh_sentences(60, seed=3)
+    phones = [f"139{i:08d}" for i in range(10)]
+    rows = [(t + (f"，电话{phones[i]}" if i < 10 else "") + ("，邮件 u%d@example.com" % i if 10 <= i < 14 else ""), l)
+            for i, (t, l) in enumerate(rows)]
+    train = write_csv(tmp_path / "pii.csv", rows)
+    cfg = text_config(out_dir, "pii", train, data={"clean": {"redact": ["phone", "email"]}}, trainer={"epochs": 1})
+    run = luban.train(cfg, quiet=True)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    red = m["data"]["cleaning"][0]["redacted"]
+    assert red["phone"]["count"] == 10 and red["email"]["count"] == 4 and red["phone"]["columns"] == ["text"]
+    assert sorted(red["phone"]["lines"]) == list(range(2, 12))  # where: the source lines (header is line 1)
+    everything = "".join(p.read_text(encoding="utf-8", errors="ignore") for p in run.rglob("*") if p.is_file())
+    assert not any(p in everything for p in phones) and "@example.com" not in everything
+    assert "redacted 10 phone" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_config_errors_name_the_field():
+    from luban.config import validate
+    from luban.errors import ConfigError
+
+    base = {"task": "text_classification", "data": {"train": "x.csv", "columns": {"text": "t", "label": "l"}}}
+    with pytest.raises(ConfigError, match=r"data.clean.redact.1: must be one of"):
+        validate({**base, "data": {**base["data"], "clean": {"redact": ["phone", "passport"]}}})
+    with pytest.raises(ConfigError, match=r"data.clean.redact_ner: redacting person"):
+        validate({**base, "data": {**base["data"], "clean": {"redact": ["person"]}}})
+    tab = {"task": "tabular_classification", "data": {"train": "x.csv", "columns": {"label": "y"},
+                                                      "clean": {"redact": ["phone"]}}}
+    with pytest.raises(ConfigError, match=r"data.clean.redact: redaction before training is for the text tasks"):
+        validate(tab)
+
+
+def test_luban_redact_cli_on_csv_jsonl_and_text(tmp_path, capsys):
+    import json
+
+    from luban.cli import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("id,text,note\n1,\"call 13812345678 or a@b.cn\",price 199.00\n2,订单 20231207000123,ip 10.0.0.1\n",
+                   encoding="utf-8")
+    assert main(["redact", "--input", str(src), "--output", str(tmp_path / "out.csv"), "--json"]) == 0
+    out = (tmp_path / "out.csv").read_text(encoding="utf-8")
+    assert "[PHONE]" in out and "[EMAIL]" in out and "[IP]" in out and "20231207000123" in out and "199.00" in out
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["counts"]["phone"] == 1 and res["counts"]["ip"] == 1 and res["columns"]["note"]["ip"] == 1
+    jl = tmp_path / "in.jsonl"
+    jl.write_text(json.dumps({"q": "邮箱 x@y.com", "n": 3}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert main(["redact", "--input", str(jl), "--output", str(tmp_path / "o.jsonl"), "--columns", "q"]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text(encoding="utf-8")) == {"q": "邮箱 [EMAIL]", "n": 3}
+    txt = tmp_path / "in.txt"
+    txt.write_text("身份证 11010519491231002X\n无\n", encoding="utf-8")
+    assert main(["redact", "--input", str(txt), "--output", str(tmp_path / "o.txt"), "--types", "id_card",
+                 "--style", "pseudonym"]) == 0
+    assert (tmp_path / "o.txt").read_text(encoding="utf-8") == "身份证 [ID_CARD_1]\n无\n"
+    assert main(["redact", "--input", str(src), "--output", str(tmp_path / "bad.csv"), "--columns", "nope"]) == 2
+    assert main(["redact", "--input", str(src), "--output", str(tmp_path / "bad.csv"), "--types", "passport"]) == 2
+    err = capsys.readouterr().err
+    assert "--columns: column 'nope' not found" in err and "--types: unknown PII type 'passport'" in err
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_serve_redact_middleware_on_requests_and_responses():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from luban.serve.redaction import RedactMiddleware
+
+    app = FastAPI()
+    seen = {}
+
+    @app.post("/echo")
+    async def echo(body: dict):
+        seen.update(body)
+        return {"model": "m", "reply": "我的电话 13987654321", "inputs": body["inputs"]}
+
+    app.add_middleware(RedactMiddleware, redactor=Redactor(["phone", "email"]))
+    with TestClient(app) as c:
+        r = c.post("/echo", json={"model": "a@b.com", "inputs": ["mail me: a@b.com", "13812345678"]})
+    assert r.status_code == 200
+    assert seen["inputs"] == ["mail me: [EMAIL]", "[PHONE]"] and seen["model"] == "a@b.com"  # names stay
+    assert r.json() == {"model": "m", "reply": "我的电话 [PHONE]", "inputs": ["mail me: [EMAIL]", "[PHONE]"]}

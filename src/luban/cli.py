@@ -279,8 +279,17 @@ def _cmd_serve(a):
         max_image_pixels=a.max_image_pixels, max_audio_seconds=a.max_audio_seconds, max_tokens=a.max_tokens,
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
-        max_connections=a.max_connections).check()  # a bad limit is an error before anything loads
+        max_connections=a.max_connections, redact=_redact_types(a.redact), redact_ner=a.redact_ner).check()  # a bad limit is an error before anything loads
     serve(a.run, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
+
+
+def _redact_types(value: str | None) -> list[str]:
+    """`luban serve --redact [TYPES]`: the PII types (luban.data.redact), checked before anything loads."""
+    if value is None:
+        return []
+    from luban.data.redact import check_types
+
+    return check_types([t.strip() for t in value.split(",") if t.strip()], "--redact")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,10 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections and requests at once; more get 503")
     s.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C: seconds to finish in-flight requests")
+    s.add_argument("--redact", nargs="?", const="phone,email,id_card,bank_card,ip,url", metavar="TYPES",
+                   help="replace PII in JSON requests and responses (default types: phone,email,id_card,bank_card,"
+                        "ip,url; person,address need --redact-ner); see docs/trust.md")
+    s.add_argument("--redact-ner", metavar="RUN", help="a token_classification run for --redact person,address")
     s.set_defaults(fn=_cmd_serve)
     from luban.hub.cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from luban.trust_cli import add_parsers as add_trust_parsers
+
+    add_trust_parsers(sub)  # redact, explain
     return p
 
 

@@ -211,3 +211,105 @@ def for_clean(clean) -> Redactor | None:
     if key not in _FOR_CLEAN:
         _FOR_CLEAN[key] = Redactor(clean.redact, clean.redact_style, clean.redact_ner, where="data.clean.redact")
     return _FOR_CLEAN[key]
+
+
+# ----------------------------------------------------------------------------------------------- files (luban redact)
+
+_TABLES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def redact_file(src: str | Path, dst: str | Path, types: Iterable[str], columns: list[str] | None = None,
+                style: str = "tag", ner=None, encoding: str = "utf-8") -> dict:
+    """Redact a file into another: a CSV / TSV / JSON Lines file's text columns (`columns`, default every column
+    holding text), or any other file line by line. Returns {"rows", "counts": {type: n}, "columns": {column:
+    {type: n}}}; `dst` is written whole or not at all."""
+    import csv
+    import json
+    import os
+
+    from luban.errors import DataError
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise DataError(f"--input: {src}: file not found")
+    if src.resolve() == dst.resolve():
+        raise DataError(f"--output: {dst} is the input file; write the redacted copy elsewhere")
+    red = Redactor(types, style, ner)
+    kind = _TABLES.get(src.suffix.lower(), "text")
+    by_column: dict[str, Counter] = {}
+    try:
+        text = src.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise DataError(f"--input: {src}: not {encoding} text ({e.reason})") from None
+    if kind == "text":
+        if columns:
+            raise DataError(f"--columns: {src} is plain text (one text per line); columns are for .csv, .tsv and "
+                            ".jsonl files")
+        lines = text.split("\n")
+        out, _ = red.redact_many(lines)
+        body, rows, by_column["text"] = "\n".join(out), len(lines), Counter(red.counts)
+    elif kind == "jsonl":
+        records = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"--input: {src}: line {i}: not JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise DataError(f"--input: {src}: line {i}: expected a JSON object")
+                records.append(rec)
+        names = list(dict.fromkeys(k for r in records for k in r))
+        cols = _pick_columns(columns, names, [k for k in names if any(isinstance(r.get(k), str) for r in records)],
+                             src)
+        for col in cols:
+            idx = [i for i, r in enumerate(records) if isinstance(r.get(col), str)]
+            before = Counter(red.counts)
+            new, _ = red.redact_many([records[i][col] for i in idx])
+            for i, v in zip(idx, new):
+                records[i][col] = v
+            by_column[col] = red.counts - before
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        rows = len(records)
+    else:
+        delim = "\t" if kind == "tsv" else ","
+        quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
+        table = list(csv.reader(text.splitlines(), delimiter=delim, quoting=quoting))
+        if not table:
+            raise DataError(f"--input: {src}: empty file")
+        header, data = table[0], table[1:]
+        numeric = lambda v: v.strip().replace(".", "", 1).lstrip("-").isdigit()  # noqa: E731
+        texty = [h for j, h in enumerate(header) if any(j < len(r) and r[j] and not numeric(r[j]) for r in data)]
+        cols = _pick_columns(columns, header, texty, src)
+        for col in cols:
+            j = header.index(col)
+            idx = [i for i, r in enumerate(data) if j < len(r)]
+            before = Counter(red.counts)
+            new, _ = red.redact_many([data[i][j] for i in idx])
+            for i, v in zip(idx, new):
+                data[i][j] = v
+            by_column[col] = red.counts - before
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter=delim, quoting=quoting, lineterminator="\n",
+                       **({"escapechar": "\\"} if kind == "tsv" else {}))
+        w.writerows([header] + data)
+        body, rows = buf.getvalue(), len(data)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    tmp.write_text(body, encoding=encoding)
+    os.replace(tmp, dst)
+    return {"rows": rows, "counts": {t: red.counts.get(t, 0) for t in red.types},
+            "columns": {c: dict(v) for c, v in by_column.items()}}
+
+
+def _pick_columns(asked: list[str] | None, names: list[str], default: list[str], src: Path) -> list[str]:
+    from luban.errors import DataError
+
+    if not asked:
+        return default
+    for c in asked:
+        if c not in names:
+            raise DataError(f"--columns: column {c!r} not found in {src}; its columns are: {', '.join(names)}")
+    return list(asked)
