@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates, GeneratesImages, GeneratesText,
-                                Predicts, Recommends, StreamsTokens, TaskPredictor)
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Evaluates, Explains, GeneratesImages,
+                                GeneratesText, Predicts, Recommends, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
 from luban.predictor import Predictor
 from luban.config import TASKS
 from luban.tasks import task_classes
 
 EXPECTED = {
-    "text_classification": {Predicts, Evaluates},
-    "tabular_regression": {Predicts, Evaluates},
-    "image_classification": {Predicts, Evaluates},
+    "text_classification": {Predicts, Evaluates, Explains},
+    "tabular_regression": {Predicts, Evaluates, Explains},
+    "image_classification": {Predicts, Evaluates, Explains},
     "object_detection": {Predicts, Evaluates},
     "image_generation": {GeneratesImages},
     "translation": {Predicts, Evaluates, GeneratesText, DecodesTogether},

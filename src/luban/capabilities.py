@@ -178,7 +178,16 @@ class GeneratesImages(ABC):
                  ncols: int | None = None) -> dict: ...
 
 
+class Explains(ABC):
+    """explain(inputs, target=None) -> per input its prediction and what in it drove the prediction toward `target`
+    (default: the predicted class): token / character scores for texts, feature scores for table rows, a pixel map
+    for images (luban.explain)."""
+
+    @abstractmethod
+    def explain(self, inputs, target: str | None = None) -> list[dict]: ...
+
+
 # every capability a run may have, by the name capabilities() and the server use
 CAPABILITIES: dict[str, type] = {"predict": Predicts, "evaluate": Evaluates, "generate_text": GeneratesText,
                                  "chat": Chats, "stream_events": StreamsTokens, "batch_events": DecodesTogether,
-                                 "recommend": Recommends, "generate_images": GeneratesImages}
+                                 "recommend": Recommends, "generate_images": GeneratesImages, "explain": Explains}

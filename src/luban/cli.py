@@ -544,6 +544,7 @@ PREFLIGHT = {
     "export": lambda a: _preflight().check_runs([a.run]),
     "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
     "ensemble": lambda a: _preflight().check_runs(a.runs),
+    "explain": lambda a: _preflight().check_runs([a.run], {"--input": a.input} if a.input else None),
 }
 
 

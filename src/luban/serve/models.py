@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from luban.capabilities import Chats, DecodesTogether, GeneratesImages, GeneratesText, Predicts, Recommends
+from luban.capabilities import (Chats, DecodesTogether, Explains, GeneratesImages, GeneratesText, Predicts,
+                                Recommends)
 from luban.serve.batching import MicroBatcher
 from luban.serve.errors import ApiError, bad_request, overloaded
 from luban.serve.generation import GenerationScheduler
@@ -29,9 +30,9 @@ from luban.serve.settings import ServeSettings
 
 # what a route needs of a model: the capability, and how its errors say it
 NEEDS = {"predict": Predicts, "generate_text": GeneratesText, "recommend": Recommends,
-         "generate_images": GeneratesImages}
+         "generate_images": GeneratesImages, "explain": Explains}
 WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
-        "generate_images": "generate images"}
+        "generate_images": "generate images", "explain": "explain its predictions"}
 HINT = {"predict": "; see GET /v1/models for what each model offers"}
 
 
@@ -86,7 +87,7 @@ class ServedModel:
                 "task": c["task"], "model_type": self.model_type, "backend": c["backend"],
                 "capabilities": {k: c[k] for k in ("predict", "inputs", "predict_options", "generate_text",
                                                    "stream_text", "chat", "generate_images", "recommend",
-                                                   "similar_items")},
+                                                   "similar_items", "explain")},
                 "labels": c.get("labels"), "test_metrics": self.test_metrics}
 
     def can(self, need: str) -> bool:

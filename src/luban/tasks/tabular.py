@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import luban.processor as processor
-from luban.capabilities import Evaluates, Predicts, TaskPredictor
+from luban.capabilities import Evaluates, Explains, Predicts, TaskPredictor
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
@@ -206,7 +206,7 @@ class TabularTask(Task, _TabularModelUser):
         processor.save(folder, self.cfg.task, preprocessing=meta, labels=None if self.regression else self.label_map)
 
 
-class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
+class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Explains):
     input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     exportable = True
 
@@ -238,6 +238,12 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
         labels = self.label_map.labels
         return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
                  "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out.tolist()]
+
+    def explain(self, inputs, target=None):
+        from luban.explain import explain_rows, needs_torch
+
+        needs_torch(self)
+        return explain_rows(self, [inputs] if isinstance(inputs, dict) else list(inputs), target)
 
     def read_inputs(self, path):
         return self._frame(read_file(self.cfg, Path(path)))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import luban.processor as processor
-from luban.capabilities import Evaluates, Predicts, TaskPredictor
+from luban.capabilities import Evaluates, Explains, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
@@ -228,7 +228,7 @@ class TextClassificationTask(Task, _TextModelUser):
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
 
-class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates):
+class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates, Explains):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True
@@ -272,6 +272,12 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
                    "probabilities": {self.labels.labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
             out.append(res)
         return out
+
+    def explain(self, inputs, target=None):
+        from luban.explain import explain_texts, needs_torch
+
+        needs_torch(self)
+        return explain_texts(self, [inputs] if isinstance(inputs, str) else list(inputs), target)
 
     def _read(self, path, need_label: bool) -> pd.DataFrame:
         frame = read_file(self.cfg, Path(path))
