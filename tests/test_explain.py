@@ -89,3 +89,12 @@ def test_tabular_features(tmp_path):
     p = luban.load(luban.train(cfg, quiet=True), backend="torch")
     e = p.explain([{"signal": 2.0, "noise": 0.1}])[0]
     assert e["features"][0]["feature"] == "signal" and e["features"][0]["score"] > 0
+
+
+def test_report_explains_the_most_confidently_wrong_examples(zh_runs):
+    html = (zh_runs["cnn"] / "report.html").read_text(encoding="utf-8")
+    metrics = json.loads((zh_runs["cnn"] / "metrics.json").read_text(encoding="utf-8"))
+    if metrics["test"]["worst_examples"]:
+        assert "Why the most confidently wrong test examples" in html and "rgba(" in html
+    else:
+        assert "Why the most confidently wrong" not in html

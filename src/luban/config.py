@@ -344,8 +344,20 @@ class TrainerConfig(Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
+class PrivacyConfig(Section):
+    """Differentially private training (DP-SGD with Opacus) of a model trained from scratch."""
+
+    epsilon: float = Field(gt=0, description="the privacy budget of the whole run (smaller: more private, noisier)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the failure probability; well below 1 / training rows")
+    max_grad_norm: float = Field(1.0, gt=0, description="each example's gradient is clipped to this L2 norm")
+
+
 class TrainerExtras(Section):
     """The trainer settings only some tasks have (TaskSpec.trainer names which)."""
+
+    privacy: PrivacyConfig | None = Field(None, description="train with DP-SGD (Opacus) to this (epsilon, delta); "
+                                          "the epsilon spent goes to metrics.json. From-scratch text, tabular and "
+                                          "image models")
 
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets")
     steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
@@ -502,13 +514,35 @@ def _text_generation_checks(cfg) -> None:
                          "(full fine-tuning keeps float32 master weights)")
 
 
+def _privacy_checks(cfg) -> None:
+    """trainer.privacy: refused where DP-SGD cannot apply."""
+    t, p = cfg.trainer, cfg.trainer.privacy
+    if p is None:
+        return
+    why = None
+    if getattr(cfg.model, "pretrained", False):
+        why = "a pretrained model (DP-SGD here trains from-scratch models; a pretrained backbone saw other data)"
+    elif t.distributed.backend != "none":
+        why = "distributed training (trainer.distributed)"
+    elif t.grad_accumulation != 1:
+        why = "trainer.grad_accumulation > 1 (each step is one sampled batch)"
+    elif t.l1 > 0:
+        why = "trainer.l1 (the penalty's gradient would bypass the per-example clipping)"
+    elif t.precision == "fp16":
+        why = "fp16 precision"
+    if why is not None:
+        raise ValueError(f"trainer.privacy: DP-SGD cannot be combined with {why}")
+
+
 def _tabular_checks(cfg) -> None:
+    _privacy_checks(cfg)
     c = cfg.data.columns
     if c.features is not None and c.label in c.features:
         raise ValueError(f"data.columns.features: the label column {c.label!r} cannot also be a feature")
 
 
 def _image_checks(cfg) -> None:
+    _privacy_checks(cfg)
     im = cfg.preprocessing.image
     if im.resize is not None and im.resize < im.size:
         raise ValueError(f"preprocessing.image.resize ({im.resize}) must be >= size ({im.size})")
@@ -552,11 +586,11 @@ _SPEECH = dict(data=("clean", "image_root", "skip_bad_files", "label_pattern"),
 _SEQ2SEQ = dict(columns=("source", "target", "id"), required=("source", "target"), data=("clean",),
                 preprocessing=("tokenizer", "bucket_by_length"), trainer=("label_smoothing",))
 _TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("label",), data=("clean",),
-                preprocessing=("numeric",), check=_tabular_checks)
+                preprocessing=("numeric",), trainer=("privacy",), check=_tabular_checks)
 
 TASKS: dict[str, TaskSpec] = {
     "text_classification": TaskSpec(("text", "label", "id"), ("text", "label"), ("clean",),
-                                    ("tokenizer", "bucket_by_length"),
+                                    ("tokenizer", "bucket_by_length"), trainer=("privacy",), check=_privacy_checks,
                                     code="text_classification:TextClassificationTask:TextClassificationPredictor"),
     "token_classification": TaskSpec(("tokens", "tags", "text", "id"), ("tokens", "tags"), ("clean",),
                                      ("tokenizer", "bucket_by_length"), sections=("tagging",),
@@ -567,7 +601,7 @@ TASKS: dict[str, TaskSpec] = {
     "tabular_classification": TaskSpec(**_TABULAR,
                                        code="tabular:TabularTask:TabularPredictor"),
     "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
-                                     ("image",), ("label_smoothing",), check=_image_checks,
+                                     ("image",), ("label_smoothing", "privacy"), check=_image_checks,
                                      code="image_classification:ImageClassificationTask:ImageClassificationPredictor"),
     "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
                                  metrics=("map50", "map", "map75"),

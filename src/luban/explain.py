@@ -281,3 +281,27 @@ def to_json(e: dict) -> dict:
     step = max(1, int(np.ceil(max(heat.shape) / 64)))
     out["attribution"] = np.round(heat[::step, ::step], 6).tolist()
     return out
+
+
+def report_section(explanations: list[dict]) -> str:
+    """report.html: the explained texts, each character shaded by its score (green toward the explained class, red
+    against), with the true and predicted class."""
+    import html
+
+    rows = []
+    for e in explanations:
+        peak = max((abs(v) for v in e["chars"]), default=0) or 1.0
+        cells = []
+        for ch, v in zip(e["text"][:400], e["chars"]):
+            a = min(1.0, abs(v) / peak) * 0.75
+            color = f"rgba(10,123,52,{a:.2f})" if v > 0 else f"rgba(179,38,30,{a:.2f})"
+            cells.append(f'<span style="background:{color}" title="{v:+.4f}">{html.escape(ch)}</span>')
+        top = ", ".join(html.escape(t["text"]) for t in sorted(e["tokens"], key=lambda t: -t["score"])[:5])
+        rows.append(f"<tr><td class=l>{html.escape(str(e.get('true', '')))}</td><td class=l>{html.escape(e['label'])}"
+                    f" ({e['score']:.3f})</td><td class=l style=\"line-height:1.7\">{''.join(cells)}</td>"
+                    f"<td class=l>{top}</td></tr>")
+    method = explanations[0]["method"] if explanations else ""
+    return ("<h2>Why the most confidently wrong test examples were predicted so</h2><table><tr><th class=l>true</th>"
+            "<th class=l>predicted</th><th class=l>text (green: toward the prediction, red: against)</th>"
+            "<th class=l>top tokens</th></tr>" + "".join(rows) + f"</table><p class=muted>{html.escape(method)}; "
+            "<code>luban explain RUN --text ...</code> explains any text.</p>")

@@ -174,6 +174,8 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
         }
         if slices is not None:
             metrics["slices"] = slices
+        if hasattr(step, "report"):  # trainer.privacy: the epsilon spent (luban.training.privacy)
+            metrics["privacy"] = step.report()
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -223,6 +225,9 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
         from luban.evaluate.slices import summary_line
 
         print(summary_line(metrics["slices"]))
+    if metrics.get("privacy"):
+        p = metrics["privacy"]
+        print(f"privacy: DP-SGD, epsilon {p['epsilon_spent']:.3g} spent of {p['epsilon_target']:g} (delta {p['delta']:g})")
     print(f"{closing_line(metrics)}; report: {run_dir / 'report.html'}")
 
 

@@ -160,6 +160,10 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
         from luban.evaluate.slices import report_section
 
         parts.append(report_section(metrics["slices"]))
+    if metrics.get("privacy"):
+        from luban.training.privacy import report_section as privacy_section
+
+        parts.append(privacy_section(metrics["privacy"]))
     if "confusion_matrix" in test:
         parts += ["<h2>Confusion matrix (test)</h2>", _confusion(test["confusion_matrix"], labels),
                   "<h2>Per-class results (test)</h2>", per_class_table(test.get("per_class", {}))]

@@ -224,6 +224,11 @@ class Task:
         """What the engine runs on each training batch: by default `loss` on `train_batches(epoch)` with one
         optimizer (luban.training.step.LossStep; history's val_loss is the class's own `loss`, also when a hook
         replaced `self.loss` for training, as distillation does). None: the model is computed, not trained."""
+        privacy = getattr(self.cfg.trainer, "privacy", None)
+        if privacy is not None:  # DP-SGD (luban.training.privacy)
+            from luban.training.privacy import private_step
+
+            return private_step(self, privacy, self.data_summary()["splits"]["train"])
         return LossStep(self.train_batches, self.loss, val_batches=lambda: self.loss_batches("validation"),
                         val_loss=lambda model, batch: type(self).loss(self, model, batch), unit=self.throughput_unit)
 

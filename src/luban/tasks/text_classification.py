@@ -125,6 +125,9 @@ def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list
         "line": int(frame[LINE].iloc[i]), "text": frame["text"].iloc[i]})
 
 
+EXPLAINED_EXAMPLES = 3  # the most confidently wrong test examples explained in report.html
+
+
 class TextClassificationTask(Task, _TextModelUser):
     name = "text_classification"
     main_metric = "accuracy"
@@ -220,6 +223,22 @@ class TextClassificationTask(Task, _TextModelUser):
         tr = self.data["train"]
         evals = {s: (list(self.data[s].frame["text"]), self.data[s].labels) for s in ("validation", "test")}
         return text_tfidf_lr(list(tr.frame["text"]), tr.labels, evals, self.label_map.labels, self.cfg.seed)
+
+    def report_sections(self, workdir, final):
+        """The few most confidently wrong test examples, explained (luban.explain), from the saved model."""
+        worst = (final.get("test") or {}).get("worst_examples") or []
+        if not worst:
+            return []
+        try:
+            import captum  # noqa: F401
+        except ImportError:
+            return []
+        from luban.explain import report_section
+
+        p = TextClassificationPredictor(self.cfg, workdir / "model", self.device)
+        picked = worst[:EXPLAINED_EXAMPLES]
+        explained = p.explain([e["text"] for e in picked])
+        return [report_section([{**x, "true": e["label"]} for x, e in zip(explained, picked)])]
 
     def save(self, folder, model):
         processor.save(folder, self.cfg.task, tokenizer=self.encoder, labels=self.label_map,
