@@ -98,3 +98,20 @@ def test_report_explains_the_most_confidently_wrong_examples(zh_runs):
         assert "Why the most confidently wrong test examples" in html and "rgba(" in html
     else:
         assert "Why the most confidently wrong" not in html
+
+
+def test_image_overlay(tmp_path):
+    pytest.importorskip("PIL")
+    from test_image_classification import image_config, write_stripes
+
+    from luban.cli import main
+
+    train = write_stripes(tmp_path / "train", 16, seed=1)
+    run = luban.train(image_config(tmp_path / "runs", "img", train, trainer={"epochs": 2}), quiet=True)
+    one = next((train / "vertical").iterdir())
+    e = luban.load(run, backend="torch").explain([str(one)])[0]
+    assert e["attribution"].shape == (16, 16) and np.isfinite(e["attribution"]).all()
+    assert main(["explain", str(run), "--image", str(one), "--output-dir", str(tmp_path / "ov")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "ov" / "explain_1.png").size == (64, 64)
