@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, Explains, GeneratesImages,
                                 GeneratesText, Predicts, Recommends, ScoresTokens, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
 from luban.predictor import Predictor
@@ -14,9 +14,9 @@ from luban.config import TASKS
 from luban.tasks import task_classes
 
 EXPECTED = {
-    "text_classification": {Predicts, Evaluates},
-    "tabular_regression": {Predicts, Evaluates},
-    "image_classification": {Predicts, Evaluates},
+    "text_classification": {Predicts, Evaluates, Explains},
+    "tabular_regression": {Predicts, Evaluates, Explains},
+    "image_classification": {Predicts, Evaluates, Explains},
     "object_detection": {Predicts, Evaluates},
     "image_generation": {GeneratesImages},
     "translation": {Predicts, Evaluates, GeneratesText, DecodesTogether},

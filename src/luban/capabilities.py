@@ -218,8 +218,17 @@ class Embeds(ABC):
         """The luban.embedding.Encoder behind it (dim, name, fingerprint, info(), count_tokens)."""
 
 
+class Explains(ABC):
+    """explain(inputs, target=None) -> per input its prediction and what in it drove the prediction toward `target`
+    (default: the predicted class): token / character scores for texts, feature scores for table rows, a pixel map
+    for images (luban.explain)."""
+
+    @abstractmethod
+    def explain(self, inputs, target: str | None = None) -> list[dict]: ...
+
+
 # every capability a run may have, by the name capabilities() and the server use
 CAPABILITIES: dict[str, type] = {"predict": Predicts, "evaluate": Evaluates, "generate_text": GeneratesText,
                                  "chat": Chats, "stream_events": StreamsTokens, "batch_events": DecodesTogether,
-                                 "score_tokens": ScoresTokens,
+                                 "score_tokens": ScoresTokens, "explain": Explains,
                                  "recommend": Recommends, "generate_images": GeneratesImages, "embed": Embeds}

@@ -299,11 +299,21 @@ def _cmd_serve(a):
         request_timeout=a.request_timeout, api_keys=keys, cors_origins=list(a.cors_origin),
         allowed_hosts=list(a.allowed_host), body_timeout=a.body_timeout, max_json_depth=a.max_json_depth,
         max_connections=a.max_connections, kb=a.kb, kb_k=a.kb_k, kb_mode=a.kb_mode,
-        kb_min_score=a.kb_min_score).check()  # a bad limit is an error before anything loads
+        kb_min_score=a.kb_min_score, redact=_redact_types(a.redact),
+        redact_ner=a.redact_ner).check()  # a bad limit is an error before anything loads
     from luban.hub.model_run import runs_for
 
     runs = runs_for(a.run)  # a model folder or starter name: served as it is (luban.hub.model_run)
     serve(runs, a.host, a.port, settings=settings, workers=a.workers, graceful_timeout=a.graceful_timeout)
+
+
+def _redact_types(value: str | None) -> list[str]:
+    """`luban serve --redact [TYPES]`: the PII types (luban.data.redact), checked before anything loads."""
+    if value is None:
+        return []
+    from luban.data.redact import check_types
+
+    return check_types([t.strip() for t in value.split(",") if t.strip()], "--redact")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -541,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kb-mode", choices=["dense", "lexical", "hybrid"], default="hybrid")
     s.add_argument("--kb-min-score", type=float, default=None,
                    help="--kb: below this best cosine the answer is that the documents do not say (default: the KB's)")
+    s.add_argument("--redact", nargs="?", const="phone,email,id_card,bank_card,ip,url", metavar="TYPES",
+                   help="replace PII in JSON requests and responses (default types: phone,email,id_card,bank_card,"
+                        "ip,url; person,address need --redact-ner); see docs/trust.md")
+    s.add_argument("--redact-ner", metavar="RUN", help="a token_classification run for --redact person,address")
     s.set_defaults(fn=_cmd_serve)
     from luban.hub.cli import add_parser as add_models_parser
 
@@ -551,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     from luban.kb.cli import add_parser as add_kb_parser
 
     add_kb_parser(sub)
+    from luban.trust_cli import add_parsers as add_trust_parsers
+
+    add_trust_parsers(sub)  # redact, explain
     return p
 
 
@@ -572,6 +589,7 @@ PREFLIGHT = {
     "benchmark": lambda a: _preflight().check_runs(a.runs, {"--data": a.data}),
     "ensemble": lambda a: _preflight().check_runs(a.runs),
     "serve": lambda a: _kb_preflight(a.kb),
+    "explain": lambda a: _preflight().check_runs([a.run], {"--input": a.input} if a.input else None),
 }
 
 

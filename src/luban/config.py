@@ -72,6 +72,23 @@ class CleanConfig(Section):
     missing_labels: list[str] = Field(["NaN", "null", "None"], description="label texts that mean 'no label' "
                                       "(compared ignoring case), treated like an empty label (see "
                                       "drop_missing_label); [] keeps them as classes")
+    redact: list[Literal["phone", "email", "id_card", "bank_card", "ip", "url", "person", "address"]] = Field(
+        default_factory=list, description="PII replaced in the texts before training (counted in the cleaning "
+        "report, never the values): phone, email, id_card (checksum), bank_card (Luhn), ip, url; person and address "
+        "need redact_ner")
+    redact_style: Literal["tag", "pseudonym"] = Field("tag", description="tag: [PHONE]; pseudonym: [PHONE_1], "
+                                                      "[PHONE_2], ... the same value the same pseudonym")
+    redact_ner: str | None = Field(None, description="a luban token_classification run (folder) whose PER / LOC "
+                                   "entities are the person / address names to redact")
+
+    @model_validator(mode="after")
+    def _ner_for_names(self):
+        names = [t for t in self.redact if t in ("person", "address")]
+        if names and self.redact_ner is None:
+            raise ValueError(f"data.clean.redact_ner: redacting {' and '.join(names)} needs a named-entity model: a "
+                             "luban token_classification run folder (e.g. trained with "
+                             "examples/peoples_daily_ner.yaml)")
+        return self
 
 
 class SplitConfig(Section):
@@ -333,8 +350,20 @@ class TrainerConfig(Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
+class PrivacyConfig(Section):
+    """Differentially private training (DP-SGD with Opacus) of a model trained from scratch."""
+
+    epsilon: float = Field(gt=0, description="the privacy budget of the whole run (smaller: more private, noisier)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the failure probability; well below 1 / training rows")
+    max_grad_norm: float = Field(1.0, gt=0, description="each example's gradient is clipped to this L2 norm")
+
+
 class TrainerExtras(Section):
     """The trainer settings only some tasks have (TaskSpec.trainer names which)."""
+
+    privacy: PrivacyConfig | None = Field(None, description="train with DP-SGD (Opacus) to this (epsilon, delta); "
+                                          "the epsilon spent goes to metrics.json. From-scratch text, tabular and "
+                                          "image models")
 
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets")
     steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
@@ -444,6 +473,13 @@ class TrackingConfig(Section):
 class EvaluationConfig(Section):
     baseline: bool = Field(True, description="also train a classical baseline on the same split")
     worst_examples: int = Field(20, ge=0, description="most confidently wrong examples kept for the report")
+    slices: list[ColumnRef] = Field(default_factory=list, description="columns of the data files whose values "
+                                    "slice the test rows: every metric per value (counts, bootstrap intervals), "
+                                    "the worst slice and the largest gap (read even when the model does not use "
+                                    "the column)")
+    sensitive: ColumnRef | None = Field(None, description="binary classification: a sensitive-attribute column; "
+                                        "adds fairlearn's demographic-parity and equalized-odds differences "
+                                        "(and slices by it)")
 
 
 class OutputConfig(Section):
@@ -498,13 +534,35 @@ def _text_generation_checks(cfg) -> None:
                          "(full fine-tuning keeps float32 master weights)")
 
 
+def _privacy_checks(cfg) -> None:
+    """trainer.privacy: refused where DP-SGD cannot apply."""
+    t, p = cfg.trainer, cfg.trainer.privacy
+    if p is None:
+        return
+    why = None
+    if getattr(cfg.model, "pretrained", False):
+        why = "a pretrained model (DP-SGD here trains from-scratch models; a pretrained backbone saw other data)"
+    elif t.distributed.backend != "none":
+        why = "distributed training (trainer.distributed)"
+    elif t.grad_accumulation != 1:
+        why = "trainer.grad_accumulation > 1 (each step is one sampled batch)"
+    elif t.l1 > 0:
+        why = "trainer.l1 (the penalty's gradient would bypass the per-example clipping)"
+    elif t.precision == "fp16":
+        why = "fp16 precision"
+    if why is not None:
+        raise ValueError(f"trainer.privacy: DP-SGD cannot be combined with {why}")
+
+
 def _tabular_checks(cfg) -> None:
+    _privacy_checks(cfg)
     c = cfg.data.columns
     if c.features is not None and c.label in c.features:
         raise ValueError(f"data.columns.features: the label column {c.label!r} cannot also be a feature")
 
 
 def _image_checks(cfg) -> None:
+    _privacy_checks(cfg)
     im = cfg.preprocessing.image
     if im.resize is not None and im.resize < im.size:
         raise ValueError(f"preprocessing.image.resize ({im.resize}) must be >= size ({im.size})")
@@ -549,11 +607,12 @@ _SPEECH = dict(data=("clean", "image_root", "skip_bad_files", "label_pattern"),
 _SEQ2SEQ = dict(columns=("source", "target", "id"), required=("source", "target"), data=("clean",),
                 preprocessing=("tokenizer", "bucket_by_length"), trainer=("label_smoothing",))
 _TABULAR = dict(columns=("label", "features", "categorical", "id"), required=("label",), data=("clean",),
-                preprocessing=("numeric",), check=_tabular_checks, early_stopping=True)
+                preprocessing=("numeric",), trainer=("privacy",), check=_tabular_checks, early_stopping=True)
 
 TASKS: dict[str, TaskSpec] = {
     "text_classification": TaskSpec(("text", "label", "id"), ("text", "label"), ("clean",),
-                                    ("tokenizer", "bucket_by_length"), early_stopping=True,
+                                    ("tokenizer", "bucket_by_length"), trainer=("privacy",), check=_privacy_checks,
+                                    early_stopping=True,
                                     code="text_classification:TextClassificationTask:TextClassificationPredictor"),
     "token_classification": TaskSpec(("tokens", "tags", "text", "id"), ("tokens", "tags"), ("clean",),
                                      ("tokenizer", "bucket_by_length"), sections=("tagging",),
@@ -564,7 +623,7 @@ TASKS: dict[str, TaskSpec] = {
     "tabular_classification": TaskSpec(**_TABULAR,
                                        code="tabular:TabularTask:TabularPredictor"),
     "image_classification": TaskSpec(("image", "label", "id"), (), ("clean", "image_root", "skip_bad_files"),
-                                     ("image",), ("label_smoothing",), check=_image_checks, early_stopping=True,
+                                     ("image",), ("label_smoothing", "privacy"), check=_image_checks, early_stopping=True,
                                      code="image_classification:ImageClassificationTask:ImageClassificationPredictor"),
     "object_detection": TaskSpec(("id",), (), ("image_root", "skip_bad_files", "annotation_format"), ("image",),
                                  metrics=("map50", "map", "map75"),
@@ -595,6 +654,10 @@ TASKS: dict[str, TaskSpec] = {
                                check=_recommendation_checks,
                                code="recommendation:RecommendationTask:RecommendationPredictor"),
 }
+# the tasks whose test rows evaluation.slices / evaluation.sensitive can slice (Task.split_lines)
+SLICED_TASKS = ("text_classification", "tabular_classification", "tabular_regression", "image_classification")
+# the tasks whose texts data.clean.redact redacts before training (luban.data.redact.for_clean)
+REDACTED_TASKS = ("text_classification", "translation", "summarization")
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 TASK_METRICS = {task: list(spec.metrics) for task, spec in TASKS.items()}
 _SECTIONS = {"recommendation": RecommendationConfig, "tagging": TaggingConfig, "embedding": EmbeddingConfig}
@@ -675,6 +738,14 @@ class RunConfig(Section):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"trainer.early_stopping.metric: unknown validation metric {metric!r} for task "
                              f"{self.task}{hint}; choose one of {', '.join(spec.metrics)}")
+        ev = self.evaluation
+        if (ev.slices or ev.sensitive is not None) and self.task not in SLICED_TASKS:
+            raise ValueError(f"evaluation.{'slices' if ev.slices else 'sensitive'}: slicing the test rows is for "
+                             f"{', '.join(SLICED_TASKS)} (not task {self.task})")
+        clean = getattr(self.data, "clean", None)
+        if clean is not None and clean.redact and self.task not in REDACTED_TASKS:
+            raise ValueError(f"data.clean.redact: redaction before training is for the text tasks "
+                             f"{', '.join(REDACTED_TASKS)} (not task {self.task}); `luban redact` cleans any file")
         if spec.check is not None:
             spec.check(self)
         return self

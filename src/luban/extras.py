@@ -19,6 +19,7 @@ EXTRA_OF = {  # top-level module -> (PyPI package, extra); keep in step with pyp
     "PIL": ("pillow", "vision"), "pycocotools": ("pycocotools", "vision"),
     "soundfile": ("soundfile", "audio"), "soxr": ("soxr", "audio"), "jiwer": ("jiwer", "audio"),
     "onnx": ("onnx", "export"), "onnxruntime": ("onnxruntime", "export"), "onnxscript": ("onnxscript", "export"),
+    "fairlearn": ("fairlearn", "trust"), "captum": ("captum", "trust"), "opacus": ("opacus", "trust"),
 }
 
 

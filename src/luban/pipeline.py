@@ -15,6 +15,7 @@ import torch
 from luban.config import RunConfig, load_config, render, validate
 from luban.errors import ConfigError
 from luban.evaluate.report import write_report
+from luban.evaluate.slices import task_slices
 from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
 from luban.training.engine import fit
@@ -143,6 +144,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
         t_eval = time.perf_counter()
         final = evaluate(task, model, precision=precision)
+        slices = task_slices(task, final["test"])
         t_base = time.perf_counter()
         baseline = None
         if cfg.evaluation.baseline:
@@ -175,6 +177,10 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
 
         metrics["notes"] = run_notes(metrics, result.history, unit=task.history_unit, more=task.more_training,
                                      metric=cfg.trainer.early_stopping.metric)
+        if slices is not None:
+            metrics["slices"] = slices
+        if cfg.trainer.privacy is not None:  # the epsilon spent (luban.training.privacy.PrivateLossStep)
+            metrics["privacy"] = step.report()
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -224,6 +230,13 @@ def print_summary(run_dir: Path, metrics: dict) -> None:
     console.print(table)
     for note in metrics.get("notes") or []:  # the run lost to its baseline, was undertrained, ... (verdict.py)
         console.print(f"[bold yellow]note:[/] {escape(note['text'])}", highlight=False, markup=True)
+    if metrics.get("slices"):
+        from luban.evaluate.slices import summary_line
+
+        print(summary_line(metrics["slices"]))
+    if metrics.get("privacy"):
+        p = metrics["privacy"]
+        print(f"privacy: DP-SGD, epsilon {p['epsilon_spent']:.3g} spent of {p['epsilon_target']:g} (delta {p['delta']:g})")
     print(f"{closing_line(metrics)}; report: {run_dir / 'report.html'}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, GeneratesImages,
+from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, Explains, GeneratesImages,
                                 GeneratesText, Predicts, Recommends, ScoresTokens, StreamsTokens, TaskPredictor)
 from luban.config import read_yaml, validate
 from luban.errors import LubanError, RunError
@@ -228,6 +228,7 @@ class Predictor:
                 "score_tokens": self.supports(ScoresTokens),
                 "recommend": self.supports(Recommends), "similar_items": self.supports(Recommends),
                 "embed": self.supports(Embeds),
+                "explain": self.supports(Explains),
                 "labels": [str(x) for x in labels] if labels is not None else None}
 
     def generate(self, **kw):
@@ -236,6 +237,12 @@ class Predictor:
 
     def _recommender(self) -> Recommends:
         return self._as(Recommends, "recommend; use predict()")
+
+    def explain(self, inputs, target: str | None = None) -> list[dict]:
+        """Per input: its prediction and the scores of what drove it toward `target` (default: the predicted
+        class): tokens and characters of a text, features of a table row, pixels of an image (luban.explain).
+        Needs the PyTorch weights (load with backend="torch" when the run has an ONNX export)."""
+        return self._as(Explains, "explain its predictions").explain(inputs, target=target)
 
     def recommend(self, user, k: int | None = None, history=None, exclude_seen: bool | None = None,
                   features: dict | None = None) -> dict:

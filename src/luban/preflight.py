@@ -97,7 +97,9 @@ def configured_columns(cfg: RunConfig) -> list[tuple[str, str | int]]:
         for r in ref if isinstance(ref, list) else [ref]:
             if r is not None:
                 out.append((f"data.columns.{role}", r))
-    return out
+    from luban.evaluate.slices import slice_columns
+
+    return out + slice_columns(cfg)
 
 
 def check_columns(path: Path, columns: list[str], wanted: list[tuple[str, str | int]], role: str) -> None:

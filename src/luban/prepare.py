@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from luban.config import LOWER_IS_BETTER, RunConfig
+from luban.evaluate.slices import capture
 from luban.tasks import task_classes
 from luban.tasks.base import Task
 from luban.training.hardware import autocast, set_threads
@@ -40,7 +41,9 @@ def prepare(cfg: RunConfig, *, threads: int | None = None, check: Callable[[Task
         check(task)
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), \
             stage("prepare (read, clean, featurize)"):
-        task.prepare(task.read_frames())
+        frames = task.read_frames()
+        task.slice_source = capture(cfg, frames)  # evaluation.slices: read before cleaning keeps only model inputs
+        task.prepare(frames)
         if hook is not None:
             hook(task)
     return task

@@ -34,6 +34,19 @@ class CleaningReport:
     rows_in: int = 0
     rows_out: int = 0
     dropped: dict[str, list[int]] = field(default_factory=dict)  # reason -> source lines
+    redacted: dict[str, dict] = field(default_factory=dict)  # PII type -> {count, rows, columns, lines}
+
+    def note_redactions(self, column: str, lines, per_text) -> None:
+        """What data.clean.redact replaced in `column` (per row counts by type): how many and where, no values."""
+        for line, counts in zip(lines, per_text):
+            for kind, n in counts.items():
+                r = self.redacted.setdefault(kind, {"count": 0, "rows": 0, "columns": [], "lines": []})
+                r["count"] += n
+                r["rows"] += 1
+                if column not in r["columns"]:
+                    r["columns"].append(column)
+                if len(r["lines"]) < 20:
+                    r["lines"].append(int(line))
 
     def drop(self, reason: str, lines) -> None:
         lines = [int(x) for x in lines]
@@ -45,11 +58,15 @@ class CleaningReport:
         for reason, lines in self.dropped.items():
             shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
             s += f"\n    dropped {len(lines)} {reason} (lines {shown})"
+        for kind, r in self.redacted.items():
+            shown = ", ".join(map(str, r["lines"][:5])) + (", ..." if r["rows"] > 5 else "")
+            s += f"\n    redacted {r['count']} {kind} in {r['rows']} rows of {', '.join(r['columns'])} (lines {shown})"
         return s
 
     def to_dict(self) -> dict:
         return {"source": self.source, "rows_in": self.rows_in, "rows_out": self.rows_out,
-                "dropped": {k: len(v) for k, v in self.dropped.items()}}
+                "dropped": {k: len(v) for k, v in self.dropped.items()},
+                **({"redacted": self.redacted} if self.redacted else {})}
 
 
 def label_text(value, cfg: CleanConfig) -> str | None:
@@ -136,16 +153,21 @@ def _texts_only(df: pd.DataFrame, col: str, src: str) -> pd.Series:
 
 
 def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg: CleanConfig,
-                     dedupe: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
+                     dedupe: bool = True, redactor=None) -> tuple[pd.DataFrame, CleaningReport]:
     """Return a frame with columns text, label (str or None), _line; and the account of dropped rows.
-    `dedupe` is off for evaluation data (duplicates there are legitimate test cases)."""
+    `dedupe` is off for evaluation data (duplicates there are legitimate test cases); `redactor`
+    (luban.data.redact.for_clean: data.clean.redact) replaces PII in the texts, counted in the report."""
     src = df.attrs.get("source", "data")
     rep = CleaningReport(source=src, rows_in=len(df))
     texts = _texts_only(df, text_col, src)
     import pandas as pd
 
+    texts = [normalize_text(t, cfg) if t is not None else "" for t in texts]
+    if redactor is not None:
+        texts, per_text = redactor.redact_many(texts)
+        rep.note_redactions(text_col, df[LINE], per_text)
     out = pd.DataFrame({
-        "text": [normalize_text(t, cfg) if t is not None else "" for t in texts],
+        "text": texts,
         "label": [label_text(v, cfg) for v in df[label_col]] if label_col is not None else None,
         LINE: df[LINE].to_numpy(),
     })
@@ -174,7 +196,8 @@ def clean_text_frame(df: pd.DataFrame, text_col: str, label_col: str | None, cfg
 
 
 def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: CleanConfig, dedupe: bool = True,
-                     names: tuple[str, str] = ("source", "target")) -> tuple[pd.DataFrame, CleaningReport]:
+                     names: tuple[str, str] = ("source", "target"),
+                     redactor=None) -> tuple[pd.DataFrame, CleaningReport]:
     """Text pairs (seq2seq source/target, prompt/response): a frame with columns `names` and _line, and the account
     of dropped rows. The first text is normalized by `cfg` (NFKC, whitespace, lowercase); the second is an output
     to learn and score as written, so only its whitespace is tidied. An empty first text follows
@@ -187,6 +210,9 @@ def clean_text_pairs(df: pd.DataFrame, first_col: str, second_col: str, cfg: Cle
         values = _texts_only(df, col, src)
         cols[name] = [("" if t is None else normalize_text(t, cfg) if name == names[0]
                        else " ".join(t.split())) for t in values]
+        if redactor is not None:  # data.clean.redact, as in clean_text_frame
+            cols[name], per_text = redactor.redact_many(cols[name])
+            rep.note_redactions(col, df[LINE], per_text)
     import pandas as pd
 
     out = pd.DataFrame({**cols, LINE: df[LINE].to_numpy()})

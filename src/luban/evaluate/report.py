@@ -166,6 +166,14 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
         _comparison(metrics),
     ]
     parts += charts_section(metrics, history, cfg.seed)
+    if metrics.get("slices"):
+        from luban.evaluate.slices import report_section
+
+        parts.append(report_section(metrics["slices"]))
+    if metrics.get("privacy"):
+        from luban.training.privacy import report_section as privacy_section
+
+        parts.append(privacy_section(metrics["privacy"]))
     if "confusion_matrix" in test:
         parts += ["<h2>Confusion matrix (test)</h2>", _confusion(test["confusion_matrix"], labels),
                   "<h2>Per-class results (test)</h2>", per_class_table(test.get("per_class", {}))]
@@ -176,8 +184,10 @@ def write_report(path: Path, cfg: RunConfig, metrics: dict, history: list[dict],
               "".join(f"<tr><td class=l>{E(s)}</td><td>{n}</td></tr>" for s, n in splits.items()) + "</table>"]
     for c in data.get("cleaning", []):
         dropped = ", ".join(f"{n} {E(r)}" for r, n in c["dropped"].items()) or "nothing"
+        redacted = "".join(f"; redacted {r['count']} {E(k)} in {r['rows']} rows of {E(', '.join(r['columns']))}"
+                           for k, r in (c.get("redacted") or {}).items())
         parts.append(f"<p class=muted>{E(c['split'])}: {E(c['source'])}: {c['rows_in']} rows, "
-                     f"dropped {dropped}</p>")
+                     f"dropped {dropped}{redacted}</p>")
     parts += list(extra_sections or [])
     parts.append("</body></html>")
     path.write_text("".join(parts), encoding="utf-8")

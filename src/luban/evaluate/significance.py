@@ -71,12 +71,7 @@ def _errors(metric, y, ours, theirs, rng, resamples) -> dict:
     stats = np.stack([per_row(ours - y), per_row(theirs - y)])  # 2 x n
     n = len(y)
     if n * resamples <= EXACT_DRAWS:
-        means = []
-        chunk = max(1, 1_000_000 // n)  # resamples at a time: memory stays flat
-        for start in range(0, resamples, chunk):
-            idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-            means.append(stats[:, idx].mean(axis=-1).T)  # chunk x 2
-        means = np.concatenate(means)
+        means = np.concatenate([stats[:, idx].mean(axis=-1).T for idx in resampled_rows(n, rng, resamples)])
     else:  # many rows: the two resampled means are jointly normal to within noise (central limit theorem)
         cov = np.cov(stats) / n if n > 1 else np.zeros((2, 2))
         means = rng.multivariate_normal(stats.mean(axis=1), cov, size=resamples, method="cholesky"
@@ -87,6 +82,13 @@ def _errors(metric, y, ours, theirs, rng, resamples) -> dict:
     return {"metric": metric, "model": mine, "baseline": base, "difference": mine - base,
             "ci95": [float(lo), float(hi)], "verdict": BEATS if hi < 0 else WORSE if lo > 0 else TIE,
             "normal_limit": n * resamples > EXACT_DRAWS}
+
+
+def resampled_rows(n: int, rng, resamples: int = RESAMPLES):
+    """Bootstrap resamples of n rows, as index arrays of shape (chunk, n): a few at a time, so memory stays flat."""
+    chunk = max(1, 1_000_000 // max(n, 1))
+    for start in range(0, resamples, chunk):
+        yield rng.integers(0, n, size=(min(chunk, resamples - start), n))
 
 
 def describe(v: dict) -> str:

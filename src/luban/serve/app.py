@@ -92,6 +92,12 @@ def create_app(runs=None, settings: ServeSettings | None = None, predictors: dic
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # middleware: the last added runs first
+    if settings.redact:  # innermost: it sees bodies BodyGuard has passed
+        from luban.data.redact import Redactor
+        from luban.serve.redaction import RedactMiddleware
+
+        app.add_middleware(RedactMiddleware, redactor=Redactor(settings.redact, "tag", settings.redact_ner,
+                                                               where="--redact"))
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes, timeout=settings.body_timeout,
                        max_depth=settings.max_json_depth)
     if settings.cors_origins:

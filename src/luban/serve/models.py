@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from luban.capabilities import Chats, DecodesTogether, Embeds, GeneratesImages, GeneratesText, Predicts, Recommends
+from luban.capabilities import (Chats, DecodesTogether, Embeds, Explains, GeneratesImages, GeneratesText, Predicts,
+                                Recommends)
 from luban.errors import LubanError
 from luban.serve.batching import MicroBatcher, QueueFull
 from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, client_error, overloaded
@@ -30,9 +31,9 @@ from luban.serve.settings import ServeSettings
 
 # what a route needs of a model: the capability, and how its errors say it
 NEEDS = {"predict": Predicts, "generate_text": GeneratesText, "recommend": Recommends,
-         "generate_images": GeneratesImages, "embed": Embeds}
+         "generate_images": GeneratesImages, "embed": Embeds, "explain": Explains}
 WHAT = {"predict": "predict", "generate_text": "generate text", "recommend": "recommend",
-        "generate_images": "generate images", "embed": "embed texts"}
+        "generate_images": "generate images", "embed": "embed texts", "explain": "explain its predictions"}
 HINT = {"predict": "; see GET /v1/models for what each model offers"}
 
 
@@ -89,7 +90,7 @@ class ServedModel:
                 "task": c["task"], "model_type": self.model_type, "backend": c["backend"],
                 "capabilities": {k: c[k] for k in ("predict", "inputs", "predict_options", "generate_text",
                                                    "stream_text", "chat", "generate_images", "recommend",
-                                                   "similar_items", "embed")},
+                                                   "similar_items", "embed", "explain")},
                 "labels": c.get("labels"), "test_metrics": self.test_metrics,
                 **({"generation": self.generation_defaults()} if self.generates_text else {})}
 

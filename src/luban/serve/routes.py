@@ -340,3 +340,37 @@ def png_b64(arr) -> str:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------------ explain (trust)
+
+EXPLAIN_MAX_INPUTS = 16  # each explanation runs the model tens of times (integrated gradients)
+
+
+class ExplainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="a served model's id; optional with one model that explains")
+    inputs: list[Any] = Field(..., min_length=1, description="texts, JSON records (tabular) or base64 images, as "
+                              "for /v1/predict", examples=[["服务很好，房间干净"]])
+    target: str | None = Field(None, description="the class to explain (default: each input's predicted class)")
+
+
+@api_routes.post("/v1/explain", tags=["predict"], summary="per-prediction attributions: token / character scores "
+                 "of a text, feature scores of a row, a pixel overlay (PNG, base64) of an image")
+async def explain(body: ExplainBody, reg: Registry = Depends(registry)):
+    from luban.explain import to_json
+
+    s = reg.settings
+    m = reg.model_for(body.model, "explain")
+    limit = min(s.max_inputs, EXPLAIN_MAX_INPUTS)
+    if len(body.inputs) > limit:
+        raise ApiError(422, f"{len(body.inputs)} inputs in one explain request is over the limit of {limit}",
+                       "invalid_request_error", "inputs", "batch_too_large")
+    inputs = prepare_inputs(s, m.caps["inputs"], body.inputs, None)
+    try:
+        res = await m.call(m.predictor.explain, inputs, target=body.target)
+    except ApiError:
+        raise
+    except (LubanError,) + INPUT_ERRORS as e:
+        raise client_error(e, "target" if body.target is not None and "target" in str(e) else "inputs") from None
+    return {"model": m.name, "explanations": [to_json(r) for r in res]}

@@ -55,6 +55,9 @@ class ServeSettings(BaseModel):
     # requests for any other host get 421 (DNS rebinding). None (an app built in-process): Host is not checked
     host: str | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
+    # PII redaction of JSON requests and responses (luban serve --redact: luban.serve.redaction); [] = off
+    redact: list[str] = Field(default_factory=list)
+    redact_ner: str | None = None                                   # a token_classification run for person/address
     # what this process reports
     warmup: bool = True
     # grounded chat (`--kb`): a knowledge base every chat completion is answered from (luban.serve.grounded)

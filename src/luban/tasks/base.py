@@ -184,6 +184,7 @@ class Task:
     device: torch.device
     precision: str = "fp32"
     cleaning: list[dict]  # what cleaning dropped or changed, per split (the report's data section)
+    slice_source: dict | None = None  # evaluation.slices: the slice columns' values by source line (prepare.py)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -226,6 +227,11 @@ class Task:
         """What the engine runs on each training batch: by default `loss` on `train_batches(epoch)` with one
         optimizer (luban.training.step.LossStep; history's val_loss is the class's own `loss`, also when a hook
         replaced `self.loss` for training, as distillation does). None: the model is computed, not trained."""
+        privacy = getattr(self.cfg.trainer, "privacy", None)
+        if privacy is not None:  # DP-SGD (luban.training.privacy)
+            from luban.training.privacy import private_step
+
+            return private_step(self, privacy, self.data_summary()["splits"]["train"])
         return LossStep(self.train_batches, self.loss, val_batches=lambda: self.loss_batches("validation"),
                         val_loss=lambda model, batch: type(self).loss(self, model, batch), unit=self.throughput_unit)
 
@@ -260,6 +266,11 @@ class Task:
         from luban.training.checkpoint import WEIGHTS
 
         save_model(model, str(folder / WEIGHTS))
+
+    def split_lines(self, split: str) -> list[int] | None:
+        """The source line of each row of `split`, in the order evaluate() scores them (evaluation.slices looks the
+        slice columns up by line); None: the task does not slice its test rows."""
+        return None
 
     def report_sections(self, workdir: Path, final: dict) -> list[str]:
         """Extra HTML sections for report.html (image grids, samples); none by default."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import luban.processor as processor
-from luban.capabilities import Evaluates, Predicts, TaskPredictor
+from luban.capabilities import Evaluates, Explains, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, list_images, load_one,
@@ -488,6 +488,9 @@ class ImageClassificationTask(Task, _ImageModelUser):
         m = _metrics_with_examples(probs, d, self.label_map.labels, self.cfg.evaluation.worst_examples)
         return m if detailed else scalars(m)
 
+    def split_lines(self, split):
+        return self.data[split].frame[LINE].tolist()
+
     def baseline(self):
         """Logistic regression on 8x8 downsampled, standardized pixels."""
         import time
@@ -548,7 +551,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 # ----------------------------------------------------------------------------------------------- inference
 
 
-class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, Predicts, Evaluates):
+class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, Predicts, Evaluates, Explains):
     input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "image_classification"
     exportable = True
@@ -592,6 +595,12 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
             out.append({"image": name, "label": labels[order[0]], "score": round(row[order[0]], 6),
                         "probabilities": {labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}})
         return out
+
+    def explain(self, inputs, target=None):
+        from luban.explain import explain_images, needs_torch
+
+        needs_torch(self)
+        return explain_images(self, inputs if isinstance(inputs, (list, tuple)) else [inputs], target)
 
     def read_inputs(self, path):
         p = Path(path)

@@ -34,6 +34,7 @@ from luban.capabilities import DecodesTogether, Evaluates, Predicts, TaskPredict
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_pairs, column_texts, normalize_inputs
+from luban.data.redact import for_clean
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
 from luban.data.tokenizers import (
@@ -215,7 +216,8 @@ def read_pairs(cfg: RunConfig, frame: pd.DataFrame, dedupe: bool):
     cols = cfg.data.columns
     src_col = resolve_column(frame, cols.source, "source")
     tgt_col = resolve_column(frame, cols.target, "target")
-    out, rep = clean_text_pairs(frame, src_col, tgt_col, cfg.data.clean, dedupe=dedupe)
+    out, rep = clean_text_pairs(frame, src_col, tgt_col, cfg.data.clean, dedupe=dedupe,
+                                redactor=for_clean(cfg.data.clean))
     if len(out) == 0:
         raise DataError(f"{rep.source}: no usable rows left after cleaning\n  {rep.summary()}")
     return out, rep

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import luban.processor as processor
-from luban.capabilities import Evaluates, Predicts, TaskPredictor
+from luban.capabilities import Evaluates, Explains, Predicts, TaskPredictor
 from luban.data.cleaning import label_text, missing_label_error
 from luban.data.readers import LINE, resolve_column
 from luban.data.splits import make_splits
@@ -152,7 +152,7 @@ class TabularTask(Task, _TabularModelUser):
         splits = make_splits(frames, cfg.data.split.validation, cfg.data.split.test,
                              cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed, stratify)
         self.pre = TabularPreprocessor(numeric, categorical, cfg.preprocessing.numeric).fit(splits["train"])
-        self.data = {}
+        self.data, self.lines = {}, {s: f[LINE].tolist() for s, f in splits.items()}
         for s, f in splits.items():
             self.data[s] = (*self.pre.transform(f), self.encode_target(f, label))
         y_train = self.data["train"][2]
@@ -258,6 +258,9 @@ class TabularTask(Task, _TabularModelUser):
         m = self.metrics(self.outputs(model, x_num, x_cat), y)
         return m if detailed else scalars(m)
 
+    def split_lines(self, split):
+        return self.lines[split]
+
     def baseline(self):
         x = {s: self.pre.one_hot(d[0], d[1]) for s, d in self.data.items()}
         y = {s: d[2].numpy() for s, d in self.data.items()}
@@ -288,7 +291,7 @@ class TabularTask(Task, _TabularModelUser):
         processor.save(folder, self.cfg.task, preprocessing=meta, labels=None if self.regression else self.label_map)
 
 
-class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
+class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Explains):
     input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
     exportable = True
 
@@ -356,6 +359,12 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates):
             return [one(r[0], 1.0, f"log-odds of {labels[1]!r}") for r in values]
         return [{"classes": {labels[k]: one(r[k], 1.0, "raw score (softmax logit)") for k in range(len(labels))}}
                 for r in values]
+
+    def explain(self, inputs, target=None):
+        from luban.explain import explain_rows, needs_torch
+
+        needs_torch(self)
+        return explain_rows(self, [inputs] if isinstance(inputs, dict) else list(inputs), target)
 
     def read_inputs(self, path):
         return self._frame(read_file(self.cfg, Path(path)))

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import luban.processor as processor
-from luban.capabilities import Evaluates, Predicts, TaskPredictor
+from luban.capabilities import Evaluates, Explains, Predicts, TaskPredictor
 from luban.config import RunConfig
 from luban.data.batching import epoch_batches, pad_ids
 from luban.data.cleaning import clean_text_frame, column_texts, normalize_inputs, normalize_text
 from luban.data.readers import LINE, resolve_column
+from luban.data.redact import for_clean
 from luban.data.ngrams import load_featurizer
 from luban.data.tokenizers import build_encoder
 from luban.errors import DataError
@@ -139,6 +140,9 @@ def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list
         "line": int(frame[LINE].iloc[i]), "text": frame["text"].iloc[i]})
 
 
+EXPLAINED_EXAMPLES = 3  # the most confidently wrong test examples explained in report.html
+
+
 class TextClassificationTask(Task, _TextModelUser):
     name = "text_classification"
     main_metric = "accuracy"
@@ -156,7 +160,8 @@ class TextClassificationTask(Task, _TextModelUser):
                 continue
             text_col = resolve_column(frame, cols.text, "text")
             label_col = resolve_column(frame, cols.label, "label")
-            out, rep = clean_text_frame(frame, text_col, label_col, cfg.data.clean, dedupe=split == "train")
+            out, rep = clean_text_frame(frame, text_col, label_col, cfg.data.clean, dedupe=split == "train",
+                                        redactor=for_clean(cfg.data.clean))
             if len(out) == 0:
                 raise DataError(f"{rep.source}: no usable rows left after cleaning\n  {rep.summary()}")
             self.cleaning.append(rep.to_dict() | {"split": split})
@@ -231,10 +236,29 @@ class TextClassificationTask(Task, _TextModelUser):
                                    self.cfg.evaluation.worst_examples)
         return m if detailed else scalars(m)
 
+    def split_lines(self, split):
+        return self.data[split].frame[LINE].tolist()
+
     def baseline(self):
         tr = self.data["train"]
         evals = {s: (list(self.data[s].frame["text"]), self.data[s].labels) for s in ("validation", "test")}
         return text_tfidf_lr(list(tr.frame["text"]), tr.labels, evals, self.label_map.labels, self.cfg.seed)
+
+    def report_sections(self, workdir, final):
+        """The few most confidently wrong test examples, explained (luban.explain), from the saved model."""
+        worst = (final.get("test") or {}).get("worst_examples") or []
+        if not worst:
+            return []
+        try:
+            import captum  # noqa: F401
+        except ImportError:
+            return []
+        from luban.explain import report_section
+
+        p = TextClassificationPredictor(self.cfg, workdir / "model", self.device)
+        picked = worst[:EXPLAINED_EXAMPLES]
+        explained = p.explain([e["text"] for e in picked])
+        return [report_section([{**x, "true": e["label"]} for x, e in zip(explained, picked)])]
 
     def save(self, folder, model):
         processor.save(folder, self.cfg.task, tokenizer=self.encoder, labels=self.label_map,
@@ -243,7 +267,7 @@ class TextClassificationTask(Task, _TextModelUser):
             model.backbone.config.save_pretrained(str(folder / "backbone"))
 
 
-class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates):
+class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates, Explains):
     input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
     task = "text_classification"
     exportable = True
@@ -287,6 +311,12 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
                    "probabilities": {self.labels.labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
             out.append(res)
         return out
+
+    def explain(self, inputs, target=None):
+        from luban.explain import explain_texts, needs_torch
+
+        needs_torch(self)
+        return explain_texts(self, [inputs] if isinstance(inputs, str) else list(inputs), target)
 
     def _read(self, path, need_label: bool) -> pd.DataFrame:
         frame = read_file(self.cfg, Path(path))

@@ -155,7 +155,35 @@ function textPanel(m) {
       out.replaceChildren(...r.predictions.map((p, i) => renderPrediction(p, inputs[i])));
     } catch (e) { showError(out, e); } finally { go.disabled = false; }
   } }, "Predict");
-  return panel("text", "Text → prediction", area, el("div", { class: "row" }, go), out);
+  const buttons = el("div", { class: "row" }, go);
+  if (m.capabilities && m.capabilities.explain) {
+    const why = el("button", { class: "secondary", onclick: async () => {
+      const inputs = area.value.split("\n").map(s => s.trim()).filter(Boolean).slice(0, 16);
+      if (!inputs.length) return;
+      why.disabled = true;
+      try {
+        const r = await api("v1/explain", { model: m.id, inputs });
+        out.replaceChildren(...r.explanations.map(explained));
+      } catch (e) { showError(out, e); } finally { why.disabled = false; }
+    } }, "Explain");
+    buttons.append(why);
+  }
+  return panel("text", "Text → prediction", area, buttons, out);
+}
+
+function explained(e) {
+  // the text with each character shaded by its attribution: green toward the predicted class, red against it
+  const box = el("div", { class: "result prediction" });
+  box.append(el("div", {}, el("span", { class: "label" }, e.label), ` (${(e.score * 100).toFixed(1)}%)`));
+  const peak = Math.max(1e-12, ...e.chars.map(Math.abs));
+  const line = el("div", { class: "explained" });
+  [...e.text].forEach((ch, i) => {
+    const v = e.chars[i] || 0, a = Math.min(1, Math.abs(v) / peak) * 0.75;
+    line.append(el("span", { title: v.toFixed(4),
+                             style: `background:rgba(${v > 0 ? "10,123,52" : "179,38,30"},${a.toFixed(2)})` }, ch));
+  });
+  box.append(line, el("div", { class: "muted" }, e.method));
+  return box;
 }
 
 function jsonPanel(m) {
