@@ -102,6 +102,43 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def judged_pairs(prompts, first, second, s1, s2) -> list[dict]:
+    """(prompt, chosen, rejected): the sample the judge finds more positive is chosen; close calls are dropped."""
+    pairs = []
+    for p, t1, t2, x1, x2 in zip(prompts, first, second, s1, s2):
+        if abs(x1 - x2) >= 0.1 and t1.strip() and t2.strip() and t1 != t2:
+            chosen, rejected = (t1, t2) if x1 > x2 else (t2, t1)
+            pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+def dpo_and_sft(pairs: list[dict], out: Path, config) -> dict:
+    """DPO on the pairs and SFT on their chosen replies; config(name, train file, columns) -> the run's config.
+    Returns {name: (run, metrics, seconds)}."""
+    import luban
+
+    pairs_file = write_jsonl(out / "pairs.jsonl", pairs)
+    sft_file = write_jsonl(out / "chosen.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in pairs])
+    runs = {}
+    for name, train, columns in (("dpo", pairs_file, {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
+                                 ("sft_chosen", sft_file, {"prompt": "prompt", "response": "response"})):
+        t1 = time.perf_counter()
+        run = luban.train(config(name, train, columns), quiet=True)
+        runs[name] = (run, json.loads((run / "metrics.json").read_text(encoding="utf-8")),
+                      time.perf_counter() - t1)
+    return runs
+
+
+def run_figures(runs: dict) -> dict:
+    """The DPO run's held-out preference metrics (after, and the reference's before) and both runs' seconds."""
+    dpo_m = runs["dpo"][1]
+    return {"dpo_val": {k: round(dpo_m["validation"][k], 4) for k in ("reward_accuracy", "reward_margin",
+                                                                       "logp_accuracy", "preference_loss")},
+            "dpo_val_before": {k: round(dpo_m["baseline"]["validation"][k], 4) for k in ("logp_accuracy",
+                                                                                           "preference_loss")},
+            "dpo_seconds": round(runs["dpo"][2], 1), "sft_seconds": round(runs["sft_chosen"][2], 1)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True, help="ChnSentiCorp folder: train.tsv, dev.tsv, test.tsv")
@@ -115,6 +152,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=None, help="default 1e-4 (full, char GPT) / 2e-4 (LoRA, --base)")
     ap.add_argument("--judge-epochs", type=int, default=None)
+    ap.add_argument("--drift-texts", type=int, default=300, help="--base: real test reviews the drift loss reads")
     a = ap.parse_args()
     if a.base is not None:
         return main_real_base(a)
@@ -142,14 +180,8 @@ def main():
     first, second = sample(base, prompts, a.tokens, seed=1), sample(base, prompts, a.tokens, seed=2)
     s1 = positive(judge, [p + t for p, t in zip(prompts, first)])
     s2 = positive(judge, [p + t for p, t in zip(prompts, second)])
-    pairs = []
-    for p, t1, t2, x1, x2 in zip(prompts, first, second, s1, s2):
-        if abs(x1 - x2) >= 0.1 and t1.strip() and t2.strip() and t1 != t2:
-            chosen, rejected = (t1, t2) if x1 > x2 else (t2, t1)
-            pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected})
+    pairs = judged_pairs(prompts, first, second, s1, s2)
     pair_seconds = time.perf_counter() - t0
-    pairs_file = write_jsonl(out / "pairs.jsonl", pairs)
-    sft_file = write_jsonl(out / "chosen.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in pairs])
 
     common = {"task": "text_generation", "seed": 0,
               "preprocessing": {"tokenizer": {"max_length": 64}},
@@ -157,19 +189,17 @@ def main():
               "trainer": {"epochs": 3, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.0, "scheduler": "linear",
                           "warmup_ratio": 0.1},
               "generation": {"sample_tokens": 0}, "output": {"dir": str(out), "tensorboard": False}}
-    runs = {}
-    for name, train, columns in (("dpo", pairs_file, {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
-                                 ("sft_chosen", sft_file, {"prompt": "prompt", "response": "response"})):
+
+    def config(name, train, columns):
         cfg = json.loads(json.dumps(common))
         cfg["data"] = {"train": str(train), "columns": columns, "split": {"validation": 0.1, "test": 0.1}}
         cfg["output"]["name"] = name
-        t1 = time.perf_counter()
-        run = luban.train(cfg, quiet=True)
-        runs[name] = (run, json.loads((run / "metrics.json").read_text(encoding="utf-8")),
-                      time.perf_counter() - t1)
+        return cfg
+
+    runs = dpo_and_sft(pairs, out, config)
 
     eval_prompts = openings(reviews(data / "test.tsv"), a.eval_prompts, a.prefix)
-    real = reviews(data / "test.tsv")[:300]
+    real = reviews(data / "test.tsv")[:a.drift_texts]
     result = {}
     for name, model, hf in (("base", base, base_hf), ("sft_chosen", luban.load(runs["sft_chosen"][0]),
                                                        runs["sft_chosen"][0] / "model" / "hf"),
@@ -180,15 +210,10 @@ def main():
                         "positive_rate": round(sum(s > 0.5 for s in scores) / len(scores), 4),
                         "real_review_char_loss": round(char_loss(hf, real), 4),
                         "examples": [p + t for p, t in zip(eval_prompts[:3], texts[:3])]}
-    dpo_m = runs["dpo"][1]
     emit({"dataset": data.name, "judge_test_accuracy": round(judge_m["test"]["accuracy"], 4),
           "base_val_loss": round(lm_m["validation"]["loss"], 4), "base_train_seconds": round(lm_seconds, 1),
           "pairs": len(pairs), "pair_prompts": len(prompts), "pair_sampling_seconds": round(pair_seconds, 1),
-          "dpo_val": {k: round(dpo_m["validation"][k], 4) for k in ("reward_accuracy", "reward_margin",
-                                                                   "logp_accuracy", "preference_loss")},
-          "dpo_val_before": {k: round(dpo_m["baseline"]["validation"][k], 4) for k in ("logp_accuracy",
-                                                                                       "preference_loss")},
-          "dpo_seconds": round(runs["dpo"][2], 1), "sft_seconds": round(runs["sft_chosen"][2], 1),
+          **run_figures(runs),
           "eval_prompts": len(eval_prompts), **result,
           "total_seconds": round(time.perf_counter() - t_all, 1), "peak_rss_mb": peak_rss_mb()})
 
@@ -236,24 +261,12 @@ def main_real_base(a):
     chat_prompts = [INSTRUCTION + p for p in prompts]
     first, second = sample(base, chat_prompts, a.tokens, seed=1), sample(base, chat_prompts, a.tokens, seed=2)
     s1, s2 = positive(judge, first), positive(judge, second)
-    pairs = []
-    for p, t1, t2, x1, x2 in zip(chat_prompts, first, second, s1, s2):
-        if abs(x1 - x2) >= 0.1 and t1.strip() and t2.strip() and t1 != t2:
-            chosen, rejected = (t1, t2) if x1 > x2 else (t2, t1)
-            pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected})
+    pairs = judged_pairs(chat_prompts, first, second, s1, s2)
     pair_seconds = time.perf_counter() - t0
-    pairs_file = write_jsonl(out / "pairs.jsonl", pairs)
-    sft_file = write_jsonl(out / "chosen.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in pairs])
-    runs = {}
-    for name, train, columns in (("dpo", pairs_file, {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
-                                 ("sft_chosen", sft_file, {"prompt": "prompt", "response": "response"})):
-        t1 = time.perf_counter()
-        run = luban.train(config(name, train, columns), quiet=True)
-        runs[name] = (run, json.loads((run / "metrics.json").read_text(encoding="utf-8")),
-                      time.perf_counter() - t1)
+    runs = dpo_and_sft(pairs, out, config)
 
     eval_prompts = [INSTRUCTION + p for p in openings(reviews(data / "test.tsv"), a.eval_prompts, a.prefix)]
-    real = reviews(data / "test.tsv")[:300]
+    real = reviews(data / "test.tsv")[:a.drift_texts]
     result = {}
     for name, model, hf in (("base", base, base_hf),
                             ("sft_chosen", luban.load(runs["sft_chosen"][0]), runs["sft_chosen"][0] / "model" / "hf"),
@@ -264,16 +277,11 @@ def main_real_base(a):
                         "positive_rate": round(sum(s > 0.5 for s in scores) / len(scores), 4),
                         "real_review_token_loss": round(char_loss(hf, real), 4),
                         "examples": [{"prompt": p, "reply": t} for p, t in zip(eval_prompts[:3], texts[:3])]}
-    dpo_m = runs["dpo"][1]
     emit({"dataset": data.name, "base": a.base, "judge": judge_cfg,
           "judge_test_accuracy": round(judge_m["test"]["accuracy"], 4),
           "pairs": len(pairs), "pair_prompts": len(prompts), "pair_sampling_seconds": round(pair_seconds, 1),
-          "tokens": a.tokens, "epochs": a.epochs, "lr": lr, "finetune": "lora r16",
-          "dpo_val": {k: round(dpo_m["validation"][k], 4) for k in ("reward_accuracy", "reward_margin",
-                                                                   "logp_accuracy", "preference_loss")},
-          "dpo_val_before": {k: round(dpo_m["baseline"]["validation"][k], 4) for k in ("logp_accuracy",
-                                                                                       "preference_loss")},
-          "dpo_seconds": round(runs["dpo"][2], 1), "sft_seconds": round(runs["sft_chosen"][2], 1),
+          "tokens": a.tokens, "epochs": a.epochs, "lr": lr, "finetune": "lora r16", "drift_texts": len(real),
+          **run_figures(runs),
           "eval_prompts": len(eval_prompts), **result,
           "drift_dpo": round(result["dpo"]["real_review_token_loss"] - result["base"]["real_review_token_loss"], 4),
           "total_seconds": round(time.perf_counter() - t_all, 1), "peak_rss_mb": peak_rss_mb()})

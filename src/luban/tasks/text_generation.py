@@ -379,7 +379,8 @@ class TextGenerationTask(Task):
         if reads_layout(cfg):
             self.layout, self.columns, frames = layout_frames(cfg, read_frames(cfg))
             self.kind = "preference" if self.columns["chosen"] is not None else "sft"
-            if self.kind == "preference" and (cfg.model.type != "pretrained_lm" or cfg.model.finetune == "none"):
+            if self.kind == "preference" and (not cfg.model.pretrained
+                                            or getattr(cfg.model, "finetune", "none") == "none"):
                 raise ConfigError("model: the data holds preference pairs (chosen/rejected); preference training "
                                   "starts from a pretrained causal LM (model.type: pretrained_lm with finetune lora "
                                   "or full)")
