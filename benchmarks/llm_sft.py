@@ -124,6 +124,7 @@ def label_accuracy(p, rows: list[dict], instruction: str, labels: dict, batch: i
     """Constrained scoring: the label whose first token is likelier right after the chat prompt."""
     import torch
 
+    p = p.task_predictor  # its model, tokenizer and chat formatter
     first = {k: p.encoder.encode_text(v)[0] for k, v in labels.items()}
     assert len(set(first.values())) == len(first), "the labels must differ in their first token"
     keys = sorted(first)
@@ -167,7 +168,7 @@ def total_train_tokens(p, train_file: Path) -> int:
 
     frame = to_canonical(read_table(train_file, "jsonl", True, None, "auto", "utf-8"),
                          "alpaca" if "qwen" in train_file.name else "sharegpt")
-    return sum(len(p.formatter.encode_chat(m)[0]) for m in frame["messages"])
+    return sum(len(p.task_predictor.formatter.encode_chat(m)[0]) for m in frame["messages"])
 
 
 def run_pair(config: Path, model_path: str, files: dict, out: Path, name: str, a, evaluate) -> dict:

@@ -14,7 +14,7 @@ from conftest import assert_no_run, deep_update, write_jsonl
 
 import luban
 from luban.cli import main
-from luban.data.chat_formats import detect, to_canonical
+from luban.data.chat_formats import detect, resolve, to_canonical
 from luban.data.readers import LINE
 from luban.errors import DataError
 
@@ -47,6 +47,11 @@ def test_alpaca_and_sharegpt_rows_become_the_same_conversations():
     assert detect(["instruction", "input", "output"]) == "alpaca"
     assert detect(["conversations"]) == detect(["messages"]) == "sharegpt"
     assert detect(["prompt", "response"]) is None
+    roles = dict.fromkeys(("prompt", "response", "messages", "chosen", "rejected"))
+    layout, cols = resolve("auto", roles, frame([{"prompt": "q", "response": "a"}]))
+    assert (layout, cols["prompt"], cols["response"], cols["chosen"]) == ("columns", "prompt", "response", None)
+    with pytest.raises(DataError, match="cannot tell the data layout"):
+        resolve("auto", roles, frame([{"question": "q", "answer": "a"}]))
 
 
 @pytest.mark.parametrize("layout,row,message", [
