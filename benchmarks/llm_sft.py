@@ -14,7 +14,7 @@ prompts); "after" is the LoRA run. Sentiment accuracy is constrained scoring: th
 gives the higher probability after the chat prompt (the choice greedy decoding restricted to the two labels makes;
 the two labels differ in their first token — checked). BLEU is sacrebleu's corpus BLEU (tokenize zh) of greedy
 translations (the reply's first line). The sizes are small because this runs on a shared 2-core CPU: see the
-printed conditions. The from-scratch ChnSentiCorp figure (docs/benchmarks.md, TextCNN on 9,600 reviews) is printed
+printed conditions. The from-scratch ChnSentiCorp figure (docs/benchmarks.md, a char n-gram model on 9,600 reviews) is printed
 beside the LLM's for scale.
 """
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, peak_rss_mb, train_run, work_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FROM_SCRATCH_CHNSENTICORP = 0.943  # docs/benchmarks.md: luban's TextCNN trained from scratch on the full 9,600 reviews
+FROM_SCRATCH_CHNSENTICORP = 0.943  # docs/benchmarks.md: examples/chnsenticorp.yaml (char n-gram NBSVM) on all 9,600 reviews
 
 ZH_INSTRUCTION = "判断这条酒店评论的情感倾向，只回答“正面”或“负面”。"
 ZH_LABELS = {"1": "正面", "0": "负面"}

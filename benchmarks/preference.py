@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=None, help="default 1e-4 (full, char GPT) / 2e-4 (LoRA, --base)")
     ap.add_argument("--judge-epochs", type=int, default=None)
+    ap.add_argument("--judge-config", default=None, help="--base: the judge's example config (default: "
+                    "sst2_student_textcnn.yaml for SST-2, chnsenticorp.yaml otherwise)")
     ap.add_argument("--judge-limit", type=int, default=None, help="--base: the judge's training rows (first N)")
     ap.add_argument("--drift-texts", type=int, default=300, help="--base: real test reviews the drift loss reads")
     a = ap.parse_args()
@@ -226,7 +228,7 @@ def main_real_base(a):
 
     data, out = Path(a.data).resolve(), work_dir()
     t_all = time.perf_counter()
-    judge_cfg = "sst2_student_textcnn.yaml" if "sst2" in data.name else "chnsenticorp.yaml"
+    judge_cfg = a.judge_config or ("sst2_student_textcnn.yaml" if "sst2" in data.name else "chnsenticorp.yaml")
     judge_over = tsv_folder_overrides(data) + ([f"trainer.epochs={a.judge_epochs}"] if a.judge_epochs else []) \
         + ([f"data.train_limit={a.judge_limit}"] if a.judge_limit else [])
     judge_run, judge_m, _ = train_run(ROOT / "examples" / judge_cfg, judge_over, out=out, name="judge", quiet=True)
