@@ -161,30 +161,40 @@ def screenshot(page_url: str, question: str, out: Path, timeout: float = 600) ->
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def generate(a) -> dict:
+    gen = subprocess.run(luban_cmd() + ["generate", a.run, "--prompt", QUESTIONS[0], "--temperature", "0",
+                                        "--max-new-tokens", str(a.max_tokens)], capture_output=True, text=True)
+    if gen.returncode != 0:
+        sys.exit(f"luban generate failed: {gen.stderr[-2000:]}")
+    out = {"prompt": QUESTIONS[0], "text": gen.stdout.strip(), "stats": gen.stderr.strip()[-200:]}
+    print(json.dumps(out, ensure_ascii=False), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
     ap.add_argument("--screenshot", default=None, help="PNG path for the playground screenshot")
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--questions", type=int, default=len(QUESTIONS), help="how many of the questions to ask")
+    ap.add_argument("--no-generate", action="store_true", help="skip the `luban generate` check")
+    ap.add_argument("--request-timeout", default="1800", help="the server's per-request limit (slow CPUs)")
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    gen = subprocess.run(luban_cmd() + ["generate", a.run, "--prompt", QUESTIONS[0], "--temperature", "0",
-                                        "--max-new-tokens", str(a.max_tokens)], capture_output=True, text=True)
-    if gen.returncode != 0:
-        sys.exit(f"luban generate failed: {gen.stderr[-2000:]}")
-    result = {"generate": {"prompt": QUESTIONS[0], "text": gen.stdout.strip(), "stats": gen.stderr.strip()[-200:]}}
-    print(json.dumps(result["generate"], ensure_ascii=False), flush=True)
-
+    result = {}
+    if not a.no_generate:
+        result["generate"] = generate(a)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(luban_cmd() + ["serve", a.run, "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(luban_cmd() + ["serve", a.run, "--port", str(port), "--request-timeout",
+                                             str(a.request_timeout)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
-        wait_ready(url)
+        wait_ready(url, 1800)
         model = json.loads(urllib.request.urlopen(url + "/v1/models", timeout=30).read())["data"][0]["id"]
         answers = []
-        for q in QUESTIONS:
+        for q in QUESTIONS[: a.questions]:
             t1 = time.perf_counter()
             r = post(url + "/v1/chat/completions", {"model": model, "temperature": 0, "max_tokens": a.max_tokens,
                                                     "messages": [{"role": "user", "content": q}]})

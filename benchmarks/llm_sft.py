@@ -14,8 +14,8 @@ prompts); "after" is the LoRA run. Sentiment accuracy is constrained scoring: th
 gives the higher probability after the chat prompt (the choice greedy decoding restricted to the two labels makes;
 the two labels differ in their first token — checked). BLEU is sacrebleu's corpus BLEU (tokenize zh) of greedy
 translations (the reply's first line). The sizes are small because this runs on a shared 2-core CPU: see the
-printed conditions. The from-scratch ChnSentiCorp figure (docs/benchmarks.md, a char n-gram model on 9,600 reviews) is printed
-beside the LLM's for scale.
+printed conditions. The from-scratch ChnSentiCorp figure (docs/benchmarks.md, a char n-gram model on 9,600
+reviews) is printed beside the LLM's for scale.
 """
 
 import argparse
