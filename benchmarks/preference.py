@@ -254,8 +254,12 @@ def main_real_base(a):
         return cfg
 
     # the base as imported, as a luban run (its chat template, its predictor): real reviews as prompt/response rows
-    real_rows = [{"prompt": INSTRUCTION + opening(t, a.prefix), "response": t[len(opening(t, a.prefix)):].strip()}
-                 for t in train_texts[-200:] if len(t) > 30]
+    real_rows = []
+    for t in train_texts[-200:]:
+        op = opening(t, a.prefix)
+        rest = t[len(op):].strip() if t.startswith(op) else " ".join(t.split()[a.prefix:])
+        if rest:
+            real_rows.append({"prompt": INSTRUCTION + op, "response": rest})
     base_run = luban.train(config("base", write_jsonl(out / "base.jsonl", real_rows),
                                   {"prompt": "prompt", "response": "response"}, finetune="none")
                            | {"evaluation": {"baseline": False}}, quiet=True)
