@@ -155,6 +155,11 @@ class DataExtras(Section):
     image_root: Path | None = Field(None, description="folder that relative image paths start from "
                                     "(default: the listing file's folder)")
     skip_bad_files: bool = Field(False, description="skip unreadable images/audio with a count instead of failing")
+    formatting: Literal["auto", "columns", "alpaca", "sharegpt"] = Field(
+        "auto", description="text generation: the layout of instruction data. alpaca: instruction / input / output "
+        "(+ system, history); sharegpt: conversations of {from: human|gpt|system, value} (or OpenAI messages of "
+        "{role, content}); columns: the data.columns named; auto: those columns when any is named, else told by "
+        "the file's fields. Preference rows hold chosen / rejected.")
     label_pattern: str | None = Field(
         None, description="audio folders: a regex on each file name (no suffix) whose `label` group is the "
         "transcript or class, e.g. '^(?P<label>\\d+)_' for FSDD's {digit}_{speaker}_{index}.wav; default: the "
@@ -513,6 +518,10 @@ def _text_generation_checks(cfg) -> None:
     """The data mode the columns choose (corpus, SFT or preference) is complete, and preference training starts from
     a pretrained causal LM."""
     c, m = cfg.data.columns, cfg.model
+    if cfg.data.formatting in ("alpaca", "sharegpt") and any(
+            getattr(c, r) is not None for r in ("text", "prompt", "response", "messages", "chosen", "rejected")):
+        raise ValueError(f"data.formatting: {cfg.data.formatting} data has its own fields; do not name "
+                         "data.columns (text, prompt, response, messages, chosen, rejected) beside it")
     if c.chosen is not None or c.rejected is not None:
         if c.chosen is None or c.rejected is None:
             raise ValueError("data.columns: preference training needs both chosen and rejected")
@@ -632,7 +641,8 @@ TASKS: dict[str, TaskSpec] = {
                                  metrics=("mean_confidence", "class_entropy_ratio", "kid", "g_loss", "d_loss"),
                                  code="image_generation:ImageGenerationTask:ImageGenerationPredictor"),
     "text_generation": TaskSpec(("text", "prompt", "response", "messages", "chosen", "rejected", "id"),
-                                preprocessing=("tokenizer",), trainer=("steps_per_epoch", "preference"),
+                                data=("formatting",), preprocessing=("tokenizer",),
+                                trainer=("steps_per_epoch", "preference"),
                                 generation=_DECODING + ("sample_prompts", "sample_tokens"),
                                 metrics=("loss", "perplexity"), check=_text_generation_checks,
                                 code="text_generation:TextGenerationTask:TextGenerationPredictor"),

@@ -308,8 +308,8 @@ def resolve_pretrained(path: str, allow_download: bool, what: str) -> str:
     local = resolve(path, what)
     if local is not None:
         return local
-    if Path(path).is_dir():
-        return path
+    if Path(path).expanduser().is_dir():  # ~/.cache/luban/models/NAME in a config
+        return str(Path(path).expanduser())
     if Path(path).exists():
         raise ConfigError(f"{what}: {path} is a file; expected a model folder (config.json, weights, tokenizer)")
     if not allow_download:

@@ -36,6 +36,7 @@ from luban.capabilities import (Chats, DecodesTogether, Evaluates, Predicts, Sco
 from luban.config import GenerationSettings, RunConfig
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
+from luban.data.chat_formats import canonical_columns, resolve, to_canonical
 from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
 from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.readers import LINE, read_table, resolve_column
@@ -62,6 +63,31 @@ def data_mode(cfg: RunConfig) -> str:
     if c.chosen is not None:
         return "preference"
     return "sft" if c.messages is not None or c.prompt is not None else "corpus"
+
+
+SFT_ROLES = ("prompt", "response", "messages", "chosen", "rejected")
+
+
+def reads_layout(cfg: RunConfig) -> bool:
+    """The data is a table whose layout (Alpaca, ShareGPT, OpenAI messages, prompt/response) its fields tell, or
+    the one data.formatting names, rather than the columns data.columns names."""
+    d = cfg.data
+    if d.formatting in ("alpaca", "sharegpt"):
+        return True
+    named = any(getattr(d.columns, r) is not None for r in SFT_ROLES + ("text",))
+    return (d.formatting == "auto" and not named and d.builtin is None
+            and not is_corpus_path(Path(d.train), d.format, False))
+
+
+def layout_frames(cfg: RunConfig, frames: dict) -> tuple[str, dict, dict]:
+    """(layout, the column of each SFT role, the frames in luban's columns): Alpaca and ShareGPT rows become a
+    `messages` column (+ chosen/rejected text), luban.data.chat_formats."""
+    named = {r: None for r in SFT_ROLES}
+    layout, cols = resolve(cfg.data.formatting, named, frames["train"])
+    if layout != "columns":
+        frames = {s: to_canonical(f, layout) if f is not None else None for s, f in frames.items()}
+        cols = canonical_columns("chosen" in frames["train"].columns)
+    return layout, cols, frames
 
 
 def _read_docs(cfg: RunConfig, path: Path) -> list[Doc]:
@@ -403,9 +429,23 @@ class TextGenerationTask(Task):
         return True  # measured: bf16 autocast ~1.3-1.5x faster for small GPTs on AVX-512 BF16 CPUs
 
     def read_frames(self):
-        self.kind = data_mode(self.cfg)
+        cfg = self.cfg
+        self.layout, self.columns = "columns", {r: getattr(cfg.data.columns, r) for r in SFT_ROLES}
+        if reads_layout(cfg):
+            self.layout, self.columns, frames = layout_frames(cfg, read_frames(cfg))
+            self.kind = "preference" if self.columns["chosen"] is not None else "sft"
+            if self.kind == "preference" and (not cfg.model.pretrained
+                                            or getattr(cfg.model, "finetune", "none") == "none"):
+                raise ConfigError("model: the data holds preference pairs (chosen/rejected); preference training "
+                                  "starts from a pretrained causal LM (model.type: pretrained_lm with finetune lora "
+                                  "or full)")
+        else:
+            self.kind = data_mode(cfg)
+            frames = None
         self.sft, self.pref = self.kind != "corpus", self.kind == "preference"  # pref: sft's tables, paired
-        return read_frames(self.cfg) if self.sft else read_corpus_splits(self.cfg)
+        if frames is not None:
+            return frames
+        return read_frames(cfg) if self.sft else read_corpus_splits(cfg)
 
     def prepare(self, frames):
         cfg = self.cfg
@@ -440,12 +480,12 @@ class TextGenerationTask(Task):
     def _prepare_sft(self, frames):
         from luban.data.splits import make_splits
 
-        cfg, c = self.cfg, self.cfg.data.columns
+        cfg = self.cfg
         sp = cfg.data.split
         splits = make_splits(frames, sp.validation, sp.test, sp.seed if sp.seed is not None else cfg.seed, None)
         cols = {}
-        for role in ("prompt", "response", "messages", "chosen", "rejected"):
-            ref = getattr(c, role)
+        for role in SFT_ROLES:
+            ref = self.columns[role]
             cols[role] = resolve_column(splits["train"], ref, role) if ref is not None else None
         self.formatter.uses_chat = cols["messages"] is not None or self.formatter.template is not None
         texts, src = [], splits["train"].attrs.get("source", "data")
@@ -606,7 +646,7 @@ class TextGenerationTask(Task):
         self.encoder.tok.save_pretrained(str(folder / "hf"))
 
     def save(self, folder, model):
-        meta = {"mode": self.kind, "uses_chat": self.formatter.uses_chat,
+        meta = {"mode": self.kind, "uses_chat": self.formatter.uses_chat, "layout": getattr(self, "layout", "columns"),
                 "vocab_size": self.encoder.vocab_size, "block_size": self.block}
         processor.save(folder, self.cfg.task, tokenizer=self.encoder, model=meta)
 
@@ -808,8 +848,11 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
         frame = read_table(path, self.cfg.data.format, self.cfg.data.header, self.cfg.data.delimiter,
                            self.cfg.data.quoting, self.cfg.data.encoding_for(path))
         c = self.cfg.data.columns
-        cols = {r: resolve_column(frame, getattr(c, r), r) if getattr(c, r) is not None else None
-                for r in ("prompt", "response", "messages", "chosen", "rejected")}
+        cols = {r: getattr(c, r) for r in SFT_ROLES}
+        if self.meta.get("layout", "columns") != "columns" or reads_layout(self.cfg):
+            _, cols, frames = layout_frames(self.cfg, {"train": frame})
+            frame = frames["train"]
+        cols = {r: resolve_column(frame, v, r) if v is not None else None for r, v in cols.items()}
         if kind != "preference":
             examples = self.formatter.examples(frame, cols["prompt"], cols["response"], cols["messages"],
                                                block + 1)[0]
