@@ -20,6 +20,7 @@ from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
 from luban.training.engine import fit
 from luban.training.hardware import resolve_precision, select_device
+from luban.training.privacy import PrivateLossStep
 from luban.training.progress import stage
 
 
@@ -179,7 +180,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
                                      metric=cfg.trainer.early_stopping.metric)
         if slices is not None:
             metrics["slices"] = slices
-        if cfg.trainer.privacy is not None:  # the epsilon spent (luban.training.privacy.PrivateLossStep)
+        if isinstance(step, PrivateLossStep):  # trainer.privacy: the epsilon spent
             metrics["privacy"] = step.report()
         write_report(work / "report.html", cfg, metrics, result.history, task.report_sections(work, final))
         if not cfg.output.keep_checkpoints:  # the kept weights are in model/; a finished run is not resumed
