@@ -18,6 +18,8 @@ Scores are signed: positive pushed toward the class, negative away from it.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -146,18 +148,38 @@ def _ngram_exact(p, text: str, c: int) -> list[dict]:
 
 
 def _spread_ngrams(enc, text: str, ids: list[int], contrib) -> list[dict]:
-    """Each n-gram's contribution shared by the characters of its occurrences in the text: character tokens."""
-    names = enc.vectorizer.get_feature_names_out()
-    src = text.lower() if enc.lowercase and len(text.lower()) == len(text) else text
-    chars = np.zeros(len(text))
+    """Each feature's contribution shared by the n-gram occurrences in the text that map to it (the featurizer's own
+    n-grams, looked up with `feature_ids`), and each occurrence's share by the characters it covers: character
+    tokens whose scores sum to the features' total."""
+    per_id: dict[int, float] = {}
     for i, v in zip(ids, contrib):
-        if i >= len(names) or not v:
+        per_id[int(i)] = per_id.get(int(i), 0.0) + float(v)
+    src = text.lower() if enc.lowercase and len(text.lower()) == len(text) else text
+    units: list[tuple[str, list[int]]] = []  # (the unit as the featurizer sees it, the characters it covers)
+    if enc.analyzer == "char":  # runs of white space are one " " (as the featurizer's char analyzer)
+        for m in re.finditer(r"\s\s+|.", src, flags=re.S):
+            units.append((" " if len(m.group()) > 1 else m.group(), list(range(m.start(), m.end()))))
+    else:
+        at = 0
+        for tok in enc._tokens(src):
+            k = src.find(tok, at)
+            k = at if k < 0 else k
+            units.append((tok, list(range(k, min(k + len(tok), len(text))))))
+            at = k + len(tok)
+    lo, hi = enc.ngram_range
+    sep = "" if enc.analyzer == "char" else " "
+    grams = [(sep.join(u for u, _ in units[a:a + n]), [c for _, cs in units[a:a + n] for c in cs])
+             for n in range(lo, hi + 1) for a in range(len(units) - n + 1)]
+    fids = enc.feature_ids([g for g, _ in grams]) if grams else []
+    seen: dict[int, int] = {}
+    for f in fids:
+        if f is not None and f in per_id:
+            seen[f] = seen.get(f, 0) + 1
+    chars = np.zeros(len(text))
+    for (_, cs), f in zip(grams, fids):
+        if f is None or f not in per_id or not cs:
             continue
-        units = [names[i]] if enc.analyzer == "char" else names[i].split(" ")
-        for u in units:
-            at = [k for k in range(len(src)) if src.startswith(u, k)] if u else []
-            for k in at:
-                chars[k:k + len(u)] += v / (len(units) * len(at) * len(u))
+        chars[cs] += per_id[f] / (seen[f] * len(cs))
     return [{"text": ch, "start": k, "end": k + 1, "score": round(float(chars[k]), 6)}
             for k, ch in enumerate(text) if not ch.isspace()]
 
