@@ -178,7 +178,7 @@ def test_render_prints_every_default(tmp_path):
     assert out["preprocessing"]["tokenizer"]["type"] == "char"
     assert out["data"]["clean"]["drop_empty"] is True
     assert out["data"]["split"] == {"validation": 0.1, "test": 0.1, "stratify": True, "seed": None}
-    assert out["evaluation"] == {"baseline": True, "worst_examples": 20}
+    assert out["evaluation"] == {"baseline": True, "worst_examples": 20, "slices": [], "sensitive": None}
     assert out["output"]["name"] == "c"
     # every field of every section is present
     expected = set()
@@ -192,9 +192,11 @@ def test_render_prints_every_default(tmp_path):
                 walk(sub, prefix + name + ".")
 
     walk(TASK_CONFIGS["text_classification"], "")
-    # all but what cannot take effect: workers of a run that is not distributed, an MLflow experiment without MLflow
-    not_in_effect = {"search", "tracking.experiment"} | {f"trainer.distributed.{k}" for k in
-                                                        ("workers", "address", "cpus_per_worker", "use_gpu")}
+    # all but what cannot take effect: workers of a run that is not distributed, an MLflow experiment without MLflow,
+    # the momentum of an AdamW run, how to redact when nothing is redacted
+    not_in_effect = {"search", "tracking.experiment", "trainer.momentum", "data.clean.redact_style",
+                     "data.clean.redact_ner"} | {f"trainer.distributed.{k}" for k in
+                                                 ("workers", "address", "cpus_per_worker", "use_gpu")}
     assert expected - not_in_effect <= set(_all_keys(out))
     # and the rendered YAML validates back to the same config
     assert validate(out).model_dump() == load_config(path).model_dump()

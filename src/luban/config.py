@@ -1070,9 +1070,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return validate(tree, str(path))
 
 
-def _in_effect(tree: dict) -> dict:
+def _in_effect(tree: dict, model: type | None = None) -> dict:
     """Leave out the settings that cannot take effect given the others (the workers of a run that is not
-    distributed, the MLflow experiment without MLflow)."""
+    distributed, the MLflow experiment without MLflow, the tokenizer of a model that brings its own n-gram
+    featurizer, the momentum of an Adam run or the betas of an SGD one, how to redact when nothing is redacted)."""
+    pre = tree.get("preprocessing")
+    if model is not None and model.ngrams and isinstance(pre, dict):
+        pre.pop("tokenizer", None)  # the n-gram featurizer reads the model's own settings (data/ngrams.py)
+    trainer = tree.get("trainer")
+    if isinstance(trainer, dict) and "optimizer" in trainer:
+        if trainer["optimizer"] not in ("sgd", "rmsprop"):
+            trainer.pop("momentum", None)  # read by sgd and rmsprop only (training/optim.py)
+        if trainer["optimizer"] not in ("adam", "adamw"):
+            trainer.pop("betas", None)
+    clean = tree.get("data", {}).get("clean")
+    if isinstance(clean, dict) and clean.get("redact") == []:
+        clean.pop("redact_style", None)
+        clean.pop("redact_ner", None)
     dist = tree.get("trainer", {}).get("distributed")
     if isinstance(dist, dict) and dist.get("backend") == "none":
         tree["trainer"]["distributed"] = {"backend": "none"}
@@ -1086,7 +1100,8 @@ def _in_effect(tree: dict) -> dict:
 
 def render(cfg: RunConfig) -> str:
     """The settings the run uses, defaults filled in, as YAML (the task's own sections only)."""
-    return yaml.safe_dump(_in_effect(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(_in_effect(cfg.model_dump(mode="json"), type(cfg.model)), sort_keys=False,
+                          allow_unicode=True)
 
 
 def json_schema(task: str) -> dict:
