@@ -41,7 +41,7 @@ def lm_run(tmp_path_factory):
     return luban.train({"task": "text_generation", "seed": 1, "data": {"train": str(corpus)},
                         "output": {"dir": str(root / "runs"), "name": "lm", "tensorboard": False},
                         "evaluation": {"baseline": False}, "preprocessing": {"tokenizer": {"type": "char"}},
-                        "model": {"type": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32},
+                        "model": {"type": "gpt", "block_size": 512, "n_layer": 1, "n_head": 2, "n_embd": 32},
                         "trainer": {"epochs": 1, "steps_per_epoch": 5, "batch_size": 8, **quick},
                         "generation": {"sample_prompts": ["the"], "sample_tokens": 5, "max_new_tokens": 20}},
                        quiet=True)

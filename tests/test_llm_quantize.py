@@ -112,7 +112,7 @@ def test_compress_hf_folder_generates_and_serves(tiny_qwen, tmp_path):
     ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None,
                       pad_token_id=0)[0, len(ids):].tolist()
     mine = list(p.task_predictor.generator.events("the cat", max_new_tokens=6, do_sample=False))
-    assert [t for t, _, _ in mine if t is not None] == ref[:len([t for t, _, _ in mine if t is not None])]
+    assert [t for t, *_ in mine if t is not None] == ref[:len([t for t, *_ in mine if t is not None])]
     # served: the OpenAI completions route answers from the quantized run
     from fastapi.testclient import TestClient
 

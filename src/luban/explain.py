@@ -115,15 +115,16 @@ def explain_texts(p, texts: list[str], target: str | None = None, steps: int = I
 
 def _integrated_gradients(p, model, text: str, c: int, steps: int) -> list[dict]:
     attr = _captum()
-    ids, spans = token_spans(p.encoder, text)
     dev = next(model.parameters()).device
-    x = torch.as_tensor([ids], device=dev)
-    mask = torch.ones_like(x)
     weighted = hasattr(p.encoder, "encode_weighted")
     if weighted:  # a non-linear n-gram bag: its inputs are n-gram ids with weights
         ids_, w = p.encoder.encode_weighted([text])
         x = torch.as_tensor(ids_[0][None, :], device=dev)
         mask = torch.as_tensor(w[0][None, :], device=dev)
+    else:
+        ids, spans = token_spans(p.encoder, text)
+        x = torch.as_tensor([ids], device=dev)
+        mask = torch.ones_like(x)
 
     def forward(ids, mask):
         return torch.softmax(model(ids, mask).float(), -1)
