@@ -141,7 +141,8 @@ def test_pretrained_encoder_reads_each_word_at_its_first_subword(tiny_bert, tmp_
     rows = [{"tokens": ["good", "goods", "good"], "tags": ["B-X", "O", "B-X"]},
             {"tokens": ["goods", "good"], "tags": ["O", "B-X"]}] * 30
     train = write_jsonl(tmp_path / "t.jsonl", rows)
-    cfg = ner_config(tmp_path / "runs", "bert", train, trainer={"lr": 3e-3, "epochs": 6}, tagging={"crf": False})
+    cfg = ner_config(tmp_path / "runs", "bert", train, trainer={"lr": 3e-3, "epochs": 6, "early_stopping": {"patience": None}},
+                     tagging={"crf": False})  # all 6 epochs: early stopping is on by default now
     cfg["model"] = {"type": "pretrained", "path": str(tiny_bert)}
     run = luban.train(cfg, quiet=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
