@@ -114,7 +114,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not quiet:
             print(f"{cfg.task}: {cfg.model.type} model, {n_params:,} parameters ({n_trainable:,} trainable), "
-                  f"{device.type} {precision}, {torch.get_num_threads()} threads", flush=True)
+                  f"{device.type} {precision}, {_count(torch.get_num_threads(), 'thread')}", flush=True)
         keep_partial = True  # from here an interruption leaves checkpoints to resume from
         t_fit = time.perf_counter()
         setup_seconds += t_fit - t0 - prep_seconds  # the run directory, building the model
@@ -259,3 +259,7 @@ def closing_line(metrics: dict) -> str:
     unit = t.get("throughput_unit", "samples")
     speed = t.get(f"{unit}_per_second")
     return f"done in {duration(total)} ({text})" + (f"; {speed:,.0f} {unit}/s" if speed else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
