@@ -121,7 +121,7 @@ class RetrievalSet:
             ranks = m.pop("gold_ranks")
             top = scores.argmax(axis=1)
             order = sorted(range(len(ranks)), key=lambda i: -ranks[i])[:worst]
-            m["worst_examples"] = [{"query": self.queries[i], "gold": self.corpus[self.gold[i][0]][:300],
+            m["worst_queries"] = [{"query": self.queries[i], "gold": self.corpus[self.gold[i][0]][:300],
                                     "retrieved": self.corpus[int(top[i])][:300], "gold_rank": ranks[i] + 1}
                                    for i in order if ranks[i] > 0]
         return m
@@ -300,7 +300,7 @@ class TextEmbeddingTask(Task, _EmbeddingUser):
         body = "".join(f"<tr><td class=l>{html.escape(n)}</td>" +
                        "".join(f"<td>{m.get(k, float('nan')):.4f}</td>" for k in METRICS) + "</tr>"
                        for n, m in rows)
-        worst = final.get("test", {}).get("worst_examples") or []
+        worst = final.get("test", {}).get("worst_queries") or []
         ex = "".join(f"<tr><td class=l>{html.escape(e['query'])}</td><td class=l>{html.escape(e['gold'])}</td>"
                      f"<td class=l>{html.escape(e['retrieved'])}</td><td>{e['gold_rank']}</td></tr>" for e in worst)
         out = [f"<h2>Retrieval (test)</h2><table><tr><th class=l>model</th>{head}</tr>{body}</table>"]
