@@ -127,6 +127,19 @@ def run_model(model: nn.Module, batches: Batches, forward: Callable[[nn.Module, 
     return out if out is not None else torch.empty((0,))
 
 
+def logits_loss(logits: torch.Tensor, labels, label_smoothing: float = 0.0) -> float | None:
+    """The cross-entropy of a split's logits already computed for its metrics (rows labelled -100 left out): the
+    validation loss without a second forward pass over the split. None when no row has a label."""
+    import torch.nn.functional as F
+
+    if labels is None:
+        return None
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if logits.shape[0] == 0 or not bool((y != -100).any()):
+        return None
+    return float(F.cross_entropy(logits.float(), y, ignore_index=-100, label_smoothing=label_smoothing))
+
+
 def sample_rows(n: int, limit: int | None, seed: int = 0) -> list[int]:
     """Up to `limit` row indexes of a split of n rows: a seeded random sample (all rows when limit is None)."""
     if limit is None or limit >= n:

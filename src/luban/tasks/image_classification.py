@@ -27,7 +27,7 @@ from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
 from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
 from luban.models.registry import build_model
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, logits_loss, read_file, run_model,
                               sample_rows, split_labelled)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -484,8 +484,13 @@ class ImageClassificationTask(Task, _ImageModelUser):
 
     def evaluate(self, model, split, detailed=False):
         d = self.data[split]
-        probs = self.probabilities(model, d.eval)
-        m = _metrics_with_examples(probs, d, self.label_map.labels, self.cfg.evaluation.worst_examples)
+        logits = self.logits(model, d.eval)
+        m = _metrics_with_examples(torch.softmax(logits, dim=-1), d, self.label_map.labels,
+                                   self.cfg.evaluation.worst_examples)
+        # = self.loss over the evaluation crops (no mixup there): no second pass for val_loss
+        loss = logits_loss(logits, d.labels, self.cfg.trainer.label_smoothing)
+        if loss is not None:
+            m["loss"] = loss
         return m if detailed else scalars(m)
 
     def split_lines(self, split):

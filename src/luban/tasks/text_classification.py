@@ -23,7 +23,7 @@ from luban.errors import DataError
 from luban.evaluate.baselines import text_tfidf_lr
 from luban.evaluate.metrics import classification_with_worst, scalars
 from luban.models.registry import build_model
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, logits_loss, read_file, run_model,
                               sample_rows, split_labelled, to_device)
 from luban.training.progress import say
 
@@ -231,9 +231,13 @@ class TextClassificationTask(Task, _TextModelUser):
         return len(texts)
 
     def evaluate(self, model, split, detailed=False):
-        probs = self.probabilities(model, self.data[split])
-        m = _metrics_with_examples(probs, self.data[split], self.label_map.labels,
+        data = self.data[split]
+        logits = self.logits(model, data)
+        m = _metrics_with_examples(torch.softmax(logits, dim=-1), data, self.label_map.labels,
                                    self.cfg.evaluation.worst_examples)
+        loss = logits_loss(logits, data.labels)  # = self.loss over the split: no second pass for val_loss
+        if loss is not None:
+            m["loss"] = loss
         return m if detailed else scalars(m)
 
     def split_lines(self, split):
