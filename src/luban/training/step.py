@@ -103,9 +103,12 @@ class TrainStep:
 
 
 def mean_loss(model: nn.Module, batches, loss_fn: Callable) -> float:
-    """`loss_fn` averaged over `batches` (weighted by batch["size"])."""
+    """`loss_fn` averaged over `batches` (weighted by batch["size"]); a progress bar (log lines off a terminal) when
+    it runs for more than a second."""
+    from luban.training.progress import track
+
     total, n = 0.0, 0
-    for batch in batches:
+    for batch in track(batches, "validation loss", unit="batches", delay=1.0):
         bs = batch["size"]
         total += float(loss_fn(model, batch)) * bs
         n += bs
