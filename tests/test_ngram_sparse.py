@@ -101,7 +101,7 @@ def test_ngrams_are_scikit_learns():
     for analyzer, rng in (("char", (1, 4)), ("word", (1, 2))):
         f = NgramFeaturizer(analyzer, rng, "binary").fit(TEXTS, LABELS)
         cv = CountVectorizer(analyzer="char", ngram_range=rng) if analyzer == "char" else \
-            CountVectorizer(tokenizer=str.split, token_pattern=None, ngram_range=rng)
+            CountVectorizer(token_pattern=r"(?u)\w+|[^\w\s]", ngram_range=rng)  # words and punctuation marks
         cv.fit(TEXTS)
         vocab = list(cv.vocabulary_)
         assert len(f.weights) == len(vocab)
@@ -113,6 +113,37 @@ def test_ngrams_are_scikit_learns():
         for i in range(len(TEXTS)):
             want = sorted(ids[vocab.index(g)] for g in np.array(cv.get_feature_names_out())[x[i].indices])
             assert sorted(got[i].tolist()) == (want or [f.pad_id])
+
+
+def test_auto_picks_characters_for_chinese_and_words_for_english(tmp_path):
+    zh = NgramFeaturizer().fit(TEXTS[:4], LABELS[:4])
+    assert (zh.analyzer, zh.ngram_range) == ("char", (1, 4))
+    en_texts = ["A great film, really great!", "a dull, lifeless movie.", "great acting", "dull plot"]
+    en = NgramFeaturizer().fit(en_texts, [1, 0, 1, 0])
+    assert (en.analyzer, en.ngram_range) == ("word", (1, 3))
+    assert None not in en.feature_ids(["great", "great !", "dull ,", "lifeless movie ."])  # marks are words
+    # the resolved choice is what the run keeps: a reloaded featurizer encodes the same
+    en.save(tmp_path / "feat")
+    again = NgramFeaturizer.load(tmp_path / "feat")
+    assert (again.analyzer, again.ngram_range, again.words) == ("word", (1, 3), "match")
+    for a, b in zip(en.encode_weighted(en_texts)[0], again.encode_weighted(en_texts)[0]):
+        np.testing.assert_array_equal(a, b)
+    # an explicit choice wins
+    assert NgramFeaturizer("char", (2, 3)).fit(en_texts, [1, 0, 1, 0]).ngram_range == (2, 3)
+
+
+def test_a_run_saved_with_whitespace_words_keeps_them(tmp_path):
+    f = NgramFeaturizer("word", (1, 1), "binary").fit(["good film.", "bad film."], [1, 0])
+    f.save(tmp_path / "feat")
+    meta = tmp_path / "feat" / "ngrams.json"
+    import json
+
+    state = json.loads(meta.read_text())
+    del state["words"]  # as written before words were matched
+    meta.write_text(json.dumps(state))
+    old = NgramFeaturizer.load(tmp_path / "feat")
+    assert old.words == "split" and old._tokens("good film.") == ["good", "film."]
+    assert f._tokens("good film.") == ["good", "film", "."]
 
 
 def test_hash_buckets_bound_the_table(tmp_path):

@@ -26,6 +26,8 @@ from luban.processor import Processor
 
 META = "ngrams.json"
 CHUNK = 8192  # texts keyed at a time (bounds the n-gram arrays' memory)
+DEFAULT_RANGE = {"char": (1, 4), "word": (1, 3)}  # ngram_range when the config leaves it out
+_WORDS = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks, as the TF-IDF baseline's token_pattern
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's char analyzer
 _M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
@@ -74,9 +76,12 @@ def _ngram_keys(units: np.ndarray, lengths: np.ndarray, n_range: tuple[int, int]
 class NgramFeaturizer(Processor):
     kind = "ngram_bag"
 
-    def __init__(self, analyzer="char", ngram_range=(1, 4), weighting="nb", min_df=1, lowercase=True,
+    def __init__(self, analyzer="auto", ngram_range=None, weighting="nb", min_df=1, lowercase=True,
                  nb_alpha=1.0, max_features=None, hash_buckets=0):
-        self.analyzer, self.ngram_range, self.weighting = analyzer, tuple(ngram_range), weighting
+        # analyzer "auto" / ngram_range None are decided by fit from the training texts (state() saves the choice)
+        self.analyzer, self.weighting = analyzer, weighting
+        self.ngram_range = tuple(ngram_range) if ngram_range is not None else None
+        self.words = "match"  # word analyzer: words and punctuation marks as the baseline's (_WORDS); "split": legacy
         self.min_df, self.lowercase, self.nb_alpha = min_df, lowercase, nb_alpha
         self.max_features, self.hash_buckets = max_features, hash_buckets
         self.keys: np.ndarray | None = None  # the vocabulary: sorted n-gram keys (None when hashed)
@@ -100,7 +105,9 @@ class NgramFeaturizer(Processor):
 
             jieba.setLogLevel(60)
             return [w for w in jieba.lcut(text) if not w.isspace()]
-        return text.split()
+        if self.words == "split":  # a run saved before words were matched (its n-grams are of whitespace tokens)
+            return text.split()
+        return _WORDS.findall(text)
 
     def _units(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """One uint64 per character (char analyzer) or per word (its hash), texts back to back, and their lengths."""
@@ -219,8 +226,19 @@ class NgramFeaturizer(Processor):
         self.fit_encode(texts, labels)
         return self
 
+    def resolve(self, texts: list[str]) -> None:
+        """analyzer "auto": characters for scripts written without spaces, words otherwise; ngram_range None:
+        1-4 for characters, 1-3 for words (measured on ChnSentiCorp and SST-2, docs/benchmarks.md)."""
+        if self.analyzer == "auto":
+            from luban.data.scripts import text_analyzer
+
+            self.analyzer = text_analyzer(texts)
+        if self.ngram_range is None:
+            self.ngram_range = DEFAULT_RANGE["char" if self.analyzer == "char" else "word"]
+
     def fit_encode(self, texts: list[str], labels: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Fit on the training texts and return their encoding."""
+        self.resolve(texts)
         if not self.hash_buckets:
             self._fit_vocabulary(texts)
         x = self._counts(texts)
@@ -263,7 +281,8 @@ class NgramFeaturizer(Processor):
     def state(self) -> dict:
         return {"type": self.kind, "analyzer": self.analyzer, "ngram_range": list(self.ngram_range),
                 "weighting": self.weighting, "min_df": self.min_df, "lowercase": self.lowercase,
-                "nb_alpha": self.nb_alpha, "max_features": self.max_features, "hash_buckets": self.hash_buckets}
+                "nb_alpha": self.nb_alpha, "max_features": self.max_features, "hash_buckets": self.hash_buckets,
+                "words": self.words}
 
     def save_assets(self, folder: Path, name: str) -> list[str]:
         """The n-gram keys and weights into folder/name/ (their paths under folder)."""
@@ -293,6 +312,7 @@ class NgramFeaturizer(Processor):
         folder = folder / name
         f = cls(meta["analyzer"], meta["ngram_range"], meta["weighting"], meta["min_df"], meta["lowercase"],
                 meta["nb_alpha"], meta.get("max_features"), meta.get("hash_buckets", 0))
+        f.words = meta.get("words", "split")
         try:
             weights = np.load(folder / "ngram_weights.npy", allow_pickle=False)
             if not f.hash_buckets and (folder / "ngram_keys.npy").is_file():

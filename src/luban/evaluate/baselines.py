@@ -6,27 +6,8 @@ import time
 
 import numpy as np
 
+from luban.data.scripts import text_analyzer
 from luban.evaluate.metrics import classification_metrics, regression_metrics, scalars
-
-
-def _unspaced(ch: str) -> bool:
-    """A character of a script written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar)."""
-    o = ord(ch)
-    return (0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF
-            or 0x20000 <= o <= 0x2FA1F or 0x0E00 <= o <= 0x0EFF or 0x1000 <= o <= 0x109F or 0x1780 <= o <= 0x17FF)
-
-
-def text_analyzer(texts, sample: int = 2000) -> str:
-    """"word" when the training texts are in a language written with spaces between words (most letters of a
-    sample outside the unspaced scripts), else "char" (Chinese, Japanese, Thai, ...: characters are the units)."""
-    letters = unspaced = 0
-    step = max(1, len(texts) // sample)
-    for t in list(texts)[::step][:sample]:
-        for ch in str(t):
-            if ch.isalpha():
-                letters += 1
-                unspaced += _unspaced(ch)
-    return "char" if letters and unspaced / letters >= 0.3 else "word"
 
 
 def text_tfidf_lr(train_texts, train_y, eval_sets: dict, labels: list[str], seed: int) -> dict:

@@ -19,9 +19,12 @@ class NgramBagConfig(ModelSection):
     # its ops are small gathers and sorts of one batch's n-grams: a second intra-op thread measured 18x slower on a
     # shared 2-core machine (179 vs 3,248 samples/s on SST-2), so it trains on one unless trainer.num_threads says
     default_threads: ClassVar[int | None] = 1
-    analyzer: Literal["char", "word", "jieba"] = Field("char", description="n-grams of characters, "
-                                                      "whitespace words or jieba words")
-    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] = (1, 4)
+    analyzer: Literal["auto", "char", "word", "jieba"] = Field(
+        "auto", description="n-grams of characters, whitespace words or jieba words; auto: characters for "
+        "Chinese, Japanese, Thai and other scripts written without spaces, words otherwise (from the training "
+        "texts, as the TF-IDF baseline decides)")
+    ngram_range: tuple[Annotated[int, Field(gt=0, le=8)], Annotated[int, Field(gt=0, le=8)]] | None = Field(
+        None, description="[min, max] n-gram length; null: 1-4 for characters, 1-3 for words")
     weighting: Literal["nb", "tfidf", "binary"] = Field("nb", description="nb: Naive-Bayes log-count ratio")
     min_df: int = Field(1, ge=1, description="drop n-grams seen in fewer training texts")
     lowercase: bool = True
@@ -35,6 +38,6 @@ class NgramBagConfig(ModelSection):
 
     @model_validator(mode="after")
     def _range_ordered(self):
-        if self.ngram_range[0] > self.ngram_range[1]:
+        if self.ngram_range is not None and self.ngram_range[0] > self.ngram_range[1]:
             raise ValueError(f"ngram_range {list(self.ngram_range)}: the first must be <= the second")
         return self
