@@ -25,8 +25,10 @@ demo: install
 	@echo "                             then open http://127.0.0.1:8000/ (playground) or"
 	@echo "                             curl -s localhost:8000/v1/predict -H 'content-type: application/json' -d '{\"inputs\": [\"服务很好\"]}'"
 
+# the suite on every core (pytest-xdist; each test keeps one intra-op thread), a test file per worker so that a
+# file's module fixtures are built once (at most 4 workers: each holds its own torch)
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # the tests that start a local Ray cluster (Ray Train DDP, Ray Tune trials, Ray Data prediction): about 2 minutes
 test-slow: install
