@@ -60,9 +60,12 @@ class TaskPredictor:
         """The classes in the model's output order (classification, detection, conditional GANs), else None."""
         return None
 
-    def configs(self) -> list:
-        """The configs whose data settings read input files (`luban evaluate --set data.*` overrides them)."""
-        return [self.cfg]
+    def override_data(self, items: list[str], where: str) -> None:
+        """`--set data.*=...` on how input files are read (encoding, delimiter, ...): the run's config is replaced
+        by a validated copy with those settings (configs are frozen; luban.config.overridden)."""
+        from luban.config import overridden
+
+        self.cfg = overridden(self.cfg, items, where)
 
     # row-aligned file prediction (luban.lifecycle.predict_file): a predictor that defines
     # frame_inputs(frame) -> (inputs, column) has its input files streamed chunk by chunk; input_problem(x) says

@@ -128,13 +128,12 @@ class Predictor:
 
     def override_data(self, items: list[str], where: str) -> None:
         """`--set data.*=...` on how input files are read (encoding, delimiter, ...), for every config that reads
-        them (an ensemble's members too)."""
-        from luban.config import apply_overrides
+        them (an ensemble's members too): each is replaced by a validated copy (configs are frozen)."""
+        from luban.config import overridden
 
-        for cfg in [self.config, *(c for c in self.task_predictor.configs() if c is not self.config)]:
-            data = validate(apply_overrides(cfg.model_dump(mode="json"), items), where).data
-            for key in type(data).model_fields:
-                setattr(cfg.data, key, getattr(data, key))
+        same = self.config is self.task_predictor.cfg
+        self.task_predictor.override_data(items, where)
+        self.config = self.task_predictor.cfg if same else overridden(self.config, items, where)
 
     def embed(self, texts: list[str], kind: str = "query", batch_size: int | None = None, progress: bool = False):
         """Text embedding: a float32 array (len(texts), dim) of unit vectors; kind "query" or "passage" picks the

@@ -41,8 +41,10 @@ class EnsemblePredictor(TaskPredictor, Predicts, Evaluates):
     def read_inputs(self, path):
         return self.members[0].read_inputs(path)
 
-    def configs(self) -> list:
-        return [m.config for m in self.members]
+    def override_data(self, items: list[str], where: str) -> None:
+        for m in self.members:  # each member reads the files as it was trained to, with the same overrides
+            m.override_data(items, where)
+        self.cfg = self.members[0].config
 
     def class_labels(self):
         return self.members[0].task_predictor.class_labels()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import luban.processor as processor
 from luban.capabilities import Evaluates, Predicts, TaskPredictor
-from luban.config import RunConfig, updated
+from luban.config import RunConfig, overridden, updated
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
 from luban.data.cleaning import label_text, normalize_text
@@ -455,6 +455,10 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
                 self.impl.labels = LabelMap(saved["labels"])
                 n = len(self.impl.labels.labels)
             self.model = self.load_model(lambda: build_speech_model(cfg, n))
+
+    def override_data(self, items: list[str], where: str) -> None:
+        super().override_data(items, where)
+        self.impl.cfg = overridden(self.impl.cfg, items, where)  # the task's cleaning reads them too
 
     def export_spec(self) -> ExportSpec:
         return self.impl.export_spec()
