@@ -517,18 +517,22 @@ class TextGenerationTask(Task):
 
     # model -----------------------------------------------------------------------------------------------
     def build_model(self):
-        cfg, m = self.cfg, self.cfg.model
+        cfg = self.cfg
         self.base_metrics = None
-        if not m.pretrained:
+        if not cfg.model.pretrained:
             return build_gpt(cfg, self.encoder.vocab_size)
-        from luban.models.causal_lm import CausalLM, add_lora, load_hf_causal_lm
+        model = build_model(cfg.model, cfg.task, source=self.source, vocab_size=len(self.encoder.tok),
+                            device=self.device, as_loaded=self._measure_as_loaded)
+        if self.pref:
+            disable_dropout(model)
+        return model
 
-        hf = load_hf_causal_lm(self.source, m.allow_download, m.trust_remote_code, m.base_dtype)
-        if len(self.encoder.tok) > hf.get_input_embeddings().num_embeddings:
-            hf.resize_token_embeddings(len(self.encoder.tok))
-        model = CausalLM(hf).to(self.device)
+    def _measure_as_loaded(self, model) -> None:
+        """The pretrained model before fine-tuning: its context window; under preference training the frozen
+        reference's log-probabilities (once, before training), else the baseline fine-tuning has to beat."""
+        cfg = self.cfg
         self.block = context_length(cfg, model)
-        if self.pref:  # the model as loaded is the frozen reference: its log-probabilities once, before training
+        if self.pref:
             from luban.training.hardware import autocast
 
             with autocast(self.device, getattr(self, "precision", "fp32")):
@@ -539,17 +543,6 @@ class TextGenerationTask(Task):
                                  for s in ("validation", "test")}
         elif cfg.evaluation.baseline:  # the pretrained model as is: what fine-tuning has to beat
             self.base_metrics = {s: self._loss(model, s) for s in ("validation", "test")}
-        if m.finetune == "lora":
-            model = CausalLM(add_lora(hf, m.lora))
-        elif m.finetune == "none":
-            model.requires_grad_(False)
-        if self.pref:
-            disable_dropout(model)
-        if m.gradient_checkpointing:
-            hf.gradient_checkpointing_enable()
-            if m.finetune == "lora":
-                hf.enable_input_require_grads()
-        return model
 
     @property
     def throughput_unit(self):
