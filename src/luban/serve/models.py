@@ -45,7 +45,7 @@ class ServedModel:
         self.name, self.run_dir, self.predictor = name, Path(run_dir), predictor
         self.settings, self.metrics = settings, metrics
         self.caps = predictor.capabilities()  # what /v1/models says; routes check the capabilities themselves
-        # an encoder served without a run (luban.predictor.EncoderModel) has no metrics.json: its folder's time
+        # an encoder served without a run (luban.predictor.load_encoder_model) has no metrics.json: its folder's time
         stamp = self.run_dir / "metrics.json"
         self.created = int((stamp if stamp.exists() else self.run_dir).stat().st_mtime)
         try:

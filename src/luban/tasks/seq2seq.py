@@ -562,7 +562,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 
 class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evaluates, DecodesTogether):
     input_role = "source"  # the file column luban predict reads
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "translation"
 
     def __init__(self, cfg, folder, device):
@@ -580,7 +580,7 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
     def _sources(self, inputs) -> list[str]:
         return normalize_inputs(inputs, self.cfg.data.clean)
 
-    def predict(self, inputs, **knobs) -> list[dict]:
+    def predict_inputs(self, inputs, **knobs) -> list[dict]:
         """One output per source text: {"text", "tokens" (generated), "finish_reason" (eos, length or stop),
         "seconds" and "tokens_per_second" (of the whole call, shared by its rows)}. Knobs override the run's
         `generation:` settings (num_beams, max_new_tokens, do_sample, temperature, top_k, top_p, length_penalty,
@@ -645,7 +645,7 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
         col = resolve_column(frame, self.cfg.data.columns.source, "source")
         return column_texts(frame, col, path, self.cfg.data.clean)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame, rep = read_pairs(self.cfg, read_file(self.cfg, Path(path)), dedupe=False)
         if rep.dropped:
             say("cleaning " + rep.summary())

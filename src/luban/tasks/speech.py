@@ -435,7 +435,7 @@ def worst_utterances(data: AudioSet, refs: list[str], hyps: list[str], k: int, d
 
 
 class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
-    input_kind = "audio"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "audio"  # what the server sends predict(): see TaskPredictor.capabilities
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
@@ -483,7 +483,7 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
                 raise DataError(f"input {i + 1}: empty audio")
         return waves
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         if isinstance(inputs, (str, Path, np.ndarray, tuple)):
             inputs = [inputs]
         t0 = time.perf_counter()
@@ -522,7 +522,7 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
             return [str(path)]
         return list(read_audio_table(self.cfg, path, "text" if self.impl.asr else "label")["audio"])
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         role = "text" if self.impl.asr else "label"
         frame = self.impl._clean_targets(read_audio_table(self.cfg, Path(path), role))
         data = AudioSet(frame, self.cfg, self.impl.featurize, "evaluate")

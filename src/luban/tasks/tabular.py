@@ -433,7 +433,7 @@ class TabularTask(Task, _TabularModelUser):
 
 
 class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Explains):
-    input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "json"  # what the server sends predict(): see TaskPredictor.capabilities
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
@@ -454,7 +454,7 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Ex
     def _frame(self, inputs) -> pd.DataFrame:
         return self.pre.input_frame(inputs)
 
-    def predict(self, inputs, contributions: bool = False) -> list[dict]:
+    def predict_inputs(self, inputs, contributions: bool = False) -> list[dict]:
         """One dict per row: {"value"} (regression) or {"label", "score", "probabilities"}; with
         `contributions=True` (gbdt) also each row's feature contributions (see `contributions`)."""
         frame = self._frame(inputs)
@@ -502,7 +502,7 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Ex
     def parity_rows(self, path):
         return self.read_inputs(path)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame = self._frame(read_file(self.cfg, Path(path)))
         if self.label not in frame.columns:
             raise DataError(f"{path}: label column {self.label!r} not found")

@@ -680,7 +680,7 @@ def samples_section(history: list[dict], final: dict) -> str:
 
 
 class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, StreamsTokens, DecodesTogether, ScoresTokens):
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "text_generation"
     continues_prompt = True
 
@@ -774,7 +774,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
     def chat_tools(self) -> bool:
         return self.formatter.supports_tools
 
-    def predict(self, inputs, **knobs) -> list[dict]:
+    def predict_inputs(self, inputs, **knobs) -> list[dict]:
         """Each input: a prompt string, or {"messages": [...]} for a chat turn."""
         if isinstance(inputs, (str, dict)):
             inputs = [inputs]
@@ -827,7 +827,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
                 return [v if isinstance(v, str) else "" for v in frame[resolve_column(frame, ref, role)]]
         raise DataError(f"{path}: name the prompt column (data.columns.prompt)")
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns); for a
         preference-trained run, the preference metrics on chosen/rejected pairs (the rewards need the reference
         model, read again from model.path; without it, the metrics that do not)."""
