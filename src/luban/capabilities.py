@@ -287,9 +287,15 @@ class GeneratesText(ABC):
     def prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int | None:
         """Tokens the model reads for a prompt or a conversation (usage counts); None when it cannot say."""
 
+    def generation_defaults(self):
+        """The run's own decoding settings, its `generation:` section (the task's fields of
+        luban.config.GenerationSettings: max_new_tokens, do_sample, temperature, top_k, top_p, stop, seed, ...):
+        what a request that names none gets."""
+        return self.cfg.generation
+
     def default_max_new_tokens(self) -> int:
         """How many tokens a request that does not say generates at most: the run's generation.max_new_tokens."""
-        return self.cfg.generation.max_new_tokens
+        return self.generation_defaults().max_new_tokens
 
     def stream_events(self, prompt: str | None = None, messages: list[dict] | None = None, **knobs):
         """Step by step: dicts {"text", "token" (id or None), "finish_reason"}. Without per-token events
@@ -422,7 +428,8 @@ REFUSED: dict[str, tuple[type, str]] = {
     **dict.fromkeys(("predict", "predict_inputs", "read_inputs", "predict_file", "write_predictions"),
                     (Predicts, "predict")),
     **dict.fromkeys(("evaluate", "evaluate_file"), (Evaluates, "evaluate")),
-    **dict.fromkeys(("generate_text", "stream_text", "stream_events"), (GeneratesText, "generate text; use predict()")),
+    **dict.fromkeys(("generate_text", "stream_text", "stream_events", "generation_defaults"),
+                    (GeneratesText, "generate text; use predict()")),
     **dict.fromkeys(("chat", "stream_chat"), (Chats, "chat")),
     "stream_events_batch": (DecodesTogether, "decode requests together"),
     **dict.fromkeys(("score_prompt", "encode_prompt", "token_pieces"), (ScoresTokens, "score tokens")),

@@ -97,13 +97,14 @@ class ServedModel:
     def generation_defaults(self) -> dict:
         """The run's own decoding settings (its `generation:` section), what a request that names none gets; the
         playground's sliders start there. max_tokens is capped by the server's limit."""
-        g = getattr(self.predictor.config, "generation", None)
-        if g is None:
+        p = self.predictor
+        if not isinstance(p, GeneratesText):
             return {}
+        g = p.generation_defaults()
         greedy = g.do_sample is False or g.temperature == 0
         return {"temperature": 0.0 if greedy else g.temperature, "top_k": g.top_k or 0, "top_p": g.top_p or 1.0,
                 "repetition_penalty": g.repetition_penalty,
-                "max_tokens": min(self.predictor.default_max_new_tokens() or g.max_new_tokens, self.settings.max_tokens),
+                "max_tokens": min(p.default_max_new_tokens() or g.max_new_tokens, self.settings.max_tokens),
                 "max_tokens_limit": self.settings.max_tokens, "stop": list(g.stop), "seed": g.seed}
 
     def can(self, need: str) -> bool:
