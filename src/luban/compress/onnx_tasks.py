@@ -75,6 +75,11 @@ class OnnxPredictor(TaskPredictor, Predicts, Evaluates):
             self._full = cls(self.cfg, self.folder, select_device("cpu"), backend="onnx")
         return self._full
 
+    def override_data(self, items: list[str], where: str) -> None:
+        super().override_data(items, where)
+        if self._full is not None:  # the torch-side predictor built already reads files with the same settings
+            self._full.override_data(items, where)
+
     @property
     def model(self):
         """The export as a torch module (luban.compress.onnx_predictor.OrtModule), for distillation."""
