@@ -205,3 +205,19 @@ def test_token_classification_reads_list_cells_of_a_frame(tmp_path):
     df.at[5, "tags"] = "O"  # one tag for several tokens
     with pytest.raises(DataError, match=r"^train DataFrame row 5: field 'tags'"):
         luban.train(cfg, ["output.name=tags_bad"], data=df, quiet=True)
+
+
+def test_load_returns_the_task_predictor_itself(frame_run):
+    """luban.load gives the task's own predictor: its capabilities hold with isinstance on it, and it carries the
+    public API (luban.Predictor is its base)."""
+    from luban.capabilities import Evaluates, GeneratesText, Predicts, TaskPredictor
+    from luban.tasks.text_classification import TextClassificationPredictor
+
+    p = luban.load(frame_run)
+    assert type(p) is TextClassificationPredictor and isinstance(p, luban.Predictor)
+    assert luban.Predictor is TaskPredictor and p.task_predictor is p
+    assert isinstance(p, Predicts) and isinstance(p, Evaluates) and not isinstance(p, GeneratesText)
+    assert str(p.run_dir) == str(frame_run) and p.config is p.cfg and p.task == "text_classification"
+    with pytest.raises(LubanError, match="does not generate text"):
+        p.generate_text("hi")
+    assert p.default_max_new_tokens() is None and p.context_length() is None and not p.chat_tools()

@@ -9,7 +9,6 @@ import pytest
 from luban.capabilities import (CAPABILITIES, Chats, DecodesTogether, Embeds, Evaluates, Explains, GeneratesImages,
                                 GeneratesText, Predicts, Recommends, ScoresTokens, StreamsTokens, TaskPredictor)
 from luban.errors import LubanError
-from luban.predictor import Predictor
 from luban.config import TASKS
 from luban.tasks import task_classes
 
@@ -44,7 +43,7 @@ class _Classifier(TaskPredictor, Predicts):
     input_kind = "text"
     task = "text_classification"
 
-    def predict(self, inputs, top_k: int | None = None):
+    def predict_inputs(self, inputs, top_k: int | None = None):
         return [{"label": "a", "probabilities": {"a": 0.75, "b": 0.25}} for _ in inputs]
 
     def read_inputs(self, path):
@@ -67,11 +66,10 @@ class _Writer(TaskPredictor, GeneratesText):
         return len(prompt)
 
 
-def _facade(impl) -> Predictor:
-    p = Predictor.__new__(Predictor)
-    p.run_dir, p.backend, p.task_predictor = Path("runs/x"), "torch", impl
-    p.config = impl.cfg
-    return p
+def _facade(impl) -> TaskPredictor:
+    """What luban.load returns: the task predictor itself, its run and backend set."""
+    impl.run_dir, impl.backend = Path("runs/x"), "torch"
+    return impl
 
 
 class _Cfg:

@@ -396,6 +396,8 @@ def test_a_validated_config_is_frozen_and_updated_validates_a_copy(tmp_path):
         cfg.trainer.lr = 0.5
     with pytest.raises(ValidationError, match="frozen"):
         cfg.output.name = "other"
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.data.encoding = "gbk"  # data settings too: `luban evaluate --set data.*` makes a validated copy
     new = updated(cfg, {"trainer.lr": 0.5, "output.dir": tmp_path / "runs"})
     assert new.trainer.lr == 0.5 and new.output.dir == tmp_path / "runs" and new.output.name == "c"
     assert cfg.trainer.lr == 0.001  # the original is untouched

@@ -51,7 +51,7 @@ def test_exact_bag_contributions_sum_to_the_logit(zh_runs):
     text = "这个酒店非常好啊"
     e = p.explain([text])[0]
     impl = p.task_predictor
-    c = impl.labels.labels.index(e["label"])
+    c = impl.labels.index(e["label"])
     ids, w = impl.encoder.encode_weighted([text])
     with torch.no_grad():
         logit = impl.model(torch.as_tensor(ids[0])[None], torch.as_tensor(w[0])[None])[0, c] - impl.model.bias[c]

@@ -2,25 +2,16 @@
 grounded answers with citations (tiny hash encoder, tiny random chat model)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kb_fixtures import HashEncoder, base, kb_cli, kb_config, main  # skips without bm25s / faiss
 
-pytest.importorskip("bm25s")
-pytest.importorskip("faiss")
-
-sys.path.insert(0, str(Path(__file__).parent))
-from kb_helpers import HashEncoder  # noqa: E402
-
-from luban.cli import main  # noqa: E402
-from luban.errors import ConfigError, DataError, RunError  # noqa: E402
-from luban.kb import answer as kb_answer  # noqa: E402
-from luban.kb import base, cli as kb_cli  # noqa: E402
-from luban.kb.chunking import chunk  # noqa: E402
-from luban.kb.config import kb_config  # noqa: E402
-from luban.kb.readers import read  # noqa: E402
+from luban.errors import ConfigError, DataError, RunError
+from luban.kb import answer as kb_answer
+from luban.kb.chunking import chunk
+from luban.kb.readers import read
 
 FAQ = ("退货政策：收到商品七天内可以无理由退货。退货运费由买家承担；质量问题由卖家承担。\n"
        "发票：下单后可在订单页面申请电子发票，三个工作日内开出。\n"

@@ -2,22 +2,14 @@
 the refusal below the score) and `luban ask KB --model HF_FOLDER` (tiny random models, a tiny hash encoder)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from kb_fixtures import HashEncoder, base, kb_cli, kb_config, main  # skips without bm25s / faiss
 
-pytest.importorskip("bm25s")
-pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kb_helpers import HashEncoder  # noqa: E402
-
 import luban  # noqa: E402
-from luban.cli import main  # noqa: E402
-from luban.kb import base, cli as kb_cli  # noqa: E402
-from luban.kb.config import kb_config  # noqa: E402
 
 DOC = ("退货政策：收到商品七天内可以无理由退货。退货运费由买家承担。\n"
        "发票：下单后可在订单页面申请电子发票，三个工作日内开出。\n"

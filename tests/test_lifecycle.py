@@ -274,6 +274,12 @@ def test_ensemble_averages_member_probabilities(zh_data, out_dir):
     m = json.loads((ens / "metrics.json").read_text())
     assert 0 <= m["test"]["accuracy"] <= 1 and len(m["members"]) == 2
     assert luban.load(ens).evaluate(zh_data["test"])["accuracy"] == pytest.approx(m["test"]["accuracy"])
+    # `luban evaluate ENS --set data.encoding=gbk`: every member reads the file through a validated copy
+    gbk = out_dir / "test_gbk.csv"
+    gbk.write_bytes(zh_data["test"].read_text(encoding="utf-8").encode("gbk"))
+    p = luban.load(ens)
+    p.override_data(["data.encoding=gbk"], "ens with --set")
+    assert p.evaluate(gbk)["accuracy"] == pytest.approx(m["test"]["accuracy"])
 
 
 def test_cli_tune_cv_and_ensemble(zh_data, out_dir, tmp_path, capsys):

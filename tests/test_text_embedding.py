@@ -14,7 +14,7 @@ from conftest import EN_ADVERBS, EN_NOUNS, assert_run_layout
 
 from luban.cli import main
 from luban.embedding import load_encoder
-from luban.evaluate.retrieval import retrieval_metrics, rrf
+from luban.evaluate.retrieval import fuse_ranks, retrieval_metrics, rrf
 from luban.tasks.text_embedding import contrastive_loss
 
 
@@ -84,6 +84,8 @@ def test_retrieval_metrics_and_fusion():
     assert m["recall_at_10"] == 1.0
     fused = rrf(scores, scores[:, ::-1].copy())
     assert fused.shape == scores.shape and np.allclose(fused[0, 0], 1 / 61 + 1 / 63)
+    # the one fusion: ranked id lists (the knowledge base's hybrid search fuses its two hit lists with it)
+    assert fuse_ranks(["a", "b"], ["b", "c"]) == pytest.approx({"a": 1 / 61, "b": 1 / 62 + 1 / 61, "c": 1 / 62})
 
 
 def test_training_improves_retrieval_and_keeps_its_baselines(trained):

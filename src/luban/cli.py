@@ -128,7 +128,7 @@ def _cmd_generate(a):
     from luban.predictor import load
 
     p = load(runs_for([a.run])[0])
-    continues = isinstance(p.task_predictor, GeneratesText) and p.task_predictor.continues_prompt
+    continues = isinstance(p, GeneratesText) and p.continues_prompt
     knobs = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
              "repetition_penalty": a.repetition_penalty, "num_beams": a.num_beams,
              "length_penalty": a.length_penalty, "seed": a.seed, "stop": a.stop or None}

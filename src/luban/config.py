@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+from pydantic import (BaseModel, Field, ValidationError, create_model, field_validator,
                       model_validator)
 
 from luban.config_base import ColumnRef, Section, TokenizerConfig
@@ -108,10 +108,6 @@ class SplitConfig(Section):
 class DataConfig(Section):
     """Where the data comes from and how its files read: shared by every task (each task's config adds its own
     columns and settings, see TASKS)."""
-
-    # not frozen: `luban evaluate RUN --set data.encoding=...` sets a loaded run's data settings in place
-    # (cli._cmd_evaluate), which its predictor reads
-    model_config = ConfigDict(Section.model_config, frozen=False)
 
     builtin: str | None = Field(None, description="a built-in dataset name (see `luban datasets list`)")
     train: Path | None = None
@@ -1039,6 +1035,11 @@ def updated(cfg: RunConfig, changes: dict[str, Any], source: str = "") -> RunCon
     for dotted, value in changes.items():
         _set_path(tree, dotted, value.as_posix() if isinstance(value, Path) else value)
     return validate(tree, source)
+
+
+def overridden(cfg: RunConfig, items: list[str], source: str = "") -> RunConfig:
+    """A copy of the (frozen) config with `--set a.b=v` items applied (YAML values), validated again."""
+    return validate(apply_overrides(cfg.model_dump(mode="json"), items), source)
 
 
 def _resolve_paths(tree: dict, folder: Path) -> None:

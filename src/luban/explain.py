@@ -91,7 +91,7 @@ def explain_texts(p, texts: list[str], target: str | None = None, steps: int = I
     from luban.data.cleaning import normalize_inputs
 
     texts = normalize_inputs(texts, p.cfg.data.clean)
-    labels = p.labels.labels
+    labels = p.label_map.labels
     if target is not None and target not in labels:
         from luban.errors import DataError
 
@@ -245,7 +245,7 @@ def explain_images(p, images, target: str | None = None, steps: int = IG_STEPS) 
     u8 = p._working(list(images), [str(n) for n in names])
     model = p.model
     model.eval()
-    labels = p.labels.labels
+    labels = p.label_map.labels
     out = []
     for i, pred in enumerate(preds):
         c = labels.index(target if target is not None else pred["label"])

@@ -102,7 +102,7 @@ def distill_run(student, teacher_run, temperature: float = 2.0, alpha: float = 0
         teacher_task.add_unlabeled(transfer)
         scfg = updated(scfg, {"evaluation.baseline": False})  # the classical baseline cannot train on unlabeled rows
     with torch.no_grad():
-        soft = teacher_task.split_logits(tpred.task_predictor.model, "train")
+        soft = teacher_task.split_logits(tpred.model, "train")
     info = {"method": "distill", "teacher_run": str(teacher), "teacher_backend": tpred.backend,
             "temperature": temperature, "alpha": alpha, "teacher_model": tcfg.model.type,
             "teacher_test": scalars(tmetrics["test"]),

@@ -373,7 +373,7 @@ def load_torch(run: Path):
     """The run's task predictor on PyTorch (CPU): what the Hugging Face and vector exports read."""
     from luban.predictor import load
 
-    return load(run, device="cpu", backend="torch").task_predictor
+    return load(run, device="cpu", backend="torch")
 
 
 def _export_hf(impl, check=None) -> bool:

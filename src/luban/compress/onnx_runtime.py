@@ -143,7 +143,7 @@ def light_predictor(run_dir: Path, cfg, device: str = "auto", backend: str = "au
         return None
     module, name = target.split(":")
     cls = getattr(importlib.import_module(module), name)
-    if not cls.supports(cfg, model_dir) or choose_backend(run_dir, cls, backend) != "onnx":
+    if not cls.runs_without_torch(cfg, model_dir) or choose_backend(run_dir, cls, backend) != "onnx":
         return None
     threads = _session_threads or cfg.trainer.num_threads or os.cpu_count() or 1
     try:

@@ -48,14 +48,14 @@ class OnnxPredictor(TaskPredictor, Predicts, Evaluates):
         super().__init__(cfg, Path(folder), "cpu", backend="onnx")
         self.session = session
         self.graph_inputs = {i.name for i in session.get_inputs()}
-        self.labels: list[str] | None = None  # the classes in output order, set by a classifier
+        self.class_names: list[str] | None = None  # the classes in output order, set by a classifier
         self._full = None
 
     def class_labels(self) -> list[str] | None:
-        return self.labels
+        return self.class_names
 
     @classmethod
-    def supports(cls, cfg, folder: Path) -> bool:
+    def runs_without_torch(cls, cfg, folder: Path) -> bool:
         """Whether this run's model and preprocessing can be served without torch."""
         return True
 
@@ -75,13 +75,18 @@ class OnnxPredictor(TaskPredictor, Predicts, Evaluates):
             self._full = cls(self.cfg, self.folder, select_device("cpu"), backend="onnx")
         return self._full
 
+    def override_data(self, items: list[str], where: str) -> None:
+        super().override_data(items, where)
+        if self._full is not None:  # the torch-side predictor built already reads files with the same settings
+            self._full.override_data(items, where)
+
     @property
     def model(self):
         """The export as a torch module (luban.compress.onnx_predictor.OrtModule), for distillation."""
         return self.full().model
 
-    def evaluate(self, path):
-        return self.full().evaluate(path)
+    def evaluate_file(self, path):
+        return self.full().evaluate_file(path)
 
     def read_inputs(self, path):
         return self.full().read_inputs(path)
@@ -114,7 +119,7 @@ class TextClassificationOnnx(OnnxPredictor):
     input_kind = "text"
 
     @classmethod
-    def supports(cls, cfg, folder):
+    def runs_without_torch(cls, cfg, folder):
         # a pretrained model's tokenizer runs without transformers (and so without torch) from its tokenizer.json
         return cfg.model.type != "pretrained" or (Path(folder) / "tokenizer" / "tokenizer.json").is_file()
 
@@ -122,7 +127,7 @@ class TextClassificationOnnx(OnnxPredictor):
         super().__init__(cfg, folder, session)
         saved = processor.load(self.folder)
         meta = saved["model"]
-        self.labels = read_labels(saved)
+        self.class_names = read_labels(saved)
         self.pad_id = meta["pad_id"]
         if cfg.model.type == "pretrained":
             max_length = saved["tokenizer"]["config"]["max_length"]
@@ -153,7 +158,7 @@ class TextClassificationOnnx(OnnxPredictor):
 
         ids, weights = self._features(texts)
         tr = self.cfg.trainer
-        out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        out = np.empty((len(ids), len(self.class_names)), dtype=np.float32)
         for idx in inference_batches([len(s) for s in ids], tr.eval_batch_size or tr.batch_size * 2):
             width = max(len(ids[i]) for i in idx)
             batch = np.full((len(idx), width), self.pad_id, dtype=np.int64)
@@ -164,11 +169,11 @@ class TextClassificationOnnx(OnnxPredictor):
             out[idx] = self.run(ids=batch, mask=mask)
         return softmax(out)
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         texts = normalize_inputs(inputs, self.cfg.data.clean)
         if not texts:
             return []
-        return [ranked(row, self.labels, top_k) for row in self.probabilities(texts).tolist()]
+        return [ranked(row, self.class_names, top_k) for row in self.probabilities(texts).tolist()]
 
 
 # ------------------------------------------------------------------------------------------------------- tabular
@@ -185,19 +190,19 @@ class TabularOnnx(OnnxPredictor):
         meta = saved["preprocessing"]
         self.pre = TabularPreprocessor.from_state(meta["preprocessor"])
         self.y_center, self.y_scale = meta["y_center"], meta["y_scale"]
-        self.labels = None if self.regression else read_labels(saved)
+        self.class_names = None if self.regression else read_labels(saved)
 
     def frame_inputs(self, frame):
         return self.pre.input_frame(frame), None  # a row's bad cell is a DataError from predict, narrowed to the row
 
-    def predict(self, inputs) -> list[dict]:
+    def predict_inputs(self, inputs) -> list[dict]:
         num, cat = self.pre.arrays(self.pre.input_frame(inputs))
         bs = 1024  # as the task's predictor batches
         out = np.concatenate([self.run(numeric=num[i:i + bs], categorical=cat[i:i + bs])
                               for i in range(0, len(num), bs)]) if len(num) else np.empty((0, 1), np.float32)
         if self.regression:
             return [{"value": round(float(v), 6)} for v in (out[:, 0] * self.y_scale + self.y_center).tolist()]
-        labels = self.labels
+        labels = self.class_names
         return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
                  "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in softmax(out).tolist()]
 
@@ -211,7 +216,7 @@ class ImageClassificationOnnx(ImageInputs, OnnxPredictor):
         super().__init__(cfg, folder, session)
         saved = processor.load(self.folder)
         self.meta = saved["image"]
-        self.labels = read_labels(saved)
+        self.class_names = read_labels(saved)
         c = self.meta["in_channels"]
         mean, std = np.asarray(self.meta["mean"], np.float32), np.asarray(self.meta["std"], np.float32)
         if mean.size != c:  # e.g. grayscale images into a 3-channel backbone
@@ -234,7 +239,7 @@ class ImageClassificationOnnx(ImageInputs, OnnxPredictor):
             x = np.broadcast_to(x, (x.shape[0], self.mean.shape[1]) + x.shape[2:])
         return (x - self.mean) / self.std
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         from luban.data.images import load_one
 
         if not isinstance(inputs, (list, tuple)):
@@ -249,5 +254,5 @@ class ImageClassificationOnnx(ImageInputs, OnnxPredictor):
         tr = self.cfg.trainer
         bs = tr.eval_batch_size or tr.batch_size * 2
         logits = np.concatenate([self.run(pixels=self.pixels(crops[i:i + bs])) for i in range(0, len(crops), bs)])
-        return [{"image": name} | ranked(row, self.labels, top_k)
+        return [{"image": name} | ranked(row, self.class_names, top_k)
                 for name, row in zip(names, softmax(logits).tolist())]

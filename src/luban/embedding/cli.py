@@ -20,20 +20,18 @@ def _cmd_embed(a):
         output_kind(a.output)  # an unknown extension is refused before the model loads
     if a.kind not in KINDS:
         raise LubanError(f"--kind {a.kind}: choose {' or '.join(KINDS)}")
-    from luban.predictor import EncoderModel
+    from luban.predictor import load_encoder_model
 
-    model = EncoderModel(a.model, device=a.device, backend=a.backend, max_length=a.max_length)
+    model = load_encoder_model(a.model, device=a.device, backend=a.backend, max_length=a.max_length)
     if a.column is not None:
         from luban.config import updated
 
-        model.config = updated(model.config, {"data.columns.text": a.column})
-        model.task_predictor.cfg = model.config
+        model.cfg = updated(model.cfg, {"data.columns.text": a.column})
     if a.batch_size is not None:
         from luban.config import updated
 
-        model.config = updated(model.config, {"embedding.batch_size": a.batch_size})
-        model.task_predictor.cfg = model.config
-    enc = model.task_predictor.encoder()
+        model.cfg = updated(model.cfg, {"embedding.batch_size": a.batch_size})
+    enc = model.encoder()
     print(f"embed: {enc.name} ({enc.dim} dims, {enc.spec.pooling} pooling, {enc.backend}; {a.kind} prefix "
           f"{enc.spec.prefix(a.kind)!r})", file=sys.stderr)
     if a.text:

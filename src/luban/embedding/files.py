@@ -134,7 +134,7 @@ def embed_file(model, path: str | Path, output: str | Path, kind: str = "passage
 
     output_kind(output)
     summary = Summary(str(path))
-    writer = VectorWriter(Path(output), model.task_predictor.encoder().dim)
+    writer = VectorWriter(Path(output), model.encoder().dim)
     try:
         with stage(f"embed {Path(path).name}", unit="rows") as st:
             for rows in predict_rows(model, path, on_error, id_column, keep_columns, keep_input,
@@ -156,7 +156,7 @@ def embed_texts(model, texts: list[str], output: str | Path | None, kind: str = 
             print(json.dumps(r, ensure_ascii=False))
         sys.stdout.flush()
         return len(rows)
-    writer = VectorWriter(Path(output), model.task_predictor.encoder().dim)
+    writer = VectorWriter(Path(output), model.encoder().dim)
     try:
         writer.write(rows)
         writer.finish()

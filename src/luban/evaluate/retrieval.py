@@ -6,7 +6,9 @@ definitions): recall@1 with one gold passage is the share of queries whose first
 
     dense_scores(q_vecs, p_vecs)          cosine (the vectors are unit length)
     bm25_scores(passages, queries)        BM25 over jieba words / lowercased words (luban.kb.lexical)
-    rrf(score matrices, k=60)             reciprocal-rank fusion (hybrid): sum of 1 / (k + rank) over the rankers
+    fuse_ranks(ranked id lists, k=RRF_K)  reciprocal-rank fusion (hybrid): each id's sum of 1 / (k + rank) over the
+                                          rankings (luban.kb's hybrid search fuses its hit lists with it)
+    rrf(score matrices, k=RRF_K)          the same fusion of whole rankings, per query
     retrieval_metrics(scores, gold)       {"recall_at_1", "recall_at_10", "mrr", "ndcg_at_10", "queries", "passages"}
 """
 
@@ -30,18 +32,27 @@ def bm25_scores(passages: list[str], queries: list[str]) -> np.ndarray:
     return np.stack([index.scores(q) for q in queries]) if queries else np.zeros((0, len(passages)), np.float32)
 
 
-def ranks_of(scores: np.ndarray) -> np.ndarray:
-    """[q, n] 0-based rank of each passage in each query's ranking (best = 0; ties: the lower index first)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    rows = np.arange(scores.shape[0])[:, None]
-    ranks[rows, order] = np.arange(scores.shape[1])[None, :]
-    return ranks
+RRF_K = 60  # the reciprocal-rank fusion constant (Cormack et al. 2009)
 
 
-def rrf(*scores: np.ndarray, k: int = 60) -> np.ndarray:
-    """Reciprocal-rank fusion (Cormack et al. 2009) of several [q, n] score matrices."""
-    return sum(1.0 / (k + 1 + ranks_of(s)) for s in scores)
+def fuse_ranks(*rankings, k: int = RRF_K) -> dict:
+    """Reciprocal-rank fusion (Cormack et al. 2009): {id: sum over the rankings (lists of ids, best first) that
+    hold it of 1 / (k + rank)}, rank 1-based."""
+    fused: dict = {}
+    for ranking in rankings:
+        for rank, i in enumerate(ranking, start=1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def rrf(*scores: np.ndarray, k: int = RRF_K) -> np.ndarray:
+    """Reciprocal-rank fusion of several [q, n] score matrices: each query's rankings (ties: the lower index
+    first) fused by fuse_ranks."""
+    out = np.zeros(scores[0].shape, np.float64)
+    for row in range(out.shape[0]):
+        fused = fuse_ranks(*(np.argsort(-s[row], kind="stable").tolist() for s in scores), k=k)
+        out[row, list(fused)] = list(fused.values())
+    return out
 
 
 def retrieval_metrics(scores: np.ndarray, gold: list[list[int]], detailed: bool = False) -> dict:

@@ -128,10 +128,10 @@ class ChatModel:
             from luban.predictor import load
 
             p = load(ref, device=device)
-            if not isinstance(p.task_predictor, Chats):
+            if not isinstance(p, Chats):
                 raise ConfigError(f"--model {ref}: a {p.task} run does not chat; give a text_generation run or an "
                                   "HF causal-LM folder")
-            self.name, self._p = path.name, p.task_predictor
+            self.name, self._p = path.name, p
             return
         from luban.data.tokenizers import resolve_pretrained
 

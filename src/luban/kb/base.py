@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from luban.errors import ConfigError, DataError, RunError
+from luban.evaluate.retrieval import fuse_ranks
 
 FORMAT = 1
 META = "kb.json"
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 MODES = ("dense", "lexical", "hybrid")
 
 
@@ -135,7 +135,8 @@ class KnowledgeBase:
 
     def search(self, query: str, encoder=None, k: int = 5, mode: str = "hybrid") -> list[Hit]:
         """The k best chunks for a query. dense: cosine of the embeddings; lexical: BM25; hybrid: both lists
-        fused by reciprocal rank (score = sum of 1 / (60 + rank)), each hit keeping its cosine where known."""
+        fused by reciprocal rank (luban.evaluate.retrieval.fuse_ranks: score = sum of 1 / (RRF_K + rank)), each hit
+        keeping its cosine where known."""
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
         if not query or not query.strip():
@@ -152,11 +153,8 @@ class KnowledgeBase:
             return self.dense(q, k)
         depth = max(4 * k, 50)
         dense, lex = self.dense(q, depth), self.lexical(query, depth)
-        fused: dict[int, float] = {}
         cos = {h.id: h.cosine for h in dense}
-        for hits in (dense, lex):
-            for rank, h in enumerate(hits):
-                fused[h.id] = fused.get(h.id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        fused = fuse_ranks([h.id for h in dense], [h.id for h in lex])
         best = sorted(fused, key=lambda i: -fused[i])[:k]
         return [self._hit(i, fused[i], cos.get(i)) for i in best]
 

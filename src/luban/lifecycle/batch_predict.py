@@ -21,7 +21,7 @@ class _Scorer:
         from luban.predictor import load
 
         torch.set_num_threads(threads)  # the actor's share of the cores, not all of them
-        self.run = local_runner(load(run).task_predictor, kw)
+        self.run = local_runner(load(run), kw)
 
     def score(self, frame):
         return self.run(frame)

@@ -66,10 +66,10 @@ def create_ensemble(runs: list[str | Path], out: str | Path, weighting: str = "m
                               for d, m in zip(dirs, metrics, strict=True)]}
         test_file = evaluate_on or validate(read_yaml(dirs[0] / "config.yaml")).data.test
         if test_file is not None:
-            from luban.predictor import Predictor
+            from luban.predictor import load
 
-            members = [Predictor(d, "cpu") for d in member_dirs(work)]
-            result["test"] = EnsemblePredictor(work, members).evaluate(test_file)
+            members = [load(d, "cpu") for d in member_dirs(work)]
+            result["test"] = EnsemblePredictor(work, members).evaluate_file(test_file)
             result["test_data"] = str(test_file)
         (work / "metrics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
         return run.finish(kind="ensemble")

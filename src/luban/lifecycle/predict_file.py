@@ -199,7 +199,7 @@ def predict_rows(predictor, path: str | Path, on_error: str = "error-row", id_co
     `predictor`: a luban Predictor. `runner_map(frames)` -> (frame, (results, column)) pairs in order may
     replace the local predict loop (Ray actors)."""
     check_on_error(on_error)
-    impl = predictor.task_predictor
+    impl = predictor
     path = Path(path)
     cfg = predictor.config
     id_column = id_column if id_column is not None else getattr(cfg.data.columns, "id", None)

@@ -123,6 +123,28 @@ class CausalLM(nn.Module):
         self.merged().to(torch.float32).save_pretrained(str(folder))
 
 
+def build(cfg, *, source: str, vocab_size: int, device, as_loaded=None, **_) -> CausalLM:
+    """The registry's builder for PretrainedLMConfig (luban.models.causal_lm_config): the HF causal LM at `source`
+    (its base weights in cfg.base_dtype) on `device`, its embeddings grown to the tokenizer's `vocab_size`, made
+    ready to fine-tune: LoRA adapters (finetune: lora), frozen (none), gradient checkpointing. `as_loaded(model)`
+    sees the model as loaded, before any adapter (the task measures its reference and baseline there)."""
+    hf = load_hf_causal_lm(source, cfg.allow_download, cfg.trust_remote_code, cfg.base_dtype)
+    if vocab_size > hf.get_input_embeddings().num_embeddings:
+        hf.resize_token_embeddings(vocab_size)
+    model = CausalLM(hf).to(device)
+    if as_loaded is not None:
+        as_loaded(model)
+    if cfg.finetune == "lora":
+        model = CausalLM(add_lora(hf, cfg.lora))
+    elif cfg.finetune == "none":
+        model.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable()
+        if cfg.finetune == "lora":
+            hf.enable_input_require_grads()
+    return model
+
+
 def load_exported(folder: Path, device: torch.device) -> CausalLM:
     """Bring back what `CausalLM.export` wrote (offline), or what `luban compress --quantize int8-weight |
     int4-weight | bf16` wrote (luban.models.quantized_lm: luban_quant.json beside the weights)."""

@@ -18,7 +18,7 @@ class LoraConfig(Section):
         None, description="module names to adapt; default: PEFT's choice for the architecture, else all-linear")
 
 
-@register_model(tasks=("text_generation",), builder=None)
+@register_model(tasks=("text_generation",), builder="luban.models.causal_lm:build")
 class PretrainedLMConfig(ModelSection):
     """Any Hugging Face causal LM (AutoModelForCausalLM): full fine-tuning or LoRA adapters (PEFT)."""
 

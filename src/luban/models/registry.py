@@ -18,14 +18,14 @@ class ModelEntry:
     config: type
     tasks: tuple[str, ...]
     default_for: tuple[str, ...]
-    builder: str | dict[str, str] | None  # "module:function", or one per task; None: the task builds it
+    builder: str | dict[str, str]  # "module:function", or one per task
 
 
 _MODELS: dict[str, ModelEntry] = {}
 _loaded = False
 
 
-def register_model(*, tasks: tuple[str, ...], builder: str | dict[str, str] | None,
+def register_model(*, tasks: tuple[str, ...], builder: str | dict[str, str],
                    default_for: tuple[str, ...] = ()):
     """Class decorator: register a model config under its `type`."""
     def add(cls):
@@ -63,7 +63,5 @@ def build_model(cfg, task: str | None = None, **context):
     builder = models()[cfg.type].builder
     if isinstance(builder, dict):
         builder = builder[task]
-    if builder is None:
-        raise RuntimeError(f"model type {cfg.type!r} is built by its task, not through the registry")
     module, function = builder.split(":")
     return getattr(importlib.import_module(module), function)(cfg, **context)

@@ -160,3 +160,35 @@ def build_ctc(cfg, *, n_mels: int, n_out: int, **_) -> CTCModel:
 def build_classifier(cfg, *, n_mels: int, n_out: int, **_) -> AudioClassifier:
     """The registry's builder for AudioClassifierConfig (luban.models.speech_config)."""
     return AudioClassifier(n_mels, n_out, **_encoder_settings(cfg))
+
+
+class HFSpeech(nn.Module):
+    """A Hugging Face speech recognizer (AutoModelForCTC or AutoModelForSpeechSeq2Seq) as luban's module."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+def build_pretrained(cfg, *, source: str, seq2seq: bool, pad_token_id: int | None = None, **_) -> HFSpeech:
+    """The registry's builder for PretrainedSpeechConfig: the HF model at `source`, an encoder-decoder (Whisper) or
+    a CTC model (wav2vec2, HuBERT, ...: mean CTC loss, padding with the tokenizer's `pad_token_id`, its feature
+    encoder frozen with freeze_feature_encoder). Offline unless cfg.allow_download."""
+    from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq
+
+    from luban.errors import ConfigError
+
+    try:
+        if seq2seq:
+            model = AutoModelForSpeechSeq2Seq.from_pretrained(source, local_files_only=not cfg.allow_download,
+                                                              trust_remote_code=cfg.trust_remote_code)
+        else:
+            model = AutoModelForCTC.from_pretrained(source, local_files_only=not cfg.allow_download,
+                                                    trust_remote_code=cfg.trust_remote_code,
+                                                    ctc_loss_reduction="mean", ctc_zero_infinity=True,
+                                                    pad_token_id=pad_token_id)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path: cannot load a speech recognizer from {source}: {e}") from None
+    if not seq2seq and cfg.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+    return HFSpeech(model)

@@ -41,7 +41,7 @@ class AudioClassifierConfig(ModelSection):
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
-@register_model(tasks=("speech_recognition",), builder=None)
+@register_model(tasks=("speech_recognition",), builder="luban.models.speech:build_pretrained")
 class PretrainedSpeechConfig(ModelSection):
     """A Hugging Face speech model from a folder: CTC (wav2vec2, HuBERT, ...) or Whisper-style seq2seq."""
 

@@ -68,7 +68,7 @@ async def embeddings(req: EmbeddingRequest, reg: Registry = Depends(registry)):
     m = reg.model_for(req.model, "embed")
     s = reg.settings
     texts = _texts(req.input, s.max_inputs, s.max_text_chars)
-    dim = m.predictor.task_predictor.encoder().dim
+    dim = m.predictor.encoder().dim
     if req.dimensions is not None and req.dimensions > dim:
         raise bad_request(f"dimensions = {req.dimensions} is over the model's {dim}", "dimensions",
                           "invalid_dimensions")

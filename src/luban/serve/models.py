@@ -45,7 +45,7 @@ class ServedModel:
         self.name, self.run_dir, self.predictor = name, Path(run_dir), predictor
         self.settings, self.metrics = settings, metrics
         self.caps = predictor.capabilities()  # what /v1/models says; routes check the capabilities themselves
-        # an encoder served without a run (luban.predictor.EncoderModel) has no metrics.json: its folder's time
+        # an encoder served without a run (luban.predictor.load_encoder_model) has no metrics.json: its folder's time
         stamp = self.run_dir / "metrics.json"
         self.created = int((stamp if stamp.exists() else self.run_dir).stat().st_mtime)
         try:
@@ -97,13 +97,14 @@ class ServedModel:
     def generation_defaults(self) -> dict:
         """The run's own decoding settings (its `generation:` section), what a request that names none gets; the
         playground's sliders start there. max_tokens is capped by the server's limit."""
-        g = getattr(self.predictor.config, "generation", None)
-        if g is None:
+        p = self.predictor
+        if not isinstance(p, GeneratesText):
             return {}
+        g = p.generation_defaults()
         greedy = g.do_sample is False or g.temperature == 0
         return {"temperature": 0.0 if greedy else g.temperature, "top_k": g.top_k or 0, "top_p": g.top_p or 1.0,
                 "repetition_penalty": g.repetition_penalty,
-                "max_tokens": min(self.predictor.default_max_new_tokens() or g.max_new_tokens, self.settings.max_tokens),
+                "max_tokens": min(p.default_max_new_tokens() or g.max_new_tokens, self.settings.max_tokens),
                 "max_tokens_limit": self.settings.max_tokens, "stop": list(g.stop), "seed": g.seed}
 
     def can(self, need: str) -> bool:

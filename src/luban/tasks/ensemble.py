@@ -26,11 +26,11 @@ class EnsemblePredictor(TaskPredictor, Predicts, Evaluates):
     as the first member reads them."""
 
     def __init__(self, run_dir: Path, members: list):
-        """`members`: the member runs loaded (luban.Predictor each, from member_dirs(run_dir))."""
+        """`members`: the member runs loaded (luban.load each, from member_dirs(run_dir))."""
         manifest = json.loads((Path(run_dir) / "model" / MANIFEST).read_text(encoding="utf-8"))
         self.members = members
-        first = self.members[0].task_predictor
-        super().__init__(self.members[0].config, Path(run_dir) / "model", first.device, "ensemble")
+        first = self.members[0]
+        super().__init__(first.config, Path(run_dir) / "model", first.device, "ensemble")
         self.weights = manifest["weights"]
         self.task = manifest["task"]
         self.input_kind = first.input_kind  # an ensemble predicts what its members predict
@@ -41,13 +41,15 @@ class EnsemblePredictor(TaskPredictor, Predicts, Evaluates):
     def read_inputs(self, path):
         return self.members[0].read_inputs(path)
 
-    def configs(self) -> list:
-        return [m.config for m in self.members]
+    def override_data(self, items: list[str], where: str) -> None:
+        for m in self.members:  # each member reads the files as it was trained to, with the same overrides
+            m.override_data(items, where)
+        self.cfg = self.members[0].config
 
     def class_labels(self):
-        return self.members[0].task_predictor.class_labels()
+        return self.members[0].class_labels()
 
-    def predict(self, inputs, top_k: int | None = None, **_):
+    def predict_inputs(self, inputs, top_k: int | None = None, **_):
         outs = [m.predict(inputs) for m in self.members]
         combined = []
         for rows in zip(*outs, strict=True):
@@ -66,7 +68,7 @@ class EnsemblePredictor(TaskPredictor, Predicts, Evaluates):
                              "probabilities": {k: round(probs[k], 6) for k in order[: top_k or len(order)]}})
         return combined
 
-    def evaluate(self, path) -> dict:
+    def evaluate_file(self, path) -> dict:
         from luban.data.readers import resolve_column
         from luban.evaluate.metrics import classification_metrics, regression_metrics
         frame = read_file(self.cfg, Path(path))

@@ -557,7 +557,7 @@ def image_grid(title: str, examples: list[dict], eval_u8: torch.Tensor, max_item
 
 
 class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, Predicts, Evaluates, Explains):
-    input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "image"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "image_classification"
     exportable = True
 
@@ -565,9 +565,9 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
         super().__init__(cfg, folder, device, backend)
         saved = processor.load(folder)
         self.meta = saved["image"]
-        self.labels = LabelMap(saved["labels"])
+        self.label_map = LabelMap(saved["labels"])
         backbone = str(folder / "backbone") if cfg.model.pretrained else None
-        self.model = self.load_model(lambda: build_image_model(cfg, len(self.labels.labels), self.meta["channels"],
+        self.model = self.load_model(lambda: build_image_model(cfg, len(self.label_map.labels), self.meta["channels"],
                                                                backbone))
         self.model.to(memory_format=torch.channels_last)
 
@@ -576,17 +576,17 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
             return False
         from luban.models.hf_classifier import save_image_classifier
 
-        save_image_classifier(self.model, self.labels.labels, self.meta, folder)
+        save_image_classifier(self.model, self.label_map.labels, self.meta, folder)
         return True
 
     def class_labels(self):
-        return self.labels.labels
+        return self.label_map.labels
 
     def _working(self, items: list, names: list[str]) -> torch.Tensor:
         arrs = [load_one(v, self.meta["mode"], self.meta["resize"], n) for v, n in zip(items, names)]
         return center_crop(torch.from_numpy(np.stack(arrs)), self.meta["size"])
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         if not inputs:
@@ -594,7 +594,7 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
         names = [str(v) if isinstance(v, (str, Path)) else f"input {i + 1}" for i, v in enumerate(inputs)]
         probs = self.probabilities(self.model, self._working(list(inputs), names))
         out = []
-        labels = self.labels.labels
+        labels = self.label_map.labels
         for name, row in zip(names, probs.tolist()):
             order = sorted(range(len(row)), key=lambda j: -row[j])
             out.append({"image": name, "label": labels[order[0]], "score": round(row[order[0]], 6),
@@ -614,11 +614,11 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
         frame = read_file(self.cfg, p)
         return [Path(v) for v in _table_frame(frame, self.cfg, False, None)["image"]]
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         p = Path(path)
         frame = list_image_folder(p) if p.is_dir() else read_file(self.cfg, p)
         t = _table_frame(frame, self.cfg, True, None)
         t, _ = _decode_frame(t, self.meta["mode"], self.meta["resize"], self.cfg.data.skip_bad_files, "evaluate")
-        data = ImageSet(t, _stack(t), self.meta["size"], self.labels.encode(t, t.attrs.get("label_column")))
+        data = ImageSet(t, _stack(t), self.meta["size"], self.label_map.encode(t, t.attrs.get("label_column")))
         probs = self.probabilities(self.model, data.eval)
-        return _metrics_with_examples(probs, data, self.labels.labels, self.cfg.evaluation.worst_examples)
+        return _metrics_with_examples(probs, data, self.label_map.labels, self.cfg.evaluation.worst_examples)

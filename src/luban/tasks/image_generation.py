@@ -194,7 +194,7 @@ class _Sampling:
         fake = self.generate_tensor(model, n, seed)
         probs, feats = score(self.scorer, fake, self.device)
         return {"mean_confidence": gm.mean_confidence(probs),
-                "class_entropy_ratio": gm.class_entropy_ratio(probs, len(self.labels)),
+                "class_entropy_ratio": gm.class_entropy_ratio(probs, len(self.class_names)),
                 "kid": gm.kid(real_features, feats, seed=seed)}
 
 
@@ -244,7 +244,7 @@ class ImageGenerationTask(Task, _Sampling):
             raise DataError(f"{frames['train'].attrs.get('source', 'train')}: image generation needs at least two "
                             "classes (one sub-folder per class): the quality classifier that scores samples is "
                             f"trained on them (found {len(train_labels)})")
-        self.labels = train_labels
+        self.class_names = train_labels
         index = {l: i for i, l in enumerate(train_labels)}
         # each split's frame carries the row's image position so make_splits can shuffle rows freely
         tagged = {}
@@ -277,11 +277,11 @@ class ImageGenerationTask(Task, _Sampling):
         self.channels = int(self.data["train"].images.shape[1])
 
     def data_summary(self):
-        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.labels,
+        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.class_names,
                 "image_size": self.cfg.preprocessing.image.size, "channels": self.channels}
 
     def build_model(self):
-        return build_gan(self.cfg, self.channels, len(self.labels))
+        return build_gan(self.cfg, self.channels, len(self.class_names))
 
     def train_batches(self, epoch):
         """Full batches of a seeded shuffle (the last partial batch is dropped; one batch when there are fewer
@@ -302,13 +302,13 @@ class ImageGenerationTask(Task, _Sampling):
         folder = workdir / CLASSIFIER
         m = self.cfg.model
         if (folder / checkpoint.WEIGHTS).is_file():
-            self.scorer = ImageScorer(self.channels, len(self.labels)).to(self.device)
+            self.scorer = ImageScorer(self.channels, len(self.class_names)).to(self.device)
             checkpoint.load_weights(self.scorer, folder)
             self.scorer.eval()
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         else:
             t0 = time.perf_counter()
-            self.scorer = train_scorer(self.data["train"], len(self.labels), m.classifier_epochs, self.cfg.seed,
+            self.scorer = train_scorer(self.data["train"], len(self.class_names), m.classifier_epochs, self.cfg.seed,
                                        self.device)
             meta = {"epochs": m.classifier_epochs, "seconds": round(time.perf_counter() - t0, 2)}
             for split in ("validation", "test"):
@@ -338,7 +338,7 @@ class ImageGenerationTask(Task, _Sampling):
     # ------------------------------------------------------------------ the GAN loop
 
     def _sample_grid(self, model: GAN) -> tuple[np.ndarray, int]:
-        k = len(self.labels)
+        k = len(self.class_names)
         if model.num_classes and k <= 16:
             ncols, n = k, k * max(1, 64 // k)
             label_ids = torch.arange(n) % k  # one class per column
@@ -352,8 +352,8 @@ class ImageGenerationTask(Task, _Sampling):
 
     def save(self, folder, model):
         checkpoint.save_weights(self.scorer, folder / CLASSIFIER)
-        meta = {"labels": self.labels, "channels": self.channels, "size": self.cfg.preprocessing.image.size,
-                "num_classes": len(self.labels), "classifier": self.scorer_meta}
+        meta = {"labels": self.class_names, "channels": self.channels, "size": self.cfg.preprocessing.image.size,
+                "num_classes": len(self.class_names), "classifier": self.scorer_meta}
         processor.save(folder, self.cfg.task, model=meta)
 
     def report_sections(self, workdir, final):
@@ -387,7 +387,7 @@ class ImageGenerationTask(Task, _Sampling):
             grid, _ = self._sample_grid(model)
             gm.save_png(grid, workdir / "samples" / "best.png")
             parts.append("<h2>Samples from the best checkpoint</h2>"
-                         f"<p class=muted>fixed noise{'; one class per column: ' + E(', '.join(self.labels)) if model.num_classes and len(self.labels) <= 16 else ''}</p>"
+                         f"<p class=muted>fixed noise{'; one class per column: ' + E(', '.join(self.class_names)) if model.num_classes and len(self.class_names) <= 16 else ''}</p>"
                          f'<img alt="samples" style="image-rendering:pixelated" src="{png_data_uri(grid)}">')
         epochs = sorted((workdir / "samples").glob("epoch_*.png"))
         if epochs:
@@ -497,11 +497,11 @@ class ImageGenerationPredictor(TaskPredictor, _Sampling, GeneratesImages):
     def __init__(self, cfg, folder, device):
         super().__init__(cfg, folder, device)
         meta = processor.load(folder)["model"]
-        self.labels = [str(l) for l in meta["labels"]]
-        self.model = build_gan(cfg, meta["channels"], len(self.labels))
+        self.class_names = [str(l) for l in meta["labels"]]
+        self.model = build_gan(cfg, meta["channels"], len(self.class_names))
         checkpoint.load_weights(self.model, folder)
         self.model.to(device).eval()
-        self.scorer = ImageScorer(meta["channels"], len(self.labels))
+        self.scorer = ImageScorer(meta["channels"], len(self.class_names))
         checkpoint.load_weights(self.scorer, folder / CLASSIFIER)
         self.scorer.to(device).eval()
 
@@ -511,9 +511,9 @@ class ImageGenerationPredictor(TaskPredictor, _Sampling, GeneratesImages):
         if not self.model.num_classes:
             raise LubanError("generate: this model is unconditional (model.conditional: false); drop --label")
         key = str(label).strip()
-        if key not in self.labels:
-            raise LubanError(f"generate: unknown label {label!r}; known: {', '.join(self.labels)}")
-        return self.labels.index(key)
+        if key not in self.class_names:
+            raise LubanError(f"generate: unknown label {label!r}; known: {', '.join(self.class_names)}")
+        return self.class_names.index(key)
 
     def generate(self, n: int = 64, label=None, seed: int = 0, out: str | Path | None = None,
                  ncols: int | None = None) -> dict:
@@ -526,8 +526,8 @@ class ImageGenerationPredictor(TaskPredictor, _Sampling, GeneratesImages):
         label_ids = torch.full((n,), lid, dtype=torch.long) if lid is not None else None
         imgs = self.generate_tensor(self.model, n, seed, label_ids)
         probs, _ = score(self.scorer, imgs, self.device)
-        res = {"images": n, "out": None, "label": None if lid is None else self.labels[lid],
-               "classifier_labels": [self.labels[i] for i in probs.argmax(1)],
+        res = {"images": n, "out": None, "label": None if lid is None else self.class_names[lid],
+               "classifier_labels": [self.class_names[i] for i in probs.argmax(1)],
                "mean_confidence": round(gm.mean_confidence(probs), 4)}
         if out is not None:
             out = Path(out)
@@ -542,4 +542,4 @@ class ImageGenerationPredictor(TaskPredictor, _Sampling, GeneratesImages):
         return res
 
     def class_labels(self):
-        return self.labels
+        return self.class_names

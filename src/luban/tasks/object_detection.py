@@ -177,10 +177,10 @@ class ObjectDetectionTask(Task, _DetectorUser):
             hold, order = order[:n], order[n:]
             splits[split] = [train[i] for i in sorted(hold)]
         splits["train"] = [train[i] for i in sorted(order)]
-        self.labels = sorted({l for it in splits["train"] for l in it.labels})
-        if not self.labels:
+        self.class_names = sorted({l for it in splits["train"] for l in it.labels})
+        if not self.class_names:
             raise DataError(f"{cfg.data.train}: the training images have no boxes")
-        index = {l: i for i, l in enumerate(self.labels)}
+        index = {l: i for i, l in enumerate(self.class_names)}
         side = _cache_side(cfg)
         self.data = {s: _Images(splits[s], index, side, cfg.data.skip_bad_files)
                      for s in ("train", "validation", "test")}
@@ -201,12 +201,12 @@ class ObjectDetectionTask(Task, _DetectorUser):
         self._eval_cache: dict[str, list] = {}
 
     def data_summary(self):
-        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.labels,
+        return {"splits": {s: len(d) for s, d in self.data.items()}, "labels": self.class_names,
                 "boxes": {s: int(sum(len(b) for b in d.boxes)) for s, d in self.data.items()},
                 "skipped": {s: len(d.skipped) for s, d in self.data.items() if d.skipped}}
 
     def build_model(self):
-        return build_detector(self.cfg, len(self.labels)).to(memory_format=torch.channels_last)
+        return build_detector(self.cfg, len(self.class_names)).to(memory_format=torch.channels_last)
 
     # training ------------------------------------------------------------------------------------
     def _sample(self, i: int, rng: np.random.Generator):
@@ -229,7 +229,7 @@ class ObjectDetectionTask(Task, _DetectorUser):
             imgs, heats, boxes, weights = [], [], [], []
             for i in idx:
                 img, b, l = self._sample(i, rng)
-                h, bt, w = det.build_targets(b, l, size, stride, len(self.labels))
+                h, bt, w = det.build_targets(b, l, size, stride, len(self.class_names))
                 imgs.append(img)
                 heats.append(h)
                 boxes.append(bt)
@@ -259,7 +259,7 @@ class ObjectDetectionTask(Task, _DetectorUser):
         d = self.data[split]
         preds = self.detect(model, d.images, d.scales)
         self._preds[split] = preds
-        m = _metrics(d.ground_truth(), preds, self.labels, self.cfg.model.max_detections)
+        m = _metrics(d.ground_truth(), preds, self.class_names, self.cfg.model.max_detections)
         if detailed:
             return m
         return {k: m[k] for k in ("map50", "map", "map75")}
@@ -275,9 +275,9 @@ class ObjectDetectionTask(Task, _DetectorUser):
                 for i in range(0, len(rows), batch_size)]
 
     def save(self, folder, model):
-        processor.save(folder, self.cfg.task, labels=self.labels,
+        processor.save(folder, self.cfg.task, labels=self.class_names,
                        detector={"mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
-                                 "num_classes": len(self.labels)})
+                                 "num_classes": len(self.class_names)})
 
     def report_sections(self, workdir, final):
         from html import escape
@@ -298,10 +298,10 @@ class ObjectDetectionTask(Task, _DetectorUser):
             cells = []
             for i in range(min(6, len(d))):
                 s = d.scales[i]
-                im = draw_boxes(d.images[i], d.boxes[i], [self.labels[k] for k in d.labels[i]], color=(30, 160, 60))
+                im = draw_boxes(d.images[i], d.boxes[i], [self.class_names[k] for k in d.labels[i]], color=(30, 160, 60))
                 b, sc, lab = preds[i]
                 keep = sc >= 0.3
-                im = draw_boxes(None, b[keep] * s, [self.labels[k] for k in lab[keep]], sc[keep], base=im)
+                im = draw_boxes(None, b[keep] * s, [self.class_names[k] for k in lab[keep]], sc[keep], base=im)
                 im.thumbnail((320, 320))
                 cells.append(f'<figure style="margin:0"><img src="{png_data_uri(im)}" alt="test image {i + 1}">'
                              f"<figcaption class=muted>{escape(d.items[i].path.name)}</figcaption></figure>")
@@ -315,19 +315,19 @@ def _f(v):
 
 
 class ObjectDetectionPredictor(TaskPredictor, _DetectorUser, Predicts, Evaluates):
-    input_kind = "image"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "image"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "object_detection"
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
         saved = processor.load(folder)
-        meta, self.labels = saved["detector"], saved["labels"]
+        meta, self.class_names = saved["detector"], saved["labels"]
         self.mean, self.std = meta["mean"], meta["std"]
-        self.model = self.load_model(lambda: build_detector(cfg, len(self.labels)))
+        self.model = self.load_model(lambda: build_detector(cfg, len(self.class_names)))
 
     def class_labels(self):
-        return self.labels
+        return self.class_names
 
     def read_inputs(self, path):
         """Images: one file, a folder of them, or the images an annotation file (CSV / COCO JSON) lists."""
@@ -337,7 +337,7 @@ class ObjectDetectionPredictor(TaskPredictor, _DetectorUser, Predicts, Evaluates
             return [str(it.path) for it in items]
         return [str(p) for p in list_images(path)]
 
-    def predict(self, inputs, draw: str | Path | None = None, **_) -> list[dict]:
+    def predict_inputs(self, inputs, draw: str | Path | None = None, **_) -> list[dict]:
         if isinstance(inputs, (str, Path)):
             inputs = self.read_inputs(inputs) if Path(inputs).is_dir() else [str(inputs)]
         side = _cache_side(self.cfg)
@@ -352,21 +352,21 @@ class ObjectDetectionPredictor(TaskPredictor, _DetectorUser, Predicts, Evaluates
                                 f"found {type(item).__name__}")
             small, s = _downscale(arr, side)
             b, sc, lab = self.detect(self.model, [small], [s])[0]
-            boxes = [{"label": self.labels[int(l)], "score": round(float(v), 4),
+            boxes = [{"label": self.class_names[int(l)], "score": round(float(v), 4),
                       "box": [round(float(x), 1) for x in bb]} for bb, v, l in zip(b, sc, lab)]
             results.append({"image": name, "boxes": boxes})
             if draw is not None:
                 out = Path(draw)
                 out.mkdir(parents=True, exist_ok=True)
                 keep = sc >= max(0.3, self.cfg.model.score_threshold)
-                im = draw_boxes(arr, b[keep], [self.labels[int(l)] for l in lab[keep]], sc[keep])
+                im = draw_boxes(arr, b[keep], [self.class_names[int(l)] for l in lab[keep]], sc[keep])
                 stem = Path(name).stem if isinstance(item, (str, Path)) else f"input_{k + 1}"
                 im.save(out / f"{stem}.png")
         return results
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         items = read_annotations(path, self.cfg.data.annotation_format, self.cfg.data.image_root)
-        data = _Images(items, {l: i for i, l in enumerate(self.labels)}, _cache_side(self.cfg),
+        data = _Images(items, {l: i for i, l in enumerate(self.class_names)}, _cache_side(self.cfg),
                        self.cfg.data.skip_bad_files)
         preds = self.detect(self.model, data.images, data.scales)
-        return _metrics(data.ground_truth(), preds, self.labels, self.cfg.model.max_detections)
+        return _metrics(data.ground_truth(), preds, self.class_names, self.cfg.model.max_detections)

@@ -494,7 +494,7 @@ def recommendation_report(final: dict, pop_at_k: dict, data: dict, examples: lis
 
 
 class RecommendationPredictor(TaskPredictor, _Serving, Predicts, Evaluates, Recommends):
-    input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "json"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "recommendation"
 
     def __init__(self, cfg, folder, device):
@@ -580,7 +580,7 @@ class RecommendationPredictor(TaskPredictor, _Serving, Predicts, Evaluates, Reco
                 out.append(res)
         return out
 
-    def recommend_all(self, k: int | None = None, exclude_seen: bool | None = None):
+    def recommend_every_user(self, k: int | None = None, exclude_seen: bool | None = None):
         """Recommendations for every user in the run, in id order (a generator of dicts)."""
         for s in range(0, len(self.users), EVAL_BATCH):
             yield from self.recommend_many([{"user": u} for u in self.users.ids[s:s + EVAL_BATCH]], k, exclude_seen)
@@ -663,7 +663,7 @@ class RecommendationPredictor(TaskPredictor, _Serving, Predicts, Evaluates, Reco
         return out
 
     # Predictor interface -----------------------------------------------------------------------------------
-    def predict(self, inputs, k: int | None = None, top_k: int | None = None, **_) -> list[dict]:
+    def predict_inputs(self, inputs, k: int | None = None, top_k: int | None = None, **_) -> list[dict]:
         """Users (ids, or dicts {user, history, features, k, exclude_seen}) -> recommendations; dicts with an
         `item` -> that pair's score."""
         if isinstance(inputs, (str, int, dict)):
@@ -694,7 +694,7 @@ class RecommendationPredictor(TaskPredictor, _Serving, Predicts, Evaluates, Reco
         return list(dict.fromkeys(canonical_ids(frame[col], frame[LINE].to_numpy(), str(path), str(col), "user",
                                                 False)))
 
-    def evaluate(self, path) -> dict:
+    def evaluate_file(self, path) -> dict:
         """Rank the whole catalogue for every user in a file of held-out interactions, excluding the items each
         user had in training and validation; unknown items are skipped (with a count)."""
         r = self.cfg.recommendation

@@ -1,6 +1,7 @@
 """Translation and summarization: source text -> target text with an encoder-decoder.
 
-One task class serves both config tasks; they differ in their metrics. `translation` scores BLEU (main metric)
+One task class serves both config tasks; they differ in their scoring (`SCORING[task]`: a `Scoring` strategy:
+metrics, per-sentence score, baseline). `translation` scores BLEU (main metric)
 and chrF with sacrebleu (its zh tokenizer when the references are Chinese); `summarization` scores ROUGE-1/2/L F1
 (main metric rouge_l) with a CJK-aware tokenizer and reports a lead-N baseline (the first N source sentences)
 beside the model. Models: `seq2seq_transformer` (luban.models.seq2seq, from scratch, shared or separate
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 from html import escape
 from pathlib import Path
 
@@ -234,6 +236,54 @@ class Decoded:
     seconds: float
 
 
+class Scoring:
+    """What sets the two encoder-decoder tasks apart: the corpus metrics (main metric first), the per-sentence
+    score of the report's examples and worst cases, and the baseline beside the model."""
+
+    main_metric: str
+    sentence_metric: str
+
+    def corpus(self, hyps: list[str], refs: list[str]) -> dict: ...
+
+    def sentences(self, hyps: list[str], refs: list[str]) -> list[float]: ...
+
+    def baseline(self, generation) -> tuple[str, Callable[[list[str]], list[str]]] | None:
+        """A model-free answer scored beside the model: (its name, sources -> outputs); None when there is none."""
+        return None
+
+
+class TranslationScoring(Scoring):
+    """BLEU (main) and chrF with sacrebleu; chrF per sentence."""
+
+    main_metric, sentence_metric = "bleu", "chrf"
+
+    def corpus(self, hyps, refs):
+        return {"bleu": tm.bleu(hyps, refs), "chrf": tm.chrf(hyps, refs)}
+
+    def sentences(self, hyps, refs):
+        return [tm.sentence_chrf(h, r) for h, r in zip(hyps, refs)]
+
+
+class SummarizationScoring(Scoring):
+    """ROUGE-1/2/L F1 (main: rouge_l), and the lead-N baseline (the first N source sentences)."""
+
+    main_metric, sentence_metric = "rouge_l", "rouge_l"
+
+    def corpus(self, hyps, refs):
+        return tm.rouge(hyps, refs)
+
+    def sentences(self, hyps, refs):
+        return [p["rouge_l"] for p in tm.rouge_pairs(hyps, refs)]
+
+    def baseline(self, generation):
+        n = generation.lead_n
+        return (f"lead-{n} (the first {n} source sentence{'s' if n > 1 else ''})",
+                lambda sources: [tm.lead_n(x, n) for x in sources])
+
+
+SCORING: dict[str, Scoring] = {"translation": TranslationScoring(), "summarization": SummarizationScoring()}
+
+
 class _Seq2SeqUser:
     """What training and inference share: batching, teacher-forced loss, decoding and scoring."""
 
@@ -242,8 +292,8 @@ class _Seq2SeqUser:
     sides: object
 
     @property
-    def metric_family(self) -> str:
-        return "bleu" if self.cfg.task == "translation" else "rouge"
+    def scoring(self) -> Scoring:
+        return SCORING[self.cfg.task]
 
     # batches ---------------------------------------------------------------------------------------
     def collate(self, data: PairData):
@@ -368,19 +418,9 @@ class _Seq2SeqUser:
         return Decoded(texts, [len(r) for r in ids], finish, seconds)
 
     # scoring ---------------------------------------------------------------------------------------
-    def corpus_metrics(self, hyps: list[str], refs: list[str]) -> dict:
-        if self.metric_family == "bleu":
-            return {"bleu": tm.bleu(hyps, refs), "chrf": tm.chrf(hyps, refs)}
-        return tm.rouge(hyps, refs)
-
-    def sentence_scores(self, hyps: list[str], refs: list[str]) -> list[float]:
-        if self.metric_family == "bleu":
-            return [tm.sentence_chrf(h, r) for h, r in zip(hyps, refs)]
-        return [p["rouge_l"] for p in tm.rouge_pairs(hyps, refs)]
-
     def score_split(self, model, data: PairData, s: GenerationSettings, detailed: bool) -> dict:
         out = self.decode_texts(model, data.src, s)
-        m = {**self.corpus_metrics(out.texts, data.targets), "loss": self.mean_loss(model, data)}
+        m = {**self.scoring.corpus(out.texts, data.targets), "loss": self.mean_loss(model, data)}
         if not detailed:
             return m
         n_tokens = sum(out.tokens)
@@ -388,14 +428,14 @@ class _Seq2SeqUser:
                  tokens_per_second=round(n_tokens / out.seconds, 1) if out.seconds > 0 else 0.0,
                  mean_output_tokens=round(n_tokens / max(1, len(data)), 2),
                  decoding={k: v for k, v in s.model_dump().items() if k in KNOBS})
-        sent = self.sentence_scores(out.texts, data.targets)
+        sent = self.scoring.sentences(out.texts, data.targets)
         lines = list(data.frame[LINE])
 
         def row(i):
             return {"line": int(lines[i]), "source": data.sources[i], "reference": data.targets[i],
                     "hypothesis": out.texts[i], "score": round(sent[i], 4)}
 
-        m["sentence_metric"] = "chrf" if self.metric_family == "bleu" else "rouge_l"
+        m["sentence_metric"] = self.scoring.sentence_metric
         m["examples"] = [row(i) for i in range(min(SHOWN, len(data)))]
         m["worst"] = [row(i) for i in sorted(range(len(data)), key=lambda i: (sent[i], i))[:SHOWN]]
         return m
@@ -411,7 +451,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.name = cfg.task
-        self.main_metric = "bleu" if cfg.task == "translation" else "rouge_l"
+        self.main_metric = self.scoring.main_metric
         self._model_for_sides = None
 
     def prefers_bf16_on_cpu(self):
@@ -475,14 +515,15 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
         return self.score_split(model, self.data[split], s, detailed)
 
     def baseline(self):
-        if self.cfg.task != "summarization":
+        lead = self.scoring.baseline(self.cfg.generation)
+        if lead is None:
             return None
-        n = self.cfg.generation.lead_n
         t0 = time.perf_counter()
-        out = {"name": f"lead-{n} (the first {n} source sentence{'s' if n > 1 else ''})"}
+        name, answer = lead
+        out = {"name": name}
         for split in ("validation", "test"):
             d = self.data[split]
-            out[split] = tm.rouge([tm.lead_n(x, n) for x in d.sources], d.targets)
+            out[split] = self.scoring.corpus(answer(d.sources), d.targets)
         out["train_seconds"] = time.perf_counter() - t0
         return out
 
@@ -521,7 +562,7 @@ class Seq2SeqTask(Task, _Seq2SeqUser):
 
 class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evaluates, DecodesTogether):
     input_role = "source"  # the file column luban predict reads
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "translation"
 
     def __init__(self, cfg, folder, device):
@@ -539,7 +580,7 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
     def _sources(self, inputs) -> list[str]:
         return normalize_inputs(inputs, self.cfg.data.clean)
 
-    def predict(self, inputs, **knobs) -> list[dict]:
+    def predict_inputs(self, inputs, **knobs) -> list[dict]:
         """One output per source text: {"text", "tokens" (generated), "finish_reason" (eos, length or stop),
         "seconds" and "tokens_per_second" (of the whole call, shared by its rows)}. Knobs override the run's
         `generation:` settings (num_beams, max_new_tokens, do_sample, temperature, top_k, top_p, length_penalty,
@@ -604,7 +645,7 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
         col = resolve_column(frame, self.cfg.data.columns.source, "source")
         return column_texts(frame, col, path, self.cfg.data.clean)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame, rep = read_pairs(self.cfg, read_file(self.cfg, Path(path)), dedupe=False)
         if rep.dropped:
             say("cleaning " + rep.summary())
@@ -613,8 +654,8 @@ class Seq2SeqPredictor(TextInputs, TaskPredictor, _Seq2SeqUser, Predicts, Evalua
         if s.do_sample and s.seed is None:
             s = s.model_copy(update={"seed": self.cfg.seed})
         m = self.score_split(self.model, data, s, detailed=True)
-        if self.cfg.task == "summarization":
-            n = self.cfg.generation.lead_n
-            lead = tm.rouge([tm.lead_n(x, n) for x in data.sources], data.targets)
-            m.update({f"lead_baseline_{k}": v for k, v in lead.items()})
+        lead = self.scoring.baseline(self.cfg.generation)
+        if lead is not None:
+            m.update({f"lead_baseline_{k}": v for k, v in self.scoring.corpus(lead[1](data.sources),
+                                                                               data.targets).items()})
         return m

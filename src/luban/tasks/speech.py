@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import luban.processor as processor
 from luban.capabilities import Evaluates, Predicts, TaskPredictor
-from luban.config import RunConfig, updated
+from luban.config import RunConfig, overridden, updated
 from luban.data.audio import LogMel, list_audio_folder, perturb, read_audio, spec_augment
 from luban.data.batching import epoch_batches
 from luban.data.cleaning import label_text, normalize_text
@@ -435,7 +435,7 @@ def worst_utterances(data: AudioSet, refs: list[str], hyps: list[str], k: int, d
 
 
 class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
-    input_kind = "audio"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "audio"  # what the server sends predict(): see TaskPredictor.capabilities
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
@@ -455,6 +455,10 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
                 self.impl.labels = LabelMap(saved["labels"])
                 n = len(self.impl.labels.labels)
             self.model = self.load_model(lambda: build_speech_model(cfg, n))
+
+    def override_data(self, items: list[str], where: str) -> None:
+        super().override_data(items, where)
+        self.impl.cfg = overridden(self.impl.cfg, items, where)  # the task's cleaning reads them too
 
     def export_spec(self) -> ExportSpec:
         return self.impl.export_spec()
@@ -479,7 +483,7 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
                 raise DataError(f"input {i + 1}: empty audio")
         return waves
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         if isinstance(inputs, (str, Path, np.ndarray, tuple)):
             inputs = [inputs]
         t0 = time.perf_counter()
@@ -518,7 +522,7 @@ class SpeechPredictor(TaskPredictor, Predicts, Evaluates):
             return [str(path)]
         return list(read_audio_table(self.cfg, path, "text" if self.impl.asr else "label")["audio"])
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         role = "text" if self.impl.asr else "label"
         frame = self.impl._clean_targets(read_audio_table(self.cfg, Path(path), role))
         data = AudioSet(frame, self.cfg, self.impl.featurize, "evaluate")

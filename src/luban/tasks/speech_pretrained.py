@@ -11,18 +11,13 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from luban.config import RunConfig
 from luban.data.tokenizers import resolve_pretrained
 from luban.errors import ConfigError
+from luban.models.registry import build_model
+from luban.models.speech import HFSpeech
 from luban.tasks.base import Batches, to_device
-
-
-class HFSpeech(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
 
 class PretrainedSpeech:
@@ -57,23 +52,8 @@ class PretrainedSpeech:
             data.targets = list(data.frame["label"])
 
     def build_model(self) -> HFSpeech:
-        from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq
-
-        m = self.cfg.model
-        try:
-            if self.seq2seq:
-                model = AutoModelForSpeechSeq2Seq.from_pretrained(self.source, local_files_only=not m.allow_download,
-                                                                  trust_remote_code=m.trust_remote_code)
-            else:
-                model = AutoModelForCTC.from_pretrained(self.source, local_files_only=not m.allow_download,
-                                                        trust_remote_code=m.trust_remote_code,
-                                                        ctc_loss_reduction="mean", ctc_zero_infinity=True,
-                                                        pad_token_id=self.tokenizer.pad_token_id)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model.path: cannot load a speech recognizer from {self.source}: {e}") from None
-        if not self.seq2seq and m.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
-            model.freeze_feature_encoder()
-        return HFSpeech(model)
+        return build_model(self.cfg.model, self.cfg.task, source=self.source, seq2seq=self.seq2seq,
+                           pad_token_id=self.tokenizer.pad_token_id)
 
     # batches -------------------------------------------------------------------------------------------------
     def _labels(self, texts: list[str]) -> torch.Tensor:

@@ -3,6 +3,7 @@ trees (gbdt, LightGBM: the default, fitted by LightGBM in `fit_model`) or an MLP
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -69,24 +70,192 @@ def _no_single_row_class(train: pd.DataFrame, label: str) -> None:
                         "(add rows, merge the class into another, or drop it)")
 
 
+class Target(ABC):
+    """What sets the two tabular tasks apart (TARGETS[task]): how the label column is fitted and encoded, the
+    model's output size and what its raw outputs mean (loss, metrics, predictions, contributions). Training fits
+    it; a run's processor.json holds its state (the scaling, the classes) and the predictor rebuilds it."""
+
+    kind: str  # the baselines' kind (luban.evaluate.baselines.tabular_baselines)
+    main_metric: str
+    mode: str
+    regression = False
+    center, scale = 0.0, 1.0  # the target's standardization (regression; identity otherwise)
+    labels: list | None = None  # the classes in the model's output order (classification)
+    label_map: LabelMap | None = None
+
+    @classmethod
+    @abstractmethod
+    def from_saved(cls, saved: dict) -> "Target":
+        """The fitted target of a run (its processor.json parts)."""
+
+    def state(self) -> dict:
+        """Its part of processor.json's preprocessing (the classes are the `labels` part)."""
+        return {"y_center": self.center, "y_scale": self.scale}
+
+    def fit_frame(self, train: pd.DataFrame, label: str) -> None:
+        """Before the split: what the raw training labels fix (the classes)."""
+
+    def fit_encoded(self, y: torch.Tensor) -> None:
+        """After encoding the training split (the scaling)."""
+
+    def stratify(self, label: str, cfg) -> str | None:
+        return None
+
+    @abstractmethod
+    def out_dim(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, frame: pd.DataFrame, label: str) -> torch.Tensor: ...
+
+    @abstractmethod
+    def outputs(self, raw: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict: ...
+
+    @abstractmethod
+    def loss(self, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def boosted(self, y: torch.Tensor) -> np.ndarray:
+        """The target LightGBM boosts on."""
+        return y.numpy()
+
+    @abstractmethod
+    def round_metrics(self, r: dict) -> dict:
+        """One boosting round's validation loss and main metric (history.jsonl)."""
+
+    @abstractmethod
+    def rows(self, out: list) -> list[dict]:
+        """predict()'s dict per row from outputs()."""
+
+    @abstractmethod
+    def contributions(self, values, one) -> list[dict]:
+        """Per row, the gbdt's contributions (values: rows x outputs x (features + 1)), each output through
+        one(its values, scale, units, bias shift)."""
+
+
+class RegressionTarget(Target):
+    """tabular_regression: a numeric label, standardized with the training split's mean and std (the model's
+    outputs are scaled back); rmse, lower is better."""
+
+    kind, main_metric, mode, regression = "regression", "rmse", "min", True
+
+    def __init__(self, center: float = 0.0, scale: float = 1.0):
+        self.center, self.scale = center, scale
+
+    @classmethod
+    def from_saved(cls, saved):
+        return cls(saved["preprocessing"]["y_center"], saved["preprocessing"]["y_scale"])
+
+    def fit_encoded(self, y):
+        self.center, self.scale = float(y.mean()), float(y.std()) or 1.0
+
+    def out_dim(self):
+        return 1
+
+    def encode(self, frame, label):
+        y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(y).all():
+            i = int(np.flatnonzero(~np.isfinite(y))[0])
+            raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {label!r}: "
+                            f"{frame[label].iloc[i]!r} is not a {'finite ' * bool(np.isinf(y[i]))}number")
+        return torch.tensor(y, dtype=torch.float32)
+
+    def outputs(self, raw):
+        return raw.squeeze(-1) * self.scale + self.center
+
+    def metrics(self, out, y):
+        return regression_metrics(y.numpy(), out.numpy())
+
+    def loss(self, raw, y):
+        return F.mse_loss(raw.squeeze(-1).float(), (y - self.center) / self.scale)
+
+    def boosted(self, y):
+        return (y.numpy() - self.center) / self.scale
+
+    def round_metrics(self, r):
+        return {"val_loss": r["loss"], "val_rmse": float(np.sqrt(r["loss"])) * self.scale}
+
+    def rows(self, out):
+        return [{"value": round(float(v), 6)} for v in out]
+
+    def contributions(self, values, one):
+        return [one(r[0], self.scale, "target", self.center) for r in values]
+
+
+class ClassTarget(Target):
+    """tabular_classification: the label column's classes (each needs two training rows); accuracy."""
+
+    kind, main_metric, mode = "classification", "accuracy", "max"
+
+    def __init__(self, label_map: LabelMap | None = None):
+        self.label_map = label_map
+
+    @classmethod
+    def from_saved(cls, saved):
+        return cls(LabelMap(saved["labels"]))
+
+    @property
+    def labels(self):
+        return self.label_map.labels
+
+    def fit_frame(self, train, label):
+        tr = train.assign(label=[str(v).strip() for v in train[label]])
+        self.label_map = LabelMap.fit(tr, label)
+        _no_single_row_class(tr, label)
+
+    def stratify(self, label, cfg):
+        return label if cfg.data.split.stratify else None
+
+    def out_dim(self):
+        return len(self.labels)
+
+    def encode(self, frame, label):
+        labelled = frame.assign(label=[str(v).strip() for v in frame[label]])
+        return torch.tensor(self.label_map.encode(labelled, label))
+
+    def outputs(self, raw):
+        return torch.softmax(raw, dim=-1)
+
+    def metrics(self, out, y):
+        m = classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.labels)
+        m.rows["probs"] = out.numpy()  # for the report's ROC / calibration charts
+        return m
+
+    def loss(self, raw, y):
+        return F.cross_entropy(raw, y)
+
+    def round_metrics(self, r):
+        return {"val_loss": r["loss"], "val_accuracy": 1.0 - r["error"]}
+
+    def rows(self, out):
+        labels = self.labels
+        return [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
+                 "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out]
+
+    def contributions(self, values, one):
+        labels = self.labels
+        if values.shape[1] == 1:
+            return [one(r[0], 1.0, f"log-odds of {labels[1]!r}", 0.0) for r in values]
+        return [{"classes": {labels[k]: one(r[k], 1.0, "raw score (softmax logit)", 0.0)
+                             for k in range(len(labels))}} for r in values]
+
+
+TARGETS: dict[str, type[Target]] = {"tabular_regression": RegressionTarget, "tabular_classification": ClassTarget}
+
+
 class _TabularModelUser:
     cfg = None
     device = torch.device("cpu")
-    regression = True
-    label_map: LabelMap  # classification: the classes
-    y_center: float  # regression: the target's scaling (fitted on train)
-    y_scale: float
+    target: Target
 
-    def encode_target(self, frame: pd.DataFrame, label: str) -> torch.Tensor:
-        if self.regression:
-            y = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=float)
-            if not np.isfinite(y).all():
-                i = int(np.flatnonzero(~np.isfinite(y))[0])
-                raise DataError(f"{frame.attrs.get('source', 'data')}: line {frame[LINE].iloc[i]}: field {label!r}: "
-                                f"{frame[label].iloc[i]!r} is not a {'finite ' * bool(np.isinf(y[i]))}number")
-            return torch.tensor(y, dtype=torch.float32)
-        labelled = frame.assign(label=[str(v).strip() for v in frame[label]])
-        return torch.tensor(self.label_map.encode(labelled, label))
+    @property
+    def regression(self) -> bool:
+        return self.target.regression
+
+    @property
+    def label_map(self) -> LabelMap | None:
+        return self.target.label_map
 
     def batches(self, x_num, x_cat, y, order: list[list[int]]) -> Batches:
         def collate(idx):
@@ -113,25 +282,15 @@ class _TabularModelUser:
                           {"numeric": {0: "batch"}, "categorical": {0: "batch"}, "output": {0: "batch"}})
 
     def outputs(self, model, x_num, x_cat) -> torch.Tensor:
-        out = self.raw_outputs(model, x_num, x_cat)
-        if self.regression:
-            return out.squeeze(-1) * self.y_scale + self.y_center
-        return torch.softmax(out, dim=-1)
-
-    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict:
-        if self.regression:
-            return regression_metrics(y.numpy(), out.numpy())
-        m = classification_metrics(y.numpy(), out.argmax(-1).numpy(), self.label_map.labels)
-        m.rows["probs"] = out.numpy()  # for the report's ROC / calibration charts
-        return m
+        return self.target.outputs(self.raw_outputs(model, x_num, x_cat))
 
 
 class TabularTask(Task, _TabularModelUser):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.regression = cfg.task == "tabular_regression"
+        self.target = TARGETS[cfg.task]()
         self.name = cfg.task
-        self.main_metric, self.mode = ("rmse", "min") if self.regression else ("accuracy", "max")
+        self.main_metric, self.mode = self.target.main_metric, self.target.mode
         if cfg.model.trained_by_library:  # gbdt: the validation curve is over boosting rounds
             self.history_unit, self.more_training = "boosting round", "model.n_estimators (or model.learning_rate)"
 
@@ -144,31 +303,24 @@ class TabularTask(Task, _TabularModelUser):
                 for c in numeric + categorical + [label]:
                     resolve_column(frame, c, "features")
                 frames[split] = _drop_missing_labels(frame, label, cfg.data.clean)
-        if not self.regression:
-            tr = frames["train"].assign(label=[str(v).strip() for v in frames["train"][label]])
-            self.label_map = LabelMap.fit(tr, label)
-            _no_single_row_class(tr, label)
-        stratify = None if self.regression or not cfg.data.split.stratify else label
+        self.target.fit_frame(frames["train"], label)
         splits = make_splits(frames, cfg.data.split.validation, cfg.data.split.test,
-                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed, stratify)
+                             cfg.data.split.seed if cfg.data.split.seed is not None else cfg.seed,
+                             self.target.stratify(label, cfg))
         self.pre = TabularPreprocessor(numeric, categorical, cfg.preprocessing.numeric).fit(splits["train"])
         self.data, self.lines = {}, {s: f[LINE].tolist() for s, f in splits.items()}
         for s, f in splits.items():
-            self.data[s] = (*self.pre.transform(f), self.encode_target(f, label))
-        y_train = self.data["train"][2]
-        self.y_center, self.y_scale = 0.0, 1.0
-        if self.regression:
-            self.y_center, self.y_scale = float(y_train.mean()), float(y_train.std()) or 1.0
+            self.data[s] = (*self.pre.transform(f), self.target.encode(f, label))
+        self.target.fit_encoded(self.data["train"][2])
 
     def data_summary(self):
         return {"splits": {s: len(d[0]) for s, d in self.data.items()}, "numeric": self.pre.numeric,
                 "categorical": self.pre.categorical, "label": self.label,
-                **({} if self.regression else {"labels": self.label_map.labels})}
+                **({} if self.target.labels is None else {"labels": self.target.labels})}
 
     def build_model(self):
-        out_dim = 1 if self.regression else len(self.label_map.labels)
         return build_model(self.cfg.model, self.cfg.task, n_numeric=len(self.pre.numeric),
-                           cardinalities=self.pre.cardinalities(), out_dim=out_dim)
+                           cardinalities=self.pre.cardinalities(), out_dim=self.target.out_dim())
 
     def train_step(self):
         # gbdt: LightGBM boosts it (fit_model), not gradient steps in the engine
@@ -188,7 +340,7 @@ class TabularTask(Task, _TabularModelUser):
         if len(v_y) == 0:
             raise ConfigError("data.split.validation: the gbdt model stops early on the validation split, which is "
                               "empty; give data.validation or a validation fraction")
-        scale = (lambda t: (t.numpy() - self.y_center) / self.y_scale) if self.regression else (lambda t: t.numpy())
+        scale = self.target.boosted
         # LightGBM's OpenMP threads spin-wait: on a small table (or a busy machine) more than one thread is slower,
         # 50x on 115 rows with two busy cores; trainer.num_threads set explicitly wins
         threads = self.cfg.trainer.num_threads or (torch.get_num_threads() if len(y) >= SMALL_TABLE else 1)
@@ -202,12 +354,7 @@ class TabularTask(Task, _TabularModelUser):
         seconds = time.perf_counter() - t0
         history = []
         for r in rounds:
-            rec = {"epoch": r["round"], "step": r["round"]}
-            if self.regression:
-                rec |= {"val_loss": r["loss"], "val_rmse": float(np.sqrt(r["loss"])) * self.y_scale}
-            else:
-                rec |= {"val_loss": r["loss"], "val_accuracy": 1.0 - r["error"]}
-            history.append(rec)
+            history.append({"epoch": r["round"], "step": r["round"], **self.target.round_metrics(r)})
         (workdir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
         best = model.rounds()
         gain = model.importance("gain")
@@ -227,11 +374,7 @@ class TabularTask(Task, _TabularModelUser):
         return self.batches(x_num, x_cat, y, [perm[i:i + bs] for i in range(0, len(perm), bs)])
 
     def loss(self, model, batch):
-        out = self.batch_logits(model, batch)
-        y = batch["y"].to(self.device)
-        if self.regression:
-            return F.mse_loss(out.squeeze(-1).float(), (y - self.y_center) / self.y_scale)
-        return F.cross_entropy(out, y)
+        return self.target.loss(self.batch_logits(model, batch), batch["y"].to(self.device))
 
     def loss_batches(self, split):
         x_num, x_cat, y = self.data[split]
@@ -255,7 +398,7 @@ class TabularTask(Task, _TabularModelUser):
 
     def evaluate(self, model, split, detailed=False):
         x_num, x_cat, y = self.data[split]
-        m = self.metrics(self.outputs(model, x_num, x_cat), y)
+        m = self.target.metrics(self.outputs(model, x_num, x_cat), y)
         return m if detailed else scalars(m)
 
     def split_lines(self, split):
@@ -264,9 +407,8 @@ class TabularTask(Task, _TabularModelUser):
     def baseline(self):
         x = {s: self.pre.one_hot(d[0], d[1]) for s, d in self.data.items()}
         y = {s: d[2].numpy() for s, d in self.data.items()}
-        return tabular_baselines("regression" if self.regression else "classification", x["train"], y["train"],
-                                 {s: (x[s], y[s]) for s in ("validation", "test")},
-                                 None if self.regression else self.label_map.labels, self.cfg.seed)
+        return tabular_baselines(self.target.kind, x["train"], y["train"],
+                                 {s: (x[s], y[s]) for s in ("validation", "test")}, self.target.labels, self.cfg.seed)
 
     def report_sections(self, workdir, final):
         """gbdt: the features the trees split on, by total gain (LightGBM's importance)."""
@@ -286,47 +428,38 @@ class TabularTask(Task, _TabularModelUser):
                 "gain importance). Per-prediction contributions: <code>predict(rows, contributions=True)</code>.</p>"]
 
     def save(self, folder, model):
-        meta = {"preprocessor": self.pre.state(), "label": self.label, "y_center": self.y_center,
-                "y_scale": self.y_scale}
-        processor.save(folder, self.cfg.task, preprocessing=meta, labels=None if self.regression else self.label_map)
+        meta = {"preprocessor": self.pre.state(), "label": self.label, **self.target.state()}
+        processor.save(folder, self.cfg.task, preprocessing=meta, labels=self.target.label_map)
 
 
 class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Explains):
-    input_kind = "json"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "json"  # what the server sends predict(): see TaskPredictor.capabilities
     exportable = True
 
     def __init__(self, cfg, folder, device, backend="torch"):
         super().__init__(cfg, folder, device, backend)
         self.task = cfg.task
-        self.regression = cfg.task == "tabular_regression"
         saved = processor.load(folder)
         meta = saved["preprocessing"]
         self.pre = TabularPreprocessor.from_state(meta["preprocessor"])
-        self.label, self.y_center, self.y_scale = meta["label"], meta["y_center"], meta["y_scale"]
-        if not self.regression:
-            self.label_map = LabelMap(saved["labels"])
-        out_dim = 1 if self.regression else len(self.label_map.labels)
+        self.label = meta["label"]
+        self.target = TARGETS[cfg.task].from_saved(saved)
         self.model = self.load_model(lambda: build_model(cfg.model, cfg.task, n_numeric=len(self.pre.numeric),
-                                                         cardinalities=self.pre.cardinalities(), out_dim=out_dim))
+                                                         cardinalities=self.pre.cardinalities(),
+                                                         out_dim=self.target.out_dim()))
 
     def class_labels(self):
-        return None if self.regression else self.label_map.labels
+        return self.target.labels
 
     def _frame(self, inputs) -> pd.DataFrame:
         return self.pre.input_frame(inputs)
 
-    def predict(self, inputs, contributions: bool = False) -> list[dict]:
+    def predict_inputs(self, inputs, contributions: bool = False) -> list[dict]:
         """One dict per row: {"value"} (regression) or {"label", "score", "probabilities"}; with
         `contributions=True` (gbdt) also each row's feature contributions (see `contributions`)."""
         frame = self._frame(inputs)
         x = self.pre.transform(frame)
-        out = self.outputs(self.model, *x)
-        if self.regression:
-            rows = [{"value": round(float(v), 6)} for v in out.tolist()]
-        else:
-            labels = self.label_map.labels
-            rows = [{"label": labels[int(np.argmax(r))], "score": round(max(r), 6),
-                     "probabilities": {labels[j]: round(p, 6) for j, p in enumerate(r)}} for r in out.tolist()]
+        rows = self.target.rows(self.outputs(self.model, *x).tolist())
         if contributions:
             for row, c in zip(rows, self._contributions(*x)):
                 row["contributions"] = c
@@ -348,17 +481,11 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Ex
         values = explain(x_num, x_cat)  # rows x outputs x (features + 1)
         names = self.pre.numeric + self.pre.categorical
 
-        def one(v, scale, units):
-            return {"bias": round(float(v[-1]) * scale + (self.y_center if self.regression else 0.0), 6),
+        def one(v, scale, units, shift):
+            return {"bias": round(float(v[-1]) * scale + shift, 6),
                     "features": {n: round(float(c) * scale, 6) for n, c in zip(names, v[:-1])}, "units": units}
 
-        if self.regression:
-            return [one(r[0], self.y_scale, "target") for r in values]
-        labels = self.label_map.labels
-        if values.shape[1] == 1:
-            return [one(r[0], 1.0, f"log-odds of {labels[1]!r}") for r in values]
-        return [{"classes": {labels[k]: one(r[k], 1.0, "raw score (softmax logit)") for k in range(len(labels))}}
-                for r in values]
+        return self.target.contributions(values, one)
 
     def explain(self, inputs, target=None):
         from luban.explain import explain_rows, needs_torch
@@ -375,10 +502,10 @@ class TabularPredictor(TaskPredictor, _TabularModelUser, Predicts, Evaluates, Ex
     def parity_rows(self, path):
         return self.read_inputs(path)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame = self._frame(read_file(self.cfg, Path(path)))
         if self.label not in frame.columns:
             raise DataError(f"{path}: label column {self.label!r} not found")
         frame = _drop_missing_labels(frame, self.label, self.cfg.data.clean)
-        y = self.encode_target(frame, self.label)
-        return self.metrics(self.outputs(self.model, *self.pre.transform(frame)), y)
+        y = self.target.encode(frame, self.label)
+        return self.target.metrics(self.outputs(self.model, *self.pre.transform(frame)), y)

@@ -272,7 +272,7 @@ class TextClassificationTask(Task, _TextModelUser):
 
 
 class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Predicts, Evaluates, Explains):
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "text_classification"
     exportable = True
 
@@ -281,10 +281,10 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
         saved = processor.load(folder)
         meta = saved["model"]
         self.encoder = load_featurizer(saved["tokenizer"], folder)
-        self.labels = LabelMap(saved["labels"])
+        self.label_map = LabelMap(saved["labels"])
         self.pad_id = meta["pad_id"]
         backbone = str(folder / "backbone") if cfg.model.pretrained else None
-        self.model = self.load_model(lambda: build_text_model(cfg, meta["vocab_size"], len(self.labels.labels),
+        self.model = self.load_model(lambda: build_text_model(cfg, meta["vocab_size"], len(self.label_map.labels),
                                                               self.pad_id, backbone))
 
     def export_hf(self, folder):
@@ -292,16 +292,16 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
             return False
         from luban.models.hf_classifier import save_text_classifier
 
-        save_text_classifier(self.model, self.encoder.tok, self.labels.labels, self.cfg.model.pooling, folder)
+        save_text_classifier(self.model, self.encoder.tok, self.label_map.labels, self.cfg.model.pooling, folder)
         return True
 
     def class_labels(self):
-        return self.labels.labels
+        return self.label_map.labels
 
     def _encode(self, frame: pd.DataFrame, labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(frame, self.encoder, labels)
 
-    def predict(self, inputs, top_k: int | None = None) -> list[dict]:
+    def predict_inputs(self, inputs, top_k: int | None = None) -> list[dict]:
         texts = normalize_inputs(inputs, self.cfg.data.clean)
         if not texts:
             return []
@@ -311,8 +311,8 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
         for row in probs.tolist():
             order = sorted(range(len(row)), key=lambda j: -row[j])
             best = order[0]
-            res = {"label": self.labels.labels[best], "score": round(row[best], 6),
-                   "probabilities": {self.labels.labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
+            res = {"label": self.label_map.labels[best], "score": round(row[best], 6),
+                   "probabilities": {self.label_map.labels[j]: round(row[j], 6) for j in order[: top_k or len(row)]}}
             out.append(res)
         return out
 
@@ -340,8 +340,8 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
         text_col = resolve_column(frame, self.cfg.data.columns.text, "text")
         return column_texts(frame, text_col, path, self.cfg.data.clean)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame = self._read(path, need_label=True)
-        data = self._encode(frame, self.labels.encode(frame, str(self.cfg.data.columns.label)))
+        data = self._encode(frame, self.label_map.encode(frame, str(self.cfg.data.columns.label)))
         probs = self.probabilities(self.model, data)
-        return _metrics_with_examples(probs, data, self.labels.labels, self.cfg.evaluation.worst_examples)
+        return _metrics_with_examples(probs, data, self.label_map.labels, self.cfg.evaluation.worst_examples)

@@ -371,7 +371,7 @@ class TextEmbeddingPredictor(TaskPredictor, _EmbeddingUser, Predicts, Evaluates,
 
         return text_problem(x, self.cfg.data.clean)
 
-    def predict(self, inputs, kind: str = "query") -> list[dict]:
+    def predict_inputs(self, inputs, kind: str = "query") -> list[dict]:
         # checked (an empty text is refused) but embedded as given: the vectors are Encoder.encode's exactly, the
         # same a knowledge base or the Python API gets for the text (the model's tokenizer normalizes)
         normalize_inputs(inputs, self.cfg.data.clean)
@@ -389,7 +389,7 @@ class TextEmbeddingPredictor(TaskPredictor, _EmbeddingUser, Predicts, Evaluates,
 
         return column_texts(frame, col, path, self.cfg.data.clean)
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame = read_file(self.cfg, Path(path))
         pairs, _ = read_pairs(self.cfg, frame, dedupe=False)
         return self.retrieval(self._encoder, RetrievalSet(pairs, read_corpus(self.cfg)), detailed=True)

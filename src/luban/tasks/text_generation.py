@@ -517,18 +517,22 @@ class TextGenerationTask(Task):
 
     # model -----------------------------------------------------------------------------------------------
     def build_model(self):
-        cfg, m = self.cfg, self.cfg.model
+        cfg = self.cfg
         self.base_metrics = None
-        if not m.pretrained:
+        if not cfg.model.pretrained:
             return build_gpt(cfg, self.encoder.vocab_size)
-        from luban.models.causal_lm import CausalLM, add_lora, load_hf_causal_lm
+        model = build_model(cfg.model, cfg.task, source=self.source, vocab_size=len(self.encoder.tok),
+                            device=self.device, as_loaded=self._measure_as_loaded)
+        if self.pref:
+            disable_dropout(model)
+        return model
 
-        hf = load_hf_causal_lm(self.source, m.allow_download, m.trust_remote_code, m.base_dtype)
-        if len(self.encoder.tok) > hf.get_input_embeddings().num_embeddings:
-            hf.resize_token_embeddings(len(self.encoder.tok))
-        model = CausalLM(hf).to(self.device)
+    def _measure_as_loaded(self, model) -> None:
+        """The pretrained model before fine-tuning: its context window; under preference training the frozen
+        reference's log-probabilities (once, before training), else the baseline fine-tuning has to beat."""
+        cfg = self.cfg
         self.block = context_length(cfg, model)
-        if self.pref:  # the model as loaded is the frozen reference: its log-probabilities once, before training
+        if self.pref:
             from luban.training.hardware import autocast
 
             with autocast(self.device, getattr(self, "precision", "fp32")):
@@ -539,17 +543,6 @@ class TextGenerationTask(Task):
                                  for s in ("validation", "test")}
         elif cfg.evaluation.baseline:  # the pretrained model as is: what fine-tuning has to beat
             self.base_metrics = {s: self._loss(model, s) for s in ("validation", "test")}
-        if m.finetune == "lora":
-            model = CausalLM(add_lora(hf, m.lora))
-        elif m.finetune == "none":
-            model.requires_grad_(False)
-        if self.pref:
-            disable_dropout(model)
-        if m.gradient_checkpointing:
-            hf.gradient_checkpointing_enable()
-            if m.finetune == "lora":
-                hf.enable_input_require_grads()
-        return model
 
     @property
     def throughput_unit(self):
@@ -687,7 +680,7 @@ def samples_section(history: list[dict], final: dict) -> str:
 
 
 class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, StreamsTokens, DecodesTogether, ScoresTokens):
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "text_generation"
     continues_prompt = True
 
@@ -781,7 +774,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
     def chat_tools(self) -> bool:
         return self.formatter.supports_tools
 
-    def predict(self, inputs, **knobs) -> list[dict]:
+    def predict_inputs(self, inputs, **knobs) -> list[dict]:
         """Each input: a prompt string, or {"messages": [...]} for a chat turn."""
         if isinstance(inputs, (str, dict)):
             inputs = [inputs]
@@ -834,7 +827,7 @@ class TextGenerationPredictor(TaskPredictor, Predicts, Evaluates, Chats, Streams
                 return [v if isinstance(v, str) else "" for v in frame[resolve_column(frame, ref, role)]]
         raise DataError(f"{path}: name the prompt column (data.columns.prompt)")
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         """Loss and perplexity on held-out text (a corpus file) or SFT data (the training columns); for a
         preference-trained run, the preference metrics on chosen/rejected pairs (the rewards need the reference
         model, read again from model.path; without it, the metrics that do not)."""

@@ -321,7 +321,7 @@ def worst_sequences(seqs: list[Sequence], pred: list[list[str]], scheme: str, n:
 
 
 class TokenClassificationPredictor(TaskPredictor, _Tagging, Predicts, Evaluates):
-    input_kind = "text"  # what the server sends predict(): see luban.Predictor.capabilities
+    input_kind = "text"  # what the server sends predict(): see TaskPredictor.capabilities
     task = "token_classification"
     exportable = True
 
@@ -357,7 +357,7 @@ class TokenClassificationPredictor(TaskPredictor, _Tagging, Predicts, Evaluates)
         load_model(head, str(self.folder / HEAD))
         return head.to(self.device).eval()
 
-    def predict(self, inputs) -> list[dict]:
+    def predict_inputs(self, inputs) -> list[dict]:
         """Each input: a text (cut into tokens as in training: characters or words) or {"tokens": [...]}. Returns
         tokens, tags and, by scheme, entities [{text, type, start, end}] (character offsets in the text, end
         exclusive; token offsets for token input) or words."""
@@ -425,7 +425,7 @@ class TokenClassificationPredictor(TaskPredictor, _Tagging, Predicts, Evaluates)
             return [v if isinstance(v, str) else "" for v in frame[col]]
         return [{"tokens": q.tokens} for q in read_sequences(frame, resolve_column(frame, c.tokens, "tokens"), None)]
 
-    def evaluate(self, path):
+    def evaluate_file(self, path):
         frame = self._frame(path)
         c = self.cfg.data.columns
         seqs = read_sequences(frame, resolve_column(frame, c.tokens, "tokens"), resolve_column(frame, c.tags, "tags"))
