@@ -24,11 +24,14 @@ from luban.serve.app import create_app  # noqa: E402
 from luban.serve.settings import ServeSettings  # noqa: E402
 
 PERSON = {"type": "object",
-          "properties": {"name": {"type": "string", "maxLength": 8},
+          "properties": {"name": {"type": "string", "maxLength": 4},
                          "age": {"type": "integer", "minimum": 0, "maximum": 120},
                          "pet": {"enum": ["cat", "dog", "none"]},
                          "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3}},
           "required": ["name", "age", "pet", "tags"], "additionalProperties": False}
+
+SMALL = {"type": "object", "properties": {"pet": {"enum": ["cat", "dog"]}, "ok": {"type": "boolean"}},
+         "required": ["pet", "ok"], "additionalProperties": False}
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather of a city",
                                               "parameters": {"type": "object",
@@ -86,10 +89,10 @@ def oai(client):
 
 
 def test_a_random_model_forced_to_a_schema_writes_valid_objects(predictor):
-    free = predictor.generate_text("the cat", max_new_tokens=40, temperature=1.0, seed=0)
+    free = predictor.generate_text("the cat", max_new_tokens=20, temperature=1.0, seed=0)
     with pytest.raises(json.JSONDecodeError):  # the random model left alone does not write JSON
         json.loads(free["text"])
-    for seed in range(6):
+    for seed in range(2):
         r = predictor.generate_text("the cat", max_new_tokens=80, temperature=1.0, seed=seed, json_schema=PERSON)
         assert r["finish_reason"] == "eos", r  # the grammar ends the object; OpenAI's "stop"
         _valid(json.loads(r["text"]), PERSON)
@@ -101,7 +104,7 @@ def test_a_random_model_forced_to_a_schema_writes_valid_objects(predictor):
 
 def test_any_json_object_and_the_length_limit(predictor):
     done = 0
-    for seed in range(8):
+    for seed in range(4):
         r = predictor.generate_text("hi", max_new_tokens=24, temperature=1.0, seed=seed,
                                     json_schema={"type": "object"})
         assert r["text"].startswith("{")
@@ -120,10 +123,9 @@ def test_any_json_object_and_the_length_limit(predictor):
 
 
 def test_constrained_and_free_rows_share_a_batch_each_as_it_is_alone(predictor):
-    requests = [{"prompt": "the cat", "max_new_tokens": 40, "temperature": 1.0, "seed": 1},
-                {"prompt": "the cat", "max_new_tokens": 80, "temperature": 1.0, "seed": 2, "json_schema": PERSON},
-                {"prompt": "hello world", "max_new_tokens": 80, "do_sample": False, "json_schema": {"type": "object"}},
-                {"prompt": "hello", "max_new_tokens": 30, "do_sample": False}]
+    requests = [{"prompt": "the cat", "max_new_tokens": 10, "temperature": 1.0, "seed": 1},
+                {"prompt": "the cat", "max_new_tokens": 40, "temperature": 1.0, "seed": 2, "json_schema": SMALL},
+                {"prompt": "hello world", "max_new_tokens": 20, "do_sample": False, "json_schema": {"type": "object"}}]
     gen = predictor.task_predictor.generator
     batch = gen.batch(requests)
     texts, sizes = {i: "" for i in range(len(requests))}, []
@@ -136,7 +138,7 @@ def test_constrained_and_free_rows_share_a_batch_each_as_it_is_alone(predictor):
     for i, r in enumerate(requests):
         alone = gen.run(**{k: v for k, v in r.items()})
         assert texts[i] == alone["text"], i
-    _valid(json.loads(texts[1]), PERSON)
+    _valid(json.loads(texts[1]), SMALL)
 
 
 def test_openai_response_format_json_object_and_json_schema(oai, client):
@@ -147,7 +149,7 @@ def test_openai_response_format_json_object_and_json_schema(oai, client):
     choice = r.choices[0]
     assert choice.finish_reason == "stop"
     _valid(json.loads(choice.message.content), PERSON)
-    r = oai.chat.completions.create(model="chat", messages=msgs, max_tokens=200, temperature=0, n=1,
+    r = oai.chat.completions.create(model="chat", messages=msgs, max_tokens=40, temperature=0, n=1,
                                     response_format={"type": "json_object"})
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].message.content), dict)
@@ -181,14 +183,14 @@ def test_concurrent_constrained_and_free_requests_are_served_together(oai):
         fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}} if i % 2 else None
         kw = {"response_format": fmt} if fmt else {}
         out[i] = oai.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"n{i}"}],
-                                             max_tokens=120, seed=i, **kw).choices[0]
+                                             max_tokens=120 if fmt else 15, seed=i, **kw).choices[0]
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for i in (1, 3):
+    for i in (1,):
         assert out[i].finish_reason == "stop", out[i].message.content
         _valid(json.loads(out[i].message.content), PERSON)
 
@@ -219,7 +221,7 @@ def test_forced_tool_calls_follow_the_parameters_schema(oai):
     msgs = [{"role": "user", "content": "weather in Paris?"}]
     for choice, names in [("required", {"get_weather", "get_time"}),
                           ({"type": "function", "function": {"name": "get_time"}}, {"get_time"})]:
-        for seed in range(3):
+        for seed in range(2):
             r = oai.chat.completions.create(model="chat", messages=msgs, tools=WEATHER, tool_choice=choice,
                                             max_tokens=60, seed=seed).choices[0]
             assert r.finish_reason == "tool_calls", r
@@ -239,7 +241,7 @@ def test_cli_generate_json_object_and_schema(run, tmp_path, capsys):
                      "--max-new-tokens", "80", "--seed", "0"]) in (0, None)
     out = capsys.readouterr().out.strip()
     _valid(json.loads(out), PERSON)
-    assert cli.main(["generate", str(run), "--prompt", "hi", "--json-object", "--json", "--max-new-tokens", "200",
+    assert cli.main(["generate", str(run), "--prompt", "hi", "--json-object", "--json", "--max-new-tokens", "30",
                      "--greedy"]) in (0, None)
     r = json.loads(capsys.readouterr().out.strip())
     assert r["text"].startswith("{") and r["finish_reason"] in ("eos", "length")
