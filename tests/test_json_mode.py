@@ -252,3 +252,44 @@ def test_cli_generate_json_object_and_schema(run, tmp_path, capsys):
     assert "--json-schema" in err and str(bad) in err and "Traceback" not in err
     assert cli.main(["generate", str(run), "--prompt", "hi", "--json-schema", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+class _Chars:
+    """A character vocabulary (luban's char tokenizer's shape: no Hugging Face object), id 0 the end token."""
+
+    def __init__(self):
+        self.chars = ["<eos>"] + list('{}[]",:. -0123456789abcdefghijklmnopqrstuvwxyz')
+        self.vocab_size, self.eos_id, self.bos_id, self.pad_id = len(self.chars), 0, None, None
+
+    def encode_text(self, text):
+        return [self.chars.index(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids if i)
+
+
+def test_a_luban_gpt_with_a_character_vocabulary_batched_and_past_its_window():
+    import torch
+
+    from luban.generation.batch import BatchDecoder
+    from luban.generation.constrained import Grammars
+    from luban.generation.decoding import GenerationConfig
+    from luban.models.gpt import GPT, GPTSizes
+
+    chars = _Chars()
+    torch.manual_seed(0)
+    model = GPT(GPTSizes(vocab_size=chars.vocab_size, block_size=24, n_layer=1, n_head=2, n_embd=16)).eval()
+    grammars = Grammars(chars, [0], lambda ids: [(chars.decode([i]), chars.decode([i]).encode()) for i in ids])
+    cfg = GenerationConfig(max_new_tokens=120, temperature=1.0, eos_token_id=0, json_schema=PERSON)
+    rows = [(chars.encode_text("a cat"), cfg.model_copy(update={"seed": s})) for s in range(2)]
+    rows.append((chars.encode_text("a"), GenerationConfig(max_new_tokens=8, seed=9, eos_token_id=0)))
+    dec = BatchDecoder(model, rows, chars.decode, constrain=lambda c: grammars.constraint(c.json_schema))
+    texts, finish = ["" for _ in rows], [None] * len(rows)
+    while not dec.done:
+        for r, _, piece, why in dec.step():
+            texts[r] += piece
+            finish[r] = why or finish[r]
+    for r in range(2):  # the objects outgrow the 24-token window: those rows slide, still constrained
+        assert finish[r] == "eos", texts[r]
+        _valid(json.loads(texts[r]), PERSON)
+    assert len(max(texts[:2], key=len)) > 24
