@@ -277,8 +277,8 @@ def tool_check(client, name: str, checks: dict, raises) -> dict:
 
 CITY = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40},
-    "population_millions": {"type": "number", "minimum": 0},
-    "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 60}, "minItems": 1, "maxItems": 3}},
+    "population_millions": {"type": "integer", "minimum": 0, "maximum": 1000},
+    "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "minItems": 1, "maxItems": 3}},
     "required": ["city", "country", "population_millions", "landmarks"], "additionalProperties": False}
 
 
@@ -298,13 +298,13 @@ def json_mode_check(client, name: str, checks: dict) -> dict:
                                        "and up to three landmarks."}]
     try:
         t0 = time.perf_counter()
-        obj = client.chat.completions.create(model=name, messages=ask, max_tokens=160, temperature=0,
+        obj = client.chat.completions.create(model=name, messages=ask, max_tokens=120, temperature=0,
                                              response_format={"type": "json_object"})
         c = obj.choices[0]
         ok = c.finish_reason == "length" or isinstance(json.loads(c.message.content), dict)
         fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}}
         t1 = time.perf_counter()
-        r = client.chat.completions.create(model=name, messages=ask, max_tokens=160, temperature=0,
+        r = client.chat.completions.create(model=name, messages=ask, max_tokens=120, temperature=0,
                                            response_format=fmt)
         t2 = time.perf_counter()
         s = r.choices[0]
@@ -313,7 +313,7 @@ def json_mode_check(client, name: str, checks: dict) -> dict:
             jsonschema.validate(value, CITY)
         ok = ok and value is not None
         pieces = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
-            model=name, messages=ask, max_tokens=160, temperature=0, response_format=fmt, stream=True) if ch.choices]
+            model=name, messages=ask, max_tokens=120, temperature=0, response_format=fmt, stream=True) if ch.choices]
         ok = ok and "".join(pieces) == s.message.content
         try:
             client.chat.completions.create(model=name, messages=ask, max_tokens=8, response_format={
