@@ -68,7 +68,7 @@ def compile_schema(schema) -> str:
     if not isinstance(schema, dict):
         raise ValueError(f"a JSON schema is a JSON object, found {type(schema).__name__}")
     try:
-        text = json.dumps(schema, sort_keys=True)
+        text = json.dumps(schema)  # key order kept: properties are written in the schema's order
     except (TypeError, ValueError) as e:
         raise ValueError(f"the schema is not JSON: {e}") from None
     return _compile(text)
@@ -82,14 +82,18 @@ class JsonConstraint:
         self.matcher, self.vocab = matcher, vocab
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """1-D logits with the tokens the grammar does not allow next set to -inf. On the CPU in numpy (one
+        thread: torch's thread pool costs more than the work on a busy machine)."""
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         n = min(self.vocab, logits.shape[-1], len(bits))
-        allow = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        allow[:n] = torch.from_numpy(bits[:n].astype(bool))
-        if not bool(allow.any()):
+        allow = np.zeros(logits.shape[-1], dtype=bool)
+        allow[:n] = bits[:n]
+        if not allow.any():
             raise LubanError("JSON decoding: no token of the vocabulary can continue the JSON"
                              + (f" ({self.matcher.get_error()})" if self.matcher.is_error() else ""))
-        return logits.masked_fill(~allow.to(logits.device), float("-inf"))
+        if logits.device.type == "cpu":
+            return torch.from_numpy(np.where(allow, logits.detach().float().numpy(), np.float32("-inf")))
+        return logits.masked_fill(~torch.from_numpy(allow).to(logits.device), float("-inf"))
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(int(token)):
