@@ -96,6 +96,7 @@ def test_a_random_model_forced_to_a_schema_writes_valid_objects(predictor):
         r = predictor.generate_text("the cat", max_new_tokens=80, temperature=1.0, seed=seed, json_schema=PERSON)
         assert r["finish_reason"] == "eos", r  # the grammar ends the object; OpenAI's "stop"
         _valid(json.loads(r["text"]), PERSON)
+        assert list(json.loads(r["text"])) == list(PERSON["properties"])  # written in the schema's order
     greedy = predictor.generate_text("hello", max_new_tokens=80, do_sample=False, json_schema=PERSON)
     _valid(json.loads(greedy["text"]), PERSON)
     streamed = "".join(predictor.stream_text("hello", max_new_tokens=80, do_sample=False, json_schema=PERSON))
