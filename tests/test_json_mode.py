@@ -88,6 +88,7 @@ def oai(client):
     return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny models decode faster on one torch thread
 def test_a_random_model_forced_to_a_schema_writes_valid_objects(predictor):
     free = predictor.generate_text("the cat", max_new_tokens=20, temperature=1.0, seed=0)
     with pytest.raises(json.JSONDecodeError):  # the random model left alone does not write JSON
@@ -103,6 +104,7 @@ def test_a_random_model_forced_to_a_schema_writes_valid_objects(predictor):
     assert streamed == greedy["text"]
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny models decode faster on one torch thread
 def test_any_json_object_and_the_length_limit(predictor):
     done = 0
     for seed in range(4):
@@ -123,6 +125,7 @@ def test_any_json_object_and_the_length_limit(predictor):
         predictor.generate_text("hi", json_schema=PERSON, num_beams=2)
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny models decode faster on one torch thread
 def test_constrained_and_free_rows_share_a_batch_each_as_it_is_alone(predictor):
     requests = [{"prompt": "the cat", "max_new_tokens": 10, "temperature": 1.0, "seed": 1},
                 {"prompt": "the cat", "max_new_tokens": 40, "temperature": 1.0, "seed": 2, "json_schema": SMALL},
@@ -269,6 +272,7 @@ class _Chars:
         return "".join(self.chars[i] for i in ids if i)
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny models decode faster on one torch thread
 def test_a_luban_gpt_with_a_character_vocabulary_batched_and_past_its_window():
     import torch
 
