@@ -4,8 +4,9 @@ Works with the official `openai` client (`OpenAI(base_url="http://HOST:PORT/v1",
 top_p, max_tokens (or max_completion_tokens), stop, n, seed, stream (server-sent events ending with
 `data: [DONE]`, with `stream_options.include_usage`), usage counts and finish_reason; luban's own top_k and
 repetition_penalty are accepted too. Text-generation runs add logprobs / top_logprobs (completions' echo with
-max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request) and tools through the chat
-template (openai_extras: the shapes, tool-call parsing, and the 400 for fields luban does not implement). Errors use
+max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request), tools through the chat
+template, and response_format / forced tool calls by JSON-constrained decoding (openai_extras: the shapes, tool-call
+parsing, the schemas, and the 400 for fields luban does not implement). Errors use
 OpenAI's shape and status codes (400 for a bad request, 401, 404 for an unknown model, 503 + Retry-After when the
 generation queue is full).
 
