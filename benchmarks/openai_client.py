@@ -20,6 +20,10 @@ lm-evaluation-harness need beyond text:
     embeddings     client.embeddings.create on --embed (a served encoder): one float vector per input, usage
     tools          chat with a get_weather tool: a model whose chat template renders tools answers a parsed
                    tool call (finish_reason tool_calls); any other model is refused with a 400 naming tools
+    json_mode      response_format json_object and json_schema (constrained decoding): with finish_reason "stop" the
+                   reply parses (and validates against the schema with jsonschema), streamed it joins to the same
+                   text, a bad schema is a 400 naming response_format.json_schema.schema, and (on a model whose
+                   template renders tools) tool_choice "required" forces a call whose arguments follow the schema
 
 --run takes a run directory, a causal-LM model folder or a starter name (served as it is). The last line is one
 JSON object: `ok: true` when every check passed, `passed: [...]` the checks that did.
@@ -153,6 +157,7 @@ def main():
                    "stream_chunks": chunks}
         details.update(logprob_checks(client, name, run, checks))
         details.update(tool_check(client, name, checks, raises))
+        details.update(json_mode_check(client, name, checks))
         details.update(embedding_check(a.embed, key, work, checks))
     finally:
         stop(proc)
@@ -268,6 +273,73 @@ def tool_check(client, name: str, checks: dict, raises) -> dict:
         args = None
     checks["tools"] = ok and isinstance(args, dict) and "paris" in json.dumps(args).lower()
     return {"tools_mode": "called", "tool_call": calls[0].function.model_dump() if calls else c.message.content}
+
+
+CITY = {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40},
+    "population_millions": {"type": "integer", "minimum": 0, "maximum": 1000},
+    "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "minItems": 1, "maxItems": 3}},
+    "required": ["city", "country", "population_millions", "landmarks"], "additionalProperties": False}
+
+
+def json_mode_check(client, name: str, checks: dict) -> dict:
+    """response_format json_object / json_schema by constrained decoding, streamed and not, a bad schema's 400,
+    and a tool call forced by tool_choice "required" (where the chat template renders tools)."""
+    import json
+
+    from openai import BadRequestError
+
+    out: dict = {}
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    ask = [{"role": "user", "content": "Describe Paris as JSON: the city, its country, its population in millions "
+                                       "and up to three landmarks."}]
+    try:
+        t0 = time.perf_counter()
+        obj = client.chat.completions.create(model=name, messages=ask, max_tokens=120, temperature=0,
+                                             response_format={"type": "json_object"})
+        c = obj.choices[0]
+        ok = c.finish_reason == "length" or isinstance(json.loads(c.message.content), dict)
+        fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}}
+        t1 = time.perf_counter()
+        r = client.chat.completions.create(model=name, messages=ask, max_tokens=120, temperature=0,
+                                           response_format=fmt)
+        t2 = time.perf_counter()
+        s = r.choices[0]
+        value = json.loads(s.message.content) if s.finish_reason == "stop" else None
+        if value is not None and jsonschema is not None:
+            jsonschema.validate(value, CITY)
+        ok = ok and value is not None
+        pieces = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+            model=name, messages=ask, max_tokens=120, temperature=0, response_format=fmt, stream=True) if ch.choices]
+        ok = ok and "".join(pieces) == s.message.content
+        try:
+            client.chat.completions.create(model=name, messages=ask, max_tokens=8, response_format={
+                "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}})
+            ok = False
+        except BadRequestError as e:
+            ok = ok and "response_format.json_schema.schema" in str(e)
+        out.update({"json_object": c.message.content, "json_object_finish": c.finish_reason,
+                    "json_schema_reply": value if value is not None else s.message.content,
+                    "json_schema_finish": s.finish_reason, "json_schema_tokens": r.usage.completion_tokens,
+                    "json_schema_seconds": round(t2 - t1, 2), "json_object_seconds": round(t1 - t0, 2)})
+        try:
+            forced = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "What is the weather like in Paris today?"}],
+                tools=WEATHER, tool_choice="required", max_tokens=64, temperature=0).choices[0]
+            calls = forced.message.tool_calls or []
+            args = json.loads(calls[0].function.arguments) if calls else None
+            ok = ok and forced.finish_reason == "tool_calls" and isinstance(args, dict) and "city" in args
+            out["forced_tool_call"] = calls[0].function.model_dump() if calls else forced.message.content
+        except BadRequestError as e:  # the chat template does not render tools
+            out["forced_tool_call"] = f"refused: {e}"[:200]
+            ok = ok and "tools" in str(e)
+        checks["json_mode"] = ok
+    except Exception as e:  # noqa: BLE001 - a failed check, reported
+        checks["json_mode"], out["json_mode_error"] = False, f"{type(e).__name__}: {e}"[:300]
+    return out
 
 
 def start_server(sources: list[str], port: int, key: str, log):

@@ -202,7 +202,7 @@ def test_bad_logprobs_context_and_unsupported_fields_are_400s_naming_the_field(s
     err = _error(client.post("/v1/completions", json={"model": "chat", "prompt": "hello " * (window + 5)}),
                  param="prompt")
     assert "context window" in err["message"]
-    for field, value in [("response_format", {"type": "json_object"}), ("logit_bias", {"5": 10}),
+    for field, value in [("response_format", {"type": "xml"}), ("logit_bias", {"5": 10}),
                          ("presence_penalty", 0.5), ("functions", [{"name": "f"}])]:
         _error(client.post("/v1/chat/completions", json={**chat, field: value}), param=field)
     assert client.post("/v1/chat/completions", json={**chat, "response_format": {"type": "text"},
@@ -210,7 +210,7 @@ def test_bad_logprobs_context_and_unsupported_fields_are_400s_naming_the_field(s
     err = _error(client.post("/v1/chat/completions", json={**chat, "tools": WEATHER}), param="tools")
     assert "template" in err["message"]
     _error(client.post("/v1/chat/completions", json={**chat, "model": "tools", "tools": WEATHER,
-                                                     "tool_choice": "required"}), param="tool_choice")
+                                                     "tool_choice": "always"}), param="tool_choice")
 
 
 def test_tools_render_through_the_chat_template_and_calls_are_parsed(served):

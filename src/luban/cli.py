@@ -127,11 +127,14 @@ def _cmd_generate(a):
     from luban.hub.model_run import runs_for
     from luban.predictor import load
 
+    schema = _generate_schema(a)  # before the model loads: a bad schema file fails at once
     p = load(runs_for([a.run])[0])
     continues = isinstance(p, GeneratesText) and p.continues_prompt
     knobs = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
              "repetition_penalty": a.repetition_penalty, "num_beams": a.num_beams,
-             "length_penalty": a.length_penalty, "seed": a.seed, "stop": a.stop or None}
+             "length_penalty": a.length_penalty, "seed": a.seed, "stop": a.stop or None, "json_schema": schema}
+    if schema is not None:
+        continues = False  # the JSON alone, not the prompt before it
     if a.greedy:
         knobs["do_sample"] = False
     knobs = {k: v for k, v in knobs.items() if v is not None}
@@ -147,6 +150,33 @@ def _cmd_generate(a):
             print(prompt + r["text"] if continues else r["text"])
             print(f"[{r['tokens']} tokens, {r.get('tokens_per_second', 0):.0f} tokens/s, "
                   f"{r.get('finish_reason', 'done')}]", file=sys.stderr)
+
+
+def _generate_schema(a) -> dict | None:
+    """--json-object / --json-schema FILE: the JSON schema generation is constrained to (None: free text)."""
+    from pathlib import Path
+
+    from luban.errors import ConfigError
+    from luban.generation.constrained import ANY_OBJECT, compile_schema
+
+    if a.json_object and a.json_schema:
+        raise ConfigError("--json-object and --json-schema: give one (a schema's reply is already JSON)")
+    if a.json_object:
+        return dict(ANY_OBJECT)
+    if not a.json_schema:
+        return None
+    path = Path(a.json_schema)
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"--json-schema {path}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--json-schema {path}: not JSON ({e})") from None
+    try:
+        compile_schema(schema)
+    except ValueError as e:
+        raise ConfigError(f"--json-schema {path}: not a usable JSON schema: {e}") from None
+    return schema
 
 
 def _cmd_transcribe(a):
@@ -404,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--greedy", action="store_true", help="greedy decoding whatever the temperature")
     gt.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gt.add_argument("--json", action="store_true", help="one JSON object per prompt (text, tokens, timing)")
+    gt.add_argument("--json-object", action="store_true",
+                    help="constrain the reply to a JSON object (constrained decoding; causal LMs)")
+    gt.add_argument("--json-schema", metavar="FILE",
+                    help="constrain the reply to JSON following the JSON schema in FILE (constrained decoding)")
     gt.set_defaults(fn=_cmd_generate)
     tr = sub.add_parser("transcribe", help="speech runs: transcribe (or classify) audio files or folders")
     tr.add_argument("run")

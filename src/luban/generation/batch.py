@@ -30,9 +30,10 @@ Event = tuple[int, int | None, str, str | None]  # row, token id (None on a clos
 
 
 class _Row:
-    def __init__(self, prompt: list[int], cfg: GenerationConfig, decode: Callable[[list[int]], str]):
+    def __init__(self, prompt: list[int], cfg: GenerationConfig, decode: Callable[[list[int]], str],
+                 constraint=None):
         self.context, self.cfg, self.count = prompt, cfg, 0
-        self.tracker = TextTracker(cfg, decode)
+        self.tracker = TextTracker(cfg, decode, constraint)
         self.generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         self.logprobs: list[dict] = []  # with cfg.logprobs: each generated token's token_logprob entry
 
@@ -40,7 +41,8 @@ class _Row:
         """The rest of this row in the single-sequence loop (sliding window), continuing its text and sampler."""
         left = self.cfg.max_new_tokens - self.count
         cfg = self.cfg.model_copy(update={"max_new_tokens": left})
-        for token in iter_token_ids(model, self.context, cfg, generator=self.generator, logprobs=self.logprobs):
+        for token in iter_token_ids(model, self.context, cfg, generator=self.generator, logprobs=self.logprobs,
+                                    constraint=self.tracker.constraint):
             self.context.append(token)
             piece, finish = self.tracker.push(token)
             yield token, piece, finish
@@ -99,11 +101,13 @@ def _join_caches(a, b, pad_a: int, pad_b: int):
 
 class BatchDecoder:
     """step() -> this step's events for every live row; add() more rows at any step; cancel(row) drops one; done
-    when every row finished. forward_sizes: the rows each model call of the last step advanced."""
+    when every row finished. forward_sizes: the rows each model call of the last step advanced. `constrain(cfg)`:
+    the JsonConstraint of a row whose cfg.json_schema is set (constrained and free rows share the batch; each row's
+    logits are masked by its own grammar)."""
 
     def __init__(self, model, rows: Sequence[tuple[Sequence[int], GenerationConfig]],
-                 decode: Callable[[list[int]], str]):
-        self.model, self.decode = model, decode
+                 decode: Callable[[list[int]], str], constrain: Callable[[GenerationConfig], object] | None = None):
+        self.model, self.decode, self.constrain = model, decode, constrain
         self.device = _model_device(model)
         self.max_context = getattr(model, "max_context", None)
         self.batchable = hasattr(model, "next_token_logits_batch")
@@ -134,7 +138,12 @@ class BatchDecoder:
             if not prompt:
                 raise ValueError("the prompt must encode to at least one token")
             i = len(self.rows)
-            self.rows[i] = row = _Row(prompt, cfg, self.decode)
+            constraint = None
+            if cfg.json_schema is not None:
+                if self.constrain is None:
+                    raise ValueError("json_schema: this model does not decode under a JSON grammar")
+                constraint = self.constrain(cfg)
+            self.rows[i] = row = _Row(prompt, cfg, self.decode, constraint)
             ids.append(i)
             if cfg.max_new_tokens == 0:
                 self.solo[i] = iter([(None, "", "length")])
@@ -199,7 +208,7 @@ class BatchDecoder:
         events, live = [], []
         for r, i in enumerate(ids):
             row = self.rows[i]
-            token = choose_token(logits[r], row.cfg, row.context, row.generator)
+            token = choose_token(logits[r], row.cfg, row.context, row.generator, row.tracker.constraint)
             if row.cfg.logprobs is not None:
                 row.logprobs.append(token_logprob(logits[r], token, row.cfg.logprobs))
             row.context.append(token)

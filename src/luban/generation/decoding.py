@@ -40,6 +40,9 @@ class GenerationConfig(GenerationSettings):
     # None: no log-probabilities; k: each generated token's log-probability (the log-softmax of the model's raw
     # logits, before any sampling transform) and the k most likely tokens' (OpenAI's logprobs / top_logprobs)
     logprobs: int | None = Field(None, ge=0, le=20)
+    # a JSON schema the text must follow (constrained decoding, luban.generation.constrained; {"type": "object"}:
+    # any JSON object); the caller hands each sequence its JsonConstraint
+    json_schema: dict | None = None
     # top_k (None or 0: off), top_p (None or 1: off), repetition_penalty (> 1 discourages tokens already in the
     # context, CTRL / HF convention) and seed (seeds the sampler's own torch.Generator; the global RNG is untouched)
     # as in GenerationSettings
@@ -143,9 +146,12 @@ def prompt_logprobs(model, ids: Sequence[int], top: int) -> list[dict | None]:
 
 
 def choose_token(logits: torch.Tensor, cfg: GenerationConfig, context: Sequence[int],
-                 generator: torch.Generator | None) -> int:
-    """One decoding step on 1-D logits (vocab,) -> the next token id."""
+                 generator: torch.Generator | None, constraint=None) -> int:
+    """One decoding step on 1-D logits (vocab,) -> the next token id; `constraint` (a JsonConstraint) leaves only
+    the tokens its grammar allows next."""
     logits = apply_repetition_penalty(logits.float(), context, cfg.repetition_penalty)
+    if constraint is not None:
+        logits = constraint.mask(logits)
     if cfg.greedy:
         return int(torch.argmax(logits))
     logits = logits / cfg.temperature
@@ -168,10 +174,12 @@ def _model_device(model) -> torch.device:
 
 
 def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
-                   generator: torch.Generator | None = None, logprobs: list | None = None) -> Iterator[int]:
+                   generator: torch.Generator | None = None, logprobs: list | None = None,
+                   constraint=None) -> Iterator[int]:
     """Yield new token ids one at a time (no stop-string or eos handling; see ``stream``/``generate``).
     `generator`: a sampler state to continue (default: a fresh one seeded by cfg.seed). With cfg.logprobs set,
-    each token's `token_logprob` entry is appended to `logprobs` before the token is yielded."""
+    each token's `token_logprob` entry is appended to `logprobs` before the token is yielded. `constraint`: the
+    JsonConstraint whose mask each step applies (the caller advances it with each yielded token)."""
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("the prompt must encode to at least one token")
@@ -195,7 +203,7 @@ def iter_token_ids(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
                 logits, new_cache = model.next_token_logits(ids, cache)
             if cfg.use_cache:
                 cache, cache_end = new_cache, len(context)
-            token = choose_token(logits[0], cfg, context, generator)
+            token = choose_token(logits[0], cfg, context, generator, constraint)
             if logprobs is not None and cfg.logprobs is not None:
                 logprobs.append(token_logprob(logits[0], token, cfg.logprobs))
             context.append(token)
@@ -219,10 +227,12 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 class TextTracker:
     """One sequence's generated text: eos, stop strings (cut from the output) and streaming that holds back text
-    that could still become a stop string or finish a broken character. push(token) -> (piece, finish | None)."""
+    that could still become a stop string or finish a broken character. push(token) -> (piece, finish | None).
+    With a `constraint` (JsonConstraint) each token advances its grammar, and the sequence ends ("eos") once the
+    JSON value is complete."""
 
-    def __init__(self, cfg: GenerationConfig, decode: Callable[[list[int]], str]):
-        self.cfg, self.decode = cfg, decode
+    def __init__(self, cfg: GenerationConfig, decode: Callable[[list[int]], str], constraint=None):
+        self.cfg, self.decode, self.constraint = cfg, decode, constraint
         self.eos = {cfg.eos_token_id} if isinstance(cfg.eos_token_id, int) else set(cfg.eos_token_id or ())
         self.generated: list[int] = []
         self.text, self.emitted = "", 0
@@ -230,11 +240,15 @@ class TextTracker:
     def push(self, token: int) -> tuple[str, str | None]:
         if token in self.eos:
             return self.text[self.emitted:], "eos"
+        if self.constraint is not None:
+            self.constraint.advance(token)
         self.generated.append(token)
         self.text = text = self.decode(self.generated)
         hits = [i for i in (text.find(s) for s in self.cfg.stop) if i >= 0]
         if hits:
             return text[self.emitted:max(self.emitted, min(hits))], "stop"
+        if self.constraint is not None and self.constraint.complete:
+            return text[self.emitted:], "eos"
         safe = len(text) - _held_back(text, self.cfg.stop)
         piece = text[self.emitted:safe] if safe > self.emitted else ""
         self.emitted = max(self.emitted, safe)
@@ -246,11 +260,11 @@ class TextTracker:
 
 
 def step_events(model, prompt_ids, cfg: GenerationConfig, decode: Callable[[list[int]], str],
-                logprobs: list | None = None):
+                logprobs: list | None = None, constraint=None):
     """Yield (token_id | None, text_piece, finish_reason | None); the last event carries the finish reason.
-    `logprobs`: see iter_token_ids (its last entry is the yielded token's)."""
-    tracker = TextTracker(cfg, decode)
-    for token in iter_token_ids(model, prompt_ids, cfg, logprobs=logprobs):
+    `logprobs`: see iter_token_ids (its last entry is the yielded token's); `constraint`: a JsonConstraint."""
+    tracker = TextTracker(cfg, decode, constraint)
+    for token in iter_token_ids(model, prompt_ids, cfg, logprobs=logprobs, constraint=constraint):
         piece, finish = tracker.push(token)
         yield token, piece, finish
         if finish:
@@ -267,11 +281,11 @@ def stream(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
 
 
 def generate(model, prompt_ids: Sequence[int], cfg: GenerationConfig,
-             decode: Callable[[list[int]], str]) -> GenerationResult:
+             decode: Callable[[list[int]], str], constraint=None) -> GenerationResult:
     """Run decoding to the end and return the text, the token ids and why it stopped."""
     began = time.perf_counter()
     pieces, ids, reason = [], [], "length"
-    for token, piece, finish in step_events(model, prompt_ids, cfg, decode):
+    for token, piece, finish in step_events(model, prompt_ids, cfg, decode, constraint=constraint):
         if token is not None:
             ids.append(token)
         pieces.append(piece)

@@ -4,8 +4,9 @@ Works with the official `openai` client (`OpenAI(base_url="http://HOST:PORT/v1",
 top_p, max_tokens (or max_completion_tokens), stop, n, seed, stream (server-sent events ending with
 `data: [DONE]`, with `stream_options.include_usage`), usage counts and finish_reason; luban's own top_k and
 repetition_penalty are accepted too. Text-generation runs add logprobs / top_logprobs (completions' echo with
-max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request) and tools through the chat
-template (openai_extras: the shapes, tool-call parsing, and the 400 for fields luban does not implement). Errors use
+max_tokens 0 and token-id prompts: lm-evaluation-harness' loglikelihood request), tools through the chat
+template, and response_format / forced tool calls by JSON-constrained decoding (openai_extras: the shapes, tool-call
+parsing, the schemas, and the 400 for fields luban does not implement). Errors use
 OpenAI's shape and status codes (400 for a bad request, 401, 404 for an unknown model, 503 + Retry-After when the
 generation queue is full).
 
@@ -33,8 +34,8 @@ from luban.serve.batching import QueueFull
 from luban.serve.errors import INPUT_ERRORS, ApiError, bad_request, overloaded
 from luban.serve.generation import Job
 from luban.serve.models import Registry, ServedModel, registry
-from luban.serve.openai_extras import (Logprobs, chat_top, check_tools, completion_top, parse_tool_calls,
-                                       refuse_unsupported, template_messages)
+from luban.serve.openai_extras import (Logprobs, chat_top, check_tools, completion_top, forced_call_schema,
+                                       parse_tool_calls, refuse_unsupported, response_schema, template_messages)
 from luban.serve.settings import ServeSettings
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", None: "stop"}
@@ -98,7 +99,9 @@ class ChatRequest(_Sampling):
     top_logprobs: int | None = Field(None, description="0-20 most likely alternatives per token (logprobs: true)")
     tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call (models whose chat "
                                                "template renders tools)")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="\"auto\" (default with tools) or \"none\"")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="\"auto\" (default with tools), \"none\", "
+                                                     "\"required\" or a named function (forced by constrained "
+                                                     "decoding)")
 
 
 class CompletionRequest(_Sampling):
@@ -136,8 +139,25 @@ def knobs_for(req: _Sampling, m: ServedModel, top: int | None = None) -> dict:
     if max_tokens is None:
         max_tokens = min(m.predictor.default_max_new_tokens() or 256, s.max_tokens)
     knobs = {"max_new_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-             "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": req.stop, "logprobs": top}
+             "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": req.stop, "logprobs": top,
+             "json_schema": json_schema(req, m)}
     return {k: v for k, v in knobs.items() if v is not None}
+
+
+def json_schema(req: _Sampling, m: ServedModel) -> dict | None:
+    """The schema decoding follows: response_format (chat, and on /v1/completions as a luban extension), or a
+    tool call forced by tool_choice (openai_extras)."""
+    fmt = response_schema((req.model_extra or {}).get("response_format"))
+    forced = forced_call_schema(check_tools(req.tools, req.tool_choice), req.tool_choice) \
+        if isinstance(req, ChatRequest) else None
+    if fmt is not None and forced is not None:
+        raise bad_request("response_format does not combine with a forced tool call (tool_choice \"required\" or "
+                          "a named function)", "response_format", "invalid_value")
+    schema = fmt if fmt is not None else forced
+    if schema is not None and not m.predictor.supports(ScoresTokens):
+        raise bad_request(f"model {m.name!r} does not decode under a JSON grammar (causal language models do)",
+                          "response_format" if fmt is not None else "tool_choice", "unsupported_parameter")
+    return schema
 
 
 def check_chars(s: ServeSettings, text: str, param: str):

@@ -1,6 +1,7 @@
 """What the OpenAI routes add around a generation: log-probabilities in OpenAI's two shapes, tool calls parsed from
-the model's text, and the refusal (400 naming the field) of request fields luban does not implement — a field that
-changes what the answer means is never accepted and silently ignored.
+the model's text, `response_format` and forced tool calls as the JSON schema decoding follows (constrained decoding,
+luban.generation.constrained), and the refusal (400 naming the field) of request fields luban does not implement — a
+field that changes what the answer means is never accepted and silently ignored.
 
 Log-probabilities are the log-softmax of the model's raw logits (before repetition penalty, temperature, top-k /
 top-p), as OpenAI and vLLM report them. /v1/completions uses the legacy shape
@@ -15,6 +16,8 @@ import json
 import re
 import uuid
 
+from luban.errors import LubanError
+from luban.generation.constrained import ANY_OBJECT, compile_schema
 from luban.serve.errors import bad_request
 
 MAX_TOP_LOGPROBS = 20  # OpenAI: top_logprobs 0-20
@@ -129,13 +132,6 @@ def refuse_unsupported(extra: dict, chat: bool) -> None:
                           "unsupported_parameter")
     if _set(extra.get("audio")):
         raise bad_request("audio output is not supported", "audio", "unsupported_parameter")
-    fmt = extra.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind != "text":
-            raise bad_request(f"response_format {{\"type\": {kind!r}}} is not supported: luban does not constrain "
-                              "decoding to JSON; leave response_format out (or {\"type\": \"text\"}) and ask for "
-                              "JSON in the prompt", "response_format", "unsupported_parameter")
     if not chat:
         for name in ("tools", "tool_choice"):
             if _set(extra.get(name)):
@@ -162,11 +158,70 @@ def check_tools(tools, tool_choice) -> list[dict] | None:
                               "\"description\", \"parameters\"}}", f"tools.{i}", "invalid_value")
     if tool_choice == "none":
         return None
-    if tool_choice not in (None, "auto"):
-        raise bad_request("tool_choice \"required\" or a named function is not supported (luban does not force a "
-                          "call by constrained decoding); use \"auto\" or \"none\"", "tool_choice",
-                          "unsupported_parameter")
+    if tool_choice not in (None, "auto", "required") and _named(tool_choice) is None:
+        raise bad_request("tool_choice is \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                          "\"function\": {\"name\": ...}}", "tool_choice", "invalid_value")
     return tools
+
+
+def _named(tool_choice) -> str | None:
+    fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _checked(schema, param: str) -> dict:
+    try:
+        compile_schema(schema)
+    except ValueError as e:
+        raise bad_request(f"{param}: {e}", param, "invalid_schema") from None
+    except LubanError as e:  # llguidance is not installed
+        raise bad_request(f"{param}: {e}", param, "unsupported_parameter") from None
+    return schema
+
+
+def response_schema(fmt) -> dict | None:
+    """OpenAI's response_format as the JSON schema decoding follows: None for {"type": "text"} (or none), any JSON
+    object for {"type": "json_object"}, the schema of {"type": "json_schema", "json_schema": {"name", "schema",
+    "strict"}} (always followed strictly). 400 naming the field when it is malformed or the schema does not compile."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(ANY_OBJECT)
+    if kind != "json_schema":
+        raise bad_request(f"response_format type {kind!r} is not one of \"text\", \"json_object\", "
+                          "\"json_schema\"", "response_format", "invalid_value")
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise bad_request("response_format.json_schema: expected {\"name\", \"schema\", \"strict\"}",
+                          "response_format.json_schema", "invalid_value")
+    if "schema" not in spec:
+        raise bad_request("response_format.json_schema.schema: give the JSON schema the reply must follow",
+                          "response_format.json_schema.schema", "invalid_schema")
+    return _checked(spec["schema"], "response_format.json_schema.schema")
+
+
+def forced_call_schema(tools: list[dict] | None, tool_choice) -> dict | None:
+    """With tool_choice "required" (some call) or a named function (that call): the schema of the reply
+    `{"name": ..., "arguments": {...}}`, its arguments following the function's `parameters`, so the call is
+    forced by constrained decoding and always parses (parse_tool_calls reads such a bare call)."""
+    name = _named(tool_choice)
+    if not tools or (tool_choice != "required" and name is None):
+        return None
+    chosen = [(i, t) for i, t in enumerate(tools) if name is None or t["function"]["name"] == name]
+    if not chosen:
+        raise bad_request(f"tool_choice names {name!r}, which is not one of the tools", "tool_choice",
+                          "invalid_value")
+    calls = []
+    for i, t in chosen:
+        params = t["function"].get("parameters") or {"type": "object"}
+        _checked(params, f"tools.{i}.function.parameters")
+        calls.append({"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "arguments": params},
+                      "required": ["name", "arguments"], "additionalProperties": False})
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 def template_messages(messages: list) -> list[dict]:

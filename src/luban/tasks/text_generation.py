@@ -43,6 +43,7 @@ from luban.data.readers import LINE, read_table, resolve_column
 from luban.data.tokenizers import BOS, EOS, TextEncoder, build_encoder, resolve_pretrained
 from luban.data.cleaning import not_text
 from luban.errors import ConfigError, DataError, LubanError
+from luban.generation.constrained import Grammars
 from luban.generation.decoding import GenerationConfig, generate, prompt_logprobs, step_events
 from luban.tasks.base import Batches, Task, read_frames, to_device
 from luban.models.registry import build_model
@@ -207,7 +208,8 @@ def bigram_loss(train_pairs: np.ndarray, eval_pairs: np.ndarray, vocab: int, alp
 
 
 def generation_config(settings: GenerationSettings, knobs: dict, eos) -> GenerationConfig:
-    allowed = (set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}) | {"logprobs"}
+    allowed = (set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}) | {"logprobs",
+                                                                                                      "json_schema"}
     unknown = sorted(set(knobs) - allowed)
     if unknown:
         raise LubanError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
@@ -275,6 +277,25 @@ class Generator:
 
     def __init__(self, model, encoder, formatter: ChatFormatter, settings: GenerationSettings):
         self.model, self.encoder, self.formatter, self.settings = model, encoder, formatter, settings
+        self.grammars = Grammars(encoder, _eos_ids(model, encoder), lambda ids: token_pieces(encoder, ids))
+
+    def _constraint(self, cfg: GenerationConfig):
+        """The JsonConstraint of a generation with a json_schema knob (None without one)."""
+        if cfg.json_schema is None:
+            return None
+        try:
+            return self.grammars.constraint(cfg.json_schema)
+        except ValueError as e:
+            raise LubanError(f"json_schema: {e}") from None
+
+    def _config(self, knobs: dict) -> GenerationConfig:
+        cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
+        if cfg.json_schema is not None:
+            try:
+                self.grammars.check(cfg.json_schema)
+            except ValueError as e:
+                raise LubanError(f"json_schema: {e}") from None
+        return cfg
 
     def _ids(self, prompt=None, messages=None, tools=None) -> list[int]:
         """The ids the model reads: a conversation (rendered by the chat template, with `tools` where given), a
@@ -303,11 +324,14 @@ class Generator:
         ids = self._ids(prompt, messages, knobs.pop("tools", None))
         num_beams = knobs.pop("num_beams", None) or self.settings.num_beams
         length_penalty = knobs.pop("length_penalty", None)
-        cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
+        cfg = self._config(knobs)
         if num_beams > 1:
+            if cfg.json_schema is not None:
+                raise LubanError("json_schema: JSON-constrained decoding samples or decodes greedily; it does not "
+                                 "combine with beam search (num_beams > 1)")
             return self._beam(ids, cfg, num_beams, self.settings.length_penalty if length_penalty is None
                               else length_penalty)
-        res = generate(self.model, ids, cfg, self.encoder.decode)
+        res = generate(self.model, ids, cfg, self.encoder.decode, self._constraint(cfg))
         return {"text": res.text, "tokens": len(res.token_ids), "finish_reason": res.finish_reason,
                 "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 1)}
 
@@ -322,14 +346,14 @@ class Generator:
         knobs.pop("num_beams", None)
         knobs.pop("length_penalty", None)
         ids = self._ids(prompt, messages, knobs.pop("tools", None))
-        cfg = generation_config(self.settings, knobs, _eos_ids(self.model, self.encoder))
-        return self._with_logprobs(step_events, self.model, ids, cfg, self.encoder.decode)
+        cfg = self._config(knobs)
+        return self._with_logprobs(step_events, self.model, ids, cfg, self.encoder.decode, self._constraint(cfg))
 
     @staticmethod
-    def _with_logprobs(steps, *args):
+    def _with_logprobs(steps, model, ids, cfg, decode, constraint):
         """(token, piece, finish, that token's logprob entry or None) per step (entries with cfg.logprobs only)."""
         sink: list[dict] = []
-        for token, piece, finish in steps(*args, sink):
+        for token, piece, finish in steps(model, ids, cfg, decode, sink, constraint):
             yield token, piece, finish, (sink[-1] if token is not None and sink else None)
 
     def batch(self, requests: list[dict]):
@@ -337,15 +361,14 @@ class Generator:
         EventBatch whose step() gives each request's next event and add() takes more (luban.generation.batch)."""
         from luban.generation.batch import BatchDecoder, EventBatch
 
-        eos = _eos_ids(self.model, self.encoder)
-
         def prepare(request: dict):
             knobs = {k: v for k, v in request.items() if k not in ("prompt", "messages", "num_beams",
                                                                      "length_penalty", "tools")}
             return (self._ids(request.get("prompt"), request.get("messages"), request.get("tools")),
-                    generation_config(self.settings, knobs, eos))
+                    self._config(knobs))
 
-        batch = EventBatch(prepare, lambda rows: BatchDecoder(self.model, rows, self.encoder.decode))
+        batch = EventBatch(prepare, lambda rows: BatchDecoder(self.model, rows, self.encoder.decode,
+                                                              constrain=self._constraint))
         batch.add(requests)
         return batch
 
