@@ -17,7 +17,6 @@ import re
 import uuid
 
 from luban.errors import LubanError
-from luban.generation.constrained import ANY_OBJECT, compile_schema
 from luban.serve.errors import bad_request
 
 MAX_TOP_LOGPROBS = 20  # OpenAI: top_logprobs 0-20
@@ -171,6 +170,8 @@ def _named(tool_choice) -> str | None:
 
 
 def _checked(schema, param: str) -> dict:
+    from luban.generation.constrained import compile_schema  # (torch: only a generating model's requests get here)
+
     try:
         compile_schema(schema)
     except ValueError as e:
@@ -190,6 +191,8 @@ def response_schema(fmt) -> dict | None:
     if kind == "text":
         return None
     if kind == "json_object":
+        from luban.generation.constrained import ANY_OBJECT
+
         return dict(ANY_OBJECT)
     if kind != "json_schema":
         raise bad_request(f"response_format type {kind!r} is not one of \"text\", \"json_object\", "
