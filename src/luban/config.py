@@ -869,7 +869,7 @@ def _legacy_defaults() -> dict:
     return {
         "data": {"columns": ColumnsConfig().model_dump(mode="json"), **DataExtras().model_dump(mode="json")},
         "preprocessing": PreprocessingConfig().model_dump(mode="json"),
-        "trainer": TrainerExtras().model_dump(mode="json"),
+        "trainer": {**TrainerExtras().model_dump(mode="json"), "steps_per_epoch": None},  # the flat default
         "generation": GenerationSettings().model_dump(mode="json"),
         "recommendation": RecommendationConfig().model_dump(mode="json"),
         "tagging": TaggingConfig().model_dump(mode="json"),
