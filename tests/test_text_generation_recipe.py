@@ -99,7 +99,7 @@ def test_a_generation_run_that_loses_to_its_bigram_baseline_says_why():
     under = run_notes(m, history([6.0, 5.2, 4.8, 4.6, 4.5, 4.42], [5.6, 5.3, 5.1, 5.0, 4.95, 4.91]),
                       more="trainer.steps_per_epoch or trainer.epochs")
     lost = next(n for n in under if n["kind"] == "lost_to_baseline")
-    assert "4.05 vs 4.93" in lost["text"] and "underfits" in lost["text"] and "4.42" in lost["text"]
+    assert "4.05 (baseline) vs 4.93 (model)" in lost["text"] and "underfits" in lost["text"] and "4.42" in lost["text"]
     assert "raise trainer.steps_per_epoch" in lost["text"] and "trainer.lr" in lost["text"]
     over = run_notes({**m, "best_epoch": 3}, history([5.0, 4.2, 3.6, 3.0, 2.6, 2.2], [4.6, 4.4, 4.3, 4.5, 4.7, 4.9]))
     lost = next(n for n in over if n["kind"] == "lost_to_baseline")

@@ -100,6 +100,6 @@ def _lost(metrics: dict, main: str) -> str | None:
         return None
     worse = ours > theirs if main in LOWER_IS_BETTER else ours < theirs
     if worse:
-        return (f"the baseline ({name}) scores better than the model: test {main} {theirs:.4g} vs {ours:.4g} "
-                "(not tested for noise)")
+        return (f"the baseline ({name}) scores better than the model: test {main} {theirs:.4g} (baseline) vs "
+                f"{ours:.4g} (model), not tested for noise")
     return None
