@@ -29,14 +29,18 @@ def config(data: Path, out: Path, name: str, a, epsilon: float | None) -> dict:
                "scheduler": "constant", "keep": "last"}
     if epsilon is not None:
         trainer["privacy"] = {"epsilon": epsilon, "delta": 1e-5, "max_grad_norm": a.max_grad_norm}
+    if a.backbone:  # DP fine-tuning's usual shape: a frozen public encoder, the head trained privately
+        preprocessing = {"tokenizer": {"type": "pretrained", "max_length": a.max_length}}
+        model = {"type": "pretrained", "path": a.backbone, "freeze": True}
+    else:
+        preprocessing = {"tokenizer": {"type": "char", "max_length": a.max_length, "vocab_size": a.vocab,
+                                       "min_freq": 2}}
+        model = {"type": "textcnn", "embedding_dim": 32, "num_filters": 64, "kernel_sizes": [2, 3], "dropout": 0.0}
     return {"task": "text_classification", "seed": 0,
             "data": {"train": str(data / "train.tsv"), "validation": str(data / "dev.tsv"),
                      "test": str(data / "test.tsv"), "columns": {"text": "text_a", "label": "label"},
                      "train_limit": a.train_limit},
-            "preprocessing": {"tokenizer": {"type": "char", "max_length": a.max_length, "vocab_size": a.vocab,
-                                            "min_freq": 2}},
-            "model": {"type": "textcnn", "embedding_dim": 32, "num_filters": 64, "kernel_sizes": [2, 3],
-                      "dropout": 0.0},
+            "preprocessing": preprocessing, "model": model,
             "trainer": trainer, "evaluation": {"baseline": False, "worst_examples": 0},
             "output": {"dir": str(out), "name": name, "tensorboard": False, "overwrite": True}}
 
@@ -58,6 +62,8 @@ def main():
     ap.add_argument("--vocab", type=int, default=3000)
     ap.add_argument("--mia-rows", type=int, default=1000)
     ap.add_argument("--epsilons", default="1,3,8")
+    ap.add_argument("--backbone", default=None, help="a pretrained encoder (e.g. starter-e5-small): frozen, only "
+                    "its classification head trained (privately); default: a from-scratch char TextCNN")
     ap.add_argument("--skip-nodp", action="store_true", help="only the private runs (e.g. to add an epsilon to an "
                     "earlier run's figures: the runs are seeded, so the non-private one is the same)")
     a = ap.parse_args()
@@ -91,7 +97,7 @@ def main():
     if "acc_eps8" in result and "acc_nodp" in result:
         result["eps8_within_3_points"] = result["acc_nodp"] - result["acc_eps8"] <= 0.03
         result["eps8_mia_auc_ok"] = result["mia_auc_eps8"] <= 0.55
-    result.update(train_rows=a.train_limit, epochs=a.epochs, batch_size=a.batch_size, model="textcnn (char)",
+    result.update(train_rows=a.train_limit, epochs=a.epochs, batch_size=a.batch_size, model=(f"{a.backbone} frozen + head" if a.backbone else "textcnn (char)"),
                   seconds=round(time.perf_counter() - t0, 1), load_avg_start=round(load0, 2),
                   load_avg_end=round(os.getloadavg()[0], 2), peak_rss_mb=peak_rss_mb())
     emit(result)

@@ -66,3 +66,22 @@ def test_refusals(out_dir, zh_data):
     with pytest.raises(ConfigError, match=r"cannot train a NgramBag: it keeps parameters outside its layers"):
         luban.train(cfg, quiet=True)
     assert_no_run(out_dir, "bad")
+
+
+def test_frozen_pretrained_encoder_trains_its_head_privately(out_dir, zh_data, en_data, tiny_bert):
+    """DP fine-tuning's usual shape: a frozen public encoder, only the head's per-example gradients clipped and
+    noised; an encoder that would be trained is refused."""
+    cfg = text_config(out_dir, "dphead", en_data["train"], data={"test": str(en_data["test"])},
+                      trainer={"epochs": 2, "lr": 0.05, "batch_size": 32,
+                               "privacy": {"epsilon": 8, "delta": 1e-4, "max_grad_norm": 1.0}})
+    cfg["preprocessing"] = {"tokenizer": {"type": "pretrained", "max_length": 16}}
+    cfg["model"] = {"type": "pretrained", "path": str(tiny_bert), "freeze": True}
+    run = luban.train(cfg, quiet=True)
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert 0 < m["privacy"]["epsilon_spent"] <= 8 * 1.02 and m["privacy"]["steps"] > 0
+    assert m["parameters"]["trainable"] < m["parameters"]["total"] / 10  # the head only
+    cfg["model"]["freeze"] = 1
+    cfg["output"]["name"] = "bad"
+    with pytest.raises(ConfigError, match=r"set model.freeze: true to train only its head privately"):
+        luban.train(cfg, quiet=True)
+    assert_no_run(out_dir, "bad")

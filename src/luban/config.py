@@ -547,8 +547,12 @@ def _privacy_checks(cfg) -> None:
     if p is None:
         return
     why = None
-    if getattr(cfg.model, "pretrained", False):
-        why = "a pretrained model (DP-SGD here trains from-scratch models; a pretrained backbone saw other data)"
+    if getattr(cfg.model, "pretrained", False) and getattr(cfg.model, "freeze", None) is not True:
+        # a frozen public encoder + a private head is DP fine-tuning's usual shape (the guarantee covers the training
+        # rows: only the head sees their gradients); updating the encoder too would need its layers' per-example
+        # gradients, which Opacus does not give for every HF block
+        why = ("a pretrained model whose encoder is trained (set model.freeze: true to train only its head "
+               "privately, or train a from-scratch model)")
     elif t.distributed.backend != "none":
         why = "distributed training (trainer.distributed)"
     elif t.grad_accumulation != 1:
