@@ -352,7 +352,7 @@ class TrainerConfig(Section):
 
 
 class PrivacyConfig(Section):
-    """Differentially private training (DP-SGD with Opacus) of a model trained from scratch."""
+    """Differentially private training (DP-SGD with Opacus) of a from-scratch model or a frozen encoder's head."""
 
     epsilon: float = Field(gt=0, description="the privacy budget of the whole run (smaller: more private, noisier)")
     delta: float = Field(1e-5, gt=0, lt=1, description="the failure probability; well below 1 / training rows")
@@ -364,7 +364,7 @@ class TrainerExtras(Section):
 
     privacy: PrivacyConfig | None = Field(None, description="train with DP-SGD (Opacus) to this (epsilon, delta); "
                                           "the epsilon spent goes to metrics.json. From-scratch text, tabular and "
-                                          "image models")
+                                          "image models, and pretrained ones with model.freeze: true (the head)")
 
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: soften one-hot targets")
     steps_per_epoch: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
