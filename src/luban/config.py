@@ -335,7 +335,9 @@ class TrainerConfig(Section):
         "auto", description="auto: bf16 on CUDA; on CPU bf16 for pretrained transformers when the CPU has it"
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    num_threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads; default: the cores this process may use "
+                                    "less those the machine's other work keeps busy (1-minute load average), at "
+                                    "least 1 — recorded in metrics.json (environment.threads_from)")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     keep: Literal["best", "last"] = Field("best", description="the weights a run ends with: the epoch best by the "
                                           "validation metric, or the last epoch's (a fixed-length retrain)")

@@ -19,7 +19,7 @@ from luban.evaluate.slices import task_slices
 from luban.prepare import build_model, early_stopping_mode, evaluate, prepare
 from luban.rundir import RunDir, RunLock
 from luban.training.engine import fit
-from luban.training.hardware import resolve_precision, select_device
+from luban.training.hardware import resolve_precision, select_device, thread_choice
 from luban.training.privacy import PrivateLossStep
 from luban.training.progress import stage
 
@@ -114,7 +114,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not quiet:
             print(f"{cfg.task}: {cfg.model.type} model, {n_params:,} parameters ({n_trainable:,} trainable), "
-                  f"{device.type} {precision}, {_count(torch.get_num_threads(), 'thread')}", flush=True)
+                  f"{device.type} {precision}, {_threads_text()}", flush=True)
         keep_partial = True  # from here an interruption leaves checkpoints to resume from
         t_fit = time.perf_counter()
         setup_seconds += t_fit - t0 - prep_seconds  # the run directory, building the model
@@ -171,6 +171,7 @@ def _train(config, overrides, resume, quiet, on_epoch_end, task_hook, restart=Fa
                         "baseline_seconds": round(t_save - t_base, 3),
                         f"{unit}_per_second": round(result.samples_per_second, 1), "throughput_unit": unit},
             "environment": {"device": device.type, "precision": precision, "threads": torch.get_num_threads(),
+                            **_threads_choice(),
                             "torch": torch.__version__, "python": platform.python_version()},
             "parameters": {"total": n_params, "trainable": n_trainable},
         }
@@ -259,6 +260,19 @@ def closing_line(metrics: dict) -> str:
     unit = t.get("throughput_unit", "samples")
     speed = t.get(f"{unit}_per_second")
     return f"done in {duration(total)} ({text})" + (f"; {speed:,.0f} {unit}/s" if speed else "")
+
+
+def _threads_text() -> str:
+    choice = thread_choice()
+    return choice.describe() if choice is not None else _count(torch.get_num_threads(), "thread")
+
+
+def _threads_choice() -> dict:
+    """metrics.json's record of how the threads were picked: automatically (from the cores and the load) or set."""
+    choice = thread_choice()
+    if choice is None:
+        return {"threads_from": "set"}
+    return {"threads_from": "auto", "cores": choice.cores, "load_avg": choice.load, "cores_busy": choice.busy}
 
 
 def _count(n: int, noun: str) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
 from luban.compress import COMPRESSION, EXPORT_META, ONNX_DIR, ONNX_FILE
 from luban.errors import ExportError, RunError
+from luban.training.cpu import auto_threads
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -33,7 +33,7 @@ _session_threads: int | None = None  # `luban serve --threads`: every onnxruntim
 
 def set_session_threads(n: int | None) -> None:
     """Intra-op threads of the onnxruntime sessions created from now on (None: the run's trainer.num_threads,
-    else every core); torch-free, unlike luban.training.hardware.set_threads."""
+    else the free cores: luban.training.cpu.auto_threads); torch-free, unlike luban.training.hardware.set_threads."""
     global _session_threads
     _session_threads = n
 
@@ -75,10 +75,10 @@ def require_onnxruntime():
 
 def session(path: Path, threads: int | None = None):
     """An onnxruntime CPU session with every graph optimization, `threads` intra-op threads (default: serve's
-    --threads, else every core), threads not spinning."""
+    --threads, else the free cores), threads not spinning."""
     ort = require_onnxruntime()
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or _session_threads or os.cpu_count() or 1
+    so.intra_op_num_threads = threads or _session_threads or auto_threads().threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
@@ -145,7 +145,7 @@ def light_predictor(run_dir: Path, cfg, device: str = "auto", backend: str = "au
     cls = getattr(importlib.import_module(module), name)
     if not cls.runs_without_torch(cfg, model_dir) or choose_backend(run_dir, cls, backend) != "onnx":
         return None
-    threads = _session_threads or cfg.trainer.num_threads or os.cpu_count() or 1
+    threads = _session_threads or cfg.trainer.num_threads or auto_threads().threads
     try:
         return cls(cfg, model_dir, session(onnx_path(model_dir), threads))
     except (OSError, ValueError, KeyError) as e:  # a damaged model/ folder: missing or unparsable files

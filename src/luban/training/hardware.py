@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 
@@ -57,12 +56,26 @@ def autocast(device: torch.device, precision: str):
 
 
 _threads_set = False
+_choice = None  # the automatic choice of the last set_threads, if it was automatic
 
 
 def set_threads(n: int | None) -> None:
-    """Set intra-op threads once per process (default: every core)."""
+    """Set intra-op threads; unset (None), once per process: the free cores (luban.training.cpu.auto_threads)."""
     global _threads_set
+    global _choice
     if _threads_set and n is None:
         return
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    _choice = None
+    if n is None:
+        from luban.training.cpu import auto_threads
+
+        _choice = auto_threads()
+        n = _choice.threads
+    torch.set_num_threads(n)
     _threads_set = True
+
+
+def thread_choice():
+    """The automatic choice (luban.training.cpu.ThreadChoice) behind the threads in force, or None when they were
+    set explicitly (trainer.num_threads, a model's default, `--threads`)."""
+    return _choice if _choice is not None and _choice.threads == torch.get_num_threads() else None
