@@ -140,6 +140,20 @@ def logits_loss(logits: torch.Tensor, labels, label_smoothing: float = 0.0) -> f
     return float(F.cross_entropy(logits.float(), y, ignore_index=-100, label_smoothing=label_smoothing))
 
 
+def classifier_metrics(logits: torch.Tensor, labels, label_names: list[str], worst: int,
+                       example: Callable[[int], dict], detailed: bool = True, label_smoothing: float = 0.0) -> dict:
+    """A classifier's metrics on a split from its logits: classification metrics with the `worst` most confidently
+    wrong rows (`example(i)` → that row's fields: line, text, ...) and the loss from the same logits (no second
+    forward pass for val_loss); scalars only unless `detailed`."""
+    from luban.evaluate.metrics import classification_with_worst, scalars
+
+    m = classification_with_worst(torch.softmax(logits, dim=-1).numpy(), labels, label_names, worst, example)
+    loss = logits_loss(logits, labels, label_smoothing)
+    if loss is not None:
+        m["loss"] = loss
+    return m if detailed else scalars(m)
+
+
 def sample_rows(n: int, limit: int | None, seed: int = 0) -> list[int]:
     """Up to `limit` row indexes of a split of n rows: a seeded random sample (all rows when limit is None)."""
     if limit is None or limit >= n:

@@ -25,9 +25,9 @@ from luban.data.images import (IMAGE_SUFFIXES, ImageInputs, list_image_folder, l
                                resolve_image_paths)
 from luban.data.readers import LINE, resolve_column
 from luban.errors import ConfigError, DataError, skippable
-from luban.evaluate.metrics import classification_metrics, classification_with_worst, scalars
+from luban.evaluate.metrics import classification_metrics, scalars
 from luban.models.registry import build_model
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, logits_loss, read_file, run_model,
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, classifier_metrics, read_file, run_model,
                               sample_rows, split_labelled)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -292,10 +292,9 @@ def dataset_mean_std(eval_u8: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _metrics_with_examples(probs: torch.Tensor, data: ImageSet, labels: list[str], worst: int) -> dict:
+def _example(data: ImageSet):
     frame = data.frame
-    return classification_with_worst(probs.numpy(), data.labels, labels, worst, lambda i: {
-        "line": int(frame[LINE].iloc[i]), "text": data.names[i], "index": i})
+    return lambda i: {"line": int(frame[LINE].iloc[i]), "text": data.names[i], "index": i}
 
 
 class _TrainBatches:
@@ -483,15 +482,10 @@ class ImageClassificationTask(Task, _ImageModelUser):
         return loss
 
     def evaluate(self, model, split, detailed=False):
-        d = self.data[split]
-        logits = self.logits(model, d.eval)
-        m = _metrics_with_examples(torch.softmax(logits, dim=-1), d, self.label_map.labels,
-                                   self.cfg.evaluation.worst_examples)
-        # = self.loss over the evaluation crops (no mixup there): no second pass for val_loss
-        loss = logits_loss(logits, d.labels, self.cfg.trainer.label_smoothing)
-        if loss is not None:
-            m["loss"] = loss
-        return m if detailed else scalars(m)
+        d = self.data[split]  # the loss is self.loss over the evaluation crops (no mixup there)
+        return classifier_metrics(self.logits(model, d.eval), d.labels, self.label_map.labels,
+                                  self.cfg.evaluation.worst_examples, _example(d), detailed,
+                                  self.cfg.trainer.label_smoothing)
 
     def split_lines(self, split):
         return self.data[split].frame[LINE].tolist()
@@ -620,5 +614,6 @@ class ImageClassificationPredictor(ImageInputs, TaskPredictor, _ImageModelUser, 
         t = _table_frame(frame, self.cfg, True, None)
         t, _ = _decode_frame(t, self.meta["mode"], self.meta["resize"], self.cfg.data.skip_bad_files, "evaluate")
         data = ImageSet(t, _stack(t), self.meta["size"], self.label_map.encode(t, t.attrs.get("label_column")))
-        probs = self.probabilities(self.model, data.eval)
-        return _metrics_with_examples(probs, data, self.label_map.labels, self.cfg.evaluation.worst_examples)
+        return classifier_metrics(self.logits(self.model, data.eval), data.labels, self.label_map.labels,
+                                  self.cfg.evaluation.worst_examples, _example(data),
+                                  label_smoothing=self.cfg.trainer.label_smoothing)

@@ -21,10 +21,9 @@ from luban.data.ngrams import load_featurizer
 from luban.data.tokenizers import build_encoder
 from luban.errors import DataError
 from luban.evaluate.baselines import text_tfidf_lr
-from luban.evaluate.metrics import classification_with_worst, scalars
 from luban.models.registry import build_model
-from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, logits_loss, read_file, run_model,
-                              sample_rows, split_labelled, to_device)
+from luban.tasks.base import (Batches, ExportSpec, LabelMap, Task, TextInputs, classifier_metrics, read_file,
+                              run_model, sample_rows, split_labelled, to_device)
 from luban.training.progress import say
 
 
@@ -134,10 +133,9 @@ class _TextModelUser:
         return ExportSpec(["ids", "mask"], ["logits"], {"ids": seq, "mask": seq, "logits": {0: "batch"}})
 
 
-def _metrics_with_examples(probs: torch.Tensor, data: EncodedTexts, labels: list[str], worst: int) -> dict:
+def _example(data: EncodedTexts):
     frame = data.frame
-    return classification_with_worst(probs.numpy(), data.labels, labels, worst, lambda i: {
-        "line": int(frame[LINE].iloc[i]), "text": frame["text"].iloc[i]})
+    return lambda i: {"line": int(frame[LINE].iloc[i]), "text": frame["text"].iloc[i]}
 
 
 EXPLAINED_EXAMPLES = 3  # the most confidently wrong test examples explained in report.html
@@ -232,13 +230,8 @@ class TextClassificationTask(Task, _TextModelUser):
 
     def evaluate(self, model, split, detailed=False):
         data = self.data[split]
-        logits = self.logits(model, data)
-        m = _metrics_with_examples(torch.softmax(logits, dim=-1), data, self.label_map.labels,
-                                   self.cfg.evaluation.worst_examples)
-        loss = logits_loss(logits, data.labels)  # = self.loss over the split: no second pass for val_loss
-        if loss is not None:
-            m["loss"] = loss
-        return m if detailed else scalars(m)
+        return classifier_metrics(self.logits(model, data), data.labels, self.label_map.labels,
+                                  self.cfg.evaluation.worst_examples, _example(data), detailed)
 
     def split_lines(self, split):
         return self.data[split].frame[LINE].tolist()
@@ -343,5 +336,5 @@ class TextClassificationPredictor(TextInputs, TaskPredictor, _TextModelUser, Pre
     def evaluate_file(self, path):
         frame = self._read(path, need_label=True)
         data = self._encode(frame, self.label_map.encode(frame, str(self.cfg.data.columns.label)))
-        probs = self.probabilities(self.model, data)
-        return _metrics_with_examples(probs, data, self.label_map.labels, self.cfg.evaluation.worst_examples)
+        return classifier_metrics(self.logits(self.model, data), data.labels, self.label_map.labels,
+                                  self.cfg.evaluation.worst_examples, _example(data))
