@@ -376,3 +376,25 @@ def test_ray_batch_predict_keeps_order_and_matches_predict(zh_data, out_dir, tmp
     expected = luban.load(run).predict(texts)
     assert [g["label"] for g in got] == [e["label"] for e in expected]  # row order preserved
     assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+def test_quiet_tune_still_counts_its_trials(tmp_path, linear_data, capsys):
+    """tune(quiet=True) prints no per-trial line, but its progress stage counts the trials (a quiet run once showed
+    "0/20 trials" for eleven minutes while every trial finished)."""
+    from luban.lifecycle import tune as tune_module
+
+    seen = []
+    real = tune_module._trial_line
+
+    class Spy(real):
+        def close(self):
+            seen.append(self.stage.done)
+            super().close()
+
+    tune_module._trial_line = Spy
+    try:
+        tune_module.tune(tune_config(tmp_path, linear_data, LR_GRID), trials=2, quiet=True)
+    finally:
+        tune_module._trial_line = real
+    assert seen == [2]
+    assert "trial 0 (" not in capsys.readouterr().out

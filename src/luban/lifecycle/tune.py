@@ -158,12 +158,12 @@ def tune(config: str | Path, trials: int, jobs: int = 1, timeout: float | None =
             run_ray_trials(cfg, base, study, storage, metric, direction, remaining, jobs, timeout, out, threads,
                            sampler=_sampler(cfg), trial_tree=_trial_tree, run_attrs=run_attrs)
         else:
-            line = _trial_line(metric, remaining)
+            line = _trial_line(metric, remaining, quiet)
 
             def run(n: int, n_jobs: int) -> None:
                 study.optimize(lambda trial: _objective(trial, cfg, base, metric, out, threads, folds),
                                n_trials=n, n_jobs=n_jobs, timeout=timeout, catch=(FloatingPointError,),
-                               gc_after_trial=True, callbacks=[] if quiet else [line])
+                               gc_after_trial=True, callbacks=[line])
 
             # queued trials (the config's own values, re-queued ones) run first and alone: with n_jobs > 1 two
             # threads can pop the same queued trial from the storage and train it twice into one folder
@@ -282,14 +282,15 @@ def run_attrs(run: Path, m: dict, metric: str) -> dict:
 
 class _trial_line:
     """An Optuna callback printing one line per finished trial: trial i/N, its state, value, parameters, the best
-    so far, and the elapsed time and ETA of the "tune" progress stage (a bar of the trials on a terminal)."""
+    so far, and the elapsed time and ETA of the "tune" progress stage (a bar of the trials on a terminal). `quiet`:
+    the stage still counts the trials (its progress and ETA), the per-trial line is not printed."""
 
-    def __init__(self, metric: str, total: int):
+    def __init__(self, metric: str, total: int, quiet: bool = False):
         import threading
 
         from luban.training.progress import Stage
 
-        self.metric, self.total = metric, total
+        self.metric, self.total, self.quiet = metric, total, quiet
         self.lock = threading.Lock()
         self.stage = Stage("tune", total=total, unit="trials")  # a line every 30 s while a trial runs
 
@@ -313,8 +314,9 @@ class _trial_line:
         with self.lock:
             st = self.stage
             st.advance(best=best.removeprefix("; best ") or None)
-            print(f"trial {trial.number} ({st.done}/{self.total}): {trial.state.name.lower()}{where}{value}  "
-                  f"[{params}]{best}  elapsed {duration(st.elapsed)}  ETA {duration(st.eta())}", flush=True)
+            if not self.quiet:
+                print(f"trial {trial.number} ({st.done}/{self.total}): {trial.state.name.lower()}{where}{value}  "
+                      f"[{params}]{best}  elapsed {duration(st.elapsed)}  ETA {duration(st.eta())}", flush=True)
 
 
 def best_params(study, cfg: RunConfig) -> dict:
