@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from kb_fixtures import base, kb_config, main  # skips without bm25s / faiss
+from kb_fixtures import HashEncoder, base, kb_config, main  # skips without bm25s / faiss
 
 from luban.embedding import load_encoder
 from luban.errors import ConfigError
@@ -65,6 +65,9 @@ def test_ray_embedding_matches_local(local_ray, tiny_bert, tmp_path):
                      str(tmp_path / f"{backend}.npy"), "--chunk-rows", "7", "--backend", backend]) == 0
     a, b = np.load(tmp_path / "torch.npy"), np.load(tmp_path / "ray.npy")
     assert a.shape == (len(texts), local_vec.shape[1]) and np.abs(a - b).max() < 1e-5
+    # an actor that cannot load the embedder: its luban error, raised as itself on the driver
+    with pytest.raises(ConfigError, match="no such run, encoder folder"):
+        base.embed_passages(HashEncoder(), texts, 4, "ray", 1, "local", ref=str(tmp_path / "nowhere"))
 
 
 def test_bad_ray_options_fail_before_anything_loads(tmp_path, monkeypatch, capsys):

@@ -117,11 +117,21 @@ def ordered(actors, items, depth: int):
             raise
 
     pending: deque = deque()
-    for i, item in enumerate(items):
-        pending.append((item, actors[i % len(actors)].map.remote(item)))
-        if len(pending) >= depth:
+    try:
+        for i, item in enumerate(items):
+            pending.append((item, actors[i % len(actors)].map.remote(item)))
+            if len(pending) >= depth:
+                item, ref = pending.popleft()
+                yield item, get(ref)
+        while pending:
             item, ref = pending.popleft()
             yield item, get(ref)
-    while pending:
-        item, ref = pending.popleft()
-        yield item, get(ref)
+    except BaseException:  # stop the actors and collect what is in flight: no "unhandled error" logs after ours
+        for a in actors:
+            ray.kill(a)
+        for _, ref in pending:
+            try:
+                ray.get(ref)
+            except Exception:  # noqa: BLE001 - the first error is the one raised
+                pass
+        raise
