@@ -11,6 +11,7 @@ from kb_fixtures import HashEncoder, base, kb_config, main  # skips without bm25
 
 from luban.embedding import load_encoder
 from luban.errors import ConfigError
+from luban.lifecycle.ray_pool import ray_missing
 
 SENTENCES = ["这个手机很好。", "那个酒店真差！", "我的电影一般；", "他们的餐厅很干净。", "good movie.", "bad plot!"]
 
@@ -83,6 +84,11 @@ def test_bad_ray_options_fail_before_anything_loads(tmp_path, monkeypatch, capsy
     assert main(["embed", "nowhere-model", "--input", str(docs / "doc0.txt"), "--output", str(tmp_path / "v.npy"),
                  "--backend", "ray", "--workers", "0"]) == 2
     assert "--workers 0" in capsys.readouterr().err
+    if not ray_missing():  # a cluster address that does not answer: said in seconds, before the embedder loads
+        assert main([*build, "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
+        assert "--address 127.0.0.1:1: no Ray cluster answers there" in capsys.readouterr().err
+        assert main(["kb", "add", str(out), str(docs), "--backend", "ray", "--address", "head"]) == 2
+        assert "--address 'head': expected local, auto, HOST:PORT" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # ray not installed
     assert main([*build, "--backend", "ray"]) == 2
     assert "--backend ray" in capsys.readouterr().err

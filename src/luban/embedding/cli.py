@@ -26,7 +26,7 @@ def _cmd_embed(a):
 
         if not a.input:
             raise LubanError("embed --backend ray: give --input FILE and --output FILE")
-        check_backend("ray", a.workers)  # before the model loads
+        check_backend("ray", a.workers, a.address)  # before the model loads
     from luban.predictor import load_encoder_model
 
     model = load_encoder_model(a.model, device="cpu" if ray else a.device, backend="auto" if ray else a.backend,

@@ -28,7 +28,9 @@ def _cmd_build(a):
              "overwrite": a.overwrite or None, "backend": a.backend, "workers": a.workers, "address": a.address}
     cfg = load_kb_config(a.config, flags) if a.config else kb_config({k: v for k, v in flags.items() if v is not None})
     from luban.kb.readers import expand
+    from luban.lifecycle.ray_pool import check_backend
 
+    check_backend(cfg.backend, cfg.workers, cfg.address)  # a cluster that does not answer: before the embedder loads
     expand(cfg.docs)  # a missing document fails before the embedder loads
     from luban.kb.base import build
 
@@ -46,7 +48,7 @@ def _cmd_add(a):
 
     from luban.lifecycle.ray_pool import check_backend
 
-    check_backend(a.backend, a.workers)  # before the knowledge base is read or the embedder loads
+    check_backend(a.backend, a.workers, a.address)  # before the knowledge base is read or the embedder loads
     meta = read_meta(a.kb)
     expand(a.docs)
     ref = a.embedder or meta["embedder"]["ref"]

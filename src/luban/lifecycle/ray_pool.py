@@ -43,13 +43,14 @@ def check_workers(workers, option: str = "--workers") -> int:
     return workers
 
 
-def check_backend(backend: str, workers, option: str = "--backend") -> None:
+def check_backend(backend: str, workers, address: str = "local", option: str = "--backend") -> None:
     """The options of a job that may run on Ray, checked before anything heavy loads or is written."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"{option} {backend!r}: choose local or ray")
     check_workers(workers, "--workers")
     if backend == "ray":
         require_ray(f"{option} ray")
+        _reachable(address)
 
 
 def start(address: str = "local", option: str = "--backend ray"):
@@ -59,8 +60,27 @@ def start(address: str = "local", option: str = "--backend ray"):
     except ImportError:
         raise ConfigError(f"{option} needs ray: {INSTALL}") from None
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+        _reachable(address)
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as e:
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({e})") from None
     return ray
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT or ray://HOST:PORT address answers, checked in seconds (Ray itself retries for minutes)."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e})") from None
 
 
 def cpu_share(ray, workers: int) -> float:
