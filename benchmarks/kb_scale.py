@@ -7,6 +7,12 @@ they came from. Queries are dataset vectors plus noise; recall@10 is the ANN's t
 
     python benchmarks/kb_scale.py --chunks 1000000          # last line: one JSON object
     python benchmarks/kb_scale.py --chunks 200000 --server-chunks 20000
+    python benchmarks/kb_scale.py --chunks 0 --embed-chunks 2000 --embed-workers 2   # real texts: local vs Ray
+
+--embed-chunks N embeds N real Chinese texts (the csl-summ abstracts, cut into pieces of about --embed-chars
+characters) with --embedder (starter-e5-small) the way `luban kb build` does (luban.kb.base.embed_passages): in this
+process, then on --embed-workers Ray actors (`--backend ray`), and reports chunks/s of both and the largest
+difference between their vectors. The Ray time includes the actors' start and model loading, not `ray.init`.
 """
 
 from __future__ import annotations
@@ -130,6 +136,45 @@ def server(x, q, gold, k):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def real_texts(data: Path, n: int, chars: int) -> list[str]:
+    """n pieces of the csl-summ abstracts (dev then test), each about `chars` characters."""
+    out: list[str] = []
+    for split in ("dev.tsv", "test.tsv"):
+        for line in (data / split).read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            text = parts[1] if len(parts) > 2 else parts[-1]
+            out += [text[s:s + chars] for s in range(0, len(text), chars) if len(text[s:s + chars]) > chars // 4]
+            if len(out) >= n:
+                return out[:n]
+    if len(out) < n:
+        out = (out * (n // max(1, len(out)) + 1))[:n]
+    return out
+
+
+def embedding(a) -> dict:
+    """`luban kb build`'s embedding step, local vs --backend ray, on the same texts."""
+    from luban.embedding import load_encoder
+    from luban.kb.base import embed_passages
+
+    texts = real_texts(Path(a.data), a.embed_chunks, a.embed_chars)
+    encoder = load_encoder(a.embedder)
+    encoder.encode(texts[:8], kind="passage")  # warm up
+    t = time.perf_counter()
+    local = embed_passages(encoder, texts, a.batch_size)
+    local_s = time.perf_counter() - t
+    from luban.lifecycle.ray_pool import start
+
+    start()  # Ray itself is up before the clock starts (on a cluster it is); the actors' model loading is timed
+    t = time.perf_counter()
+    ray = embed_passages(encoder, texts, a.batch_size, "ray", a.embed_workers, "local", a.embedder)
+    ray_s = time.perf_counter() - t
+    return {"embed_chunks": len(texts), "embedder": a.embedder, "embed_chars": a.embed_chars,
+            "embed_batch_size": a.batch_size, "embed_local_seconds": round(local_s, 1),
+            "embed_local_chunks_per_s": round(len(texts) / local_s, 1), "embed_ray_workers": a.embed_workers,
+            "embed_ray_seconds": round(ray_s, 1), "embed_ray_chunks_per_s": round(len(texts) / ray_s, 1),
+            "embed_max_abs_diff": float(np.abs(local - ray).max())}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, default=1_000_000)
@@ -138,15 +183,26 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--server-chunks", type=int, default=0, help="also the pgvector engine at this N (0: skip)")
+    ap.add_argument("--embed-chunks", type=int, default=0, help="also embed this many real texts, local vs Ray "
+                    "(0: skip)")
+    ap.add_argument("--embed-workers", type=int, default=2)
+    ap.add_argument("--embed-chars", type=int, default=128, help="characters per real text")
+    ap.add_argument("--embedder", default="starter-e5-small")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--data", default="../shared/data/csl-summ", help="--embed-chunks: the csl-summ folder")
     a = ap.parse_args()
     load = os.getloadavg()
-    x = synthetic(a.chunks, a.dim)
-    q = queries(x, a.queries)
-    gold = exact_top(x, q, a.k)
-    out = {"chunks": a.chunks, "dim": a.dim, "engine": engine_name(),
-           **embedded(x, q, gold, a.k, a.threads)}
-    print(json.dumps(out), flush=True)
-    if a.server_chunks:
+    out = {}
+    if a.chunks:
+        x = synthetic(a.chunks, a.dim)
+        q = queries(x, a.queries)
+        gold = exact_top(x, q, a.k)
+        out = {"chunks": a.chunks, "dim": a.dim, "engine": engine_name(),
+               **embedded(x, q, gold, a.k, a.threads)}
+        print(json.dumps(out), flush=True)
+    if a.embed_chunks:
+        out.update(embedding(a))
+    if a.server_chunks and a.chunks:
         xs = x[:a.server_chunks]
         qs = queries(xs, a.queries, seed=2)
         out.update(server(xs, qs, exact_top(xs, qs, a.k), a.k))

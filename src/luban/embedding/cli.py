@@ -20,9 +20,17 @@ def _cmd_embed(a):
         output_kind(a.output)  # an unknown extension is refused before the model loads
     if a.kind not in KINDS:
         raise LubanError(f"--kind {a.kind}: choose {' or '.join(KINDS)}")
+    ray = a.backend == "ray"
+    if ray:
+        from luban.lifecycle.ray_pool import check_backend
+
+        if not a.input:
+            raise LubanError("embed --backend ray: give --input FILE and --output FILE")
+        check_backend("ray", a.workers, a.address)  # before the model loads
     from luban.predictor import load_encoder_model
 
-    model = load_encoder_model(a.model, device=a.device, backend=a.backend, max_length=a.max_length)
+    model = load_encoder_model(a.model, device="cpu" if ray else a.device, backend="auto" if ray else a.backend,
+                               max_length=a.max_length)
     if a.column is not None:
         from luban.config import updated
 
@@ -40,7 +48,8 @@ def _cmd_embed(a):
             print(f"wrote {n} vectors to {a.output}", file=sys.stderr)
         return
     keep = [c.strip() for c in a.keep_columns.split(",") if c.strip()] if a.keep_columns else None
-    s = embed_file(model, a.input, a.output, a.kind, a.on_error, a.id_column, keep, a.keep_input, a.chunk_rows)
+    s = embed_file(model, a.input, a.output, a.kind, a.on_error, a.id_column, keep, a.keep_input, a.chunk_rows,
+                   ray={"workers": a.workers, "address": a.address, "ref": a.model} if ray else None)
     print(s.message(a.output).replace("prediction", "vector"), file=sys.stderr)
 
 
@@ -64,7 +73,11 @@ def add_parser(sub) -> None:
     e.add_argument("--chunk-rows", type=int, default=None, help="rows read, embedded and written at a time")
     e.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (default 64)")
     e.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
-    e.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
-                   help="auto: the ONNX export when the encoder has one (luban export --format onnx), else torch")
+    e.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8", "ray"], default="auto",
+                   help="auto: the ONNX export when the encoder has one (luban export --format onnx), else torch; "
+                   "ray: --input's chunks embedded on --workers Ray actors (each as auto), rows in input order")
+    e.add_argument("--workers", type=int, default=2, help="--backend ray: embedding actors (default 2)")
+    e.add_argument("--address", default="local", help="--backend ray: local (start Ray here, default) or a "
+                   "running cluster (auto, ray://head:10001)")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=_cmd_embed)

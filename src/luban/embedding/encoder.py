@@ -409,6 +409,28 @@ def load_encoder(ref: str | os.PathLike, device: str = "cpu", backend: str = "to
     return Encoder(resolved, device=device, max_length=max_length)
 
 
+def worker_ref(encoder, ref: str | os.PathLike | None = None) -> str:
+    """What another process (a Ray worker) loads to get `encoder` again: the run or folder it was resolved to
+    (absolute), a starter name as it is (the catalog resolves it alike everywhere)."""
+    from luban.hub import catalog
+
+    if ref is not None and str(ref) in catalog.CATALOG:
+        return str(ref)
+    where = getattr(encoder, "run", None) or getattr(encoder, "folder", None)
+    if where is None:
+        if ref is None:
+            raise ConfigError("--backend ray: the embedder has no folder or run for the Ray workers to load")
+        return str(ref)
+    return str(Path(where).resolve())
+
+
+def check_same(encoder, fingerprint: str, ref: str) -> None:
+    """A Ray worker's encoder is the driver's (same fingerprint), or a ConfigError: the files differ there."""
+    if encoder.fingerprint != fingerprint:
+        raise ConfigError(f"--backend ray: a Ray worker loaded {ref} as another embedder ({encoder.fingerprint[:19]}…"
+                          f", not {fingerprint[:19]}…); give the workers the same files (a shared path)")
+
+
 # ------------------------------------------------------------------------------------------ onnxruntime
 
 class _Tokenizer:

@@ -126,9 +126,13 @@ class VectorWriter:
 
 
 def embed_file(model, path: str | Path, output: str | Path, kind: str = "passage", on_error: str = "error-row",
-               id_column=None, keep_columns=None, keep_input: bool = False, chunk_rows: int | None = None):
+               id_column=None, keep_columns=None, keep_input: bool = False, chunk_rows: int | None = None,
+               ray: dict | None = None):
     """Embed every row of `path` with `model` (a luban Predictor that Embeds) into `output`; returns the
-    predict_file Summary (rows, vectors, error rows, skipped rows)."""
+    predict_file Summary (rows, vectors, error rows, skipped rows). ray={"workers", "address", "ref"}: the chunks
+    are embedded on Ray actors (luban.lifecycle.ray_pool), each loading the model `ref` once, rows in input order."""
+    from contextlib import nullcontext
+
     from luban.lifecycle.predict_file import CHUNK_ROWS, Summary, predict_rows
     from luban.training.progress import stage
 
@@ -136,16 +140,43 @@ def embed_file(model, path: str | Path, output: str | Path, kind: str = "passage
     summary = Summary(str(path))
     writer = VectorWriter(Path(output), model.encoder().dim)
     try:
-        with stage(f"embed {Path(path).name}", unit="rows") as st:
-            for rows in predict_rows(model, path, on_error, id_column, keep_columns, keep_input,
-                                     chunk_rows=chunk_rows or CHUNK_ROWS, summary=summary, kind=kind):
-                writer.write(rows)
-                st.advance(len(rows))
+        with _actors(model, kind, ray) if ray else nullcontext() as pool:
+            from luban.lifecycle.ray_pool import ordered
+
+            runner_map = (lambda frames: ordered(pool, frames, 2 * len(pool))) if pool else None
+            with stage(f"embed {Path(path).name}", unit="rows") as st:
+                for rows in predict_rows(model, path, on_error, id_column, keep_columns, keep_input,
+                                         chunk_rows=chunk_rows or CHUNK_ROWS, runner_map=runner_map,
+                                         summary=summary, kind=kind):
+                    writer.write(rows)
+                    st.advance(len(rows))
         writer.finish()
     except BaseException:
         writer.abort()
         raise
     return summary
+
+
+def _actors(model, kind: str, ray: dict):
+    from luban.embedding.encoder import worker_ref
+    from luban.lifecycle.ray_pool import actor_pool
+
+    enc = model.encoder()
+    args = (worker_ref(enc, ray["ref"]), enc.backend, enc.max_length, model.cfg, kind, enc.fingerprint)
+    return actor_pool(_ray_runner, args, ray["workers"], ray.get("address", "local"))
+
+
+def _ray_runner(ref: str, backend: str, max_length: int, cfg, kind: str, fingerprint: str):
+    """A Ray actor's worker: the driver's encoder model (same backend, max_length, config) loaded once, embedding
+    data frames as `luban embed` does."""
+    from luban.embedding.encoder import check_same
+    from luban.lifecycle.predict_file import local_runner
+    from luban.predictor import load_encoder_model
+
+    model = load_encoder_model(ref, device="cpu", backend=backend, max_length=max_length)
+    check_same(model.encoder(), fingerprint, ref)
+    model.cfg = cfg
+    return local_runner(model, {"kind": kind})
 
 
 def embed_texts(model, texts: list[str], output: str | Path | None, kind: str = "query") -> int:

@@ -203,18 +203,45 @@ def read_chunks(paths: list[str], text_column: str, chunk_tokens: int, overlap_t
     return out
 
 
-def embed_passages(encoder, texts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Passage vectors (float32, L2-normalized) with a progress bar and ETA."""
+def embed_passages(encoder, texts: list[str], batch_size: int = 32, backend: str = "local", workers: int = 2,
+                   address: str = "local", ref: str | None = None) -> np.ndarray:
+    """Passage vectors (float32, L2-normalized, row i for texts[i]) with a progress bar and ETA. backend ray: the
+    batches go to `workers` Ray actors (luban.lifecycle.ray_pool), each loading the embedder `ref` (the reference
+    `encoder` was loaded from) once; the vectors come back in input order, 2 batches per actor in flight."""
     from luban.training.progress import stage
 
     dim = int(encoder.dim)
     out = np.zeros((len(texts), dim), np.float32)
-    with stage("embedding chunks", total=len(texts), unit="chunks") as st:
-        for s in range(0, len(texts), batch_size):
-            part = texts[s:s + batch_size]
-            out[s:s + len(part)] = encoder.encode(part, kind="passage")
+    parts = (texts[s:s + batch_size] for s in range(0, len(texts), batch_size))
+
+    def fill(done, st):
+        s = 0
+        for part, vectors in done:
+            out[s:s + len(part)] = vectors
+            s += len(part)
             st.advance(len(part))
+
+    if backend == "ray" and texts:
+        from luban.embedding.encoder import worker_ref
+        from luban.lifecycle.ray_pool import actor_pool, ordered
+
+        with actor_pool(_passage_encoder, (worker_ref(encoder, ref), encoder.fingerprint), workers,
+                        address) as actors:
+            with stage(f"embedding chunks on {workers} Ray workers", total=len(texts), unit="chunks") as st:
+                fill(ordered(actors, parts, 2 * workers), st)
+        return out
+    with stage("embedding chunks", total=len(texts), unit="chunks") as st:
+        fill(((part, encoder.encode(part, kind="passage")) for part in parts), st)
     return out
+
+
+def _passage_encoder(ref: str, fingerprint: str):
+    """A Ray actor's worker: the driver's embedder loaded once, texts -> passage vectors."""
+    from luban.embedding.encoder import check_same, load_encoder
+
+    encoder = load_encoder(ref)
+    check_same(encoder, fingerprint, ref)
+    return lambda texts: encoder.encode(texts, kind="passage")
 
 
 def _write_version(vdir: Path, chunks: list[dict], store, engine: str) -> None:
@@ -250,7 +277,8 @@ def build(cfg, encoder) -> Path:
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out}: exists; pass --overwrite to replace it (or `luban kb add {out} DOCS...`)")
     chunks = read_chunks(cfg.docs, cfg.text_column, cfg.chunk_tokens, cfg.overlap_tokens, encoder, 0)
-    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size)
+    vectors = embed_passages(encoder, [c["text"] for c in chunks], cfg.batch_size, cfg.backend, cfg.workers,
+                             cfg.address, cfg.embedder)
     ids = np.array([c["id"] for c in chunks], np.int64)
     meta = {"format": FORMAT, "id": uuid.uuid4().hex[:12], "version": 1, "luban_version": __version__,
             "embedder": {"name": encoder.name, "fingerprint": encoder.fingerprint, "dim": int(encoder.dim),
@@ -333,14 +361,17 @@ def _next_version(kb: KnowledgeBase, chunks: list[dict], meta: dict, change) -> 
     kb.meta = meta
 
 
-def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32) -> dict:
-    """Index more documents into a knowledge base (only the new chunks are embedded)."""
+def add(folder: str | Path, docs: list[str], encoder, batch_size: int = 32, backend: str = "local", workers: int = 2,
+        address: str = "local", ref: str | None = None) -> dict:
+    """Index more documents into a knowledge base (only the new chunks are embedded; backend ray: on Ray actors
+    loading `ref`, by default the embedder the knowledge base records)."""
     kb = KnowledgeBase.open(folder)
     check_encoder(kb.meta, encoder, str(folder))
     meta = dict(kb.meta)
     new = read_chunks(docs, meta["text_column"], meta["chunking"]["chunk_tokens"],
                       meta["chunking"]["overlap_tokens"], encoder, meta["next_id"], set(meta["sources"]))
-    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size)
+    vectors = embed_passages(encoder, [c["text"] for c in new], batch_size, backend, workers, address,
+                             ref or meta["embedder"]["ref"])
     meta["next_id"] = meta["next_id"] + len(new)
     _next_version(kb, kb.chunks + new, meta,
                   lambda store: store.add(np.array([c["id"] for c in new], np.int64), vectors))

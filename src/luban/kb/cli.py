@@ -25,10 +25,12 @@ def _cmd_build(a):
     flags = {"docs": a.docs or None, "embedder": a.embedder, "out": a.out, "chunk_tokens": a.chunk_tokens,
              "overlap_tokens": a.overlap_tokens, "text_column": a.text_column, "engine": a.engine, "dsn": a.dsn,
              "min_score": a.min_score, "batch_size": a.batch_size,
-             "overwrite": a.overwrite or None}
+             "overwrite": a.overwrite or None, "backend": a.backend, "workers": a.workers, "address": a.address}
     cfg = load_kb_config(a.config, flags) if a.config else kb_config({k: v for k, v in flags.items() if v is not None})
     from luban.kb.readers import expand
+    from luban.lifecycle.ray_pool import check_backend
 
+    check_backend(cfg.backend, cfg.workers, cfg.address)  # a cluster that does not answer: before the embedder loads
     expand(cfg.docs)  # a missing document fails before the embedder loads
     from luban.kb.base import build
 
@@ -44,9 +46,14 @@ def _cmd_add(a):
     from luban.kb.base import add, read_meta
     from luban.kb.readers import expand
 
+    from luban.lifecycle.ray_pool import check_backend
+
+    check_backend(a.backend, a.workers, a.address)  # before the knowledge base is read or the embedder loads
     meta = read_meta(a.kb)
     expand(a.docs)
-    r = add(a.kb, a.docs, _encoder_for(meta, a.embedder), batch_size=a.batch_size)
+    ref = a.embedder or meta["embedder"]["ref"]
+    r = add(a.kb, a.docs, load_encoder(ref), batch_size=a.batch_size, backend=a.backend, workers=a.workers,
+            address=a.address, ref=ref)
     print(f"added {r['added_chunks']} chunks from {r['added_sources']} documents; {r['chunks']} chunks in {a.kb}",
           file=sys.stderr)
 
@@ -97,6 +104,18 @@ def _cmd_ask(a):
               + (f"  cosine {c['cosine']:.3f}" if c["cosine"] is not None else ""), file=sys.stderr)
 
 
+def _ray_options(p, default: bool) -> None:
+    """--backend / --workers / --address of `kb build` (defaults from the kb: config) and `kb add`."""
+    p.add_argument("--backend", choices=["local", "ray"], default=None if not default else "local",
+                   help="embed the chunks here (local, default) or on Ray actors (ray: pip install "
+                   "'luban[distributed]')")
+    p.add_argument("--workers", type=int, default=None if not default else 2,
+                   help="--backend ray: embedding actors, each loading the embedder once (default 2)")
+    p.add_argument("--address", default=None if not default else "local",
+                   help="--backend ray: local (start Ray here, default) or a running cluster (auto, "
+                   "ray://head:10001)")
+
+
 def add_parser(sub) -> None:
     """The `kb` verb group and `ask` on the main parser's subparsers."""
     k = sub.add_parser("kb", help="knowledge bases: index documents (dense + BM25) and search them")
@@ -116,12 +135,14 @@ def add_parser(sub) -> None:
                    "answer (default 0.80)")
     b.add_argument("--batch-size", type=int, help="texts per embedding batch (default 32)")
     b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _ray_options(b, default=False)
     b.set_defaults(fn=_cmd_build)
     ad = ksub.add_parser("add", help="index more documents into a knowledge base (only they are embedded)")
     ad.add_argument("kb")
     ad.add_argument("docs", nargs="+")
     ad.add_argument("--embedder", help="default: the one the knowledge base was built with")
     ad.add_argument("--batch-size", type=int, default=32)
+    _ray_options(ad, default=True)
     ad.set_defaults(fn=_cmd_add)
     rm = ksub.add_parser("remove", help="take documents out of a knowledge base (by source, see `kb info`)")
     rm.add_argument("kb")

@@ -9,6 +9,9 @@
       text_column: text                # .jsonl / .csv / .tsv
       engine: faiss                    # or pgvector (PostgreSQL server; see docs/knowledge_base.md)
       min_score: 0.80                  # grounded answers: below this retrieval score the documents do not answer
+      backend: local                   # or ray: embed the chunks on Ray actors (workers, address)
+      workers: 2
+      address: local                   # ray: local (start Ray here) or a cluster (auto, ray://head:10001)
 """
 
 from __future__ import annotations
@@ -48,6 +51,19 @@ class KBConfig(ChunkingConfig):
                              "the documents do not answer")
     batch_size: int = Field(32, gt=0, description="texts per embedding batch")
     overwrite: bool = False
+    backend: Literal["local", "ray"] = Field("local", description="embed the chunks in this process (local) or on "
+                                             "Ray actors (ray: pip install 'luban[distributed]')")
+    workers: int = Field(2, gt=0, description="backend ray: embedding actors, each loading the embedder once")
+    address: str = Field("local", min_length=1, description="backend ray: local (start Ray here) or a running "
+                         "cluster's address (auto, ray://head:10001)")
+
+    @model_validator(mode="after")
+    def _ray_installed(self):
+        from luban.lifecycle.ray_pool import INSTALL, ray_missing
+
+        if self.backend == "ray" and ray_missing():
+            raise ValueError(f"kb.backend ray (--backend ray) needs ray, which is not installed: {INSTALL}")
+        return self
 
 
 def _errors(e: ValidationError, where: str) -> ConfigError:
