@@ -145,8 +145,7 @@ def light_predictor(run_dir: Path, cfg, device: str = "auto", backend: str = "au
     cls = getattr(importlib.import_module(module), name)
     if not cls.runs_without_torch(cfg, model_dir) or choose_backend(run_dir, cls, backend) != "onnx":
         return None
-    threads = _session_threads or cfg.trainer.num_threads or auto_threads().threads
-    try:
-        return cls(cfg, model_dir, session(onnx_path(model_dir), threads))
+    try:  # serve's --threads, else the run's trainer.num_threads, else (in session()) the free cores
+        return cls(cfg, model_dir, session(onnx_path(model_dir), _session_threads or cfg.trainer.num_threads))
     except (OSError, ValueError, KeyError) as e:  # a damaged model/ folder: missing or unparsable files
         raise RunError(f"{model_dir}: missing or corrupted model files ({type(e).__name__}: {e})") from None

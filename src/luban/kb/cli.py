@@ -15,8 +15,13 @@ def load_encoder(ref: str):
     return load(ref)
 
 
+def _embedder_ref(meta: dict, ref: str | None) -> str:
+    """The embedder a command uses: the one named, else the one the knowledge base was built with."""
+    return ref or meta["embedder"]["ref"]
+
+
 def _encoder_for(meta: dict, ref: str | None):
-    return load_encoder(ref or meta["embedder"]["ref"])
+    return load_encoder(_embedder_ref(meta, ref))
 
 
 def _cmd_build(a):
@@ -45,13 +50,12 @@ def _cmd_build(a):
 def _cmd_add(a):
     from luban.kb.base import add, read_meta
     from luban.kb.readers import expand
-
     from luban.lifecycle.ray_pool import check_backend
 
     check_backend(a.backend, a.workers, a.address)  # before the knowledge base is read or the embedder loads
     meta = read_meta(a.kb)
     expand(a.docs)
-    ref = a.embedder or meta["embedder"]["ref"]
+    ref = _embedder_ref(meta, a.embedder)
     r = add(a.kb, a.docs, load_encoder(ref), batch_size=a.batch_size, backend=a.backend, workers=a.workers,
             address=a.address, ref=ref)
     print(f"added {r['added_chunks']} chunks from {r['added_sources']} documents; {r['chunks']} chunks in {a.kb}",

@@ -66,4 +66,3 @@ def auto_threads() -> ThreadChoice:
         return ThreadChoice(cores, cores, None)
     busy = min(cores, math.floor(load))
     return ThreadChoice(max(1, cores - busy), cores, round(load, 2), busy)
-

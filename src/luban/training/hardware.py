@@ -61,8 +61,7 @@ _choice = None  # the automatic choice of the last set_threads, if it was automa
 
 def set_threads(n: int | None) -> None:
     """Set intra-op threads; unset (None), once per process: the free cores (luban.training.cpu.auto_threads)."""
-    global _threads_set
-    global _choice
+    global _threads_set, _choice
     if _threads_set and n is None:
         return
     _choice = None
