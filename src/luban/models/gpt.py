@@ -180,6 +180,17 @@ class GPT(nn.Module):
         """ids (batch, time) -> logits (batch, time, vocab); with use_cache also the updated KV cache.
         A left-padded batch gives key_mask (batch, cached + time; False on padding) and per-row positions
         (batch, time)."""
+        x, presents = self._trunk(ids, past, key_mask, positions)
+        logits = self.lm_head(x)
+        return (logits, presents) if use_cache else logits
+
+    def logits_at(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits (n, vocab) at the positions where the (batch, time) mask `keep` is true (row-major): training on
+        replies runs the output head on their tokens alone."""
+        return self.lm_head(self._trunk(ids, None, None, None)[0][keep])
+
+    def _trunk(self, ids, past, key_mask, positions):
+        """The final-norm hidden states (batch, time, n_embd) and each block's KV cache."""
         t = ids.shape[1]
         seen = past[0][0].shape[2] if past else 0
         if positions is None:
@@ -196,8 +207,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x, present = block(x, positions, past[i] if past else None, key_mask)
             presents.append(present)
-        logits = self.lm_head(self.ln_f(x))
-        return (logits, presents) if use_cache else logits
+        return self.ln_f(x), presents
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Mean next-token cross-entropy; targets are ids shifted left by one (ignore_index skips positions)."""

@@ -53,6 +53,7 @@ from luban.models.registry import build_model
 from luban.training.checkpoint import load_weights
 from luban.training.preference import (REFERENCE_FREE, disable_dropout, objective, pair_logps,
                                        preference_metrics, split_logps)
+from luban.training.targets import target_logits
 
 SPLITS = ("train", "validation", "test")
 
@@ -176,11 +177,8 @@ def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int, seed: int, epo
 
 
 def token_loss_sum(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
-    logits = model(batch["x"])
-    y = batch["y"]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
-    return loss, int((y != IGNORE).sum())
+    logits, targets, _ = target_logits(model, batch["x"], batch["y"])
+    return F.cross_entropy(logits, targets, reduction="sum"), len(targets)
 
 
 @torch.no_grad()

@@ -16,17 +16,17 @@ from torch import nn
 
 from luban.config import PreferenceConfig
 from luban.data.chat import IGNORE
+from luban.training.targets import target_logits
 
 REFERENCE_FREE = ("simpo", "orpo")
 
 
 def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the sum of log p(y_t | x_<=t) over the trained (non-IGNORE) targets, and how many there are."""
-    logits = model(x).float()
-    mask = y != IGNORE
-    picked = logits.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    logp = (picked - torch.logsumexp(logits, dim=-1)) * mask
-    return logp.sum(-1), mask.sum(-1)
+    logits, targets, row = target_logits(model, x, y)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = picked - torch.logsumexp(logits, dim=-1)
+    return torch.zeros(len(x), dtype=logp.dtype, device=logp.device).index_add(0, row, logp), (y != IGNORE).sum(-1)
 
 
 def pair_logps(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
