@@ -7,9 +7,10 @@ import torch
 from luban.training import cpu, hardware
 
 
-def _choose(monkeypatch, cores, load):
+def _choose(monkeypatch, cores, load, in_use=None):
     monkeypatch.setattr(cpu, "available_cores", lambda: cores)
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(cpu, "cores_in_use_elsewhere", lambda: load if in_use is None else in_use)
     return cpu.auto_threads()
 
 
@@ -19,8 +20,34 @@ def test_backs_off_by_whole_busy_cores(monkeypatch):
     assert _choose(monkeypatch, 8, 3.9).threads == 5
     c = _choose(monkeypatch, 2, 6.5)
     assert (c.threads, c.busy) == (1, 2)  # never fewer than one
-    assert c.describe() == "1 thread (2 of 2 cores busy, load 6.5; trainer.num_threads to override)"
+    assert c.describe() == "1 thread (2 of 2 cores busy: load 6.5, 6.5 in use; trainer.num_threads to override)"
     assert _choose(monkeypatch, 4, 0.0).describe() == "4 threads"
+
+
+def test_load_without_cpu_in_use_keeps_every_core(monkeypatch):
+    """A load average that no process's CPU use backs (tasks waiting in uninterruptible sleep, or this process's own
+    work a moment ago) takes no core away; CPU in use but a low load takes none either."""
+    c = _choose(monkeypatch, 2, 1.02, in_use=0.01)
+    assert (c.threads, c.busy, c.in_use) == (2, 0, 0.01) and c.describe() == "2 threads"
+    assert _choose(monkeypatch, 2, 3.0, in_use=1.1).threads == 1
+    assert _choose(monkeypatch, 2, 0.4, in_use=1.8).threads == 2
+
+
+def test_cpu_in_use_elsewhere_is_measured_without_this_process(monkeypatch):
+    """The sample reads /proc/stat over this process's cores and takes its own ticks out: a busy loop here is not
+    'elsewhere'."""
+    import threading
+    import time
+
+    stop = time.time() + 0.6
+    spin = threading.Thread(target=lambda: [None for _ in iter(lambda: time.time() > stop, True)])
+    spin.start()
+    seen = cpu.cores_in_use_elsewhere(0.4)
+    spin.join()
+    if seen is None:  # no /proc/stat (not Linux)
+        return
+    assert 0.0 <= seen <= cpu.available_cores()
+    assert seen < 0.9  # the spinning thread (one full core) is ours
 
 
 def test_no_load_average_means_every_core(monkeypatch):
@@ -45,6 +72,7 @@ def test_set_threads_unset_uses_the_choice_and_says_so(monkeypatch):
     monkeypatch.setattr(hardware, "_threads_set", False)
     monkeypatch.setattr(cpu, "available_cores", lambda: 2)
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    monkeypatch.setattr(cpu, "cores_in_use_elsewhere", lambda: 1.0)
     try:
         hardware.set_threads(None)
         assert torch.get_num_threads() == 1
@@ -64,6 +92,7 @@ def test_run_records_where_its_threads_came_from(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(hardware, "_threads_set", False)
     monkeypatch.setattr(cpu, "available_cores", lambda: 2)
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # one core busy: one thread, as tests want
+    monkeypatch.setattr(cpu, "cores_in_use_elsewhere", lambda: 0.97)
     try:
         cfg = text_config(tmp_path, "auto", write_csv(tmp_path / "train.csv", zh_sentences(40, seed=3)),
                           trainer={"num_threads": None, "epochs": 1})
@@ -71,6 +100,7 @@ def test_run_records_where_its_threads_came_from(monkeypatch, tmp_path, capsys):
     finally:
         torch.set_num_threads(before)
     env = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["environment"]
-    assert (env["threads"], env["threads_from"], env["cores"], env["cores_busy"], env["load_avg"]) == (
-        1, "auto", 2, 1, 1.2)
-    assert "1 thread (1 of 2 cores busy, load 1.2; trainer.num_threads to override)" in capsys.readouterr().out
+    assert (env["threads"], env["threads_from"], env["cores"], env["cores_busy"], env["load_avg"],
+            env["cores_in_use_elsewhere"]) == (1, "auto", 2, 1, 1.2, 0.97)
+    assert "1 thread (1 of 2 cores busy: load 1.2, 1.0 in use; trainer.num_threads to override)" in \
+        capsys.readouterr().out

@@ -272,7 +272,8 @@ def _threads_choice() -> dict:
     choice = thread_choice()
     if choice is None:
         return {"threads_from": "set"}
-    return {"threads_from": "auto", "cores": choice.cores, "load_avg": choice.load, "cores_busy": choice.busy}
+    return {"threads_from": "auto", "cores": choice.cores, "load_avg": choice.load, "cores_busy": choice.busy,
+            "cores_in_use_elsewhere": choice.in_use}
 
 
 def _count(n: int, noun: str) -> str:
