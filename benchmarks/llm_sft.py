@@ -192,7 +192,7 @@ def run_pair(config: Path, model_path: str, files: dict, out: Path, name: str, a
     tokens = total_train_tokens(p, files["train"]) * metrics["epochs_run"]
     return {"before": before, "after": after, "run": str(run),
             "train_tokens_per_s": round(tokens / max(t["train_seconds"], 1e-9), 1),
-            "trained_reply_tokens_per_s": t.get("tokens_per_second"),
+            "run_tokens_per_s": t.get("tokens_per_second"),  # tokens read over the whole fit (its evaluations too)
             "train_tokens": tokens, "train_seconds": round(t["train_seconds"], 1),
             "run_minutes": round(minutes, 1), "epochs": metrics["epochs_run"],
             "precision": metrics["environment"]["precision"], "threads": metrics["environment"]["threads"],

@@ -172,8 +172,20 @@ def test_sft_masks_the_prompt_and_learns_responses(tmp_path):
     run = luban.train(cfg, quiet=True)
     m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert m["data"]["unit"] == "examples" and m["test"]["loss"] < 0.2
+    assert m["data"]["samples_per_second_counts"].startswith("tokens read")
     out = luban.load(run).predict(["Q: colour of snow?\nA:", "Q: colour of sun?\nA:"], temperature=0)
     assert [o["text"] for o in out] == [" white", " yellow"] and all(o["finish_reason"] == "eos" for o in out)
+
+
+def test_sft_batches_weight_the_loss_by_reply_tokens_and_count_every_token_read():
+    """An SFT batch's loss is per reply token (size); its throughput counts the prompt and template it reads too."""
+    from luban.data.chat import IGNORE, Example
+    from luban.tasks.text_generation import sft_batches
+
+    examples = [Example(ids=list(range(10)), labels=[IGNORE] * 8 + [8, 9], line=1),
+                Example(ids=list(range(6)), labels=[IGNORE] * 5 + [5], line=2)]
+    batch = next(iter(sft_batches(examples, batch_size=2, pad_id=0, seed=0, epoch=0, shuffle=False)))
+    assert (batch["size"], batch["processed"]) == (3, 16)
 
 
 def test_hf_lora_trains_only_adapters_and_merges_to_equal_outputs(tiny_gpt2):

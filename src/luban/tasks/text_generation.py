@@ -165,7 +165,8 @@ def sft_batches(examples: list[Example], batch_size: int, pad_id: int, seed: int
                 shuffle: bool = True) -> Batches:
     def collate(idx):
         x, y = pad_examples([examples[i] for i in idx], pad_id)
-        return {"x": x, "y": y, "size": int((y != IGNORE).sum())}
+        # the loss is per reply token (size); the throughput counts every token read (processed)
+        return {"x": x, "y": y, "size": int((y != IGNORE).sum()), "processed": sum(len(examples[i].ids) for i in idx)}
 
     return Batches(epoch_batches([len(e.ids) for e in examples], batch_size, seed, epoch, shuffle=shuffle), collate)
 
@@ -701,7 +702,9 @@ class TextGenerationTask(Task):
         unit = "pairs" if self.pref else "examples" if self.sft else "tokens"
         out = {"splits": {s: self.sizes[s] for s in SPLITS}, "unit": unit, "sources": self.sources,
                "vocab_size": self.encoder.vocab_size, "context_length": self.block,
-               "samples_per_second_counts": "pairs" if self.pref else "tokens"}
+               "samples_per_second_counts": "pairs" if self.pref else
+               "tokens read (prompt, chat template and reply; the loss is on the reply tokens)" if self.sft else
+               "tokens"}
         if self.sft:
             out["dropped_too_long"] = self.dropped
         if getattr(self, "auto", None):

@@ -200,7 +200,7 @@ def fit(model: nn.Module, step: TrainStep, *, evaluate_fn: Callable, cfg: Traine
                 loss_n += bs
                 win_sum += out.loss * bs
                 win_n += bs
-                epoch_samples += bs
+                epoch_samples += bs if out.processed is None else out.processed
                 seen += 1
                 for k, v in out.values.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -47,12 +47,15 @@ class StepResult:
     """One batch's outcome: its training loss (the progress line's loss, history's train_loss), what the batch
     counts (batch["size"]: samples or tokens), whether an optimizer step was taken (it counts toward the step
     number, trainer.log_every and trainer.eval_steps), and the step's own scalars (history gets their epoch means,
-    TensorBoard/MLflow their values at each logging step)."""
+    TensorBoard/MLflow their values at each logging step). `processed`: what the throughput counts where it differs
+    from size (an instruction-tuning batch reads every token, prompt and template included, and trains on the
+    reply tokens alone: batch["processed"])."""
 
     loss: float
     size: int
     stepped: bool = True
     values: dict[str, float] = field(default_factory=dict)
+    processed: int | None = None
 
 
 class TrainStep:
@@ -165,7 +168,7 @@ class LossStep(TrainStep):
                 optimizer.step()
             self.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss.item(), batch["size"], stepped)
+        return StepResult(loss.item(), batch["size"], stepped, processed=batch.get("processed"))
 
     def validation_loss(self, model):
         batches = self.val_batches() if self.val_batches is not None else None
