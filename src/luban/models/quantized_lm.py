@@ -72,6 +72,37 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return out.reshape(packed.shape[0], packed.shape[1] * 2)
 
 
+SCRATCH_BYTES = 64 << 20
+
+
+def int4_scratch() -> torch.Tensor:
+    """The int32 buffer kernel_int4 unpacks into: one per model load, reused by every layer."""
+    return torch.empty(SCRATCH_BYTES // 4, dtype=torch.int32)
+
+
+def kernel_int4(packed: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """The portable packing -> torch's CPU int4 kernel layout (one uint8 per two values, row by row). The kernel's
+    converter takes the values as int32, 8x the packed size (a whole Qwen2.5-0.5B output head, 151,936 x 896:
+    545 MB); they are unpacked block by block into one reused 64 MB buffer, so loading allocates nothing but the
+    converted weights. A fresh int32 block per layer (17 MB for a 4,864 x 896 MLP matrix, below glibc's mmap
+    threshold) fragmented the heap instead: the int4 Qwen took 1.6–1.9 GB to load (run to run) for 0.45 GB of
+    weights."""
+    scratch = int4_scratch() if scratch is None else scratch
+    width = packed.shape[1] * 2
+    rows = max(16, scratch.numel() // width // 16 * 16)  # the kernel wants multiples of 16 rows
+    if rows * width > scratch.numel():
+        scratch = torch.empty(rows * width, dtype=torch.int32)
+    out = []
+    for i in range(0, packed.shape[0], rows):
+        block = packed[i: i + rows]
+        values = scratch[: block.shape[0] * width].view(block.shape[0], width)
+        values[:, 0::2], values[:, 1::2] = block, block
+        values[:, 0::2] &= 0x0F
+        values[:, 1::2] >>= 4
+        out.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
 def dequantize_int4(packed, scale, lo, group_size: int) -> torch.Tensor:
     q = unpack_int4(packed).float()
     rows, cols = q.shape
@@ -112,13 +143,12 @@ class Int4Linear(nn.Module):
     packing (what is saved) is converted once, at construction, to the kernel's own layout."""
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, group_size: int,
-                 bias: torch.Tensor | None = None, portable: bool = True):
+                 bias: torch.Tensor | None = None, portable: bool = True, scratch: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
         self.group_size = group_size
         # the kernel's convention: w = (q - 8) * scale + zero, so zero = min + 8 * scale
-        self.register_buffer("kernel_weight",
-                             torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2))
+        self.register_buffer("kernel_weight", kernel_int4(packed, scratch))
         sz = torch.stack([scale.float(), (lo + 8 * scale).float()], dim=-1)  # (rows, groups, 2)
         self.register_buffer("scales_zeros", sz.transpose(0, 1).contiguous())  # (groups, rows, 2)
         self.register_buffer("bias", None if bias is None else bias.float())
@@ -171,6 +201,7 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
     names = {m: n for n, m in hf.named_modules()}
     emb_name, head_name = names[emb], names.get(head) if head is not None else None
     modules: dict[str, dict] = {}
+    scratch = int4_scratch() if bits == 4 else None
     q, s = quantize_int8(emb.weight)
     new_emb = Int8Embedding(q, s, getattr(emb, "padding_idx", None))
     modules[emb_name] = {"kind": "int8-embedding", "shape": list(q.shape)}
@@ -183,7 +214,7 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
             modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features], "tied_to": emb_name}
         elif bits == 4 and m.in_features % group_size == 0 and m.out_features % 16 == 0:  # the kernel's tiling
             packed, scale, lo = quantize_int4(m.weight, group_size)
-            new = Int4Linear(packed, scale, lo, group_size, bias)
+            new = Int4Linear(packed, scale, lo, group_size, bias, scratch=scratch)
             modules[name] = {"kind": "int4", "shape": [m.out_features, m.in_features], "group_size": group_size}
         else:
             qw, sc = quantize_int8(m.weight)
@@ -310,17 +341,19 @@ def load_quantized(folder: Path, info: dict):
     with _params_on_meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_config(config)
+    scratch = int4_scratch() if info["method"] == "int4-weight" else None
     try:
         built: dict[str, nn.Module] = {}
         for name, spec in info["modules"].items():
             bias = tensors.pop(f"{name}.bias", None)
             if spec.get("tied_to"):
                 if spec["tied_to"] not in built:
-                    built[spec["tied_to"]] = _build(info["modules"][spec["tied_to"]], spec["tied_to"], tensors)
+                    built[spec["tied_to"]] = _build(info["modules"][spec["tied_to"]], spec["tied_to"], tensors,
+                                                    scratch=scratch)
                 src = built[spec["tied_to"]]
                 new = Int8Linear(src.qweight, src.scale, bias)
             else:
-                new = built[name] if name in built else _build(spec, name, tensors, bias)
+                new = built[name] if name in built else _build(spec, name, tensors, bias, scratch)
             built[name] = new
         for name, new in built.items():
             _set_module(hf, name, new)
@@ -335,14 +368,14 @@ def load_quantized(folder: Path, info: dict):
     return hf.eval()
 
 
-def _build(spec: dict, name: str, tensors: dict, bias=None) -> nn.Module:
+def _build(spec: dict, name: str, tensors: dict, bias=None, scratch=None) -> nn.Module:
     kind = spec["kind"]
     q = tensors.pop(f"{name}.qweight")
     if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if kind == "int4" else 1)]:
         raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
     if kind == "int4":
         return Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
-                          portable=False)
+                          portable=False, scratch=scratch)
     if kind == "int8-embedding":
         return Int8Embedding(q, tensors.pop(f"{name}.scale"))
     if kind == "int8":
