@@ -173,3 +173,35 @@ def test_refusals(tiny_qwen, trained_text_run, tmp_path):
     with pytest.raises(LubanError, match="corrupted"):
         luban.load(run)
     assert main(["compress", str(tmp_path / "nothing"), "--quantize", "int8-weight"]) == 2
+
+
+def test_tensor_reader_matches_safetensors_and_reads_row_blocks(tmp_path):
+    """The quantized loader reads each tensor into its own memory (no file map keeping every touched page resident):
+    the same values as safetensors' own loader, any dtype, a large int4 layer block by block; a truncated file is
+    refused naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from luban.models.quantized_lm import TensorReader, kernel_int4, unpack_int4
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w.qweight": torch.randint(0, 256, (96, 32), dtype=torch.uint8, generator=g),
+               "w.scale": torch.randn(96, 2, generator=g), "emb": torch.randint(-127, 127, (7, 5), dtype=torch.int8),
+               "norm": torch.randn(5, generator=g).to(torch.bfloat16), "scalar": torch.tensor(3.5)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path))
+    want = load_file(str(path))
+    reader = TensorReader(path)
+    lazy = reader.lazy("w.qweight")
+    assert lazy.shape == (96, 32) and torch.equal(lazy.rows(16, 48), want["w.qweight"][16:48])
+    full = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(want["w.qweight"]).to(torch.int32), 2)
+    assert torch.equal(kernel_int4(lazy, torch.empty(32 * 64, dtype=torch.int32)), full)  # 32-row blocks
+    assert "w.qweight" not in reader and "emb" in reader
+    rest = reader.rest()
+    assert set(rest) == {"w.scale", "emb", "norm", "scalar"}
+    for k, v in rest.items():
+        assert v.dtype == want[k].dtype and torch.equal(v, want[k]), k
+    with pytest.raises(KeyError, match="w.qweight"):
+        reader.pop("w.qweight")
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="past the end"):
+        TensorReader(path)

@@ -72,7 +72,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return out.reshape(packed.shape[0], packed.shape[1] * 2)
 
 
-SCRATCH_BYTES = 64 << 20
+SCRATCH_BYTES = 16 << 20
 
 
 def int4_scratch() -> torch.Tensor:
@@ -80,27 +80,37 @@ def int4_scratch() -> torch.Tensor:
     return torch.empty(SCRATCH_BYTES // 4, dtype=torch.int32)
 
 
-def kernel_int4(packed: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """The portable packing -> torch's CPU int4 kernel layout (one uint8 per two values, row by row). The kernel's
-    converter takes the values as int32, 8x the packed size (a whole Qwen2.5-0.5B output head, 151,936 x 896:
-    545 MB); they are unpacked block by block into one reused 64 MB buffer, so loading allocates nothing but the
-    converted weights. A fresh int32 block per layer (17 MB for a 4,864 x 896 MLP matrix, below glibc's mmap
-    threshold) fragmented the heap instead: the int4 Qwen took 1.6–1.9 GB to load (run to run) for 0.45 GB of
-    weights."""
+def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """The portable packing -> torch's CPU int4 kernel layout (one uint8 per two values, row by row). `packed`: the
+    (rows, cols/2) uint8 tensor, or anything with that `shape` and `rows(start, stop)` (TensorReader.rows: a load
+    reads a large layer block by block from the file).
+
+    Memory is the point: the kernel's converter takes the values as int32, 8x the packed size (a whole Qwen2.5-0.5B
+    output head, 151,936 x 896: 545 MB). They are unpacked block by block into one reused 16 MB buffer and each
+    block's result is copied into the layer's final tensor, so a load allocates little beyond the converted weights.
+    A fresh int32 copy per layer (17 MB for a 4,864 x 896 MLP matrix, just below glibc's mmap threshold) fragmented
+    the heap instead: the int4 Qwen took 1.6–1.9 GB to load (run to run) for 0.45 GB of weights."""
     scratch = int4_scratch() if scratch is None else scratch
-    width = packed.shape[1] * 2
+    n, half = packed.shape
+    width = half * 2
     rows = max(16, scratch.numel() // width // 16 * 16)  # the kernel wants multiples of 16 rows
     if rows * width > scratch.numel():
         scratch = torch.empty(rows * width, dtype=torch.int32)
-    out = []
-    for i in range(0, packed.shape[0], rows):
-        block = packed[i: i + rows]
+    read = packed.rows if hasattr(packed, "rows") else lambda i, j: packed[i:j]
+    out = None
+    for i in range(0, n, rows):
+        block = read(i, min(n, i + rows))
         values = scratch[: block.shape[0] * width].view(block.shape[0], width)
         values[:, 0::2], values[:, 1::2] = block, block
         values[:, 0::2] &= 0x0F
         values[:, 1::2] >>= 4
-        out.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2))
-    return out[0] if len(out) == 1 else torch.cat(out)
+        converted = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2)
+        if i == 0 and block.shape[0] == n:
+            return converted
+        if out is None:
+            out = torch.empty((n, *converted.shape[1:]), dtype=converted.dtype)
+        out[i: i + block.shape[0]] = converted
+    return out
 
 
 def dequantize_int4(packed, scale, lo, group_size: int) -> torch.Tensor:
@@ -324,7 +334,6 @@ def _params_on_meta():
 def load_quantized(folder: Path, info: dict):
     """The HF causal LM of a quantized folder (see the module doc), in eval mode on the CPU."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     folder = Path(folder)
@@ -335,7 +344,7 @@ def load_quantized(folder: Path, info: dict):
         return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.bfloat16).eval()
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        tensors = load_file(str(folder / info.get("weights", QUANT_WEIGHTS)))
+        tensors = TensorReader(folder / info.get("weights", QUANT_WEIGHTS))
     except (OSError, ValueError, SafetensorError) as e:
         raise RunError(f"{folder}: missing or corrupted quantized model files ({type(e).__name__}: {e})") from None
     with _params_on_meta(), warnings.catch_warnings():
@@ -360,7 +369,7 @@ def load_quantized(folder: Path, info: dict):
         missing = [n for n, p in hf.named_parameters() if p.is_meta and n not in tensors]
         if missing:
             raise KeyError(f"tensor {missing[0]} is missing")
-        hf.load_state_dict(tensors, strict=False, assign=True)
+        hf.load_state_dict(tensors.rest(), strict=False, assign=True)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise RunError(f"{folder}: missing or corrupted quantized model files ({type(e).__name__}: {e})") from None
     if (folder / "generation_config.json").is_file():
@@ -368,9 +377,93 @@ def load_quantized(folder: Path, info: dict):
     return hf.eval()
 
 
-def _build(spec: dict, name: str, tensors: dict, bias=None, scratch=None) -> nn.Module:
+SAFETENSORS_DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I32": torch.int32, "I64": torch.int64,
+                      "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+class TensorReader:
+    """The tensors of a .safetensors file, each read on demand into its own memory (`pop`). safetensors' loader maps
+    the whole file and its tensors point into the map: every page a load touches stays in the process's resident
+    memory until the last tensor is gone — for the int4 Qwen the 437 MB file beside the 437 MB of converted weights
+    it was read for. Read tensor by tensor, the packed weights are freed as each layer is converted. The format: an
+    8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the raw bytes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            size = self.path.stat().st_size
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+        self.base = 8 + n
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        for name, e in self.entries.items():
+            begin, end = e["data_offsets"]
+            dtype = SAFETENSORS_DTYPES.get(e["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor {name}: unsupported dtype {e['dtype']}")
+            count = 1
+            for d in e["shape"]:
+                count *= d
+            if end - begin != count * dtype.itemsize or self.base + end > size:
+                raise ValueError(f"tensor {name}: {end - begin} bytes for shape {e['shape']} {e['dtype']}, or past "
+                                 f"the end of the file")
+
+    def __contains__(self, name) -> bool:
+        return name in self.entries
+
+    def pop(self, name: str, default=KeyError):
+        if name not in self.entries:
+            if default is KeyError:
+                raise KeyError(f"tensor {name} is missing")
+            return default
+        try:
+            return self.read(self.entries.pop(name))
+        except ValueError as e:
+            raise ValueError(f"tensor {name}: {e}") from None
+
+    def lazy(self, name: str) -> "_LazyRows":
+        """A 2-d tensor of the file that kernel_int4 reads a block of rows at a time (never whole)."""
+        if name not in self.entries:
+            raise KeyError(f"tensor {name} is missing")
+        return _LazyRows(self, name, self.entries.pop(name))
+
+    def read(self, entry: dict, start: int = 0, count: int | None = None) -> torch.Tensor:
+        """Rows start .. start + count of a tensor entry (all of it by default), in fresh memory."""
+        shape, dtype = list(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        if count is not None:
+            row = (end - begin) // max(1, shape[0])
+            begin, shape[0] = begin + start * row, count
+            end = begin + count * row
+        out = torch.empty(shape, dtype=dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.base + begin)
+            if end > begin and f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy())) != end - begin:
+                raise ValueError("the file ends early")
+        return out
+
+    def rest(self) -> dict[str, torch.Tensor]:
+        """Every tensor not popped yet."""
+        return {name: self.pop(name) for name in list(self.entries)}
+
+
+class _LazyRows:
+    def __init__(self, reader: TensorReader, name: str, entry: dict):
+        self.reader, self.name, self.entry = reader, name, entry
+        self.shape = tuple(entry["shape"])
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        try:
+            return self.reader.read(self.entry, start, stop - start)
+        except ValueError as e:
+            raise ValueError(f"tensor {self.name}: {e}") from None
+
+
+def _build(spec: dict, name: str, tensors: TensorReader, bias=None, scratch=None) -> nn.Module:
     kind = spec["kind"]
-    q = tensors.pop(f"{name}.qweight")
+    q = tensors.lazy(f"{name}.qweight") if kind == "int4" else tensors.pop(f"{name}.qweight")
     if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if kind == "int4" else 1)]:
         raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
     if kind == "int4":
