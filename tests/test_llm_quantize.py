@@ -194,7 +194,11 @@ def test_tensor_reader_matches_safetensors_and_reads_row_blocks(tmp_path):
     lazy = reader.lazy("w.qweight")
     assert lazy.shape == (96, 32) and torch.equal(lazy.rows(16, 48), want["w.qweight"][16:48])
     full = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(want["w.qweight"]).to(torch.int32), 2)
-    assert torch.equal(kernel_int4(lazy, torch.empty(32 * 64, dtype=torch.int32)), full)  # 32-row blocks
+    assert torch.equal(kernel_int4(lazy, torch.empty(32 * 64, dtype=torch.int32)), full)  # one 64-row block + 32
+    for rows, cols in ((896, 4864), (1008, 896), (48, 64)):  # blocks of 64 rows and a tail: the whole matrix's layout
+        packed = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, generator=g)
+        whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2)
+        assert torch.equal(kernel_int4(packed, torch.empty(850 * cols, dtype=torch.int32)), whole), (rows, cols)
     assert "w.qweight" not in reader and "emb" in reader
     rest = reader.rest()
     assert set(rest) == {"w.scale", "emb", "norm", "scalar"}

@@ -93,7 +93,9 @@ def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
     scratch = int4_scratch() if scratch is None else scratch
     n, half = packed.shape
     width = half * 2
-    rows = max(16, scratch.numel() // width // 16 * 16)  # the kernel wants multiples of 16 rows
+    # the kernel packs rows in blocks of 64 (a last block of 16 / 32 / 48 differs): blocks of whole 64s concatenate
+    # to exactly the whole matrix's layout (848-row blocks of an 896-row matrix did not: perplexity x3.3)
+    rows = max(64, scratch.numel() // width // 64 * 64)
     if rows * width > scratch.numel():
         scratch = torch.empty(rows * width, dtype=torch.int32)
     read = packed.rows if hasattr(packed, "rows") else lambda i, j: packed[i:j]
