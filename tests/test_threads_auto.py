@@ -33,21 +33,24 @@ def test_load_without_cpu_in_use_keeps_every_core(monkeypatch):
     assert _choose(monkeypatch, 2, 0.4, in_use=1.8).threads == 2
 
 
-def test_cpu_in_use_elsewhere_is_measured_without_this_process(monkeypatch):
-    """The sample reads /proc/stat over this process's cores and takes its own ticks out: a busy loop here is not
-    'elsewhere'."""
-    import threading
-    import time
+def test_cpu_in_use_elsewhere_takes_this_process_out(monkeypatch):
+    """Cores in use elsewhere = (busy ticks of this process's cores - its own ticks) / all ticks x cores: over a
+    sample where 2 cores ran 200 ticks, 60 of them idle and 100 this process's, 0.4 cores were others'."""
+    times = iter([(1000, 500), (1200, 560)])
+    own = iter([300, 400])
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(cpu, "_cpu_times", lambda cpus: next(times))
+    monkeypatch.setattr(cpu, "_own_ticks", lambda: next(own))
+    monkeypatch.setattr(cpu.time, "sleep", lambda s: None)
+    assert cpu.cores_in_use_elsewhere() == 0.4
 
-    stop = time.time() + 0.6
-    spin = threading.Thread(target=lambda: [None for _ in iter(lambda: time.time() > stop, True)])
-    spin.start()
-    seen = cpu.cores_in_use_elsewhere(0.4)
-    spin.join()
-    if seen is None:  # no /proc/stat (not Linux)
-        return
-    assert 0.0 <= seen <= cpu.available_cores()
-    assert seen < 0.9  # the spinning thread (one full core) is ours
+
+def test_cpu_in_use_elsewhere_reads_this_machine():
+    """The real sample: /proc/stat over this process's cores (not Linux: None)."""
+    seen = cpu.cores_in_use_elsewhere(0.2)
+    assert seen is None or 0.0 <= seen <= len(cpu.os.sched_getaffinity(0))
+    times = cpu._cpu_times(sorted(cpu.os.sched_getaffinity(0)))
+    assert times[0] > times[1] >= 0 and cpu._own_ticks() >= 0
 
 
 def test_no_load_average_means_every_core(monkeypatch):
