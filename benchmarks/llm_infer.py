@@ -8,9 +8,10 @@ process); then one fresh process per precision (so its peak RSS is its own) load
 token and single-stream greedy decoding of --tokens new tokens per prompt (eos ignored, so every precision decodes
 the same number of tokens), records its peak RSS so far (int4_rss_ratio: what serving that precision holds), then
 perplexity on held text (a few KB of tiny-shakespeare and of Chinese ChnSentiCorp reviews from ../shared/data, or
---ppl-file; its 512-token windows set a higher peak: int4_rss_ratio_with_ppl). HF runs first and last (interleaved, to bracket the machine's drift);
-its figure is the mean of the two. Then the fastest luban precision is served (`luban serve RUN`, continuous batching)
-and sent one request, then 8 concurrent ones over real HTTP: aggregate tokens/s. The machine's load (`uptime`) is
+--ppl-file; its 512-token windows set a higher peak: int4_rss_ratio_with_ppl). HF runs first and last
+(interleaved, to bracket the machine's drift); its figure is the mean of the two. Then the fastest luban precision
+is served (`luban serve RUN`, continuous batching) and sent one request, then 8 concurrent ones over real HTTP:
+aggregate tokens/s. The machine's load (`uptime`) is
 recorded at each step. Last line: one JSON object.
 """
 

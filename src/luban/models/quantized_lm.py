@@ -82,7 +82,7 @@ def int4_scratch() -> torch.Tensor:
 
 def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """The portable packing -> torch's CPU int4 kernel layout (one uint8 per two values, row by row). `packed`: the
-    (rows, cols/2) uint8 tensor, or anything with that `shape` and `rows(start, stop)` (TensorReader.rows: a load
+    (rows, cols/2) uint8 tensor, or anything with that `shape` and `rows(start, stop)` (TensorReader.lazy: a load
     reads a large layer block by block from the file).
 
     Memory is the point: the kernel's converter takes the values as int32, 8x the packed size (a whole Qwen2.5-0.5B
@@ -416,23 +416,21 @@ class TensorReader:
         return name in self.entries
 
     def pop(self, name: str, default=KeyError):
-        if name not in self.entries:
-            if default is KeyError:
-                raise KeyError(f"tensor {name} is missing")
+        if name not in self.entries and default is not KeyError:
             return default
-        try:
-            return self.read(self.entries.pop(name))
-        except ValueError as e:
-            raise ValueError(f"tensor {name}: {e}") from None
+        return self.read(name, self._take(name))
 
     def lazy(self, name: str) -> "_LazyRows":
         """A 2-d tensor of the file that kernel_int4 reads a block of rows at a time (never whole)."""
+        return _LazyRows(self, name, self._take(name))
+
+    def _take(self, name: str) -> dict:
         if name not in self.entries:
             raise KeyError(f"tensor {name} is missing")
-        return _LazyRows(self, name, self.entries.pop(name))
+        return self.entries.pop(name)
 
-    def read(self, entry: dict, start: int = 0, count: int | None = None) -> torch.Tensor:
-        """Rows start .. start + count of a tensor entry (all of it by default), in fresh memory."""
+    def read(self, name: str, entry: dict, start: int = 0, count: int | None = None) -> torch.Tensor:
+        """Rows start .. start + count of the tensor `name` (all of it by default), in fresh memory."""
         shape, dtype = list(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         if count is not None:
@@ -443,7 +441,7 @@ class TensorReader:
         with open(self.path, "rb") as f:
             f.seek(self.base + begin)
             if end > begin and f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy())) != end - begin:
-                raise ValueError("the file ends early")
+                raise ValueError(f"tensor {name}: the file ends early")
         return out
 
     def rest(self) -> dict[str, torch.Tensor]:
@@ -457,10 +455,7 @@ class _LazyRows:
         self.shape = tuple(entry["shape"])
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        try:
-            return self.reader.read(self.entry, start, stop - start)
-        except ValueError as e:
-            raise ValueError(f"tensor {self.name}: {e}") from None
+        return self.reader.read(self.name, self.entry, start, stop - start)
 
 
 def _build(spec: dict, name: str, tensors: TensorReader, bias=None, scratch=None) -> nn.Module:
