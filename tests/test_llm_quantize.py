@@ -26,7 +26,7 @@ def tiny_qwen(tmp_path_factory) -> Path:
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     torch.manual_seed(0)
-    conf = transformers.Qwen2Config(vocab_size=-(-len(tok) // 16) * 16, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    conf = transformers.Qwen2Config(vocab_size=-(-len(tok) // 32) * 32, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                     tie_word_embeddings=True, eos_token_id=tok.eos_token_id, initializer_range=0.1)
     model = transformers.Qwen2ForCausalLM(conf)
@@ -61,14 +61,17 @@ def test_quantized_logits_close_and_round_trip(tiny_qwen, tmp_path, method, boun
     assert meta["method"] == method == info["method"]
     if method != "bf16":
         kinds = {s["kind"] for s in meta["modules"].values()}
-        assert kinds == ({"int8", "int8-embedding"} if method == "int8-weight" else {"int4", "int8-embedding"})
-        assert meta["modules"]["lm_head"].get("tied_to") == "model.embed_tokens" or method == "int4-weight"
+        assert kinds == ({"int8", "int8-embedding"} if method == "int8-weight" else {"int4", "int4-embedding"})
+        if method == "int8-weight":  # the head uses the embedding's int8 rows
+            assert meta["modules"]["lm_head"].get("tied_to") == "model.embed_tokens"
+        else:  # the embedding looks its rows up in the int4 head
+            assert meta["modules"]["model.embed_tokens"].get("tied_to") == "lm_head"
         assert not (tmp_path / "q" / "model.safetensors").exists()  # from_pretrained cannot mistake it
         from safetensors.torch import load_file
 
         dtypes = {str(t.dtype) for k, t in load_file(str(tmp_path / "q" / "quantized.safetensors")).items()
                   if k.endswith("qweight")}
-        assert dtypes == ({"torch.int8"} if method == "int8-weight" else {"torch.int8", "torch.uint8"})
+        assert dtypes == ({"torch.int8"} if method == "int8-weight" else {"torch.uint8"})
 
 
 def test_int4_packing_round_trips():
@@ -86,6 +89,41 @@ def test_int4_packing_round_trips():
     x = torch.randn(3, 64)
     ref = x @ dequantize_int4(packed, scale, lo, 32).T
     assert torch.allclose(Int4Linear(packed, scale, lo, 32)(x), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [96, 4096])
+def test_int4_embedding_reads_the_heads_kernel_layout(rows):
+    """Int4Embedding decodes torch's CPU int4 packing: every looked-up row equals the dequantized head row."""
+    from luban.models.quantized_lm import Int4Embedding, Int4Linear, dequantize_int4, quantize_int4
+
+    w = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+    packed, scale, lo = quantize_int4(w, 32)
+    head = Int4Linear(packed, scale, lo, 32)
+    emb = Int4Embedding(head)
+    assert emb.kernel_weight.data_ptr() == head.kernel_weight.data_ptr()  # shared, not a copy
+    ids = torch.tensor([[0, 15, 16, 31, 32, rows - 1], [rows - 17, 5, 47, rows // 2, 1, 0]])
+    ref = dequantize_int4(packed, scale, lo, 32)
+    assert torch.allclose(emb(ids), ref[ids], atol=1e-5)
+    assert torch.allclose(emb(torch.arange(rows)), ref, atol=1e-5)  # every row, both nibbles of every lane
+
+
+def test_untied_or_odd_vocab_keeps_an_int8_embedding():
+    """A head whose rows are not a multiple of 32 (the packing's block) or an untied head: int8 embedding rows."""
+    from luban.models.quantized_lm import quantize_modules
+
+    torch.manual_seed(0)
+    for vocab, tied in ((112, True), (128, False)):
+        conf = transformers.Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+        model = transformers.Qwen2ForCausalLM(conf).eval()
+        ids = torch.randint(0, vocab, (1, 12))
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+            modules = quantize_modules(model, "int4-weight", group_size=32)
+            got = model(input_ids=ids).logits
+        assert modules["model.embed_tokens"]["kind"] == "int8-embedding"
+        assert modules["lm_head"]["kind"] == "int4" and "tied_to" not in modules["lm_head"]
+        assert float((got - ref).norm() / ref.norm()) < 0.35
 
 
 def test_compress_hf_folder_generates_and_serves(tiny_qwen, tmp_path):

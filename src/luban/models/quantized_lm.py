@@ -7,8 +7,9 @@ Methods (`luban compress RUN --quantize ...`, luban.compress.llm):
   16+ rows (a prompt, a perplexity window) one dequantized BLAS GEMM.
 - int4-weight: every nn.Linear as 4-bit weights in groups of `group_size` input columns, each group with an fp32
   scale and minimum (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU int4 kernel
-  (`aten._weight_int4pack_mm_for_cpu`); the embedding as int8 rows (as above). Layers whose input width is not a
-  multiple of the group size (or whose output width is not a
+  (`aten._weight_int4pack_mm_for_cpu`). A token embedding tied to an int4 output head (Qwen2.5, SmolLM2, Gemma) has
+  no copy of its own: its rows are looked up in the head's kernel layout (Int4Embedding); an untied one is int8 rows
+  (as above). Layers whose input width is not a multiple of the group size (or whose output width is not a
   multiple of 16, the kernel's tiling) fall back to int8.
 - bf16: the weights as bfloat16, run in bfloat16 (a plain HF folder: `save_pretrained`).
 
@@ -177,6 +178,38 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+class Int4Embedding(nn.Module):
+    """A token embedding tied to an int4 output head, looked up in the head's own kernel-layout tensors (no copy).
+
+    torch's CPU int4 packing (`_convert_weight_to_int4pack_for_cpu`, inner k tiles 2) stores rows in blocks of 32:
+    block b holds rows 32b .. 32b+31 as K x 16 bytes, byte (k, lane) carrying row 32b + lane in its low nibble and
+    row 32b + 16 + lane in its high nibble (tests/test_llm_quantize.py checks this against the converter). For the
+    int4 Qwen2.5-0.5B this drops the 136 MB int8 embedding that duplicated its 151,936-row head."""
+
+    def __init__(self, head: Int4Linear, padding_idx: int | None = None):
+        super().__init__()
+        if head.out_features % 32:
+            raise ValueError(f"an int4 embedding needs a multiple of 32 rows, not {head.out_features}")
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.group_size, self.padding_idx = head.group_size, padding_idx
+        self.register_buffer("kernel_weight", head.kernel_weight, persistent=False)
+        self.register_buffer("scales_zeros", head.scales_zeros, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        lane = flat % 32
+        blocks = self.kernel_weight.view(-1, self.embedding_dim, 16)
+        q = blocks[flat // 32, :, lane % 16] >> (4 * (lane // 16)).to(torch.uint8)[:, None]  # (tokens, K)
+        q = (q & 0x0F).float().view(flat.shape[0], -1, self.group_size) - 8
+        sz = self.scales_zeros[:, flat].transpose(0, 1)  # (tokens, groups, 2)
+        rows = q * sz[..., 0:1].float() + sz[..., 1:2].float()
+        return rows.view(*ids.shape, self.embedding_dim)
+
+
+def int4_embeddable(head: nn.Module) -> bool:
+    return isinstance(head, Int4Linear) and head.out_features % 32 == 0
+
+
 class Int8Embedding(nn.Module):
     """Token embedding as int8 rows with a scale each: the looked-up rows are dequantized."""
 
@@ -217,6 +250,7 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
     q, s = quantize_int8(emb.weight)
     new_emb = Int8Embedding(q, s, getattr(emb, "padding_idx", None))
     modules[emb_name] = {"kind": "int8-embedding", "shape": list(q.shape)}
+    head_module = None
     for name, m in list(hf.named_modules()):
         if not isinstance(m, nn.Linear):
             continue
@@ -234,6 +268,11 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
             modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features]}
         modules[name]["bias"] = bias is not None
         _set_module(hf, name, new)
+        if name == head_name:
+            head_module = new
+    if tied and bits == 4 and int4_embeddable(head_module):  # the head's int4 rows serve the lookup: no int8 copy
+        new_emb = Int4Embedding(head_module, getattr(emb, "padding_idx", None))
+        modules[emb_name] = {"kind": "int4-embedding", "shape": list(q.shape), "tied_to": head_name}
     _set_module(hf, emb_name, new_emb)
     return modules
 
@@ -283,6 +322,7 @@ def save_quantized(hf, folder: Path, method: str, group_size: int = DEFAULT_GROU
                     weights=QUANT_WEIGHTS, modules=modules,
                     schemes={"int8": "symmetric per output row: w = qweight (int8) * scale[row]",
                              "int8-embedding": "symmetric per row (token): w = qweight (int8) * scale[row]",
+                             "int4-embedding": "the rows of the int4 module named by tied_to (a tied output head)",
                              "int4": "asymmetric per group of group_size input columns: w = q * scale + min, q in "
                                      "0..15; qweight uint8 (rows, cols/2), the even column in the low nibble"},
                     kernels={"int8": "torch.ops.aten._weight_int8pack_mm",
@@ -355,17 +395,19 @@ def load_quantized(folder: Path, info: dict):
     scratch = int4_scratch() if info["method"] == "int4-weight" else None
     try:
         built: dict[str, nn.Module] = {}
-        for name, spec in info["modules"].items():
-            bias = tensors.pop(f"{name}.bias", None)
-            if spec.get("tied_to"):
-                if spec["tied_to"] not in built:
-                    built[spec["tied_to"]] = _build(info["modules"][spec["tied_to"]], spec["tied_to"], tensors,
-                                                    scratch=scratch)
-                src = built[spec["tied_to"]]
-                new = Int8Linear(src.qweight, src.scale, bias)
-            else:
-                new = built[name] if name in built else _build(spec, name, tensors, bias, scratch)
-            built[name] = new
+
+        def build(name: str) -> nn.Module:  # each module once, its bias with it (a tied source may come first)
+            if name not in built:
+                spec, bias = info["modules"][name], tensors.pop(f"{name}.bias", None)
+                if spec.get("tied_to"):
+                    built[name] = _tie(spec, build(spec["tied_to"]), bias)
+                else:
+                    built[name] = _build(spec, name, tensors, bias, scratch)
+                    release_freed_memory()
+            return built[name]
+
+        for name in info["modules"]:
+            build(name)
         for name, new in built.items():
             _set_module(hf, name, new)
         missing = [n for n, p in hf.named_parameters() if p.is_meta and n not in tensors]
@@ -378,6 +420,23 @@ def load_quantized(folder: Path, info: dict):
         hf.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     return hf.eval()
 
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 SAFETENSORS_DTYPES = {"U8": torch.uint8, "I8": torch.int8, "I32": torch.int32, "I64": torch.int64,
                       "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
@@ -456,6 +515,17 @@ class _LazyRows:
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         return self.reader.read(self.name, self.entry, start, stop - start)
+
+
+def _tie(spec: dict, src: nn.Module, bias=None) -> nn.Module:
+    """A module sharing the tensors of the one it is tied to (a tied output head / token embedding)."""
+    if spec["kind"] == "int4-embedding":
+        if not int4_embeddable(src):
+            raise ValueError(f"an int4 embedding is tied to {spec['tied_to']}, not an int4 layer of 32n rows")
+        return Int4Embedding(src)
+    if spec["kind"] == "int8" and isinstance(src, (Int8Embedding, Int8Linear)):
+        return Int8Linear(src.qweight, src.scale, bias)
+    raise ValueError(f"a {spec['kind']} module cannot be tied to a {type(src).__name__}")
 
 
 def _build(spec: dict, name: str, tensors: TensorReader, bias=None, scratch=None) -> nn.Module:
