@@ -7,9 +7,9 @@ Methods (`luban compress RUN --quantize ...`, luban.compress.llm):
   16+ rows (a prompt, a perplexity window) one dequantized BLAS GEMM.
 - int4-weight: every nn.Linear as 4-bit weights in groups of `group_size` input columns, each group with an fp32
   scale and minimum (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU int4 kernel
-  (`aten._weight_int4pack_mm_for_cpu`). A token embedding tied to an int4 output head (Qwen2.5, SmolLM2, Gemma) has
-  no copy of its own: its rows are looked up in the head's kernel layout (Int4Embedding); an untied one is int8 rows
-  (as above). Layers whose input width is not a multiple of the group size (or whose output width is not a
+  (`aten._weight_int4pack_mm_for_cpu`). The token embedding is 4-bit too (Int4Embedding, rows looked up in the
+  kernel layout): tied to an int4 output head (Qwen2.5, SmolLM2, Gemma) it has no copy of its own; untied, it is
+  quantized like a layer (int8 rows when its row count is not a multiple of 32). Layers whose input width is not a multiple of the group size (or whose output width is not a
   multiple of 16, the kernel's tiling) fall back to int8.
 - bf16: the weights as bfloat16, run in bfloat16 (a plain HF folder: `save_pretrained`).
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luban.errors import RunError
+from luban.training.progress import stage
 
 QUANT_FILE = "luban_quant.json"
 QUANT_WEIGHTS = "quantized.safetensors"
@@ -55,16 +56,59 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+# int4 groups: the ends of each group's range are tried shrunk by these factors (3 x 3 ranges), each refined by
+# LS_STEPS least-squares fits; the lowest squared error is kept (see _fit_groups)
+RANGE_SHRINK = (1.0, 0.9, 0.8)
+LS_STEPS = 2
+FIT_ROWS = 2048  # rows fitted at a time (bounds the search's memory on a 151,936-row output head)
+
+
 def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric per-group 4-bit: (packed uint8 (rows, cols/2), scale (rows, groups), min (rows, groups));
-    w ~ q * scale + min with q in 0..15; two values per byte, the even column in the low nibble."""
+    w ~ q * scale + min with q in 0..15; two values per byte, the even column in the low nibble. Each group's
+    (scale, min) minimize its squared error (_fit_groups), never worse than the plain min-max grid."""
     w = w.detach().float()
     rows, cols = w.shape
-    g = w.reshape(rows, cols // group_size, group_size)
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
-    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).reshape(rows, cols)
+    q = torch.empty(rows, cols, dtype=torch.uint8)
+    scale = torch.empty(rows, cols // group_size)
+    lo = torch.empty(rows, cols // group_size)
+    for i in range(0, rows, FIT_ROWS):
+        g = w[i: i + FIT_ROWS].reshape(-1, cols // group_size, group_size)
+        qi, scale[i: i + FIT_ROWS], lo[i: i + FIT_ROWS] = _fit_groups(g)
+        q[i: i + FIT_ROWS] = qi.reshape(-1, cols)
     return q[:, 0::2] | (q[:, 1::2] << 4), scale, lo
+
+
+def _fit_groups(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q uint8, scale, min) for groups g (..., group): the min-max grid, and each range [min * a, max * b] for a, b
+    in RANGE_SHRINK refined by least squares — (scale, min) fitted to the rounded values, which are rounded again —
+    the candidate with the lowest squared error per group kept (the search llama.cpp's k-quants do). On
+    Qwen2.5-0.5B's weights the relative squared error falls 18–23 % against min-max (docs/benchmarks.md)."""
+    lo0, hi0 = g.amin(dim=-1), g.amax(dim=-1)
+    n = g.shape[-1]
+    sum_w = g.sum(dim=-1)
+    best = None
+    for a in RANGE_SHRINK:
+        for b in RANGE_SHRINK:
+            lo, scale = lo0 * a, ((hi0 * b - lo0 * a) / 15.0).clamp(min=1e-12)
+            for step in range(LS_STEPS + 1):
+                q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15)
+                err = ((q * scale[..., None] + lo[..., None] - g) ** 2).sum(dim=-1)
+                if best is None:
+                    best = [q, scale, lo, err]
+                else:
+                    better = err < best[3]
+                    best = [torch.where(better[..., None], q, best[0]), torch.where(better, scale, best[1]),
+                            torch.where(better, lo, best[2]), torch.minimum(err, best[3])]
+                if step == LS_STEPS:
+                    break
+                sq, sqq, sqw = q.sum(dim=-1), (q * q).sum(dim=-1), (q * g).sum(dim=-1)
+                det = n * sqq - sq * sq  # 0 when every value of a group rounds alike: keep (scale, min) as is
+                fit = det > 1e-6
+                new_scale = torch.where(fit, (n * sqw - sq * sum_w) / det.clamp(min=1e-6), scale)
+                lo = torch.where(fit, (sum_w - new_scale * sq) / n, lo)
+                scale = new_scale.clamp(min=1e-12)
+    return best[0].to(torch.uint8), best[1], best[2]
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -179,21 +223,25 @@ class Int4Linear(nn.Module):
 
 
 class Int4Embedding(nn.Module):
-    """A token embedding tied to an int4 output head, looked up in the head's own kernel-layout tensors (no copy).
+    """A token embedding in 4-bit groups, its rows looked up in an Int4Linear's kernel-layout tensors: a tied output
+    head's (no copy: for the int4 Qwen2.5-0.5B this drops a 136 MB int8 embedding beside its 151,936-row head), or its
+    own (an untied embedding quantized like a layer, 85 instead of 137 MB).
 
     torch's CPU int4 packing (`_convert_weight_to_int4pack_for_cpu`, inner k tiles 2) stores rows in blocks of 32:
     block b holds rows 32b .. 32b+31 as K x 16 bytes, byte (k, lane) carrying row 32b + lane in its low nibble and
-    row 32b + 16 + lane in its high nibble (tests/test_llm_quantize.py checks this against the converter). For the
-    int4 Qwen2.5-0.5B this drops the 136 MB int8 embedding that duplicated its 151,936-row head."""
+    row 32b + 16 + lane in its high nibble (tests/test_llm_quantize.py checks this against the converter)."""
 
-    def __init__(self, head: Int4Linear, padding_idx: int | None = None):
+    def __init__(self, source: Int4Linear, padding_idx: int | None = None):
         super().__init__()
-        if head.out_features % 32:
-            raise ValueError(f"an int4 embedding needs a multiple of 32 rows, not {head.out_features}")
-        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
-        self.group_size, self.padding_idx = head.group_size, padding_idx
-        self.register_buffer("kernel_weight", head.kernel_weight, persistent=False)
-        self.register_buffer("scales_zeros", head.scales_zeros, persistent=False)
+        if source.out_features % 32:
+            raise ValueError(f"an int4 embedding needs a multiple of 32 rows, not {source.out_features}")
+        self.num_embeddings, self.embedding_dim = source.out_features, source.in_features
+        self.group_size, self.padding_idx = source.group_size, padding_idx
+        self.register_buffer("kernel_weight", source.kernel_weight, persistent=False)
+        self.register_buffer("scales_zeros", source.scales_zeros, persistent=False)
+        for name in ("packed", "scale", "lo"):  # the portable form, for saving an untied embedding
+            if hasattr(source, name):
+                self.register_buffer(name, getattr(source, name), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -247,40 +295,54 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
     emb_name, head_name = names[emb], names.get(head) if head is not None else None
     modules: dict[str, dict] = {}
     scratch = int4_scratch() if bits == 4 else None
-    q, s = quantize_int8(emb.weight)
-    new_emb = Int8Embedding(q, s, getattr(emb, "padding_idx", None))
-    modules[emb_name] = {"kind": "int8-embedding", "shape": list(q.shape)}
+    rows, width = emb.weight.shape
+    pad = getattr(emb, "padding_idx", None)
+    if bits == 4 and not tied and rows % 32 == 0 and width % group_size == 0:  # quantized like a layer
+        new_emb = Int4Embedding(Int4Linear(*quantize_int4(emb.weight, group_size), group_size, scratch=scratch), pad)
+        modules[emb_name] = {"kind": "int4-embedding", "shape": [rows, width], "group_size": group_size}
+    else:
+        q, s = quantize_int8(emb.weight)
+        new_emb = Int8Embedding(q, s, pad)
+        modules[emb_name] = {"kind": "int8-embedding", "shape": [rows, width]}
     head_module = None
-    for name, m in list(hf.named_modules()):
-        if not isinstance(m, nn.Linear):
-            continue
-        bias = m.bias.detach() if m.bias is not None else None
-        if name == head_name and tied and bits == 8:
-            new = Int8Linear(new_emb.qweight, new_emb.scale, bias)  # shares the embedding's int8 rows
-            modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features], "tied_to": emb_name}
-        elif bits == 4 and m.in_features % group_size == 0 and m.out_features % 16 == 0:  # the kernel's tiling
-            packed, scale, lo = quantize_int4(m.weight, group_size)
-            new = Int4Linear(packed, scale, lo, group_size, bias, scratch=scratch)
-            modules[name] = {"kind": "int4", "shape": [m.out_features, m.in_features], "group_size": group_size}
-        else:
-            qw, sc = quantize_int8(m.weight)
-            new = Int8Linear(qw, sc, bias)
-            modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features]}
-        modules[name]["bias"] = bias is not None
-        _set_module(hf, name, new)
-        if name == head_name:
-            head_module = new
+    linears = [(name, m) for name, m in hf.named_modules() if isinstance(m, nn.Linear)]
+    with stage(f"quantize {method}", total=len(linears), unit="layers") as progress:
+        for name, m in linears:
+            share = (emb_name, new_emb) if name == head_name and tied and bits == 8 else None
+            _quantize_linear(hf, name, m, modules, bits, group_size, share, scratch)
+            if name == head_name:
+                head_module = hf.get_submodule(name)
+            progress.advance()
     if tied and bits == 4 and int4_embeddable(head_module):  # the head's int4 rows serve the lookup: no int8 copy
-        new_emb = Int4Embedding(head_module, getattr(emb, "padding_idx", None))
-        modules[emb_name] = {"kind": "int4-embedding", "shape": list(q.shape), "tied_to": head_name}
+        new_emb = Int4Embedding(head_module, pad)
+        modules[emb_name] = {"kind": "int4-embedding", "shape": [rows, width], "tied_to": head_name}
     _set_module(hf, emb_name, new_emb)
     return modules
+
+
+def _quantize_linear(hf, name: str, m: nn.Linear, modules: dict, bits: int, group_size: int, share, scratch) -> None:
+    """Swap one nn.Linear for its quantized module and describe it in `modules`; `share`: (name, Int8Embedding) whose
+    int8 rows a tied int8 head uses."""
+    bias = m.bias.detach() if m.bias is not None else None
+    if share is not None:
+        new = Int8Linear(share[1].qweight, share[1].scale, bias)  # shares the embedding's int8 rows
+        modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features], "tied_to": share[0]}
+    elif bits == 4 and m.in_features % group_size == 0 and m.out_features % 16 == 0:  # the kernel's tiling
+        packed, scale, lo = quantize_int4(m.weight, group_size)
+        new = Int4Linear(packed, scale, lo, group_size, bias, scratch=scratch)
+        modules[name] = {"kind": "int4", "shape": [m.out_features, m.in_features], "group_size": group_size}
+    else:
+        qw, sc = quantize_int8(m.weight)
+        new = Int8Linear(qw, sc, bias)
+        modules[name] = {"kind": "int8", "shape": [m.out_features, m.in_features]}
+    modules[name]["bias"] = bias is not None
+    _set_module(hf, name, new)
 
 
 def _module_tensors(name: str, spec: dict, module: nn.Module) -> dict[str, torch.Tensor]:
     if spec.get("tied_to"):
         out = {}
-    elif spec["kind"] == "int4":
+    elif spec["kind"] in ("int4", "int4-embedding"):
         out = {f"{name}.qweight": module.packed, f"{name}.scale": module.scale, f"{name}.min": module.lo}
     else:
         out = {f"{name}.qweight": module.qweight, f"{name}.scale": module.scale}
@@ -322,7 +384,8 @@ def save_quantized(hf, folder: Path, method: str, group_size: int = DEFAULT_GROU
                     weights=QUANT_WEIGHTS, modules=modules,
                     schemes={"int8": "symmetric per output row: w = qweight (int8) * scale[row]",
                              "int8-embedding": "symmetric per row (token): w = qweight (int8) * scale[row]",
-                             "int4-embedding": "the rows of the int4 module named by tied_to (a tied output head)",
+                             "int4-embedding": "the rows of the int4 module named by tied_to (a tied output head), or "
+                                               "without tied_to its own tensors as an int4 layer's",
                              "int4": "asymmetric per group of group_size input columns: w = q * scale + min, q in "
                                      "0..15; qweight uint8 (rows, cols/2), the even column in the low nibble"},
                     kernels={"int8": "torch.ops.aten._weight_int8pack_mm",
@@ -530,12 +593,14 @@ def _tie(spec: dict, src: nn.Module, bias=None) -> nn.Module:
 
 def _build(spec: dict, name: str, tensors: TensorReader, bias=None, scratch=None) -> nn.Module:
     kind = spec["kind"]
-    q = tensors.lazy(f"{name}.qweight") if kind == "int4" else tensors.pop(f"{name}.qweight")
-    if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if kind == "int4" else 1)]:
+    four = kind in ("int4", "int4-embedding")
+    q = tensors.lazy(f"{name}.qweight") if four else tensors.pop(f"{name}.qweight")
+    if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if four else 1)]:
         raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
-    if kind == "int4":
-        return Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
-                          portable=False, scratch=scratch)
+    if four:
+        layer = Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
+                           portable=False, scratch=scratch)
+        return Int4Embedding(layer) if kind == "int4-embedding" else layer
     if kind == "int8-embedding":
         return Int8Embedding(q, tensors.pop(f"{name}.scale"))
     if kind == "int8":
