@@ -93,7 +93,7 @@ def _load_fp32(folder: Path):
     return load_exported(folder, torch.device("cpu"))
 
 
-def quantize_lm(source, method: str, out=None, name: str | None = None, group_size: int = 64,
+def quantize_lm(source, method: str, out=None, name: str | None = None, group_size: int = 32,
                 overwrite: bool = False, quiet: bool = False) -> Path:
     """Quantize a text-generation run or an HF causal-LM folder; returns the new run directory."""
     from luban.models.quantized_lm import METHODS
