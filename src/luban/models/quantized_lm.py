@@ -162,6 +162,22 @@ def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
     return out
 
 
+def kernel_scales_zeros(scale, lo, block: int = 8192) -> torch.Tensor:
+    """(groups, rows, 2) bfloat16 [scale, zero] in the kernel's convention w = (q - 8) * scale + zero, i.e. zero =
+    min + 8 * scale. `scale` / `lo`: (rows, groups) tensors, or lazy ones with `rows(start, stop)` (TensorReader.lazy),
+    filled a block of rows at a time: stacking a 151,936-row head's float32 scales and minimums whole took ~100 MB of
+    temporaries at group 32."""
+    rows, groups = scale.shape
+    out = torch.empty(groups, rows, 2, dtype=torch.bfloat16)
+    for i in range(0, rows, block):
+        j = min(rows, i + block)
+        sc = (scale.rows(i, j) if hasattr(scale, "rows") else scale[i:j]).float()
+        mn = (lo.rows(i, j) if hasattr(lo, "rows") else lo[i:j]).float()
+        out[:, i:j, 0] = sc.T
+        out[:, i:j, 1] = (mn + 8 * sc).T
+    return out
+
+
 def dequantize_int4(packed, scale, lo, group_size: int) -> torch.Tensor:
     q = unpack_int4(packed).float()
     rows, cols = q.shape
@@ -212,8 +228,7 @@ class Int4Linear(nn.Module):
         # the kernel's convention: w = (q - 8) * scale + zero, so zero = min + 8 * scale; kept in bfloat16, the
         # dtype the layer runs in (see forward)
         self.register_buffer("kernel_weight", kernel_int4(packed, scratch))
-        sz = torch.stack([scale.float(), (lo + 8 * scale).float()], dim=-1)  # (rows, groups, 2)
-        self.register_buffer("scales_zeros", sz.transpose(0, 1).to(torch.bfloat16).contiguous())  # (groups, rows, 2)
+        self.register_buffer("scales_zeros", kernel_scales_zeros(scale, lo))
         self.register_buffer("bias", None if bias is None else bias.float())
         if portable:  # kept for saving (the kernel layout is not portable); a loaded model does not need them
             self.register_buffer("packed", packed, persistent=False)
@@ -607,8 +622,13 @@ def _build(spec: dict, name: str, tensors: TensorReader, bias=None, scratch=None
     if list(q.shape) != [spec["shape"][0], spec["shape"][1] // (2 if four else 1)]:
         raise ValueError(f"{name}.qweight has shape {list(q.shape)}, expected from {spec['shape']}")
     if four:
-        layer = Int4Linear(q, tensors.pop(f"{name}.scale"), tensors.pop(f"{name}.min"), int(spec["group_size"]), bias,
-                           portable=False, scratch=scratch)
+        group = int(spec["group_size"])
+        scale, lo = tensors.lazy(f"{name}.scale"), tensors.lazy(f"{name}.min")
+        for t in (scale, lo):
+            if list(t.shape) != [spec["shape"][0], spec["shape"][1] // group]:
+                raise ValueError(f"{t.name} has shape {list(t.shape)}, expected {spec['shape'][0]} rows of "
+                                 f"{spec['shape'][1]} // {group} groups")
+        layer = Int4Linear(q, scale, lo, group, bias, portable=False, scratch=scratch)
         return Int4Embedding(layer) if kind == "int4-embedding" else layer
     if kind == "int8-embedding":
         return Int8Embedding(q, tensors.pop(f"{name}.scale"))
