@@ -230,6 +230,18 @@ def test_refusals(tiny_qwen, trained_text_run, tmp_path):
     with pytest.raises(LubanError, match="corrupted"):
         luban.load(run)
     assert main(["compress", str(tmp_path / "nothing"), "--quantize", "int8-weight"]) == 2
+    # an int4 layer whose scales have the wrong shape: refused naming the tensor, not read past its end
+    from safetensors.torch import load_file, save_file
+
+    from luban.models.quantized_lm import load_quantized, quant_info, save_quantized
+
+    q4 = tmp_path / "q4"
+    save_quantized(_fp32(tiny_qwen), q4, "int4-weight", group_size=32)
+    tensors = load_file(str(q4 / "quantized.safetensors"))
+    tensors["lm_head.scale"] = tensors["lm_head.scale"][:, :1].contiguous()
+    save_file(tensors, str(q4 / "quantized.safetensors"))
+    with pytest.raises(LubanError, match="lm_head.scale has shape"):
+        load_quantized(q4, quant_info(q4))
 
 
 def test_tensor_reader_matches_safetensors_and_reads_row_blocks(tmp_path):
