@@ -307,3 +307,26 @@ def test_a_chat_template_that_does_not_render_is_one_clear_error(tiny_llama_chat
     with pytest.raises(DataError, match="tools"):
         ChatFormatter(build_encoder(TokenizerConfig(type="pretrained"), str(tiny_gpt2))).reply_prompt(
             [{"role": "user", "content": "b"}], tools=WEATHER)
+
+
+def test_ignore_eos_generates_max_tokens_alone_and_batched(served):
+    """vLLM's ignore_eos (load tests send it): every request decodes exactly max_tokens, alone or batched with
+    others; it makes no sense beside a JSON schema (400)."""
+    from luban.config import GenerationSettings
+    from luban.tasks.text_generation import generation_config
+
+    assert generation_config(GenerationSettings(), {"ignore_eos": True}, 2).eos_token_id is None
+    assert generation_config(GenerationSettings(), {}, 2).eos_token_id == 2
+    client, _ = served
+    body = {"model": "chat", "prompt": "hello there", "max_tokens": 7, "temperature": 0, "ignore_eos": True}
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(4) as pool:  # decoded together by the continuous-batching scheduler
+        outs = list(pool.map(lambda s: client.post("/v1/completions", json={**body, "prompt": s}).json(),
+                             ["hello there", "a", "the cat sat", "x y"]))
+    for out in outs:
+        assert out["usage"]["completion_tokens"] == 7 and out["choices"][0]["finish_reason"] == "length"
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True,
+            "response_format": {"type": "json_object"}}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 400 and "ignore_eos" in r.json()["error"]["message"]

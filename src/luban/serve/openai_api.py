@@ -61,6 +61,8 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = Field(None, description="completions: 0-20 alternatives per token; chat: true")
+    ignore_eos: bool | None = Field(None, description="vLLM extension: generate max_tokens tokens whatever the "
+                                    "model's end-of-sequence says (load tests)")
 
     @field_validator("stop")
     @classmethod
@@ -140,7 +142,7 @@ def knobs_for(req: _Sampling, m: ServedModel, top: int | None = None) -> dict:
         max_tokens = min(m.predictor.default_max_new_tokens() or 256, s.max_tokens)
     knobs = {"max_new_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
              "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": req.stop, "logprobs": top,
-             "json_schema": json_schema(req, m)}
+             "json_schema": json_schema(req, m), "ignore_eos": req.ignore_eos or None}
     return {k: v for k, v in knobs.items() if v is not None}
 
 

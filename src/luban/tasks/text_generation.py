@@ -213,16 +213,20 @@ def bigram_loss(train_pairs: np.ndarray, eval_pairs: np.ndarray, vocab: int, alp
 
 
 def generation_config(settings: GenerationSettings, knobs: dict, eos) -> GenerationConfig:
-    allowed = (set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}) | {"logprobs",
-                                                                                                      "json_schema"}
+    """`knobs` may also hold ignore_eos (true: decode max_new_tokens whatever the model says; benchmarks' knob)."""
+    allowed = (set(GenerationSettings.model_fields) - {"sample_prompts", "sample_tokens", "lead_n"}) | {
+        "logprobs", "json_schema", "ignore_eos"}
     unknown = sorted(set(knobs) - allowed)
     if unknown:
         raise LubanError(f"unknown generation setting(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
-    fields = settings.model_dump() | {k: v for k, v in knobs.items() if v is not None}
+    ignore_eos = bool(knobs.get("ignore_eos"))
+    fields = settings.model_dump() | {k: v for k, v in knobs.items() if v is not None and k != "ignore_eos"}
     if fields["do_sample"] is None:
         fields["do_sample"] = True  # text generation samples unless told not to
+    if ignore_eos and fields.get("json_schema") is not None:
+        raise LubanError("ignore_eos does not combine with a JSON schema (its text ends where the JSON does)")
     try:
-        return GenerationConfig(**fields, eos_token_id=eos)
+        return GenerationConfig(**fields, eos_token_id=None if ignore_eos else eos)
     except ValidationError as e:
         raise LubanError("generation: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
                                                     for err in e.errors())) from None
