@@ -83,9 +83,8 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
 def _fit_groups(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q uint8, scale, min) for groups g (..., group): of the ranges [min * a, max * b] for a, b in RANGE_SHRINK
     (clipping a group's extremes to refine the grid for the rest), the one with the lowest squared error per group.
-    On Qwen2.5-Coder-0.5B (group 32) it took the perplexity cost of int4 from 1.032 / 1.086 (English / Chinese,
-    min-max) to ~1.04 / 1.04; refining each range by least-squares fits of (scale, min) lowered the weights' squared
-    error further but raised the Chinese perplexity back to ~1.08 (docs/benchmarks.md)."""
+    Least-squares refits of (scale, min) lowered the weights' error further but
+    not Qwen2.5's perplexity, so there are none (docs/benchmarks.md)."""
     lo0, hi0 = g.amin(dim=-1), g.amax(dim=-1)
     best = None
     for a in RANGE_SHRINK:
