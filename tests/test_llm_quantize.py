@@ -26,7 +26,8 @@ def tiny_qwen(tmp_path_factory) -> Path:
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     torch.manual_seed(0)
-    conf = transformers.Qwen2Config(vocab_size=-(-len(tok) // 32) * 32, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    conf = transformers.Qwen2Config(vocab_size=-(-len(tok) // 32) * 32, hidden_size=64, intermediate_size=128,
+                                    num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                     tie_word_embeddings=True, eos_token_id=tok.eos_token_id, initializer_range=0.1)
     model = transformers.Qwen2ForCausalLM(conf)
@@ -241,6 +242,11 @@ def test_refusals(tiny_qwen, trained_text_run, tmp_path):
     tensors["lm_head.scale"] = tensors["lm_head.scale"][:, :1].contiguous()
     save_file(tensors, str(q4 / "quantized.safetensors"))
     with pytest.raises(LubanError, match="lm_head.scale has shape"):
+        load_quantized(q4, quant_info(q4))
+    meta = json.loads((q4 / "luban_quant.json").read_text())  # a cycle of ties: refused, no endless recursion
+    meta["modules"]["lm_head"]["tied_to"] = "model.embed_tokens"
+    (q4 / "luban_quant.json").write_text(json.dumps(meta))
+    with pytest.raises(LubanError, match="itself tied"):
         load_quantized(q4, quant_info(q4))
 
 

@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "either")
     cp.add_argument("--out", metavar="DIR", help="causal-LM HF folder: where the quantized run goes (default: "
                     "FOLDER-METHOD beside it)")
-    cp.add_argument("--group-size", type=int, default=32, help="int4-weight: input columns per scale and zero (default 32)")
+    cp.add_argument("--group-size", type=int, default=32,
+                    help="int4-weight: input columns per scale and zero (default 32)")
     cp.add_argument("--prune", type=float, metavar="AMOUNT", help="fraction of Linear/Conv weights to zero")
     cp.add_argument("--distill-from", metavar="TEACHER_RUN", help="train the student on this run's soft targets")
     cp.add_argument("--name", help="the new run's name (default: RUN-METHOD, STUDENT-distilled)")

@@ -6,7 +6,7 @@ Methods (`luban compress RUN --quantize ...`, luban.compress.llm):
   Layers run torch's weight-only int8 kernel (`aten._weight_int8pack_mm`) in bfloat16 (its vectorized path; the
   result comes back in the caller's dtype); 256+ rows (a long prompt, a perplexity window) one dequantized BLAS GEMM.
 - int4-weight: every nn.Linear as 4-bit weights in groups of `group_size` (32) input columns, each group with a
-  scale and minimum fitted to its squared error (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU
+  scale and minimum over the lowest-error of 25 ranges (asymmetric, w = q * scale + min, q in 0..15), run by torch's CPU
   int4 kernel (`aten._weight_int4pack_mm_for_cpu`) in bfloat16. The token embedding is 4-bit too (Int4Embedding,
   rows looked up in the kernel layout): tied to an int4 output head (Qwen2.5, SmolLM2, Gemma) it has no copy of its
   own; untied, it is quantized like a layer (int8 rows when its row count is not a multiple of 32). Layers whose
@@ -83,8 +83,8 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
 def _fit_groups(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q uint8, scale, min) for groups g (..., group): of the ranges [min * a, max * b] for a, b in RANGE_SHRINK
     (clipping a group's extremes to refine the grid for the rest), the one with the lowest squared error per group.
-    Least-squares refits of (scale, min) lowered the weights' error further but
-    not Qwen2.5's perplexity, so there are none (docs/benchmarks.md)."""
+    Least-squares refits of (scale, min) lowered the weights' error further but not Qwen2.5's perplexity, so there
+    are none (docs/benchmarks.md)."""
     lo0, hi0 = g.amin(dim=-1), g.amax(dim=-1)
     best = None
     for a in RANGE_SHRINK:
@@ -475,6 +475,8 @@ def load_quantized(folder: Path, info: dict):
             if name not in built:
                 spec, bias = info["modules"][name], tensors.pop(f"{name}.bias", None)
                 if spec.get("tied_to"):
+                    if info["modules"][spec["tied_to"]].get("tied_to"):  # a chain or a cycle of ties
+                        raise ValueError(f"{name} is tied to {spec['tied_to']}, itself tied")
                     built[name] = _tie(spec, build(spec["tied_to"]), bias)
                 else:
                     built[name] = _build(spec, name, tensors, bias, scratch)
