@@ -266,7 +266,7 @@ def main():
     ap.add_argument("--no-serve", action="store_true", help="skip the `luban serve` figures")
     ap.add_argument("--serve", default="best,fp32",
                     help="precisions to serve, comma-separated; 'best' = the fastest single stream (default: best,fp32 "
-                         "— on a CPU without AVX-512 BF16, bf16 decodes one stream fastest but batches worst)")
+                         "— the fastest single stream need not batch best)")
     ap.add_argument("--work", help="folder for the compressed runs (default: a fresh temporary folder)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)

@@ -268,6 +268,8 @@ def test_served_translation_batches_concurrent_requests(reversal_run):
             t.join()
         chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "9 8 7"}]}).json()
         gen = app.state.registry.models[reversal_run["run"].name].generation
+        refused = c.post("/v1/completions", json={"prompt": "1 2", "ignore_eos": True})  # causal LMs only
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "ignore_eos"
     assert [got[i]["choices"][0]["text"] for i in range(len(sources))] == expected
     assert got["cut"]["choices"][0]["text"] == "4 3" and got["cut"]["choices"][0]["finish_reason"] == "length"
     assert got[0]["usage"]["completion_tokens"] == 4

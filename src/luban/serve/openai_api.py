@@ -131,6 +131,9 @@ def knobs_for(req: _Sampling, m: ServedModel, top: int | None = None) -> dict:
     refuse_unsupported(req.model_extra or {}, isinstance(req, ChatRequest))
     if top is not None and not m.predictor.supports(ScoresTokens):
         raise bad_request(f"model {m.name!r} does not give log-probabilities", "logprobs", "unsupported_parameter")
+    if req.ignore_eos and not m.predictor.supports(ScoresTokens):
+        raise bad_request(f"model {m.name!r} does not take ignore_eos (causal language models do)", "ignore_eos",
+                          "unsupported_parameter")
     if req.n > s.max_n:
         raise bad_request(f"n = {req.n} is over the limit of {s.max_n}", "n", "n_too_large")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
