@@ -12,7 +12,9 @@ perplexity on held text (a few KB of tiny-shakespeare and of Chinese ChnSentiCor
 (interleaved, to bracket the machine's drift); its figure is the mean of the two. Then the fastest luban precision
 and fp32 (--serve) are each served (`luban serve RUN`, continuous batching) and sent one request, then 8 concurrent
 ones over real HTTP: aggregate tokens/s (aggregate8_tokens_per_s: the highest, aggregate8_precision: whose). The
-machine's load (`uptime`) is recorded at each step. Last line: one JSON object.
+machine's load (`uptime`) is recorded at each step. With --llama-python (an interpreter with llama-cpp-python,
+which builds from source), llama.cpp runs on the GGUF the folder was imported from as a second peer: same token ids,
+greedy, eos ignored. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,13 +144,82 @@ def worker(a) -> dict:
             "threads": torch.get_num_threads(), "load_avg": load()}
 
 
+def llama_worker(a) -> dict:
+    """llama.cpp (llama-cpp-python, in the interpreter --llama-python names) on the GGUF itself: the same prompt and
+    text token ids as the other workers (tokenized by the parent with the model's HF tokenizer), greedy, eos ignored."""
+    from llama_cpp import Llama
+    import numpy as np
+
+    data = json.loads(Path(a.ids).read_text(encoding="utf-8"))
+    t0 = time.perf_counter()
+    llm = Llama(model_path=a.gguf, n_ctx=1024, n_batch=512, n_threads=a.threads, logits_all=True, verbose=False)
+    load_s = time.perf_counter() - t0
+    tokens, seconds, ttft, texts = 0, 0.0, [], []
+    for ids in data["prompts"]:
+        t = time.perf_counter()
+        it = llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True)
+        new = [next(it)]
+        ttft.append(time.perf_counter() - t)
+        for tok in it:
+            if len(new) >= a.tokens:
+                break
+            new.append(tok)
+        seconds += time.perf_counter() - t
+        tokens += len(new)
+        texts.append(llm.detokenize(new).decode("utf-8", errors="replace"))
+    decode_rss = peak_rss_mb()
+    ppl = {}
+    for name, ids in data["texts"].items():
+        total, count = 0.0, 0
+        for s in range(0, len(ids) - 1, 512):
+            x = ids[s: s + 513]
+            if len(x) < 2:
+                break
+            llm.reset()
+            llm.eval(x[:-1])
+            logits = np.asarray(llm.scores[: len(x) - 1], dtype=np.float64)
+            top = logits.max(axis=1, keepdims=True)
+            logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+            total -= float(logp[np.arange(len(x) - 1), x[1:]].sum())
+            count += len(x) - 1
+        ppl[name] = round(math.exp(total / count), 4)
+    return {"kind": "llama.cpp", "tokens": tokens, "seconds": round(seconds, 2), "decode_peak_rss_mb": decode_rss,
+            "tokens_per_s": round(tokens / seconds, 2), "ttft_ms": round(1000 * sum(ttft) / len(ttft), 1),
+            "perplexity": ppl, "peak_rss_mb": peak_rss_mb(), "load_s": round(load_s, 1), "texts": texts,
+            "threads": a.threads, "load_avg": load()}
+
+
+def llama_peer(a, work: Path, log: Path) -> dict | None:
+    """The llama.cpp worker's figures, or None (no --llama-python, or no GGUF named by --gguf / luban_import.json)."""
+    if not a.llama_python:
+        return None
+    gguf = a.gguf
+    record = Path(a.model) / "luban_import.json"
+    if not gguf and record.is_file():
+        gguf = json.loads(record.read_text(encoding="utf-8")).get("source")
+    if not gguf or not Path(gguf).is_file():
+        print(f"llama.cpp peer skipped: no GGUF file (--gguf; {record} names {gguf!r})", flush=True)
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
+    ids = {"prompts": [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[: a.prompts]],
+           "texts": {n: tok(t, add_special_tokens=False)["input_ids"]
+                     for n, t in held_texts(a.ppl_file, a.ppl_chars).items()}}
+    path = work / "llama_ids.json"
+    path.write_text(json.dumps(ids), encoding="utf-8")
+    return run_worker(a, "llama.cpp", None, log, python=a.llama_python,
+                      extra=["--gguf", str(gguf), "--ids", str(path)])
+
+
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def run_worker(a, kind: str, run: Path | None, log: Path) -> dict:
-    cmd = [sys.executable, __file__, a.model, "--worker", kind, "--tokens", str(a.tokens), "--prompts", str(a.prompts),
-           "--threads",
-           str(a.threads), "--ppl-chars", str(a.ppl_chars)] + (["--run", str(run)] if run else [])
+def run_worker(a, kind: str, run: Path | None, log: Path, python: str | None = None,
+               extra: list[str] | None = None) -> dict:
+    cmd = [python or sys.executable, __file__, a.model, "--worker", kind, "--tokens", str(a.tokens), "--prompts",
+           str(a.prompts), "--threads", str(a.threads), "--ppl-chars", str(a.ppl_chars)] + (
+        ["--run", str(run)] if run else []) + (extra or [])
     for f in a.ppl_file:
         cmd += ["--ppl-file", f]
     before = load()
@@ -268,12 +340,16 @@ def main():
                     help="precisions to serve, comma-separated; 'best' = the fastest single stream (default: best,fp32 "
                          "— the fastest single stream need not batch best)")
     ap.add_argument("--work", help="folder for the compressed runs (default: a fresh temporary folder)")
+    ap.add_argument("--llama-python", help="a Python with llama-cpp-python installed: adds llama.cpp on the GGUF as a "
+                    "second peer (the model folder's luban_import.json names the GGUF, or --gguf)")
+    ap.add_argument("--gguf", help="the GGUF file for the llama.cpp peer")
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.model = str(Path(a.model).expanduser())
     if a.worker:
-        emit(worker(a))
+        emit(llama_worker(a) if a.worker == "llama.cpp" else worker(a))
         return
     work = Path(a.work) if a.work else work_dir()
     work.mkdir(parents=True, exist_ok=True)
@@ -289,6 +365,13 @@ def main():
     for p in precisions:
         res[p] = run_worker(a, p, runs.get(p), log)
         (work / "partial.json").write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
+    try:
+        peer = llama_peer(a, work, log)
+    except (SystemExit, Exception) as e:  # noqa: BLE001 - the other figures still count
+        print(f"llama.cpp peer failed: {e}", flush=True)
+        peer = None
+    if peer is not None:
+        res["llama.cpp"] = peer
     res["hf_2"] = run_worker(a, "hf", None, log)
     hf_tps = round((res["hf_1"]["tokens_per_s"] + res["hf_2"]["tokens_per_s"]) / 2, 2)
     best = max(precisions, key=lambda p: res[p]["tokens_per_s"])
@@ -329,6 +412,9 @@ def main():
            if agg else None,
            "int8_ppl_ratio": ratio("int8-weight"), "int4_ppl_ratio": ratio("int4-weight"),
            "bf16_ppl_ratio": ratio("bf16"),
+           # the second peer, llama.cpp on the GGUF itself (--llama-python), where it ran
+           "llama_cpp_tokens_per_s": res["llama.cpp"]["tokens_per_s"] if "llama.cpp" in res else None,
+           "llama_cpp_ppl_ratio": ratio("llama.cpp"),
            # load + decode peak (the goal's sense: what a served int4 model holds) and the whole worker's peak
            "int4_rss_ratio": round(res["int4-weight"]["decode_peak_rss_mb"] / ref_decode_rss, 3)
            if "int4-weight" in res else None,
