@@ -267,7 +267,7 @@ def test_tensor_reader_matches_safetensors_and_reads_row_blocks(tmp_path):
     want = load_file(str(path))
     reader = TensorReader(path)
     lazy = reader.lazy("w.qweight")
-    assert lazy.shape == (96, 32) and torch.equal(lazy.rows(16, 48), want["w.qweight"][16:48])
+    assert lazy.shape == (96, 32) and torch.equal(lazy[16:48], want["w.qweight"][16:48])
     full = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(want["w.qweight"]).to(torch.int32), 2)
     assert torch.equal(kernel_int4(lazy, torch.empty(32 * 64, dtype=torch.int32)), full)  # one 64-row block + 32
     for rows, cols in ((896, 4864), (1008, 896), (48, 64)):  # blocks of 64 rows and a tail: the whole matrix's layout

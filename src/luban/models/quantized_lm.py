@@ -117,8 +117,8 @@ def int4_scratch() -> torch.Tensor:
 
 def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """The portable packing -> torch's CPU int4 kernel layout (one uint8 per two values, row by row). `packed`: the
-    (rows, cols/2) uint8 tensor, or anything with that `shape` and `rows(start, stop)` (TensorReader.lazy: a load
-    reads a large layer block by block from the file).
+    (rows, cols/2) uint8 tensor, or a TensorReader.lazy one (sliced by rows: a load reads a large layer block by
+    block from the file).
 
     Memory is the point: the kernel's converter takes the values as int32, 8x the packed size (a whole Qwen2.5-0.5B
     output head, 151,936 x 896: 545 MB). They are unpacked block by block into one reused 16 MB buffer and each
@@ -128,15 +128,14 @@ def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
     scratch = int4_scratch() if scratch is None else scratch
     n, half = packed.shape
     width = half * 2
-    # the kernel packs rows in blocks of 64 (a last block of 16 / 32 / 48 differs): blocks of whole 64s concatenate
-    # to exactly the whole matrix's layout (848-row blocks of an 896-row matrix did not: perplexity x3.3)
+    # the kernel packs rows in blocks of 32 (see Int4Embedding; a last block of 16 differs): blocks of whole 64s
+    # concatenate to exactly the whole matrix's layout (848-row blocks of an 896-row matrix did not: perplexity x3.3)
     rows = max(64, scratch.numel() // width // 64 * 64)
     if rows * width > scratch.numel():
         scratch = torch.empty(rows * width, dtype=torch.int32)
-    read = packed.rows if hasattr(packed, "rows") else lambda i, j: packed[i:j]
     out = None
     for i in range(0, n, rows):
-        block = read(i, min(n, i + rows))
+        block = packed[i: i + rows]
         values = scratch[: block.shape[0] * width].view(block.shape[0], width)
         values[:, 0::2], values[:, 1::2] = block, block
         values[:, 0::2] &= 0x0F
@@ -152,15 +151,13 @@ def kernel_int4(packed, scratch: torch.Tensor | None = None) -> torch.Tensor:
 
 def kernel_scales_zeros(scale, lo, block: int = 8192) -> torch.Tensor:
     """(groups, rows, 2) bfloat16 [scale, zero] in the kernel's convention w = (q - 8) * scale + zero, i.e. zero =
-    min + 8 * scale. `scale` / `lo`: (rows, groups) tensors, or lazy ones with `rows(start, stop)` (TensorReader.lazy),
-    filled a block of rows at a time: stacking a 151,936-row head's float32 scales and minimums whole took ~100 MB of
-    temporaries at group 32."""
+    min + 8 * scale. `scale` / `lo`: (rows, groups) tensors, or TensorReader.lazy ones, read a block of rows at a
+    time: stacking a 151,936-row head's float32 scales and minimums whole took ~100 MB of temporaries at group 32."""
     rows, groups = scale.shape
     out = torch.empty(groups, rows, 2, dtype=torch.bfloat16)
     for i in range(0, rows, block):
         j = min(rows, i + block)
-        sc = (scale.rows(i, j) if hasattr(scale, "rows") else scale[i:j]).float()
-        mn = (lo.rows(i, j) if hasattr(lo, "rows") else lo[i:j]).float()
+        sc, mn = scale[i:j].float(), lo[i:j].float()
         out[:, i:j, 0] = sc.T
         out[:, i:j, 1] = (mn + 8 * sc).T
     return out
@@ -586,12 +583,17 @@ class TensorReader:
 
 
 class _LazyRows:
+    """A tensor of the file read only as row slices (`lazy[i:j]`, clamped to its rows like a tensor's)."""
+
     def __init__(self, reader: TensorReader, name: str, entry: dict):
         self.reader, self.name, self.entry = reader, name, entry
         self.shape = tuple(entry["shape"])
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        return self.reader.read(self.name, self.entry, start, stop - start)
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError(f"tensor {self.name}: only contiguous row slices are read")
+        return self.reader.read(self.name, self.entry, start, max(0, stop - start))
 
 
 def _tie(spec: dict, src: nn.Module, bias=None) -> nn.Module:
