@@ -306,13 +306,19 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
     scratch = int4_scratch() if bits == 4 else None
     rows, width = emb.weight.shape
     pad = getattr(emb, "padding_idx", None)
-    if bits == 4 and not tied and rows % 32 == 0 and width % group_size == 0:  # quantized like a layer
+
+    def int8_embedding() -> Int8Embedding:
+        modules[emb_name] = {"kind": "int8-embedding", "shape": [rows, width]}
+        return Int8Embedding(*quantize_int8(emb.weight), pad)
+
+    # 4-bit rows need whole 32-row blocks and whole groups; tied, they are the head's own (set after the loop)
+    emb4 = bits == 4 and rows % 32 == 0 and width % group_size == 0
+    new_emb = None
+    if emb4 and not tied:  # quantized like a layer
         new_emb = Int4Embedding(Int4Linear(*quantize_int4(emb.weight, group_size), group_size, scratch=scratch), pad)
         modules[emb_name] = {"kind": "int4-embedding", "shape": [rows, width], "group_size": group_size}
-    else:
-        q, s = quantize_int8(emb.weight)
-        new_emb = Int8Embedding(q, s, pad)
-        modules[emb_name] = {"kind": "int8-embedding", "shape": [rows, width]}
+    elif not emb4:
+        new_emb = int8_embedding()
     head_module = None
     linears = [(name, m) for name, m in hf.named_modules() if isinstance(m, nn.Linear)]
     with stage(f"quantize {method}", total=len(linears), unit="layers") as progress:
@@ -322,9 +328,12 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
             if name == head_name:
                 head_module = hf.get_submodule(name)
             progress.advance()
-    if tied and bits == 4 and int4_embeddable(head_module):  # the head's int4 rows serve the lookup: no int8 copy
-        new_emb = Int4Embedding(head_module, pad)
-        modules[emb_name] = {"kind": "int4-embedding", "shape": [rows, width], "tied_to": head_name}
+    if new_emb is None:  # tied to the head: its int4 rows serve the lookup, no copy (int8 rows if it is not int4)
+        if int4_embeddable(head_module):
+            new_emb = Int4Embedding(head_module, pad)
+            modules[emb_name] = {"kind": "int4-embedding", "shape": [rows, width], "tied_to": head_name}
+        else:
+            new_emb = int8_embedding()
     _set_module(hf, emb_name, new_emb)
     return modules
 
