@@ -321,13 +321,16 @@ def quantize_modules(hf, method: str, group_size: int = DEFAULT_GROUP_SIZE) -> d
         new_emb = int8_embedding()
     head_module = None
     linears = [(name, m) for name, m in hf.named_modules() if isinstance(m, nn.Linear)]
-    with stage(f"quantize {method}", total=len(linears), unit="layers") as progress:
+    # progress in millions of weights, not layers: the output head alone can be a fifth of the work (a truthful ETA)
+    total, done = sum(m.weight.numel() for _, m in linears), 0
+    with stage(f"quantize {method}", total=max(1, round(total / 1e6)), unit="M weights") as progress:
         for name, m in linears:
             share = (emb_name, new_emb) if name == head_name and tied and bits == 8 else None
             _quantize_linear(hf, name, m, modules, bits, group_size, share, scratch)
             if name == head_name:
                 head_module = hf.get_submodule(name)
-            progress.advance()
+            before, done = round(done / 1e6), done + m.weight.numel()
+            progress.advance(round(done / 1e6) - before)
     if new_emb is None:  # tied to the head: its int4 rows serve the lookup, no copy (int8 rows if it is not int4)
         if int4_embeddable(head_module):
             new_emb = Int4Embedding(head_module, pad)
